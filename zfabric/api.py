@@ -1,0 +1,478 @@
+"""The driver-side API: init/shutdown/remote/get/wait/put/cancel and friends.
+
+Everything here validates its input and then talks to the process's
+connection to its node (`node/client.py`, reached through
+`client.current()`), so the same calls work in a driver and inside a task.
+"""
+from __future__ import annotations
+
+import atexit
+import hashlib
+import inspect
+import json
+import numbers
+import os
+import threading
+
+import cloudpickle
+
+from . import serialization
+from .config import ADDRESS_ENV, Config
+from .ids import new_task_id
+from .node import client as client_mod
+from .node import node as node_mod
+from .ref import DepMarker, ObjectRef
+
+_lock = threading.RLock()
+_state: dict = {"client": None, "proc": None, "info": None, "embedded": False}
+
+
+# -- init / shutdown ---------------------------------------------------------------------
+
+def init(address: str | None = None, *, num_cpus: float | None = None,
+         resources: dict | None = None, object_store_memory: int | None = None,
+         ignore_reinit_error: bool = False, cluster_key: str | None = None,
+         log_to_driver: bool = True) -> dict:
+    """Start an embedded node (address=None) or attach to one on this machine."""
+    with _lock:
+        if _state["client"] is not None:
+            if ignore_reinit_error:
+                return dict(_state["info"])
+            raise RuntimeError("zfabric is already initialized; call zf.shutdown() first "
+                               "or pass ignore_reinit_error=True")
+        if client_mod.current_or_none() is not None:
+            raise RuntimeError("zf.init() cannot be called inside a task")
+        config = Config.from_env()
+        if num_cpus is not None:
+            _check_number("num_cpus", num_cpus)
+        resources = _check_resources(resources or {})
+        if object_store_memory is not None and (
+                not isinstance(object_store_memory, numbers.Integral)
+                or isinstance(object_store_memory, bool) or object_store_memory <= 0):
+            raise ValueError(f"object_store_memory must be a positive int, got {object_store_memory!r}")
+        address = address if address is not None else os.environ.get(ADDRESS_ENV) or None
+        proc = None
+        if address is None:
+            try:
+                proc, info = node_mod.spawn_node(
+                    config, num_cpus=float(num_cpus if num_cpus is not None else os.cpu_count() or 1),
+                    resources=resources, object_store_memory=object_store_memory,
+                    host=config.host, port=config.port, embedded=True)
+            except node_mod.NodeStartError as e:
+                raise RuntimeError(f"could not start a zfabric node: {e}") from None
+        else:
+            if num_cpus is not None or resources or object_store_memory is not None:
+                raise ValueError("num_cpus, resources and object_store_memory describe a new "
+                                 "node; they cannot be given when attaching to one (address=...)")
+            info = _find_node(config, address)
+        client = client_mod.Client(info["ipc"], "driver", connect_timeout=config.node_start_timeout)
+        client_mod.set_current(client)
+        _state.update(client=client, proc=proc, embedded=proc is not None, info={
+            "node_id": info["node_id"], "node_ip_address": info["host"],
+            "address": info["address"], "object_store_address": info["store_dir"],
+            "session_dir": info["session_dir"], "dashboard_url": None,
+        })
+        return dict(_state["info"])
+
+
+def _find_node(config: Config, address: str) -> dict:
+    nodes = node_mod.find_local_nodes(config)
+    if address == "auto":
+        if not nodes:
+            raise ConnectionError("no zfabric node is running on this machine: start one with "
+                                  "`python -m zfabric.node start --head`, or call zf.init() "
+                                  "without an address for a local one")
+        return nodes[0]
+    if not isinstance(address, str) or not address.startswith("tcp://"):
+        raise ValueError(f"address must be None, 'auto' or 'tcp://HOST:PORT', got {address!r}")
+    for info in nodes:
+        if info["address"] == address:
+            return info
+    raise ConnectionError(f"no zfabric node started on this machine listens at {address} "
+                          "(joining a node on another machine needs multi-node support, "
+                          "which this version does not have yet)")
+
+
+def shutdown() -> None:
+    """Disconnect; stop the embedded node (if init started one) and remove its files."""
+    with _lock:
+        client = _state["client"]
+        if client is None:
+            return
+        proc = _state["proc"]
+        client.close(shutdown_node=proc is not None, reason="driver called shutdown()")
+        client_mod.set_current(None)
+        if proc is not None:
+            try:
+                proc.wait(timeout=10)
+            except Exception:  # subprocess.TimeoutExpired: do not leave it behind
+                proc.kill()
+                proc.wait()
+        _state.update(client=None, proc=None, info=None, embedded=False)
+
+
+def is_initialized() -> bool:
+    return _state["client"] is not None or client_mod.current_or_none() is not None
+
+
+atexit.register(shutdown)
+
+
+def _client() -> client_mod.Client:
+    return client_mod.current()
+
+
+# -- options ---------------------------------------------------------------------------------
+
+_OPTION_DEFAULTS = {"num_cpus": 1, "num_returns": 1, "max_retries": 3,
+                    "retry_exceptions": False, "resources": None, "name": None}
+
+
+def _check_number(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    if value < 0:
+        raise ValueError(f"{name} must be >= 0, got {value!r}")
+
+
+def _check_resources(resources) -> dict:
+    if not isinstance(resources, dict):
+        raise ValueError(f"resources must be a dict of name -> amount, got {resources!r}")
+    for k, v in resources.items():
+        if not isinstance(k, str):
+            raise ValueError(f"resource names must be str, got {k!r}")
+        if k == "CPU":
+            raise ValueError("use num_cpus=..., not resources={'CPU': ...}")
+        _check_number(f"resource {k!r}", v)
+    return {k: float(v) for k, v in resources.items()}
+
+
+def _validate_options(options: dict) -> dict:
+    unknown = set(options) - set(_OPTION_DEFAULTS)
+    if unknown:
+        raise ValueError(f"unknown option(s) {sorted(unknown)}; valid options are "
+                         f"{sorted(_OPTION_DEFAULTS)}")
+    out = dict(options)
+    if "num_cpus" in out:
+        _check_number("num_cpus", out["num_cpus"])
+    if "num_returns" in out:
+        n = out["num_returns"]
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ValueError(f"num_returns must be an int >= 0, got {n!r}")
+    if "max_retries" in out:
+        n = out["max_retries"]
+        if isinstance(n, bool) or not isinstance(n, int) or n < -1:
+            raise ValueError(f"max_retries must be an int >= -1 (-1: retry forever), got {n!r}")
+    if "retry_exceptions" in out:
+        r = out["retry_exceptions"]
+        if not isinstance(r, bool):
+            if not isinstance(r, (list, tuple)) or not all(
+                    isinstance(t, type) and issubclass(t, BaseException) for t in r):
+                raise ValueError("retry_exceptions must be True, False or a list of "
+                                 f"exception types, got {r!r}")
+    if out.get("resources") is not None:
+        out["resources"] = _check_resources(out["resources"])
+    if out.get("name") is not None and not isinstance(out["name"], str):
+        raise ValueError(f"name must be a str, got {out['name']!r}")
+    return out
+
+
+# -- remote functions ----------------------------------------------------------------------
+
+class RemoteFunction:
+    """A function to run as a task: call `.remote(...)`, or `.options(...).remote(...)`."""
+
+    def __init__(self, function, options: dict):
+        self._function = function
+        self._options = {**_OPTION_DEFAULTS, **options}
+        self._name = self._options["name"] or getattr(function, "__qualname__", "task")
+        self._blob: bytes | None = None
+        self._fn_id: bytes | None = None
+        self._retry_blob: bytes | None = None
+        self._resources: dict | None = None
+        self.__wrapped__ = function
+        self.__name__ = getattr(function, "__name__", "task")
+        self.__qualname__ = getattr(function, "__qualname__", self.__name__)
+        self.__doc__ = getattr(function, "__doc__", None)
+        self.__module__ = getattr(function, "__module__", None)
+
+    def __call__(self, *args, **kwargs):
+        raise TypeError(f"remote function {self._name}() cannot be called directly; "
+                        f"use {self.__name__}.remote(...)")
+
+    def options(self, **options) -> "RemoteFunction":
+        options = _validate_options(options)
+        derived = RemoteFunction(self._function, {**self._options, **options})
+        derived._blob, derived._fn_id = self._blob, self._fn_id
+        return derived
+
+    def _prepare(self) -> None:
+        if self._blob is None:
+            try:
+                blob = cloudpickle.dumps(self._function)
+            except Exception as e:
+                raise TypeError(f"could not serialize remote function {self._name}(): "
+                                f"{type(e).__name__}: {e}") from None
+            self._fn_id = hashlib.blake2b(blob, digest_size=16).digest()
+            self._blob = blob
+        if self._resources is None:
+            opts = self._options
+            res = dict(opts["resources"] or {})
+            if opts["num_cpus"]:
+                res["CPU"] = float(opts["num_cpus"])
+            self._resources = res
+            retry = opts["retry_exceptions"]
+            self._retry_blob = (b"" if retry is False else
+                                cloudpickle.dumps(True if retry is True else tuple(retry)))
+
+    def remote(self, *args, **kwargs):
+        client = _client()
+        self._prepare()
+        deps, contained, args_blob = _serialize_args(self._name, self._function, args,
+                                                     kwargs, client)
+        opts = self._options
+        refs = client.submit(
+            name=self._name, fn_id=self._fn_id, fn_blob=self._blob,
+            num_returns=opts["num_returns"], resources=self._resources,
+            max_retries=opts["max_retries"], retry_exceptions=opts["retry_exceptions"] is not False,
+            retry_blob=self._retry_blob, deps=deps, contained=contained, args_blob=args_blob)
+        n = opts["num_returns"]
+        if n == 1:
+            return refs[0]
+        if n == 0:
+            return None
+        return refs
+
+    def __repr__(self) -> str:
+        return f"<zfabric remote function {self._name}>"
+
+
+def _serialize_args(name: str, function, args: tuple, kwargs: dict, client):
+    """(deps, contained, args_blob): top-level ObjectRefs become DepMarkers."""
+    if not args and not kwargs:
+        return [], [], b""
+    deps: list[bytes] = []
+    keep: list = []
+
+    def mark(value):
+        if type(value) is ObjectRef:
+            deps.append(value._id)
+            keep.append(value)
+            return DepMarker(len(deps) - 1)
+        return value
+
+    margs = [mark(a) for a in args]
+    mkwargs = {k: mark(v) for k, v in kwargs.items()}
+    try:
+        ser = serialization.serialize((margs, mkwargs))
+    except Exception as e:
+        raise _argument_error(name, function, args, kwargs, e) from None
+    if ser.size > client.inline_threshold:
+        # large arguments go to the store first and travel as ObjectRefs
+        for i, a in enumerate(margs):
+            if type(a) is not DepMarker and _size_of(a) > client.inline_threshold:
+                ref = client.put(a)
+                keep.append(ref)
+                margs[i] = mark(ref)
+        for k, v in mkwargs.items():
+            if type(v) is not DepMarker and _size_of(v) > client.inline_threshold:
+                ref = client.put(v)
+                keep.append(ref)
+                mkwargs[k] = mark(ref)
+        ser = serialization.serialize((margs, mkwargs))
+    return deps, ser.contained, ser.to_bytes()
+
+
+def _size_of(value) -> int:
+    return serialization.serialize(value).size
+
+
+def _argument_error(name, function, args, kwargs, error) -> TypeError:
+    try:
+        params = list(inspect.signature(function).parameters)
+    except (TypeError, ValueError):
+        params = []
+    for i, a in enumerate(args):
+        try:
+            serialization.serialize(a)
+        except Exception as e:
+            label = f"'{params[i]}'" if i < len(params) else f"#{i}"
+            return TypeError(f"argument {label} (position {i}) of {name}() cannot be "
+                             f"serialized: {type(e).__name__}: {e}")
+    for k, v in kwargs.items():
+        try:
+            serialization.serialize(v)
+        except Exception as e:
+            return TypeError(f"argument '{k}' of {name}() cannot be serialized: "
+                             f"{type(e).__name__}: {e}")
+    return TypeError(f"the arguments of {name}() cannot be serialized: "
+                     f"{type(error).__name__}: {error}")
+
+
+def remote(*args, **options):
+    """Decorator: `@zf.remote` or `@zf.remote(num_cpus=..., ...)`."""
+    if len(args) == 1 and not options and callable(args[0]):
+        return _make_remote(args[0], {})
+    if args:
+        raise TypeError("use @zf.remote or @zf.remote(option=value, ...)")
+    options = _validate_options(options)
+    return lambda function: _make_remote(function, options)
+
+
+def _make_remote(function, options: dict) -> RemoteFunction:
+    if inspect.isclass(function):
+        raise TypeError("zfabric runs tasks, not actors: @zf.remote takes a function, "
+                        f"not the class {function.__name__}")
+    if not callable(function):
+        raise TypeError(f"@zf.remote takes a function, got {function!r}")
+    return RemoteFunction(function, options)
+
+
+# -- get / wait / put / cancel -------------------------------------------------------------------
+
+def _check_timeout(timeout) -> None:
+    if timeout is None:
+        return
+    if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real):
+        raise TypeError(f"timeout must be a number of seconds or None, got {timeout!r}")
+    if timeout < 0:
+        raise ValueError(f"timeout must be >= 0, got {timeout!r}")
+
+
+def get(refs, *, timeout: float | None = None):
+    """The value of an ObjectRef, or the values of a list of them (same order)."""
+    _check_timeout(timeout)
+    single = type(refs) is ObjectRef
+    if single:
+        items = [refs]
+    elif isinstance(refs, (list, tuple)):
+        items = list(refs)
+        for r in items:
+            if type(r) is not ObjectRef:
+                raise TypeError(f"get() takes an ObjectRef or a list of ObjectRefs; the list "
+                                f"holds a {type(r).__name__}")
+    else:
+        raise TypeError(f"get() takes an ObjectRef or a list of ObjectRefs, "
+                        f"got {type(refs).__name__}")
+    if not items:
+        return []
+    values = _client().get_values([r._id for r in items], timeout)
+    return values[0] if single else values
+
+
+def wait(refs, *, num_returns: int = 1, timeout: float | None = None,
+         fetch_local: bool = True) -> tuple[list, list]:
+    """(ready, not_ready) once num_returns refs are ready or timeout passes."""
+    if type(refs) is ObjectRef or not isinstance(refs, (list, tuple)):
+        raise TypeError(f"wait() takes a list of ObjectRefs, got {type(refs).__name__}")
+    refs = list(refs)
+    for r in refs:
+        if type(r) is not ObjectRef:
+            raise TypeError(f"wait() takes a list of ObjectRefs; the list holds a "
+                            f"{type(r).__name__}")
+    if isinstance(num_returns, bool) or not isinstance(num_returns, int):
+        raise TypeError(f"num_returns must be an int, got {num_returns!r}")
+    if num_returns <= 0:
+        raise ValueError(f"num_returns must be >= 1, got {num_returns}")
+    _check_timeout(timeout)
+    if not refs:
+        return [], []
+    if num_returns > len(refs):
+        raise ValueError(f"num_returns ({num_returns}) is larger than the number of "
+                         f"ObjectRefs ({len(refs)})")
+    ids = [r._id for r in refs]
+    if len(set(ids)) != len(ids):
+        raise ValueError("wait() got the same ObjectRef more than once")
+    ready_ids = _client().wait_some(ids, num_returns, timeout)
+    ready, not_ready = [], []
+    for r in refs:
+        (ready if r._id in ready_ids and len(ready) < num_returns else not_ready).append(r)
+    return ready, not_ready
+
+
+def put(value) -> ObjectRef:
+    """Store a value; returns its ObjectRef."""
+    if type(value) is ObjectRef:
+        raise TypeError("put() of an ObjectRef is not allowed: pass the ObjectRef itself")
+    try:
+        return _client().put(value)
+    except (TypeError, AttributeError, ValueError) as e:
+        if isinstance(e, TypeError) and "serialize" in str(e):
+            raise
+        try:
+            serialization.serialize(value)
+        except Exception as se:
+            raise TypeError(f"put() could not serialize the value: "
+                            f"{type(se).__name__}: {se}") from None
+        raise
+
+
+def cancel(ref, *, force: bool = False, recursive: bool = True) -> None:
+    """Cancel the task that produces `ref` (queued, waiting or running)."""
+    if type(ref) is not ObjectRef:
+        raise TypeError(f"cancel() takes an ObjectRef, got {type(ref).__name__}")
+    _client().cancel(ref._id, bool(force), bool(recursive))
+
+
+# -- cluster information ----------------------------------------------------------------------
+
+def nodes() -> list[dict]:
+    return _client().request("nodes")
+
+
+def cluster_resources() -> dict:
+    return _client().request("resources")["total"]
+
+
+def available_resources() -> dict:
+    return _client().request("resources")["available"]
+
+
+def timeline(filename: str | None = None):
+    """Chrome trace events of finished tasks; written to `filename` if given."""
+    events = _client().request("timeline")
+    if filename is None:
+        return events
+    with open(filename, "w") as f:
+        json.dump(events, f)
+    return None
+
+
+class RuntimeContext:
+    """Where the calling code runs: `get_node_id()`, `get_task_id()`."""
+
+    def __init__(self, client):
+        self._client = client
+
+    def get_node_id(self) -> str:
+        return self._client.node_id.hex()
+
+    def get_task_id(self) -> str | None:
+        tid = self._client.current_task_id
+        if tid is not None:
+            return tid.hex()
+        if self._client.role == "driver":
+            return _driver_task_id(self._client)
+        return None
+
+    @property
+    def node_id(self) -> str:
+        return self.get_node_id()
+
+    @property
+    def task_id(self) -> str | None:
+        return self.get_task_id()
+
+
+_driver_ids: dict[int, str] = {}
+
+
+def _driver_task_id(client) -> str:
+    key = id(client)
+    if key not in _driver_ids:
+        _driver_ids[key] = new_task_id().hex()
+    return _driver_ids[key]
+
+
+def get_runtime_context() -> RuntimeContext:
+    return RuntimeContext(_client())

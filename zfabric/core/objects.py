@@ -1,0 +1,154 @@
+"""The object directory of one node: state, payload and reference counts.
+
+An object is kept while any of these holds it:
+- `holders`: local clients (drivers, workers) holding an ObjectRef to it;
+- `pins`: tasks that need it (as an argument, or nested in their arguments)
+  and have not finished;
+- `contained_in`: stored objects whose value holds an ObjectRef to it.
+When all three drop to zero and the object is no longer pending, it is
+freed, and the objects it contains lose one `contained_in` in turn.
+
+The table only keeps books; `Scheduler` decides, and turns frees into
+`DeleteObject` effects for objects that live in the store.
+"""
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ObjectState(IntEnum):
+    PENDING = 0   # its task has not finished
+    INLINE = 1    # payload: the serialized blob, kept in node memory
+    STORE = 2     # a file in the node's store dir
+    ERROR = 3     # payload: an error record (serialization.error_record)
+
+
+class ObjectEntry:
+    __slots__ = ("oid", "state", "size", "payload", "holders", "pins",
+                 "contained_in", "contains", "subscribers", "dependents")
+
+    def __init__(self, oid: bytes):
+        self.oid = oid
+        self.state = ObjectState.PENDING
+        self.size = 0
+        self.payload = b""
+        self.holders: set[bytes] = set()
+        self.pins = 0
+        self.contained_in = 0
+        self.contains: list[bytes] = []
+        self.subscribers: set[bytes] = set()
+        self.dependents: list[bytes] = []   # task ids waiting for it
+
+    @property
+    def ready(self) -> bool:
+        return self.state != ObjectState.PENDING
+
+    def releasable(self) -> bool:
+        return (not self.holders and self.pins == 0 and self.contained_in == 0
+                and self.state != ObjectState.PENDING)
+
+
+class ObjectTable:
+    def __init__(self):
+        self.entries: dict[bytes, ObjectEntry] = {}
+        self.held_by: dict[bytes, set[bytes]] = {}   # client -> oids it holds
+        self.store_used = 0
+
+    def __contains__(self, oid: bytes) -> bool:
+        return oid in self.entries
+
+    def get(self, oid: bytes) -> ObjectEntry | None:
+        return self.entries.get(oid)
+
+    def create(self, oid: bytes, holder: bytes | None) -> ObjectEntry:
+        entry = self.entries.get(oid)
+        if entry is None:
+            entry = self.entries[oid] = ObjectEntry(oid)
+        if holder is not None:
+            self.hold(entry, holder)
+        return entry
+
+    def hold(self, entry: ObjectEntry, client: bytes) -> None:
+        entry.holders.add(client)
+        self.held_by.setdefault(client, set()).add(entry.oid)
+
+    def seal(self, entry: ObjectEntry, state: ObjectState, size: int,
+             payload: bytes, contains: list[bytes]) -> None:
+        """Give a pending object its value; count the refs inside it."""
+        entry.state = state
+        entry.size = size
+        entry.payload = payload
+        if state == ObjectState.STORE:
+            self.store_used += size
+        entry.contains = [c for c in contains if c in self.entries]
+        for c in entry.contains:
+            self.entries[c].contained_in += 1
+
+    # -- reference changes; each returns the objects freed by it --------------
+
+    def incref(self, client: bytes, oid: bytes) -> None:
+        entry = self.entries.get(oid)
+        if entry is not None:
+            self.hold(entry, client)
+
+    def decref(self, client: bytes, oid: bytes) -> list[ObjectEntry]:
+        entry = self.entries.get(oid)
+        if entry is None or client not in entry.holders:
+            return []
+        entry.holders.discard(client)
+        held = self.held_by.get(client)
+        if held is not None:
+            held.discard(oid)
+        return self.release_if_unused(entry)
+
+    def pin(self, oid: bytes) -> None:
+        self.entries[oid].pins += 1
+
+    def unpin(self, oid: bytes) -> list[ObjectEntry]:
+        entry = self.entries.get(oid)
+        if entry is None:
+            return []
+        entry.pins -= 1
+        return self.release_if_unused(entry)
+
+    def drop_client(self, client: bytes) -> list[ObjectEntry]:
+        freed: list[ObjectEntry] = []
+        for oid in self.held_by.pop(client, ()):
+            entry = self.entries.get(oid)
+            if entry is not None:
+                entry.holders.discard(client)
+                freed += self.release_if_unused(entry)
+        for entry in self.entries.values():
+            entry.subscribers.discard(client)
+        return freed
+
+    def release_if_unused(self, entry: ObjectEntry) -> list[ObjectEntry]:
+        freed = []
+        stack = [entry]
+        while stack:
+            e = stack.pop()
+            if not e.releasable() or self.entries.get(e.oid) is not e:
+                continue
+            del self.entries[e.oid]
+            if e.state == ObjectState.STORE:
+                self.store_used -= e.size
+            freed.append(e)
+            for c in e.contains:
+                inner = self.entries.get(c)
+                if inner is not None:
+                    inner.contained_in -= 1
+                    stack.append(inner)
+        return freed
+
+    def validate(self) -> None:
+        """Invariants, for tests: counts are never negative, books agree."""
+        used = 0
+        for oid, e in self.entries.items():
+            assert e.oid == oid
+            assert e.pins >= 0 and e.contained_in >= 0, (e.pins, e.contained_in)
+            assert e.state == ObjectState.PENDING or not e.releasable(), "unused object kept"
+            if e.state == ObjectState.STORE:
+                used += e.size
+            for c in e.holders:
+                assert oid in self.held_by.get(c, ()), "holder missing from held_by"
+        assert used == self.store_used, (used, self.store_used)

@@ -1,0 +1,697 @@
+"""The local scheduler of one node: tasks, dependencies, workers, resources.
+
+`Scheduler.handle(event, now)` is the only way its state changes; it returns
+the effects (core/effects.py) for the node loop to carry out. It owns:
+
+- the task table: each task is WAITING (for arguments), QUEUED (ready, in a
+  queue of its resource shape), RUNNING (on a worker), then leaves the table
+  when it ends (its returns hold the outcome);
+- the worker pool: `num_workers` pre-started processes, plus extra ones when
+  ready tasks fit the free resources but no worker is idle (a worker blocked
+  in get/wait gives its CPU back, so nested tasks cannot deadlock); extras
+  idle longer than `idle_worker_timeout` are stopped;
+- the object directory (core/objects.py) and the store's capacity;
+- the timeline (Chrome trace events of finished tasks).
+
+Dispatch order: among the heads of the per-shape queues that fit the free
+resources, the deepest task first (a nested task before its parents'
+siblings: this is what lets 1,000 nested chains finish on one CPU), then
+the oldest.
+"""
+from __future__ import annotations
+
+import heapq
+import math
+from collections import deque
+from enum import IntEnum
+
+from .. import protocol as p
+from .. import serialization
+from ..exceptions import (ObjectLostError, ObjectStoreFullError,
+                          TaskCancelledError, WorkerCrashedError, ZFabricError)
+from . import effects as fx
+from . import events as ev
+from . import resources as rs
+from .objects import ObjectEntry, ObjectState, ObjectTable
+
+
+class TaskState(IntEnum):
+    WAITING = 0
+    QUEUED = 1
+    RUNNING = 2
+
+
+class TaskStatus(IntEnum):
+    """Outcome a worker reports in TaskDone."""
+    OK = 0
+    ERROR = 1
+    CANCELLED = 2
+
+
+class WorkerState(IntEnum):
+    STARTING = 0
+    IDLE = 1
+    BUSY = 2
+
+
+class Task:
+    __slots__ = ("spec", "owner", "demand", "shape", "state", "missing", "worker",
+                 "attempts", "seq", "blocked", "cancelled", "returns", "children")
+
+    def __init__(self, spec: p.Submit, owner: bytes, demand: dict, seq: int):
+        self.spec = spec
+        self.owner = owner
+        self.demand = demand
+        self.shape = rs.shape(demand)
+        self.state = TaskState.WAITING
+        self.missing: set[bytes] = set()
+        self.worker: str | None = None
+        self.attempts = 0
+        self.seq = seq
+        self.blocked = False
+        self.cancelled = False   # a cancel was asked while it ran
+        self.returns = [spec.task_id + i.to_bytes(4, "big") for i in range(spec.num_returns)]
+        self.children: set[bytes] = set()
+
+
+class Worker:
+    __slots__ = ("wid", "client", "state", "task", "known_fns", "idle_since", "extra")
+
+    def __init__(self, wid: str, extra: bool):
+        self.wid = wid
+        self.client = wid.encode()
+        self.state = WorkerState.STARTING
+        self.task: Task | None = None
+        self.known_fns: set[bytes] = set()
+        self.idle_since = 0.0
+        self.extra = extra
+
+
+class Scheduler:
+    def __init__(self, *, node_id: bytes, resources: dict[str, float],
+                 store_capacity: int, num_workers: int, max_workers: int,
+                 idle_worker_timeout: float, timeline_capacity: int,
+                 node_info: dict | None = None):
+        self.node_id = node_id
+        self.total = rs.to_units(resources)
+        self.available = dict(self.total)
+        self.store_capacity = store_capacity
+        self.num_workers = num_workers
+        self.max_workers = max_workers
+        self.idle_worker_timeout = idle_worker_timeout
+        self.node_info = dict(node_info or {})
+        self.objects = ObjectTable()
+        self.tasks: dict[bytes, Task] = {}
+        self.queues: dict[tuple, list] = {}       # shape -> heap of (-depth, seq, task_id)
+        self.queued = 0
+        self.workers: dict[str, Worker] = {}
+        self.by_client: dict[bytes, Worker] = {}
+        self.idle: list[Worker] = []
+        self.drivers: dict[bytes, int] = {}       # client -> pid
+        self.functions: dict[bytes, bytes] = {}
+        self.timeline: deque = deque(maxlen=timeline_capacity)
+        self.stats = {"submitted": 0, "finished": 0, "failed": 0, "cancelled": 0,
+                      "retried": 0, "workers_started": 0, "workers_crashed": 0}
+        self._seq = 0
+        self._next_worker = 0
+        self._out: list = []
+        self._now = 0.0
+
+    # -- entry point ------------------------------------------------------------
+
+    def start(self, now: float) -> list:
+        """Effects to run when the node comes up: the pre-started workers."""
+        self._now = now
+        for _ in range(self.num_workers):
+            self._spawn(extra=False)
+        return self._flush()
+
+    def handle(self, event, now: float) -> list:
+        self._now = now
+        kind = type(event)
+        if kind is ev.ClientMessage:
+            handler = self._MESSAGE_HANDLERS.get(type(event.msg))
+            if handler is None:
+                self._log("warning", f"unexpected {type(event.msg).__name__} from a client")
+            else:
+                handler(self, event.client, event.msg)
+        elif kind is ev.WorkerExited:
+            self._on_worker_exited(event.worker_id, event.exitcode)
+        elif kind is ev.WorkerSpawnFailed:
+            self._log("error", f"worker {event.worker_id} failed to start: {event.error}")
+            self._on_worker_exited(event.worker_id, None)
+        elif kind is ev.ClientGone:
+            self._on_client_gone(event.client)
+        elif kind is ev.Tick:
+            self._on_tick()
+        else:
+            raise TypeError(f"unknown event {event!r}")
+        self._schedule()
+        return self._flush()
+
+    def _flush(self) -> list:
+        out, self._out = self._out, []
+        return out
+
+    def _send(self, to: bytes, msg) -> None:
+        self._out.append(fx.Send(to, msg))
+
+    def _log(self, level: str, text: str) -> None:
+        self._out.append(fx.Log(level, text))
+
+    # -- clients ------------------------------------------------------------------
+
+    def _on_hello(self, client: bytes, msg: p.Hello) -> None:
+        if msg.role == "worker":
+            worker = self.workers.get(msg.worker_id or "")
+            if worker is None or worker.client != client or worker.state != WorkerState.STARTING:
+                self._log("warning", f"unknown worker {msg.worker_id!r} said hello")
+                return
+            worker.state = WorkerState.IDLE
+            worker.idle_since = self._now
+            self.idle.append(worker)
+        elif msg.role == "driver":
+            self.drivers[client] = msg.pid
+            self._out.append(fx.WatchClient(client, msg.pid))
+        self._send(client, p.Welcome(self.node_id, self.node_info.get("store_dir", ""),
+                                     self.node_info.get("session_dir", ""),
+                                     self.node_info.get("address", ""),
+                                     self.node_info.get("config", "{}"),
+                                     self.node_info.get("pid", 0)))
+
+    def _on_client_gone(self, client: bytes) -> None:
+        if client not in self.drivers:
+            return
+        del self.drivers[client]
+        for task in [t for t in self.tasks.values() if t.owner == client]:
+            self._cancel_task(task, force=True, recursive=True)
+        self._free(self.objects.drop_client(client))
+
+    def _on_shutdown(self, client: bytes, msg: p.Shutdown) -> None:
+        self._out.append(fx.StopNode(msg.reason or "asked to stop"))
+
+    def _on_goodbye(self, client: bytes, msg: p.Goodbye) -> None:
+        self._on_client_gone(client)
+
+    # -- submission and dependencies ------------------------------------------
+
+    def _on_submit(self, client: bytes, spec: p.Submit) -> None:
+        self.stats["submitted"] += 1
+        if spec.fn_blob:
+            self.functions[spec.fn_id] = spec.fn_blob
+            spec.fn_blob = b""
+        self._seq += 1
+        task = Task(spec, client, rs.to_units(spec.resources), self._seq)
+        self.tasks[spec.task_id] = task
+        objects = self.objects
+        for oid in task.returns:
+            entry = objects.create(oid, client)
+            entry.subscribers.add(client)
+        parent = self.tasks.get(spec.parent) if spec.parent else None
+        if parent is not None:
+            parent.children.add(spec.task_id)
+        failure = None
+        if spec.fn_id not in self.functions:
+            failure = serialization.system_error_record(
+                ZFabricError, "the node does not know this function (it was "
+                "submitted without its code)", spec.name)
+        for oid in spec.contained:
+            if oid in objects:
+                objects.pin(oid)
+        pinned = []
+        for oid in spec.deps:
+            entry = objects.get(oid)
+            if entry is None:
+                failure = failure or serialization.system_error_record(
+                    ObjectLostError, f"argument {oid.hex()} no longer exists "
+                    "(it was freed or never created)", spec.name)
+                continue
+            objects.pin(oid)
+            pinned.append(oid)
+            if entry.state == ObjectState.ERROR:
+                failure = failure or self._dep_error(entry, spec.name)
+            elif entry.state == ObjectState.PENDING and oid not in task.missing:
+                task.missing.add(oid)
+                entry.dependents.append(spec.task_id)
+        spec.deps = pinned
+        if failure is not None:
+            self._finish_failed(task, failure)
+        elif not task.missing:
+            self._enqueue(task)
+
+    @staticmethod
+    def _dep_error(entry: ObjectEntry, name: str) -> bytes:
+        return serialization.error_with_context(
+            entry.payload, f"an input of {name}() could not be computed")
+
+    def _enqueue(self, task: Task) -> None:
+        task.state = TaskState.QUEUED
+        heap = self.queues.get(task.shape)
+        if heap is None:
+            heap = self.queues[task.shape] = []
+        heapq.heappush(heap, (-task.spec.depth, task.seq, task.spec.task_id))
+        self.queued += 1
+
+    def _object_ready(self, entry: ObjectEntry) -> None:
+        """An object got its value: notify subscribers, wake dependent tasks."""
+        if entry.subscribers:
+            msg = p.ObjectReady(entry.oid, int(entry.state), entry.size, entry.payload)
+            for client in entry.subscribers:
+                self._send(client, msg)
+            entry.subscribers.clear()
+        if entry.dependents:
+            waiting, entry.dependents = entry.dependents, []
+            for tid in waiting:
+                task = self.tasks.get(tid)
+                if task is None or task.state != TaskState.WAITING:
+                    continue
+                if entry.state == ObjectState.ERROR:
+                    self._finish_failed(task, self._dep_error(entry, task.spec.name))
+                    continue
+                task.missing.discard(entry.oid)
+                if not task.missing:
+                    self._enqueue(task)
+
+    # -- dispatch -----------------------------------------------------------------
+
+    def _pick(self, available: dict) -> Task | None:
+        """The best queued task that fits `available`, popped from its queue."""
+        best = None
+        best_key = None
+        for shape, heap in self.queues.items():
+            while heap:
+                tid = heap[0][2]
+                task = self.tasks.get(tid)
+                if task is not None and task.state == TaskState.QUEUED:
+                    break
+                heapq.heappop(heap)  # cancelled or failed while queued
+            if not heap or not rs.fits(available, self.tasks[heap[0][2]].demand):
+                continue
+            if best_key is None or heap[0] < best_key:
+                best_key = heap[0]
+                best = shape
+        if best is None:
+            return None
+        heapq.heappop(self.queues[best])
+        self.queued -= 1
+        return self.tasks[best_key[2]]
+
+    def _schedule(self) -> None:
+        if not self.queued:
+            return
+        while self.idle:
+            task = self._pick(self.available)
+            if task is None:
+                break
+            self._run(task, self.idle.pop())
+        else:
+            self._spawn_for_demand()
+
+    def _spawn_for_demand(self) -> None:
+        """No idle worker: start as many as queued tasks would fit right now."""
+        starting = sum(1 for w in self.workers.values() if w.state == WorkerState.STARTING)
+        room = self.max_workers - len(self.workers)
+        if room <= 0:
+            return
+        budget = dict(self.available)
+        fitting = 0
+        for heap in self.queues.values():
+            for _, _, tid in heap:
+                task = self.tasks.get(tid)
+                if task is None or task.state != TaskState.QUEUED:
+                    continue
+                if not rs.fits(budget, task.demand):
+                    break  # FIFO per shape: later ones of this shape wait too
+                rs.acquire(budget, task.demand)
+                fitting += 1
+                if fitting >= starting + room:
+                    break
+        for _ in range(min(room, fitting - starting)):
+            self._spawn(extra=True)
+
+    def _spawn(self, extra: bool) -> None:
+        self._next_worker += 1
+        wid = f"w{self._next_worker}"
+        self.workers[wid] = worker = Worker(wid, extra)
+        self.by_client[worker.client] = worker
+        self.stats["workers_started"] += 1
+        self._out.append(fx.SpawnWorker(wid))
+
+    def _run(self, task: Task, worker: Worker) -> None:
+        spec = task.spec
+        rs.acquire(self.available, task.demand)
+        task.state = TaskState.RUNNING
+        task.worker = worker.wid
+        task.attempts += 1
+        worker.state = WorkerState.BUSY
+        worker.task = task
+        fn_blob = b""
+        if spec.fn_id not in worker.known_fns:
+            fn_blob = self.functions[spec.fn_id]
+            worker.known_fns.add(spec.fn_id)
+        states, payloads = [], []
+        for oid in spec.deps:
+            entry = self.objects.entries[oid]
+            states.append(int(entry.state))
+            payloads.append(entry.payload if entry.state == ObjectState.INLINE else b"")
+        self._send(worker.client, p.Execute(
+            spec.task_id, spec.name, spec.fn_id, spec.num_returns, spec.depth,
+            spec.deps, states, fn_blob, spec.args_blob, spec.retry_blob, payloads))
+
+    # -- a worker reports ---------------------------------------------------------
+
+    def _on_task_done(self, client: bytes, msg: p.TaskDone) -> None:
+        worker = self.by_client.get(client)
+        task = worker.task if worker is not None else None
+        if task is None or task.spec.task_id != msg.task_id:
+            self._log("warning", "a worker reported a task it was not running")
+            return
+        self._release_worker(worker, task)
+        spec = task.spec
+        self.timeline.append((spec.name, spec.task_id, worker.wid, msg.start, msg.end,
+                              int(msg.status)))
+        if msg.status == TaskStatus.OK:
+            if len(msg.states) != spec.num_returns or len(msg.payloads) != spec.num_returns:
+                self._log("warning", "a worker reported the wrong number of returns")
+                self._finish_failed(task, serialization.system_error_record(
+                    ZFabricError, "worker reported a malformed result", spec.name))
+                return
+            self._finish_ok(task, msg)
+        elif msg.status == TaskStatus.CANCELLED or task.cancelled:
+            self._finish_failed(task, self._cancelled_record(spec.name), cancelled=True)
+        elif msg.retryable and self._may_retry(task):
+            self.stats["retried"] += 1
+            self._enqueue(task)
+        else:
+            record = msg.payloads[0] if msg.payloads else serialization.system_error_record(
+                ZFabricError, "task failed without an error record", spec.name)
+            self._finish_failed(task, record)
+
+    def _release_worker(self, worker: Worker, task: Task) -> None:
+        demand = task.demand
+        if task.blocked and rs.CPU in demand:
+            demand = {k: v for k, v in demand.items() if k != rs.CPU}
+        rs.release(self.available, demand)
+        task.blocked = False
+        task.worker = None
+        worker.task = None
+        worker.state = WorkerState.IDLE
+        worker.idle_since = self._now
+        self.idle.append(worker)
+
+    def _may_retry(self, task: Task) -> bool:
+        limit = task.spec.max_retries
+        return not task.cancelled and (limit < 0 or task.attempts <= limit)
+
+    def _finish_ok(self, task: Task, msg: p.TaskDone) -> None:
+        self.stats["finished"] += 1
+        objects = self.objects
+        freed: list = []
+        for i, oid in enumerate(task.returns):
+            entry = objects.get(oid)
+            state = ObjectState(msg.states[i])
+            size, payload = msg.sizes[i], msg.payloads[i]
+            if entry is None:  # nobody wants it any more
+                if state == ObjectState.STORE:
+                    self._out.append(fx.DeleteObject(oid))
+                continue
+            if state == ObjectState.STORE and objects.store_used + size > self.store_capacity:
+                self._out.append(fx.DeleteObject(oid))
+                state, size = ObjectState.ERROR, 0
+                payload = serialization.system_error_record(
+                    ObjectStoreFullError, self._full_message(msg.sizes[i]), task.spec.name)
+            contains = msg.contained[i] if i < len(msg.contained) else []
+            objects.seal(entry, state, size, bytes(payload), contains)
+            self._object_ready(entry)
+            freed += objects.release_if_unused(entry)
+        self._end_task(task, freed)
+
+    def _finish_failed(self, task: Task, record: bytes, cancelled: bool = False) -> None:
+        self.stats["cancelled" if cancelled else "failed"] += 1
+        freed: list = []
+        for oid in task.returns:
+            entry = self.objects.get(oid)
+            if entry is None or entry.ready:
+                continue
+            self.objects.seal(entry, ObjectState.ERROR, 0, record, [])
+            self._object_ready(entry)
+            freed += self.objects.release_if_unused(entry)
+        self._end_task(task, freed)
+
+    def _end_task(self, task: Task, freed: list) -> None:
+        if task.state == TaskState.QUEUED:
+            self.queued -= 1  # its heap entry is skipped lazily
+        task.state = None
+        spec = task.spec
+        self.tasks.pop(spec.task_id, None)
+        parent = self.tasks.get(spec.parent) if spec.parent else None
+        if parent is not None:
+            parent.children.discard(spec.task_id)
+        for oid in task.missing:
+            entry = self.objects.get(oid)
+            if entry is not None and spec.task_id in entry.dependents:
+                entry.dependents.remove(spec.task_id)
+        for oid in spec.deps:
+            freed += self.objects.unpin(oid)
+        for oid in spec.contained:
+            if oid in self.objects:
+                freed += self.objects.unpin(oid)
+        spec.deps = []
+        spec.contained = []
+        self._free(freed)
+
+    def _free(self, freed: list) -> None:
+        for entry in freed:
+            if entry.state == ObjectState.STORE:
+                self._out.append(fx.DeleteObject(entry.oid))
+
+    def _full_message(self, size: int) -> str:
+        return (f"object store is full: {size:,} bytes do not fit "
+                f"({self.objects.store_used:,} of {self.store_capacity:,} bytes in use); "
+                "free ObjectRefs you no longer need or raise object_store_memory")
+
+    def _on_blocked(self, client: bytes, msg: p.Blocked) -> None:
+        worker = self.by_client.get(client)
+        task = worker.task if worker else None
+        if task is None or task.spec.task_id != msg.task_id or task.blocked:
+            return
+        task.blocked = True
+        cpu = task.demand.get(rs.CPU, 0)
+        if cpu:
+            self.available[rs.CPU] = self.available.get(rs.CPU, 0) + cpu
+
+    def _on_unblocked(self, client: bytes, msg: p.Unblocked) -> None:
+        worker = self.by_client.get(client)
+        task = worker.task if worker else None
+        if task is None or task.spec.task_id != msg.task_id or not task.blocked:
+            return
+        task.blocked = False
+        cpu = task.demand.get(rs.CPU, 0)
+        if cpu:  # may go below zero for a moment: the task is running again
+            self.available[rs.CPU] = self.available.get(rs.CPU, 0) - cpu
+
+    # -- workers come and go ---------------------------------------------------------
+
+    def _on_worker_exited(self, wid: str, exitcode: int | None) -> None:
+        worker = self.workers.pop(wid, None)
+        if worker is None:
+            return
+        self.by_client.pop(worker.client, None)
+        if worker in self.idle:
+            self.idle.remove(worker)
+        task = worker.task
+        if task is not None:
+            self.stats["workers_crashed"] += 1
+            worker.task = None
+            demand = task.demand
+            if task.blocked and rs.CPU in demand:
+                demand = {k: v for k, v in demand.items() if k != rs.CPU}
+            rs.release(self.available, demand)
+            task.blocked = False
+            task.worker = None
+            if task.cancelled:
+                self._finish_failed(task, self._cancelled_record(task.spec.name), cancelled=True)
+            elif self._may_retry(task):
+                self.stats["retried"] += 1
+                self._enqueue(task)
+            else:
+                how = (f"killed by signal {-exitcode}" if exitcode is not None and exitcode < 0
+                       else f"exit code {exitcode}")
+                self._finish_failed(task, serialization.system_error_record(
+                    WorkerCrashedError, f"the worker running {task.spec.name}() died "
+                    f"({how}) and the task has no retries left "
+                    f"(max_retries={task.spec.max_retries})", task.spec.name))
+        if sum(1 for w in self.workers.values() if not w.extra) < self.num_workers:
+            self._spawn(extra=False)
+
+    def _on_tick(self) -> None:
+        """Stop extra workers that have idled too long."""
+        if self.queued:
+            return
+        for worker in list(self.idle):
+            if worker.extra and self._now - worker.idle_since > self.idle_worker_timeout:
+                self.idle.remove(worker)
+                del self.workers[worker.wid]
+                self.by_client.pop(worker.client, None)
+                self._out.append(fx.StopWorker(worker.wid))
+
+    # -- cancel -----------------------------------------------------------------------
+
+    def _on_cancel(self, client: bytes, msg: p.Cancel) -> None:
+        task = self.tasks.get(msg.oid[:16])
+        if task is not None:
+            self._cancel_task(task, msg.force, msg.recursive)
+
+    def _cancelled_record(self, name: str) -> bytes:
+        return serialization.system_error_record(
+            TaskCancelledError, f"task {name}() was cancelled", name)
+
+    def _cancel_task(self, task: Task, force: bool, recursive: bool) -> None:
+        if recursive:
+            for child_id in list(task.children):
+                child = self.tasks.get(child_id)
+                if child is not None:
+                    self._cancel_task(child, force, recursive)
+        if task.state is None:
+            return
+        if task.state == TaskState.RUNNING:
+            if task.cancelled and not force:
+                return
+            task.cancelled = True
+            if force:
+                self._out.append(fx.KillWorker(task.worker))
+            else:
+                self._out.append(fx.InterruptWorker(task.worker, task.spec.task_id))
+        else:
+            self._finish_failed(task, self._cancelled_record(task.spec.name), cancelled=True)
+
+    # -- objects ------------------------------------------------------------------------
+
+    def _on_subscribe(self, client: bytes, msg: p.Subscribe) -> None:
+        for oid in msg.ids:
+            entry = self.objects.get(oid)
+            if entry is None:
+                self._send(client, p.ObjectReady(oid, int(ObjectState.ERROR), 0,
+                           serialization.system_error_record(
+                               ObjectLostError, f"object {oid.hex()} does not exist "
+                               "(it was freed, or was never created on this node)")))
+            elif entry.ready:
+                self._send(client, p.ObjectReady(oid, int(entry.state), entry.size,
+                                                 entry.payload))
+            else:
+                entry.subscribers.add(client)
+
+    def _on_put(self, client: bytes, msg: p.Put) -> None:
+        objects = self.objects
+        state = ObjectState(msg.state) if msg.state in (1, 2) else None
+        error = ""
+        if state is None:
+            error = "bad object state"
+        elif msg.oid in objects and objects.entries[msg.oid].ready:
+            error = "object already exists"
+        elif state == ObjectState.STORE and objects.store_used + msg.size > self.store_capacity:
+            error = self._full_message(msg.size)
+        if error:
+            if state == ObjectState.STORE:
+                self._out.append(fx.DeleteObject(msg.oid))
+            if msg.req_id:
+                self._send(client, p.PutReply(msg.req_id, error))
+            else:
+                self._log("warning", f"put refused: {error}")
+            return
+        entry = objects.create(msg.oid, client)
+        payload = bytes(msg.payload) if state == ObjectState.INLINE else b""
+        objects.seal(entry, state, msg.size, payload, msg.contained)
+        self._object_ready(entry)
+        if msg.req_id:
+            self._send(client, p.PutReply(msg.req_id, ""))
+
+    def _on_refs(self, client: bytes, msg: p.Refs) -> None:
+        objects = self.objects
+        for oid in msg.incs:
+            objects.incref(client, oid)
+        freed: list = []
+        for oid in msg.decs:
+            freed += objects.decref(client, oid)
+        self._free(freed)
+
+    # -- queries ------------------------------------------------------------------------
+
+    def _on_request(self, client: bytes, msg: p.Request) -> None:
+        try:
+            data = self.query(msg.what, msg.arg)
+            self._send(client, p.Reply(msg.req_id, data, ""))
+        except (KeyError, ValueError, TypeError) as e:
+            self._send(client, p.Reply(msg.req_id, None, str(e)))
+
+    def query(self, what: str, arg=None):
+        if what == "nodes":
+            return [self.node_record()]
+        if what == "resources":
+            return {"total": rs.from_units(self.total),
+                    "available": rs.from_units({k: max(v, 0) for k, v in self.available.items()})}
+        if what == "timeline":
+            return self.trace_events()
+        if what == "status":
+            return self.status()
+        raise ValueError(f"unknown query {what!r}")
+
+    def node_record(self) -> dict:
+        return {"NodeID": self.node_id.hex(), "Alive": True,
+                "NodeManagerAddress": self.node_info.get("host", ""),
+                "NodeManagerPort": self.node_info.get("port", 0),
+                "Resources": rs.from_units(self.total),
+                "ObjectStoreAddress": self.node_info.get("store_dir", "")}
+
+    def status(self) -> dict:
+        running = sum(1 for t in self.tasks.values() if t.state == TaskState.RUNNING)
+        waiting = sum(1 for t in self.tasks.values() if t.state == TaskState.WAITING)
+        pending_demand = [rs.from_units(dict(shape)) for shape, heap in self.queues.items()
+                          if heap and not rs.feasible(self.total, dict(shape))]
+        return {**self.node_record(),
+                "available": rs.from_units(self.available),
+                "tasks_queued": self.queued, "tasks_running": running,
+                "tasks_waiting": waiting, "pending_demand": pending_demand,
+                "workers": len(self.workers), "idle_workers": len(self.idle),
+                "objects": len(self.objects.entries),
+                "store_used": self.objects.store_used,
+                "store_capacity": self.store_capacity, "stats": dict(self.stats)}
+
+    def trace_events(self) -> list[dict]:
+        pid = self.node_id.hex()[:8]
+        status_names = {0: "ok", 1: "error", 2: "cancelled"}
+        return [{"name": name, "cat": "task", "ph": "X", "pid": f"node {pid}",
+                 "tid": wid, "ts": start * 1e6, "dur": max(end - start, 0) * 1e6,
+                 "args": {"task_id": tid.hex(), "status": status_names.get(status, "?")}}
+                for name, tid, wid, start, end, status in self.timeline]
+
+    # -- invariants (tests call this after every step) -----------------------------------------
+
+    def validate(self) -> None:
+        self.objects.validate()
+        for name, total in self.total.items():
+            running = sum(t.demand.get(name, 0) for t in self.tasks.values()
+                          if t.state == TaskState.RUNNING
+                          and not (t.blocked and name == rs.CPU))
+            assert self.available.get(name, 0) + running == total, (name, self.available, running)
+        for t in self.tasks.values():
+            if t.state == TaskState.RUNNING:
+                w = self.workers[t.worker]
+                assert w.task is t and w.state == WorkerState.BUSY
+            assert t.state in (TaskState.WAITING, TaskState.QUEUED, TaskState.RUNNING)
+        for w in self.idle:
+            assert w.state == WorkerState.IDLE and w.task is None
+        queued = sum(1 for t in self.tasks.values() if t.state == TaskState.QUEUED)
+        assert queued == self.queued, (queued, self.queued)
+
+    _MESSAGE_HANDLERS = {
+        p.Hello: _on_hello, p.Submit: _on_submit, p.TaskDone: _on_task_done,
+        p.Subscribe: _on_subscribe, p.Put: _on_put, p.Refs: _on_refs,
+        p.Cancel: _on_cancel, p.Blocked: _on_blocked, p.Unblocked: _on_unblocked,
+        p.Request: _on_request, p.Shutdown: _on_shutdown, p.Goodbye: _on_goodbye,
+    }
+
+
+def workers_for(num_cpus: float) -> int:
+    """Workers a node pre-starts for `num_cpus` CPUs."""
+    return int(math.ceil(num_cpus))

@@ -1,0 +1,68 @@
+"""Identifiers: NodeID, TaskID, ObjectID — raw bytes on the hot path.
+
+- A TaskID is 16 bytes: an 8-byte random prefix chosen once per process and
+  an 8-byte counter, so a driver or worker names its tasks without asking
+  anyone and two processes never collide.
+- An ObjectID is 20 bytes: the TaskID that creates it and a 4-byte return
+  index. `put` objects come from a per-process "put task" counter and index
+  0x80000000 | n, so an object's creating task is always its first 16 bytes.
+- A NodeID is 16 random bytes.
+Hex forms are what users see (`ObjectRef.hex()`, `nodes()[i]["NodeID"]`) and
+what store file names use.
+"""
+from __future__ import annotations
+
+import itertools
+import os
+import threading
+
+TASK_ID_SIZE = 16
+OBJECT_ID_SIZE = 20
+NODE_ID_SIZE = 16
+PUT_INDEX_FLAG = 0x80000000
+
+_lock = threading.Lock()
+_prefix = b""
+_pid = -1
+_counter = itertools.count(1)
+
+
+def _process_prefix() -> bytes:
+    global _prefix, _pid, _counter
+    pid = os.getpid()
+    if pid != _pid:  # first use, or we are a forked child: new prefix
+        with _lock:
+            if pid != _pid:
+                _prefix = os.urandom(8)
+                _counter = itertools.count(1)
+                _pid = pid
+    return _prefix
+
+
+def new_task_id() -> bytes:
+    prefix = _process_prefix()
+    return prefix + next(_counter).to_bytes(8, "big")
+
+
+def object_id(task_id: bytes, index: int) -> bytes:
+    return task_id + index.to_bytes(4, "big")
+
+
+def return_ids(task_id: bytes, num_returns: int) -> list[bytes]:
+    return [task_id + i.to_bytes(4, "big") for i in range(num_returns)]
+
+
+def new_put_id() -> bytes:
+    return new_task_id() + PUT_INDEX_FLAG.to_bytes(4, "big")
+
+
+def task_of(oid: bytes) -> bytes:
+    return oid[:TASK_ID_SIZE]
+
+
+def is_put_id(oid: bytes) -> bool:
+    return int.from_bytes(oid[TASK_ID_SIZE:], "big") & PUT_INDEX_FLAG != 0
+
+
+def new_node_id() -> bytes:
+    return os.urandom(NODE_ID_SIZE)

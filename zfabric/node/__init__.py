@@ -1,0 +1,1 @@
+"""The node process and the local clients (drivers, workers) that talk to it."""

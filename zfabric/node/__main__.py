@@ -1,0 +1,254 @@
+"""`python -m zfabric.node` (also the console script `zfabric`): start, stop and inspect nodes.
+
+    start --head | --address tcp://H:P   start a node (daemonized unless --block)
+    status [--address tcp://H:P]         one line per node, then totals
+    stop                                 stop the nodes started from this machine
+    timeline -o trace.json               Chrome trace of finished tasks
+    memory                               objects and store use per node
+
+Errors print one line and exit non-zero; no tracebacks for user mistakes.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import time
+
+from ..config import ADDRESS_ENV, Config
+from . import node as node_mod
+
+DEFAULT_PORT = 7380
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, not a usage dump
+        self.exit(2, f"zfabric: error: {message} (see `zfabric {self.prog.split()[-1]} --help`)\n"
+                  if " " in self.prog else f"zfabric: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="zfabric", description="Start, stop and inspect zfabric nodes.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    start = sub.add_parser("start", help="start a node on this machine")
+    where = start.add_mutually_exclusive_group()
+    where.add_argument("--head", action="store_true", help="start the first node of a cluster")
+    where.add_argument("--address", help="join the cluster of the node at tcp://HOST:PORT")
+    start.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    start.add_argument("--port", type=int, default=DEFAULT_PORT,
+                       help=f"TCP port (default {DEFAULT_PORT}; 0 picks a free one)")
+    start.add_argument("--num-cpus", type=float, default=None, help="CPUs to offer (default: all cores)")
+    start.add_argument("--resources", default="{}", help='custom resources as JSON, e.g. \'{"gpu": 1}\'')
+    start.add_argument("--object-store-memory", type=int, default=None, metavar="BYTES",
+                       help="object store capacity (default 30%% of RAM)")
+    dash = start.add_mutually_exclusive_group()
+    dash.add_argument("--dashboard-port", type=int, default=None, metavar="P")
+    dash.add_argument("--no-dashboard", action="store_true")
+    start.add_argument("--cluster-key", default=None, metavar="FILE")
+    start.add_argument("--block", action="store_true", help="stay in the foreground")
+
+    status = sub.add_parser("status", help="show the cluster's nodes")
+    status.add_argument("--address", default=None)
+    sub.add_parser("stop", help="stop the nodes started from this machine")
+    timeline = sub.add_parser("timeline", help="write a Chrome trace of finished tasks")
+    timeline.add_argument("-o", "--output", required=True)
+    timeline.add_argument("--address", default=None)
+    memory = sub.add_parser("memory", help="show objects and store use")
+    memory.add_argument("--address", default=None)
+
+    serve = sub.add_parser("_serve")  # the node process itself (started by spawn_node)
+    serve.add_argument("--ready-fd", type=int, default=None)
+    serve.add_argument("--config", required=True)
+    serve.add_argument("--num-cpus", type=float, required=True)
+    serve.add_argument("--resources", default="{}")
+    serve.add_argument("--object-store-memory", type=int, default=None)
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=0)
+    serve.add_argument("--embedded-driver-pid", type=int, default=None)
+    return parser
+
+
+class UsageError(Exception):
+    """A mistake of the user's: printed as one line."""
+
+
+def parse_resources(text: str) -> dict:
+    try:
+        res = json.loads(text)
+    except ValueError as e:
+        raise UsageError(f"--resources is not valid JSON: {e}") from None
+    if not isinstance(res, dict):
+        raise UsageError("--resources must be a JSON object such as '{\"gpu\": 1}'")
+    for k, v in res.items():
+        if k == "CPU":
+            raise UsageError("give CPUs with --num-cpus, not in --resources")
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+            raise UsageError(f"resource {k!r} must be a non-negative number, got {v!r}")
+    return {k: float(v) for k, v in res.items()}
+
+
+def cmd_start(args) -> int:
+    config = Config.from_env()
+    if args.address or (not args.head and os.environ.get(ADDRESS_ENV)):
+        raise UsageError("joining an existing cluster (--address) needs multi-node support, "
+                         "which this version does not have yet; use --head")
+    if not args.head:
+        raise UsageError("say --head to start the first node, or --address tcp://HOST:PORT to join")
+    if args.num_cpus is not None and args.num_cpus < 0:
+        raise UsageError("--num-cpus must be >= 0")
+    if not 0 <= args.port <= 65535:
+        raise UsageError("--port must be between 0 and 65535")
+    resources = parse_resources(args.resources)
+    num_cpus = args.num_cpus if args.num_cpus is not None else float(os.cpu_count() or 1)
+    try:
+        proc, info = node_mod.spawn_node(
+            config, num_cpus=num_cpus, resources=resources,
+            object_store_memory=args.object_store_memory, host=args.host, port=args.port,
+            embedded=False)
+    except node_mod.NodeStartError as e:
+        raise UsageError(str(e)) from None
+    print(f"address: {info['address']}")
+    print(f"To join this node from another machine:\n"
+          f"  python -m zfabric.node start --address {info['address']}")
+    print(f"To use it from Python on this machine:\n  zf.init(address=\"auto\")")
+    print(f"node {info['node_id'][:12]} pid {info['pid']}, session {info['session_dir']}",
+          flush=True)
+    if args.block:
+        def forward(signum, frame):
+            proc.send_signal(signal.SIGTERM)
+        signal.signal(signal.SIGINT, forward)
+        signal.signal(signal.SIGTERM, forward)
+        return proc.wait()
+    return 0
+
+
+def _tool_client(address: str | None):
+    from .client import Client
+    config = Config.from_env()
+    nodes = node_mod.find_local_nodes(config)
+    address = address or os.environ.get(ADDRESS_ENV)
+    if address and address != "auto":
+        nodes = [n for n in nodes if n["address"] == address]
+        if not nodes:
+            raise UsageError(f"no zfabric node started from this machine listens at {address}")
+    if not nodes:
+        raise UsageError("no zfabric node is running on this machine "
+                         "(start one with `python -m zfabric.node start --head`)")
+    try:
+        return Client(nodes[0]["ipc"], "tool", connect_timeout=5.0)
+    except ConnectionError as e:
+        raise UsageError(str(e)) from None
+
+
+def _fmt_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def cmd_status(args) -> int:
+    client = _tool_client(args.address)
+    try:
+        status = client.request("status")
+    finally:
+        client.close()
+    rows = [status]
+    print(f"{'node':<14}{'address':<24}{'alive':<7}{'CPUs used/total':<17}"
+          f"{'store used/total':<24}{'tasks queued/running'}")
+    tot_cpu = used_cpu = 0.0
+    for s in rows:
+        total = s["Resources"].get("CPU", 0.0)
+        used = total - s["available"].get("CPU", 0.0)
+        tot_cpu += total
+        used_cpu += used
+        addr = f"{s['NodeManagerAddress']}:{s['NodeManagerPort']}"
+        store = f"{_fmt_bytes(s['store_used'])}/{_fmt_bytes(s['store_capacity'])}"
+        print(f"{s['NodeID'][:12]:<14}{addr:<24}{'yes' if s['Alive'] else 'no':<7}"
+              f"{used:g}/{total:g}{'':<{max(1, 17 - len(f'{used:g}/{total:g}'))}}"
+              f"{store:<24}{s['tasks_queued']}/{s['tasks_running']}")
+        for demand in s.get("pending_demand", []):
+            print(f"  pending demand no node can meet: {demand}")
+    print(f"cluster: {len(rows)} node(s), {used_cpu:g}/{tot_cpu:g} CPUs in use")
+    return 0
+
+
+def cmd_stop(args) -> int:
+    config = Config.from_env()
+    nodes = node_mod.find_local_nodes(config)
+    for info in nodes:
+        try:
+            os.kill(info["pid"], signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + 10
+    for info in nodes:
+        while node_mod.pid_is_node(info["pid"]) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if node_mod.pid_is_node(info["pid"]):
+            os.kill(info["pid"], signal.SIGKILL)
+        # a node that could not clean up after itself: do it for it
+        from . import store
+        store.remove_dir(info["store_dir"])
+        import shutil
+        shutil.rmtree(info["session_dir"], ignore_errors=True)
+        try:
+            os.unlink(os.path.join(node_mod.node_records_dir(config), f"{info['node_id']}.json"))
+        except FileNotFoundError:
+            pass
+    print(f"stopped {len(nodes)} node(s)")
+    return 0
+
+
+def cmd_timeline(args) -> int:
+    client = _tool_client(args.address)
+    try:
+        events = client.request("timeline")
+    finally:
+        client.close()
+    with open(args.output, "w") as f:
+        json.dump(events, f)
+    print(f"wrote {len(events)} events to {args.output} (open in chrome://tracing or Perfetto)")
+    return 0
+
+
+def cmd_memory(args) -> int:
+    client = _tool_client(args.address)
+    try:
+        s = client.request("status")
+    finally:
+        client.close()
+    print(f"node {s['NodeID'][:12]}: {s['objects']} objects, store "
+          f"{_fmt_bytes(s['store_used'])} of {_fmt_bytes(s['store_capacity'])}")
+    return 0
+
+
+def cmd_serve(args) -> int:
+    config = Config.from_json(args.config)
+    return node_mod.serve(config, num_cpus=args.num_cpus, resources=json.loads(args.resources),
+                          object_store_memory=args.object_store_memory, host=args.host,
+                          port=args.port, ready_fd=args.ready_fd,
+                          embedded_driver_pid=args.embedded_driver_pid)
+
+
+COMMANDS = {"start": cmd_start, "status": cmd_status, "stop": cmd_stop,
+            "timeline": cmd_timeline, "memory": cmd_memory, "_serve": cmd_serve}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except UsageError as e:
+        print(f"zfabric: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

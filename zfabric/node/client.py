@@ -1,0 +1,428 @@
+"""A process's connection to its local node: the driver's, or a worker's.
+
+    driver/worker process                     node process
+    ---------------------                     ------------
+    tx DEALER (id)      -- Submit, Put, Subscribe, Refs, ... -->  ROUTER
+    rx DEALER (id+"<")  <-- Welcome, ObjectReady, Reply, Execute --
+    store files         <-- mmap (read-only) / write+rename --> /dev/shm/zfabric-{node}/
+
+Two sockets, because ZeroMQ sockets are not thread-safe: any thread may
+send (under `_send_lock`), and whichever thread waits first becomes the
+*pump* that receives for everyone (leader/follower on `_cond`). A single-
+threaded driver therefore sends and receives on its own thread with no
+hand-off, which keeps the round trip short.
+
+Reference counting: ObjectRefs report creation and death by appending to a
+lock-free deque (`ObjectRef.__del__` may run in any thread, inside any
+code); the client folds those into per-object counts and, after each
+message it sends (and every `ref_flush_interval` when idle), tells the node
+the *net* change since the last report. The node applies a client's
+message before the reference changes that follow it, so an object handed
+to a task or nested in a result is never freed in between.
+"""
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections import deque
+
+import zmq
+
+from .. import protocol as p
+from .. import serialization
+from ..config import Config
+from ..core.objects import ObjectState
+from ..exceptions import GetTimeoutError, NodeDiedError, ObjectStoreFullError
+from ..ids import new_put_id, new_task_id, return_ids
+from ..ref import ObjectRef
+from . import sockets, store
+
+_current: "Client | None" = None
+PUMP_SLICE = 1.0   # seconds a pump waits before checking the node is alive
+
+
+def current() -> "Client":
+    if _current is None:
+        raise RuntimeError("zfabric is not initialized: call zf.init() first")
+    return _current
+
+
+def current_or_none() -> "Client | None":
+    return _current
+
+
+def set_current(client: "Client | None") -> None:
+    global _current
+    _current = client
+
+
+class Client:
+    def __init__(self, endpoint: str, role: str, *, identity: bytes | None = None,
+                 worker_id: str | None = None, connect_timeout: float = 30.0):
+        self.role = role
+        self.id = identity or (b"d" + os.urandom(7))
+        self.ctx = sockets.context()
+        self.rx = sockets.client_dealer(self.ctx, self.id + b"<", endpoint)
+        self.tx = sockets.client_dealer(self.ctx, self.id, endpoint)
+        self.endpoint = endpoint
+        self._send_lock = threading.Lock()
+        self._cond = threading.Condition(threading.Lock())
+        self._pumping = False
+        self._closed = False
+        # state guarded by _cond
+        self._ready: dict[bytes, tuple] = {}     # oid -> (state, size, payload)
+        self._counts: dict[bytes, int] = {}
+        self._reported: set[bytes] = set()
+        self._dirty: set[bytes] = set()
+        self._subscribed: set[bytes] = set()
+        self._replies: dict[int, object] = {}
+        self.executes: deque = deque()
+        self._ref_ops: deque = deque()           # (+1 | -1, oid), appended lock-free
+        self._req = 0
+        self.sent_functions: set[bytes] = set()
+        # set by a worker while it runs a task
+        self.current_task_id: bytes | None = None
+        self.current_depth = 0
+
+        self.welcome: p.Welcome | None = None
+        self.rx.send_multipart(p.encode(p.Hello(role, os.getpid(), worker_id)))
+        if not self._wait_for(lambda: self.welcome is not None, connect_timeout,
+                              check_node=False):
+            self._close_sockets()
+            raise ConnectionError(f"no zfabric node answered at {endpoint} "
+                                  f"within {connect_timeout:g} s")
+        w = self.welcome
+        self.node_id: bytes = w.node_id
+        self.store_dir: str = w.store_dir
+        self.session_dir: str = w.session_dir
+        self.address: str = w.address
+        self.node_pid: int = w.node_pid
+        self.config = Config.from_json(w.config)
+        self.inline_threshold = self.config.inline_threshold
+        self._flusher = threading.Thread(target=self._flush_loop, daemon=True,
+                                         name="zfabric-ref-flush")
+        self._flusher.start()
+
+    # -- sending ----------------------------------------------------------------
+
+    def send(self, msg) -> None:
+        frames = p.encode(msg)
+        with self._send_lock:
+            if self._closed:
+                raise RuntimeError("zfabric client is closed (zf.shutdown() was called)")
+            self.tx.send_multipart(frames, copy=False)
+            self._send_ref_changes()
+
+    def _send_ref_changes(self) -> None:
+        """Tell the node the net reference changes (caller holds _send_lock)."""
+        if not self._ref_ops and not self._dirty:
+            return
+        with self._cond:
+            self._apply_ref_ops()
+            incs, decs = [], []
+            reported = self._reported
+            for oid in self._dirty:
+                held = oid in self._counts
+                if held and oid not in reported:
+                    incs.append(oid)
+                    reported.add(oid)
+                elif not held and oid in reported:
+                    decs.append(oid)
+                    reported.discard(oid)
+            self._dirty.clear()
+        if incs or decs:
+            self.tx.send_multipart(p.encode(p.Refs(incs, decs)))
+
+    def _flush_loop(self) -> None:
+        interval = self.config.ref_flush_interval
+        while not self._closed:
+            time.sleep(interval)
+            if self._ref_ops or self._dirty:
+                with self._send_lock:
+                    if self._closed:
+                        return
+                    try:
+                        self._send_ref_changes()
+                    except zmq.ZMQError:
+                        return
+
+    def request(self, what: str, arg=None, timeout: float | None = 30.0):
+        with self._cond:
+            self._req += 1
+            req = self._req
+        self.send(p.Request(req, what, arg))
+        msg = self._await_reply(req, timeout)
+        if msg.error:
+            raise ValueError(msg.error)
+        return msg.data
+
+    def _await_reply(self, req: int, timeout: float | None):
+        if not self._wait_for(lambda: req in self._replies, timeout):
+            raise GetTimeoutError(f"the node did not answer within {timeout} s")
+        with self._cond:
+            return self._replies.pop(req)
+
+    # -- references -------------------------------------------------------------
+
+    def add_ref(self, oid: bytes) -> None:
+        self._ref_ops.append((1, oid))
+
+    def drop_ref(self, oid: bytes) -> None:
+        self._ref_ops.append((-1, oid))
+
+    def _apply_ref_ops(self) -> None:
+        """Fold queued ref births/deaths into counts (caller holds _cond)."""
+        ops, counts, dirty = self._ref_ops, self._counts, self._dirty
+        while ops:
+            delta, oid = ops.popleft()
+            n = counts.get(oid, 0) + delta
+            if n > 0:
+                counts[oid] = n
+            else:
+                counts.pop(oid, None)
+                self._ready.pop(oid, None)
+                self._subscribed.discard(oid)
+            dirty.add(oid)
+
+    # -- receiving -----------------------------------------------------------------
+
+    def _wait_for(self, pred, timeout: float | None, check_node: bool = True) -> bool:
+        """Wait until pred() (evaluated under _cond) holds; False on timeout."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            with self._cond:
+                while True:
+                    if pred():
+                        return True
+                    remaining = PUMP_SLICE if deadline is None else deadline - time.monotonic()
+                    if remaining <= 0:
+                        return False
+                    if not self._pumping:
+                        self._pumping = True
+                        break
+                    self._cond.wait(min(remaining, PUMP_SLICE))
+            try:
+                got = self._pump(min(remaining, PUMP_SLICE))
+            finally:
+                with self._cond:
+                    self._pumping = False
+                    self._cond.notify_all()
+            if not got and check_node and not self.node_alive():
+                raise NodeDiedError(f"the zfabric node (pid {self.node_pid}) died")
+
+    def _pump(self, timeout: float) -> bool:
+        """Receive what has arrived (waiting up to timeout); True if anything did."""
+        rx = self.rx
+        if not rx.poll(int(timeout * 1000)):
+            return False
+        while True:
+            try:
+                frames = rx.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return True
+            msg = p.decode(frames)
+            with self._cond:
+                self._on_message(msg)
+                self._cond.notify_all()
+
+    def _on_message(self, msg) -> None:
+        kind = type(msg)
+        if kind is p.ObjectReady:
+            self._apply_ref_ops()
+            if msg.oid in self._counts:
+                self._ready[msg.oid] = (msg.state, msg.size, msg.payload)
+            self._subscribed.discard(msg.oid)
+        elif kind is p.Execute:
+            self.executes.append(msg)
+        elif kind is p.Reply or kind is p.PutReply:
+            self._replies[msg.req_id] = msg
+        elif kind is p.Welcome:
+            self.welcome = msg
+
+    def node_alive(self) -> bool:
+        pid = self.node_pid
+        if not pid:
+            return True
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        try:  # a zombie child (embedded node not yet reaped) is dead too
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+        except OSError:
+            return False
+
+    # -- objects ----------------------------------------------------------------------
+
+    def _subscribe_missing(self, oids) -> None:
+        with self._cond:
+            self._apply_ref_ops()
+            want = [o for o in dict.fromkeys(oids)
+                    if o not in self._ready and o not in self._subscribed]
+            self._subscribed.update(want)
+        if want:
+            self.send(p.Subscribe(want))
+
+    def _any_error(self, oids) -> bool:
+        ready = self._ready
+        return any(ready[o][0] == ObjectState.ERROR for o in oids if o in ready)
+
+    def wait_objects(self, oids: list[bytes], timeout: float | None,
+                     fail_fast: bool = True) -> dict:
+        """Entries for every oid (or raise GetTimeoutError); stop early on an error."""
+        with self._cond:
+            self._apply_ref_ops()
+            missing = [o for o in oids if o not in self._ready]
+        if missing:
+            self._subscribe_missing(missing)
+            ready = self._ready
+
+            def done():
+                if all(o in ready for o in missing):
+                    return True
+                return fail_fast and self._any_error(missing)
+
+            blocked = self._block()
+            try:
+                if not self._wait_for(done, timeout):
+                    raise GetTimeoutError(
+                        f"get timed out after {timeout} s: "
+                        f"{sum(o not in ready for o in missing)} of {len(set(oids))} "
+                        "objects are not ready")
+            finally:
+                if blocked:
+                    self._unblock()
+        with self._cond:
+            out = {}
+            for o in oids:
+                entry = self._ready.get(o)
+                if entry is None:
+                    continue
+                out[o] = entry
+            return out
+
+    def wait_some(self, oids: list[bytes], num_returns: int, timeout: float | None) -> set:
+        """The set of oids that are ready once num_returns are, or timeout passes."""
+        self._subscribe_missing(oids)
+        ready = self._ready
+
+        def enough():
+            return sum(1 for o in oids if o in ready) >= num_returns
+
+        with self._cond:
+            already = enough()
+        if not already and timeout != 0:
+            blocked = self._block()
+            try:
+                self._wait_for(enough, timeout)
+            finally:
+                if blocked:
+                    self._unblock()
+        with self._cond:
+            return {o for o in oids if o in ready}
+
+    def _block(self) -> bool:
+        if self.current_task_id is None:
+            return False
+        self.send(p.Blocked(self.current_task_id))
+        return True
+
+    def _unblock(self) -> None:
+        self.send(p.Unblocked(self.current_task_id))
+
+    def get_values(self, oids: list[bytes], timeout: float | None) -> list:
+        entries = self.wait_objects(oids, timeout)
+        for o in oids:  # fail at once if any failed
+            entry = entries.get(o)
+            if entry is not None and entry[0] == ObjectState.ERROR:
+                raise serialization.error_from_record(entry[2])
+        return [self.materialize(o, entries[o]) for o in oids]
+
+    def materialize(self, oid: bytes, entry: tuple):
+        state, _size, payload = entry
+        if state == ObjectState.INLINE:
+            return serialization.deserialize(payload)
+        if state == ObjectState.STORE:
+            return store.read(self.store_dir, oid)
+        if state == ObjectState.ERROR:
+            raise serialization.error_from_record(payload)
+        raise RuntimeError(f"object {oid.hex()} is not ready")
+
+    def put(self, value) -> ObjectRef:
+        ser = serialization.serialize(value)
+        oid = new_put_id()
+        if ser.size <= self.inline_threshold:
+            blob = ser.to_bytes()
+            ref = ObjectRef(oid, self)
+            with self._cond:
+                self._reported.add(oid)
+                self._apply_ref_ops()
+                self._ready[oid] = (ObjectState.INLINE, len(blob), blob)
+            self.send(p.Put(oid, int(ObjectState.INLINE), len(blob), ser.contained, 0, blob))
+            return ref
+        size = store.write(self.store_dir, oid, ser)
+        with self._cond:
+            self._req += 1
+            req = self._req
+        self.send(p.Put(oid, int(ObjectState.STORE), size, ser.contained, req, b""))
+        reply = self._await_reply(req, None)
+        if reply.error:
+            raise ObjectStoreFullError(reply.error)
+        ref = ObjectRef(oid, self)
+        with self._cond:
+            self._reported.add(oid)
+            self._apply_ref_ops()
+            self._ready[oid] = (ObjectState.STORE, size, b"")
+        return ref
+
+    # -- tasks -----------------------------------------------------------------------------
+
+    def submit(self, *, name: str, fn_id: bytes, fn_blob: bytes, num_returns: int,
+               resources: dict, max_retries: int, retry_exceptions: bool,
+               retry_blob: bytes, deps: list, contained: list, args_blob: bytes) -> list[ObjectRef]:
+        tid = new_task_id()
+        rids = return_ids(tid, num_returns)
+        refs = [ObjectRef(oid, self) for oid in rids]
+        with self._cond:
+            self._reported.update(rids)
+        if fn_id in self.sent_functions:
+            fn_blob = b""
+        else:
+            self.sent_functions.add(fn_id)
+        self.send(p.Submit(tid, name, fn_id, num_returns, resources, max_retries,
+                           retry_exceptions, self.current_depth + (self.current_task_id is not None),
+                           self.current_task_id or b"", deps, contained, fn_blob,
+                           args_blob, retry_blob))
+        return refs
+
+    def cancel(self, oid: bytes, force: bool, recursive: bool) -> None:
+        self.send(p.Cancel(oid, force, recursive))
+
+    def next_execute(self) -> p.Execute:
+        """(workers) Wait for the node's next Execute."""
+        self._wait_for(lambda: bool(self.executes), None)
+        with self._cond:
+            return self.executes.popleft()
+
+    # -- closing ---------------------------------------------------------------------------
+
+    def close(self, shutdown_node: bool = False, reason: str = "") -> None:
+        with self._send_lock:
+            if self._closed:
+                return
+            try:
+                msg = p.Shutdown(reason) if shutdown_node else p.Goodbye(reason)
+                self.tx.send_multipart(p.encode(msg), zmq.NOBLOCK)
+            except zmq.ZMQError:
+                pass
+            self._closed = True
+        self._close_sockets()
+
+    def _close_sockets(self) -> None:
+        self.rx.close(sockets.LINGER_MS)
+        self.tx.close(sockets.LINGER_MS)
+        self.ctx.term()

@@ -1,0 +1,251 @@
+"""The node's poll loop: bytes and time in, effects out.
+
+    ROUTER (ipc + tcp) --frames--> decode --ClientMessage--> Scheduler.handle
+    worker/driver pidfds --exit--> WorkerExited / ClientGone --> Scheduler.handle
+    timer --------------------------> Tick --------------------> Scheduler.handle
+    effects <-------------------------------------------------------'
+      Send -> ROUTER    SpawnWorker/StopWorker/KillWorker/InterruptWorker -> processes
+      DeleteObject -> store    WatchClient -> pidfd    StopNode -> leave the loop
+
+Single-threaded: only this loop touches the scheduler's state. An unexpected
+exception stops the node loudly (the caller logs it and cleans up); a
+malformed message is counted and dropped.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import zmq
+
+from .. import protocol as p
+from ..core import effects as fx
+from ..core import events as ev
+from . import store
+
+log = logging.getLogger("zfabric.node")
+RECV_BATCH = 512
+
+
+class NodeLoop:
+    def __init__(self, scheduler, router: zmq.Socket, *, ipc_endpoint: str,
+                 session_dir: str, store_dir: str, tick_interval: float,
+                 worker_output: str | None, stop_grace: float,
+                 embedded_driver_pid: int | None = None):
+        self.scheduler = scheduler
+        self.router = router
+        self.ipc_endpoint = ipc_endpoint
+        self.session_dir = session_dir
+        self.store_dir = store_dir
+        self.tick_interval = tick_interval
+        self.worker_output = worker_output   # None: inherit the node's stdout/stderr
+        self.stop_grace = stop_grace
+        self.embedded_driver_pid = embedded_driver_pid
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.poller = zmq.Poller()
+        self.fd_handlers: dict[int, object] = {}
+        self.running = False
+        self.stop_reason = ""
+        self.malformed = 0
+        self.cancel_dir = os.path.join(session_dir, "cancel")
+        os.makedirs(self.cancel_dir, exist_ok=True)
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+
+    # -- running --------------------------------------------------------------------
+
+    def run(self) -> str:
+        self.running = True
+        self.poller.register(self.router, zmq.POLLIN)
+        self.poller.register(self._wake_r, zmq.POLLIN)
+        old_wakeup = signal.set_wakeup_fd(self._wake_w)
+        signal.signal(signal.SIGTERM, self._on_signal)
+        if self.embedded_driver_pid:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            self._watch_pid(self.embedded_driver_pid, self._on_embedded_driver_exit)
+        else:
+            signal.signal(signal.SIGINT, self._on_signal)
+        try:
+            self.execute(self.scheduler.start(time.monotonic()))
+            next_tick = time.monotonic() + self.tick_interval
+            while self.running:
+                timeout = max(0.0, next_tick - time.monotonic())
+                for sock, _ in self.poller.poll(int(timeout * 1000) + 1):
+                    if sock is self.router:
+                        self._drain_router()
+                    elif sock == self._wake_r:
+                        self._drain_wakeups()
+                    else:
+                        self.fd_handlers[sock]()
+                    if not self.running:
+                        break
+                now = time.monotonic()
+                if now >= next_tick:
+                    next_tick = now + self.tick_interval
+                    self.execute(self.scheduler.handle(ev.Tick(), now))
+        finally:
+            signal.set_wakeup_fd(old_wakeup)
+        return self.stop_reason
+
+    def _on_signal(self, signum, frame) -> None:
+        self.running = False
+        self.stop_reason = f"signal {signal.Signals(signum).name}"
+
+    def _drain_wakeups(self) -> None:
+        try:
+            while os.read(self._wake_r, 512):
+                pass
+        except BlockingIOError:
+            pass
+
+    def _drain_router(self) -> None:
+        router, scheduler = self.router, self.scheduler
+        now = time.monotonic()
+        for _ in range(RECV_BATCH):
+            try:
+                frames = router.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            ident = frames[0]
+            client = ident[:-1] if ident.endswith(b"<") else ident
+            try:
+                msg = p.decode(frames[1:])
+            except p.ProtocolError as e:
+                self.malformed += 1
+                log.warning("dropped a malformed message from %r: %s", client[:16], e)
+                continue
+            self.execute(scheduler.handle(ev.ClientMessage(client, msg), now))
+            if not self.running:
+                return
+
+    def dispatch(self, event) -> None:
+        self.execute(self.scheduler.handle(event, time.monotonic()))
+
+    # -- effects ---------------------------------------------------------------------------
+
+    def execute(self, effects: list) -> None:
+        for effect in effects:
+            kind = type(effect)
+            if kind is fx.Send:
+                self._send(effect.to, effect.msg)
+            elif kind is fx.SpawnWorker:
+                self._spawn_worker(effect.worker_id)
+            elif kind is fx.DeleteObject:
+                store.delete(self.store_dir, effect.oid)
+            elif kind is fx.StopWorker:
+                self._signal_worker(effect.worker_id, signal.SIGTERM)
+            elif kind is fx.KillWorker:
+                self._signal_worker(effect.worker_id, signal.SIGKILL)
+            elif kind is fx.InterruptWorker:
+                self._interrupt(effect.worker_id, effect.task_id)
+            elif kind is fx.WatchClient:
+                if effect.pid != self.embedded_driver_pid:
+                    client = effect.client
+                    self._watch_pid(effect.pid, lambda c=client: self.dispatch(ev.ClientGone(c)))
+            elif kind is fx.StopNode:
+                self.running = False
+                self.stop_reason = effect.reason
+            elif kind is fx.Log:
+                log.log(logging.getLevelName(effect.level.upper()), "%s", effect.text)
+            else:
+                raise TypeError(f"unknown effect {effect!r}")
+
+    def _send(self, to: bytes, msg) -> None:
+        try:
+            self.router.send_multipart([to + b"<"] + p.encode(msg), zmq.NOBLOCK)
+        except zmq.ZMQError as e:
+            if e.errno != zmq.EHOSTUNREACH:
+                raise
+            log.debug("client %r is gone; dropped %s", to, type(msg).__name__)
+
+    def _spawn_worker(self, wid: str) -> None:
+        env = dict(os.environ)
+        env.update(ZFABRIC_WORKER_ID=wid, ZFABRIC_NODE_ENDPOINT=self.ipc_endpoint,
+                   ZFABRIC_CANCEL_PATH=os.path.join(self.cancel_dir, wid))
+        out = None
+        if self.worker_output is not None:
+            out = open(os.path.join(self.worker_output, f"worker-{wid}.log"), "ab")
+        try:
+            proc = subprocess.Popen([sys.executable, "-m", "zfabric.node.worker"], env=env,
+                                    stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                                    close_fds=True)
+        except OSError as e:
+            self.dispatch(ev.WorkerSpawnFailed(wid, str(e)))
+            return
+        finally:
+            if out is not None:
+                out.close()
+        self.procs[wid] = proc
+        self._watch_pid(proc.pid, lambda: self._on_worker_exit(wid))
+
+    def _on_worker_exit(self, wid: str) -> None:
+        proc = self.procs.pop(wid, None)
+        if proc is None:
+            return
+        code = proc.wait()
+        try:
+            os.unlink(os.path.join(self.cancel_dir, wid))
+        except FileNotFoundError:
+            pass
+        self.dispatch(ev.WorkerExited(wid, code))
+
+    def _signal_worker(self, wid: str, sig: int) -> None:
+        proc = self.procs.get(wid)
+        if proc is not None and proc.returncode is None:
+            try:
+                os.kill(proc.pid, sig)
+            except ProcessLookupError:
+                pass
+
+    def _interrupt(self, wid: str, task_id: bytes) -> None:
+        path = os.path.join(self.cancel_dir, wid)
+        with open(path + ".tmp", "w") as f:
+            f.write(task_id.hex())
+        os.rename(path + ".tmp", path)
+        self._signal_worker(wid, signal.SIGUSR1)
+
+    def _watch_pid(self, pid: int, on_exit) -> None:
+        try:
+            fd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            on_exit()
+            return
+
+        def fire():
+            self.poller.unregister(fd)
+            del self.fd_handlers[fd]
+            os.close(fd)
+            on_exit()
+
+        self.fd_handlers[fd] = fire
+        self.poller.register(fd, zmq.POLLIN)
+
+    def _on_embedded_driver_exit(self) -> None:
+        self.running = False
+        self.stop_reason = "its driver exited"
+
+    # -- stopping --------------------------------------------------------------------------
+
+    def stop_workers(self) -> None:
+        procs = [pr for pr in self.procs.values() if pr.poll() is None]
+        for pr in procs:
+            try:
+                pr.terminate()
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + self.stop_grace
+        for pr in procs:
+            try:
+                pr.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pr.kill()
+                pr.wait()
+        self.procs.clear()
+        for fd in list(self.fd_handlers):
+            os.close(fd)
+        self.fd_handlers.clear()
+        os.close(self._wake_r)
+        os.close(self._wake_w)

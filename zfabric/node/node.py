@@ -1,0 +1,246 @@
+"""The node process's composition root, and how callers start one.
+
+`spawn_node(...)` (used by `zf.init()` for an embedded node and by
+`zfabric start`) runs `python -m zfabric.node _serve ...` and waits until the
+node has bound its sockets; the node answers on a pipe with a JSON record
+(address, ipc endpoint, session and store dirs) or with the one-line reason
+it could not start.
+
+`serve(...)` is the node itself: make the session and store dirs, bind the
+ROUTER on `ipc://{session}/node.sock` and `tcp://host:port`, build the
+Scheduler, run the loop, and on the way out stop every worker by PID and
+remove the store dir and session dir.
+"""
+from __future__ import annotations
+
+import ctypes
+import datetime
+import json
+import logging
+import os
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+import zmq
+
+from ..config import Config
+from ..core.scheduler import Scheduler, workers_for
+from ..ids import new_node_id
+from . import sockets, store
+from .loop import NodeLoop
+
+log = logging.getLogger("zfabric.node")
+
+
+class NodeStartError(RuntimeError):
+    """A node could not start; the message is one line for the user."""
+
+
+def default_store_capacity(config: Config) -> int:
+    ram = psutil.virtual_memory().total
+    try:
+        shm_free = shutil.disk_usage(config.store_root).free
+    except OSError:
+        shm_free = ram
+    return int(min(ram * config.object_store_fraction, shm_free * 0.9))
+
+
+def node_records_dir(config: Config) -> str:
+    return os.path.join(config.temp_dir, "nodes")
+
+
+# -- starting a node from another process ----------------------------------------------------
+
+def spawn_node(config: Config, *, num_cpus: float, resources: dict,
+               object_store_memory: int | None, host: str, port: int,
+               embedded: bool, timeout: float | None = None) -> tuple[subprocess.Popen, dict]:
+    """Start a node process and wait until it answers. Returns (process, info)."""
+    r, w = os.pipe()
+    cmd = [sys.executable, "-m", "zfabric.node", "_serve", "--ready-fd", str(w),
+           "--config", config.to_json(), "--num-cpus", repr(float(num_cpus)),
+           "--resources", json.dumps(resources), "--host", host, "--port", str(port)]
+    if object_store_memory is not None:
+        cmd += ["--object-store-memory", str(int(object_store_memory))]
+    if embedded:
+        cmd += ["--embedded-driver-pid", str(os.getpid())]
+    devnull = subprocess.DEVNULL
+    env = dict(os.environ)
+    if embedded:  # workers import what the driver can (functions pickled by reference)
+        paths = [os.path.abspath(x or os.curdir) for x in sys.path if os.path.isdir(x or os.curdir)]
+        if env.get("PYTHONPATH"):
+            paths.append(env["PYTHONPATH"])
+        env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+    try:
+        proc = subprocess.Popen(
+            cmd, pass_fds=(w,), stdin=devnull, env=env,
+            stdout=None if embedded else devnull, stderr=None if embedded else devnull,
+            start_new_session=not embedded)
+    finally:
+        os.close(w)
+    try:
+        line = _read_line(r, timeout or config.node_start_timeout, proc)
+    finally:
+        os.close(r)
+    info = json.loads(line) if line else {"error": "the node process exited while starting"}
+    if "error" in info:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        raise NodeStartError(info["error"])
+    return proc, info
+
+
+def _read_line(fd: int, timeout: float, proc: subprocess.Popen) -> str:
+    buf = b""
+    deadline = time.monotonic() + timeout
+    while b"\n" not in buf:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            proc.kill()
+            proc.wait()
+            raise NodeStartError(f"the node did not start within {timeout:g} s")
+        ready, _, _ = select.select([fd], [], [], min(remaining, 0.5))
+        if ready:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            buf += chunk
+    return buf.decode().strip()
+
+
+# -- the node process ------------------------------------------------------------------------
+
+def serve(config: Config, *, num_cpus: float, resources: dict, object_store_memory: int | None,
+          host: str, port: int, ready_fd: int | None, embedded_driver_pid: int | None) -> int:
+    node_id = new_node_id()
+    stamp = datetime.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+    session_dir = os.path.join(config.temp_dir, f"session_{stamp}_{os.getpid()}")
+    store_dir = os.path.join(config.store_root, f"zfabric-{node_id.hex()}")
+    os.makedirs(session_dir, mode=0o700)
+    logging.basicConfig(filename=os.path.join(session_dir, "node.log"), level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if embedded_driver_pid:
+        _die_with_parent(signal.SIGTERM)
+    ctx = sockets.context()
+    router = None
+    record_path = None
+    clean_exit = False
+    try:
+        store.create_dir(store_dir)
+        ipc = f"ipc://{session_dir}/node.sock"
+        try:
+            router, bound = sockets.node_router(ctx, [ipc, f"tcp://{host}:{port}"])
+        except zmq.ZMQError as e:
+            raise NodeStartError(f"cannot listen on {host}:{port}: {e.strerror}") from None
+        tcp = bound[1]
+        tcp_port = int(tcp.rsplit(":", 1)[1])
+        capacity = object_store_memory or default_store_capacity(config)
+        info = {"node_id": node_id.hex(), "pid": os.getpid(), "address": f"tcp://{host}:{tcp_port}",
+                "host": host, "port": tcp_port, "ipc": ipc, "session_dir": session_dir,
+                "store_dir": store_dir, "embedded": bool(embedded_driver_pid),
+                "num_cpus": num_cpus, "resources": resources, "store_capacity": capacity}
+        scheduler = Scheduler(
+            node_id=node_id, resources={"CPU": num_cpus, **resources},
+            store_capacity=capacity, num_workers=workers_for(num_cpus),
+            max_workers=config.max_workers, idle_worker_timeout=config.idle_worker_timeout,
+            timeline_capacity=config.timeline_capacity,
+            node_info={**info, "config": config.to_json()})
+        loop = NodeLoop(scheduler, router, ipc_endpoint=ipc, session_dir=session_dir,
+                        store_dir=store_dir, tick_interval=config.tick_interval,
+                        worker_output=None if embedded_driver_pid else session_dir,
+                        stop_grace=config.stop_grace, embedded_driver_pid=embedded_driver_pid)
+        with open(os.path.join(session_dir, "node.json"), "w") as f:
+            json.dump(info, f)
+        if not embedded_driver_pid:
+            os.makedirs(node_records_dir(config), exist_ok=True)
+            record_path = os.path.join(node_records_dir(config), f"{node_id.hex()}.json")
+            with open(record_path, "w") as f:
+                json.dump(info, f)
+        log.info("node %s up at %s (%s), %g CPUs", node_id.hex(), info["address"], ipc, num_cpus)
+        _answer(ready_fd, info)
+        ready_fd = None
+        try:
+            reason = loop.run()
+        finally:
+            loop.stop_workers()
+        log.info("node stopping: %s", reason)
+        clean_exit = True
+        return 0
+    except NodeStartError as e:
+        _answer(ready_fd, {"error": str(e)})
+        return 1
+    except BaseException:
+        log.exception("node failed")
+        _answer(ready_fd, {"error": "the node failed while starting; see "
+                                    f"{session_dir}/node.log"})
+        raise
+    finally:
+        if router is not None:
+            router.close(0)
+        ctx.term()
+        store.remove_dir(store_dir)
+        if record_path:
+            try:
+                os.unlink(record_path)
+            except FileNotFoundError:
+                pass
+        if clean_exit:
+            shutil.rmtree(session_dir, ignore_errors=True)
+
+
+def _answer(fd: int | None, data: dict) -> None:
+    if fd is None:
+        return
+    try:
+        os.write(fd, (json.dumps(data) + "\n").encode())
+        os.close(fd)
+    except OSError:
+        pass
+
+
+def _die_with_parent(sig: int) -> None:
+    try:
+        ctypes.CDLL(None).prctl(1, sig)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def find_local_nodes(config: Config) -> list[dict]:
+    """Records of the live nodes `zfabric start` started on this machine."""
+    out = []
+    folder = node_records_dir(config)
+    try:
+        names = sorted(os.listdir(folder))
+    except FileNotFoundError:
+        return out
+    for name in names:
+        if not name.endswith(".json"):
+            continue
+        path = os.path.join(folder, name)
+        try:
+            with open(path) as f:
+                info = json.load(f)
+        except (OSError, ValueError):
+            continue
+        if pid_is_node(info.get("pid", 0)):
+            out.append(info)
+        else:  # a node killed without cleaning up: forget its record
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+    return out
+
+
+def pid_is_node(pid: int) -> bool:
+    """Is `pid` a live zfabric node process (not a recycled pid)?"""
+    try:
+        proc = psutil.Process(pid)
+        return "zfabric.node" in " ".join(proc.cmdline()) and proc.status() != psutil.STATUS_ZOMBIE
+    except (psutil.Error, ValueError):
+        return False

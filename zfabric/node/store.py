@@ -1,0 +1,76 @@
+"""The mmap object store: one file per object in the node's store dir.
+
+The store dir is `/dev/shm/zfabric-{node_id}` (tmpfs: the files *are* shared
+memory). Writers (drivers putting, workers returning) create
+`.{hex}.{pid}.tmp`, write the serialized layout (serialization.py), and
+rename it to `{hex}`: a reader never sees a half-written object. Readers
+mmap the file read-only and unpickle with buffers pointing into the map,
+so numpy arrays come back as zero-copy read-only views.
+
+The node keeps the books (capacity, reference counts) and deletes files;
+this module only moves bytes.
+"""
+from __future__ import annotations
+
+import mmap
+import os
+import shutil
+
+from .. import serialization
+
+
+def path_of(store_dir: str, oid: bytes) -> str:
+    return os.path.join(store_dir, oid.hex())
+
+
+def create_dir(store_dir: str) -> None:
+    os.makedirs(store_dir, mode=0o700, exist_ok=False)
+
+
+def remove_dir(store_dir: str) -> None:
+    shutil.rmtree(store_dir, ignore_errors=True)
+
+
+def write(store_dir: str, oid: bytes, ser: serialization.Serialized) -> int:
+    """Write a serialized object under its id; return its size in bytes."""
+    final = path_of(store_dir, oid)
+    tmp = os.path.join(store_dir, f".{oid.hex()}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.ftruncate(fd, ser.size)
+        for off, piece in ser.chunks():
+            view = memoryview(piece).cast("B")
+            while view.nbytes:
+                n = os.pwrite(fd, view, off)
+                view = view[n:]
+                off += n
+    except BaseException:
+        os.close(fd)
+        os.unlink(tmp)
+        raise
+    os.close(fd)
+    os.rename(tmp, final)
+    return ser.size
+
+
+def map_object(store_dir: str, oid: bytes) -> memoryview:
+    """A read-only view of a sealed object's bytes (shared memory)."""
+    fd = os.open(path_of(store_dir, oid), os.O_RDONLY)
+    try:
+        size = os.fstat(fd).st_size
+        mm = mmap.mmap(fd, size, prot=mmap.PROT_READ)
+    finally:
+        os.close(fd)
+    return memoryview(mm)
+
+
+def read(store_dir: str, oid: bytes):
+    """The value of a sealed object, zero-copy where its buffers allow."""
+    return serialization.deserialize(map_object(store_dir, oid))
+
+
+def delete(store_dir: str, oid: bytes) -> None:
+    try:
+        os.unlink(path_of(store_dir, oid))
+    except FileNotFoundError:
+        pass

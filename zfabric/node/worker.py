@@ -1,0 +1,224 @@
+"""A worker process: runs one task at a time for its node.
+
+    node --Execute--> worker: map arguments, run the function, store results
+    node <--TaskDone-- worker (small results inline, large ones in the store)
+
+Started by the node as `python -m zfabric.node.worker` with its identity in
+the environment. It dies with its node (PR_SET_PDEATHSIG) and ignores
+SIGINT (Ctrl-C is for the driver). A non-force `zf.cancel` reaches it as
+SIGUSR1 after the node wrote the task id to `{session}/cancel/{worker_id}`:
+the handler interrupts the task only if that is the task it is running, so
+a late signal cannot hit the next task. Interrupting from a signal handler
+also breaks out of `time.sleep` and blocking I/O at once.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import sys
+import time
+import traceback
+
+import cloudpickle
+
+from .. import protocol as p
+from .. import serialization
+from ..core.objects import ObjectState
+from ..core.scheduler import TaskStatus
+from ..exceptions import TaskCancelledError
+from ..ref import DepMarker
+from . import client as client_mod
+from . import store
+
+PR_SET_PDEATHSIG = 1
+
+
+class _Interrupted(BaseException):
+    """Raised into a task by a cancel; a BaseException so `except Exception` in
+    user code does not swallow it."""
+
+
+class Worker:
+    def __init__(self, client: client_mod.Client, worker_id: str, cancel_path: str):
+        self.client = client
+        self.worker_id = worker_id
+        self.cancel_path = cancel_path
+        self.functions: dict[bytes, object] = {}
+        self.in_user_code = False
+
+    # -- cancel -----------------------------------------------------------------
+
+    def on_cancel_signal(self, signum, frame) -> None:
+        task = self.client.current_task_id
+        if not self.in_user_code or task is None:
+            return
+        try:
+            with open(self.cancel_path) as f:
+                target = f.read().strip()
+        except OSError:
+            return
+        if target == task.hex():
+            self.in_user_code = False
+            raise _Interrupted()
+
+    # -- running a task ------------------------------------------------------------------
+
+    def serve(self) -> None:
+        client = self.client
+        while True:
+            ex = client.next_execute()
+            done = self.run(ex)
+            client.send(done)
+            del done
+
+    def _function(self, ex: p.Execute):
+        fn = self.functions.get(ex.fn_id)
+        if fn is None:
+            fn = self.functions[ex.fn_id] = cloudpickle.loads(ex.fn_blob)
+        return fn
+
+    def _arguments(self, ex: p.Execute):
+        values = []
+        for oid, state, payload in zip(ex.dep_ids, ex.dep_states, ex.dep_payloads):
+            if state == ObjectState.INLINE:
+                values.append(serialization.deserialize(payload))
+            else:
+                values.append(store.read(self.client.store_dir, oid))
+        if not ex.args_blob:
+            return (), {}
+        args, kwargs = serialization.deserialize(ex.args_blob)
+        args = [values[a.index] if type(a) is DepMarker else a for a in args]
+        for k, v in kwargs.items():
+            if type(v) is DepMarker:
+                kwargs[k] = values[v.index]
+        return args, kwargs
+
+    def run(self, ex: p.Execute) -> p.TaskDone:
+        client = self.client
+        start = time.time()
+        status, retryable, result = TaskStatus.OK, False, None
+        error = None
+        try:
+            fn = self._function(ex)
+            args, kwargs = self._arguments(ex)
+            client.current_task_id = ex.task_id
+            client.current_depth = ex.depth
+            self.in_user_code = True
+            try:
+                result = fn(*args, **kwargs)
+            finally:
+                self.in_user_code = False
+            del args, kwargs
+        except _Interrupted:
+            status = TaskStatus.CANCELLED
+        except BaseException as e:  # everything a task raises goes back to its caller
+            status = TaskStatus.ERROR
+            error = e
+            retryable = self._retryable(ex, e)
+        finally:
+            client.current_task_id = None
+        end = time.time()
+        if status == TaskStatus.OK:
+            try:
+                states, sizes, contained, payloads = self._store_results(ex, result)
+            except BaseException as e:
+                status, error = TaskStatus.ERROR, e
+        if status == TaskStatus.OK:
+            done = p.TaskDone(ex.task_id, int(status), False, states, sizes, contained,
+                              start, end, payloads)
+        else:
+            if status == TaskStatus.CANCELLED:
+                record = serialization.system_error_record(
+                    TaskCancelledError, f"task {ex.name}() was cancelled", ex.name)
+            else:
+                record = serialization.error_record(error, ex.name, _format_tb(error))
+            done = p.TaskDone(ex.task_id, int(status), retryable, [], [], [], start, end,
+                              [record])
+        del result  # the TaskDone is sent before refs inside the result die
+        return done
+
+    def _retryable(self, ex: p.Execute, e: BaseException) -> bool:
+        if not ex.retry_blob:
+            return False
+        spec = cloudpickle.loads(ex.retry_blob)
+        if spec is True:
+            return isinstance(e, Exception)
+        return isinstance(e, tuple(spec))
+
+    def _store_results(self, ex: p.Execute, result):
+        n = ex.num_returns
+        if n == 0:
+            values = []
+        elif n == 1:
+            values = [result]
+        else:
+            if not isinstance(result, (tuple, list)) or len(result) != n:
+                got = (f"{len(result)} values" if isinstance(result, (tuple, list))
+                       else f"a {type(result).__name__}")
+                raise ValueError(f"task {ex.name}() declared num_returns={n} "
+                                 f"but returned {got}")
+            values = list(result)
+        states, sizes, contained, payloads = [], [], [], []
+        threshold = self.client.inline_threshold
+        for i, value in enumerate(values):
+            try:
+                ser = serialization.serialize(value)
+            except Exception as e:
+                raise TypeError(f"could not serialize the return value of {ex.name}(): "
+                                f"{type(e).__name__}: {e}") from e
+            if ser.size <= threshold:
+                blob = ser.to_bytes()
+                states.append(int(ObjectState.INLINE))
+                sizes.append(len(blob))
+                payloads.append(blob)
+            else:
+                oid = ex.task_id + i.to_bytes(4, "big")
+                store.write(self.client.store_dir, oid, ser)
+                states.append(int(ObjectState.STORE))
+                sizes.append(ser.size)
+                payloads.append(b"")
+            contained.append(ser.contained)
+        return states, sizes, contained, payloads
+
+
+def _format_tb(e: BaseException) -> str:
+    tb = e.__traceback__
+    # drop the worker's own frames: start at the user's function
+    while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
+        tb = tb.tb_next
+    return "".join(traceback.format_exception(type(e), e, tb))
+
+
+def _die_with_parent() -> None:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass
+
+
+def main() -> None:
+    parent = os.getppid()
+    _die_with_parent()
+    if os.getppid() != parent or parent == 1:
+        sys.exit(0)  # the node died before we could tie ourselves to it
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+    try:
+        sys.stdout.reconfigure(line_buffering=True)
+    except AttributeError:
+        pass
+    worker_id = os.environ["ZFABRIC_WORKER_ID"]
+    endpoint = os.environ["ZFABRIC_NODE_ENDPOINT"]
+    cancel_path = os.environ["ZFABRIC_CANCEL_PATH"]
+    client = client_mod.Client(endpoint, "worker", identity=worker_id.encode(),
+                               worker_id=worker_id)
+    client_mod.set_current(client)
+    worker = Worker(client, worker_id, cancel_path)
+    signal.signal(signal.SIGUSR1, worker.on_cancel_signal)
+    worker.serve()
+
+
+if __name__ == "__main__":
+    main()

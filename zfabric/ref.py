@@ -1,0 +1,114 @@
+"""ObjectRef: a reference to an object that a task will produce or `put` made.
+
+An ObjectRef counts itself: creating one tells the process's client
+(`node/client.py`) that this process holds the object; the last one to go
+tells it the hold is over. The client batches those changes to its node,
+which frees an object once nobody holds it and no pending task needs it.
+
+Pickled inside a value, an ObjectRef notes itself (`serialization.note_ref`)
+so the node keeps it alive as long as the value that contains it.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import threading
+
+from . import serialization
+
+_client_module = None
+
+
+def _current_client():
+    global _client_module
+    if _client_module is None:
+        from .node import client as _client_module_
+        _client_module = _client_module_
+    return _client_module.current_or_none()
+
+
+class ObjectRef:
+    __slots__ = ("_id", "_client", "__weakref__")
+
+    def __init__(self, oid: bytes, client=None, *, counted: bool = True):
+        if type(oid) is not bytes or len(oid) != 20:
+            raise TypeError("ObjectRef ids are 20 bytes")
+        self._id = oid
+        if counted:
+            client = client if client is not None else _current_client()
+            if client is not None:
+                client.add_ref(oid)
+        self._client = client if counted else None
+
+    def __del__(self):
+        client = self._client
+        if client is not None:
+            try:
+                client.drop_ref(self._id)
+            except Exception:  # interpreter shutdown: nothing left to tell
+                pass
+
+    def binary(self) -> bytes:
+        return self._id
+
+    def hex(self) -> str:
+        return self._id.hex()
+
+    def task_id(self) -> str:
+        return self._id[:16].hex()
+
+    def __eq__(self, other) -> bool:
+        return type(other) is ObjectRef and other._id == self._id
+
+    def __hash__(self) -> int:
+        return hash(self._id)
+
+    def __repr__(self) -> str:
+        return f"ObjectRef({self._id.hex()})"
+
+    def __reduce__(self):
+        serialization.note_ref(self._id)
+        return (_rebuild, (self._id,))
+
+    def __copy__(self):
+        return ObjectRef(self._id)
+
+    def __deepcopy__(self, memo):
+        return ObjectRef(self._id)
+
+    def future(self) -> concurrent.futures.Future:
+        """A concurrent.futures.Future that completes with the object's value."""
+        fut: concurrent.futures.Future = concurrent.futures.Future()
+        client = self._client or _current_client()
+        if client is None:
+            raise RuntimeError("zfabric is not initialized: call zf.init() first")
+
+        def resolve(ref=self):
+            if not fut.set_running_or_notify_cancel():
+                return
+            try:
+                fut.set_result(client.get_values([ref._id], None)[0])
+            except BaseException as e:  # the future carries it to its waiter
+                fut.set_exception(e)
+
+        threading.Thread(target=resolve, name=f"zfabric-future-{self.hex()[:8]}",
+                         daemon=True).start()
+        return fut
+
+    def __await__(self):
+        import asyncio
+        return asyncio.wrap_future(self.future()).__await__()
+
+
+def _rebuild(oid: bytes) -> ObjectRef:
+    return ObjectRef(oid)
+
+
+class DepMarker:
+    """Stands for the top-level argument a task receives as a resolved value."""
+    __slots__ = ("index",)
+
+    def __init__(self, index: int):
+        self.index = index
+
+    def __reduce__(self):
+        return (DepMarker, (self.index,))

@@ -1,0 +1,216 @@
+"""Values <-> bytes: cloudpickle protocol 5 with out-of-band buffers.
+
+One layout serves both places an object lives: inside a message (objects up
+to `Config.inline_threshold`) and in a store file (`node/store.py`):
+
+    offset 0   header  <4sHHIIQQ  magic "ZFO1", version, flags, nbuf,
+                                  crc32(header+table), pickle_len, total_len
+    offset 32  table   nbuf x <QQ (offset, length) of each buffer
+    then       the pickle stream
+    then       each out-of-band buffer, starting at a multiple of 64
+
+`deserialize(view)` unpickles with the buffers pointing *into* `view`: when
+`view` is a read-only mmap, numpy arrays come back as zero-copy read-only
+views of shared memory.
+
+While a value is serialized, every ObjectRef pickled inside it is noted
+(`ObjectRef.__reduce__` calls `note_ref`) so the node can keep those objects
+alive as long as the containing one: `Serialized.contained`.
+
+Errors travel as an `ErrorRecord` (msgpack, never pickle, around an optional
+cloudpickled exception).
+"""
+from __future__ import annotations
+
+import pickle
+import struct
+import threading
+import traceback
+import zlib
+
+import cloudpickle
+import msgpack
+
+from . import exceptions
+
+MAGIC = b"ZFO1"
+VERSION = 1
+_HEADER = struct.Struct("<4sHHIIQQ")
+_ENTRY = struct.Struct("<QQ")
+HEADER_SIZE = _HEADER.size  # 32
+ALIGN = 64
+
+_SIMPLE = (type(None), bool, int, float, str, bytes)
+_local = threading.local()
+
+
+class CorruptObjectError(ValueError):
+    """A blob or store file does not hold a valid zfabric object."""
+
+
+def note_ref(oid: bytes) -> None:
+    """Called by ObjectRef.__reduce__: record a ref pickled inside a value."""
+    refs = getattr(_local, "refs", None)
+    if refs is not None:
+        refs.append(oid)
+
+
+def _align(n: int) -> int:
+    return (n + ALIGN - 1) & ~(ALIGN - 1)
+
+
+class Serialized:
+    """A value's pickle stream, its out-of-band buffers and the refs inside it."""
+    __slots__ = ("pickle", "buffers", "contained", "offsets", "size")
+
+    def __init__(self, pickled: bytes, buffers: list, contained: list[bytes]):
+        self.pickle = pickled
+        self.buffers = buffers
+        self.contained = contained
+        pos = HEADER_SIZE + _ENTRY.size * len(buffers) + len(pickled)
+        offsets = []
+        for buf in buffers:
+            pos = _align(pos)
+            offsets.append(pos)
+            pos += buf.nbytes
+        self.offsets = offsets
+        self.size = pos
+
+    def header(self) -> bytes:
+        table = b"".join(_ENTRY.pack(off, buf.nbytes)
+                         for off, buf in zip(self.offsets, self.buffers))
+        draft = _HEADER.pack(MAGIC, VERSION, 0, len(self.buffers), 0,
+                             len(self.pickle), self.size)
+        crc = zlib.crc32(table, zlib.crc32(draft))
+        return _HEADER.pack(MAGIC, VERSION, 0, len(self.buffers), crc,
+                            len(self.pickle), self.size) + table
+
+    def chunks(self):
+        """The blob as (offset, bytes-like) pieces, in order, gaps implied."""
+        head = self.header()
+        yield 0, head
+        yield len(head), self.pickle
+        for off, buf in zip(self.offsets, self.buffers):
+            yield off, buf
+
+    def to_bytes(self) -> bytes:
+        if not self.buffers:
+            return self.header() + self.pickle
+        out = bytearray(self.size)
+        for off, piece in self.chunks():
+            mv = memoryview(piece).cast("B")
+            out[off:off + mv.nbytes] = mv
+        return bytes(out)
+
+
+def serialize(value) -> Serialized:
+    """Pickle `value` (cloudpickle, protocol 5, out-of-band buffers)."""
+    buffers: list = []
+    if type(value) in _SIMPLE:
+        return Serialized(pickle.dumps(value, 5), buffers, [])
+    outer = getattr(_local, "refs", None)
+    _local.refs = refs = []
+    try:
+        pickled = cloudpickle.dumps(value, protocol=5, buffer_callback=buffers.append)
+    finally:
+        _local.refs = outer
+    raw = [b.raw() for b in buffers]
+    return Serialized(pickled, raw, refs)
+
+
+def dumps(value) -> bytes:
+    """serialize(value).to_bytes(): the inline form."""
+    return serialize(value).to_bytes()
+
+
+def parse_header(view) -> tuple[int, list[tuple[int, int]], int, int]:
+    """Validate a blob's header; return (pickle_offset, buffer table, pickle_len, total)."""
+    if len(view) < HEADER_SIZE:
+        raise CorruptObjectError("object is shorter than its header")
+    magic, version, _flags, nbuf, crc, plen, total = _HEADER.unpack_from(view, 0)
+    if magic != MAGIC or version != VERSION:
+        raise CorruptObjectError("not a zfabric object (bad magic or version)")
+    table_end = HEADER_SIZE + _ENTRY.size * nbuf
+    if table_end > len(view) or total > len(view):
+        raise CorruptObjectError("object is truncated")
+    draft = _HEADER.pack(magic, version, _flags, nbuf, 0, plen, total)
+    if zlib.crc32(view[HEADER_SIZE:table_end], zlib.crc32(draft)) != crc:
+        raise CorruptObjectError("object header checksum mismatch")
+    table = [_ENTRY.unpack_from(view, HEADER_SIZE + i * _ENTRY.size) for i in range(nbuf)]
+    if table_end + plen > total or any(off + n > total for off, n in table):
+        raise CorruptObjectError("object layout points outside the object")
+    return table_end, table, plen, total
+
+
+def deserialize(blob):
+    """Unpickle a blob (bytes, or a memoryview of an mmap for zero copy)."""
+    view = memoryview(blob)
+    start, table, plen, _total = parse_header(view)
+    buffers = [view[off:off + n] for off, n in table]
+    return pickle.loads(view[start:start + plen], buffers=buffers)
+
+
+# -- errors -----------------------------------------------------------------
+
+def error_record(exc: BaseException, function_name: str, tb_text: str | None = None) -> bytes:
+    """Describe an exception raised by a task, for `get` to re-raise elsewhere."""
+    if tb_text is None:
+        tb_text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    try:
+        pickled = cloudpickle.dumps(exc)
+        pickle.loads(pickled)  # an exception that cannot round-trip travels as text
+    except Exception:
+        pickled = None
+    return msgpack.packb({
+        "type": type(exc).__name__, "message": str(exc), "traceback": tb_text,
+        "function": function_name, "exc": pickled, "system": None, "context": [],
+    })
+
+
+def system_error_record(cls: type, message: str, function_name: str = "") -> bytes:
+    """An error zfabric itself raises (crash, cancel, store full...)."""
+    return msgpack.packb({
+        "type": cls.__name__, "message": message, "traceback": "",
+        "function": function_name, "exc": None, "system": cls.__name__, "context": [],
+    })
+
+
+def error_with_context(record: bytes, context: str) -> bytes:
+    """The same error, noting that it reached a task through an argument."""
+    data = msgpack.unpackb(record)
+    data["context"] = list(data.get("context") or []) + [context]
+    return msgpack.packb(data)
+
+
+def error_from_record(record: bytes) -> BaseException:
+    """The exception `get` raises for an error record."""
+    data = msgpack.unpackb(record)
+    context = data.get("context") or []
+    system = data.get("system")
+    if system:
+        cls = exceptions.SYSTEM_ERRORS.get(system, exceptions.ZFabricError)
+        msg = data["message"]
+        if context:
+            msg = f"{context[-1]}: {msg}"
+        return cls(msg)
+    cause = None
+    if data.get("exc") is not None:
+        try:
+            cause = pickle.loads(data["exc"])
+        except Exception:
+            cause = None
+    message = data["message"]
+    if context:
+        message = "; ".join(reversed(context)) + f" ({data['type']}: {message})"
+    err = exceptions.TaskError(data.get("function", ""), data.get("traceback", ""),
+                               cause, data["type"], message)
+    return err.as_instanceof_cause()
+
+
+def error_is_system(record: bytes, cls: type) -> bool:
+    return msgpack.unpackb(record).get("system") == cls.__name__
+
+
+__all__ = ["Serialized", "serialize", "dumps", "deserialize", "parse_header",
+           "error_record", "system_error_record", "error_with_context",
+           "error_from_record", "note_ref", "CorruptObjectError"]
