@@ -19,8 +19,16 @@ def sample(cls):
             kwargs[name] = b"payload-" + name.encode()
         elif name == cls.VAR_FRAMES:
             kwargs[name] = [b"x", b"yy"]
+        elif name in ("oid",):
+            kwargs[name] = b"\x02" * 20
+        elif name in ("deps", "contained", "ids", "incs", "decs"):
+            kwargs[name] = [[b"\x03" * 20]] if cls is p.TaskDone else [b"\x03" * 20]
+        elif name in ("states", "sizes"):
+            kwargs[name] = [1]
         else:
             kwargs[name] = values[hint]
+    if cls is p.TaskDone:
+        kwargs["payloads"] = [b"x"]
     return cls(**kwargs)
 
 
@@ -31,16 +39,36 @@ def test_every_message_round_trips(cls):
 
 
 def test_wrong_field_type_is_refused():
-    frames = p.encode(p.Cancel(b"x" * 20, True, False))
-    frames[1] = msgpack.packb(["not bytes", True, False])
+    data = p.Cancel.KIND_BYTE + msgpack.packb(["not bytes", True, False])
     with pytest.raises(p.ProtocolError, match="oid"):
-        p.decode(frames)
+        p.decode(data)
+    data = p.Cancel.KIND_BYTE + msgpack.packb([b"short", True, False])
+    with pytest.raises(p.ProtocolError, match="object id"):
+        p.decode(data)
+
+
+def test_wrong_arity_and_unknown_kind_are_refused():
+    with pytest.raises(p.ProtocolError, match="fields"):
+        p.decode(p.Cancel.KIND_BYTE + msgpack.packb([b"x", True]))
+    with pytest.raises(p.ProtocolError, match="kind"):
+        p.decode(b"\xff" + msgpack.packb([]))
+
+
+@settings(max_examples=500)
+@given(st.binary(max_size=64))
+def test_arbitrary_bytes_never_crash_decode(data):
+    try:
+        p.decode(data)
+    except p.ProtocolError:
+        pass
 
 
 @settings(max_examples=300)
-@given(st.lists(st.binary(max_size=64), max_size=6))
-def test_arbitrary_frames_never_crash_decode(frames):
+@given(st.sampled_from(sorted(p.MESSAGES)), st.lists(
+    st.one_of(st.none(), st.booleans(), st.integers(-2**63, 2**64 - 1), st.floats(), st.text(max_size=5),
+              st.binary(max_size=5), st.lists(st.integers(0, 9), max_size=3)), max_size=16))
+def test_arbitrary_field_values_never_crash_decode(kind, values):
     try:
-        p.decode(frames)
+        p.decode(bytes([kind]) + msgpack.packb(values))
     except p.ProtocolError:
         pass

@@ -1,12 +1,12 @@
 """Every message zfabric sends, and the only code that builds or parses frames.
 
-A message travels as ZeroMQ frames `[kind, header, *payload]`:
-- `kind`: one byte naming the message class;
-- `header`: the message's plain fields as a msgpack array, in declared order;
-- `payload`: bytes-like fields (`FRAMES`, then a variable list `VAR_FRAMES`)
-  sent as their own frames, so object data is never copied into a header.
+A message travels as one ZeroMQ frame: a kind byte naming the message class,
+then its fields as a msgpack array in declared order. Payload fields
+(`FRAMES`, then a variable list `VAR_FRAMES`) are declared last; they hold
+inline object blobs and error records, all below the inline threshold
+(bulk object data moves through the store, never through these messages).
 
-`decode` checks the kind, the header's arity and every field's type before a
+`decode` checks the kind, the arity and every field's type before a
 message reaches the node; anything malformed raises `ProtocolError` (the node
 counts and drops it). Nothing here is ever unpickled: pickled user data rides
 in payload frames and is opened only by the process that runs or gets it.
@@ -37,18 +37,28 @@ _REGISTRY: dict[int, type] = {}
 
 
 def message(kind: int, frames: tuple[str, ...] = (), var_frames: str | None = None):
-    """Class decorator: register a dataclass as wire message `kind`."""
+    """Class decorator: register a dataclass as wire message `kind`.
+
+    `frames` and `var_frames` name the bytes-like payload fields; they are
+    declared last, in that order, so a message is built positionally.
+    """
     def wrap(cls):
         cls = dataclass(slots=True)(cls)
         names = [f.name for f in fields(cls)]
-        payload = set(frames) | ({var_frames} if var_frames else set())
+        payload = list(frames) + ([var_frames] if var_frames else [])
+        header = tuple(n for n in names if n not in payload)
+        if list(header) + payload != names:
+            raise RuntimeError(f"{cls.__name__}: payload fields must come last")
         cls.KIND = kind
-        cls.KIND_FRAME = bytes([kind])
-        cls.HEADER = tuple(n for n in names if n not in payload)
+        cls.KIND_BYTE = bytes([kind])
+        cls.HEADER = header
         cls.FRAMES = frames
         cls.VAR_FRAMES = var_frames
         hints = cls.__annotations__
-        cls.TYPES = tuple(_TYPE_OF[hints[n]] for n in cls.HEADER)
+        cls.TYPES = tuple(_TYPE_OF[hints[n]] for n in header)
+        cls.CHECKS = tuple((i, n, t) for i, (n, t) in enumerate(zip(header, cls.TYPES))
+                           if t is not ANY)
+        cls.ARITY = len(names)
         if kind in _REGISTRY:
             raise RuntimeError(f"message kind {kind} registered twice")
         _REGISTRY[kind] = cls
@@ -59,49 +69,61 @@ def message(kind: int, frames: tuple[str, ...] = (), var_frames: str | None = No
 _TYPE_OF = {
     "bytes": bytes, "str": str, "int": int, "float": NUM, "bool": bool,
     "list": list, "dict": dict, "bytes | None": OPT_BYTES, "str | None": OPT_STR,
-    "object": ANY, "memoryview": None,
+    "object": ANY,
 }
 
-_pack = msgpack.Packer(use_bin_type=True).pack
+_packer = msgpack.Packer(use_bin_type=True)
+_pack = _packer.pack
 
 
-def encode(msg) -> list:
+def encode(msg) -> bytes:
+    """A message as one frame: kind byte + msgpack array of its fields.
+
+    Payloads here are small (objects above the inline threshold never travel
+    in control messages), so one frame beats one zmq send call per field.
+    """
     cls = type(msg)
-    out = [cls.KIND_FRAME, _pack([getattr(msg, n) for n in cls.HEADER])]
-    for n in cls.FRAMES:
-        out.append(getattr(msg, n))
-    if cls.VAR_FRAMES:
-        out.extend(getattr(msg, cls.VAR_FRAMES))
-    return out
+    return cls.KIND_BYTE + _pack([getattr(msg, n) for n in cls.__slots__])
 
 
-def decode(frames: list):
-    if len(frames) < 2:
-        raise ProtocolError("message has fewer than 2 frames")
-    kind = frames[0]
-    if len(kind) != 1 or kind[0] not in _REGISTRY:
-        raise ProtocolError(f"unknown message kind {bytes(kind[:4])!r}")
-    cls = _REGISTRY[kind[0]]
+def decode(data: bytes):
+    """The message in one frame; ProtocolError if it does not match its schema."""
+    if len(data) < 2 or data[0] not in _REGISTRY:
+        raise ProtocolError(f"unknown message kind {bytes(data[:1])!r}")
+    cls = _REGISTRY[data[0]]
     try:
-        header = msgpack.unpackb(frames[1], raw=False, use_list=True,
+        values = msgpack.unpackb(memoryview(data)[1:], raw=False, use_list=True,
                                  strict_map_key=False)
     except Exception as e:
-        raise ProtocolError(f"{cls.__name__}: undecodable header ({e})") from None
-    if type(header) is not list or len(header) != len(cls.HEADER):
-        raise ProtocolError(f"{cls.__name__}: header must be a list of {len(cls.HEADER)}")
-    for name, want, value in zip(cls.HEADER, cls.TYPES, header):
-        if want is not ANY and not isinstance(value, want):
+        raise ProtocolError(f"{cls.__name__}: undecodable message ({e})") from None
+    if type(values) is not list or len(values) != cls.ARITY:
+        raise ProtocolError(f"{cls.__name__}: expected a list of {cls.ARITY} fields")
+    for i, name, want in cls.CHECKS:
+        if not isinstance(values[i], want):
             raise ProtocolError(f"{cls.__name__}.{name}: expected {want}, "
-                                f"got {type(value).__name__}")
-    nfixed = len(cls.FRAMES)
-    payload = frames[2:]
-    if len(payload) < nfixed or (cls.VAR_FRAMES is None and len(payload) != nfixed):
-        raise ProtocolError(f"{cls.__name__}: wrong number of payload frames")
-    kwargs = dict(zip(cls.HEADER, header))
-    kwargs.update(zip(cls.FRAMES, payload))
-    if cls.VAR_FRAMES:
-        kwargs[cls.VAR_FRAMES] = payload[nfixed:]
-    return cls(**kwargs)
+                                f"got {type(values[i]).__name__}")
+    nheader = len(cls.HEADER)
+    for i in range(nheader, nheader + len(cls.FRAMES)):
+        if not isinstance(values[i], bytes):
+            raise ProtocolError(f"{cls.__name__}.{cls.__slots__[i]}: expected bytes")
+    if cls.VAR_FRAMES is not None:
+        last = values[-1]
+        if type(last) is not list or not all(isinstance(b, bytes) for b in last):
+            raise ProtocolError(f"{cls.__name__}.{cls.VAR_FRAMES}: expected a list of bytes")
+    msg = cls(*values)
+    check = getattr(cls, "check", None)
+    if check is not None:
+        problem = check(msg)
+        if problem:
+            raise ProtocolError(f"{cls.__name__}: {problem}")
+    return msg
+
+
+MAX_RETURNS = 10_000
+
+
+def _ids(values, size: int) -> bool:
+    return all(type(v) is bytes and len(v) == size for v in values)
 
 
 # -- handshake ----------------------------------------------------------------
@@ -142,6 +164,18 @@ class Submit:
     args_blob: bytes
     retry_blob: bytes      # cloudpickled tuple of exception types, or empty
 
+    def check(self) -> str:
+        if len(self.task_id) != 16 or not 0 <= self.num_returns <= MAX_RETURNS:
+            return "bad task id or num_returns"
+        if self.max_retries < -1 or self.depth < 0 or len(self.fn_id) != 16:
+            return "bad max_retries, depth or function id"
+        for k, v in self.resources.items():
+            if type(k) is not str or isinstance(v, bool) or not isinstance(v, NUM) or v < 0:
+                return "resources must map names to amounts >= 0"
+        if not (_ids(self.deps, 20) and _ids(self.contained, 20)):
+            return "deps and contained must be object ids"
+        return ""
+
 
 @message(4, frames=("fn_blob", "args_blob", "retry_blob"), var_frames="dep_payloads")
 class Execute:
@@ -170,12 +204,25 @@ class TaskDone:
     end: float
     payloads: list         # per return: inline blob, or b"" (STORE), or error record
 
+    def check(self) -> str:
+        n = len(self.states)
+        if len(self.sizes) != n or len(self.contained) != n or len(self.payloads) < n:
+            return "returns described inconsistently"
+        if not all(type(c) is list and _ids(c, 20) for c in self.contained):
+            return "contained must be lists of object ids"
+        if not all(type(x) is int and x >= 0 for x in self.sizes + self.states):
+            return "bad sizes or states"
+        return ""
+
 
 @message(6)
 class Cancel:
     oid: bytes
     force: bool
     recursive: bool
+
+    def check(self) -> str:
+        return "" if len(self.oid) == 20 else "bad object id"
 
 
 @message(7)
@@ -193,6 +240,9 @@ class Unblocked:
 @message(9)
 class Subscribe:
     ids: list
+
+    def check(self) -> str:
+        return "" if _ids(self.ids, 20) else "ids must be object ids"
 
 
 @message(10, frames=("payload",))
@@ -212,6 +262,11 @@ class Put:
     req_id: int            # 0: no reply wanted
     payload: bytes
 
+    def check(self) -> str:
+        if len(self.oid) != 20 or not _ids(self.contained, 20) or self.size < 0:
+            return "bad object id, contained ids or size"
+        return ""
+
 
 @message(12)
 class PutReply:
@@ -223,6 +278,9 @@ class PutReply:
 class Refs:
     incs: list
     decs: list
+
+    def check(self) -> str:
+        return "" if _ids(self.incs, 20) and _ids(self.decs, 20) else "bad object ids"
 
 
 # -- queries and control -------------------------------------------------------------

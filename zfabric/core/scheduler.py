@@ -309,10 +309,10 @@ class Scheduler:
 
     def _spawn_for_demand(self) -> None:
         """No idle worker: start as many as queued tasks would fit right now."""
-        starting = sum(1 for w in self.workers.values() if w.state == WorkerState.STARTING)
         room = self.max_workers - len(self.workers)
-        if room <= 0:
-            return
+        if room <= 0 or not self._any_head_fits():
+            return  # the common case: resources, not workers, are the limit
+        starting = sum(1 for w in self.workers.values() if w.state == WorkerState.STARTING)
         budget = dict(self.available)
         fitting = 0
         for heap in self.queues.values():
@@ -328,6 +328,17 @@ class Scheduler:
                     break
         for _ in range(min(room, fitting - starting)):
             self._spawn(extra=True)
+
+    def _any_head_fits(self) -> bool:
+        available, tasks = self.available, self.tasks
+        for heap in self.queues.values():
+            for _, _, tid in heap[:8]:   # a few heads per shape: stale entries are rare
+                task = tasks.get(tid)
+                if task is not None and task.state == TaskState.QUEUED:
+                    if rs.fits(available, task.demand):
+                        return True
+                    break
+        return False
 
     def _spawn(self, extra: bool) -> None:
         self._next_worker += 1
@@ -409,8 +420,12 @@ class Scheduler:
         freed: list = []
         for i, oid in enumerate(task.returns):
             entry = objects.get(oid)
-            state = ObjectState(msg.states[i])
+            state = msg.states[i]
             size, payload = msg.sizes[i], msg.payloads[i]
+            if state != ObjectState.INLINE and state != ObjectState.STORE:
+                state, size = ObjectState.ERROR, 0
+                payload = serialization.system_error_record(
+                    ZFabricError, "worker reported a malformed result", task.spec.name)
             if entry is None:  # nobody wants it any more
                 if state == ObjectState.STORE:
                     self._out.append(fx.DeleteObject(oid))

@@ -80,13 +80,14 @@ class Client:
         self.executes: deque = deque()
         self._ref_ops: deque = deque()           # (+1 | -1, oid), appended lock-free
         self._req = 0
+        self._errors_seen = 0
         self.sent_functions: set[bytes] = set()
         # set by a worker while it runs a task
         self.current_task_id: bytes | None = None
         self.current_depth = 0
 
         self.welcome: p.Welcome | None = None
-        self.rx.send_multipart(p.encode(p.Hello(role, os.getpid(), worker_id)))
+        self.rx.send(p.encode(p.Hello(role, os.getpid(), worker_id)))
         if not self._wait_for(lambda: self.welcome is not None, connect_timeout,
                               check_node=False):
             self._close_sockets()
@@ -107,12 +108,13 @@ class Client:
     # -- sending ----------------------------------------------------------------
 
     def send(self, msg) -> None:
-        frames = p.encode(msg)
+        data = p.encode(msg)
         with self._send_lock:
             if self._closed:
                 raise RuntimeError("zfabric client is closed (zf.shutdown() was called)")
-            self.tx.send_multipart(frames, copy=False)
-            self._send_ref_changes()
+            self.tx.send(data)
+            if self._ref_ops or self._dirty:
+                self._send_ref_changes()
 
     def _send_ref_changes(self) -> None:
         """Tell the node the net reference changes (caller holds _send_lock)."""
@@ -132,7 +134,7 @@ class Client:
                     reported.discard(oid)
             self._dirty.clear()
         if incs or decs:
-            self.tx.send_multipart(p.encode(p.Refs(incs, decs)))
+            self.tx.send(p.encode(p.Refs(incs, decs)))
 
     def _flush_loop(self) -> None:
         interval = self.config.ref_flush_interval
@@ -218,10 +220,10 @@ class Client:
             return False
         while True:
             try:
-                frames = rx.recv_multipart(zmq.NOBLOCK)
+                data = rx.recv(zmq.NOBLOCK)
             except zmq.Again:
                 return True
-            msg = p.decode(frames)
+            msg = p.decode(data)
             with self._cond:
                 self._on_message(msg)
                 self._cond.notify_all()
@@ -232,6 +234,8 @@ class Client:
             self._apply_ref_ops()
             if msg.oid in self._counts:
                 self._ready[msg.oid] = (msg.state, msg.size, msg.payload)
+                if msg.state == ObjectState.ERROR:
+                    self._errors_seen += 1
             self._subscribed.discard(msg.oid)
         elif kind is p.Execute:
             self.executes.append(msg)
@@ -267,51 +271,58 @@ class Client:
         if want:
             self.send(p.Subscribe(want))
 
-    def _any_error(self, oids) -> bool:
-        ready = self._ready
-        return any(ready[o][0] == ObjectState.ERROR for o in oids if o in ready)
-
     def wait_objects(self, oids: list[bytes], timeout: float | None,
                      fail_fast: bool = True) -> dict:
         """Entries for every oid (or raise GetTimeoutError); stop early on an error."""
         with self._cond:
             self._apply_ref_ops()
-            missing = [o for o in oids if o not in self._ready]
+            ready = self._ready
+            missing = deque(o for o in dict.fromkeys(oids) if o not in ready)
         if missing:
             self._subscribe_missing(missing)
-            ready = self._ready
+            total = len(missing)
 
-            def done():
-                if all(o in ready for o in missing):
+            def done():  # amortized O(1): each oid leaves the front once
+                while missing:
+                    entry = ready.get(missing[0])
+                    if entry is None:
+                        break
+                    missing.popleft()
+                    if fail_fast and entry[0] == ObjectState.ERROR:
+                        return True
+                if not missing:
                     return True
-                return fail_fast and self._any_error(missing)
+                return fail_fast and self._errors_seen > errors_before and any(
+                    ready.get(o, (0,))[0] == ObjectState.ERROR for o in missing)
 
+            errors_before = self._errors_seen
             blocked = self._block()
             try:
                 if not self._wait_for(done, timeout):
                     raise GetTimeoutError(
-                        f"get timed out after {timeout} s: "
-                        f"{sum(o not in ready for o in missing)} of {len(set(oids))} "
+                        f"get timed out after {timeout} s: {len(missing)} of {total} "
                         "objects are not ready")
             finally:
                 if blocked:
                     self._unblock()
         with self._cond:
-            out = {}
-            for o in oids:
-                entry = self._ready.get(o)
-                if entry is None:
-                    continue
-                out[o] = entry
-            return out
+            return {o: self._ready[o] for o in oids if o in self._ready}
 
     def wait_some(self, oids: list[bytes], num_returns: int, timeout: float | None) -> set:
         """The set of oids that are ready once num_returns are, or timeout passes."""
         self._subscribe_missing(oids)
         ready = self._ready
+        pending = set(oids)
+        count = [0]
 
         def enough():
-            return sum(1 for o in oids if o in ready) >= num_returns
+            if len(ready) < len(pending):
+                found = [o for o in ready if o in pending]
+            else:
+                found = [o for o in pending if o in ready]
+            pending.difference_update(found)
+            count[0] += len(found)
+            return count[0] >= num_returns
 
         with self._cond:
             already = enough()
@@ -416,7 +427,7 @@ class Client:
                 return
             try:
                 msg = p.Shutdown(reason) if shutdown_node else p.Goodbye(reason)
-                self.tx.send_multipart(p.encode(msg), zmq.NOBLOCK)
+                self.tx.send(p.encode(msg), zmq.NOBLOCK)
             except zmq.ZMQError:
                 pass
             self._closed = True

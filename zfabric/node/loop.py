@@ -112,7 +112,9 @@ class NodeLoop:
             ident = frames[0]
             client = ident[:-1] if ident.endswith(b"<") else ident
             try:
-                msg = p.decode(frames[1:])
+                if len(frames) != 2:
+                    raise p.ProtocolError(f"expected one frame, got {len(frames) - 1}")
+                msg = p.decode(frames[1])
             except p.ProtocolError as e:
                 self.malformed += 1
                 log.warning("dropped a malformed message from %r: %s", client[:16], e)
@@ -155,7 +157,7 @@ class NodeLoop:
 
     def _send(self, to: bytes, msg) -> None:
         try:
-            self.router.send_multipart([to + b"<"] + p.encode(msg), zmq.NOBLOCK)
+            self.router.send_multipart((to + b"<", p.encode(msg)), zmq.NOBLOCK)
         except zmq.ZMQError as e:
             if e.errno != zmq.EHOSTUNREACH:
                 raise
