@@ -312,7 +312,7 @@ class Scheduler:
         room = self.max_workers - len(self.workers)
         if room <= 0 or not self._any_head_fits():
             return  # the common case: resources, not workers, are the limit
-        starting = sum(1 for w in self.workers.values() if w.state == WorkerState.STARTING)
+        starting = self.starting_workers()
         budget = dict(self.available)
         fitting = 0
         for heap in self.queues.values():
@@ -328,6 +328,9 @@ class Scheduler:
                     break
         for _ in range(min(room, fitting - starting)):
             self._spawn(extra=True)
+
+    def starting_workers(self) -> int:
+        return sum(1 for w in self.workers.values() if w.state == WorkerState.STARTING)
 
     def _any_head_fits(self) -> bool:
         available, tasks = self.available, self.tasks

@@ -35,7 +35,7 @@ class NodeLoop:
     def __init__(self, scheduler, router: zmq.Socket, *, ipc_endpoint: str,
                  session_dir: str, store_dir: str, tick_interval: float,
                  worker_output: str | None, stop_grace: float,
-                 embedded_driver_pid: int | None = None):
+                 embedded_driver_pid: int | None = None, on_ready=None):
         self.scheduler = scheduler
         self.router = router
         self.ipc_endpoint = ipc_endpoint
@@ -45,7 +45,10 @@ class NodeLoop:
         self.worker_output = worker_output   # None: inherit the node's stdout/stderr
         self.stop_grace = stop_grace
         self.embedded_driver_pid = embedded_driver_pid
-        self.procs: dict[str, subprocess.Popen] = {}
+        self.on_ready = on_ready   # called once, when the pre-started workers are up
+        self.zygote: subprocess.Popen | None = None
+        self.pids: dict[str, int | None] = {}     # worker id -> pid
+        self.wid_of: dict[int, str] = {}          # pid -> worker id
         self.poller = zmq.Poller()
         self.fd_handlers: dict[int, object] = {}
         self.running = False
@@ -72,6 +75,9 @@ class NodeLoop:
             self.execute(self.scheduler.start(time.monotonic()))
             next_tick = time.monotonic() + self.tick_interval
             while self.running:
+                if self.on_ready is not None and not self.scheduler.starting_workers():
+                    self.on_ready()
+                    self.on_ready = None
                 timeout = max(0.0, next_tick - time.monotonic())
                 for sock, _ in self.poller.poll(int(timeout * 1000) + 1):
                     if sock is self.router:
@@ -163,42 +169,63 @@ class NodeLoop:
                 raise
             log.debug("client %r is gone; dropped %s", to, type(msg).__name__)
 
-    def _spawn_worker(self, wid: str) -> None:
-        env = dict(os.environ)
-        env.update(ZFABRIC_WORKER_ID=wid, ZFABRIC_NODE_ENDPOINT=self.ipc_endpoint,
-                   ZFABRIC_CANCEL_PATH=os.path.join(self.cancel_dir, wid))
-        out = None
-        if self.worker_output is not None:
-            out = open(os.path.join(self.worker_output, f"worker-{wid}.log"), "ab")
-        try:
-            proc = subprocess.Popen([sys.executable, "-m", "zfabric.node.worker"], env=env,
-                                    stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-                                    close_fds=True)
-        except OSError as e:
-            self.dispatch(ev.WorkerSpawnFailed(wid, str(e)))
-            return
-        finally:
-            if out is not None:
-                out.close()
-        self.procs[wid] = proc
-        self._watch_pid(proc.pid, lambda: self._on_worker_exit(wid))
+    # -- workers: forked by the zygote ---------------------------------------------------
 
-    def _on_worker_exit(self, wid: str) -> None:
-        proc = self.procs.pop(wid, None)
-        if proc is None:
-            return
-        code = proc.wait()
+    def _start_zygote(self) -> None:
+        env = dict(os.environ)
+        env.update(ZFABRIC_NODE_ENDPOINT=self.ipc_endpoint, ZFABRIC_CANCEL_DIR=self.cancel_dir)
+        report_r, report_w = os.pipe2(os.O_CLOEXEC)
         try:
-            os.unlink(os.path.join(self.cancel_dir, wid))
-        except FileNotFoundError:
-            pass
-        self.dispatch(ev.WorkerExited(wid, code))
+            self.zygote = subprocess.Popen(
+                [sys.executable, "-m", "zfabric.node.zygote", str(report_w),
+                 self.worker_output or ""],
+                env=env, stdin=subprocess.PIPE, pass_fds=(report_w,), close_fds=True)
+        finally:
+            os.close(report_w)
+        self._zygote_in = self.zygote.stdin.fileno()
+        self._report_r = report_r
+        self._report_buf = b""
+        self.fd_handlers[report_r] = self._on_zygote_report
+        self.poller.register(report_r, zmq.POLLIN)
+
+    def _spawn_worker(self, wid: str) -> None:
+        if self.zygote is None:
+            self._start_zygote()
+        os.write(self._zygote_in, f"spawn {wid}\n".encode())
+        self.pids[wid] = None   # pid known once the zygote reports it
+
+    def _on_zygote_report(self) -> None:
+        chunk = os.read(self._report_r, 65536)
+        if not chunk:
+            raise RuntimeError("the worker fork server (zygote) died")
+        self._report_buf += chunk
+        while b"\n" in self._report_buf:
+            line, self._report_buf = self._report_buf.split(b"\n", 1)
+            what, a, b = line.decode().split()
+            if what == "started":
+                if a in self.pids:
+                    self.pids[a] = int(b)
+                    self.wid_of[int(b)] = a
+                else:  # stopped before it was even started: do not leave it behind
+                    os.kill(int(b), signal.SIGKILL)
+            elif what == "exited":
+                wid = self.wid_of.pop(int(a), None)
+                if wid is not None and self.pids.pop(wid, None) is not None:
+                    try:
+                        os.unlink(os.path.join(self.cancel_dir, wid))
+                    except FileNotFoundError:
+                        pass
+                    self.dispatch(ev.WorkerExited(wid, int(b)))
 
     def _signal_worker(self, wid: str, sig: int) -> None:
-        proc = self.procs.get(wid)
-        if proc is not None and proc.returncode is None:
+        pid = self.pids.get(wid)
+        if pid is None and sig in (signal.SIGTERM, signal.SIGKILL) and wid in self.pids:
+            del self.pids[wid]  # not forked yet: the "started" report will kill it
+            self.dispatch(ev.WorkerExited(wid, -sig))
+            return
+        if pid is not None:
             try:
-                os.kill(proc.pid, sig)
+                os.kill(pid, sig)
             except ProcessLookupError:
                 pass
 
@@ -232,22 +259,39 @@ class NodeLoop:
     # -- stopping --------------------------------------------------------------------------
 
     def stop_workers(self) -> None:
-        procs = [pr for pr in self.procs.values() if pr.poll() is None]
-        for pr in procs:
+        """Stop every worker and the zygote, by PID: TERM, then KILL after the grace."""
+        pids = [pid for pid in self.pids.values() if pid is not None]
+        for pid in pids:
             try:
-                pr.terminate()
+                os.kill(pid, signal.SIGTERM)
             except ProcessLookupError:
                 pass
         deadline = time.monotonic() + self.stop_grace
-        for pr in procs:
-            try:
-                pr.wait(max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                pr.kill()
-                pr.wait()
-        self.procs.clear()
+        for pid in pids:
+            while _alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            if _alive(pid):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        self.pids.clear()
+        if self.zygote is not None:
+            self.zygote.kill()   # its children are gone; it holds nothing
+            self.zygote.wait()
+            self.zygote.stdin.close()
+            self.zygote = None
         for fd in list(self.fd_handlers):
             os.close(fd)
         self.fd_handlers.clear()
         os.close(self._wake_r)
         os.close(self._wake_w)
+
+
+def _alive(pid: int) -> bool:
+    """Is `pid` still running (not a zombie)? Workers are the zygote's children."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except OSError:
+        return False

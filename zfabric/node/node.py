@@ -2,7 +2,8 @@
 
 `spawn_node(...)` (used by `zf.init()` for an embedded node and by
 `zfabric start`) runs `python -m zfabric.node _serve ...` and waits until the
-node has bound its sockets; the node answers on a pipe with a JSON record
+node has bound its sockets and its pre-started workers are up; it answers on
+a pipe with a JSON record
 (address, ipc endpoint, session and store dirs) or with the one-line reason
 it could not start.
 
@@ -126,6 +127,7 @@ def serve(config: Config, *, num_cpus: float, resources: dict, object_store_memo
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if embedded_driver_pid:
         _die_with_parent(signal.SIGTERM)
+    answer = _Answer(ready_fd)
     ctx = sockets.context()
     router = None
     record_path = None
@@ -153,7 +155,8 @@ def serve(config: Config, *, num_cpus: float, resources: dict, object_store_memo
         loop = NodeLoop(scheduler, router, ipc_endpoint=ipc, session_dir=session_dir,
                         store_dir=store_dir, tick_interval=config.tick_interval,
                         worker_output=None if embedded_driver_pid else session_dir,
-                        stop_grace=config.stop_grace, embedded_driver_pid=embedded_driver_pid)
+                        stop_grace=config.stop_grace, embedded_driver_pid=embedded_driver_pid,
+                        on_ready=lambda: answer(info))
         with open(os.path.join(session_dir, "node.json"), "w") as f:
             json.dump(info, f)
         if not embedded_driver_pid:
@@ -162,8 +165,6 @@ def serve(config: Config, *, num_cpus: float, resources: dict, object_store_memo
             with open(record_path, "w") as f:
                 json.dump(info, f)
         log.info("node %s up at %s (%s), %g CPUs", node_id.hex(), info["address"], ipc, num_cpus)
-        _answer(ready_fd, info)
-        ready_fd = None
         try:
             reason = loop.run()
         finally:
@@ -172,11 +173,11 @@ def serve(config: Config, *, num_cpus: float, resources: dict, object_store_memo
         clean_exit = True
         return 0
     except NodeStartError as e:
-        _answer(ready_fd, {"error": str(e)})
+        answer({"error": str(e)})
         return 1
     except BaseException:
         log.exception("node failed")
-        _answer(ready_fd, {"error": "the node failed while starting; see "
+        answer({"error": "the node failed while starting; see "
                                     f"{session_dir}/node.log"})
         raise
     finally:
@@ -193,14 +194,21 @@ def serve(config: Config, *, num_cpus: float, resources: dict, object_store_memo
             shutil.rmtree(session_dir, ignore_errors=True)
 
 
-def _answer(fd: int | None, data: dict) -> None:
-    if fd is None:
-        return
-    try:
-        os.write(fd, (json.dumps(data) + "\n").encode())
+class _Answer:
+    """Tell the process that started us that we are up, or why not; once."""
+
+    def __init__(self, fd: int | None):
+        self.fd = fd
+
+    def __call__(self, data: dict) -> None:
+        fd, self.fd = self.fd, None
+        if fd is None:
+            return
+        try:
+            os.write(fd, (json.dumps(data) + "\n").encode())
+        except OSError:  # the starter is gone
+            pass
         os.close(fd)
-    except OSError:
-        pass
 
 
 def _die_with_parent(sig: int) -> None:

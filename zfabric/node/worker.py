@@ -3,8 +3,9 @@
     node --Execute--> worker: map arguments, run the function, store results
     node <--TaskDone-- worker (small results inline, large ones in the store)
 
-Started by the node as `python -m zfabric.node.worker` with its identity in
-the environment. It dies with its node (PR_SET_PDEATHSIG) and ignores
+Forked by the node's zygote (node/zygote.py) with its identity in the
+environment. It dies with the zygote, which dies with its node
+(PR_SET_PDEATHSIG) and ignores
 SIGINT (Ctrl-C is for the driver). A non-force `zf.cancel` reaches it as
 SIGUSR1 after the node wrote the task id to `{session}/cancel/{worker_id}`:
 the handler interrupts the task only if that is the task it is running, so
@@ -198,11 +199,12 @@ def _die_with_parent() -> None:
         pass
 
 
-def main() -> None:
-    parent = os.getppid()
+def main(zygote_pid: int | None = None) -> None:
+    """Run a worker; forked by the zygote (node/zygote.py)."""
+    parent = zygote_pid or os.getppid()
     _die_with_parent()
     if os.getppid() != parent or parent == 1:
-        sys.exit(0)  # the node died before we could tie ourselves to it
+        os._exit(0)  # our parent died before we could tie ourselves to it
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
     try:
@@ -211,14 +213,10 @@ def main() -> None:
         pass
     worker_id = os.environ["ZFABRIC_WORKER_ID"]
     endpoint = os.environ["ZFABRIC_NODE_ENDPOINT"]
-    cancel_path = os.environ["ZFABRIC_CANCEL_PATH"]
+    cancel_path = os.path.join(os.environ["ZFABRIC_CANCEL_DIR"], worker_id)
     client = client_mod.Client(endpoint, "worker", identity=worker_id.encode(),
                                worker_id=worker_id)
     client_mod.set_current(client)
     worker = Worker(client, worker_id, cancel_path)
     signal.signal(signal.SIGUSR1, worker.on_cancel_signal)
     worker.serve()
-
-
-if __name__ == "__main__":
-    main()

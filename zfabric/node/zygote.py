@@ -1,0 +1,115 @@
+"""The worker fork server: one pre-imported process that forks workers on demand.
+
+    node --"spawn w7\\n"--> zygote (stdin)      zygote --fork--> worker w7
+    node <--"started w7 4242\\n"-- zygote (report pipe)
+    node <--"exited 4242 -11\\n"-- zygote (it reaps its children)
+
+Starting a Python worker from scratch costs ~150 ms of CPU (interpreter,
+zmq, cloudpickle, numpy); forking a process that has already imported them
+costs ~2 ms, so `init(num_cpus=8)` is ready at once and a crashed worker is
+replaced before the retry is dispatched. The zygote imports modules but
+never creates a zmq context, so children start clean. Workers inherit the
+zygote's stdout/stderr (the node's), or write to `worker-{id}.log` files.
+
+Each child reseeds numpy's global RNG: forked children would otherwise all
+draw the same "random" numbers.
+"""
+from __future__ import annotations
+
+import os
+import select
+import signal
+import sys
+
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(sig: int) -> None:
+    import ctypes
+    try:
+        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, sig)
+    except (OSError, AttributeError):
+        pass
+
+
+def _preload() -> None:
+    import cloudpickle  # noqa: F401
+    import msgpack  # noqa: F401
+    import numpy  # noqa: F401
+    import zmq  # noqa: F401
+
+    from . import client, store, worker  # noqa: F401
+
+
+def _child(worker_id: str, report_fd: int, wake_r: int, wake_w: int, log_dir: str) -> None:
+    for fd in (report_fd, wake_r, wake_w):
+        os.close(fd)
+    signal.set_wakeup_fd(-1)
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    if log_dir:
+        out = os.open(os.path.join(log_dir, f"worker-{worker_id}.log"),
+                      os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        os.dup2(out, 1)
+        os.dup2(out, 2)
+        os.close(out)
+    import numpy
+    numpy.random.seed()
+    from . import worker
+    os.environ["ZFABRIC_WORKER_ID"] = worker_id
+    worker.main(zygote_pid=os.getppid())
+
+
+def main() -> None:
+    report_fd = int(sys.argv[1])
+    log_dir = sys.argv[2] if len(sys.argv) > 2 else ""
+    _die_with_parent(signal.SIGKILL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _preload()
+    wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    stdin = sys.stdin.fileno()
+    buf = b""
+    while True:
+        ready, _, _ = select.select([stdin, wake_r], [], [])
+        if wake_r in ready:
+            try:
+                while os.read(wake_r, 512):
+                    pass
+            except BlockingIOError:
+                pass
+            _reap(report_fd)
+        if stdin in ready:
+            chunk = os.read(stdin, 4096)
+            if not chunk:
+                return  # the node closed our stdin: it is gone or stopping
+            buf += chunk
+            while b"\n" in buf:
+                line, buf = buf.split(b"\n", 1)
+                cmd, _, arg = line.decode().partition(" ")
+                if cmd == "spawn":
+                    pid = os.fork()
+                    if pid == 0:
+                        try:
+                            _child(arg, report_fd, wake_r, wake_w, log_dir)
+                        finally:
+                            os._exit(1)
+                    os.write(report_fd, f"started {arg} {pid}\n".encode())
+
+
+def _reap(report_fd: int) -> None:
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        os.write(report_fd, f"exited {pid} {os.waitstatus_to_exitcode(status)}\n".encode())
+
+
+if __name__ == "__main__":
+    main()
