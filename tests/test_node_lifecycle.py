@@ -1,0 +1,215 @@
+"""Real node processes: start-up, shutdown, a driver killed with SIGKILL, the CLI.
+
+Every process a test starts is stopped by its PID, also when the test fails.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+
+import psutil
+import pytest
+
+pytestmark = pytest.mark.timeout(90)
+
+
+@pytest.fixture
+def temp_dir():
+    """A private, short temp dir (ipc socket paths must stay under ~100 bytes)."""
+    path = tempfile.mkdtemp(prefix="zf-")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def reaper():
+    """Collects PIDs a test started and kills whatever is left of them at the end."""
+    pids: list[int] = []
+    yield pids
+    for pid in pids:
+        try:
+            proc = psutil.Process(pid)
+            for p in proc.children(recursive=True) + [proc]:
+                p.kill()
+        except psutil.Error:
+            pass
+
+
+def env_with(temp_dir: str) -> dict:
+    env = dict(os.environ)
+    env["ZFABRIC_TEMP_DIR"] = temp_dir
+    env.pop("ZFABRIC_ADDRESS", None)
+    return env
+
+
+def wait_gone(pids, timeout=15.0) -> list[int]:
+    deadline = time.monotonic() + timeout
+    alive = list(pids)
+    while alive and time.monotonic() < deadline:
+        alive = [p for p in alive if psutil.pid_exists(p)
+                 and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+        time.sleep(0.05)
+    return alive
+
+
+DRIVER = textwrap.dedent("""
+    import json, sys, time, psutil
+    import numpy as np
+    import zfabric as zf
+    info = zf.init(num_cpus=2)
+    ref = zf.put(np.ones(2_000_000))              # a store file
+    @zf.remote
+    def forever():
+        time.sleep(600)
+    running = forever.remote()
+    time.sleep(0.5)
+    kids = [p.pid for p in psutil.Process().children(recursive=True)]
+    print(json.dumps({**info, "pids": kids}), flush=True)
+    time.sleep(600)
+""")
+
+
+def test_driver_killed_with_sigkill_leaves_nothing_behind(temp_dir, reaper):
+    proc = subprocess.Popen([sys.executable, "-c", DRIVER], stdout=subprocess.PIPE,
+                            env=env_with(temp_dir), text=True)
+    reaper.append(proc.pid)
+    line = proc.stdout.readline()
+    info = json.loads(line)
+    reaper.extend(info["pids"])
+    assert len(info["pids"]) >= 4   # node, zygote, two workers
+    assert os.listdir(info["object_store_address"])
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert wait_gone(info["pids"]) == []
+    assert not os.path.exists(info["object_store_address"])
+    assert not os.path.exists(info["session_dir"])
+
+
+def test_shutdown_stops_every_process(temp_dir, reaper):
+    code = textwrap.dedent("""
+        import json, psutil, zfabric as zf
+        zf.init(num_cpus=3)
+        kids = [p.pid for p in psutil.Process().children(recursive=True)]
+        zf.shutdown()
+        left = [p.pid for p in psutil.Process().children(recursive=True)
+                if p.status() != psutil.STATUS_ZOMBIE]
+        print(json.dumps({"kids": kids, "left": left}))
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=env_with(temp_dir), timeout=60)
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    reaper.extend(data["kids"])
+    assert len(data["kids"]) >= 5 and data["left"] == []
+    assert wait_gone(data["kids"]) == []
+
+
+# -- the CLI ------------------------------------------------------------------------------
+
+def cli(temp_dir, *args, timeout=60):
+    return subprocess.run([sys.executable, "-m", "zfabric.node", *args], capture_output=True,
+                          text=True, env=env_with(temp_dir), timeout=timeout)
+
+
+def node_records(temp_dir):
+    folder = os.path.join(temp_dir, "nodes")
+    return [json.load(open(os.path.join(folder, n))) for n in os.listdir(folder)] \
+        if os.path.isdir(folder) else []
+
+
+def test_cli_start_attach_status_timeline_stop(temp_dir, reaper, tmp_path):
+    out = cli(temp_dir, "start", "--head", "--port", "0", "--num-cpus", "2",
+              "--resources", '{"gpu": 1}')
+    assert out.returncode == 0, out.stderr
+    first = out.stdout.splitlines()[0]
+    assert first.startswith("address: tcp://127.0.0.1:")
+    address = first.split(" ", 1)[1]
+    assert f"start --address {address}" in out.stdout
+    (record,) = node_records(temp_dir)
+    reaper.append(record["pid"])
+    assert record["address"] == address
+
+    driver = textwrap.dedent("""
+        import zfabric as zf
+        info = zf.init(address="auto")
+        @zf.remote
+        def sq(x):
+            return x * x
+        print(sum(zf.get([sq.remote(i) for i in range(10)])), zf.cluster_resources()["gpu"],
+              info["address"])
+        zf.shutdown()
+    """)
+    run = subprocess.run([sys.executable, "-c", driver], capture_output=True, text=True,
+                         env=env_with(temp_dir), timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == ["285", "1.0", address]
+
+    env = env_with(temp_dir)
+    env["ZFABRIC_ADDRESS"] = address   # the env var works like address=...
+    run = subprocess.run([sys.executable, "-c", "import zfabric as zf; zf.init(); "
+                          "print(zf.nodes()[0]['NodeID'])"], capture_output=True, text=True,
+                         env=env, timeout=60)
+    assert run.returncode == 0 and run.stdout.strip() == record["node_id"], run.stderr
+
+    status = cli(temp_dir, "status")
+    assert status.returncode == 0, status.stderr
+    assert record["node_id"][:12] in status.stdout and "0/2" in status.stdout
+    assert "cluster: 1 node(s)" in status.stdout
+
+    trace = tmp_path / "trace.json"
+    out = cli(temp_dir, "timeline", "-o", str(trace))
+    assert out.returncode == 0, out.stderr
+    assert sum(e["name"].endswith("sq") for e in json.loads(trace.read_text())) == 10
+    assert "objects" in cli(temp_dir, "memory").stdout
+
+    out = cli(temp_dir, "stop")
+    assert out.returncode == 0 and "stopped 1 node(s)" in out.stdout
+    assert wait_gone([record["pid"]]) == []
+    assert node_records(temp_dir) == []
+    assert not os.path.exists(record["session_dir"])
+    assert not os.path.exists(record["store_dir"])
+
+
+@pytest.mark.parametrize("args, message", [
+    (["start"], "--head"),
+    (["start", "--head", "--num-cpus", "x"], "invalid float"),
+    (["start", "--head", "--resources", "{bad"], "not valid JSON"),
+    (["start", "--head", "--resources", '{"CPU": 2}'], "--num-cpus"),
+    (["start", "--head", "--port", "70000"], "between 0 and 65535"),
+    (["start", "--address", "tcp://127.0.0.1:1"], "multi-node"),
+    (["status"], "no zfabric node is running"),
+    (["frobnicate"], "invalid choice"),
+])
+def test_cli_errors_are_one_line_without_traceback(temp_dir, args, message):
+    out = cli(temp_dir, *args)
+    assert out.returncode != 0
+    assert message in out.stderr
+    assert "Traceback" not in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+
+
+def test_cli_port_in_use_is_one_clear_line(temp_dir):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        out = cli(temp_dir, "start", "--head", "--port", str(port))
+    assert out.returncode != 0
+    assert f"cannot listen on 127.0.0.1:{port}" in out.stderr
+    assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1
+    assert node_records(temp_dir) == []
+
+
+def test_attach_without_a_node_says_how_to_start_one(temp_dir):
+    code = "import zfabric as zf\ntry:\n    zf.init(address='auto')\nexcept ConnectionError as e:\n    print(e)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=env_with(temp_dir), timeout=60)
+    assert "start --head" in out.stdout
