@@ -15,7 +15,8 @@ Who sends what (client = a driver or a worker on the node's machine):
 
     client -> node   Hello Submit Subscribe Put Refs Cancel Blocked Unblocked
                      TaskDone (workers) Request Shutdown Goodbye
-    node -> client   Welcome ObjectReady PutReply Reply Execute (workers)
+    node -> client   Welcome ObjectReady PutReply Reply Execute (workers), or
+                     a Batch of them when several are due at once
 """
 from __future__ import annotations
 
@@ -309,6 +310,17 @@ class Shutdown:
 class Goodbye:
     """A client detaches: drop its references and cancel its pending tasks."""
     reason: str
+
+
+@message(18)
+class Batch:
+    """Several encoded messages for one client, sent as one frame (in order)."""
+    messages: list
+
+    def check(self) -> str:
+        if not all(type(m) is bytes and m[:1] != self.KIND_BYTE for m in self.messages):
+            return "a batch holds encoded messages (and no batches)"
+        return ""
 
 
 MESSAGES = dict(_REGISTRY)

@@ -225,7 +225,11 @@ class Client:
                 return True
             msg = p.decode(data)
             with self._cond:
-                self._on_message(msg)
+                if type(msg) is p.Batch:
+                    for inner in msg.messages:
+                        self._on_message(p.decode(inner))
+                else:
+                    self._on_message(msg)
                 self._cond.notify_all()
 
     def _on_message(self, msg) -> None:

@@ -54,6 +54,8 @@ class NodeLoop:
         self.running = False
         self.stop_reason = ""
         self.malformed = 0
+        self._outbox: dict[bytes, list[bytes]] = {}
+        self._draining = False
         self.cancel_dir = os.path.join(session_dir, "cancel")
         os.makedirs(self.cancel_dir, exist_ok=True)
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -73,6 +75,7 @@ class NodeLoop:
             signal.signal(signal.SIGINT, self._on_signal)
         try:
             self.execute(self.scheduler.start(time.monotonic()))
+            self._flush_outbox()
             next_tick = time.monotonic() + self.tick_interval
             while self.running:
                 if self.on_ready is not None and not self.scheduler.starting_workers():
@@ -92,6 +95,7 @@ class NodeLoop:
                 if now >= next_tick:
                     next_tick = now + self.tick_interval
                     self.execute(self.scheduler.handle(ev.Tick(), now))
+                    self._flush_outbox()
         finally:
             signal.set_wakeup_fd(old_wakeup)
         return self.stop_reason
@@ -108,6 +112,14 @@ class NodeLoop:
             pass
 
     def _drain_router(self) -> None:
+        self._draining = True
+        try:
+            self._drain_router_batch()
+        finally:
+            self._draining = False
+            self._flush_outbox()
+
+    def _drain_router_batch(self) -> None:
         router, scheduler = self.router, self.scheduler
         now = time.monotonic()
         for _ in range(RECV_BATCH):
@@ -131,6 +143,8 @@ class NodeLoop:
 
     def dispatch(self, event) -> None:
         self.execute(self.scheduler.handle(event, time.monotonic()))
+        if not self._draining:
+            self._flush_outbox()
 
     # -- effects ---------------------------------------------------------------------------
 
@@ -162,12 +176,24 @@ class NodeLoop:
                 raise TypeError(f"unknown effect {effect!r}")
 
     def _send(self, to: bytes, msg) -> None:
-        try:
-            self.router.send_multipart((to + b"<", p.encode(msg)), zmq.NOBLOCK)
-        except zmq.ZMQError as e:
-            if e.errno != zmq.EHOSTUNREACH:
-                raise
-            log.debug("client %r is gone; dropped %s", to, type(msg).__name__)
+        """Queue a message; `_flush_outbox` sends each client's queue as one frame."""
+        box = self._outbox.get(to)
+        if box is None:
+            self._outbox[to] = [p.encode(msg)]
+        else:
+            box.append(p.encode(msg))
+
+    def _flush_outbox(self) -> None:
+        outbox, self._outbox = self._outbox, {}
+        send = self.router.send_multipart
+        for to, msgs in outbox.items():
+            data = msgs[0] if len(msgs) == 1 else p.encode(p.Batch(msgs))
+            try:
+                send((to + b"<", data), zmq.NOBLOCK)
+            except zmq.ZMQError as e:
+                if e.errno != zmq.EHOSTUNREACH:
+                    raise
+                log.debug("client %r is gone; dropped %d message(s)", to, len(msgs))
 
     # -- workers: forked by the zygote ---------------------------------------------------
 
