@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ctypes
 import datetime
+import gc
 import json
 import logging
 import os
@@ -127,6 +128,9 @@ def serve(config: Config, *, num_cpus: float, resources: dict, object_store_memo
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if embedded_driver_pid:
         _die_with_parent(signal.SIGTERM)
+    # The loop allocates many short-lived, acyclic records per task; the default
+    # gen-0 threshold (700) ran a collection every few tasks.
+    gc.set_threshold(50_000, 20, 20)
     answer = _Answer(ready_fd)
     ctx = sockets.context()
     router = None
