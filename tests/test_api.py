@@ -267,9 +267,9 @@ def test_fair_queueing_many_nested_chains_on_one_cpu(fresh):
     def f():
         return zf.get(g.remote())
 
-    refs = [f.remote() for _ in range(300)]
+    refs = [f.remote() for _ in range(1000)]
     ready, _ = zf.wait(refs, num_returns=len(refs), timeout=50)
-    assert len(ready) == 300
+    assert len(ready) == 1000
 
 
 # -- wait ------------------------------------------------------------------------------

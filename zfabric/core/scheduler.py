@@ -75,7 +75,7 @@ class Task:
 
 
 class Worker:
-    __slots__ = ("wid", "client", "state", "task", "known_fns", "idle_since", "extra")
+    __slots__ = ("wid", "client", "state", "task", "known_fns", "idle_since", "extra", "doomed")
 
     def __init__(self, wid: str, extra: bool):
         self.wid = wid
@@ -85,6 +85,7 @@ class Worker:
         self.known_fns: set[bytes] = set()
         self.idle_since = 0.0
         self.extra = extra
+        self.doomed = False   # a kill was asked: never give it another task
 
 
 class Scheduler:
@@ -113,6 +114,8 @@ class Scheduler:
         self.stats = {"submitted": 0, "finished": 0, "failed": 0, "cancelled": 0,
                       "retried": 0, "workers_started": 0, "workers_crashed": 0}
         self._seq = 0
+        self._fail_queue: deque = deque()
+        self._failing = False
         self._next_worker = 0
         self._out: list = []
         self._now = 0.0
@@ -215,9 +218,10 @@ class Scheduler:
             failure = serialization.system_error_record(
                 ZFabricError, "the node does not know this function (it was "
                 "submitted without its code)", spec.name)
-        for oid in spec.contained:
-            if oid in objects:
-                objects.pin(oid)
+        contained = [oid for oid in spec.contained if oid in objects]
+        for oid in contained:
+            objects.pin(oid)
+        spec.contained = contained   # exactly what _end_task unpins
         pinned = []
         for oid in spec.deps:
             entry = objects.get(oid)
@@ -411,7 +415,8 @@ class Scheduler:
         worker.task = None
         worker.state = WorkerState.IDLE
         worker.idle_since = self._now
-        self.idle.append(worker)
+        if not worker.doomed:
+            self.idle.append(worker)
 
     def _may_retry(self, task: Task) -> bool:
         limit = task.spec.max_retries
@@ -445,6 +450,21 @@ class Scheduler:
         self._end_task(task, freed)
 
     def _finish_failed(self, task: Task, record: bytes, cancelled: bool = False) -> None:
+        """Fail a task's returns; dependents fail in turn, iteratively (a chain of
+        thousands of waiting tasks must not overflow the stack)."""
+        self._fail_queue.append((task, record, cancelled))
+        if self._failing:
+            return
+        self._failing = True
+        try:
+            while self._fail_queue:
+                self._fail_one(*self._fail_queue.popleft())
+        finally:
+            self._failing = False
+
+    def _fail_one(self, task: Task, record: bytes, cancelled: bool) -> None:
+        if task.state is None:
+            return  # ended already (failed through two failed arguments)
         self.stats["cancelled" if cancelled else "failed"] += 1
         freed: list = []
         for oid in task.returns:
@@ -472,8 +492,7 @@ class Scheduler:
         for oid in spec.deps:
             freed += self.objects.unpin(oid)
         for oid in spec.contained:
-            if oid in self.objects:
-                freed += self.objects.unpin(oid)
+            freed += self.objects.unpin(oid)
         spec.deps = []
         spec.contained = []
         self._free(freed)
@@ -517,6 +536,7 @@ class Scheduler:
         self.by_client.pop(worker.client, None)
         if worker in self.idle:
             self.idle.remove(worker)
+        self._free(self.objects.drop_client(worker.client))
         task = worker.task
         if task is not None:
             self.stats["workers_crashed"] += 1
@@ -551,6 +571,7 @@ class Scheduler:
                 self.idle.remove(worker)
                 del self.workers[worker.wid]
                 self.by_client.pop(worker.client, None)
+                self._free(self.objects.drop_client(worker.client))
                 self._out.append(fx.StopWorker(worker.wid))
 
     # -- cancel -----------------------------------------------------------------------
@@ -577,6 +598,7 @@ class Scheduler:
                 return
             task.cancelled = True
             if force:
+                self.workers[task.worker].doomed = True
                 self._out.append(fx.KillWorker(task.worker))
             else:
                 self._out.append(fx.InterruptWorker(task.worker, task.spec.task_id))
