@@ -527,3 +527,26 @@ def test_custom_resources_gate_tasks(fresh):
     r = on_gpu.options(resources={"tpu": 1}).remote(0)
     with pytest.raises(GetTimeoutError):
         zf.get(r, timeout=0.5)     # infeasible: it waits, it does not fail
+
+
+def test_unpicklable_return_value_is_a_clear_error(cluster):
+    @zf.remote
+    def returns_lock():
+        import threading
+        return threading.Lock()
+
+    with pytest.raises(TypeError, match="could not serialize the return value"):
+        zf.get(returns_lock.remote())
+    assert zf.get(inc.remote(1)) == 2
+
+
+def test_task_output_reaches_the_driver(fresh, capfd):
+    zf.init(num_cpus=1)
+
+    @zf.remote
+    def say():
+        print("hello from a task")
+
+    zf.get(say.remote())
+    time.sleep(0.2)
+    assert "hello from a task" in capfd.readouterr().out

@@ -213,3 +213,36 @@ def test_attach_without_a_node_says_how_to_start_one(temp_dir):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env=env_with(temp_dir), timeout=60)
     assert "start --head" in out.stdout
+
+
+def test_node_killed_under_a_waiting_driver_raises_node_died(temp_dir, reaper):
+    code = textwrap.dedent("""
+        import os, signal, time, psutil
+        import zfabric as zf
+        from zfabric.exceptions import NodeDiedError
+        info = zf.init(num_cpus=1)
+        for p in psutil.Process().children(recursive=True):
+            print("pid", p.pid, flush=True)
+        @zf.remote
+        def forever():
+            time.sleep(600)
+        node = [p for p in psutil.Process().children() if "_serve" in p.cmdline()][0]
+        ref = forever.remote()
+        time.sleep(0.3)
+        os.kill(node.pid, signal.SIGKILL)
+        t = time.monotonic()
+        try:
+            zf.get(ref)
+        except NodeDiedError as e:
+            print("died", round(time.monotonic() - t, 1), flush=True)
+        zf.shutdown()
+        print("store left", os.path.exists(info["object_store_address"]), flush=True)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=env_with(temp_dir), timeout=60)
+    pids = [int(line.split()[1]) for line in out.stdout.splitlines() if line.startswith("pid")]
+    reaper.extend(pids)
+    assert "died" in out.stdout, out.stdout + out.stderr
+    assert float(out.stdout.split("died")[1].split()[0]) < 3.0
+    assert "store left False" in out.stdout
+    assert wait_gone(pids) == []   # workers and zygote die with their node

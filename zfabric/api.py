@@ -12,6 +12,7 @@ import inspect
 import json
 import numbers
 import os
+import shutil
 import threading
 
 import cloudpickle
@@ -21,6 +22,7 @@ from .config import ADDRESS_ENV, Config
 from .ids import new_task_id
 from .node import client as client_mod
 from .node import node as node_mod
+from .node import store as node_store
 from .ref import DepMarker, ObjectRef
 
 _lock = threading.RLock()
@@ -108,6 +110,10 @@ def shutdown() -> None:
             except Exception:  # subprocess.TimeoutExpired: do not leave it behind
                 proc.kill()
                 proc.wait()
+            # a node that died (or was killed) could not remove its files: do it for it
+            info = _state["info"]
+            node_store.remove_dir(info["object_store_address"])
+            shutil.rmtree(info["session_dir"], ignore_errors=True)
         _state.update(client=None, proc=None, info=None, embedded=False)
 
 
