@@ -43,6 +43,11 @@ class Config:
     # Extra workers beyond num_cpus (started when every worker is blocked in
     # get/wait) are stopped after idling this long.
     idle_worker_timeout: float = 10.0
+    # A busy worker is sent its next task before it finishes the current one
+    # (so it never waits a round trip for work) when tasks of that function
+    # take under this long on average; longer tasks wait for an idle worker,
+    # so a slow task never holds a quick one back.
+    prefetch_max_task_seconds: float = 0.005
     # Hard cap on worker processes per node, whatever the demand.
     max_workers: int = 512
     # How often a client flushes reference-count changes when it is idle.

@@ -14,8 +14,8 @@ in payload frames and is opened only by the process that runs or gets it.
 Who sends what (client = a driver or a worker on the node's machine):
 
     client -> node   Hello Submit Subscribe Put Refs Cancel Blocked Unblocked
-                     TaskDone (workers) Request Shutdown Goodbye
-    node -> client   Welcome ObjectReady PutReply Reply Execute (workers), or
+                     TaskDone Revoked (workers) Request Shutdown Goodbye
+    node -> client   Welcome ObjectReady PutReply Reply Execute Revoke (workers), or
                      a Batch of them when several are due at once
 """
 from __future__ import annotations
@@ -224,6 +224,18 @@ class Cancel:
 
     def check(self) -> str:
         return "" if len(self.oid) == 20 else "bad object id"
+
+
+@message(19)
+class Revoke:
+    """(node -> worker) Do not start this prefetched task; say Revoked if you had not."""
+    task_id: bytes
+
+
+@message(20)
+class Revoked:
+    """(worker -> node) The prefetched task was dropped unstarted."""
+    task_id: bytes
 
 
 @message(7)

@@ -13,6 +13,13 @@ the effects (core/effects.py) for the node loop to carry out. It owns:
 - the object directory (core/objects.py) and the store's capacity;
 - the timeline (Chrome trace events of finished tasks).
 
+Prefetch: when every worker is busy, a worker running a task of function F
+is sent its next task of the same resource shape at once if F's tasks take
+under `prefetch_max_task_seconds` on average. That task is ASSIGNED: it holds
+no resources until the running one ends, when the resources pass to it. A
+worker that blocks in get/wait is sent Revoke for its prefetched tasks; it
+answers Revoked for each it had not started, and they are queued again.
+
 Dispatch order: among the heads of the per-shape queues that fit the free
 resources, the deepest task first (a nested task before its parents'
 siblings: this is what lets 1,000 nested chains finish on one CPU), then
@@ -39,6 +46,7 @@ class TaskState(IntEnum):
     WAITING = 0
     QUEUED = 1
     RUNNING = 2
+    ASSIGNED = 3   # prefetched: sent to a busy worker, starts when its task ends
 
 
 class TaskStatus(IntEnum):
@@ -75,7 +83,8 @@ class Task:
 
 
 class Worker:
-    __slots__ = ("wid", "client", "state", "task", "known_fns", "idle_since", "extra", "doomed")
+    __slots__ = ("wid", "client", "state", "task", "known_fns", "idle_since", "extra", "doomed",
+                 "queue")
 
     def __init__(self, wid: str, extra: bool):
         self.wid = wid
@@ -86,13 +95,14 @@ class Worker:
         self.idle_since = 0.0
         self.extra = extra
         self.doomed = False   # a kill was asked: never give it another task
+        self.queue: deque[Task] = deque()   # prefetched (ASSIGNED) tasks, in order
 
 
 class Scheduler:
     def __init__(self, *, node_id: bytes, resources: dict[str, float],
                  store_capacity: int, num_workers: int, max_workers: int,
                  idle_worker_timeout: float, timeline_capacity: int,
-                 node_info: dict | None = None):
+                 prefetch_max_task_seconds: float = 0.0, node_info: dict | None = None):
         self.node_id = node_id
         self.total = rs.to_units(resources)
         self.available = dict(self.total)
@@ -100,6 +110,8 @@ class Scheduler:
         self.num_workers = num_workers
         self.max_workers = max_workers
         self.idle_worker_timeout = idle_worker_timeout
+        self.prefetch_max_task_seconds = prefetch_max_task_seconds
+        self.fn_seconds: dict[bytes, float] = {}   # fn_id -> moving average run time
         self.node_info = dict(node_info or {})
         self.objects = ObjectTable()
         self.tasks: dict[bytes, Task] = {}
@@ -112,7 +124,7 @@ class Scheduler:
         self.functions: dict[bytes, bytes] = {}
         self.timeline: deque = deque(maxlen=timeline_capacity)
         self.stats = {"submitted": 0, "finished": 0, "failed": 0, "cancelled": 0,
-                      "retried": 0, "workers_started": 0, "workers_crashed": 0}
+                      "retried": 0, "prefetched": 0, "workers_started": 0, "workers_crashed": 0}
         self._seq = 0
         self._fail_queue: deque = deque()
         self._failing = False
@@ -310,6 +322,37 @@ class Scheduler:
             self._run(task, self.idle.pop())
         else:
             self._spawn_for_demand()
+        if self.queued and self.prefetch_max_task_seconds > 0:
+            self._prefetch()
+
+    def _prefetch(self) -> None:
+        limit = self.prefetch_max_task_seconds
+        for worker in self.workers.values():
+            running = worker.task
+            if (running is None or worker.queue or running.blocked or worker.doomed
+                    or running.cancelled):
+                continue
+            if self.fn_seconds.get(running.spec.fn_id, limit) >= limit:
+                continue
+            task = self._pop_shape(running.shape)
+            if task is None:
+                continue
+            task.state = TaskState.ASSIGNED
+            task.worker = worker.wid
+            worker.queue.append(task)
+            self.stats["prefetched"] += 1
+            self._send_execute(task, worker)
+            if not self.queued:
+                return
+
+    def _pop_shape(self, shape: tuple) -> Task | None:
+        heap = self.queues.get(shape)
+        while heap:
+            task = self.tasks.get(heapq.heappop(heap)[2])
+            if task is not None and task.state == TaskState.QUEUED:
+                self.queued -= 1
+                return task
+        return None
 
     def _spawn_for_demand(self) -> None:
         """No idle worker: start as many as queued tasks would fit right now."""
@@ -356,13 +399,20 @@ class Scheduler:
         self._out.append(fx.SpawnWorker(wid))
 
     def _run(self, task: Task, worker: Worker) -> None:
-        spec = task.spec
+        self._start(task, worker)
+        self._send_execute(task, worker)
+
+    def _start(self, task: Task, worker: Worker) -> None:
+        """The task runs on the worker from now on: it holds its resources."""
         rs.acquire(self.available, task.demand)
         task.state = TaskState.RUNNING
         task.worker = worker.wid
         task.attempts += 1
         worker.state = WorkerState.BUSY
         worker.task = task
+
+    def _send_execute(self, task: Task, worker: Worker) -> None:
+        spec = task.spec
         fn_blob = b""
         if spec.fn_id not in worker.known_fns:
             fn_blob = self.functions[spec.fn_id]
@@ -388,6 +438,9 @@ class Scheduler:
         spec = task.spec
         self.timeline.append((spec.name, spec.task_id, worker.wid, msg.start, msg.end,
                               int(msg.status)))
+        took = max(0.0, msg.end - msg.start)
+        avg = self.fn_seconds.get(spec.fn_id)
+        self.fn_seconds[spec.fn_id] = took if avg is None else 0.8 * avg + 0.2 * took
         if msg.status == TaskStatus.OK:
             if len(msg.states) != spec.num_returns or len(msg.payloads) != spec.num_returns:
                 self._log("warning", "a worker reported the wrong number of returns")
@@ -413,10 +466,55 @@ class Scheduler:
         task.blocked = False
         task.worker = None
         worker.task = None
+        if worker.doomed:
+            self._requeue_prefetched(worker)
+        elif worker.queue:  # its prefetched task starts now, on the resources just freed
+            nxt = worker.queue.popleft()
+            self._start(nxt, worker)
+            if nxt.cancelled:
+                self._out.append(fx.InterruptWorker(worker.wid, nxt.spec.task_id))
+            return
         worker.state = WorkerState.IDLE
         worker.idle_since = self._now
         if not worker.doomed:
             self.idle.append(worker)
+
+    def _requeue_prefetched(self, worker: Worker) -> None:
+        while worker.queue:
+            task = worker.queue.popleft()
+            task.worker = None
+            if task.cancelled:
+                self._finish_failed(task, self._cancelled_record(task.spec.name), cancelled=True)
+            else:
+                self._enqueue(task)
+
+    def _on_revoked(self, client: bytes, msg: p.Revoked) -> None:
+        """The worker dropped a prefetched task unstarted: queue it again."""
+        worker = self.by_client.get(client)
+        task = self.tasks.get(msg.task_id)
+        if worker is None or task is None or task.worker != worker.wid:
+            return
+        if task.state == TaskState.ASSIGNED:
+            worker.queue.remove(task)
+        elif task.state == TaskState.RUNNING and worker.task is task:
+            # we had started it when its predecessor ended; the worker had not
+            task.attempts -= 1
+            rs.release(self.available, task.demand)
+            worker.task = None
+            if worker.queue:
+                self._start(worker.queue.popleft(), worker)
+            else:
+                worker.state = WorkerState.IDLE
+                worker.idle_since = self._now
+                if not worker.doomed:
+                    self.idle.append(worker)
+        else:
+            return
+        task.worker = None
+        if task.cancelled:
+            self._finish_failed(task, self._cancelled_record(task.spec.name), cancelled=True)
+        else:
+            self._enqueue(task)
 
     def _may_retry(self, task: Task) -> bool:
         limit = task.spec.max_retries
@@ -516,6 +614,8 @@ class Scheduler:
         cpu = task.demand.get(rs.CPU, 0)
         if cpu:
             self.available[rs.CPU] = self.available.get(rs.CPU, 0) + cpu
+        for queued in worker.queue:  # they would wait behind a blocked task
+            self._send(worker.client, p.Revoke(queued.spec.task_id))
 
     def _on_unblocked(self, client: bytes, msg: p.Unblocked) -> None:
         worker = self.by_client.get(client)
@@ -537,6 +637,7 @@ class Scheduler:
         if worker in self.idle:
             self.idle.remove(worker)
         self._free(self.objects.drop_client(worker.client))
+        self._requeue_prefetched(worker)
         task = worker.task
         if task is not None:
             self.stats["workers_crashed"] += 1
@@ -592,6 +693,11 @@ class Scheduler:
                 if child is not None:
                     self._cancel_task(child, force, recursive)
         if task.state is None:
+            return
+        if task.state == TaskState.ASSIGNED:
+            if not task.cancelled:
+                task.cancelled = True
+                self._send(self.workers[task.worker].client, p.Revoke(task.spec.task_id))
             return
         if task.state == TaskState.RUNNING:
             if task.cancelled and not force:
@@ -688,9 +794,10 @@ class Scheduler:
         waiting = sum(1 for t in self.tasks.values() if t.state == TaskState.WAITING)
         pending_demand = [rs.from_units(dict(shape)) for shape, heap in self.queues.items()
                           if heap and not rs.feasible(self.total, dict(shape))]
+        assigned = sum(len(w.queue) for w in self.workers.values())
         return {**self.node_record(),
                 "available": rs.from_units(self.available),
-                "tasks_queued": self.queued, "tasks_running": running,
+                "tasks_queued": self.queued + assigned, "tasks_running": running,
                 "tasks_waiting": waiting, "pending_demand": pending_demand,
                 "workers": len(self.workers), "idle_workers": len(self.idle),
                 "objects": len(self.objects.entries),
@@ -718,9 +825,15 @@ class Scheduler:
             if t.state == TaskState.RUNNING:
                 w = self.workers[t.worker]
                 assert w.task is t and w.state == WorkerState.BUSY
-            assert t.state in (TaskState.WAITING, TaskState.QUEUED, TaskState.RUNNING)
+            if t.state == TaskState.ASSIGNED:
+                w = self.workers[t.worker]
+                assert t in w.queue and w.task is not None and w.task is not t
+            assert t.state in (TaskState.WAITING, TaskState.QUEUED, TaskState.RUNNING,
+                               TaskState.ASSIGNED)
         for w in self.idle:
-            assert w.state == WorkerState.IDLE and w.task is None
+            assert w.state == WorkerState.IDLE and w.task is None and not w.queue
+        for w in self.workers.values():
+            assert all(t.state == TaskState.ASSIGNED and t.worker == w.wid for t in w.queue)
         queued = sum(1 for t in self.tasks.values() if t.state == TaskState.QUEUED)
         assert queued == self.queued, (queued, self.queued)
 
@@ -728,6 +841,7 @@ class Scheduler:
         p.Hello: _on_hello, p.Submit: _on_submit, p.TaskDone: _on_task_done,
         p.Subscribe: _on_subscribe, p.Put: _on_put, p.Refs: _on_refs,
         p.Cancel: _on_cancel, p.Blocked: _on_blocked, p.Unblocked: _on_unblocked,
+        p.Revoked: _on_revoked,
         p.Request: _on_request, p.Shutdown: _on_shutdown, p.Goodbye: _on_goodbye,
     }
 

@@ -78,6 +78,7 @@ class Client:
         self._subscribed: set[bytes] = set()
         self._replies: dict[int, object] = {}
         self.executes: deque = deque()
+        self._revoked: deque = deque()           # prefetched tasks dropped: tell the node
         self._ref_ops: deque = deque()           # (+1 | -1, oid), appended lock-free
         self._req = 0
         self._errors_seen = 0
@@ -222,6 +223,8 @@ class Client:
             try:
                 data = rx.recv(zmq.NOBLOCK)
             except zmq.Again:
+                while self._revoked:
+                    self.send(p.Revoked(self._revoked.popleft()))
                 return True
             msg = p.decode(data)
             with self._cond:
@@ -243,6 +246,12 @@ class Client:
             self._subscribed.discard(msg.oid)
         elif kind is p.Execute:
             self.executes.append(msg)
+        elif kind is p.Revoke:  # (workers) drop a prefetched task we have not started
+            for ex in self.executes:
+                if ex.task_id == msg.task_id:
+                    self.executes.remove(ex)
+                    self._revoked.append(msg.task_id)
+                    break
         elif kind is p.Reply or kind is p.PutReply:
             self._replies[msg.req_id] = msg
         elif kind is p.Welcome:

@@ -155,6 +155,7 @@ def serve(config: Config, *, num_cpus: float, resources: dict, object_store_memo
             store_capacity=capacity, num_workers=workers_for(num_cpus),
             max_workers=config.max_workers, idle_worker_timeout=config.idle_worker_timeout,
             timeline_capacity=config.timeline_capacity,
+            prefetch_max_task_seconds=config.prefetch_max_task_seconds,
             node_info={**info, "config": config.to_json()})
         loop = NodeLoop(scheduler, router, ipc_endpoint=ipc, session_dir=session_dir,
                         store_dir=store_dir, tick_interval=config.tick_interval,

@@ -1,0 +1,105 @@
+"""Prefetch: a busy worker gets its next short task before it finishes the current one.
+
+Uses the `Node` harness of test_scheduler_core (a bare Scheduler, validate()
+after every step).
+"""
+from __future__ import annotations
+
+from zfabric import protocol as p
+from zfabric.core.scheduler import TaskState, TaskStatus
+from zfabric.exceptions import TaskCancelledError
+
+from .test_scheduler_core import Node, error_for, num, only, rid, summary, tid
+
+
+def quick_done(node: Node, wid: str, n: int, took: float = 0.0001) -> list:
+    return node.send(wid.encode(), p.TaskDone(tid(n), int(TaskStatus.OK), False, [1], [3],
+                                              [[]], 1.0, 1.0 + took, [b"val"]))
+
+
+def prefetching_node() -> Node:
+    node = Node(cpus=1)
+    node.s.prefetch_max_task_seconds = 0.005
+    node.submit(1)
+    quick_done(node, "w1", 1)        # teaches the node that FN is quick
+    return node
+
+
+def test_no_prefetch_until_the_function_is_known_to_be_quick():
+    node = Node(cpus=1)
+    node.s.prefetch_max_task_seconds = 0.005
+    node.submit(1)
+    assert summary(node.submit(2)) == []            # unknown duration: wait
+    out = node.done("w1", 1)                        # took 1 s: too slow to prefetch
+    assert ("execute", "w1", 2) in summary(out)
+    assert summary(node.submit(3)) == []
+
+
+def test_quick_tasks_are_prefetched_and_inherit_the_resources():
+    node = prefetching_node()
+    node.submit(2)
+    assert summary(node.submit(3)) == [("execute", "w1", 3)]   # sent while 2 runs
+    assert node.s.tasks[tid(3)].state == TaskState.ASSIGNED
+    assert node.cpu() == 0.0                          # 3 holds nothing yet
+    out = quick_done(node, "w1", 2)
+    assert ("execute", "w1", 3) not in summary(out)  # already there: no second Execute
+    assert node.s.tasks[tid(3)].state == TaskState.RUNNING and node.cpu() == 0.0
+    quick_done(node, "w1", 3)
+    assert node.cpu() == 1.0 and not node.s.tasks
+
+
+def test_blocked_worker_gives_back_its_prefetched_task():
+    node = prefetching_node()
+    node.submit(2)
+    node.submit(3)                                    # prefetched behind 2
+    out = node.send(b"w1", p.Blocked(tid(2)))
+    assert [m.task_id for m in only(out, p.Revoke)] == [tid(3)]
+    assert ("spawn", "w2") in summary(node.send(b"w1", p.Revoked(tid(3))))
+    assert node.s.tasks[tid(3)].state == TaskState.QUEUED
+    out = node.hello("w2")
+    assert ("execute", "w2", 3) in summary(out)
+
+
+def test_revoked_after_the_node_started_it_is_queued_again():
+    node = prefetching_node()
+    node.submit(2)
+    node.submit(3)
+    node.send(b"w1", p.Blocked(tid(2)))               # Revoke(3) goes out...
+    node.send(b"w1", p.Unblocked(tid(2)))
+    quick_done(node, "w1", 2)                         # ...the node starts 3 on w1,
+    assert node.s.tasks[tid(3)].state == TaskState.RUNNING
+    out = node.send(b"w1", p.Revoked(tid(3)))         # ...but w1 had dropped it
+    assert ("execute", "w1", 3) in summary(out)       # so it is dispatched again
+    assert node.s.tasks[tid(3)].attempts == 1
+
+
+def test_cancel_of_a_prefetched_task_revokes_it():
+    node = prefetching_node()
+    node.submit(2)
+    node.submit(3)
+    out = node.cancel(3)
+    assert [m.task_id for m in only(out, p.Revoke)] == [tid(3)]
+    out = node.send(b"w1", p.Revoked(tid(3)))
+    assert isinstance(error_for(out, rid(3)), TaskCancelledError)
+
+
+def test_cancelled_prefetched_task_that_starts_is_interrupted():
+    node = prefetching_node()
+    node.submit(2)
+    node.submit(3)
+    node.cancel(3)
+    out = quick_done(node, "w1", 2)                   # w1 moves on to 3 before the Revoke
+    assert ("interrupt", "w1", 3) in summary(out)
+
+
+def test_worker_death_requeues_prefetched_tasks_without_charging_them():
+    node = prefetching_node()
+    node.submit(2)
+    node.submit(3)
+    out = node.exit("w1", -9)
+    assert ("spawn", "w2") in summary(out)
+    node.hello("w2")
+    task3 = node.s.tasks[tid(3)]
+    assert task3.attempts <= 1 and task3.state in (TaskState.QUEUED, TaskState.ASSIGNED,
+                                                   TaskState.RUNNING)
+    assert num(task3.spec.task_id) == 3
