@@ -584,3 +584,18 @@ def test_non_force_cancel_interrupts_within_100_ms(cluster):
     # DESIGN: within 100 ms (Ray waits for the sleep to return); the extra 100 ms
     # absorbs a loaded 2-core CI machine. Typical: a few ms.
     assert elapsed < 0.2, elapsed
+
+
+def test_log_to_driver_false_sends_task_output_to_log_files(fresh, capfd):
+    info = zf.init(num_cpus=1, log_to_driver=False)
+
+    @zf.remote
+    def say():
+        print("quiet please")
+
+    zf.get(say.remote())
+    time.sleep(0.2)
+    logs = [f for f in os.listdir(info["session_dir"]) if f.startswith("worker-")]
+    text = "".join(open(os.path.join(info["session_dir"], f)).read() for f in logs)
+    assert "quiet please" in text
+    assert "quiet please" not in capfd.readouterr().out

@@ -35,7 +35,14 @@ def init(address: str | None = None, *, num_cpus: float | None = None,
          resources: dict | None = None, object_store_memory: int | None = None,
          ignore_reinit_error: bool = False, cluster_key: str | None = None,
          log_to_driver: bool = True) -> dict:
-    """Start an embedded node (address=None) or attach to one on this machine."""
+    """Start an embedded node (address=None) or attach to one on this machine.
+
+    log_to_driver: an embedded node's workers print to this process's
+    stdout/stderr; with False they write worker-{id}.log in the session dir
+    (as the workers of a node started with `zfabric start` always do).
+    cluster_key: accepted for the multi-node API; a single node has no peers
+    to authenticate yet.
+    """
     with _lock:
         if _state["client"] is not None:
             if ignore_reinit_error:
@@ -59,7 +66,8 @@ def init(address: str | None = None, *, num_cpus: float | None = None,
                 proc, info = node_mod.spawn_node(
                     config, num_cpus=float(num_cpus if num_cpus is not None else os.cpu_count() or 1),
                     resources=resources, object_store_memory=object_store_memory,
-                    host=config.host, port=config.port, embedded=True)
+                    host=config.host, port=config.port, embedded=True,
+                    log_to_driver=log_to_driver)
             except node_mod.NodeStartError as e:
                 raise RuntimeError(f"could not start a zfabric node: {e}") from None
         else:

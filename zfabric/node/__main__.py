@@ -68,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=0)
     serve.add_argument("--embedded-driver-pid", type=int, default=None)
+    serve.add_argument("--worker-logs", action="store_true",
+                       help="workers write worker-{id}.log in the session dir")
     return parser
 
 
@@ -232,7 +234,8 @@ def cmd_serve(args) -> int:
     return node_mod.serve(config, num_cpus=args.num_cpus, resources=json.loads(args.resources),
                           object_store_memory=args.object_store_memory, host=args.host,
                           port=args.port, ready_fd=args.ready_fd,
-                          embedded_driver_pid=args.embedded_driver_pid)
+                          embedded_driver_pid=args.embedded_driver_pid,
+                          worker_logs=args.worker_logs)
 
 
 COMMANDS = {"start": cmd_start, "status": cmd_status, "stop": cmd_stop,

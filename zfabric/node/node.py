@@ -60,7 +60,8 @@ def node_records_dir(config: Config) -> str:
 
 def spawn_node(config: Config, *, num_cpus: float, resources: dict,
                object_store_memory: int | None, host: str, port: int,
-               embedded: bool, timeout: float | None = None) -> tuple[subprocess.Popen, dict]:
+               embedded: bool, log_to_driver: bool = True,
+               timeout: float | None = None) -> tuple[subprocess.Popen, dict]:
     """Start a node process and wait until it answers. Returns (process, info)."""
     r, w = os.pipe()
     cmd = [sys.executable, "-m", "zfabric.node", "_serve", "--ready-fd", str(w),
@@ -70,6 +71,8 @@ def spawn_node(config: Config, *, num_cpus: float, resources: dict,
         cmd += ["--object-store-memory", str(int(object_store_memory))]
     if embedded:
         cmd += ["--embedded-driver-pid", str(os.getpid())]
+    if not (embedded and log_to_driver):
+        cmd += ["--worker-logs"]
     devnull = subprocess.DEVNULL
     env = dict(os.environ)
     if embedded:  # workers import what the driver can (functions pickled by reference)
@@ -118,7 +121,8 @@ def _read_line(fd: int, timeout: float, proc: subprocess.Popen) -> str:
 # -- the node process ------------------------------------------------------------------------
 
 def serve(config: Config, *, num_cpus: float, resources: dict, object_store_memory: int | None,
-          host: str, port: int, ready_fd: int | None, embedded_driver_pid: int | None) -> int:
+          host: str, port: int, ready_fd: int | None, embedded_driver_pid: int | None,
+          worker_logs: bool = False) -> int:
     node_id = new_node_id()
     stamp = datetime.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     session_dir = os.path.join(config.temp_dir, f"session_{stamp}_{os.getpid()}")
@@ -159,7 +163,7 @@ def serve(config: Config, *, num_cpus: float, resources: dict, object_store_memo
             node_info={**info, "config": config.to_json()})
         loop = NodeLoop(scheduler, router, ipc_endpoint=ipc, session_dir=session_dir,
                         store_dir=store_dir, tick_interval=config.tick_interval,
-                        worker_output=None if embedded_driver_pid else session_dir,
+                        worker_output=session_dir if worker_logs else None,
                         stop_grace=config.stop_grace, embedded_driver_pid=embedded_driver_pid,
                         on_ready=lambda: answer(info))
         with open(os.path.join(session_dir, "node.json"), "w") as f:
