@@ -458,11 +458,15 @@ class Scheduler:
                 ZFabricError, "task failed without an error record", spec.name)
             self._finish_failed(task, record)
 
+    @staticmethod
+    def _held(task: Task) -> dict:
+        """What a running task holds: its demand, less the CPU it gave back if blocked."""
+        if task.blocked and rs.CPU in task.demand:
+            return {k: v for k, v in task.demand.items() if k != rs.CPU}
+        return task.demand
+
     def _release_worker(self, worker: Worker, task: Task) -> None:
-        demand = task.demand
-        if task.blocked and rs.CPU in demand:
-            demand = {k: v for k, v in demand.items() if k != rs.CPU}
-        rs.release(self.available, demand)
+        rs.release(self.available, self._held(task))
         task.blocked = False
         task.worker = None
         worker.task = None
@@ -642,10 +646,7 @@ class Scheduler:
         if task is not None:
             self.stats["workers_crashed"] += 1
             worker.task = None
-            demand = task.demand
-            if task.blocked and rs.CPU in demand:
-                demand = {k: v for k, v in demand.items() if k != rs.CPU}
-            rs.release(self.available, demand)
+            rs.release(self.available, self._held(task))
             task.blocked = False
             task.worker = None
             if task.cancelled:
