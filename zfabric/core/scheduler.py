@@ -688,11 +688,23 @@ class Scheduler:
             TaskCancelledError, f"task {name}() was cancelled", name)
 
     def _cancel_task(self, task: Task, force: bool, recursive: bool) -> None:
+        """Cancel a task and, if recursive, every task it submitted (iteratively:
+        a chain of thousands of nested tasks must not overflow the stack)."""
+        order = [task]
         if recursive:
-            for child_id in list(task.children):
-                child = self.tasks.get(child_id)
-                if child is not None:
-                    self._cancel_task(child, force, recursive)
+            seen = {task.spec.task_id}
+            stack = [task]
+            while stack:
+                for child_id in list(stack.pop().children):
+                    child = self.tasks.get(child_id)
+                    if child is not None and child_id not in seen:
+                        seen.add(child_id)
+                        order.append(child)
+                        stack.append(child)
+        for t in reversed(order):  # children first, as they were submitted last
+            self._cancel_one(t, force)
+
+    def _cancel_one(self, task: Task, force: bool) -> None:
         if task.state is None:
             return
         if task.state == TaskState.ASSIGNED:
