@@ -599,3 +599,25 @@ def test_log_to_driver_false_sends_task_output_to_log_files(fresh, capfd):
     text = "".join(open(os.path.join(info["session_dir"], f)).read() for f in logs)
     assert "quiet please" in text
     assert "quiet please" not in capfd.readouterr().out
+
+
+def test_default_max_retries_is_three(cluster, tmp_path):
+    counter = tmp_path / "attempts"
+
+    @zf.remote
+    def die(path):
+        with open(path, "a") as f:
+            f.write("x")
+        os._exit(3)
+
+    with pytest.raises(WorkerCrashedError, match="exit code 3"):
+        zf.get(die.remote(str(counter)), timeout=30)
+    assert counter.read_text() == "xxxx"   # 1 attempt + 3 retries
+
+
+def test_exceptions_share_one_base(cluster):
+    from zfabric import exceptions as ex
+    for name in ("TaskError", "GetTimeoutError", "WorkerCrashedError", "NodeDiedError",
+                 "ObjectLostError", "TaskCancelledError", "ObjectStoreFullError",
+                 "AuthenticationError"):
+        assert issubclass(getattr(ex, name), ex.ZFabricError)
