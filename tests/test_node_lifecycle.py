@@ -246,3 +246,78 @@ def test_node_killed_under_a_waiting_driver_raises_node_died(temp_dir, reaper):
     assert float(out.stdout.split("died")[1].split()[0]) < 3.0
     assert "store left False" in out.stdout
     assert wait_gone(pids) == []   # workers and zygote die with their node
+
+
+def test_refs_live_until_the_message_that_protects_them_is_sent(temp_dir):
+    """With the idle ref flush firing constantly, no argument or nested result is lost."""
+    code = textwrap.dedent("""
+        import numpy as np, zfabric as zf
+        zf.init(num_cpus=2)
+        @zf.remote
+        def total(a):
+            return float(a.sum())
+        @zf.remote
+        def nested():
+            return [zf.put(np.ones(20_000))]
+        big = np.ones(20_000)            # 160 KB: put in the store by .remote()
+        sums = zf.get([total.remote(big) for _ in range(300)])
+        inner = [zf.get(r)[0] for r in [nested.remote() for _ in range(300)]]
+        print(sum(sums) == 300 * 20_000, all(zf.get(r).sum() == 20_000 for r in inner))
+        zf.shutdown()
+    """)
+    env = env_with(temp_dir)
+    env["ZFABRIC_REF_FLUSH_INTERVAL"] = "0.00001"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=env, timeout=80)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["True", "True"]
+
+
+def test_any_client_id_routes(temp_dir):
+    """A client id ending in the rx suffix byte once made every reply vanish."""
+    code = textwrap.dedent("""
+        import zfabric as zf
+        from zfabric.node.client import Client
+        info = zf.init(num_cpus=1)
+        c = Client("ipc://" + info["session_dir"] + "/node.sock", "tool",
+                   identity=b"dabcdef<", connect_timeout=5)
+        print(c.request("nodes")[0]["NodeID"] == info["node_id"])
+        c.close()
+        zf.shutdown()
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=env_with(temp_dir), timeout=60)
+    assert out.stdout.strip() == "True", out.stderr[-2000:]
+
+
+def test_failed_start_leaves_no_files(temp_dir):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        before = set(os.listdir("/dev/shm"))
+        out = cli(temp_dir, "start", "--head", "--port", str(s.getsockname()[1]))
+    assert out.returncode != 0
+    assert set(os.listdir("/dev/shm")) - before == set()
+    assert [d for d in os.listdir(temp_dir) if d.startswith("session_")] == []
+
+
+def test_embedded_node_survives_the_thread_that_started_it(temp_dir):
+    code = textwrap.dedent("""
+        import threading, time, zfabric as zf
+        t = threading.Thread(target=lambda: zf.init(num_cpus=1))
+        t.start(); t.join(); time.sleep(0.5)
+        print(zf.get(zf.put(41)) + 1)
+        zf.shutdown()
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=env_with(temp_dir), timeout=60)
+    assert out.stdout.strip() == "42", out.stderr[-2000:]
+
+
+def test_bad_environment_value_is_one_line(temp_dir):
+    env = env_with(temp_dir)
+    env["ZFABRIC_TICK_INTERVAL"] = "soon"
+    out = subprocess.run([sys.executable, "-m", "zfabric.node", "status"], capture_output=True,
+                         text=True, env=env, timeout=30)
+    assert out.returncode != 0 and "ZFABRIC_TICK_INTERVAL" in out.stderr
+    assert "Traceback" not in out.stderr

@@ -242,14 +242,15 @@ class RemoteFunction:
     def remote(self, *args, **kwargs):
         client = _client()
         self._prepare()
-        deps, contained, args_blob = _serialize_args(self._name, self._function, args,
-                                                     kwargs, client)
+        deps, contained, args_blob, keep = _serialize_args(self._name, self._function, args,
+                                                           kwargs, client)
         opts = self._options
         refs = client.submit(
             name=self._name, fn_id=self._fn_id, fn_blob=self._blob,
             num_returns=opts["num_returns"], resources=self._resources,
             max_retries=opts["max_retries"], retry_exceptions=opts["retry_exceptions"] is not False,
             retry_blob=self._retry_blob, deps=deps, contained=contained, args_blob=args_blob)
+        del keep  # the refs to arguments put in the store live until Submit is sent
         n = opts["num_returns"]
         if n == 1:
             return refs[0]
@@ -262,9 +263,13 @@ class RemoteFunction:
 
 
 def _serialize_args(name: str, function, args: tuple, kwargs: dict, client):
-    """(deps, contained, args_blob): top-level ObjectRefs become DepMarkers."""
+    """(deps, contained, args_blob, keep): top-level ObjectRefs become DepMarkers.
+
+    `keep` holds the ObjectRefs the blob names; the caller keeps it until the
+    Submit is sent, or a ref change could reach the node first and free them.
+    """
     if not args and not kwargs:
-        return [], [], b""
+        return [], [], b"", ()
     deps: list[bytes] = []
     keep: list = []
 
@@ -294,7 +299,7 @@ def _serialize_args(name: str, function, args: tuple, kwargs: dict, client):
                 keep.append(ref)
                 mkwargs[k] = mark(ref)
         ser = serialization.serialize((margs, mkwargs))
-    return deps, ser.contained, ser.to_bytes()
+    return deps, ser.contained, ser.to_bytes(), keep
 
 
 def _size_of(value) -> int:

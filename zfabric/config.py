@@ -33,9 +33,6 @@ class Config:
     # Default store capacity as a fraction of RAM when object_store_memory
     # is not given.
     object_store_fraction: float = 0.3
-    # Alignment of out-of-band buffers inside a stored object (cache line;
-    # also what numpy wants for SIMD loads).
-    buffer_alignment: int = 64
 
     # -- node / workers ------------------------------------------------------
     # Seconds a caller waits for a node it started to answer.

@@ -301,7 +301,7 @@ class Refs:
 @message(14)
 class Request:
     req_id: int
-    what: str              # "nodes" | "resources" | "timeline" | "status" | "memory"
+    what: str              # "nodes" | "resources" | "timeline" | "status"
     arg: object
 
 

@@ -38,7 +38,7 @@ VERSION = 1
 _HEADER = struct.Struct("<4sHHIIQQ")
 _ENTRY = struct.Struct("<QQ")
 HEADER_SIZE = _HEADER.size  # 32
-ALIGN = 64
+ALIGN = 64  # out-of-band buffers start on a cache line (what numpy's SIMD loops like)
 
 _SIMPLE = (type(None), bool, int, float, str, bytes)
 _local = threading.local()

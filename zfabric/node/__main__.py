@@ -103,6 +103,8 @@ def cmd_start(args) -> int:
         raise UsageError("--num-cpus must be >= 0")
     if not 0 <= args.port <= 65535:
         raise UsageError("--port must be between 0 and 65535")
+    if args.object_store_memory is not None and args.object_store_memory <= 0:
+        raise UsageError("--object-store-memory must be a positive number of bytes")
     resources = parse_resources(args.resources)
     num_cpus = args.num_cpus if args.num_cpus is not None else float(os.cpu_count() or 1)
     try:
@@ -245,7 +247,14 @@ COMMANDS = {"start": cmd_start, "status": cmd_status, "stop": cmd_stop,
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.command != "_serve":
+            Config.from_env()  # a bad ZFABRIC_* value: one line, before anything starts
         return COMMANDS[args.command](args)
+    except ValueError as e:
+        if args.command == "_serve":
+            raise
+        print(f"zfabric: error: {e}", file=sys.stderr)
+        return 1
     except UsageError as e:
         print(f"zfabric: error: {e}", file=sys.stderr)
         return 1

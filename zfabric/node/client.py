@@ -2,7 +2,7 @@
 
     driver/worker process                     node process
     ---------------------                     ------------
-    tx DEALER (id)      -- Submit, Put, Subscribe, Refs, ... -->  ROUTER
+    tx DEALER (id+">")  -- Submit, Put, Subscribe, Refs, ... -->  ROUTER
     rx DEALER (id+"<")  <-- Welcome, ObjectReady, Reply, Execute --
     store files         <-- mmap (read-only) / write+rename --> /dev/shm/zfabric-{node}/
 
@@ -63,8 +63,8 @@ class Client:
         self.role = role
         self.id = identity or (b"d" + os.urandom(7))
         self.ctx = sockets.context()
-        self.rx = sockets.client_dealer(self.ctx, self.id + b"<", endpoint)
-        self.tx = sockets.client_dealer(self.ctx, self.id, endpoint)
+        self.rx = sockets.client_dealer(self.ctx, self.id + sockets.RX_SUFFIX, endpoint)
+        self.tx = sockets.client_dealer(self.ctx, self.id + sockets.TX_SUFFIX, endpoint)
         self.endpoint = endpoint
         self._send_lock = threading.Lock()
         self._cond = threading.Condition(threading.Lock())

@@ -25,7 +25,7 @@ import zmq
 from .. import protocol as p
 from ..core import effects as fx
 from ..core import events as ev
-from . import store
+from . import sockets, store
 
 log = logging.getLogger("zfabric.node")
 RECV_BATCH = 512
@@ -128,7 +128,7 @@ class NodeLoop:
             except zmq.Again:
                 return
             ident = frames[0]
-            client = ident[:-1] if ident.endswith(b"<") else ident
+            client = ident[:-1]   # strip sockets.TX_SUFFIX / RX_SUFFIX
             try:
                 if len(frames) != 2:
                     raise p.ProtocolError(f"expected one frame, got {len(frames) - 1}")
@@ -189,7 +189,7 @@ class NodeLoop:
         for to, msgs in outbox.items():
             data = msgs[0] if len(msgs) == 1 else p.encode(p.Batch(msgs))
             try:
-                send((to + b"<", data), zmq.NOBLOCK)
+                send((to + sockets.RX_SUFFIX, data), zmq.NOBLOCK)
             except zmq.ZMQError as e:
                 if e.errno != zmq.EHOSTUNREACH:
                     raise

@@ -93,9 +93,11 @@ def spawn_node(config: Config, *, num_cpus: float, resources: dict,
         os.close(r)
     info = json.loads(line) if line else {"error": "the node process exited while starting"}
     if "error" in info:
-        if proc.poll() is None:
+        try:  # it removes its store and session dirs on the way out
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
             proc.kill()
-        proc.wait()
+            proc.wait()
         raise NodeStartError(info["error"])
     return proc, info
 
@@ -130,8 +132,6 @@ def serve(config: Config, *, num_cpus: float, resources: dict, object_store_memo
     os.makedirs(session_dir, mode=0o700)
     logging.basicConfig(filename=os.path.join(session_dir, "node.log"), level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if embedded_driver_pid:
-        _die_with_parent(signal.SIGTERM)
     # The loop allocates many short-lived, acyclic records per task; the default
     # gen-0 threshold (700) ran a collection every few tasks.
     gc.set_threshold(50_000, 20, 20)
@@ -169,7 +169,7 @@ def serve(config: Config, *, num_cpus: float, resources: dict, object_store_memo
         with open(os.path.join(session_dir, "node.json"), "w") as f:
             json.dump(info, f)
         if not embedded_driver_pid:
-            os.makedirs(node_records_dir(config), exist_ok=True)
+            os.makedirs(node_records_dir(config), mode=0o700, exist_ok=True)
             record_path = os.path.join(node_records_dir(config), f"{node_id.hex()}.json")
             with open(record_path, "w") as f:
                 json.dump(info, f)
@@ -183,6 +183,7 @@ def serve(config: Config, *, num_cpus: float, resources: dict, object_store_memo
         return 0
     except NodeStartError as e:
         answer({"error": str(e)})
+        clean_exit = True  # nothing ran: leave nothing behind
         return 1
     except BaseException:
         log.exception("node failed")
@@ -218,13 +219,6 @@ class _Answer:
         except OSError:  # the starter is gone
             pass
         os.close(fd)
-
-
-def _die_with_parent(sig: int) -> None:
-    try:
-        ctypes.CDLL(None).prctl(1, sig)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
 
 
 def find_local_nodes(config: Config) -> list[dict]:

@@ -18,6 +18,13 @@ RECONNECT_IVL_MS = 10
 RECONNECT_IVL_MAX_MS = 1000
 
 
+# A client connects two DEALERs; their routing ids are its id plus one of
+# these suffixes, so the node can always tell which socket a frame came from
+# and where replies go, whatever bytes the id itself holds.
+TX_SUFFIX = b">"   # the client's sending socket
+RX_SUFFIX = b"<"   # the client's receiving socket
+
+
 def context() -> zmq.Context:
     return zmq.Context()
 

@@ -69,9 +69,9 @@ class Worker:
         client = self.client
         while True:
             ex = client.next_execute()
-            done = self.run(ex)
+            done, result = self.run(ex)
             client.send(done)
-            del done
+            del done, result  # refs inside the result die only after TaskDone is sent
 
     def _function(self, ex: p.Execute):
         fn = self.functions.get(ex.fn_id)
@@ -95,7 +95,8 @@ class Worker:
                 kwargs[k] = values[v.index]
         return args, kwargs
 
-    def run(self, ex: p.Execute) -> p.TaskDone:
+    def run(self, ex: p.Execute) -> tuple[p.TaskDone, object]:
+        """Run a task: its TaskDone, and its result (to keep alive until sent)."""
         client = self.client
         start = time.time()
         status, retryable, result = TaskStatus.OK, False, None
@@ -136,8 +137,7 @@ class Worker:
                 record = serialization.error_record(error, ex.name, _format_tb(error))
             done = p.TaskDone(ex.task_id, int(status), retryable, [], [], [], start, end,
                               [record])
-        del result  # the TaskDone is sent before refs inside the result die
-        return done
+        return done, result
 
     def _retryable(self, ex: p.Execute, e: BaseException) -> bool:
         if not ex.retry_blob:
