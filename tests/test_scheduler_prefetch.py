@@ -20,8 +20,9 @@ def quick_done(node: Node, wid: str, n: int, took: float = 0.0001) -> list:
 def prefetching_node() -> Node:
     node = Node(cpus=1)
     node.s.prefetch_max_task_seconds = 0.005
-    node.submit(1)
-    quick_done(node, "w1", 1)        # teaches the node that FN is quick
+    for n in (101, 102, 103):         # teaches the node that FN is quick
+        node.submit(n)
+        quick_done(node, "w1", n)
     return node
 
 
@@ -30,9 +31,20 @@ def test_no_prefetch_until_the_function_is_known_to_be_quick():
     node.s.prefetch_max_task_seconds = 0.005
     node.submit(1)
     assert summary(node.submit(2)) == []            # unknown duration: wait
-    out = node.done("w1", 1)                        # took 1 s: too slow to prefetch
-    assert ("execute", "w1", 2) in summary(out)
-    assert summary(node.submit(3)) == []
+    quick_done(node, "w1", 1)
+    assert summary(node.submit(3)) == []            # one quick run is not enough
+    quick_done(node, "w1", 2)
+    quick_done(node, "w1", 3)
+    node.submit(4)
+    assert summary(node.submit(5)) == [("execute", "w1", 5)]   # three are
+
+
+def test_one_slow_run_stops_prefetching_behind_that_function():
+    node = prefetching_node()
+    node.submit(1)
+    node.submit(2)                                  # prefetched
+    quick_done(node, "w1", 1, took=2.0)             # 1 was slow after all
+    assert summary(node.submit(3)) == []            # not queued behind 2 any more
 
 
 def test_quick_tasks_are_prefetched_and_inherit_the_resources():

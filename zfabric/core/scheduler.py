@@ -14,8 +14,10 @@ the effects (core/effects.py) for the node loop to carry out. It owns:
 - the timeline (Chrome trace events of finished tasks).
 
 Prefetch: when every worker is busy, a worker running a task of function F
-is sent its next task of the same resource shape at once if F's tasks take
-under `prefetch_max_task_seconds` on average. That task is ASSIGNED: it holds
+is sent its next task of the same resource shape at once if F has run at
+least PREFETCH_MIN_RUNS times and its slowest recent run took under
+`prefetch_max_task_seconds` (a prefetched task cannot move to another worker
+that frees up first, so it must only ever wait behind quick tasks). That task is ASSIGNED: it holds
 no resources until the running one ends, when the resources pass to it. A
 worker that blocks in get/wait is sent Revoke for its prefetched tasks; it
 answers Revoked for each it had not started, and they are queued again.
@@ -40,6 +42,9 @@ from . import effects as fx
 from . import events as ev
 from . import resources as rs
 from .objects import ObjectEntry, ObjectState, ObjectTable
+
+
+PREFETCH_MIN_RUNS = 3
 
 
 class TaskState(IntEnum):
@@ -111,7 +116,9 @@ class Scheduler:
         self.max_workers = max_workers
         self.idle_worker_timeout = idle_worker_timeout
         self.prefetch_max_task_seconds = prefetch_max_task_seconds
-        self.fn_seconds: dict[bytes, float] = {}   # fn_id -> moving average run time
+        # fn_id -> [runs, peak run time] (the peak decays 1% a run, so one slow
+        # outlier does not disable prefetch for good)
+        self.fn_times: dict[bytes, list] = {}
         self.node_info = dict(node_info or {})
         self.objects = ObjectTable()
         self.tasks: dict[bytes, Task] = {}
@@ -332,7 +339,8 @@ class Scheduler:
             if (running is None or worker.queue or running.blocked or worker.doomed
                     or running.cancelled):
                 continue
-            if self.fn_seconds.get(running.spec.fn_id, limit) >= limit:
+            times = self.fn_times.get(running.spec.fn_id)
+            if times is None or times[0] < PREFETCH_MIN_RUNS or times[1] >= limit:
                 continue
             task = self._pop_shape(running.shape)
             if task is None:
@@ -439,8 +447,12 @@ class Scheduler:
         self.timeline.append((spec.name, spec.task_id, worker.wid, msg.start, msg.end,
                               int(msg.status)))
         took = max(0.0, msg.end - msg.start)
-        avg = self.fn_seconds.get(spec.fn_id)
-        self.fn_seconds[spec.fn_id] = took if avg is None else 0.8 * avg + 0.2 * took
+        times = self.fn_times.get(spec.fn_id)
+        if times is None:
+            self.fn_times[spec.fn_id] = [1, took]
+        else:
+            times[0] += 1
+            times[1] = max(took, times[1] * 0.99)
         if msg.status == TaskStatus.OK:
             if len(msg.states) != spec.num_returns or len(msg.payloads) != spec.num_returns:
                 self._log("warning", "a worker reported the wrong number of returns")
