@@ -38,14 +38,16 @@ class TaskError(ZFabricError):
     def __str__(self) -> str:
         return self._text()
 
-    def __reduce__(self):
-        return (TaskError, (self.function_name, self.traceback_str, self.cause,
-                            self.cause_type_name, self.message))
+    def __reduce__(self):  # unpickles as an instance of the cause's class too
+        return (_rebuild_task_error, (self.function_name, self.traceback_str, self.cause,
+                                      self.cause_type_name, self.message))
 
     def as_instanceof_cause(self) -> "TaskError":
         """Return an error that is both a TaskError and an instance of the cause's class."""
         cause = self.cause
-        if cause is None or isinstance(cause, TaskError):
+        if isinstance(cause, TaskError):  # a task re-raised another task's error
+            return cause.as_instanceof_cause()
+        if cause is None:
             return self
         cause_cls = type(cause)
         derived = _derived_class(cause_cls)
@@ -64,6 +66,11 @@ class TaskError(ZFabricError):
                            self.cause_type_name, self.message)
         err.__cause__ = cause
         return err
+
+
+def _rebuild_task_error(function_name, traceback_str, cause, cause_type_name, message):
+    return TaskError(function_name, traceback_str, cause, cause_type_name,
+                     message).as_instanceof_cause()
 
 
 _derived_cache: dict[type, type | None] = {}

@@ -79,6 +79,7 @@ class Client:
         self._replies: dict[int, object] = {}
         self.executes: deque = deque()
         self._revoked: deque = deque()           # prefetched tasks dropped: tell the node
+        self.fn_blobs: dict[bytes, bytes] = {}   # (workers) function code not yet loaded
         self._ref_ops: deque = deque()           # (+1 | -1, oid), appended lock-free
         self._req = 0
         self._errors_seen = 0
@@ -245,6 +246,8 @@ class Client:
                     self._errors_seen += 1
             self._subscribed.discard(msg.oid)
         elif kind is p.Execute:
+            if msg.fn_blob:  # kept apart: a Revoke may drop this Execute, not the code
+                self.fn_blobs[msg.fn_id] = msg.fn_blob
             self.executes.append(msg)
         elif kind is p.Revoke:  # (workers) drop a prefetched task we have not started
             for ex in self.executes:

@@ -58,6 +58,9 @@ def map_object(store_dir: str, oid: bytes) -> memoryview:
     fd = os.open(path_of(store_dir, oid), os.O_RDONLY)
     try:
         size = os.fstat(fd).st_size
+        if size < serialization.HEADER_SIZE:
+            raise serialization.CorruptObjectError(
+                f"store file of object {oid.hex()} is truncated ({size} bytes)")
         mm = mmap.mmap(fd, size, prot=mmap.PROT_READ)
     finally:
         os.close(fd)

@@ -76,7 +76,10 @@ class Worker:
     def _function(self, ex: p.Execute):
         fn = self.functions.get(ex.fn_id)
         if fn is None:
-            fn = self.functions[ex.fn_id] = cloudpickle.loads(ex.fn_blob)
+            blob = self.client.fn_blobs.pop(ex.fn_id, None) or ex.fn_blob
+            if not blob:
+                raise RuntimeError(f"the node sent {ex.name}() without its code")
+            fn = self.functions[ex.fn_id] = cloudpickle.loads(blob)
         return fn
 
     def _arguments(self, ex: p.Execute):
