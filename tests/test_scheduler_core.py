@@ -15,7 +15,7 @@ from zfabric.core import effects as fx
 from zfabric.core import events as ev
 from zfabric.core import resources as rs
 from zfabric.core.objects import ObjectState
-from zfabric.core.scheduler import Scheduler, TaskStatus, workers_for
+from zfabric.core.scheduler import Scheduler, TaskState, TaskStatus, workers_for
 from zfabric.exceptions import (ObjectLostError, ObjectStoreFullError, TaskCancelledError,
                                 TaskError, WorkerCrashedError, ZFabricError)
 
@@ -73,6 +73,8 @@ def summary(effects: list) -> list[tuple]:
                 out.append(("ready", e.to, m.oid, ObjectState(m.state).name))
             elif isinstance(m, p.Welcome):
                 out.append(("welcome", e.to))
+            elif isinstance(m, p.Revoke):
+                out.append(("revoke", e.to.decode(), num(m.task_id)))
             elif isinstance(m, p.PutReply):
                 out.append(("put_reply", m.req_id, m.error != ""))
             elif isinstance(m, p.Reply):
@@ -118,13 +120,13 @@ class Node:
     def __init__(self, cpus: float = 1, resources: dict | None = None, *,
                  num_workers: int | None = None, max_workers: int = 8,
                  store_capacity: int = 1000, idle_worker_timeout: float = 10.0,
-                 hello: bool = True):
+                 hello: bool = True, prefetch: float = 0.0):
         self.s = Scheduler(
             node_id=NODE_ID, resources={"CPU": cpus, **(resources or {})},
             store_capacity=store_capacity,
             num_workers=workers_for(cpus) if num_workers is None else num_workers,
             max_workers=max_workers, idle_worker_timeout=idle_worker_timeout,
-            timeline_capacity=100)
+            timeline_capacity=100, prefetch_max_task_seconds=prefetch)
         self.now = 0.0
         self.started = self.s.start(self.now)
         self.s.validate()
@@ -149,7 +151,7 @@ class Node:
         return self.send(client, submit_msg(n, **kw))
 
     def done(self, wid: str, n: int, payloads=None, states=None, sizes=None,
-             contained=None) -> list:
+             contained=None, took: float = 1.0) -> list:
         """Worker `wid` reports task `n` finished OK."""
         nret = self.s.tasks[tid(n)].spec.num_returns if tid(n) in self.s.tasks else 1
         payloads = [b"value-%d-%d" % (n, i) for i in range(nret)] if payloads is None else payloads
@@ -157,7 +159,7 @@ class Node:
         sizes = [len(b) for b in payloads] if sizes is None else sizes
         contained = [[] for _ in payloads] if contained is None else contained
         return self.send(wid.encode(), p.TaskDone(tid(n), int(TaskStatus.OK), False, states,
-                                                  sizes, contained, 1.0, 2.0, payloads))
+                                                  sizes, contained, 1.0, 1.0 + took, payloads))
 
     def fail(self, wid: str, n: int, record: bytes, retryable: bool = False) -> list:
         return self.send(wid.encode(), p.TaskDone(tid(n), int(TaskStatus.ERROR), retryable,
@@ -634,6 +636,167 @@ def test_extra_workers_stop_after_idling_too_long():
     assert set(node.s.workers) == {"w1"}
 
 
+# -- prefetch: a quick function's next task waits on its busy worker ------------------------
+
+QUICK = 0.001
+
+
+def warm(node: Node, first: int = 101) -> None:
+    """Three quick runs of FN on w1, so that the node may prefetch behind it."""
+    for n in range(first, first + 3):
+        assert summary(node.submit(n, num_returns=0)) == [("execute", "w1", n)]
+        node.done("w1", n, payloads=[], took=QUICK)
+
+
+def test_prefetch_sends_the_next_task_to_the_busy_worker():
+    node = Node(cpus=1, max_workers=1, prefetch=1.0)
+    warm(node)
+    node.submit(1)
+    out = node.submit(2)
+    assert summary(out) == [("execute", "w1", 2)]
+    assert node.s.tasks[tid(2)].state == TaskState.ASSIGNED
+    assert node.cpu() == 0 and node.s.queued == 0
+    assert node.s.status()["tasks_queued"] == 1
+    # task 1 ends: task 2 takes over its CPU at once, with no second Execute
+    assert summary(node.done("w1", 1, took=QUICK)) == [("ready", DRIVER, rid(1), "INLINE")]
+    assert node.s.tasks[tid(2)].state == TaskState.RUNNING and node.cpu() == 0
+    assert node.s.tasks[tid(2)].attempts == 1
+    node.done("w1", 2, took=QUICK)
+    assert node.cpu() == 1 and node.s.stats["prefetched"] == 1
+
+
+def test_no_prefetch_behind_slow_or_unknown_functions_or_when_off():
+    node = Node(cpus=1, max_workers=1, prefetch=1.0)
+    node.submit(1)
+    assert summary(node.submit(2)) == []              # FN never ran: not known to be quick
+    node.done("w1", 1, took=QUICK)
+    node.done("w1", 2, took=QUICK)
+    warm(node)
+    node.submit(3)
+    node.done("w1", 3, took=5.0)                       # one slow run
+    node.submit(4)
+    assert summary(node.submit(5)) == []
+    off = Node(cpus=1, max_workers=1)
+    warm(off)
+    off.submit(1)
+    assert summary(off.submit(2)) == []
+
+
+def test_blocked_worker_gets_its_prefetched_task_revoked():
+    node = Node(cpus=1, max_workers=2, prefetch=1.0)
+    warm(node)
+    node.submit(1)
+    node.submit(2)                                     # prefetched to w1
+    out = node.send(b"w1", p.Blocked(tid(1)))
+    assert summary(out) == [("revoke", "w1", 2)]
+    assert summary(node.send(b"w1", p.Revoked(tid(2)))) == [("spawn", "w2")]
+    assert node.s.tasks[tid(2)].state == TaskState.QUEUED
+    assert summary(node.hello("w2")) == [("welcome", b"w2"), ("execute", "w2", 2)]
+    assert node.s.tasks[tid(2)].attempts == 1
+
+
+def test_revoked_after_the_node_started_it_is_not_charged():
+    node = Node(cpus=1, max_workers=1, prefetch=1.0)
+    warm(node)
+    node.submit(1)
+    node.submit(2, max_retries=0)
+    node.send(b"w1", p.Blocked(tid(1)))                # Revoke(2) is on its way
+    node.send(b"w1", p.Unblocked(tid(1)))
+    node.done("w1", 1, took=QUICK)                     # the node starts 2 ...
+    assert node.s.tasks[tid(2)].state == TaskState.RUNNING
+    out = node.send(b"w1", p.Revoked(tid(2)))          # ... the worker had dropped it
+    assert summary(out) == [("execute", "w1", 2)]      # queued again, sent again
+    assert node.s.tasks[tid(2)].attempts == 1
+
+
+def test_cancel_of_a_prefetched_task_revokes_it():
+    node = Node(cpus=1, max_workers=1, prefetch=1.0)
+    warm(node)
+    node.submit(1)
+    node.submit(2)
+    assert summary(node.cancel(2)) == [("revoke", "w1", 2)]
+    assert summary(node.cancel(2, force=True)) == []   # already asked; w1 is not killed
+    out = node.send(b"w1", p.Revoked(tid(2)))
+    assert summary(out) == [("ready", DRIVER, rid(2), "ERROR")]
+    assert isinstance(error_for(out, rid(2)), TaskCancelledError)
+
+
+def test_cancelled_prefetched_task_the_worker_already_started_is_interrupted():
+    node = Node(cpus=1, max_workers=1, prefetch=1.0)
+    warm(node)
+    node.submit(1)
+    node.submit(2)
+    node.cancel(2)                                     # Revoke(2) crosses TaskDone(1)
+    out = node.done("w1", 1, took=QUICK)
+    assert summary(out) == [("interrupt", "w1", 2), ("ready", DRIVER, rid(1), "INLINE")]
+
+
+def test_worker_crash_requeues_its_prefetched_task_uncharged():
+    node = Node(cpus=1, max_workers=1, prefetch=1.0)
+    warm(node)
+    node.submit(1, max_retries=0)
+    node.submit(2, max_retries=0)
+    out = node.exit("w1", -9)
+    assert summary(out) == [("ready", DRIVER, rid(1), "ERROR"), ("spawn", "w2")]
+    assert node.s.tasks[tid(2)].state == TaskState.QUEUED
+    assert summary(node.hello("w2")) == [("welcome", b"w2"), ("execute", "w2", 2)]
+
+
+def test_force_cancel_requeues_the_prefetched_task_of_the_killed_worker():
+    node = Node(cpus=1, max_workers=1, prefetch=1.0)
+    warm(node)
+    node.submit(1)
+    node.submit(2, max_retries=0)
+    assert summary(node.cancel(1, force=True)) == [("kill", "w1")]
+    node.done("w1", 1, took=QUICK)                     # raced the kill
+    assert node.s.tasks[tid(2)].state == TaskState.QUEUED
+    out = node.exit("w1", -9)
+    assert summary(out) == [("spawn", "w2")]
+    assert summary(node.hello("w2")) == [("welcome", b"w2"), ("execute", "w2", 2)]
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "_on_revoked, when the revoked task is the one the node had started, starts the next "
+    "prefetched task on the worker even if that worker is being killed (doomed): the task "
+    "then dies with it and is charged an attempt (here WorkerCrashedError)"))
+def test_revoked_running_task_does_not_start_the_next_on_a_killed_worker():
+    """Revoked(B) crosses a force cancel of B, which the node had started when A ended:
+    C, prefetched behind B, must go back to the queue, not start on the dying worker."""
+    node = Node(cpus=1, max_workers=1, prefetch=1.0)
+    warm(node)
+    node.submit(1)                                     # A
+    node.submit(2)                                     # B, prefetched
+    node.send(b"w1", p.Blocked(tid(1)))                # Revoke(B) on its way
+    node.send(b"w1", p.Unblocked(tid(1)))
+    node.done("w1", 1, took=QUICK)                     # the node starts B
+    assert summary(node.submit(3, max_retries=0)) == [("execute", "w1", 3)]   # C, prefetched
+    assert summary(node.cancel(2, force=True)) == [("kill", "w1")]
+    node.send(b"w1", p.Revoked(tid(2)))                # sent before the kill landed
+    assert node.s.tasks[tid(3)].state == TaskState.QUEUED
+    out = node.exit("w1", -9)
+    assert not any(m.oid == rid(3) for m in only(out, p.ObjectReady))
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "_on_revoked, when it starts the next prefetched task in place of a revoked running "
+    "one, does not send InterruptWorker if that task was cancelled while prefetched "
+    "(_release_worker does): if the worker had started it, the cancel is lost"))
+def test_revoked_running_task_interrupts_a_cancelled_next_one():
+    """As above, without the kill: C was cancelled while prefetched; when the node
+    starts it in B's place, the worker (which may have started it) is interrupted."""
+    node = Node(cpus=1, max_workers=1, prefetch=1.0)
+    warm(node)
+    node.submit(1)
+    node.submit(2)
+    node.send(b"w1", p.Blocked(tid(1)))
+    node.send(b"w1", p.Unblocked(tid(1)))
+    node.done("w1", 1, took=QUICK)                     # the node starts B
+    node.submit(3)                                     # C, prefetched
+    assert summary(node.cancel(3)) == [("revoke", "w1", 3)]
+    out = node.send(b"w1", p.Revoked(tid(2)))          # B dropped; C started in its place
+    assert ("interrupt", "w1", 3) in summary(out)
+
+
 # -- resources and priority --------------------------------------------------------------------
 
 def test_deeper_task_first_then_oldest():
@@ -779,7 +942,8 @@ def test_subscribe_ready_pending_and_unknown():
     node.submit(1)
     node.put(put_id(1))
     out = node.send(OTHER, p.Subscribe([put_id(1), rid(1), rid(50)]))
-    assert summary(out) == [("ready", OTHER, put_id(1), "INLINE"), ("ready", OTHER, rid(50), "ERROR")]
+    assert summary(out) == [("ready", OTHER, put_id(1), "INLINE"),
+                            ("ready", OTHER, rid(50), "ERROR")]
     assert isinstance(error_for(out, rid(50)), ObjectLostError)
     node.send(OTHER, p.Subscribe([rid(1)]))                    # twice: still one answer
     assert sorted(summary(node.done("w1", 1))) == [("ready", DRIVER, rid(1), "INLINE"),
