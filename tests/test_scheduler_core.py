@@ -755,10 +755,7 @@ def test_force_cancel_requeues_the_prefetched_task_of_the_killed_worker():
     assert summary(node.hello("w2")) == [("welcome", b"w2"), ("execute", "w2", 2)]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "_on_revoked, when the revoked task is the one the node had started, starts the next "
-    "prefetched task on the worker even if that worker is being killed (doomed): the task "
-    "then dies with it and is charged an attempt (here WorkerCrashedError)"))
+# Regression: _on_revoked started the next prefetched task on a worker being killed.
 def test_revoked_running_task_does_not_start_the_next_on_a_killed_worker():
     """Revoked(B) crosses a force cancel of B, which the node had started when A ended:
     C, prefetched behind B, must go back to the queue, not start on the dying worker."""
@@ -777,10 +774,7 @@ def test_revoked_running_task_does_not_start_the_next_on_a_killed_worker():
     assert not any(m.oid == rid(3) for m in only(out, p.ObjectReady))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "_on_revoked, when it starts the next prefetched task in place of a revoked running "
-    "one, does not send InterruptWorker if that task was cancelled while prefetched "
-    "(_release_worker does): if the worker had started it, the cancel is lost"))
+# Regression: _on_revoked did not interrupt a cancelled prefetched task it started.
 def test_revoked_running_task_interrupts_a_cancelled_next_one():
     """As above, without the kill: C was cancelled while prefetched; when the node
     starts it in B's place, the worker (which may have started it) is interrupted."""

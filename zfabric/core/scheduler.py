@@ -482,6 +482,10 @@ class Scheduler:
         task.blocked = False
         task.worker = None
         worker.task = None
+        self._next_or_idle(worker)
+
+    def _next_or_idle(self, worker: Worker) -> None:
+        """A worker's task ended: start its prefetched task, or make it idle."""
         if worker.doomed:
             self._requeue_prefetched(worker)
         elif worker.queue:  # its prefetched task starts now, on the resources just freed
@@ -517,13 +521,7 @@ class Scheduler:
             task.attempts -= 1
             rs.release(self.available, task.demand)
             worker.task = None
-            if worker.queue:
-                self._start(worker.queue.popleft(), worker)
-            else:
-                worker.state = WorkerState.IDLE
-                worker.idle_since = self._now
-                if not worker.doomed:
-                    self.idle.append(worker)
+            self._next_or_idle(worker)
         else:
             return
         task.worker = None
