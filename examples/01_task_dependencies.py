@@ -15,23 +15,10 @@ import os
 import sys
 import time
 
-import numpy as np
-
 sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root, like the lesson's sys.path.append('..')
 import zfabric as ray  # noqa: E402
 from _printing import pd  # noqa: E402  (the lesson's util.printing)
-
-
-@ray.remote
-def make_array(n):
-    time.sleep(n/10.0)
-    return np.random.standard_normal(n)
-
-
-@ray.remote
-def add_arrays(a1, a2):
-    time.sleep(a1.size/10.0)
-    return np.add(a1, a2)
+from lesson_tasks import add_arrays, make_array  # noqa: E402  (cells In[3], In[4])
 
 
 def main():
