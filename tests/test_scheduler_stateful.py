@@ -2,19 +2,22 @@
 
 The machine plays every process around one node's scheduler: drivers that
 submit, put, subscribe, drop and borrow references, cancel, and go away;
-workers that say hello, run what they are sent, block in get, submit nested
-tasks, report OK / an error / a cancel, crash or are killed. It keeps its own
-books (which worker runs what, what each client holds, which resources are in
-use) and after every step checks them against the scheduler:
+workers that say hello, run what they are sent (keeping prefetched tasks in
+a local queue, dropping revoked ones they have not started and saying so),
+block in get, submit nested tasks, report OK / an error / a cancel, crash or
+are killed. It keeps its own books (what each worker really runs, what the node
+should count as running or prefetched where, what each client holds, which
+resources are in use) and after every step checks them against the scheduler:
 
 - `Scheduler.validate()`;
 - no resource is over-committed: a task is dispatched only if it fits beside
   the running tasks that are not blocked (CPU may exceed the total only
   because an unblocked task took its CPU back, as _on_unblocked documents),
   and `available` is exactly total minus what the model says is in use;
-- no task is lost or runs twice at once, and none runs more than
+- no task is lost or is on two workers at once, and none runs more than
   max_retries + 1 times; no task is sent to a worker that is starting,
-  stopping, being killed or busy;
+  stopping or being killed, and a busy one is sent only a prefetch (same
+  shape, behind a quick function, not blocked, one at a time);
 - every task ends exactly once: when it leaves the task table each return is
   sealed (one ObjectReady to its owner, which is subscribed to its returns),
   never before, and with the outcome the last report calls for (a result, the
@@ -255,8 +258,7 @@ class SchedulerMachine(RuleBasedStateMachine):
     # -- one step: handle, then check everything --------------------------------------------
 
     def step(self, event, *, expect=None, cancel_step=False, gone=None, store_reported=(),
-             put_expect=None, allow_error_log=False, interrupts=(), revokes=(),
-             maybe_interrupts=()) -> list:
+             put_expect=None, allow_error_log=False, interrupts=(), revokes=()) -> list:
         """Hand the scheduler one event and check everything. `expect` names the outcome
         of the tasks the event is about; `interrupts` and `revokes` are the
         InterruptWorker and Revoke it must cause (outside cancel steps)."""
@@ -270,8 +272,7 @@ class SchedulerMachine(RuleBasedStateMachine):
         seen = self.absorb(out, dead_before - {gone}, cancel_step)
         if not cancel_step:
             assert not seen["kills"]
-            allowed = set(interrupts) | set(maybe_interrupts)
-            assert set(interrupts) <= seen["interrupts"] <= allowed, (seen["interrupts"], allowed)
+            assert seen["interrupts"] == set(interrupts), (seen["interrupts"], interrupts)
             assert seen["revokes"] == set(revokes), (seen["revokes"], revokes)
         self.check(seen, expect or {}, cancel_step, gone, before_store, used_before,
                    set(store_reported), put_expect, allow_error_log)
@@ -301,8 +302,7 @@ class SchedulerMachine(RuleBasedStateMachine):
                     assert msg.task_id in w.nqueue, "Revoke of a task not prefetched there"
                     if cancel_step:
                         self.tasks[msg.task_id].cancel_flag = True
-                    if not w.doomed:   # a dying worker answers nothing more
-                        w.inbox.append(msg.task_id)
+                    w.inbox.append(msg.task_id)
                     seen["revokes"].add((w.wid, msg.task_id))
                 elif isinstance(msg, p.PutReply):
                     assert msg.req_id not in seen["replies"]
@@ -314,11 +314,7 @@ class SchedulerMachine(RuleBasedStateMachine):
             elif kind is fx.KillWorker:
                 w = self.workers[e.worker_id]
                 assert w.nrun is not None and not w.stopping, e
-                w.doomed = True
-                # It dies before it starts or answers anything else. (A Revoked it sent just
-                # before the kill is not modelled: test_scheduler_core.py has that race,
-                # test_revoked_running_task_does_not_start_the_next_on_a_killed_worker.)
-                w.local, w.inbox = [], []
+                w.doomed = True     # it may still answer what it read, but starts nothing
                 self.tasks[w.nrun].cancel_flag = True
                 seen["kills"].add(e.worker_id)
             elif kind is fx.InterruptWorker:
@@ -750,28 +746,28 @@ class SchedulerMachine(RuleBasedStateMachine):
             return      # started already (or gone): nothing to say
         w.local.remove(tid)
         t = self.tasks[tid]
-        expect = {tid: "cancelled" if t.cancel_flag else "requeue"}
-        maybe_interrupts = []
+        expect, interrupts = {}, []
         if tid in w.nqueue:
             w.nqueue.remove(tid)
             t.assigned_to = None
-        else:   # the node had started it when the task before it ended
-            assert w.nrun == tid
+            expect[tid] = "cancelled" if t.cancel_flag else "requeue"
+        elif w.nrun == tid:     # the node had started it when the task before it ended
             for name, amount in t.demand.items():
                 self.in_use[name] -= amount
             t.running_on = None
             t.attempts -= 1
             w.nrun = None
-            if w.nqueue:
+            expect[tid] = "cancelled" if t.cancel_flag else "requeue"
+            if w.doomed:        # a worker being killed gets nothing new
+                self.node_requeue_assigned(w, expect)
+            elif w.nqueue:      # the next prefetched task takes its place
                 nxt = self.tasks[w.nqueue.pop(0)]
                 self.node_start(w, nxt)
                 if nxt.cancel_flag:
-                    # it should be interrupted, as when it takes over from a task that
-                    # ended; the scheduler does not yet (xfail in test_scheduler_core.py:
-                    # test_revoked_running_task_interrupts_a_cancelled_next_one)
-                    maybe_interrupts.append((w.wid, nxt.tid))
+                    interrupts.append((w.wid, nxt.tid))
+        # else: the node took the task back already (its worker is being killed)
         self.step(ev.ClientMessage(w.c.client, p.Revoked(tid)), expect=expect,
-                  maybe_interrupts=maybe_interrupts)
+                  interrupts=interrupts)
 
     def worker_gone(self, w: MWorker) -> dict:
         expect = {}
@@ -901,7 +897,10 @@ class SchedulerMachine(RuleBasedStateMachine):
     @rule(data=st.data())
     def cancel(self, data):
         live = sorted(t.tid for t in self.live_tasks())
-        pool = live if live and data.draw(st.booleans(), label="live") else sorted(self.tasks)
+        active = [t for t in live if self.tasks[t].running_on or self.tasks[t].assigned_to]
+        which = data.draw(st.sampled_from(["active", "live", "any"]), label="which")
+        pool = (active if which == "active" and active else
+                live if which != "any" and live else sorted(self.tasks))
         tid = data.draw(st.sampled_from(pool), label="task")
         force = data.draw(st.booleans(), label="force")
         recursive = data.draw(st.booleans(), label="recursive")
