@@ -1,0 +1,304 @@
+"""Membership of one node: who is in the cluster, and whether each is alive.
+
+The node loop owns a `Membership` and is its only caller:
+
+    loop --tick(now)----------> Membership --> [(node_id, address)]: send rows() to each,
+                                               and [Change] (timeouts: SUSPECT, DEAD)
+    loop --merge(rows, now)---> Membership --> [Change]  rows from a peer's gossip or a join reply
+    loop --leave()------------> Membership --> rows, sent once to every peer on a graceful stop
+
+Changes go on to the scheduler (a DEAD peer's tasks are resubmitted) and the
+GCS (its entries are marked dead). `info` is the opaque view each node
+gossips about itself (resources, queue length, object address...).
+
+Failure detection is gossip-style heartbeating with SWIM incarnations:
+- each round (gossip_interval) we bump our heartbeat and push our digest,
+  one row per known member, to `fanout` peers chosen round-robin;
+- a peer whose (incarnation, heartbeat) has not advanced, directly or through
+  others, for failure_timeout/2 is SUSPECT, for failure_timeout DEAD. SUSPECT
+  is our own opinion: a SUSPECT in someone's row is never adopted;
+- DEAD and LEFT are final for an incarnation. Only the member itself raises
+  its incarnation, when it hears it is suspected or dead (it refutes, i.e.
+  rejoins), and only a higher incarnation revives it. A DEAD verdict carrying
+  an older heartbeat than we know is not adopted: after a partition heals,
+  each side's verdicts about nodes the other side still heard from do not
+  make those nodes die everywhere for a moment;
+- every `dead_probe_rounds` rounds one DEAD member also gets our digest: if
+  it is alive behind a healed partition, it learns it was declared dead and
+  rejoins.
+
+A row (wire form, msgpack-safe) is [node_id, address, incarnation, heartbeat,
+state, info]. Pure: time and randomness come in as arguments; `now` must not
+decrease between calls.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from enum import IntEnum
+
+from ..ids import NODE_ID_SIZE
+
+
+class MemberState(IntEnum):
+    ALIVE = 0
+    SUSPECT = 1   # silent for failure_timeout/2, in our own view
+    DEAD = 2      # silent for failure_timeout, declared by us or someone: final for the incarnation
+    LEFT = 3      # stopped gracefully: final for the incarnation
+
+
+ALIVE, SUSPECT, DEAD, LEFT = MemberState
+LIVE = (ALIVE, SUSPECT)
+GONE = (DEAD, LEFT)
+
+# Counters in a row above this are malformed: msgpack carries 64 bits, and a
+# refutation adds one to an incarnation it was told.
+MAX_COUNTER = 2**63 - 2
+
+
+class Member:
+    __slots__ = ("node_id", "address", "incarnation", "heartbeat", "state", "info", "heard")
+
+    def __init__(self, node_id: bytes, address: str, incarnation: int, heartbeat: int,
+                 state: MemberState, info: dict, heard: float):
+        self.node_id = node_id
+        self.address = address          # "tcp://host:port" of its control socket
+        self.incarnation = incarnation
+        self.heartbeat = heartbeat
+        self.state = state
+        self.info = info                # its gossiped view, as of (incarnation, heartbeat)
+        self.heard = heard              # local time (incarnation, heartbeat) last advanced
+
+    def row(self) -> list:
+        return [self.node_id, self.address, self.incarnation, self.heartbeat,
+                int(self.state), self.info]
+
+    def __repr__(self) -> str:
+        return (f"Member({self.node_id.hex()[:8]}, {self.state.name}, "
+                f"inc={self.incarnation}, hb={self.heartbeat}, heard={self.heard})")
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """A member's state changed in our view. ALIVE also for a member newly
+    learned of, or revived with a higher incarnation."""
+    node_id: bytes
+    state: MemberState
+    address: str
+    info: dict
+
+
+class Membership:
+    def __init__(self, node_id: bytes, address: str, info: dict, *, now: float,
+                 rng: random.Random, failure_timeout: float = 3.0,
+                 gossip_interval: float = 0.2, fanout: int = 3, dead_probe_rounds: int = 10):
+        assert len(node_id) == NODE_ID_SIZE and fanout >= 1 and dead_probe_rounds >= 1
+        self.rng = rng
+        self.failure_timeout = failure_timeout
+        self.gossip_interval = gossip_interval
+        self.fanout = fanout
+        self.dead_probe_rounds = dead_probe_rounds
+        self.me = Member(node_id, address, 0, 0, ALIVE, dict(info), now)
+        self.members: dict[bytes, Member] = {node_id: self.me}
+        self.rounds = 0                      # gossip rounds so far
+        self.malformed = 0                   # rows skipped by merge
+        self._last_round: float | None = None
+        self._checked = now                  # time of the last timeout check
+        self._next_info: dict | None = None  # set_info's view, for the next heartbeat
+        # Gossip order: every peer (any state) in one random cycle, walked
+        # `fanout` live ones per round, skipping the others. The cycle is not
+        # reshuffled after each walk as in SWIM: any reshuffle lets a peer
+        # picked early in one walk come last in the next, 2*n/fanout - 1
+        # rounds apart, while a fixed cycle visits every live peer in every
+        # ceil(n/fanout) consecutive rounds -- the bound the failure timeout
+        # is sized against. A newcomer goes in at a random place.
+        self._ring: list[bytes] = []
+        self._next = 0                       # index in _ring of the next candidate
+
+    # -- our own state ------------------------------------------------------
+
+    def set_info(self, info: dict) -> None:
+        """Our own view. It goes out with our next heartbeat, so that one
+        (incarnation, heartbeat) always carries one info."""
+        self._next_info = dict(info)
+
+    def leave(self) -> list:
+        """Mark ourselves LEFT (graceful stop); returns the rows to send to every peer."""
+        self.me.state = LEFT
+        return self.rows()
+
+    # -- queries ------------------------------------------------------------
+
+    def rows(self) -> list[list]:
+        return [m.row() for m in self.members.values()]
+
+    def peers(self, states=LIVE) -> list[Member]:
+        return [m for m in self.members.values() if m is not self.me and m.state in states]
+
+    # -- stimuli ------------------------------------------------------------
+
+    def tick(self, now: float) -> tuple[list[tuple[bytes, str]], list[Change]]:
+        """Check timeouts; once per gossip_interval, also a round: the
+        (node_id, address) of each peer to send rows() to."""
+        changes = self._check_timeouts(now)
+        if self.me.state == LEFT or (self._last_round is not None
+                                     and now - self._last_round < self.gossip_interval):
+            return [], changes
+        self._last_round = now
+        self.rounds += 1
+        self.me.heartbeat += 1
+        self.me.heard = now
+        if self._next_info is not None:
+            self.me.info, self._next_info = self._next_info, None
+        targets = self._walk()
+        if self.rounds % self.dead_probe_rounds == 0:
+            dead = self.peers((DEAD,))
+            if dead:
+                targets.append(self.rng.choice(dead))
+        return [(m.node_id, m.address) for m in targets], changes
+
+    def merge(self, rows: list, now: float) -> list[Change]:
+        """Rows from a peer's gossip or a join reply; malformed ones are counted and skipped."""
+        if not isinstance(rows, (list, tuple)):
+            self.malformed += 1
+            return []
+        changes = []
+        for row in rows:
+            parsed = _parse(row)
+            if parsed is None:
+                self.malformed += 1
+                continue
+            if parsed[0] == self.me.node_id:
+                change = self._merge_self(*parsed[2:5])
+            else:
+                change = self._merge_peer(*parsed, now)
+            if change is not None:
+                changes.append(change)
+        return changes
+
+    # -- rules --------------------------------------------------------------
+
+    def _check_timeouts(self, now: float) -> list[Change]:
+        self._checked = now
+        changes = []
+        for m in self.peers():
+            silent = now - m.heard
+            if silent > self.failure_timeout:
+                m.state = DEAD
+            elif silent > self.failure_timeout / 2 and m.state == ALIVE:
+                m.state = SUSPECT
+            else:
+                continue
+            changes.append(_change(m))
+        return changes
+
+    def _merge_self(self, incarnation: int, heartbeat: int, state: MemberState) -> Change | None:
+        me = self.me
+        if me.state == LEFT or incarnation < me.incarnation:
+            return None
+        if state != ALIVE:
+            # Suspected, declared dead, or (confused) said to have left, at our
+            # incarnation or a later one: refute by rejoining above it.
+            me.incarnation = incarnation + 1
+            return _change(me)
+        # Only a confused peer has us ALIVE ahead of ourselves: move past it,
+        # so that our next heartbeat is news to everyone.
+        if incarnation > me.incarnation:
+            me.incarnation = incarnation + 1
+        elif heartbeat > me.heartbeat:
+            me.heartbeat = heartbeat
+        return None
+
+    def _merge_peer(self, node_id: bytes, address: str, incarnation: int, heartbeat: int,
+                    state: MemberState, info: dict, now: float) -> Change | None:
+        if state == SUSPECT:
+            state = ALIVE   # the sender's suspicion; ours comes from our own timer
+        m = self.members.get(node_id)
+        if m is None:
+            # A DEAD/LEFT newcomer is recorded too, so stale gossip cannot add it later.
+            m = self.members[node_id] = Member(node_id, address, incarnation, heartbeat,
+                                               state, info, now)
+            self._insert(node_id)
+            return _change(m) if state == ALIVE else None
+        if incarnation > m.incarnation:
+            before = m.state
+            m.address, m.incarnation, m.heartbeat = address, incarnation, heartbeat
+            m.state, m.info, m.heard = state, info, now
+            return _change(m) if m.state != before else None
+        if incarnation < m.incarnation:
+            return None
+        # Same incarnation. DEAD and LEFT are final; LEFT may still refine DEAD
+        # (it stopped on purpose), so that all views end up agreeing.
+        if m.state == LEFT or (m.state == DEAD and state != LEFT):
+            return None
+        if state == DEAD and heartbeat < m.heartbeat:
+            # A verdict older than what we know: it was heard of after the
+            # declarer's last news (the declarer was cut off, not it). It
+            # refutes when the verdict reaches it; we need not drop it meanwhile.
+            return None
+        newer = heartbeat > m.heartbeat
+        if newer:
+            m.heartbeat, m.info, m.heard = heartbeat, info, now
+        if state in GONE:
+            m.state = state
+            return _change(m)
+        if newer and m.state == SUSPECT:
+            m.state = ALIVE   # evidence of life clears suspicion
+            return _change(m)
+        return None
+
+    # -- gossip order -------------------------------------------------------
+
+    def _insert(self, node_id: bytes) -> None:
+        i = self.rng.randint(0, len(self._ring))
+        self._ring.insert(i, node_id)
+        if i < self._next:
+            self._next += 1   # keep the same candidate next
+
+    def _walk(self) -> list[Member]:
+        """The next `fanout` live peers along the cycle (all of them if fewer)."""
+        want = min(self.fanout, len(self.peers()))
+        picked: list[Member] = []
+        while len(picked) < want:
+            m = self.members[self._ring[self._next]]
+            self._next = (self._next + 1) % len(self._ring)
+            if m.state in LIVE:
+                picked.append(m)
+        return picked
+
+    # -- invariants ---------------------------------------------------------
+
+    def validate(self) -> None:
+        me = self.me
+        assert self.members[me.node_id] is me and me.state in (ALIVE, LEFT), me
+        for node_id, m in self.members.items():
+            assert m.node_id == node_id and len(node_id) == NODE_ID_SIZE, m
+            assert isinstance(m.state, MemberState) and isinstance(m.address, str), m
+            assert 0 <= m.incarnation <= MAX_COUNTER + 1 and 0 <= m.heartbeat, m
+            assert isinstance(m.info, dict) and all(isinstance(k, str) for k in m.info), m
+            if m is not me and m.state in LIVE:
+                # As of the last timeout check; merges since then only advance `heard`.
+                assert self._checked - m.heard <= self.failure_timeout, m
+                if m.state == SUSPECT:
+                    assert self._checked - m.heard > self.failure_timeout / 2, m
+        assert sorted(self._ring) == sorted(n for n in self.members if n != me.node_id)
+        assert 0 <= self._next < max(1, len(self._ring))
+        assert self.malformed >= 0
+
+
+def _change(m: Member) -> Change:
+    return Change(m.node_id, m.state, m.address, m.info)
+
+
+def _parse(row) -> tuple | None:
+    """(node_id, address, incarnation, heartbeat, state, info) of a well-formed row, else None."""
+    if not isinstance(row, (list, tuple)) or len(row) != 6:
+        return None
+    node_id, address, incarnation, heartbeat, state, info = row
+    if not (isinstance(node_id, bytes) and len(node_id) == NODE_ID_SIZE
+            and isinstance(address, str)
+            and all(type(c) is int and 0 <= c <= MAX_COUNTER for c in (incarnation, heartbeat))
+            and type(state) is int and 0 <= state <= max(MemberState)
+            and isinstance(info, dict) and all(isinstance(k, str) for k in info)):
+        return None
+    return node_id, address, incarnation, heartbeat, MemberState(state), dict(info)
