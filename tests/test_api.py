@@ -87,14 +87,15 @@ def test_init_returns_info_and_rejects_reinit(fresh):
     assert not zf.is_initialized()
 
 
-def test_init_validates_arguments(fresh):
+def test_init_validates_arguments(fresh, monkeypatch):
     with pytest.raises(ValueError):
         zf.init(num_cpus=-1)
     with pytest.raises(ValueError):
         zf.init(resources={"CPU": 2})
     with pytest.raises(ValueError):
         zf.init(address="nonsense")
-    with pytest.raises(ConnectionError):
+    monkeypatch.setenv("ZFABRIC_JOIN_TIMEOUT", "1")
+    with pytest.raises(ConnectionError, match="no zfabric node answered at tcp://127.0.0.1:1"):
         zf.init(address="tcp://127.0.0.1:1")
     assert not zf.is_initialized()
 

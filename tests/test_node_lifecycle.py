@@ -115,8 +115,10 @@ def test_shutdown_stops_every_process(temp_dir, reaper):
 # -- the CLI ------------------------------------------------------------------------------
 
 def cli(temp_dir, *args, timeout=60):
+    env = env_with(temp_dir)
+    env["ZFABRIC_JOIN_TIMEOUT"] = "1.5"   # an unreachable --address fails fast
     return subprocess.run([sys.executable, "-m", "zfabric.node", *args], capture_output=True,
-                          text=True, env=env_with(temp_dir), timeout=timeout)
+                          text=True, env=env, timeout=timeout)
 
 
 def node_records(temp_dir):
@@ -162,7 +164,7 @@ def test_cli_start_attach_status_timeline_stop(temp_dir, reaper, tmp_path):
     status = cli(temp_dir, "status")
     assert status.returncode == 0, status.stderr
     assert record["node_id"][:12] in status.stdout and "0/2" in status.stdout
-    assert "cluster: 1 node(s)" in status.stdout
+    assert "cluster: 1 node(s) alive of 1" in status.stdout
 
     trace = tmp_path / "trace.json"
     out = cli(temp_dir, "timeline", "-o", str(trace))
@@ -184,7 +186,8 @@ def test_cli_start_attach_status_timeline_stop(temp_dir, reaper, tmp_path):
     (["start", "--head", "--resources", "{bad"], "not valid JSON"),
     (["start", "--head", "--resources", '{"CPU": 2}'], "--num-cpus"),
     (["start", "--head", "--port", "70000"], "between 0 and 65535"),
-    (["start", "--address", "tcp://127.0.0.1:1"], "multi-node"),
+    (["start", "--address", "tcp://127.0.0.1:1"], "no zfabric node answered"),
+    (["start", "--address", "localhost:7380"], "expected tcp://HOST:PORT"),
     (["status"], "no zfabric node is running"),
     (["frobnicate"], "invalid choice"),
 ])

@@ -21,14 +21,26 @@ def sample(cls):
             kwargs[name] = [b"x", b"yy"]
         elif name in ("oid",):
             kwargs[name] = b"\x02" * 20
-        elif name in ("deps", "contained", "ids", "incs", "decs"):
-            kwargs[name] = [[b"\x03" * 20]] if cls is p.TaskDone else [b"\x03" * 20]
+        elif name in ("sender", "owner", "task_id", "fn_id"):
+            kwargs[name] = b"\x04" * 16
+        elif name in ("deps", "contained", "ids", "incs", "decs", "dep_ids"):
+            kwargs[name] = [[b"\x03" * 20]] if cls in (p.TaskDone, p.TaskResult) else [b"\x03" * 20]
+        elif name == "rows":
+            kwargs[name] = [[b"\x05" * 16, "tcp://127.0.0.1:1", 0, 3, 0, {"queued": 1}]]
+        elif name == "vector":
+            kwargs[name] = {b"\x05" * 16: 7}
+        elif name in ("dep_states", "dep_sizes"):
+            kwargs[name] = [1, 2]
+        elif name == "dep_holders":
+            kwargs[name] = [[], [b"\x06" * 16]]
         elif name in ("states", "sizes"):
             kwargs[name] = [1]
         else:
             kwargs[name] = values[hint]
-    if cls is p.TaskDone:
+    if cls in (p.TaskDone, p.TaskResult):
         kwargs["payloads"] = [b"x"]
+    if cls is p.Spill:
+        kwargs["dep_ids"] = [b"\x03" * 20, b"\x07" * 20]
     return cls(**kwargs)
 
 

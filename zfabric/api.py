@@ -35,13 +35,18 @@ def init(address: str | None = None, *, num_cpus: float | None = None,
          resources: dict | None = None, object_store_memory: int | None = None,
          ignore_reinit_error: bool = False, cluster_key: str | None = None,
          log_to_driver: bool = True) -> dict:
-    """Start an embedded node (address=None) or attach to one on this machine.
+    """Connect this process to zfabric.
+
+    address=None: start an embedded single-node cluster (it goes away at
+    shutdown). "auto": attach to the node `zfabric start` started on this
+    machine. "tcp://H:P": attach to the node on this machine listening there,
+    or else start an embedded node that joins the cluster at H:P
+    (ConnectionError if nobody answers there within `join_timeout`).
 
     log_to_driver: an embedded node's workers print to this process's
     stdout/stderr; with False they write worker-{id}.log in the session dir
     (as the workers of a node started with `zfabric start` always do).
-    cluster_key: accepted for the multi-node API; a single node has no peers
-    to authenticate yet.
+    cluster_key: accepted for the API; cluster authentication is not built yet.
     """
     with _lock:
         if _state["client"] is not None:
@@ -61,20 +66,21 @@ def init(address: str | None = None, *, num_cpus: float | None = None,
             raise ValueError(f"object_store_memory must be a positive int, got {object_store_memory!r}")
         address = address if address is not None else os.environ.get(ADDRESS_ENV) or None
         proc = None
-        if address is None:
+        info = None if address is None else _find_node(config, address)
+        if info is None:   # an embedded node: alone, or joining the cluster at `address`
             try:
                 proc, info = node_mod.spawn_node(
                     config, num_cpus=float(num_cpus if num_cpus is not None else os.cpu_count() or 1),
                     resources=resources, object_store_memory=object_store_memory,
                     host=config.host, port=config.port, embedded=True,
-                    log_to_driver=log_to_driver)
+                    log_to_driver=log_to_driver, join=[address] if address else [])
             except node_mod.NodeStartError as e:
+                if address:
+                    raise ConnectionError(f"could not join the cluster at {address}: {e}") from None
                 raise RuntimeError(f"could not start a zfabric node: {e}") from None
-        else:
-            if num_cpus is not None or resources or object_store_memory is not None:
-                raise ValueError("num_cpus, resources and object_store_memory describe a new "
-                                 "node; they cannot be given when attaching to one (address=...)")
-            info = _find_node(config, address)
+        elif num_cpus is not None or resources or object_store_memory is not None:
+            raise ValueError("num_cpus, resources and object_store_memory describe a new "
+                             "node; they cannot be given when attaching to one (address=...)")
         client = client_mod.Client(info["ipc"], "driver", connect_timeout=config.node_start_timeout)
         client_mod.set_current(client)
         _state.update(client=client, proc=proc, embedded=proc is not None, info={
@@ -85,7 +91,9 @@ def init(address: str | None = None, *, num_cpus: float | None = None,
         return dict(_state["info"])
 
 
-def _find_node(config: Config, address: str) -> dict:
+def _find_node(config: Config, address: str) -> dict | None:
+    """The record of the node on this machine to attach to; None: start one
+    that joins `address` (no node here listens there)."""
     nodes = node_mod.find_local_nodes(config)
     if address == "auto":
         if not nodes:
@@ -98,9 +106,7 @@ def _find_node(config: Config, address: str) -> dict:
     for info in nodes:
         if info["address"] == address:
             return info
-    raise ConnectionError(f"no zfabric node started on this machine listens at {address} "
-                          "(joining a node on another machine needs multi-node support, "
-                          "which this version does not have yet)")
+    return None
 
 
 def shutdown() -> None:

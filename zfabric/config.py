@@ -59,6 +59,40 @@ class Config:
     # -- network -------------------------------------------------------------
     host: str = "127.0.0.1"
     port: int = 0
+    # Port of the object socket (chunk pulls); 0 picks a free one.
+    object_port: int = 0
+
+    # -- cluster: membership and gossip -----------------------------------------
+    # A gossip round (heartbeat + view) every this many seconds, to `gossip_fanout`
+    # peers; a peer not heard of for failure_timeout/2 is suspected, for
+    # failure_timeout declared dead. 3 s: long enough that a busy node is not
+    # declared dead, short enough that its tasks are retried soon.
+    gossip_interval: float = 0.1
+    gossip_fanout: int = 3
+    failure_timeout: float = 3.0
+    # Seconds a joining node tries to reach the address it was given.
+    join_timeout: float = 10.0
+    # GCS deltas kept per shard for peers that fall behind (older: a snapshot).
+    gcs_log_capacity: int = 10_000
+
+    # -- cluster: spillover ------------------------------------------------------
+    # Tasks forwarded to a peer beyond what it can run at once, per slot, while
+    # the local queue is longer than the cluster can start: the peer's next task
+    # is already there when one ends (no round trip idle).
+    spill_depth: int = 1
+    # After a refusal (spillback), leave that peer alone this long.
+    refuse_backoff: float = 0.2
+    # A task whose arguments on one peer total at least this many bytes runs
+    # there (if it can start now) instead of pulling them.
+    locality_min_bytes: int = 1 << 20
+
+    # -- cluster: object transfer --------------------------------------------------
+    # Pulls move objects in chunks of this size, `pull_window` chunks in flight
+    # (credits); 4 MiB x 4 keeps a loopback link full without hogging memory.
+    chunk_size: int = 4 << 20
+    pull_window: int = 4
+    # A chunk not answered in this long: ask another holder.
+    chunk_timeout: float = 10.0
 
     @classmethod
     def from_env(cls, environ=None, **overrides) -> "Config":

@@ -17,6 +17,13 @@ Who sends what (client = a driver or a worker on the node's machine):
                      TaskDone Revoked (workers) Request Shutdown Goodbye
     node -> client   Welcome ObjectReady PutReply Reply Execute Revoke (workers), or
                      a Batch of them when several are due at once
+    node -> node     Gossip (membership rows + GCS version vector; a join is a Gossip
+                     asking for a reply), GcsUpdate, Spill, Refuse (spillback),
+                     TaskResult, Cancel, FreeObjects -- each over the sender's DEALER
+                     to the receiver's scheduler ROUTER
+    puller -> holder PullChunk, on the holder's object ROUTER; the answer is a Chunk
+                     header frame followed by the raw bytes as a second frame
+                     (`encode_chunk` / `decode_chunk`): bulk data is never packed
 """
 from __future__ import annotations
 
@@ -333,6 +340,175 @@ class Batch:
         if not all(type(m) is bytes and m[:1] != self.KIND_BYTE for m in self.messages):
             return "a batch holds encoded messages (and no batches)"
         return ""
+
+
+# -- between nodes ---------------------------------------------------------------------
+
+def _node_ids(values) -> bool:
+    return type(values) is list and _ids(values, 16)
+
+
+@message(21)
+class Gossip:
+    """Membership rows and the sender's GCS version vector (anti-entropy).
+
+    The receiver merges the rows and answers with the GCS updates the sender
+    lacks; with `reply` set (a join, or a probe) it also gossips back at once.
+    """
+    sender: bytes
+    rows: list             # core.membership rows
+    vector: dict           # {shard node id: last applied seq}
+    reply: bool
+
+    def check(self) -> str:
+        if len(self.sender) != 16 or not all(type(r) is list for r in self.rows):
+            return "bad sender or rows"
+        if not all(type(k) is bytes and type(v) is int for k, v in self.vector.items()):
+            return "vector must map shard ids to sequence numbers"
+        return ""
+
+
+@message(22)
+class GcsUpdate:
+    """GCS records (deltas or a snapshot of one shard each), see core/gcs.py."""
+    sender: bytes
+    records: list
+
+
+@message(23, frames=("fn_blob", "args_blob", "retry_blob"), var_frames="dep_payloads")
+class Spill:
+    """A ready task forwarded by its owner to run on the receiving node.
+
+    Arguments travel as the owner sees them: inline ones in `dep_payloads`,
+    stored ones as (size, holder node ids) for the receiver to pull.
+    """
+    owner: bytes
+    task_id: bytes
+    name: str
+    fn_id: bytes
+    num_returns: int
+    resources: dict
+    max_retries: int       # retries left for worker crashes on the receiving node
+    retry_exceptions: bool
+    depth: int
+    dep_ids: list
+    dep_states: list
+    dep_sizes: list
+    dep_holders: list      # per dep: holder node ids (STORE), else []
+    fn_blob: bytes         # empty if the owner sent this function to the receiver before
+    args_blob: bytes
+    retry_blob: bytes
+    dep_payloads: list
+
+    def check(self) -> str:
+        if len(self.owner) != 16 or len(self.task_id) != 16 or len(self.fn_id) != 16:
+            return "bad owner, task or function id"
+        if not 0 <= self.num_returns <= MAX_RETURNS or self.depth < 0 or self.max_retries < -1:
+            return "bad num_returns, depth or max_retries"
+        for k, v in self.resources.items():
+            if type(k) is not str or isinstance(v, bool) or not isinstance(v, NUM) or v < 0:
+                return "resources must map names to amounts >= 0"
+        n = len(self.dep_ids)
+        if not _ids(self.dep_ids, 20) or not (len(self.dep_states) == len(self.dep_sizes)
+                                              == len(self.dep_holders) == len(self.dep_payloads) == n):
+            return "dependencies described inconsistently"
+        if not all(type(x) is int and x >= 0 for x in self.dep_states + self.dep_sizes):
+            return "bad dependency states or sizes"
+        if not all(_node_ids(h) for h in self.dep_holders):
+            return "dependency holders must be lists of node ids"
+        return ""
+
+
+@message(25)
+class Refuse:
+    """Spillback: the receiver cannot take the task now; `available` is its view."""
+    sender: bytes
+    task_id: bytes
+    available: dict
+
+
+@message(24, var_frames="payloads")
+class TaskResult:
+    """A spilled task ended on `sender`: its returns, as TaskDone describes them.
+
+    A STORE return stays in the sender's store (the owner pulls it when needed).
+    """
+    sender: bytes
+    task_id: bytes
+    status: int
+    states: list
+    sizes: list
+    contained: list
+    start: float
+    end: float
+    worker: str
+    payloads: list
+
+    def check(self) -> str:
+        n = len(self.states)
+        if len(self.sender) != 16 or len(self.task_id) != 16:
+            return "bad sender or task id"
+        if len(self.sizes) != n or len(self.contained) != n or len(self.payloads) < n:
+            return "returns described inconsistently"
+        if not all(type(c) is list and _ids(c, 20) for c in self.contained):
+            return "contained must be lists of object ids"
+        if not all(type(x) is int and x >= 0 for x in self.sizes + self.states):
+            return "bad sizes or states"
+        return ""
+
+
+@message(26)
+class FreeObjects:
+    """The owner freed these objects: drop your copies."""
+    sender: bytes
+    ids: list
+
+    def check(self) -> str:
+        return "" if _ids(self.ids, 20) else "ids must be object ids"
+
+
+@message(27)
+class PullChunk:
+    """(puller -> holder's object ROUTER) Send bytes [offset, offset+length) of oid."""
+    oid: bytes
+    offset: int
+    length: int
+
+    def check(self) -> str:
+        if len(self.oid) != 20 or self.offset < 0 or not 0 <= self.length <= 1 << 30:
+            return "bad object id, offset or length"
+        return ""
+
+
+@message(28)
+class Chunk:
+    """(holder -> puller) The header of a chunk; the bytes follow as the next frame."""
+    oid: bytes
+    offset: int
+    length: int
+    error: str             # non-empty: the holder cannot serve it (no data frame)
+
+
+def encode_chunk(oid: bytes, offset: int, data, error: str = "") -> list:
+    """The frames answering a PullChunk: header, then the bytes (sent zero-copy)."""
+    if error:
+        return [encode(Chunk(oid, offset, 0, error))]
+    return [encode(Chunk(oid, offset, len(data), "")), data]
+
+
+def decode_chunk(frames: list):
+    """(Chunk header, data buffer or None) from the frames of an answer."""
+    head = decode(frames[0].bytes if hasattr(frames[0], "bytes") else frames[0])
+    if type(head) is not Chunk:
+        raise ProtocolError(f"expected a Chunk, got {type(head).__name__}")
+    if head.error:
+        return head, None
+    if len(frames) != 2:
+        raise ProtocolError("a Chunk needs exactly one data frame")
+    data = frames[1].buffer if hasattr(frames[1], "buffer") else memoryview(frames[1])
+    if data.nbytes != head.length:
+        raise ProtocolError("chunk length does not match its header")
+    return head, data
 
 
 MESSAGES = dict(_REGISTRY)

@@ -61,3 +61,64 @@ class StopNode:
 class Log:
     level: str
     text: str
+
+
+# -- between nodes ------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class PeerSend:
+    """Send a protocol message to another node's scheduler socket."""
+    address: str
+    msg: object
+
+
+@dataclass(frozen=True, slots=True)
+class Fetch:
+    """(scheduler -> fabric) Pull a STORE object held elsewhere into our store."""
+    oid: bytes
+    size: int
+    holders: tuple
+
+
+@dataclass(frozen=True, slots=True)
+class CancelFetch:
+    """(scheduler -> fabric) Nobody needs the object being pulled any more."""
+    oid: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Located:
+    """(scheduler -> fabric) A STORE object is now in our store: publish it."""
+    oid: bytes
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class FreeCopies:
+    """(scheduler -> fabric) We owned this object and freed it: other nodes'
+    copies go too (`holders`: the ones we know of; the GCS may know more)."""
+    oid: bytes
+    holders: tuple
+
+
+@dataclass(frozen=True, slots=True)
+class RequestChunk:
+    """Ask a holder's object socket for bytes [offset, offset+length) of oid."""
+    holder: bytes
+    object_address: str
+    oid: bytes
+    offset: int
+    length: int
+    size: int       # the object's whole size (the shell sizes its file)
+
+
+@dataclass(frozen=True, slots=True)
+class SealPull:
+    """Every chunk of a pulled object is written: make it a store object."""
+    oid: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class AbortPull:
+    """Drop a pull's partial file."""
+    oid: bytes

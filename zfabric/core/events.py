@@ -38,3 +38,57 @@ class ClientGone:
 @dataclass(frozen=True, slots=True)
 class Tick:
     """Periodic housekeeping: idle workers, timeouts."""
+
+
+# -- between nodes ------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class PeerMessage:
+    """A decoded protocol message from another node."""
+    node_id: bytes
+    msg: object
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkArrived:
+    """The shell wrote a chunk of a pulled object at its offset."""
+    holder: bytes
+    oid: bytes
+    offset: int
+    length: int
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkFailed:
+    """A holder answered a chunk request with an error (or could not be asked)."""
+    holder: bytes
+    oid: bytes
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectFetched:
+    """(fabric -> scheduler) A pulled object is sealed in our store."""
+    oid: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class FetchFailed:
+    """(fabric -> scheduler) No holder could serve the object."""
+    oid: bytes
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class PeerUp:
+    """(fabric -> scheduler) A peer joined, or its gossiped view changed."""
+    node_id: bytes
+    address: str
+    info: dict
+
+
+@dataclass(frozen=True, slots=True)
+class PeerDown:
+    """(fabric -> scheduler) A peer died or left."""
+    node_id: bytes
+    reason: str

@@ -8,6 +8,12 @@ An object is kept while any of these holds it:
 When all three drop to zero and the object is no longer pending, it is
 freed, and the objects it contains lose one `contained_in` in turn.
 
+An object made or put on another node may be known here before (or
+without) a copy in this node's store: it is STORE with `local` False and
+`remote` naming the nodes that hold it; a pull makes it local. A copy kept
+for another node's task is held by that node (`peer_client(owner)`), which
+frees it with FreeObjects; `owner_node` is None for objects owned here.
+
 The table only keeps books; `Scheduler` decides, and turns frees into
 `DeleteObject` effects for objects that live in the store.
 """
@@ -23,15 +29,28 @@ class ObjectState(IntEnum):
     ERROR = 3     # payload: an error record (serialization.error_record)
 
 
+PEER_PREFIX = b"@"
+
+
+def peer_client(node_id: bytes) -> bytes:
+    """The holder id standing for another node (the owner of copies kept here)."""
+    return PEER_PREFIX + node_id
+
+
 class ObjectEntry:
     __slots__ = ("oid", "state", "size", "payload", "holders", "pins",
-                 "contained_in", "contains", "subscribers", "dependents")
+                 "contained_in", "contains", "subscribers", "dependents",
+                 "local", "remote", "owner_node", "fetching")
 
     def __init__(self, oid: bytes):
         self.oid = oid
         self.state = ObjectState.PENDING
         self.size = 0
         self.payload = b""
+        self.local = True            # STORE: the file is in this node's store
+        self.remote: list[bytes] = []  # other nodes holding a copy (known to us)
+        self.owner_node: bytes | None = None   # None: owned here
+        self.fetching = False        # a pull into this node's store is under way
         self.holders: set[bytes] = set()
         self.pins = 0
         self.contained_in = 0
@@ -73,12 +92,18 @@ class ObjectTable:
         self.held_by.setdefault(client, set()).add(entry.oid)
 
     def seal(self, entry: ObjectEntry, state: ObjectState, size: int,
-             payload: bytes, contains: list[bytes]) -> None:
-        """Give a pending object its value; count the refs inside it."""
+             payload: bytes, contains: list[bytes], remote: list[bytes] | None = None) -> None:
+        """Give a pending object its value; count the refs inside it.
+
+        `remote`: the value is a STORE object in those nodes' stores, not here.
+        """
         entry.state = state
         entry.size = size
         entry.payload = payload
-        if state == ObjectState.STORE:
+        if remote:
+            entry.local = False
+            entry.remote = list(remote)
+        elif state == ObjectState.STORE:
             self.store_used += size
         entry.contains = [c for c in contains if c in self.entries]
         for c in entry.contains:
@@ -122,6 +147,21 @@ class ObjectTable:
             entry.subscribers.discard(client)
         return freed
 
+    def reserve(self, entry: ObjectEntry) -> None:
+        """A pull of a remote STORE object starts: its bytes count from now."""
+        entry.fetching = True
+        self.store_used += entry.size
+
+    def unreserve(self, entry: ObjectEntry) -> None:
+        """The pull failed: give the room back."""
+        entry.fetching = False
+        self.store_used -= entry.size
+
+    def fetched(self, entry: ObjectEntry) -> None:
+        """The pull is sealed: the object is in our store (room was reserved)."""
+        entry.fetching = False
+        entry.local = True
+
     def release_if_unused(self, entry: ObjectEntry) -> list[ObjectEntry]:
         freed = []
         stack = [entry]
@@ -130,7 +170,7 @@ class ObjectTable:
             if not e.releasable() or self.entries.get(e.oid) is not e:
                 continue
             del self.entries[e.oid]
-            if e.state == ObjectState.STORE:
+            if e.state == ObjectState.STORE and (e.local or e.fetching):
                 self.store_used -= e.size
             freed.append(e)
             for c in e.contains:
@@ -147,8 +187,9 @@ class ObjectTable:
             assert e.oid == oid
             assert e.pins >= 0 and e.contained_in >= 0, (e.pins, e.contained_in)
             assert e.state == ObjectState.PENDING or not e.releasable(), "unused object kept"
-            if e.state == ObjectState.STORE:
+            if e.state == ObjectState.STORE and (e.local or e.fetching):
                 used += e.size
+            assert not (e.local and e.fetching), "a local object is not fetched again"
             for c in e.holders:
                 assert oid in self.held_by.get(c, ()), "holder missing from held_by"
         assert used == self.store_used, (used, self.store_used)

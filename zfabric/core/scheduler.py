@@ -26,6 +26,20 @@ Dispatch order: among the heads of the per-shape queues that fit the free
 resources, the deepest task first (a nested task before its parents'
 siblings: this is what lets 1,000 nested chains finish on one CPU), then
 the oldest.
+
+Peers (other nodes, as gossip describes them: `PeerUp`/`PeerDown` events):
+- Spillover: a queued task that does not fit the free local resources is
+  forwarded (Spill) to a peer that core/placement.py picks; the task is
+  SPILLED there and this node stays its owner. The peer answers with a
+  TaskResult, or Refuse (spillback: the task is queued here again and that
+  peer is left alone for `refuse_backoff`). If the peer dies, the task is
+  retried (a node death counts as an attempt).
+- A task forwarded to us runs like a local one, owned by the peer
+  (`peer_client(owner)` holds its returns); when it ends we send the owner a
+  TaskResult. Its STORE returns stay in our store until the owner frees them.
+- Arguments that are STORE objects in another node's store are pulled
+  (Fetch) before a task runs here, unless a peer holding most of the
+  task's argument bytes can start it now: then the task goes there.
 """
 from __future__ import annotations
 
@@ -36,12 +50,14 @@ from enum import IntEnum
 
 from .. import protocol as p
 from .. import serialization
-from ..exceptions import (ObjectLostError, ObjectStoreFullError,
+from ..exceptions import (NodeDiedError, ObjectLostError, ObjectStoreFullError,
                           TaskCancelledError, WorkerCrashedError, ZFabricError)
 from . import effects as fx
 from . import events as ev
+from . import placement
 from . import resources as rs
-from .objects import ObjectEntry, ObjectState, ObjectTable
+from .objects import ObjectEntry, ObjectState, ObjectTable, peer_client
+from .placement import PeerView
 
 
 PREFETCH_MIN_RUNS = 3
@@ -52,6 +68,7 @@ class TaskState(IntEnum):
     QUEUED = 1
     RUNNING = 2
     ASSIGNED = 3   # prefetched: sent to a busy worker, starts when its task ends
+    SPILLED = 4    # forwarded to a peer (task.node), which runs it for us
 
 
 class TaskStatus(IntEnum):
@@ -69,7 +86,8 @@ class WorkerState(IntEnum):
 
 class Task:
     __slots__ = ("spec", "owner", "demand", "shape", "state", "missing", "worker",
-                 "attempts", "seq", "blocked", "cancelled", "returns", "children")
+                 "attempts", "seq", "blocked", "cancelled", "returns", "children",
+                 "node", "remote_owner", "ran")
 
     def __init__(self, spec: p.Submit, owner: bytes, demand: dict, seq: int):
         self.spec = spec
@@ -85,6 +103,9 @@ class Task:
         self.cancelled = False   # a cancel was asked while it ran
         self.returns = [spec.task_id + i.to_bytes(4, "big") for i in range(spec.num_returns)]
         self.children: set[bytes] = set()
+        self.node: bytes | None = None          # SPILLED: the peer running it
+        self.remote_owner: bytes | None = None  # forwarded to us by this node
+        self.ran: tuple = (0.0, 0.0, "")        # (start, end, worker) of its last run
 
 
 class Worker:
@@ -107,8 +128,14 @@ class Scheduler:
     def __init__(self, *, node_id: bytes, resources: dict[str, float],
                  store_capacity: int, num_workers: int, max_workers: int,
                  idle_worker_timeout: float, timeline_capacity: int,
-                 prefetch_max_task_seconds: float = 0.0, node_info: dict | None = None):
+                 prefetch_max_task_seconds: float = 0.0, node_info: dict | None = None,
+                 spill_depth: int = 1, refuse_backoff: float = 0.2,
+                 locality_min_bytes: int = 1 << 20):
         self.node_id = node_id
+        self.spill_depth = spill_depth
+        self.refuse_backoff = refuse_backoff
+        self.locality_min_bytes = locality_min_bytes
+        self.peers: dict[bytes, PeerView] = {}
         self.total = rs.to_units(resources)
         self.available = dict(self.total)
         self.store_capacity = store_capacity
@@ -130,8 +157,10 @@ class Scheduler:
         self.drivers: dict[bytes, int] = {}       # client -> pid
         self.functions: dict[bytes, bytes] = {}
         self.timeline: deque = deque(maxlen=timeline_capacity)
+        self.timeline_total = 0   # entries ever appended (the fabric publishes the new ones)
         self.stats = {"submitted": 0, "finished": 0, "failed": 0, "cancelled": 0,
-                      "retried": 0, "prefetched": 0, "workers_started": 0, "workers_crashed": 0}
+                      "retried": 0, "prefetched": 0, "workers_started": 0, "workers_crashed": 0,
+                      "spilled": 0, "refused": 0, "accepted": 0, "fetches": 0}
         self._seq = 0
         self._fail_queue: deque = deque()
         self._failing = False
@@ -166,6 +195,20 @@ class Scheduler:
             self._on_client_gone(event.client)
         elif kind is ev.Tick:
             self._on_tick()
+        elif kind is ev.PeerMessage:
+            handler = self._PEER_HANDLERS.get(type(event.msg))
+            if handler is None:
+                self._log("warning", f"unexpected {type(event.msg).__name__} from a peer")
+            else:
+                handler(self, event.node_id, event.msg)
+        elif kind is ev.ObjectFetched:
+            self._on_fetched(event.oid)
+        elif kind is ev.FetchFailed:
+            self._on_fetch_failed(event.oid, event.reason)
+        elif kind is ev.PeerUp:
+            self._on_peer_up(event.node_id, event.address, event.info)
+        elif kind is ev.PeerDown:
+            self._on_peer_down(event.node_id, event.reason)
         else:
             raise TypeError(f"unknown event {event!r}")
         self._schedule()
@@ -260,7 +303,7 @@ class Scheduler:
         if failure is not None:
             self._finish_failed(task, failure)
         elif not task.missing:
-            self._enqueue(task)
+            self._ready(task)
 
     @staticmethod
     def _dep_error(entry: ObjectEntry, name: str) -> bytes:
@@ -275,9 +318,81 @@ class Scheduler:
         heapq.heappush(heap, (-task.spec.depth, task.seq, task.spec.task_id))
         self.queued += 1
 
+    def _ready(self, task: Task) -> None:
+        """Every argument has its value: queue the task, unless some live in
+        other nodes' stores — then run it where most of them are, or pull them."""
+        remote = [self.objects.entries[oid] for oid in task.spec.deps
+                  if not self.objects.entries[oid].local]
+        if not remote or (task.remote_owner is None
+                          and not rs.feasible(self.total, task.demand)):
+            self._enqueue(task)   # (a task that cannot run here is spilled with its holders)
+            return
+        if task.remote_owner is None and not task.cancelled:
+            peer = placement.holder_with_room(self.peers.values(), task.demand, self._now,
+                                              self._arg_bytes(task), self.locality_min_bytes)
+            if peer is not None:
+                self._forward(task, peer)
+                return
+        for entry in remote:
+            if entry.oid not in task.missing:
+                task.missing.add(entry.oid)
+                entry.dependents.append(task.spec.task_id)
+                self._fetch(entry)
+
+    def _arg_bytes(self, task: Task) -> dict[bytes, int]:
+        """Bytes of the task's STORE arguments held by each node (us included)."""
+        held: dict[bytes, int] = {}
+        for oid in task.spec.deps:
+            entry = self.objects.entries[oid]
+            if entry.state != ObjectState.STORE:
+                continue
+            nodes = ([self.node_id] if entry.local else []) + entry.remote
+            for node in nodes:
+                held[node] = held.get(node, 0) + entry.size
+        return held
+
+    def _fetch(self, entry: ObjectEntry) -> None:
+        """Start pulling a STORE object held elsewhere (once), if there is room."""
+        if entry.local or entry.fetching:
+            return
+        if self.objects.store_used + entry.size > self.store_capacity:
+            self._lose(entry, ObjectStoreFullError, self._full_message(entry.size))
+            return
+        self.objects.reserve(entry)
+        self.stats["fetches"] += 1
+        self._out.append(fx.Fetch(entry.oid, entry.size, tuple(entry.remote)))
+
+    def _on_fetched(self, oid: bytes) -> None:
+        entry = self.objects.get(oid)
+        if entry is None or not entry.fetching:
+            self._out.append(fx.DeleteObject(oid))  # freed while it was pulled
+            return
+        self.objects.fetched(entry)
+        self._out.append(fx.Located(oid, entry.size))
+        self._object_ready(entry)
+
+    def _on_fetch_failed(self, oid: bytes, reason: str) -> None:
+        entry = self.objects.get(oid)
+        if entry is not None and entry.fetching:
+            self.objects.unreserve(entry)
+            self._lose(entry, ObjectLostError, reason)
+
+    def _lose(self, entry: ObjectEntry, error: type, text: str) -> None:
+        """A ready object's value cannot be had: it becomes that error."""
+        entry.state = ObjectState.ERROR
+        entry.payload = serialization.system_error_record(error, text)
+        entry.local, entry.remote, entry.size = True, [], 0
+        self._object_ready(entry)
+
     def _object_ready(self, entry: ObjectEntry) -> None:
-        """An object got its value: notify subscribers, wake dependent tasks."""
-        if entry.subscribers:
+        """An object got its value: notify subscribers, wake dependent tasks.
+
+        A value in another node's store is pulled before subscribers hear of
+        it (they map it from our store); dependent tasks decide in `_ready`.
+        """
+        if entry.subscribers and not entry.local:
+            self._fetch(entry)
+        elif entry.subscribers:
             msg = p.ObjectReady(entry.oid, int(entry.state), entry.size, entry.payload)
             for client in entry.subscribers:
                 self._send(client, msg)
@@ -293,7 +408,7 @@ class Scheduler:
                     continue
                 task.missing.discard(entry.oid)
                 if not task.missing:
-                    self._enqueue(task)
+                    self._ready(task)
 
     # -- dispatch -----------------------------------------------------------------
 
@@ -329,8 +444,256 @@ class Scheduler:
             self._run(task, self.idle.pop())
         else:
             self._spawn_for_demand()
+        if self.queued and self.peers:
+            self._spill()
         if self.queued and self.prefetch_max_task_seconds > 0:
             self._prefetch()
+
+    # -- peers: spillover ---------------------------------------------------------
+
+    def cluster_total(self) -> dict[str, int]:
+        total = dict(self.total)
+        for view in self.peers.values():
+            rs.release(total, view.total)
+        return total
+
+    def _spill(self) -> None:
+        """Forward queued tasks that cannot start here to peers with room."""
+        deep = placement.queue_is_deep(self.queued, self.cluster_total())
+        depth = self.spill_depth if deep else 0
+        for shape in list(self.queues):
+            kept = []   # tasks peers forwarded to us: they run here or nowhere
+            while True:
+                task = self._head(shape)
+                if task is None or rs.fits(self.available, task.demand):
+                    break  # it starts here as soon as a worker is free
+                if task.remote_owner is not None:
+                    kept.append(self._pop_shape(shape))
+                    continue
+                peer = placement.pick_peer(self.peers.values(), task.demand, self._now,
+                                           depth=depth, arg_bytes=self._arg_bytes(task))
+                if peer is None:
+                    break  # tasks of one shape are alike: the rest wait too
+                self._pop_shape(shape)
+                self._forward(task, peer)
+            for task in kept:
+                heapq.heappush(self.queues[shape], (-task.spec.depth, task.seq, task.spec.task_id))
+                self.queued += 1
+
+    def _head(self, shape: tuple) -> Task | None:
+        heap = self.queues.get(shape)
+        while heap:
+            task = self.tasks.get(heap[0][2])
+            if task is not None and task.state == TaskState.QUEUED:
+                return task
+            heapq.heappop(heap)
+        return None
+
+    def _forward(self, task: Task, peer: PeerView) -> None:
+        """Send a ready task to a peer to run; we stay its owner."""
+        spec = task.spec
+        task.state = TaskState.SPILLED
+        task.node = peer.node_id
+        task.attempts += 1
+        peer.sent(task.demand)
+        self.stats["spilled"] += 1
+        fn_blob = b""
+        if spec.fn_id not in peer.known_fns:
+            fn_blob = self.functions[spec.fn_id]
+            peer.known_fns.add(spec.fn_id)
+        states, sizes, holders, payloads = [], [], [], []
+        for oid in spec.deps:
+            entry = self.objects.entries[oid]
+            states.append(int(entry.state))
+            sizes.append(entry.size)
+            if entry.state == ObjectState.STORE:
+                holders.append(([self.node_id] if entry.local else []) + entry.remote)
+                if peer.node_id not in entry.remote:
+                    entry.remote.append(peer.node_id)  # it will hold a copy: free it there too
+                payloads.append(b"")
+            else:
+                holders.append([])
+                payloads.append(entry.payload)
+        limit = spec.max_retries
+        retries = -1 if limit < 0 else max(0, limit - (task.attempts - 1))
+        self._out.append(fx.PeerSend(peer.address, p.Spill(
+            self.node_id, spec.task_id, spec.name, spec.fn_id, spec.num_returns, spec.resources,
+            retries, spec.retry_exceptions, spec.depth, spec.deps, states, sizes, holders,
+            fn_blob, spec.args_blob, spec.retry_blob, payloads)))
+
+    def _unspill(self, task: Task) -> PeerView | None:
+        """A SPILLED task came back (result, refusal or death): give back its room."""
+        peer = self.peers.get(task.node)
+        if peer is not None:
+            peer.came_back(task.demand)
+        task.node = None
+        task.state = TaskState.WAITING
+        return peer
+
+    def _on_spill(self, sender: bytes, msg: p.Spill) -> None:
+        """A peer forwards us a task to run: take it, or refuse (spillback)."""
+        view = self.peers.get(sender)
+        demand = rs.to_units(msg.resources)
+        if view is None or msg.task_id in self.tasks or not placement.accepts(
+                self.available, self.total, self.queued, demand, self.spill_depth):
+            self.stats["refused"] += 1
+            if view is not None:
+                self._out.append(fx.PeerSend(view.address, p.Refuse(
+                    self.node_id, msg.task_id, rs.from_units(self.available))))
+            return
+        self.stats["accepted"] += 1
+        if msg.fn_blob:
+            self.functions[msg.fn_id] = msg.fn_blob
+        if msg.fn_id not in self.functions:
+            self.functions[msg.fn_id] = b""   # fails in the worker with a clear error
+        owner = peer_client(sender)
+        spec = p.Submit(msg.task_id, msg.name, msg.fn_id, msg.num_returns, msg.resources,
+                        msg.max_retries, msg.retry_exceptions, msg.depth, b"", [], [],
+                        b"", msg.args_blob, msg.retry_blob)
+        self._seq += 1
+        task = Task(spec, owner, demand, self._seq)
+        task.remote_owner = sender
+        self.tasks[spec.task_id] = task
+        objects = self.objects
+        for oid in task.returns:
+            objects.create(oid, owner).owner_node = sender
+        failure = None
+        for i, oid in enumerate(msg.dep_ids):
+            entry = objects.get(oid)
+            if entry is None:
+                entry = objects.create(oid, None)
+                entry.owner_node = sender
+                state = msg.dep_states[i]
+                if state == ObjectState.INLINE:
+                    objects.seal(entry, ObjectState.INLINE, msg.dep_sizes[i],
+                                 bytes(msg.dep_payloads[i]), [])
+                elif state == ObjectState.STORE:
+                    holders = [h for h in msg.dep_holders[i] if h != self.node_id]
+                    if holders:  # a copy we pull is kept till the owner frees it
+                        objects.seal(entry, ObjectState.STORE, msg.dep_sizes[i], b"", [],
+                                     remote=holders)
+                        objects.hold(entry, owner)
+                    else:
+                        failure = failure or serialization.system_error_record(
+                            ObjectLostError, f"argument {oid.hex()} has no copy left",
+                            msg.name)
+                        objects.seal(entry, ObjectState.ERROR, 0, b"", [])
+                else:
+                    failure = failure or serialization.system_error_record(
+                        ZFabricError, f"argument {oid.hex()} was sent without a value",
+                        msg.name)
+                    objects.seal(entry, ObjectState.ERROR, 0, b"", [])
+            objects.pin(oid)
+            spec.deps.append(oid)
+            if entry.state == ObjectState.PENDING:
+                failure = failure or serialization.system_error_record(
+                    ZFabricError, f"argument {oid.hex()} was forwarded before it was ready",
+                    msg.name)
+        if failure is not None:
+            self._finish_failed(task, failure)
+        else:
+            self._ready(task)
+
+    def _report_to_owner(self, task: Task) -> None:
+        """A task a peer forwarded to us ended: tell it how; keep STORE returns
+        (the owner frees them), drop the rest (the owner has their values)."""
+        view = self.peers.get(task.remote_owner)
+        owner = task.owner
+        states, sizes, payloads = [], [], []
+        freed: list = []
+        for oid in task.returns:
+            entry = self.objects.get(oid)
+            if entry is None:
+                states.append(int(ObjectState.ERROR))
+                sizes.append(0)
+                payloads.append(serialization.system_error_record(
+                    ObjectLostError, "the result was freed", task.spec.name))
+                continue
+            states.append(int(entry.state))
+            sizes.append(entry.size)
+            payloads.append(entry.payload if entry.state != ObjectState.STORE else b"")
+            if entry.state != ObjectState.STORE:
+                freed += self.objects.decref(owner, oid)
+        self._free(freed)
+        if view is None:
+            return  # the owner is gone: its copies went with peer_client(owner)
+        start, end, wid = task.ran
+        status = TaskStatus.CANCELLED if task.cancelled else TaskStatus.OK
+        self._out.append(fx.PeerSend(view.address, p.TaskResult(
+            self.node_id, task.spec.task_id, int(status), states, sizes,
+            [[] for _ in states], start, end, wid, payloads)))
+
+    def _on_task_result(self, sender: bytes, msg: p.TaskResult) -> None:
+        task = self.tasks.get(msg.task_id)
+        if task is None or task.state != TaskState.SPILLED or task.node != sender:
+            return  # a late answer for a task already retried elsewhere
+        self._unspill(task)
+        spec = task.spec
+        if len(msg.states) != spec.num_returns:
+            self._finish_failed(task, serialization.system_error_record(
+                ZFabricError, "a peer reported the wrong number of returns", spec.name))
+        elif msg.status == TaskStatus.CANCELLED:
+            self._finish_failed(task, self._cancelled_record(spec.name), cancelled=True)
+        elif ObjectState.ERROR in msg.states:
+            self._finish_failed(task, msg.payloads[msg.states.index(ObjectState.ERROR)])
+        else:
+            self._finish_ok(task, msg, remote=sender)
+
+    def _on_refuse(self, sender: bytes, msg: p.Refuse) -> None:
+        task = self.tasks.get(msg.task_id)
+        if task is None or task.state != TaskState.SPILLED or task.node != sender:
+            return
+        peer = self._unspill(task)
+        task.attempts -= 1
+        if peer is not None:
+            peer.refused_until = self._now + self.refuse_backoff
+            peer.available = rs.to_units(msg.available)
+        if task.cancelled:
+            self._finish_failed(task, self._cancelled_record(task.spec.name), cancelled=True)
+        else:
+            self._enqueue(task)
+
+    def _on_free_objects(self, sender: bytes, msg: p.FreeObjects) -> None:
+        owner = peer_client(sender)
+        freed: list = []
+        for oid in msg.ids:
+            freed += self.objects.decref(owner, oid)
+        self._free(freed)
+
+    def _on_peer_up(self, node_id: bytes, address: str, info: dict) -> None:
+        view = self.peers.get(node_id)
+        if view is None:
+            view = self.peers[node_id] = PeerView(node_id, address)
+        view.update(info)
+
+    def _on_peer_down(self, node_id: bytes, reason: str) -> None:
+        """A peer is gone: retry our tasks it ran, forget its copies and tasks."""
+        if self.peers.pop(node_id, None) is None:
+            return
+        for task in [t for t in self.tasks.values()
+                     if t.state == TaskState.SPILLED and t.node == node_id]:
+            task.node = None
+            task.state = TaskState.WAITING
+            if task.cancelled:
+                self._finish_failed(task, self._cancelled_record(task.spec.name), cancelled=True)
+            elif self._may_retry(task):
+                self.stats["retried"] += 1
+                self._enqueue(task)
+            else:
+                self._finish_failed(task, serialization.system_error_record(
+                    NodeDiedError, f"the node running {task.spec.name}() died ({reason}) and "
+                    f"the task has no retries left (max_retries={task.spec.max_retries})",
+                    task.spec.name))
+        owner = peer_client(node_id)
+        for task in [t for t in self.tasks.values() if t.owner == owner]:
+            self._cancel_task(task, force=True, recursive=True)
+        self._free(self.objects.drop_client(owner))
+        for entry in list(self.objects.entries.values()):
+            if node_id in entry.remote:
+                entry.remote.remove(node_id)
+                if not entry.remote and not entry.local and not entry.fetching:
+                    self._lose(entry, ObjectLostError,
+                               f"object {entry.oid.hex()} was only on a node that died ({reason})")
 
     def _prefetch(self) -> None:
         limit = self.prefetch_max_task_seconds
@@ -383,6 +746,9 @@ class Scheduler:
                     break
         for _ in range(min(room, fitting - starting)):
             self._spawn(extra=True)
+
+    def running_count(self) -> int:
+        return sum(1 for w in self.workers.values() if w.task is not None)
 
     def starting_workers(self) -> int:
         return sum(1 for w in self.workers.values() if w.state == WorkerState.STARTING)
@@ -444,8 +810,10 @@ class Scheduler:
             return
         self._release_worker(worker, task)
         spec = task.spec
+        task.ran = (msg.start, msg.end, worker.wid)
         self.timeline.append((spec.name, spec.task_id, worker.wid, msg.start, msg.end,
                               int(msg.status)))
+        self.timeline_total += 1
         took = max(0.0, msg.end - msg.start)
         times = self.fn_times.get(spec.fn_id)
         if times is None:
@@ -534,7 +902,9 @@ class Scheduler:
         limit = task.spec.max_retries
         return not task.cancelled and (limit < 0 or task.attempts <= limit)
 
-    def _finish_ok(self, task: Task, msg: p.TaskDone) -> None:
+    def _finish_ok(self, task: Task, msg, remote: bytes | None = None) -> None:
+        """Seal a task's returns from its TaskDone, or from a peer's TaskResult
+        (`remote`: that peer keeps the STORE returns in its store)."""
         self.stats["finished"] += 1
         objects = self.objects
         freed: list = []
@@ -548,7 +918,13 @@ class Scheduler:
                     ZFabricError, "worker reported a malformed result", task.spec.name)
             if entry is None:  # nobody wants it any more
                 if state == ObjectState.STORE:
-                    self._out.append(fx.DeleteObject(oid))
+                    self._out.append(fx.FreeCopies(oid, (remote,)) if remote
+                                     else fx.DeleteObject(oid))
+                continue
+            if remote and state == ObjectState.STORE:
+                objects.seal(entry, state, size, b"", [], remote=[remote])
+                self._object_ready(entry)
+                freed += objects.release_if_unused(entry)
                 continue
             if state == ObjectState.STORE and objects.store_used + size > self.store_capacity:
                 self._out.append(fx.DeleteObject(oid))
@@ -557,6 +933,8 @@ class Scheduler:
                     ObjectStoreFullError, self._full_message(msg.sizes[i]), task.spec.name)
             contains = msg.contained[i] if i < len(msg.contained) else []
             objects.seal(entry, state, size, bytes(payload), contains)
+            if state == ObjectState.STORE:
+                self._out.append(fx.Located(oid, size))
             self._object_ready(entry)
             freed += objects.release_if_unused(entry)
         self._end_task(task, freed)
@@ -578,6 +956,7 @@ class Scheduler:
         if task.state is None:
             return  # ended already (failed through two failed arguments)
         self.stats["cancelled" if cancelled else "failed"] += 1
+        task.cancelled = task.cancelled or cancelled
         freed: list = []
         for oid in task.returns:
             entry = self.objects.get(oid)
@@ -591,8 +970,12 @@ class Scheduler:
     def _end_task(self, task: Task, freed: list) -> None:
         if task.state == TaskState.QUEUED:
             self.queued -= 1  # its heap entry is skipped lazily
+        elif task.state == TaskState.SPILLED:
+            self._unspill(task)
         task.state = None
         spec = task.spec
+        if task.remote_owner is not None:
+            self._report_to_owner(task)
         self.tasks.pop(spec.task_id, None)
         parent = self.tasks.get(spec.parent) if spec.parent else None
         if parent is not None:
@@ -611,8 +994,14 @@ class Scheduler:
 
     def _free(self, freed: list) -> None:
         for entry in freed:
-            if entry.state == ObjectState.STORE:
+            if entry.state != ObjectState.STORE:
+                continue
+            if entry.local:
                 self._out.append(fx.DeleteObject(entry.oid))
+            elif entry.fetching:
+                self._out.append(fx.CancelFetch(entry.oid))
+            if entry.owner_node is None and (entry.remote or self.peers):
+                self._out.append(fx.FreeCopies(entry.oid, tuple(entry.remote)))
 
     def _full_message(self, size: int) -> str:
         return (f"object store is full: {size:,} bytes do not fit "
@@ -722,6 +1111,15 @@ class Scheduler:
                 task.cancelled = True
                 self._send(self.workers[task.worker].client, p.Revoke(task.spec.task_id))
             return
+        if task.state == TaskState.SPILLED:
+            if not task.cancelled or force:
+                task.cancelled = True
+                peer = self.peers.get(task.node)
+                if peer is not None:  # the peer answers with a cancelled TaskResult
+                    self._out.append(fx.PeerSend(peer.address, p.Cancel(
+                        task.returns[0] if task.returns else task.spec.task_id + bytes(4),
+                        force, True)))
+            return
         if task.state == TaskState.RUNNING:
             if task.cancelled and not force:
                 return
@@ -771,6 +1169,8 @@ class Scheduler:
         entry = objects.create(msg.oid, client)
         payload = bytes(msg.payload) if state == ObjectState.INLINE else b""
         objects.seal(entry, state, msg.size, payload, msg.contained)
+        if state == ObjectState.STORE:
+            self._out.append(fx.Located(msg.oid, msg.size))
         self._object_ready(entry)
         if msg.req_id:
             self._send(client, p.PutReply(msg.req_id, ""))
@@ -815,25 +1215,29 @@ class Scheduler:
     def status(self) -> dict:
         running = sum(1 for t in self.tasks.values() if t.state == TaskState.RUNNING)
         waiting = sum(1 for t in self.tasks.values() if t.state == TaskState.WAITING)
+        spilled = sum(1 for t in self.tasks.values() if t.state == TaskState.SPILLED)
+        totals = [self.total] + [v.total for v in self.peers.values()]
         pending_demand = [rs.from_units(dict(shape)) for shape, heap in self.queues.items()
-                          if heap and not rs.feasible(self.total, dict(shape))]
+                          if self._head(shape) is not None
+                          and not any(rs.feasible(t, dict(shape)) for t in totals)]
         assigned = sum(len(w.queue) for w in self.workers.values())
         return {**self.node_record(),
                 "available": rs.from_units(self.available),
                 "tasks_queued": self.queued + assigned, "tasks_running": running,
-                "tasks_waiting": waiting, "pending_demand": pending_demand,
+                "tasks_waiting": waiting, "tasks_spilled": spilled,
+                "pending_demand": pending_demand,
                 "workers": len(self.workers), "idle_workers": len(self.idle),
                 "objects": len(self.objects.entries),
                 "store_used": self.objects.store_used,
                 "store_capacity": self.store_capacity, "stats": dict(self.stats)}
 
     def trace_events(self) -> list[dict]:
-        pid = self.node_id.hex()[:8]
-        status_names = {0: "ok", 1: "error", 2: "cancelled"}
-        return [{"name": name, "cat": "task", "ph": "X", "pid": f"node {pid}",
-                 "tid": wid, "ts": start * 1e6, "dur": max(end - start, 0) * 1e6,
-                 "args": {"task_id": tid.hex(), "status": status_names.get(status, "?")}}
-                for name, tid, wid, start, end, status in self.timeline]
+        return trace_events(self.node_id, self.timeline)
+
+    def timeline_since(self, seen: int) -> list:
+        """Timeline entries appended after the first `seen` (those still kept)."""
+        new = min(self.timeline_total - seen, len(self.timeline))
+        return list(self.timeline)[len(self.timeline) - new:] if new > 0 else []
 
     # -- invariants (tests call this after every step) -----------------------------------------
 
@@ -851,8 +1255,14 @@ class Scheduler:
             if t.state == TaskState.ASSIGNED:
                 w = self.workers[t.worker]
                 assert t in w.queue and w.task is not None and w.task is not t
+            if t.state == TaskState.SPILLED:
+                assert t.node in self.peers and t.remote_owner is None
             assert t.state in (TaskState.WAITING, TaskState.QUEUED, TaskState.RUNNING,
-                               TaskState.ASSIGNED)
+                               TaskState.ASSIGNED, TaskState.SPILLED)
+        for view in self.peers.values():
+            mine = [t for t in self.tasks.values()
+                    if t.state == TaskState.SPILLED and t.node == view.node_id]
+            assert view.ours == len(mine), (view.ours, len(mine))
         for w in self.idle:
             assert w.state == WorkerState.IDLE and w.task is None and not w.queue
         for w in self.workers.values():
@@ -867,6 +1277,20 @@ class Scheduler:
         p.Revoked: _on_revoked,
         p.Request: _on_request, p.Shutdown: _on_shutdown, p.Goodbye: _on_goodbye,
     }
+    _PEER_HANDLERS = {
+        p.Spill: _on_spill, p.TaskResult: _on_task_result, p.Refuse: _on_refuse,
+        p.FreeObjects: _on_free_objects, p.Cancel: _on_cancel,
+    }
+
+
+def trace_events(node_id: bytes, entries) -> list[dict]:
+    """Chrome trace events for timeline entries (name, task id, worker, start, end, status)."""
+    pid = f"node {node_id.hex()[:8]}"
+    status_names = {0: "ok", 1: "error", 2: "cancelled"}
+    return [{"name": name, "cat": "task", "ph": "X", "pid": pid,
+             "tid": wid, "ts": start * 1e6, "dur": max(end - start, 0) * 1e6,
+             "args": {"task_id": tid.hex(), "status": status_names.get(status, "?")}}
+            for name, tid, wid, start, end, status in entries]
 
 
 def workers_for(num_cpus: float) -> int:

@@ -68,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=0)
     serve.add_argument("--embedded-driver-pid", type=int, default=None)
+    serve.add_argument("--join", action="append", default=[], metavar="ADDRESS")
     serve.add_argument("--worker-logs", action="store_true",
                        help="workers write worker-{id}.log in the session dir")
     return parser
@@ -92,13 +93,24 @@ def parse_resources(text: str) -> dict:
     return {k: float(v) for k, v in res.items()}
 
 
+def parse_address(address: str) -> str:
+    """A node address as `--address` and ZFABRIC_ADDRESS take it: tcp://HOST:PORT."""
+    host, sep, port = address.removeprefix("tcp://").rpartition(":")
+    if not address.startswith("tcp://") or not sep or not host or not port.isdigit() \
+            or not 0 < int(port) <= 65535:
+        raise UsageError(f"{address!r} is not a node address (expected tcp://HOST:PORT)")
+    return address
+
+
 def cmd_start(args) -> int:
     config = Config.from_env()
-    if args.address or (not args.head and os.environ.get(ADDRESS_ENV)):
-        raise UsageError("joining an existing cluster (--address) needs multi-node support, "
-                         "which this version does not have yet; use --head")
+    join = []
     if not args.head:
-        raise UsageError("say --head to start the first node, or --address tcp://HOST:PORT to join")
+        address = args.address or os.environ.get(ADDRESS_ENV)
+        if not address or address == "auto":
+            raise UsageError("say --head to start the first node, "
+                             "or --address tcp://HOST:PORT to join a cluster")
+        join = [parse_address(address)]
     if args.num_cpus is not None and args.num_cpus < 0:
         raise UsageError("--num-cpus must be >= 0")
     if not 0 <= args.port <= 65535:
@@ -111,7 +123,7 @@ def cmd_start(args) -> int:
         proc, info = node_mod.spawn_node(
             config, num_cpus=num_cpus, resources=resources,
             object_store_memory=args.object_store_memory, host=args.host, port=args.port,
-            embedded=False)
+            embedded=False, join=join)
     except node_mod.NodeStartError as e:
         raise UsageError(str(e)) from None
     print(f"address: {info['address']}")
@@ -161,23 +173,27 @@ def cmd_status(args) -> int:
         status = client.request("status")
     finally:
         client.close()
-    rows = [status]
-    print(f"{'node':<14}{'address':<24}{'alive':<7}{'CPUs used/total':<17}"
+    rows = status["nodes"]
+    print(f"{'node':<14}{'address':<24}{'state':<9}{'CPUs used/total':<17}"
           f"{'store used/total':<24}{'tasks queued/running'}")
     tot_cpu = used_cpu = 0.0
+    alive = 0
     for s in rows:
         total = s["Resources"].get("CPU", 0.0)
         used = total - s["available"].get("CPU", 0.0)
-        tot_cpu += total
-        used_cpu += used
+        if s["Alive"]:
+            alive += 1
+            tot_cpu += total
+            used_cpu += used
         addr = f"{s['NodeManagerAddress']}:{s['NodeManagerPort']}"
         store = f"{_fmt_bytes(s['store_used'])}/{_fmt_bytes(s['store_capacity'])}"
-        print(f"{s['NodeID'][:12]:<14}{addr:<24}{'yes' if s['Alive'] else 'no':<7}"
-              f"{used:g}/{total:g}{'':<{max(1, 17 - len(f'{used:g}/{total:g}'))}}"
-              f"{store:<24}{s['tasks_queued']}/{s['tasks_running']}")
+        cpus = f"{used:g}/{total:g}"
+        me = " (this node)" if s["NodeID"] == status["self"] else ""
+        print(f"{s['NodeID'][:12]:<14}{addr:<24}{s['State'].lower():<9}{cpus:<17}"
+              f"{store:<24}{s['tasks_queued']}/{s['tasks_running']}{me}")
         for demand in s.get("pending_demand", []):
-            print(f"  pending demand no node can meet: {demand}")
-    print(f"cluster: {len(rows)} node(s), {used_cpu:g}/{tot_cpu:g} CPUs in use")
+            print(f"  pending demand no live node can meet: {demand}")
+    print(f"cluster: {alive} node(s) alive of {len(rows)}, {used_cpu:g}/{tot_cpu:g} CPUs in use")
     return 0
 
 
@@ -223,11 +239,15 @@ def cmd_timeline(args) -> int:
 def cmd_memory(args) -> int:
     client = _tool_client(args.address)
     try:
-        s = client.request("status")
+        status = client.request("status")
     finally:
         client.close()
-    print(f"node {s['NodeID'][:12]}: {s['objects']} objects, store "
-          f"{_fmt_bytes(s['store_used'])} of {_fmt_bytes(s['store_capacity'])}")
+    for s in status["nodes"]:
+        if not s["Alive"]:
+            continue
+        objects = f"{s['objects']} objects, " if "objects" in s else ""
+        print(f"node {s['NodeID'][:12]}: {objects}store "
+              f"{_fmt_bytes(s['store_used'])} of {_fmt_bytes(s['store_capacity'])}")
     return 0
 
 
@@ -237,7 +257,7 @@ def cmd_serve(args) -> int:
                           object_store_memory=args.object_store_memory, host=args.host,
                           port=args.port, ready_fd=args.ready_fd,
                           embedded_driver_pid=args.embedded_driver_pid,
-                          worker_logs=args.worker_logs)
+                          worker_logs=args.worker_logs, join=args.join)
 
 
 COMMANDS = {"start": cmd_start, "status": cmd_status, "stop": cmd_stop,

@@ -1,13 +1,17 @@
 """The node's poll loop: bytes and time in, effects out.
 
-    ROUTER (ipc + tcp) --frames--> decode --ClientMessage--> Scheduler.handle
-    worker/driver pidfds --exit--> WorkerExited / ClientGone --> Scheduler.handle
-    timer --------------------------> Tick --------------------> Scheduler.handle
-    effects <-------------------------------------------------------'
-      Send -> ROUTER    SpawnWorker/StopWorker/KillWorker/InterruptWorker -> processes
-      DeleteObject -> store    WatchClient -> pidfd    StopNode -> leave the loop
+    scheduler ROUTER (ipc + tcp) --> decode --> ClientMessage / PeerMessage --> Fabric.handle
+    pull DEALERs (one per holder) --> Chunk: write at offset --> ChunkArrived / ChunkFailed
+    worker/driver pidfds --exit--> WorkerExited / ClientGone -----------------> Fabric.handle
+    timer ------------------------> Tick -------------------------------------> Fabric.handle
+    effects <--------------------------------------------------------------------'
+      Send -> scheduler ROUTER        PeerSend -> that node's DEALER
+      RequestChunk -> pull DEALER     SealPull / AbortPull / DeleteObject -> store
+      SpawnWorker/StopWorker/KillWorker/InterruptWorker -> processes
+      WatchClient -> pidfd            StopNode -> leave the loop
+    object ROUTER: PullChunk --> answered here from the store (stateless, no event)
 
-Single-threaded: only this loop touches the scheduler's state. An unexpected
+Single-threaded: only this loop touches the node's state. An unexpected
 exception stops the node loudly (the caller logs it and cleans up); a
 malformed message is counted and dropped.
 """
@@ -31,13 +35,28 @@ log = logging.getLogger("zfabric.node")
 RECV_BATCH = 512
 
 
+MAP_CACHE = 32   # store files the object server keeps mapped (most recent)
+
+
 class NodeLoop:
-    def __init__(self, scheduler, router: zmq.Socket, *, ipc_endpoint: str,
+    def __init__(self, fabric, router: zmq.Socket, *, ctx: zmq.Context,
+                 object_router: zmq.Socket, node_id: bytes, ipc_endpoint: str,
                  session_dir: str, store_dir: str, tick_interval: float,
                  worker_output: str | None, stop_grace: float,
                  embedded_driver_pid: int | None = None, on_ready=None):
-        self.scheduler = scheduler
+        self.fabric = fabric
+        self.scheduler = fabric.scheduler
         self.router = router
+        self.ctx = ctx
+        self.object_router = object_router
+        self.node_id = node_id
+        self.peer_socks: dict[str, zmq.Socket] = {}      # control address -> DEALER
+        self.pull_socks: dict[str, zmq.Socket] = {}      # object address -> DEALER
+        self.pull_holder: dict[zmq.Socket, bytes] = {}   # pull DEALER -> holder node id
+        self.partials: dict[bytes, int] = {}             # oid -> fd of the file being pulled into
+        self.pull_started: dict[bytes, tuple] = {}       # oid -> (size, when), for the log
+        self.maps: dict[bytes, memoryview] = {}          # oid -> mapped store file being served
+        self.dropped_peer_sends = 0
         self.ipc_endpoint = ipc_endpoint
         self.session_dir = session_dir
         self.store_dir = store_dir
@@ -65,6 +84,7 @@ class NodeLoop:
     def run(self) -> str:
         self.running = True
         self.poller.register(self.router, zmq.POLLIN)
+        self.poller.register(self.object_router, zmq.POLLIN)
         self.poller.register(self._wake_r, zmq.POLLIN)
         old_wakeup = signal.set_wakeup_fd(self._wake_w)
         signal.signal(signal.SIGTERM, self._on_signal)
@@ -74,17 +94,22 @@ class NodeLoop:
         else:
             signal.signal(signal.SIGINT, self._on_signal)
         try:
-            self.execute(self.scheduler.start(time.monotonic()))
+            self.execute(self.fabric.start(time.monotonic()))
             self._flush_outbox()
             next_tick = time.monotonic() + self.tick_interval
             while self.running:
-                if self.on_ready is not None and not self.scheduler.starting_workers():
+                if (self.on_ready is not None and not self.scheduler.starting_workers()
+                        and self.fabric.joined):
                     self.on_ready()
                     self.on_ready = None
                 timeout = max(0.0, next_tick - time.monotonic())
                 for sock, _ in self.poller.poll(int(timeout * 1000) + 1):
                     if sock is self.router:
                         self._drain_router()
+                    elif sock is self.object_router:
+                        self._serve_chunks()
+                    elif sock in self.pull_holder:
+                        self._drain_pull(sock)
                     elif sock == self._wake_r:
                         self._drain_wakeups()
                     else:
@@ -94,7 +119,7 @@ class NodeLoop:
                 now = time.monotonic()
                 if now >= next_tick:
                     next_tick = now + self.tick_interval
-                    self.execute(self.scheduler.handle(ev.Tick(), now))
+                    self.execute(self.fabric.handle(ev.Tick(), now))
                     self._flush_outbox()
         finally:
             signal.set_wakeup_fd(old_wakeup)
@@ -120,29 +145,34 @@ class NodeLoop:
             self._flush_outbox()
 
     def _drain_router_batch(self) -> None:
-        router, scheduler = self.router, self.scheduler
+        router, fabric = self.router, self.fabric
         now = time.monotonic()
+        peer_suffix = sockets.PEER_SUFFIX[0]
         for _ in range(RECV_BATCH):
             try:
                 frames = router.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return
             ident = frames[0]
-            client = ident[:-1]   # strip sockets.TX_SUFFIX / RX_SUFFIX
+            sender = ident[:-1]   # strip sockets.TX_SUFFIX / RX_SUFFIX / PEER_SUFFIX
             try:
                 if len(frames) != 2:
                     raise p.ProtocolError(f"expected one frame, got {len(frames) - 1}")
                 msg = p.decode(frames[1])
             except p.ProtocolError as e:
                 self.malformed += 1
-                log.warning("dropped a malformed message from %r: %s", client[:16], e)
+                log.warning("dropped a malformed message from %r: %s", sender[:16], e)
                 continue
-            self.execute(scheduler.handle(ev.ClientMessage(client, msg), now))
+            if ident[-1] == peer_suffix:
+                event = ev.PeerMessage(sender, msg)
+            else:
+                event = ev.ClientMessage(sender, msg)
+            self.execute(fabric.handle(event, now))
             if not self.running:
                 return
 
     def dispatch(self, event) -> None:
-        self.execute(self.scheduler.handle(event, time.monotonic()))
+        self.execute(self.fabric.handle(event, time.monotonic()))
         if not self._draining:
             self._flush_outbox()
 
@@ -155,7 +185,21 @@ class NodeLoop:
                 self._send(effect.to, effect.msg)
             elif kind is fx.SpawnWorker:
                 self._spawn_worker(effect.worker_id)
+            elif kind is fx.PeerSend:
+                self._peer_send(effect.address, effect.msg)
+            elif kind is fx.RequestChunk:
+                self._request_chunk(effect)
+            elif kind is fx.SealPull:
+                store.seal_partial(self.store_dir, effect.oid, self.partials.pop(effect.oid))
+                size, began = self.pull_started.pop(effect.oid, (0, time.monotonic()))
+                took = time.monotonic() - began
+                log.info("pulled %s: %d bytes in %.3f s (%.2f GB/s)", effect.oid.hex()[:12],
+                         size, took, size / max(took, 1e-9) / 1e9)
+            elif kind is fx.AbortPull:
+                store.abort_partial(self.store_dir, effect.oid, self.partials.pop(effect.oid, None))
+                self.pull_started.pop(effect.oid, None)
             elif kind is fx.DeleteObject:
+                self.maps.pop(effect.oid, None)
                 store.delete(self.store_dir, effect.oid)
             elif kind is fx.StopWorker:
                 self._signal_worker(effect.worker_id, signal.SIGTERM)
@@ -194,6 +238,113 @@ class NodeLoop:
                 if e.errno != zmq.EHOSTUNREACH:
                     raise
                 log.debug("client %r is gone; dropped %d message(s)", to, len(msgs))
+
+    # -- other nodes --------------------------------------------------------------------------
+
+    def _peer_send(self, address: str, msg) -> None:
+        sock = self.peer_socks.get(address)
+        if sock is None:
+            sock = self.peer_socks[address] = sockets.peer_dealer(self.ctx, self.node_id, address)
+        try:
+            sock.send(p.encode(msg), zmq.NOBLOCK)
+        except zmq.Again:  # that peer is down or far behind: gossip or the owner retries
+            self.dropped_peer_sends += 1
+            if self.dropped_peer_sends % 1000 == 1:
+                log.warning("peer %s is not taking messages (%d dropped so far)",
+                            address, self.dropped_peer_sends)
+
+    def _request_chunk(self, req: fx.RequestChunk) -> None:
+        sock = self.pull_socks.get(req.object_address)
+        if sock is None:
+            sock = sockets.pull_dealer(self.ctx, req.object_address)
+            self.pull_socks[req.object_address] = sock
+            self.pull_holder[sock] = req.holder
+            self.poller.register(sock, zmq.POLLIN)
+        if req.oid not in self.partials:
+            self.partials[req.oid] = store.open_partial(self.store_dir, req.oid, req.size)
+            self.pull_started[req.oid] = (req.size, time.monotonic())
+        sock.send(p.encode(p.PullChunk(req.oid, req.offset, req.length)), zmq.NOBLOCK)
+
+    def _drain_pull(self, sock: zmq.Socket) -> None:
+        """Chunks arriving from a holder: write each at its offset, then tell the fabric."""
+        holder = self.pull_holder[sock]
+        for _ in range(RECV_BATCH):
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                break
+            try:
+                head, data = p.decode_chunk(frames)
+            except p.ProtocolError as e:
+                self.malformed += 1
+                log.warning("dropped a malformed chunk from %s: %s", holder.hex()[:12], e)
+                continue
+            if head.error:
+                event = ev.ChunkFailed(holder, head.oid, head.error)
+            else:
+                fd = self.partials.get(head.oid)
+                if fd is None:
+                    continue  # the pull was dropped meanwhile
+                store.write_at(fd, data, head.offset)
+                event = ev.ChunkArrived(holder, head.oid, head.offset, head.length)
+            self.execute(self.fabric.handle(event, time.monotonic()))
+        self._flush_outbox()
+
+    def _serve_chunks(self) -> None:
+        """Answer chunk pulls from the store: stateless, like zguide's fileio3 server."""
+        router = self.object_router
+        for _ in range(RECV_BATCH):
+            try:
+                ident, frame = router.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            except ValueError:   # not exactly [ident, request]
+                self.malformed += 1
+                continue
+            try:
+                req = p.decode(frame)
+                if type(req) is not p.PullChunk:
+                    raise p.ProtocolError(f"unexpected {type(req).__name__} on the object socket")
+            except p.ProtocolError as e:
+                self.malformed += 1
+                log.warning("dropped a malformed pull request: %s", e)
+                continue
+            try:
+                view = self._mapped(req.oid)
+                if req.offset + req.length > view.nbytes:
+                    raise ValueError(f"range beyond its {view.nbytes} bytes")
+                reply = p.encode_chunk(req.oid, req.offset,
+                                       view[req.offset:req.offset + req.length])
+            except (OSError, ValueError) as e:
+                reply = p.encode_chunk(req.oid, req.offset, None,
+                                       f"object {req.oid.hex()} cannot be served here: {e}")
+            try:
+                router.send_multipart([ident] + reply, zmq.NOBLOCK, copy=False)
+            except zmq.ZMQError as e:
+                if e.errno != zmq.EHOSTUNREACH:
+                    raise
+
+    def _mapped(self, oid: bytes) -> memoryview:
+        view = self.maps.pop(oid, None)
+        if view is None:
+            view = store.map_raw(self.store_dir, oid)
+            if len(self.maps) >= MAP_CACHE:
+                self.maps.pop(next(iter(self.maps)))
+        self.maps[oid] = view   # most recent last
+        return view
+
+    def close_sockets(self) -> None:
+        for sock in self.peer_socks.values():
+            sock.close()   # with its linger: a goodbye just sent still goes out
+        for sock in self.pull_socks.values():
+            sock.close(0)
+        self.peer_socks.clear()
+        self.pull_socks.clear()
+        self.pull_holder.clear()
+        for oid, fd in list(self.partials.items()):
+            store.abort_partial(self.store_dir, oid, fd)
+        self.partials.clear()
+        self.maps.clear()
 
     # -- workers: forked by the zygote ---------------------------------------------------
 

@@ -8,18 +8,20 @@ a pipe with a JSON record
 it could not start.
 
 `serve(...)` is the node itself: make the session and store dirs, bind the
-ROUTER on `ipc://{session}/node.sock` and `tcp://host:port`, build the
-Scheduler, run the loop, and on the way out stop every worker by PID and
-remove the store dir and session dir.
+scheduler ROUTER on `ipc://{session}/node.sock` and `tcp://host:port` and the
+object ROUTER on a second port, build the state machines (Scheduler,
+Membership, Gcs, Transfers, composed by Fabric), join the cluster through
+the given addresses, run the loop, and on the way out tell the peers we
+leave, stop every worker by PID and remove the store dir and session dir.
 """
 from __future__ import annotations
 
-import ctypes
 import datetime
 import gc
 import json
 import logging
 import os
+import random
 import select
 import shutil
 import signal
@@ -31,7 +33,11 @@ import psutil
 import zmq
 
 from ..config import Config
+from ..core.fabric import Fabric
+from ..core.gcs import Gcs
+from ..core.membership import Membership
 from ..core.scheduler import Scheduler, workers_for
+from ..core.transfer import Transfers
 from ..ids import new_node_id
 from . import sockets, store
 from .loop import NodeLoop
@@ -60,13 +66,16 @@ def node_records_dir(config: Config) -> str:
 
 def spawn_node(config: Config, *, num_cpus: float, resources: dict,
                object_store_memory: int | None, host: str, port: int,
-               embedded: bool, log_to_driver: bool = True,
+               embedded: bool, log_to_driver: bool = True, join: list[str] = (),
                timeout: float | None = None) -> tuple[subprocess.Popen, dict]:
-    """Start a node process and wait until it answers. Returns (process, info)."""
+    """Start a node process and wait until it answers (and has joined the
+    cluster at `join`, if given). Returns (process, info)."""
     r, w = os.pipe()
     cmd = [sys.executable, "-m", "zfabric.node", "_serve", "--ready-fd", str(w),
            "--config", config.to_json(), "--num-cpus", repr(float(num_cpus)),
            "--resources", json.dumps(resources), "--host", host, "--port", str(port)]
+    for address in join:
+        cmd += ["--join", address]
     if object_store_memory is not None:
         cmd += ["--object-store-memory", str(int(object_store_memory))]
     if embedded:
@@ -88,7 +97,8 @@ def spawn_node(config: Config, *, num_cpus: float, resources: dict,
     finally:
         os.close(w)
     try:
-        line = _read_line(r, timeout or config.node_start_timeout, proc)
+        line = _read_line(r, timeout or (config.node_start_timeout
+                                         + (config.join_timeout if join else 0)), proc)
     finally:
         os.close(r)
     info = json.loads(line) if line else {"error": "the node process exited while starting"}
@@ -124,7 +134,7 @@ def _read_line(fd: int, timeout: float, proc: subprocess.Popen) -> str:
 
 def serve(config: Config, *, num_cpus: float, resources: dict, object_store_memory: int | None,
           host: str, port: int, ready_fd: int | None, embedded_driver_pid: int | None,
-          worker_logs: bool = False) -> int:
+          worker_logs: bool = False, join: list[str] = ()) -> int:
     node_id = new_node_id()
     stamp = datetime.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     session_dir = os.path.join(config.temp_dir, f"session_{stamp}_{os.getpid()}")
@@ -137,7 +147,7 @@ def serve(config: Config, *, num_cpus: float, resources: dict, object_store_memo
     gc.set_threshold(50_000, 20, 20)
     answer = _Answer(ready_fd)
     ctx = sockets.context()
-    router = None
+    router = object_router = loop = None
     record_path = None
     clean_exit = False
     try:
@@ -149,8 +159,15 @@ def serve(config: Config, *, num_cpus: float, resources: dict, object_store_memo
             raise NodeStartError(f"cannot listen on {host}:{port}: {e.strerror}") from None
         tcp = bound[1]
         tcp_port = int(tcp.rsplit(":", 1)[1])
+        try:
+            object_router, object_ep = sockets.object_router(ctx, host, config.object_port)
+        except zmq.ZMQError as e:
+            raise NodeStartError(f"cannot listen on {host}:{config.object_port} "
+                                 f"for objects: {e.strerror}") from None
+        object_port = int(object_ep.rsplit(":", 1)[1])
         capacity = object_store_memory or default_store_capacity(config)
         info = {"node_id": node_id.hex(), "pid": os.getpid(), "address": f"tcp://{host}:{tcp_port}",
+                "object_address": f"tcp://{host}:{object_port}",
                 "host": host, "port": tcp_port, "ipc": ipc, "session_dir": session_dir,
                 "store_dir": store_dir, "embedded": bool(embedded_driver_pid),
                 "num_cpus": num_cpus, "resources": resources, "store_capacity": capacity}
@@ -160,9 +177,23 @@ def serve(config: Config, *, num_cpus: float, resources: dict, object_store_memo
             max_workers=config.max_workers, idle_worker_timeout=config.idle_worker_timeout,
             timeline_capacity=config.timeline_capacity,
             prefetch_max_task_seconds=config.prefetch_max_task_seconds,
-            node_info={**info, "config": config.to_json()})
-        loop = NodeLoop(scheduler, router, ipc_endpoint=ipc, session_dir=session_dir,
-                        store_dir=store_dir, tick_interval=config.tick_interval,
+            node_info={**info, "config": config.to_json()},
+            spill_depth=config.spill_depth, refuse_backoff=config.refuse_backoff,
+            locality_min_bytes=config.locality_min_bytes)
+        static = {k: info[k] for k in ("address", "object_address", "host", "port", "pid")}
+        membership = Membership(node_id, info["address"], static, now=time.monotonic(),
+                                rng=random.Random(node_id),
+                                failure_timeout=config.failure_timeout,
+                                gossip_interval=config.gossip_interval,
+                                fanout=config.gossip_fanout)
+        fabric = Fabric(scheduler, membership, Gcs(node_id, log_capacity=config.gcs_log_capacity),
+                        Transfers(chunk_size=config.chunk_size, window=config.pull_window,
+                                  chunk_timeout=config.chunk_timeout),
+                        static_info=static, seeds=list(join), join_timeout=config.join_timeout,
+                        tick_interval=config.tick_interval)
+        loop = NodeLoop(fabric, router, ctx=ctx, object_router=object_router, node_id=node_id,
+                        ipc_endpoint=ipc, session_dir=session_dir,
+                        store_dir=store_dir, tick_interval=config.gossip_interval / 2,
                         worker_output=session_dir if worker_logs else None,
                         stop_grace=config.stop_grace, embedded_driver_pid=embedded_driver_pid,
                         on_ready=lambda: answer(info))
@@ -176,10 +207,15 @@ def serve(config: Config, *, num_cpus: float, resources: dict, object_store_memo
         log.info("node %s up at %s (%s), %g CPUs", node_id.hex(), info["address"], ipc, num_cpus)
         try:
             reason = loop.run()
+            loop.execute(fabric.leave())
         finally:
             loop.stop_workers()
+            loop.close_sockets()
         log.info("node stopping: %s", reason)
         clean_exit = True
+        if answer.fd is not None:  # stopped before it was up (e.g. nobody answered the join)
+            answer({"error": fabric.join_error or f"the node stopped while starting: {reason}"})
+            return 1
         return 0
     except NodeStartError as e:
         answer({"error": str(e)})
@@ -193,6 +229,8 @@ def serve(config: Config, *, num_cpus: float, resources: dict, object_store_memo
     finally:
         if router is not None:
             router.close(0)
+        if object_router is not None:
+            object_router.close(0)
         ctx.term()
         store.remove_dir(store_dir)
         if record_path:

@@ -7,7 +7,16 @@ cluster (CURVE) can later be a change to this module alone:
 - Local (ipc) sockets have no high-water mark: every message on them is
   bounded by the number of tasks and objects the user created, and a
   dropped control message would hang a caller.
+- Peer sockets have a high-water mark: a peer that is down must not make us
+  queue without bound. Sends never block; a send refused at the mark is
+  counted by the caller (gossip repeats itself, and the owner of a spilled
+  task resubmits it when the peer is declared dead).
+- Bulk data has its own sockets (object ROUTER, one pull DEALER per holder):
+  a 1 GB transfer never delays a heartbeat. Pulls are credit-limited, so no
+  unbounded stream ever hits one socket.
 - Linger is short: a process that exits does not wait on peers that are gone.
+
+Authenticating and encrypting TCP between nodes (CURVE) belongs here alone.
 """
 from __future__ import annotations
 
@@ -23,6 +32,10 @@ RECONNECT_IVL_MAX_MS = 1000
 # and where replies go, whatever bytes the id itself holds.
 TX_SUFFIX = b">"   # the client's sending socket
 RX_SUFFIX = b"<"   # the client's receiving socket
+PEER_SUFFIX = b"^"  # another node's DEALER: its routing id is its node id + this
+
+PEER_HWM = 100_000          # messages queued to one peer before sends are refused
+TCP_KEEPALIVE_IDLE_S = 10   # a silent dead TCP link is noticed by gossip first anyway
 
 
 def context() -> zmq.Context:
@@ -64,4 +77,45 @@ def client_dealer(ctx: zmq.Context, identity: bytes, endpoint: str) -> zmq.Socke
     sock.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_IVL_MAX_MS)
     sock.setsockopt(zmq.IMMEDIATE, 0)
     sock.connect(endpoint)
+    return sock
+
+
+def _tcp(sock: zmq.Socket) -> zmq.Socket:
+    sock.setsockopt(zmq.LINGER, LINGER_MS)
+    sock.setsockopt(zmq.SNDHWM, PEER_HWM)
+    sock.setsockopt(zmq.RCVHWM, 0)
+    sock.setsockopt(zmq.RECONNECT_IVL, RECONNECT_IVL_MS * 10)
+    sock.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_IVL_MAX_MS)
+    sock.setsockopt(zmq.TCP_KEEPALIVE, 1)
+    sock.setsockopt(zmq.TCP_KEEPALIVE_IDLE, TCP_KEEPALIVE_IDLE_S)
+    return sock
+
+
+def peer_dealer(ctx: zmq.Context, node_id: bytes, address: str) -> zmq.Socket:
+    """Our DEALER to another node's scheduler ROUTER (send-only: it answers
+    through its own DEALER to us)."""
+    sock = _tcp(ctx.socket(zmq.DEALER))
+    sock.setsockopt(zmq.IDENTITY, node_id + PEER_SUFFIX)
+    sock.connect(address)
+    return sock
+
+
+def object_router(ctx: zmq.Context, host: str, port: int = 0) -> tuple[zmq.Socket, str]:
+    """The node's object ROUTER, serving chunk pulls; returns it and its endpoint."""
+    sock = _tcp(ctx.socket(zmq.ROUTER))
+    sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+    sock.setsockopt(zmq.SNDHWM, 0)  # bounded by the pullers' credit windows
+    try:
+        sock.bind(f"tcp://{host}:{port or '*'}")
+    except zmq.ZMQError:
+        sock.close(0)
+        raise
+    return sock, sock.getsockopt_string(zmq.LAST_ENDPOINT)
+
+
+def pull_dealer(ctx: zmq.Context, address: str) -> zmq.Socket:
+    """A DEALER to a holder's object ROUTER, for chunk requests and their answers."""
+    sock = _tcp(ctx.socket(zmq.DEALER))
+    sock.setsockopt(zmq.SNDHWM, 0)  # at most `window` requests per pull are in flight
+    sock.connect(address)
     return sock

@@ -77,3 +77,57 @@ def delete(store_dir: str, oid: bytes) -> None:
         os.unlink(path_of(store_dir, oid))
     except FileNotFoundError:
         pass
+
+
+# -- pulls: an object arriving in chunks from another node's store ---------------------
+
+def _partial_path(store_dir: str, oid: bytes) -> str:
+    return os.path.join(store_dir, f".{oid.hex()}.pull.tmp")
+
+
+def open_partial(store_dir: str, oid: bytes, size: int) -> int:
+    """A new file of `size` bytes to write a pulled object's chunks into."""
+    fd = os.open(_partial_path(store_dir, oid), os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.ftruncate(fd, size)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def write_at(fd: int, data, offset: int) -> None:
+    view = memoryview(data).cast("B")
+    while view.nbytes:
+        n = os.pwrite(fd, view, offset)
+        view = view[n:]
+        offset += n
+
+
+def seal_partial(store_dir: str, oid: bytes, fd: int) -> None:
+    """Every chunk is written: the object appears under its id, whole."""
+    os.close(fd)
+    os.rename(_partial_path(store_dir, oid), path_of(store_dir, oid))
+
+
+def abort_partial(store_dir: str, oid: bytes, fd: int | None) -> None:
+    if fd is not None:
+        os.close(fd)
+    try:
+        os.unlink(_partial_path(store_dir, oid))
+    except FileNotFoundError:
+        pass
+
+
+def map_raw(store_dir: str, oid: bytes) -> memoryview:
+    """A read-only view of a sealed object's file, to serve it to another node."""
+    fd = os.open(path_of(store_dir, oid), os.O_RDONLY)
+    try:
+        size = os.fstat(fd).st_size
+        if size == 0:
+            return memoryview(b"")
+        # populated up front: serving then never stops on a page fault per 4 KiB
+        return memoryview(mmap.mmap(fd, size, flags=mmap.MAP_SHARED | mmap.MAP_POPULATE,
+                                    prot=mmap.PROT_READ))
+    finally:
+        os.close(fd)

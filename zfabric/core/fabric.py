@@ -1,0 +1,361 @@
+"""One node's whole state: the local scheduler, membership, the GCS replica
+and object pulls, behind one `handle(event, now) -> effects` (sans-I/O).
+
+    node loop --event--> Fabric.handle
+                          |-- ClientMessage, worker/client events --> Scheduler
+                          |-- PeerMessage: Gossip --> Membership (+ GCS anti-entropy)
+                          |                GcsUpdate --> Gcs
+                          |                Spill, TaskResult, Refuse, Cancel,
+                          |                FreeObjects --> Scheduler
+                          |-- ChunkArrived / ChunkFailed --> Transfers
+                          '-- Tick --> Membership (gossip round, failure detection),
+                                       Transfers (chunk timeouts), Scheduler
+    effects <-- Send, PeerSend, RequestChunk, SealPull, AbortPull, workers, store ...
+
+The scheduler asks for what only the fabric can do through effects it
+handles itself: Fetch/CancelFetch (pulls), Located and DeleteObject
+(object locations in our GCS shard), FreeCopies (FreeObjects to every node
+with a copy). What the fabric learns goes back to the scheduler as events:
+PeerUp/PeerDown from membership, ObjectFetched/FetchFailed from pulls.
+
+GCS tables written here: "node" (our static record: addresses, resources,
+pid; key = our node id), "loc" (key = object id, value = size: this node
+holds a copy in its store) and "tl" (the tasks this node ran, for the
+cluster's timeline: key = batch number, value = that tick's finished tasks;
+the oldest batches are deleted past `timeline_capacity` tasks, so one
+delta carries many tasks and the shard stays bounded). Gossip carries each
+node's live view (free resources, queue) in its membership row.
+"""
+from __future__ import annotations
+
+from collections import deque
+
+from .. import protocol as p
+from . import effects as fx
+from . import events as ev
+from . import resources as rs
+from .membership import MemberState
+from .scheduler import trace_events
+from .transfer import ChunkRequest, PullDone, PullFailed
+
+CLUSTER_QUERIES = ("nodes", "resources", "status", "timeline")
+JOIN_RETRY = 0.5   # seconds between join attempts while no seed has answered
+
+
+class Fabric:
+    def __init__(self, scheduler, membership, gcs, transfers, *, static_info: dict,
+                 seeds: list[str], join_timeout: float, tick_interval: float):
+        self.scheduler = scheduler
+        self.membership = membership
+        self.gcs = gcs
+        self.transfers = transfers
+        self.node_id = scheduler.node_id
+        self.static_info = static_info      # address, object_address, host, port, pid ...
+        self.seeds = list(seeds)
+        self.join_timeout = join_timeout
+        self.tick_interval = tick_interval  # the scheduler's housekeeping period
+        self.joined = not seeds
+        self.join_error = ""
+        self._join_deadline = 0.0
+        self._next_join = 0.0
+        self._next_sched_tick = 0.0
+        self._seen: dict[bytes, tuple] = {}   # peer -> (incarnation, heartbeat) given to the scheduler
+        self._pulling: dict[bytes, int] = {}  # oid -> size, for RequestChunk
+        self._timeline_seen = 0               # scheduler timeline entries published
+        self._timeline_batches: deque = deque()   # (batch number, entries) in our shard
+        self._timeline_kept = 0
+        self._batch = 0
+        self._events: deque = deque()
+        self._out: list = []
+        self._now = 0.0
+
+    # -- entry points ---------------------------------------------------------------
+
+    def start(self, now: float) -> list:
+        self._now = now
+        self.gcs.put("node", self.node_id, self.static_info)
+        self._publish_view()
+        self._take(self.scheduler.start(now))
+        self._join_deadline = now + self.join_timeout
+        self._try_join()
+        self._run_events()
+        return self._flush()
+
+    def handle(self, event, now: float) -> list:
+        self._now = now
+        kind = type(event)
+        if kind is ev.PeerMessage:
+            self._on_peer_message(event)
+        elif kind is ev.ClientMessage and type(event.msg) is p.Request \
+                and event.msg.what in CLUSTER_QUERIES:
+            self._on_query(event.client, event.msg)
+        elif kind is ev.ChunkArrived:
+            self._transfer(self.transfers.on_chunk(event.holder, event.oid, event.offset,
+                                                   event.length, now))
+        elif kind is ev.ChunkFailed:
+            self._transfer(self.transfers.on_error(event.holder, event.oid, event.error, now))
+        elif kind is ev.Tick:
+            self._on_tick()
+        else:
+            self._events.append(event)
+        self._run_events()
+        self._push_gcs()
+        return self._flush()
+
+    def _flush(self) -> list:
+        out, self._out = self._out, []
+        return out
+
+    def _run_events(self) -> None:
+        """Feed queued events to the scheduler, handling the effects meant for us."""
+        while self._events:
+            self._take(self.scheduler.handle(self._events.popleft(), self._now))
+
+    def _take(self, effects: list) -> None:
+        for e in effects:
+            kind = type(e)
+            if kind is fx.Fetch:
+                self._pulling[e.oid] = e.size
+                self._transfer(self.transfers.start(e.oid, e.size, list(e.holders), self._now))
+            elif kind is fx.CancelFetch:
+                if self.transfers.pulling(e.oid):
+                    self.transfers.cancel(e.oid)
+                    self._out.append(fx.AbortPull(e.oid))
+                self._pulling.pop(e.oid, None)
+            elif kind is fx.Located:
+                self.gcs.put("loc", e.oid, e.size)
+            elif kind is fx.DeleteObject:
+                self.gcs.delete("loc", e.oid)
+                self._out.append(e)
+            elif kind is fx.FreeCopies:
+                self._free_copies(e.oid, e.holders)
+            else:
+                self._out.append(e)
+
+    # -- membership and joining -------------------------------------------------------
+
+    def _try_join(self) -> None:
+        if self.joined:
+            return
+        if self._now >= self._join_deadline:
+            self.join_error = (f"no zfabric node answered at {', '.join(self.seeds)} "
+                               f"within {self.join_timeout:g} s")
+            self._out.append(fx.StopNode(self.join_error))
+            return
+        if self._now >= self._next_join:
+            self._next_join = self._now + JOIN_RETRY
+            hello = p.Gossip(self.node_id, self.membership.rows(), self.gcs.wanted_vector(), True)
+            for address in self.seeds:
+                self._out.append(fx.PeerSend(address, hello))
+
+    def _on_tick(self) -> None:
+        now = self._now
+        self._publish_view()
+        targets, changes = self.membership.tick(now)
+        if targets:
+            msg = p.Gossip(self.node_id, self.membership.rows(), self.gcs.wanted_vector(), False)
+            for _node, address in targets:
+                self._out.append(fx.PeerSend(address, msg))
+        self._apply_changes(changes)
+        self._transfer(self.transfers.on_tick(now))
+        self._publish_timeline()
+        self._try_join()
+        if now >= self._next_sched_tick:
+            self._next_sched_tick = now + self.tick_interval
+            self._events.append(ev.Tick())
+
+    def _publish_view(self) -> None:
+        """Our live view goes out with our next heartbeat."""
+        s = self.scheduler
+        self.membership.set_info({
+            **self.static_info,
+            "total": rs.from_units(s.total),
+            "available": rs.from_units({k: max(v, 0) for k, v in s.available.items()}),
+            "queued": s.queued, "running": s.running_count(),
+            "store_used": s.objects.store_used, "store_capacity": s.store_capacity})
+
+    def _publish_timeline(self) -> None:
+        s = self.scheduler
+        new = s.timeline_since(self._timeline_seen)
+        self._timeline_seen = s.timeline_total
+        if not new:
+            return
+        self._batch += 1
+        self.gcs.put("tl", str(self._batch), [list(e) for e in new])
+        self._timeline_batches.append((self._batch, len(new)))
+        self._timeline_kept += len(new)
+        while self._timeline_kept > s.timeline.maxlen and len(self._timeline_batches) > 1:
+            batch, n = self._timeline_batches.popleft()
+            self.gcs.delete("tl", str(batch))
+            self._timeline_kept -= n
+
+    def _on_gossip(self, sender: bytes, msg: p.Gossip) -> None:
+        changes = self.membership.merge(msg.rows, self._now)
+        member = self.membership.members.get(sender)
+        if member is None:
+            return
+        updates = self.gcs.updates_for(msg.vector)
+        if updates:
+            self._out.append(fx.PeerSend(member.address, p.GcsUpdate(self.node_id, updates)))
+        if msg.reply:
+            self._out.append(fx.PeerSend(member.address, p.Gossip(
+                self.node_id, self.membership.rows(), self.gcs.wanted_vector(), False)))
+        self._apply_changes(changes)
+
+    def _apply_changes(self, changes: list) -> None:
+        """Tell the scheduler who came, who went, and whose view changed."""
+        me = self.node_id
+        for change in changes:
+            if change.node_id == me:
+                continue
+            if change.state in (MemberState.DEAD, MemberState.LEFT):
+                self._seen.pop(change.node_id, None)
+                how = "left" if change.state == MemberState.LEFT else "failed"
+                self._events.append(ev.PeerDown(change.node_id, f"node {change.node_id.hex()[:12]} {how}"))
+                self._transfer(self.transfers.on_holder_dead(change.node_id, self._now))
+        for member in self.membership.peers((MemberState.ALIVE,)):
+            version = (member.incarnation, member.heartbeat)
+            if self._seen.get(member.node_id) != version:
+                self._seen[member.node_id] = version
+                self._events.append(ev.PeerUp(member.node_id, member.address, member.info))
+        if not self.joined and self._seen:
+            self.joined = True
+
+    # -- GCS -----------------------------------------------------------------------------
+
+    def _on_peer_message(self, event: ev.PeerMessage) -> None:
+        msg = event.msg
+        kind = type(msg)
+        if kind is p.Gossip:
+            if msg.sender == event.node_id:
+                self._on_gossip(msg.sender, msg)
+        elif kind is p.GcsUpdate:
+            for record in msg.records:
+                self.gcs.apply(record)
+        else:
+            self._events.append(event)
+
+    def _push_gcs(self) -> None:
+        """Our shard's new writes go to every live peer at once (gossip repairs losses)."""
+        record = self.gcs.take_new()
+        if not record:
+            return
+        peers = self.membership.peers((MemberState.ALIVE, MemberState.SUSPECT))
+        if peers:
+            msg = p.GcsUpdate(self.node_id, [record])
+            for member in peers:
+                self._out.append(fx.PeerSend(member.address, msg))
+
+    def _free_copies(self, oid: bytes, holders: tuple) -> None:
+        nodes = set(holders) | set(self.gcs.lookup("loc", oid))
+        nodes.discard(self.node_id)
+        for node in nodes:
+            member = self.membership.members.get(node)
+            if member is not None and member.state in (MemberState.ALIVE, MemberState.SUSPECT):
+                self._out.append(fx.PeerSend(member.address, p.FreeObjects(self.node_id, [oid])))
+
+    # -- pulls ---------------------------------------------------------------------------
+
+    def _transfer(self, outputs: list) -> None:
+        for out in outputs:
+            kind = type(out)
+            if kind is ChunkRequest:
+                member = self.membership.members.get(out.holder)
+                address = member.info.get("object_address", "") if member else ""
+                if not address:  # not a node we know: that holder fails at once
+                    self._transfer(self.transfers.on_error(
+                        out.holder, out.oid, "holder unknown", self._now))
+                    continue
+                self._out.append(fx.RequestChunk(out.holder, address, out.oid, out.offset,
+                                                 out.length, self._pulling.get(out.oid, 0)))
+            elif kind is PullDone:
+                self._pulling.pop(out.oid, None)
+                self._out.append(fx.SealPull(out.oid))
+                self._events.append(ev.ObjectFetched(out.oid))
+            elif kind is PullFailed:
+                self._pulling.pop(out.oid, None)
+                self._out.append(fx.AbortPull(out.oid))
+                self._events.append(ev.FetchFailed(out.oid, out.reason))
+
+    # -- queries ---------------------------------------------------------------------------
+
+    def _on_query(self, client: bytes, msg: p.Request) -> None:
+        try:
+            data = self.query(msg.what)
+            self._out.append(fx.Send(client, p.Reply(msg.req_id, data, "")))
+        except (KeyError, ValueError, TypeError) as e:
+            self._out.append(fx.Send(client, p.Reply(msg.req_id, None, str(e))))
+
+    def query(self, what: str):
+        if what == "nodes":
+            return [self._node_record(m) for m in self._members()]
+        if what == "resources":
+            total: dict[str, float] = {}
+            available: dict[str, float] = {}
+            for m in self._members():
+                if m.state != MemberState.ALIVE:
+                    continue
+                view = self._view(m)
+                for k, v in view.get("total", {}).items():
+                    total[k] = total.get(k, 0.0) + v
+                for k, v in view.get("available", {}).items():
+                    available[k] = available.get(k, 0.0) + v
+            return {"total": total, "available": available}
+        if what == "status":
+            rows = []
+            for m in self._members():
+                row = self._node_record(m)
+                view = self._view(m)
+                if m.node_id == self.node_id:
+                    row.update(self.scheduler.status())
+                else:
+                    row.update(available=view.get("available", {}),
+                               tasks_queued=view.get("queued", 0),
+                               tasks_running=view.get("running", 0),
+                               store_used=view.get("store_used", 0),
+                               store_capacity=view.get("store_capacity", 0),
+                               pending_demand=[])
+                row["State"] = MemberState(m.state).name
+                rows.append(row)
+            return {"self": self.node_id.hex(), "nodes": rows}
+        if what == "timeline":   # ours as it is now, the others' as replicated
+            events = self.scheduler.trace_events()
+            by_node: dict[bytes, list] = {}
+            for shard, _batch, entries in self.gcs.items("tl"):
+                if shard != self.node_id:
+                    by_node.setdefault(shard, []).extend(entries)
+            for node, entries in by_node.items():
+                events += trace_events(node, entries)
+            return events
+        raise ValueError(f"unknown query {what!r}")
+
+    def _members(self) -> list:
+        me = self.node_id
+        return sorted(self.membership.members.values(),
+                      key=lambda m: (m.node_id != me, m.node_id))
+
+    def _view(self, member) -> dict:
+        if member.node_id == self.node_id:
+            s = self.scheduler
+            return {"total": rs.from_units(s.total),
+                    "available": rs.from_units({k: max(v, 0) for k, v in s.available.items()})}
+        return member.info
+
+    def _node_record(self, member) -> dict:
+        static = self.gcs.get("node", member.node_id, shard=member.node_id) or member.info
+        view = self._view(member)
+        return {"NodeID": member.node_id.hex(), "Alive": member.state == MemberState.ALIVE,
+                "NodeManagerAddress": static.get("host", ""),
+                "NodeManagerPort": static.get("port", 0),
+                "Resources": dict(view.get("total", {})),
+                "ObjectStoreAddress": static.get("object_address", ""),
+                "Address": static.get("address", member.address)}
+
+    # -- leaving ---------------------------------------------------------------------------
+
+    def leave(self) -> list:
+        """We stop gracefully: tell every live peer at once (no failure timeout)."""
+        rows = self.membership.leave()
+        msg = p.Gossip(self.node_id, rows, {}, False)
+        return [fx.PeerSend(m.address, msg)
+                for m in self.membership.peers((MemberState.ALIVE, MemberState.SUSPECT))]

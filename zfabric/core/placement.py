@@ -1,0 +1,120 @@
+"""Where a ready task runs: here, on a peer, or nowhere yet. Pure policy.
+
+The local scheduler asks two questions, and this module answers them from
+what gossip says about each peer (`PeerView`) and what the asking node
+itself has sent there:
+
+- `pick_peer`: a task cannot start here now (local resources are taken);
+  which peer should it be forwarded to? A peer qualifies if its total
+  resources can ever run the task, it is not backing off after a refusal,
+  and our own tasks there leave room: at most its total (what it can run at
+  once) while the local queue is short, and `depth` times more while the
+  local queue is longer than the cluster can run at once — so a peer always
+  has its next task at hand when one ends and never waits a round trip,
+  yet no peer sits on a backlog while the owner runs dry at the end.
+  Among those: most argument bytes held there (locality), then the most
+  free resources by its last gossip, then the fewest of our tasks there.
+- `accepts`: a peer received a forwarded task; take it, or refuse
+  (spillback) so the owner places it elsewhere?
+
+Amounts are in resource units (core/resources.py).
+"""
+from __future__ import annotations
+
+from . import resources as rs
+
+
+class PeerView:
+    """One peer as the local scheduler sees it."""
+    __slots__ = ("node_id", "address", "total", "available", "queued", "inflight",
+                 "ours", "refused_until", "known_fns", "object_address")
+
+    def __init__(self, node_id: bytes, address: str):
+        self.node_id = node_id
+        self.address = address
+        self.object_address = ""
+        self.total: dict[str, int] = {}       # by its gossip
+        self.available: dict[str, int] = {}   # by its last gossip (stale by up to a round)
+        self.queued = 0                       # by its last gossip
+        self.inflight: dict[str, int] = {}    # demand of our tasks forwarded there, not ended
+        self.ours = 0                         # how many of our tasks are there
+        self.refused_until = 0.0              # it refused a task: leave it alone till then
+        self.known_fns: set[bytes] = set()    # functions we sent it the code of
+
+    def update(self, info: dict) -> None:
+        """Take a newer gossiped view (`info` as a node publishes it)."""
+        self.address = info.get("address", self.address)
+        self.object_address = info.get("object_address", self.object_address)
+        self.total = rs.to_units(info.get("total", {}))
+        self.available = rs.to_units(info.get("available", {}))
+        self.queued = int(info.get("queued", 0))
+
+    def sent(self, demand: dict[str, int]) -> None:
+        """One of our tasks went there."""
+        rs.release(self.inflight, demand)   # (adds: inflight counts what is out)
+        self.ours += 1
+
+    def came_back(self, demand: dict[str, int]) -> None:
+        """One of our tasks there ended, was refused, or is retried elsewhere."""
+        rs.acquire(self.inflight, demand)
+        self.ours -= 1
+
+    def room(self, demand: dict[str, int], depth: int) -> bool:
+        """May one more task of `demand` go there, with `depth` tasks queued per slot?"""
+        if not rs.feasible(self.total, demand):
+            return False
+        for name, amount in demand.items():
+            limit = self.total.get(name, 0) * (1 + depth)
+            if self.inflight.get(name, 0) + amount > limit:
+                return False
+        return True
+
+
+def pick_peer(peers, demand: dict[str, int], now: float, *, depth: int,
+              arg_bytes: dict[bytes, int] | None = None) -> PeerView | None:
+    """The peer a task that cannot start here should go to, or None (it waits here)."""
+    best = None
+    best_key = None
+    for view in peers:
+        if view.refused_until > now or not view.room(demand, depth):
+            continue
+        free = sum(view.available.get(k, 0) - view.inflight.get(k, 0) for k in demand) \
+            if demand else 0
+        key = ((arg_bytes or {}).get(view.node_id, 0), free, -view.ours, view.node_id)
+        if best_key is None or key > best_key:
+            best, best_key = view, key
+    return best
+
+
+def holder_with_room(peers, demand: dict[str, int], now: float,
+                     arg_bytes: dict[bytes, int], min_bytes: int) -> PeerView | None:
+    """Locality: the peer holding the most of a task's argument bytes (at least
+    `min_bytes`), if it can start the task now by its last gossip."""
+    best = None
+    best_bytes = min_bytes - 1
+    for view in peers:
+        held = arg_bytes.get(view.node_id, 0)
+        if held <= best_bytes or view.refused_until > now or not view.room(demand, 0):
+            continue
+        if not rs.fits({k: view.available.get(k, 0) - view.inflight.get(k, 0)
+                        for k in demand}, demand):
+            continue
+        best, best_bytes = view, held
+    return best
+
+
+def accepts(available: dict[str, int], total: dict[str, int], queued: int,
+            demand: dict[str, int], depth: int) -> bool:
+    """Does a node take a forwarded task? If it can start it now, or if its
+    queue is shorter than `depth` tasks per CPU; never if it can never run it."""
+    if not rs.feasible(total, demand):
+        return False
+    if rs.fits(available, demand):
+        return True
+    cpus = total.get(rs.CPU, 0) // rs.UNIT
+    return queued < depth * max(cpus, 1)
+
+
+def queue_is_deep(queued: int, cluster_total: dict[str, int]) -> bool:
+    """Is there more work here than the whole cluster can start at once?"""
+    return queued > cluster_total.get(rs.CPU, 0) // rs.UNIT

@@ -1,0 +1,10 @@
+"""Tools for testing zfabric and programs built on it.
+
+- `LocalCluster` (cluster.py): several real nodes on one machine, each its
+  own process, ports and store dir.
+- `sim`: the core state machines of many nodes in one process, on a seeded
+  in-memory network and a virtual clock (no sockets, no threads).
+"""
+from .cluster import LocalCluster, NodeHandle
+
+__all__ = ["LocalCluster", "NodeHandle"]

@@ -1,0 +1,182 @@
+"""LocalCluster: several real zfabric nodes on one machine, for tests and benchmarks.
+
+    with LocalCluster(nodes=3, num_cpus=1) as cluster:   # waits until all are up
+        zf.init(address=cluster.address)                 # attach to the first node
+        h = cluster.add_node(num_cpus=2, resources={"gpu": 1})
+        cluster.kill_node(h)       # SIGKILL the node and its workers: no goodbye
+        cluster.remove_node(h)     # graceful stop
+
+Each node is its own process (started like `zfabric start`), with its own
+ports, session dir and store dir, so objects really move between stores.
+Every process the cluster starts is stopped by PID when it closes, also when
+the test fails; a killed node's files are removed for it.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+from dataclasses import dataclass, field
+
+import psutil
+
+from ..config import Config
+from ..node import node as node_mod
+from ..node import store
+from ..node.client import Client
+
+
+@dataclass
+class NodeHandle:
+    """A node the cluster started."""
+    node_id: str        # hex, as zf.nodes() shows it
+    address: str        # tcp://host:port: its scheduler socket, what --address takes
+    pid: int
+    info: dict = field(repr=False)
+    proc: object = field(repr=False)
+
+
+class LocalCluster:
+    def __init__(self, nodes: int = 1, *, num_cpus: float = 1, resources: dict | None = None,
+                 object_store_memory: int | None = None, config: Config | None = None,
+                 host: str = "127.0.0.1", up_timeout: float = 30.0):
+        self.config = config or Config.from_env()
+        self.host = host
+        self.up_timeout = up_timeout
+        self._handles: list[NodeHandle] = []
+        try:
+            for _ in range(nodes):
+                self.add_node(num_cpus=num_cpus, resources=resources,
+                              object_store_memory=object_store_memory)
+        except BaseException:
+            self.shutdown()
+            raise
+
+    # -- the nodes -------------------------------------------------------------------
+
+    @property
+    def nodes(self) -> list[NodeHandle]:
+        """Handles of the nodes still started (not killed or removed)."""
+        return list(self._handles)
+
+    @property
+    def address(self) -> str:
+        """The address of the first node still started (what zf.init takes)."""
+        if not self._handles:
+            raise RuntimeError("the cluster has no node left")
+        return self._handles[0].address
+
+    def add_node(self, *, num_cpus: float = 1, resources: dict | None = None,
+                 object_store_memory: int | None = None, wait: bool = True) -> NodeHandle:
+        """Start a node that joins the cluster (the first one starts it)."""
+        join = [self._handles[0].address] if self._handles else []
+        proc, info = node_mod.spawn_node(
+            self.config, num_cpus=num_cpus, resources=dict(resources or {}),
+            object_store_memory=object_store_memory, host=self.host, port=0,
+            embedded=False, join=join)
+        handle = NodeHandle(info["node_id"], info["address"], info["pid"], info, proc)
+        self._handles.append(handle)
+        if wait:
+            self.wait_for_nodes()
+        return handle
+
+    def kill_node(self, handle: NodeHandle) -> None:
+        """SIGKILL a node and every process under it, as if its machine died."""
+        self._forget(handle)
+        try:
+            children = psutil.Process(handle.pid).children(recursive=True)
+        except psutil.Error:
+            children = []
+        for pid in [handle.pid] + [c.pid for c in children]:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        handle.proc.wait()
+        for child in children:
+            _reap(child)
+        self._remove_files(handle)
+
+    def remove_node(self, handle: NodeHandle, timeout: float = 10.0) -> None:
+        """Stop a node gracefully: it tells its peers it leaves and cleans up."""
+        try:
+            handle.proc.send_signal(signal.SIGTERM)
+            handle.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill_node(handle)
+            return
+        self._forget(handle)
+        self._remove_files(handle)
+
+    def _forget(self, handle: NodeHandle) -> None:
+        if handle not in self._handles:
+            raise ValueError(f"node {handle.node_id[:12]} is not started by this cluster")
+        self._handles.remove(handle)
+
+    def _remove_files(self, handle: NodeHandle) -> None:
+        store.remove_dir(handle.info["store_dir"])
+        shutil.rmtree(handle.info["session_dir"], ignore_errors=True)
+        try:
+            os.unlink(os.path.join(node_mod.node_records_dir(self.config),
+                                   f"{handle.node_id}.json"))
+        except FileNotFoundError:
+            pass
+
+    # -- waiting ---------------------------------------------------------------------
+
+    def wait_for_nodes(self, timeout: float | None = None) -> None:
+        """Wait until every started node sees every other one alive."""
+        want = {h.node_id for h in self._handles}
+        deadline = time.monotonic() + (timeout or self.up_timeout)
+        for handle in list(self._handles):
+            while True:
+                alive = {n["NodeID"] for n in self.query(handle, "nodes") if n["Alive"]}
+                if want <= alive:
+                    break
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"node {handle.node_id[:12]} sees {len(want & alive)} "
+                                       f"of the {len(want)} nodes after {self.up_timeout:g} s")
+                time.sleep(0.05)
+
+    def query(self, handle: NodeHandle, what: str):
+        """Ask one node a question (`nodes`, `resources`, `status`, `timeline`)."""
+        client = Client(handle.info["ipc"], "tool", connect_timeout=10.0)
+        try:
+            return client.request(what)
+        finally:
+            client.close()
+
+    # -- closing ---------------------------------------------------------------------
+
+    def shutdown(self) -> None:
+        """Stop every node still started (gracefully, then by force)."""
+        handles, self._handles = self._handles, []
+        for h in handles:
+            try:
+                h.proc.send_signal(signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + 10
+        for h in handles:
+            try:
+                h.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                self._handles.append(h)
+                self.kill_node(h)
+                continue
+            self._remove_files(h)
+
+    def __enter__(self) -> "LocalCluster":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.shutdown()
+
+
+def _reap(proc: psutil.Process) -> None:
+    try:
+        proc.wait(timeout=5)
+    except psutil.Error:
+        pass
