@@ -411,15 +411,16 @@ def stop_pids(procs, grace=5.0):
     return len(procs)
 
 
-def run_child(python, argv, timeout, env, log_path):
-    """Run a child to completion or timeout, then stop by PID every process it
-    left behind. Returns (rc, wall_s, timed_out, [leftovers still alive])."""
+def run_child(python, argv, timeout, env, log_path, script=None):
+    """Run `script` (this file by default) as a child to completion or timeout,
+    then stop by PID every process it left behind.
+    Returns (rc, wall_s, timed_out, [leftovers still alive])."""
     import psutil
     seen = {}                                     # pid -> psutil.Process (keeps create time)
     end = {}
     with open(log_path, "ab") as log:
         t0 = time.perf_counter()
-        proc = subprocess.Popen([python, os.path.abspath(__file__)] + argv, env=env,
+        proc = subprocess.Popen([python, script or os.path.abspath(__file__)] + argv, env=env,
                                 stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                 start_new_session=True)
 

@@ -61,6 +61,11 @@ from .placement import PeerView
 
 
 PREFETCH_MIN_RUNS = 3
+# Tasks of a function known to be quick (as prefetch judges it) are queued
+# this many deep per slot at a peer while the local queue is deep: a round
+# trip to the owner per task would leave the peer idle most of the time,
+# and a queue of quick tasks drains in milliseconds at the end.
+QUICK_SPILL_DEPTH = 16
 
 
 class TaskState(IntEnum):
@@ -460,7 +465,6 @@ class Scheduler:
     def _spill(self) -> None:
         """Forward queued tasks that cannot start here to peers with room."""
         deep = placement.queue_is_deep(self.queued, self.cluster_total())
-        depth = self.spill_depth if deep else 0
         for shape in list(self.queues):
             kept = []   # tasks peers forwarded to us: they run here or nowhere
             while True:
@@ -470,6 +474,9 @@ class Scheduler:
                 if task.remote_owner is not None:
                     kept.append(self._pop_shape(shape))
                     continue
+                depth = 0
+                if deep:
+                    depth = QUICK_SPILL_DEPTH if self._quick(task) else self.spill_depth
                 peer = placement.pick_peer(self.peers.values(), task.demand, self._now,
                                            depth=depth, arg_bytes=self._arg_bytes(task))
                 if peer is None:
@@ -479,6 +486,11 @@ class Scheduler:
             for task in kept:
                 heapq.heappush(self.queues[shape], (-task.spec.depth, task.seq, task.spec.task_id))
                 self.queued += 1
+
+    def _quick(self, task: Task) -> bool:
+        times = self.fn_times.get(task.spec.fn_id)
+        return (times is not None and times[0] >= PREFETCH_MIN_RUNS
+                and times[1] < self.prefetch_max_task_seconds)
 
     def _head(self, shape: tuple) -> Task | None:
         heap = self.queues.get(shape)
@@ -534,8 +546,12 @@ class Scheduler:
         """A peer forwards us a task to run: take it, or refuse (spillback)."""
         view = self.peers.get(sender)
         demand = rs.to_units(msg.resources)
+        times = self.fn_times.get(msg.fn_id)
+        quick = (times is not None and times[0] >= PREFETCH_MIN_RUNS
+                 and times[1] < self.prefetch_max_task_seconds)
+        depth = QUICK_SPILL_DEPTH if quick else self.spill_depth
         if view is None or msg.task_id in self.tasks or not placement.accepts(
-                self.available, self.total, self.queued, demand, self.spill_depth):
+                self.available, self.total, self.queued, demand, depth):
             self.stats["refused"] += 1
             if view is not None:
                 self._out.append(fx.PeerSend(view.address, p.Refuse(
@@ -696,14 +712,10 @@ class Scheduler:
                                f"object {entry.oid.hex()} was only on a node that died ({reason})")
 
     def _prefetch(self) -> None:
-        limit = self.prefetch_max_task_seconds
         for worker in self.workers.values():
             running = worker.task
             if (running is None or worker.queue or running.blocked or worker.doomed
-                    or running.cancelled):
-                continue
-            times = self.fn_times.get(running.spec.fn_id)
-            if times is None or times[0] < PREFETCH_MIN_RUNS or times[1] >= limit:
+                    or running.cancelled or not self._quick(running)):
                 continue
             task = self._pop_shape(running.shape)
             if task is None:

@@ -74,6 +74,7 @@ class NodeLoop:
         self.stop_reason = ""
         self.malformed = 0
         self._outbox: dict[bytes, list[bytes]] = {}
+        self._peer_outbox: dict[str, list[bytes]] = {}
         self._draining = False
         self.cancel_dir = os.path.join(session_dir, "cancel")
         os.makedirs(self.cancel_dir, exist_ok=True)
@@ -163,13 +164,21 @@ class NodeLoop:
                 self.malformed += 1
                 log.warning("dropped a malformed message from %r: %s", sender[:16], e)
                 continue
-            if ident[-1] == peer_suffix:
-                event = ev.PeerMessage(sender, msg)
+            peer = ident[-1] == peer_suffix
+            if type(msg) is p.Batch:   # several messages of one sender, in order
+                try:
+                    inner = [p.decode(m) for m in msg.messages]
+                except p.ProtocolError as e:
+                    self.malformed += 1
+                    log.warning("dropped a malformed batch from %r: %s", sender[:16], e)
+                    continue
             else:
-                event = ev.ClientMessage(sender, msg)
-            self.execute(fabric.handle(event, now))
-            if not self.running:
-                return
+                inner = (msg,)
+            for msg in inner:
+                event = ev.PeerMessage(sender, msg) if peer else ev.ClientMessage(sender, msg)
+                self.execute(fabric.handle(event, now))
+                if not self.running:
+                    return
 
     def dispatch(self, event) -> None:
         self.execute(self.fabric.handle(event, time.monotonic()))
@@ -238,20 +247,38 @@ class NodeLoop:
                 if e.errno != zmq.EHOSTUNREACH:
                     raise
                 log.debug("client %r is gone; dropped %d message(s)", to, len(msgs))
+        if self._peer_outbox:
+            self._flush_peers()
 
     # -- other nodes --------------------------------------------------------------------------
 
     def _peer_send(self, address: str, msg) -> None:
-        sock = self.peer_socks.get(address)
-        if sock is None:
-            sock = self.peer_socks[address] = sockets.peer_dealer(self.ctx, self.node_id, address)
-        try:
-            sock.send(p.encode(msg), zmq.NOBLOCK)
-        except zmq.Again:  # that peer is down or far behind: gossip or the owner retries
-            self.dropped_peer_sends += 1
-            if self.dropped_peer_sends % 1000 == 1:
+        """Queue a message for a peer; `_flush_peers` sends each peer's queue as one frame."""
+        box = self._peer_outbox.get(address)
+        if box is None:
+            self._peer_outbox[address] = [p.encode(msg)]
+        else:
+            box.append(p.encode(msg))
+
+    def _flush_peers(self) -> None:
+        outbox, self._peer_outbox = self._peer_outbox, {}
+        for address, msgs in outbox.items():
+            sock = self.peer_socks.get(address)
+            if sock is None:
+                sock = self.peer_socks[address] = sockets.peer_dealer(
+                    self.ctx, self.node_id, address)
+            data = msgs[0] if len(msgs) == 1 else p.encode(p.Batch(msgs))
+            try:
+                sock.send(data, zmq.NOBLOCK)
+            except zmq.Again:  # that peer is down or far behind: gossip or the owner retries
+                self.dropped_peer_sends += len(msgs)
                 log.warning("peer %s is not taking messages (%d dropped so far)",
                             address, self.dropped_peer_sends)
+
+    def say_goodbye(self, effects: list) -> None:
+        """Send the last messages (leaving the cluster) before the sockets close."""
+        self.execute(effects)
+        self._flush_outbox()
 
     def _request_chunk(self, req: fx.RequestChunk) -> None:
         sock = self.pull_socks.get(req.object_address)

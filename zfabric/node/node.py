@@ -207,7 +207,7 @@ def serve(config: Config, *, num_cpus: float, resources: dict, object_store_memo
         log.info("node %s up at %s (%s), %g CPUs", node_id.hex(), info["address"], ipc, num_cpus)
         try:
             reason = loop.run()
-            loop.execute(fabric.leave())
+            loop.say_goodbye(fabric.leave())
         finally:
             loop.stop_workers()
             loop.close_sockets()
