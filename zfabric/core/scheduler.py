@@ -471,7 +471,10 @@ class Scheduler:
                 task = self._head(shape)
                 if task is None or rs.fits(self.available, task.demand):
                     break  # it starts here as soon as a worker is free
-                if task.remote_owner is not None:
+                if task.remote_owner is not None or (
+                        task.spec.contained and rs.feasible(self.total, task.demand)):
+                    # forwarded to us: runs here or nowhere; refs nested in the
+                    # arguments are known here only: a peer could not get them
                     kept.append(self._pop_shape(shape))
                     continue
                 depth = 0

@@ -127,8 +127,11 @@ def cmd_start(args) -> int:
     except node_mod.NodeStartError as e:
         raise UsageError(str(e)) from None
     print(f"address: {info['address']}")
-    print(f"To join this node from another machine:\n"
+    print(f"To add a node to this cluster, run on the machine that joins:\n"
           f"  python -m zfabric.node start --address {info['address']}")
+    if info["host"].startswith("127.") or info["host"] in ("localhost", "::1"):
+        print(f"  (this node listens on {info['host']} only: for other machines, start it "
+              "with --host 0.0.0.0 or this machine's address)")
     print(f"To use it from Python on this machine:\n  zf.init(address=\"auto\")")
     print(f"node {info['node_id'][:12]} pid {info['pid']}, session {info['session_dir']}",
           flush=True)

@@ -166,9 +166,11 @@ def serve(config: Config, *, num_cpus: float, resources: dict, object_store_memo
                                  f"for objects: {e.strerror}") from None
         object_port = int(object_ep.rsplit(":", 1)[1])
         capacity = object_store_memory or default_store_capacity(config)
-        info = {"node_id": node_id.hex(), "pid": os.getpid(), "address": f"tcp://{host}:{tcp_port}",
-                "object_address": f"tcp://{host}:{object_port}",
-                "host": host, "port": tcp_port, "ipc": ipc, "session_dir": session_dir,
+        shown = advertised_host(host)
+        info = {"node_id": node_id.hex(), "pid": os.getpid(),
+                "address": f"tcp://{shown}:{tcp_port}",
+                "object_address": f"tcp://{shown}:{object_port}",
+                "host": shown, "port": tcp_port, "ipc": ipc, "session_dir": session_dir,
                 "store_dir": store_dir, "embedded": bool(embedded_driver_pid),
                 "num_cpus": num_cpus, "resources": resources, "store_capacity": capacity}
         scheduler = Scheduler(
@@ -240,6 +242,20 @@ def serve(config: Config, *, num_cpus: float, resources: dict, object_store_memo
                 pass
         if clean_exit:
             shutil.rmtree(session_dir, ignore_errors=True)
+
+
+def advertised_host(host: str) -> str:
+    """The address peers reach a node bound to `host` at: for a wildcard
+    (0.0.0.0, ::), this machine's address on its default route."""
+    if host not in ("0.0.0.0", "::", "*", ""):
+        return host
+    import socket
+    try:   # connecting a UDP socket sends nothing; it only picks the route
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect(("10.255.255.255", 1))
+            return s.getsockname()[0]
+    except OSError:
+        return socket.gethostbyname(socket.gethostname())
 
 
 class _Answer:
