@@ -34,7 +34,7 @@ from .. import protocol as p
 from . import effects as fx
 from . import events as ev
 from . import resources as rs
-from .membership import MemberState
+from .membership import LIVE, MemberState
 from .scheduler import trace_events
 from .transfer import ChunkRequest, PullDone, PullFailed
 
@@ -240,7 +240,7 @@ class Fabric:
         record = self.gcs.take_new()
         if not record:
             return
-        peers = self.membership.peers((MemberState.ALIVE, MemberState.SUSPECT))
+        peers = self.membership.peers(LIVE)
         if peers:
             msg = p.GcsUpdate(self.node_id, [record])
             for member in peers:
@@ -251,7 +251,7 @@ class Fabric:
         nodes.discard(self.node_id)
         for node in nodes:
             member = self.membership.members.get(node)
-            if member is not None and member.state in (MemberState.ALIVE, MemberState.SUSPECT):
+            if member is not None and member.state in LIVE:
                 self._out.append(fx.PeerSend(member.address, p.FreeObjects(self.node_id, [oid])))
 
     # -- pulls ---------------------------------------------------------------------------
@@ -293,7 +293,7 @@ class Fabric:
             total: dict[str, float] = {}
             available: dict[str, float] = {}
             for m in self._members():
-                if m.state != MemberState.ALIVE:
+                if m.state not in LIVE:
                     continue
                 view = self._view(m)
                 for k, v in view.get("total", {}).items():
@@ -315,7 +315,6 @@ class Fabric:
                                store_used=view.get("store_used", 0),
                                store_capacity=view.get("store_capacity", 0),
                                pending_demand=[])
-                row["State"] = MemberState(m.state).name
                 rows.append(row)
             return {"self": self.node_id.hex(), "nodes": rows}
         if what == "timeline":   # ours as it is now, the others' as replicated
@@ -344,7 +343,9 @@ class Fabric:
     def _node_record(self, member) -> dict:
         static = self.gcs.get("node", member.node_id, shard=member.node_id) or member.info
         view = self._view(member)
-        return {"NodeID": member.node_id.hex(), "Alive": member.state == MemberState.ALIVE,
+        # a suspected node is alive until declared dead (Ray's "Alive" is not dead)
+        return {"NodeID": member.node_id.hex(), "Alive": member.state in LIVE,
+                "State": MemberState(member.state).name,
                 "NodeManagerAddress": static.get("host", ""),
                 "NodeManagerPort": static.get("port", 0),
                 "Resources": dict(view.get("total", {})),
@@ -358,4 +359,4 @@ class Fabric:
         rows = self.membership.leave()
         msg = p.Gossip(self.node_id, rows, {}, False)
         return [fx.PeerSend(m.address, msg)
-                for m in self.membership.peers((MemberState.ALIVE, MemberState.SUSPECT))]
+                for m in self.membership.peers(LIVE)]
