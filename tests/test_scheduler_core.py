@@ -992,20 +992,19 @@ def test_task_of_a_gone_driver_that_ends_frees_its_store_results():
 
 # -- queries and control ------------------------------------------------------------------------
 
-def test_queries_and_timeline():
+def test_status_and_timeline():
     node = Node(cpus=2, resources={"gpu": 1})
     node.submit(1)
+    status = node.s.status()
+    assert status["Resources"] == {"CPU": 2.0, "gpu": 1.0}
+    assert status["available"] == {"CPU": 1.0, "gpu": 1.0} and status["tasks_running"] == 1
     node.now = 3.0
     node.done("w2", 1)
-    out = node.send(DRIVER, p.Request(5, "resources", None))
-    reply = only(out, p.Reply)[0]
-    assert reply.req_id == 5 and reply.error == ""
-    assert reply.data == {"total": {"CPU": 2.0, "gpu": 1.0}, "available": {"CPU": 2.0, "gpu": 1.0}}
-    assert summary(node.send(DRIVER, p.Request(6, "no such thing", None))) == [("reply", 6, True)]
-    [event] = node.s.query("timeline")
+    [event] = node.s.trace_events()
     assert event["name"] == "f" and event["tid"] == "w2" and event["args"]["status"] == "ok"
-    assert node.s.query("nodes")[0]["Resources"] == {"CPU": 2.0, "gpu": 1.0}
-    assert node.s.status()["stats"]["finished"] == 1
+    assert node.s.timeline_since(0) == list(node.s.timeline) and node.s.timeline_since(1) == []
+    status = node.s.status()
+    assert status["stats"]["finished"] == 1 and status["available"] == {"CPU": 2.0, "gpu": 1.0}
 
 
 def test_shutdown_stops_the_node():

@@ -38,7 +38,6 @@ from .membership import LIVE, MemberState
 from .scheduler import trace_events
 from .transfer import ChunkRequest, PullDone, PullFailed
 
-CLUSTER_QUERIES = ("nodes", "resources", "status", "timeline")
 JOIN_RETRY = 0.5   # seconds between join attempts while no seed has answered
 
 
@@ -86,8 +85,7 @@ class Fabric:
         kind = type(event)
         if kind is ev.PeerMessage:
             self._on_peer_message(event)
-        elif kind is ev.ClientMessage and type(event.msg) is p.Request \
-                and event.msg.what in CLUSTER_QUERIES:
+        elif kind is ev.ClientMessage and type(event.msg) is p.Request:
             self._on_query(event.client, event.msg)
         elif kind is ev.ChunkArrived:
             self._transfer(self.transfers.on_chunk(event.holder, event.oid, event.offset,

@@ -1201,33 +1201,11 @@ class Scheduler:
 
     # -- queries ------------------------------------------------------------------------
 
-    def _on_request(self, client: bytes, msg: p.Request) -> None:
-        try:
-            data = self.query(msg.what, msg.arg)
-            self._send(client, p.Reply(msg.req_id, data, ""))
-        except (KeyError, ValueError, TypeError) as e:
-            self._send(client, p.Reply(msg.req_id, None, str(e)))
-
-    def query(self, what: str, arg=None):
-        if what == "nodes":
-            return [self.node_record()]
-        if what == "resources":
-            return {"total": rs.from_units(self.total),
-                    "available": rs.from_units({k: max(v, 0) for k, v in self.available.items()})}
-        if what == "timeline":
-            return self.trace_events()
-        if what == "status":
-            return self.status()
-        raise ValueError(f"unknown query {what!r}")
-
-    def node_record(self) -> dict:
-        return {"NodeID": self.node_id.hex(), "Alive": True,
-                "NodeManagerAddress": self.node_info.get("host", ""),
-                "NodeManagerPort": self.node_info.get("port", 0),
-                "Resources": rs.from_units(self.total),
-                "ObjectStoreAddress": self.node_info.get("store_dir", "")}
+    # (Requests -- nodes, resources, status, timeline -- are answered by the
+    # fabric, which knows the whole cluster; these are this node's parts.)
 
     def status(self) -> dict:
+        """This node's live figures, for `status` and `memory`."""
         running = sum(1 for t in self.tasks.values() if t.state == TaskState.RUNNING)
         waiting = sum(1 for t in self.tasks.values() if t.state == TaskState.WAITING)
         spilled = sum(1 for t in self.tasks.values() if t.state == TaskState.SPILLED)
@@ -1236,8 +1214,8 @@ class Scheduler:
                           if self._head(shape) is not None
                           and not any(rs.feasible(t, dict(shape)) for t in totals)]
         assigned = sum(len(w.queue) for w in self.workers.values())
-        return {**self.node_record(),
-                "available": rs.from_units(self.available),
+        return {"Resources": rs.from_units(self.total),
+                "available": rs.from_units({k: max(v, 0) for k, v in self.available.items()}),
                 "tasks_queued": self.queued + assigned, "tasks_running": running,
                 "tasks_waiting": waiting, "tasks_spilled": spilled,
                 "pending_demand": pending_demand,
@@ -1289,8 +1267,7 @@ class Scheduler:
         p.Hello: _on_hello, p.Submit: _on_submit, p.TaskDone: _on_task_done,
         p.Subscribe: _on_subscribe, p.Put: _on_put, p.Refs: _on_refs,
         p.Cancel: _on_cancel, p.Blocked: _on_blocked, p.Unblocked: _on_unblocked,
-        p.Revoked: _on_revoked,
-        p.Request: _on_request, p.Shutdown: _on_shutdown, p.Goodbye: _on_goodbye,
+        p.Revoked: _on_revoked, p.Shutdown: _on_shutdown, p.Goodbye: _on_goodbye,
     }
     _PEER_HANDLERS = {
         p.Spill: _on_spill, p.TaskResult: _on_task_result, p.Refuse: _on_refuse,
