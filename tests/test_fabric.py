@@ -140,13 +140,26 @@ class World:
             out.setdefault(m.oid, []).append(m)
         return out
 
+    def remote_copy(self, plan: Plan, oid: bytes):
+        """(holder node, its store's record) of a return the owner knows is
+        in another node's store, else None. The owner does not push such a
+        value to its driver: a client asks for it (Subscribe) when it gets."""
+        entry = self.nodes[plan.node].scheduler.objects.get(oid)
+        if entry is None or entry.state != STORE or entry.local or not entry.remote:
+            return None
+        holder = self.nodes[[n.node_id for n in self.nodes].index(entry.remote[0])]
+        return holder, holder.store.get(oid)
+
     def finished(self, plan: Plan) -> bool:
-        """The owner is done with the task: every return sealed, the task gone."""
+        """The owner is done with the task: every return sealed (pushed to the
+        driver, or sealed at the owner for a client to ask for), the task gone."""
         owner = self.nodes[plan.node]
         if plan.task_id in owner.scheduler.tasks:
             return False
         got = self.readies(plan.node, plan.client)
-        return all(oid in got for oid in plan.oids)
+        objects = owner.scheduler.objects
+        return all(oid in got or (oid in objects and objects.entries[oid].ready)
+                   for oid in plan.oids)
 
     def runs_of(self, plan: Plan) -> list:
         return [r for r in self.sim.runs if r.task_id == plan.task_id]
@@ -161,6 +174,13 @@ class World:
         owner = self.nodes[plan.node]
         for oid, kind in zip(plan.oids, plan.returns):
             msgs = got.get(oid, [])
+            if not msgs and kind != "i":   # made on a peer: the owner pushes it only if here
+                entry = owner.scheduler.objects.get(oid)
+                assert entry is not None and entry.state == STORE, (plan.n, oid.hex())
+                remote = self.remote_copy(plan, oid)
+                record = remote[1] if remote else owner.store.get(oid)
+                assert record == (kind, tag(oid)), (plan.n, oid.hex(), record)
+                continue
             assert len(msgs) == 1, (plan.n, oid.hex(), msgs)
             m = msgs[0]
             if kind == "i":
@@ -352,7 +372,7 @@ def test_a_task_runs_where_its_big_argument_is_when_that_node_has_a_free_cpu():
     assert world.run_until_finished([a, b], 10)
     assert [r.node for r in world.runs_of(a)] == [1]
     assert [r.node for r in world.runs_of(b)] == [1]
-    # nobody pulls A for B (the owner pulls it anyway: see the xfail on eager pulls below)
+    # nobody pulls A for B (nor does the owner: nobody asked it for A's value)
     assert [i for i, _ in world.chunk_requests(rid(1)) if i != 0] == []
     assert world.nodes[1].effects(fx.SealPull) == []
     world.check_result(a)
@@ -383,10 +403,12 @@ def test_a_task_whose_big_argument_is_on_a_busy_node_pulls_it_and_runs_elsewhere
     assert world.sim.violations == []
 
 
-def test_subscribing_to_a_remote_store_result_pulls_it_then_says_ready():
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_subscribing_to_a_remote_store_result_pulls_it_then_says_ready(when):
     """A 50 MB result lives on X; a second driver on the owner borrows the ref and
-    subscribes: the owner pulls it once (one pull however many want it), seals it
-    in its own store, and only then sends ObjectReady (the driver maps it from there)."""
+    subscribes (while the task runs, or once it is done, as `get` does): the owner
+    pulls it once (one pull however many want it), seals it in its own store, and
+    only then sends ObjectReady (the driver maps it from there)."""
     world = World([{"CPU": 1}, {"CPU": 1, "x": 1}], seed=5)
     world.converge()
     other = b"driver-2"
@@ -394,6 +416,9 @@ def test_subscribing_to_a_remote_store_result_pulls_it_then_says_ready():
     a = world.submit(1, resources={"x": 1}, returns=[50 * MB], duration=0.3)
     oid = rid(1)
     world.sim.send(0, other, p.Refs([oid], []))
+    if when == "after":
+        assert world.run_until_finished([a], 5)
+        assert world.chunk_requests(oid) == []   # nobody asked for its value yet
     world.sim.send(0, other, p.Subscribe([oid]))
     assert world.run_until_finished([a], 5)
     assert world.sim.run_until(lambda: world.nodes[0].received(other, p.ObjectReady), 1.0)
@@ -418,9 +443,9 @@ def test_subscribing_to_a_remote_store_result_pulls_it_then_says_ready():
 
 def test_dropping_the_refs_deletes_every_copy_and_its_gcs_location():
     """A's 50 MB result is made on X (node 1) and pulled by node 2 (B runs there, pinned
-    by z) and by the owner; B's 5 MB result stays on node 2 and is pulled by the owner.
-    When the driver drops both refs, every node holding a copy deletes it, and once
-    gossip has run no GCS replica lists a location for either."""
+    by z); B's 5 MB result stays on node 2 (the owner pulls neither: nobody asked for
+    their values). When the driver drops both refs, every node holding a copy deletes
+    it, and once gossip has run no GCS replica lists a location for either."""
     world = World([{"CPU": 1}, {"CPU": 1, "x": 1}, {"CPU": 1, "z": 1}], seed=6)
     world.converge()
     a = world.submit(1, resources={"x": 1}, returns=[50 * MB], duration=0.3)
@@ -429,11 +454,11 @@ def test_dropping_the_refs_deletes_every_copy_and_its_gcs_location():
     world.sim.run(0.3)   # the locations spread
     oids = [rid(1), rid(2)]
     holders = {oid: {n.index for n in world.nodes if oid in n.store} for oid in oids}
-    assert holders == {rid(1): {0, 1, 2}, rid(2): {0, 2}}
+    assert holders == {rid(1): {1, 2}, rid(2): {2}}
     for n in world.nodes:
         gcs = n.fabric.gcs
-        assert {world.sim.index_of(s) for s in gcs.lookup("loc", rid(1))} == {0, 1, 2}
-        assert {world.sim.index_of(s) for s in gcs.lookup("loc", rid(2))} == {0, 2}
+        assert {world.sim.index_of(s) for s in gcs.lookup("loc", rid(1))} == {1, 2}
+        assert {world.sim.index_of(s) for s in gcs.lookup("loc", rid(2))} == {2}
     world.sim.send(0, DRIVER, p.Refs([], oids))
     world.sim.run(0.5)
     for oid in oids:
@@ -551,8 +576,8 @@ def test_pick_peer_never_picks_a_peer_backing_off_or_too_small(views, demand, de
         return v.refused_until <= now and rs.feasible(v.total, demand) and all(
             v.inflight.get(k, 0) + a <= v.total.get(k, 0) * (1 + depth) for k, a in demand.items())
 
-    def key(v):
-        free = sum(v.available.get(k, 0) - v.inflight.get(k, 0) for k in demand)
+    def key(v):   # `available` already counts what we sent since its last gossip
+        free = sum(v.available.get(k, 0) for k in demand)
         return (arg_bytes.get(v.node_id, 0), free, -v.ours)
 
     pick = placement.pick_peer(views, demand, now, depth=depth, arg_bytes=arg_bytes)
@@ -566,12 +591,11 @@ def test_pick_peer_never_picks_a_peer_backing_off_or_too_small(views, demand, de
     holder = placement.holder_with_room(views, demand, now, arg_bytes, MB)
     if holder is not None:
         assert arg_bytes.get(holder.node_id, 0) >= MB and holder.refused_until <= now
-        assert rs.fits({k: holder.available.get(k, 0) - holder.inflight.get(k, 0)
-                        for k in demand}, demand)
+        assert rs.fits(holder.available, demand)
         assert rs.feasible(holder.total, demand)
         assert all(arg_bytes.get(v.node_id, 0) <= arg_bytes[holder.node_id] for v in views
-                   if v.refused_until <= now and rs.fits(
-                       {k: v.available.get(k, 0) - v.inflight.get(k, 0) for k in demand}, demand))
+                   if v.refused_until <= now and rs.fits(v.available, demand)
+                   and v.room(demand, 0))
 
 
 @settings(max_examples=500, deadline=None)
@@ -634,12 +658,8 @@ def test_a_node_that_leaves_gracefully_has_its_tasks_retried_at_once():
     assert sim.violations == []
 
 
-# -- bugs found (strict xfails: each passes once the bug is fixed) ------------------------------
+# -- bugs the harness found (each test failed before its fix; lineage is still missing) -----
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Scheduler._on_spill refuses a Spill from a node it has no PeerView for (not heard of "
-    "yet) without sending Refuse (it has no address to send it to): the owner keeps the task "
-    "SPILLED there forever, as nothing bounds how long a spilled task may go unanswered"))
 def test_a_task_spilled_to_a_peer_that_has_not_heard_of_us_yet_still_runs():
     """Node 1 joins a running cluster {0, 2} through node 0, and its driver submits a task
     only node 2 can run (gpu) just after the join reply. Node 1 learned node 2 (and its
@@ -669,11 +689,6 @@ def test_a_task_spilled_to_a_peer_that_has_not_heard_of_us_yet_still_runs():
 
 
 @pytest.mark.parametrize("lost", [p.Spill, p.TaskResult, p.Refuse])
-@pytest.mark.xfail(strict=True, reason=(
-    "a lost Spill, TaskResult or Refuse leaves the owner's task SPILLED forever: nothing "
-    "retries a spilled task while its peer stays alive (node/loop.py drops a PeerSend on "
-    "zmq.Again, saying 'gossip or the owner retries'; the owner does not), so a caller "
-    "waits forever although DESIGN says no message loss may hang a caller"))
 def test_one_lost_message_between_owner_and_peer_does_not_hang_a_task(lost):
     world = World([{"CPU": 1}, {"CPU": 1, "y": 1}], seed=10)
     world.converge()
@@ -696,11 +711,6 @@ def test_one_lost_message_between_owner_and_peer_does_not_hang_a_task(lost):
     assert finished, [pl.n for pl in plans if not world.finished(pl)]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the submitting client is subscribed to every return (Scheduler._on_submit), and "
-    "_object_ready fetches a remote STORE value before telling subscribers: so every STORE "
-    "result made on a peer is pulled to the owner as soon as it exists, even when only a "
-    "task on the holder needs it and nobody asked for its value"))
 def test_a_store_result_only_a_task_on_its_holder_needs_is_not_pulled_anywhere():
     world = World([{"CPU": 1}, {"CPU": 2, "x": 1}], seed=3)
     world.converge()
@@ -711,10 +721,6 @@ def test_a_store_result_only_a_task_on_its_holder_needs_is_not_pulled_anywhere()
     assert world.chunk_requests(rid(1)) == [], "50 MB pulled to the owner for nothing"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "placement.holder_with_room counts our tasks running on the holder twice: its gossiped "
-    "`available` already excludes them and `inflight` subtracts them again, so a holder "
-    "with free CPUs looks full and the task pulls 50 MB instead of running there"))
 def test_locality_sees_the_free_cpus_of_a_holder_that_also_runs_another_of_our_tasks():
     """X (3 CPUs) runs our long task L and our task A (which makes 50 MB there). While
     both run X gossips 1 free CPU; when A ends it has 2. B needs A's result: the owner's
@@ -739,10 +745,6 @@ def test_locality_sees_the_free_cpus_of_a_holder_that_also_runs_another_of_our_t
     assert [r.node for r in world.runs_of(b)] == [1]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "when a spilled task's TaskResult arrives, the owner's view of that peer is still its "
-    "last gossip, taken while the task ran: the CPU it just gave back is not counted, so "
-    "a dependent task that could start on the (now idle) holder pulls the argument instead"))
 def test_locality_counts_the_cpu_a_finished_task_gave_back():
     """X has 1 CPU and runs A only; when A ends X is idle, and B (which needs A's 50 MB)
     should go there. Same root as above: PeerView does not reconcile our own tasks'
@@ -753,6 +755,30 @@ def test_locality_counts_the_cpu_a_finished_task_gave_back():
     b = world.submit(2, deps=[rid(1)], duration=0.2)
     assert world.run_until_finished([b], 10)
     assert [r.node for r in world.runs_of(b)] == [1]
+
+
+def test_a_task_retried_after_its_peer_died_fails_if_its_argument_died_too():
+    """A (50 MB) runs on node 1; B, sent there to run beside it, is retried when node 1
+    dies: its argument died with the node, so B fails with ObjectLostError (until
+    lineage rebuilds A) and never runs with a missing argument."""
+    world = World([{"CPU": 1}, {"CPU": 1}], seed=11)
+    world.converge()
+    sim = world.sim
+
+    def kill_after_result(src, dst, msg):
+        if type(msg) is p.TaskResult and msg.task_id == tid(1) and sim.nodes[1].alive:
+            sim.call_at(sim.now, lambda: sim.kill(1))
+        return False
+    sim.drop = kill_after_result
+    world.submit(10, duration=1.0)                                # keeps the owner busy
+    a = world.submit(1, returns=[50 * MB], duration=0.2)
+    b = world.submit(2, deps=[rid(1)], duration=0.2)
+    assert world.run_until_finished([a, b], 15)
+    got = world.readies()[rid(2)][0]
+    assert got.state == ERROR
+    assert isinstance(serialization.error_from_record(got.payload), ObjectLostError)
+    assert [r.node for r in world.runs_of(b)] in ([], [1])      # never where A is missing
+    assert world.sim.violations == []
 
 
 @pytest.mark.xfail(strict=True, reason=(
@@ -781,12 +807,6 @@ def test_a_result_lost_with_its_node_is_rebuilt_by_running_its_task_again():
     world.check_result(b)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a task QUEUED at its owner (it cannot run there) whose STORE argument is then lost "
-    "(its only holder died) is not failed: Scheduler._object_ready wakes only WAITING "
-    "dependents, so the task is later forwarded with the argument in state ERROR and the "
-    "peer fails it with ZFabricError 'argument ... was sent without a value' instead of "
-    "ObjectLostError naming the dead node"))
 def test_a_queued_task_whose_argument_died_with_its_node_fails_with_object_lost():
     """A (50 MB) runs on node 1; B needs it but only node 2 (z, busy for a while) can
     run B, so B is QUEUED at the owner. Node 1 dies just after reporting A."""
@@ -811,12 +831,6 @@ def test_a_queued_task_whose_argument_died_with_its_node_fails_with_object_lost(
         assert isinstance(error, ObjectLostError), repr(error)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "when the owner fails a spilled task from its TaskResult (here: cancelled while it "
-    "ran, and it finished anyway; also any TaskResult mixing STORE and ERROR returns), "
-    "Scheduler._on_task_result seals the returns as errors and never frees the STORE "
-    "copies the peer keeps for it (held by peer_client(owner)): they stay in the peer's "
-    "store and GCS for as long as the owner lives"))
 def test_a_cancelled_spilled_task_leaves_no_copy_on_the_peer():
     world = World([{"CPU": 1}, {"CPU": 1, "x": 1}], seed=12)
     world.converge()

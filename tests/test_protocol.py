@@ -25,6 +25,8 @@ def sample(cls):
             kwargs[name] = b"\x04" * 16
         elif name in ("deps", "contained", "ids", "incs", "decs", "dep_ids"):
             kwargs[name] = [[b"\x03" * 20]] if cls in (p.TaskDone, p.TaskResult) else [b"\x03" * 20]
+        elif name == "task_ids":
+            kwargs[name] = [b"\x08" * 16]
         elif name == "rows":
             kwargs[name] = [[b"\x05" * 16, "tcp://127.0.0.1:1", 0, 3, 0, {"queued": 1}]]
         elif name == "vector":

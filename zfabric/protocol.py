@@ -19,7 +19,7 @@ Who sends what (client = a driver or a worker on the node's machine):
                      a Batch of them when several are due at once
     node -> node     Gossip (membership rows + GCS version vector; a join is a Gossip
                      asking for a reply), GcsUpdate, Spill, Refuse (spillback),
-                     TaskResult, Cancel, FreeObjects -- each over the sender's DEALER
+                     SpillCheck, TaskResult, Cancel, FreeObjects -- each over the sender's DEALER
                      to the receiver's scheduler ROUTER
     puller -> holder PullChunk, on the holder's object ROUTER; the answer is a Chunk
                      header frame followed by the raw bytes as a second frame
@@ -383,6 +383,7 @@ class Spill:
     stored ones as (size, holder node ids) for the receiver to pull.
     """
     owner: bytes
+    reply_to: str          # the owner's address (the receiver may not know it yet)
     task_id: bytes
     name: str
     fn_id: bytes
@@ -391,6 +392,7 @@ class Spill:
     max_retries: int       # retries left for worker crashes on the receiving node
     retry_exceptions: bool
     depth: int
+    start_now: bool        # sent for locality: refuse unless it can start at once
     dep_ids: list
     dep_states: list
     dep_sizes: list
@@ -417,6 +419,18 @@ class Spill:
         if not all(_node_ids(h) for h in self.dep_holders):
             return "dependency holders must be lists of node ids"
         return ""
+
+
+@message(29)
+class SpillCheck:
+    """(owner -> peer) These tasks of mine should be with you; answer Refuse for
+    any you do not have (its Spill or its TaskResult was lost): the owner
+    then runs it again."""
+    sender: bytes
+    task_ids: list
+
+    def check(self) -> str:
+        return "" if _ids(self.task_ids, 16) else "task ids must be 16 bytes"
 
 
 @message(25)

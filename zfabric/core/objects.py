@@ -40,7 +40,7 @@ def peer_client(node_id: bytes) -> bytes:
 class ObjectEntry:
     __slots__ = ("oid", "state", "size", "payload", "holders", "pins",
                  "contained_in", "contains", "subscribers", "dependents",
-                 "local", "remote", "owner_node", "fetching")
+                 "local", "remote", "owner_node", "fetching", "push_to", "shared_with")
 
     def __init__(self, oid: bytes):
         self.oid = oid
@@ -51,6 +51,8 @@ class ObjectEntry:
         self.remote: list[bytes] = []  # other nodes holding a copy (known to us)
         self.owner_node: bytes | None = None   # None: owned here
         self.fetching = False        # a pull into this node's store is under way
+        self.push_to: bytes | None = None  # the submitter: sent the value unasked if it is here
+        self.shared_with: list[bytes] = []  # nodes we sent its location (to free copies there)
         self.holders: set[bytes] = set()
         self.pins = 0
         self.contained_in = 0
@@ -145,6 +147,8 @@ class ObjectTable:
                 freed += self.release_if_unused(entry)
         for entry in self.entries.values():
             entry.subscribers.discard(client)
+            if entry.push_to == client:
+                entry.push_to = None
         return freed
 
     def reserve(self, entry: ObjectEntry) -> None:

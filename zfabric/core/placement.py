@@ -34,7 +34,9 @@ class PeerView:
         self.address = address
         self.object_address = ""
         self.total: dict[str, int] = {}       # by its gossip
-        self.available: dict[str, int] = {}   # by its last gossip (stale by up to a round)
+        # free resources: its last gossip, less what we sent it since, plus what
+        # came back since (the next gossip replaces the estimate)
+        self.available: dict[str, int] = {}
         self.queued = 0                       # by its last gossip
         self.inflight: dict[str, int] = {}    # demand of our tasks forwarded there, not ended
         self.ours = 0                         # how many of our tasks are there
@@ -52,11 +54,13 @@ class PeerView:
     def sent(self, demand: dict[str, int]) -> None:
         """One of our tasks went there."""
         rs.release(self.inflight, demand)   # (adds: inflight counts what is out)
+        rs.acquire(self.available, demand)
         self.ours += 1
 
     def came_back(self, demand: dict[str, int]) -> None:
         """One of our tasks there ended, was refused, or is retried elsewhere."""
         rs.acquire(self.inflight, demand)
+        rs.release(self.available, demand)
         self.ours -= 1
 
     def room(self, demand: dict[str, int], depth: int) -> bool:
@@ -78,8 +82,7 @@ def pick_peer(peers, demand: dict[str, int], now: float, *, depth: int,
     for view in peers:
         if view.refused_until > now or not view.room(demand, depth):
             continue
-        free = sum(view.available.get(k, 0) - view.inflight.get(k, 0) for k in demand) \
-            if demand else 0
+        free = sum(view.available.get(k, 0) for k in demand)
         key = ((arg_bytes or {}).get(view.node_id, 0), free, -view.ours, view.node_id)
         if best_key is None or key > best_key:
             best, best_key = view, key
@@ -96,8 +99,7 @@ def holder_with_room(peers, demand: dict[str, int], now: float,
         held = arg_bytes.get(view.node_id, 0)
         if held <= best_bytes or view.refused_until > now or not view.room(demand, 0):
             continue
-        if not rs.fits({k: view.available.get(k, 0) - view.inflight.get(k, 0)
-                        for k in demand}, demand):
+        if not rs.fits(view.available, demand):
             continue
         best, best_bytes = view, held
     return best

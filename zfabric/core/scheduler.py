@@ -66,6 +66,12 @@ PREFETCH_MIN_RUNS = 3
 # trip to the owner per task would leave the peer idle most of the time,
 # and a queue of quick tasks drains in milliseconds at the end.
 QUICK_SPILL_DEPTH = 16
+# A task forwarded to a peer longer ago than this is checked on every tick
+# (SpillCheck): a peer that does not have it (its Spill or TaskResult was
+# lost: TCP between live peers rarely loses, but a reconnect can) refuses
+# it, and it runs again. Messages on one link are ordered, so a result
+# already on its way always arrives before the answer.
+SPILL_CHECK_AGE = 1.0
 
 
 class TaskState(IntEnum):
@@ -92,7 +98,7 @@ class WorkerState(IntEnum):
 class Task:
     __slots__ = ("spec", "owner", "demand", "shape", "state", "missing", "worker",
                  "attempts", "seq", "blocked", "cancelled", "returns", "children",
-                 "node", "remote_owner", "ran")
+                 "node", "remote_owner", "ran", "since")
 
     def __init__(self, spec: p.Submit, owner: bytes, demand: dict, seq: int):
         self.spec = spec
@@ -111,6 +117,7 @@ class Task:
         self.node: bytes | None = None          # SPILLED: the peer running it
         self.remote_owner: bytes | None = None  # forwarded to us by this node
         self.ran: tuple = (0.0, 0.0, "")        # (start, end, worker) of its last run
+        self.since = 0.0                        # SPILLED: when it was forwarded
 
 
 class Worker:
@@ -275,8 +282,7 @@ class Scheduler:
         self.tasks[spec.task_id] = task
         objects = self.objects
         for oid in task.returns:
-            entry = objects.create(oid, client)
-            entry.subscribers.add(client)
+            objects.create(oid, client).push_to = client
         parent = self.tasks.get(spec.parent) if spec.parent else None
         if parent is not None:
             parent.children.add(spec.task_id)
@@ -325,9 +331,15 @@ class Scheduler:
 
     def _ready(self, task: Task) -> None:
         """Every argument has its value: queue the task, unless some live in
-        other nodes' stores — then run it where most of them are, or pull them."""
-        remote = [self.objects.entries[oid] for oid in task.spec.deps
-                  if not self.objects.entries[oid].local]
+        other nodes' stores — then run it where most of them are, or pull them.
+        (A task queued again after a refusal or a peer's death may find an
+        argument lost meanwhile: it fails as its dependents do.)"""
+        entries = self.objects.entries
+        for oid in task.spec.deps:
+            if entries[oid].state == ObjectState.ERROR:
+                self._finish_failed(task, self._dep_error(entries[oid], task.spec.name))
+                return
+        remote = [entries[oid] for oid in task.spec.deps if not entries[oid].local]
         if not remote or (task.remote_owner is None
                           and not rs.feasible(self.total, task.demand)):
             self._enqueue(task)   # (a task that cannot run here is spilled with its holders)
@@ -336,7 +348,7 @@ class Scheduler:
             peer = placement.holder_with_room(self.peers.values(), task.demand, self._now,
                                               self._arg_bytes(task), self.locality_min_bytes)
             if peer is not None:
-                self._forward(task, peer)
+                self._forward(task, peer, start_now=True)
                 return
         for entry in remote:
             if entry.oid not in task.missing:
@@ -383,18 +395,28 @@ class Scheduler:
             self._lose(entry, ObjectLostError, reason)
 
     def _lose(self, entry: ObjectEntry, error: type, text: str) -> None:
-        """A ready object's value cannot be had: it becomes that error."""
+        """A ready object's value cannot be had: it becomes that error, and so
+        do the tasks that were about to run with it."""
         entry.state = ObjectState.ERROR
         entry.payload = serialization.system_error_record(error, text)
         entry.local, entry.remote, entry.size = True, [], 0
         self._object_ready(entry)
+        for task in [t for t in self.tasks.values()
+                     if t.state == TaskState.QUEUED and entry.oid in t.spec.deps]:
+            self._finish_failed(task, self._dep_error(entry, task.spec.name))
 
     def _object_ready(self, entry: ObjectEntry) -> None:
         """An object got its value: notify subscribers, wake dependent tasks.
 
         A value in another node's store is pulled before subscribers hear of
-        it (they map it from our store); dependent tasks decide in `_ready`.
+        it (they map it from our store), but only for a subscriber that asked:
+        the submitter is sent a value unasked only if it is here (a client
+        asks when it gets). Dependent tasks decide in `_ready`.
         """
+        if entry.push_to is not None:
+            if entry.local:
+                entry.subscribers.add(entry.push_to)
+            entry.push_to = None
         if entry.subscribers and not entry.local:
             self._fetch(entry)
         elif entry.subscribers:
@@ -504,11 +526,13 @@ class Scheduler:
             heapq.heappop(heap)
         return None
 
-    def _forward(self, task: Task, peer: PeerView) -> None:
-        """Send a ready task to a peer to run; we stay its owner."""
+    def _forward(self, task: Task, peer: PeerView, start_now: bool = False) -> None:
+        """Send a ready task to a peer to run; we stay its owner. `start_now`:
+        it goes there for its arguments, not to wait in that peer's queue."""
         spec = task.spec
         task.state = TaskState.SPILLED
         task.node = peer.node_id
+        task.since = self._now
         task.attempts += 1
         peer.sent(task.demand)
         self.stats["spilled"] += 1
@@ -523,8 +547,8 @@ class Scheduler:
             sizes.append(entry.size)
             if entry.state == ObjectState.STORE:
                 holders.append(([self.node_id] if entry.local else []) + entry.remote)
-                if peer.node_id not in entry.remote:
-                    entry.remote.append(peer.node_id)  # it will hold a copy: free it there too
+                if peer.node_id not in entry.shared_with:
+                    entry.shared_with.append(peer.node_id)  # it may pull a copy: free it there too
                 payloads.append(b"")
             else:
                 holders.append([])
@@ -532,8 +556,9 @@ class Scheduler:
         limit = spec.max_retries
         retries = -1 if limit < 0 else max(0, limit - (task.attempts - 1))
         self._out.append(fx.PeerSend(peer.address, p.Spill(
-            self.node_id, spec.task_id, spec.name, spec.fn_id, spec.num_returns, spec.resources,
-            retries, spec.retry_exceptions, spec.depth, spec.deps, states, sizes, holders,
+            self.node_id, self.node_info.get("address", ""), spec.task_id, spec.name, spec.fn_id, spec.num_returns, spec.resources,
+            retries, spec.retry_exceptions, spec.depth, start_now, spec.deps, states, sizes,
+            holders,
             fn_blob, spec.args_blob, spec.retry_blob, payloads)))
 
     def _unspill(self, task: Task) -> PeerView | None:
@@ -548,11 +573,13 @@ class Scheduler:
     def _on_spill(self, sender: bytes, msg: p.Spill) -> None:
         """A peer forwards us a task to run: take it, or refuse (spillback)."""
         view = self.peers.get(sender)
+        if view is None and msg.reply_to:  # it knows of us before we know of it
+            view = self.peers[sender] = PeerView(sender, msg.reply_to)
         demand = rs.to_units(msg.resources)
         times = self.fn_times.get(msg.fn_id)
         quick = (times is not None and times[0] >= PREFETCH_MIN_RUNS
                  and times[1] < self.prefetch_max_task_seconds)
-        depth = QUICK_SPILL_DEPTH if quick else self.spill_depth
+        depth = 0 if msg.start_now else QUICK_SPILL_DEPTH if quick else self.spill_depth
         if view is None or msg.task_id in self.tasks or not placement.accepts(
                 self.available, self.total, self.queued, demand, depth):
             self.stats["refused"] += 1
@@ -631,7 +658,10 @@ class Scheduler:
             states.append(int(entry.state))
             sizes.append(entry.size)
             payloads.append(entry.payload if entry.state != ObjectState.STORE else b"")
-            if entry.state != ObjectState.STORE:
+        failed = task.cancelled or ObjectState.ERROR in states
+        for oid in task.returns:   # the owner keeps STORE returns only of a success
+            entry = self.objects.get(oid)
+            if entry is not None and (failed or entry.state != ObjectState.STORE):
                 freed += self.objects.decref(owner, oid)
         self._free(freed)
         if view is None:
@@ -670,7 +700,27 @@ class Scheduler:
         if task.cancelled:
             self._finish_failed(task, self._cancelled_record(task.spec.name), cancelled=True)
         else:
-            self._enqueue(task)
+            self._ready(task)   # (its arguments may be in other stores: pulled if it runs here)
+
+    def _check_spilled(self) -> None:
+        """Ask each peer about our tasks it has had for a while (SpillCheck)."""
+        due: dict[bytes, list] = {}
+        for task in self.tasks.values():
+            if task.state == TaskState.SPILLED and self._now - task.since > SPILL_CHECK_AGE:
+                due.setdefault(task.node, []).append(task.spec.task_id)
+        for node, ids in due.items():
+            self._out.append(fx.PeerSend(self.peers[node].address, p.SpillCheck(self.node_id, ids)))
+
+    def _on_spill_check(self, sender: bytes, msg: p.SpillCheck) -> None:
+        view = self.peers.get(sender)
+        if view is None:
+            return
+        owner = peer_client(sender)
+        for tid in msg.task_ids:
+            task = self.tasks.get(tid)
+            if task is None or task.owner != owner:
+                self._out.append(fx.PeerSend(view.address, p.Refuse(
+                    self.node_id, tid, rs.from_units(self.available))))
 
     def _on_free_objects(self, sender: bytes, msg: p.FreeObjects) -> None:
         owner = peer_client(sender)
@@ -686,9 +736,23 @@ class Scheduler:
         view.update(info)
 
     def _on_peer_down(self, node_id: bytes, reason: str) -> None:
-        """A peer is gone: retry our tasks it ran, forget its copies and tasks."""
+        """A peer is gone: forget its copies and tasks, lose what only it held,
+        retry our tasks it ran."""
         if self.peers.pop(node_id, None) is None:
             return
+        owner = peer_client(node_id)
+        for task in [t for t in self.tasks.values() if t.owner == owner]:
+            self._cancel_task(task, force=True, recursive=True)
+        self._free(self.objects.drop_client(owner))
+        lost = []
+        for entry in list(self.objects.entries.values()):
+            if node_id in entry.remote:
+                entry.remote.remove(node_id)
+                if not entry.remote and not entry.local and not entry.fetching:
+                    lost.append(entry)
+        for entry in lost:
+            self._lose(entry, ObjectLostError,
+                       f"object {entry.oid.hex()} was only on a node that died ({reason})")
         for task in [t for t in self.tasks.values()
                      if t.state == TaskState.SPILLED and t.node == node_id]:
             task.node = None
@@ -697,22 +761,12 @@ class Scheduler:
                 self._finish_failed(task, self._cancelled_record(task.spec.name), cancelled=True)
             elif self._may_retry(task):
                 self.stats["retried"] += 1
-                self._enqueue(task)
+                self._ready(task)
             else:
                 self._finish_failed(task, serialization.system_error_record(
                     NodeDiedError, f"the node running {task.spec.name}() died ({reason}) and "
                     f"the task has no retries left (max_retries={task.spec.max_retries})",
                     task.spec.name))
-        owner = peer_client(node_id)
-        for task in [t for t in self.tasks.values() if t.owner == owner]:
-            self._cancel_task(task, force=True, recursive=True)
-        self._free(self.objects.drop_client(owner))
-        for entry in list(self.objects.entries.values()):
-            if node_id in entry.remote:
-                entry.remote.remove(node_id)
-                if not entry.remote and not entry.local and not entry.fetching:
-                    self._lose(entry, ObjectLostError,
-                               f"object {entry.oid.hex()} was only on a node that died ({reason})")
 
     def _prefetch(self) -> None:
         for worker in self.workers.values():
@@ -1015,8 +1069,9 @@ class Scheduler:
                 self._out.append(fx.DeleteObject(entry.oid))
             elif entry.fetching:
                 self._out.append(fx.CancelFetch(entry.oid))
-            if entry.owner_node is None and (entry.remote or self.peers):
-                self._out.append(fx.FreeCopies(entry.oid, tuple(entry.remote)))
+            if entry.owner_node is None and (entry.remote or entry.shared_with or self.peers):
+                self._out.append(fx.FreeCopies(
+                    entry.oid, tuple(dict.fromkeys(entry.remote + entry.shared_with))))
 
     def _full_message(self, size: int) -> str:
         return (f"object store is full: {size:,} bytes do not fit "
@@ -1079,7 +1134,9 @@ class Scheduler:
             self._spawn(extra=False)
 
     def _on_tick(self) -> None:
-        """Stop extra workers that have idled too long."""
+        """Check on tasks at peers; stop extra workers that have idled too long."""
+        if self.peers:
+            self._check_spilled()
         if self.queued:
             return
         for worker in list(self.idle):
@@ -1157,11 +1214,13 @@ class Scheduler:
                            serialization.system_error_record(
                                ObjectLostError, f"object {oid.hex()} does not exist "
                                "(it was freed, or was never created on this node)")))
-            elif entry.ready:
+            elif entry.ready and entry.local:
                 self._send(client, p.ObjectReady(oid, int(entry.state), entry.size,
                                                  entry.payload))
-            else:
+            else:   # pending, or in other nodes' stores: told once it is here
                 entry.subscribers.add(client)
+                if entry.ready:
+                    self._fetch(entry)
 
     def _on_put(self, client: bytes, msg: p.Put) -> None:
         objects = self.objects
@@ -1271,7 +1330,7 @@ class Scheduler:
     }
     _PEER_HANDLERS = {
         p.Spill: _on_spill, p.TaskResult: _on_task_result, p.Refuse: _on_refuse,
-        p.FreeObjects: _on_free_objects, p.Cancel: _on_cancel,
+        p.FreeObjects: _on_free_objects, p.Cancel: _on_cancel, p.SpillCheck: _on_spill_check,
     }
 
 
