@@ -94,6 +94,8 @@ def test_init_validates_arguments(fresh, monkeypatch):
         zf.init(resources={"CPU": 2})
     with pytest.raises(ValueError):
         zf.init(address="nonsense")
+    with pytest.raises(ValueError, match="expected tcp://HOST:PORT"):
+        zf.init(address="tcp://localhost")
     monkeypatch.setenv("ZFABRIC_JOIN_TIMEOUT", "1")
     with pytest.raises(ConnectionError, match="no zfabric node answered at tcp://127.0.0.1:1"):
         zf.init(address="tcp://127.0.0.1:1")

@@ -220,3 +220,18 @@ def test_the_timeline_of_any_node_shows_the_tasks_of_all(three):
         time.sleep(0.05)
     assert nodes == {f"node {n[:8]}" for n in set(ran_on)}
     assert len(tids) >= 12
+
+
+def test_joining_through_another_name_of_a_node_makes_one_cluster(driver_off):
+    with LocalCluster(nodes=1, num_cpus=1, config=fast_config()) as cluster:
+        first = cluster.nodes[0]
+        alias = first.address.replace("127.0.0.1", "localhost")
+        joined = cluster.add_node(num_cpus=1, join=alias)
+        zf.init(address=joined.address)
+        # long after the join: both see both, and work flows both ways
+        time.sleep(FAILURE_TIMEOUT + 0.5)
+        for handle in (first, joined):
+            assert all(n["Alive"] for n in cluster.query(handle, "nodes"))
+        ran_on = zf.get([node_after.remote(0.2) for _ in range(6)])
+        assert set(ran_on) == {first.node_id, joined.node_id}
+        zf.shutdown()

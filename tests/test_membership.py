@@ -146,7 +146,11 @@ def test_malformed_input_is_counted_never_raised():
     bad = [None, 7, "x", [], row(1)[:5], row(1) + [0], [b"short", "a", 0, 0, 0, {}],
            [nid(1), 5, 0, 0, 0, {}], [nid(1), "a", -1, 0, 0, {}], [nid(1), "a", 0, 1.5, 0, {}],
            [nid(1), "a", True, 0, 0, {}], [nid(1), "a", 0, 0, 4, {}], [nid(1), "a", 0, 0, 0, []],
-           [nid(1), "a", 0, 0, 0, {1: 2}], [nid(1), "a", 2**64, 0, 0, {}]]
+           [nid(1), "a", 0, 0, 0, {1: 2}], [nid(1), "a", 2**64, 0, 0, {}],
+           # addresses others would connect to: only tcp://HOST:PORT
+           [nid(1), "garbage", 0, 0, 0, {}], [nid(1), "tcp://host", 0, 0, 0, {}],
+           [nid(1), "tcp://:7000", 0, 0, 0, {}], [nid(1), "tcp://h:70000", 0, 0, 0, {}],
+           [nid(1), "tcp://a b:7000", 0, 0, 0, {}], [nid(1), "ipc:///tmp/x:1", 0, 0, 0, {}]]
     assert m.merge(bad + [row(2)], 0.0) == [Change(nid(2), ALIVE, "tcp://10.0.0.2:7000", {})]
     assert m.malformed == len(bad)
     assert m.merge({"not": "a list"}, 0.0) == [] and m.malformed == len(bad) + 1

@@ -61,6 +61,22 @@ def test_wrong_field_type_is_refused():
         p.decode(data)
 
 
+def test_chunks_and_refusals_from_peers_are_checked():
+    good = p.Chunk(b"\x02" * 20, 0, 10, "")
+    assert p.decode(p.encode(good)) == good
+    for bad in (p.Chunk(b"\x02" * 20, -1, 10, ""), p.Chunk(b"\x02" * 20, 0, -5, ""),
+                p.Chunk(b"short", 0, 1, ""),
+                p.Refuse(b"\x04" * 16, b"\x04" * 16, {"CPU": "x"}),
+                p.Refuse(b"\x04" * 16, b"\x04" * 16, {"CPU": float("nan")}),
+                p.Refuse(b"\x04" * 16, b"\x04" * 16, {"CPU": True})):
+        with pytest.raises(p.ProtocolError):
+            p.decode(p.encode(bad))
+    head, data = p.decode_chunk([p.encode(good), b"0123456789"])
+    assert head == good and bytes(data) == b"0123456789"
+    with pytest.raises(p.ProtocolError, match="length"):
+        p.decode_chunk([p.encode(good), b"short"])
+
+
 def test_wrong_arity_and_unknown_kind_are_refused():
     with pytest.raises(p.ProtocolError, match="fields"):
         p.decode(p.Cancel.KIND_BYTE + msgpack.packb([b"x", True]))

@@ -103,6 +103,7 @@ def _find_node(config: Config, address: str) -> dict | None:
         return nodes[0]
     if not isinstance(address, str) or not address.startswith("tcp://"):
         raise ValueError(f"address must be None, 'auto' or 'tcp://HOST:PORT', got {address!r}")
+    node_mod.check_address(address)
     for info in nodes:
         if info["address"] == address:
             return info

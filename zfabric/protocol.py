@@ -134,6 +134,12 @@ def _ids(values, size: int) -> bool:
     return all(type(v) is bytes and len(v) == size for v in values)
 
 
+def _amounts(d: dict) -> bool:
+    """Resource name -> finite number (any sign: views may be estimates)."""
+    return all(type(k) is str and not isinstance(v, bool) and isinstance(v, NUM)
+               and v == v and abs(v) < 1e15 for k, v in d.items())
+
+
 # -- handshake ----------------------------------------------------------------
 
 @message(1)
@@ -440,6 +446,13 @@ class Refuse:
     task_id: bytes
     available: dict
 
+    def check(self) -> str:
+        if len(self.sender) != 16 or len(self.task_id) != 16:
+            return "bad sender or task id"
+        if not _amounts(self.available):
+            return "available must map resource names to numbers"
+        return ""
+
 
 @message(24, var_frames="payloads")
 class TaskResult:
@@ -501,6 +514,11 @@ class Chunk:
     offset: int
     length: int
     error: str             # non-empty: the holder cannot serve it (no data frame)
+
+    def check(self) -> str:
+        if len(self.oid) != 20 or self.offset < 0 or not 0 <= self.length <= 1 << 30:
+            return "bad object id, offset or length"
+        return ""
 
 
 def encode_chunk(oid: bytes, offset: int, data, error: str = "") -> list:

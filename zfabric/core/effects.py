@@ -73,6 +73,22 @@ class PeerSend:
 
 
 @dataclass(frozen=True, slots=True)
+class JoinSend:
+    """Send a message to a node known only by an address we were given (a
+    join): from a socket of its own, so that the same node reached later by
+    its advertised address is never two connections with one identity."""
+    address: str
+    msg: object
+
+
+@dataclass(frozen=True, slots=True)
+class ForgetPeer:
+    """A peer died or left: close the sockets to it (a later contact reopens them)."""
+    node_id: bytes
+    address: str
+
+
+@dataclass(frozen=True, slots=True)
 class Fetch:
     """(scheduler -> fabric) Pull a STORE object held elsewhere into our store."""
     oid: bytes

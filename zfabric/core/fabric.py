@@ -144,7 +144,7 @@ class Fabric:
             self._next_join = self._now + JOIN_RETRY
             hello = p.Gossip(self.node_id, self.membership.rows(), self.gcs.wanted_vector(), True)
             for address in self.seeds:
-                self._out.append(fx.PeerSend(address, hello))
+                self._out.append(fx.JoinSend(address, hello))
 
     def _on_tick(self) -> None:
         now = self._now
@@ -190,7 +190,8 @@ class Fabric:
     def _on_gossip(self, sender: bytes, msg: p.Gossip) -> None:
         changes = self.membership.merge(msg.rows, self._now)
         member = self.membership.members.get(sender)
-        if member is None:
+        if member is None:   # (a sender without its own row: still take what it says)
+            self._apply_changes(changes)
             return
         updates = self.gcs.updates_for(msg.vector)
         if updates:
@@ -211,6 +212,7 @@ class Fabric:
                 how = "left" if change.state == MemberState.LEFT else "failed"
                 self._events.append(ev.PeerDown(change.node_id, f"node {change.node_id.hex()[:12]} {how}"))
                 self._transfer(self.transfers.on_holder_dead(change.node_id, self._now))
+                self._out.append(fx.ForgetPeer(change.node_id, change.address))
         for member in self.membership.peers((MemberState.ALIVE,)):
             version = (member.incarnation, member.heartbeat)
             if self._seen.get(member.node_id) != version:
@@ -355,6 +357,6 @@ class Fabric:
     def leave(self) -> list:
         """We stop gracefully: tell every live peer at once (no failure timeout)."""
         rows = self.membership.leave()
-        msg = p.Gossip(self.node_id, rows, {}, False)
+        msg = p.Gossip(self.node_id, rows, self.gcs.vector(), False)
         return [fx.PeerSend(m.address, msg)
                 for m in self.membership.peers(LIVE)]

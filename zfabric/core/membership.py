@@ -290,13 +290,23 @@ def _change(m: Member) -> Change:
     return Change(m.node_id, m.state, m.address, m.info)
 
 
+def _is_address(address) -> bool:
+    """tcp://HOST:PORT: a row with anything else would make every node that
+    gossips to it try to connect to garbage."""
+    if not isinstance(address, str) or not address.startswith("tcp://") or len(address) > 300:
+        return False
+    host, sep, port = address[6:].rpartition(":")
+    return bool(sep and host and port.isdigit() and 0 < int(port) <= 65535
+                and not any(c.isspace() for c in host))
+
+
 def _parse(row) -> tuple | None:
     """(node_id, address, incarnation, heartbeat, state, info) of a well-formed row, else None."""
     if not isinstance(row, (list, tuple)) or len(row) != 6:
         return None
     node_id, address, incarnation, heartbeat, state, info = row
     if not (isinstance(node_id, bytes) and len(node_id) == NODE_ID_SIZE
-            and isinstance(address, str)
+            and _is_address(address)
             and all(type(c) is int and 0 <= c <= MAX_COUNTER for c in (incarnation, heartbeat))
             and type(state) is int and 0 <= state <= max(MemberState)
             and isinstance(info, dict) and all(isinstance(k, str) for k in info)):

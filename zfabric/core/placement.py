@@ -43,13 +43,19 @@ class PeerView:
         self.refused_until = 0.0              # it refused a task: leave it alone till then
         self.known_fns: set[bytes] = set()    # functions we sent it the code of
 
-    def update(self, info: dict) -> None:
-        """Take a newer gossiped view (`info` as a node publishes it)."""
-        self.address = info.get("address", self.address)
-        self.object_address = info.get("object_address", self.object_address)
-        self.total = rs.to_units(info.get("total", {}))
-        self.available = rs.to_units(info.get("available", {}))
-        self.queued = int(info.get("queued", 0))
+    def update(self, info: dict) -> bool:
+        """Take a newer gossiped view (`info` as a node publishes it); False
+        (and nothing changed) if it is malformed."""
+        try:
+            total = rs.to_units(info.get("total", {}))
+            available = rs.to_units(info.get("available", {}))
+            queued = int(info.get("queued", 0))
+            object_address = str(info.get("object_address", self.object_address))
+        except (TypeError, ValueError, AttributeError, OverflowError):
+            return False
+        self.total, self.available, self.queued = total, available, queued
+        self.object_address = object_address
+        return True
 
     def sent(self, demand: dict[str, int]) -> None:
         """One of our tasks went there."""

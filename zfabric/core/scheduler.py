@@ -355,6 +355,8 @@ class Scheduler:
                 task.missing.add(entry.oid)
                 entry.dependents.append(task.spec.task_id)
                 self._fetch(entry)
+                if task.state is None:
+                    return   # it could not be brought here: the task failed
 
     def _arg_bytes(self, task: Task) -> dict[bytes, int]:
         """Bytes of the task's STORE arguments held by each node (us included)."""
@@ -373,7 +375,8 @@ class Scheduler:
         if entry.local or entry.fetching:
             return
         if self.objects.store_used + entry.size > self.store_capacity:
-            self._lose(entry, ObjectStoreFullError, self._full_message(entry.size))
+            self._fail_askers(entry, serialization.system_error_record(
+                ObjectStoreFullError, self._full_message(entry.size)))
             return
         self.objects.reserve(entry)
         self.stats["fetches"] += 1
@@ -394,12 +397,26 @@ class Scheduler:
             self.objects.unreserve(entry)
             self._lose(entry, ObjectLostError, reason)
 
+    def _fail_askers(self, entry: ObjectEntry, record: bytes) -> None:
+        """The object cannot come here now: those waiting for it here get the
+        error; the object itself is unharmed (a task on its holder may still use it)."""
+        for client in entry.subscribers:
+            self._send(client, p.ObjectReady(entry.oid, int(ObjectState.ERROR), 0, record))
+        entry.subscribers.clear()
+        waiting, entry.dependents = entry.dependents, []
+        for tid in waiting:
+            task = self.tasks.get(tid)
+            if task is not None and task.state == TaskState.WAITING:
+                self._finish_failed(task, serialization.error_with_context(
+                    record, f"an input of {task.spec.name}() could not be brought here"))
+
     def _lose(self, entry: ObjectEntry, error: type, text: str) -> None:
         """A ready object's value cannot be had: it becomes that error, and so
         do the tasks that were about to run with it."""
         entry.state = ObjectState.ERROR
         entry.payload = serialization.system_error_record(error, text)
-        entry.local, entry.remote, entry.size = True, [], 0
+        entry.shared_with += [n for n in entry.remote if n not in entry.shared_with]
+        entry.local, entry.remote, entry.size = True, [], 0   # (copies still freed, see _free)
         self._object_ready(entry)
         for task in [t for t in self.tasks.values()
                      if t.state == TaskState.QUEUED and entry.oid in t.spec.deps]:
@@ -580,18 +597,16 @@ class Scheduler:
         quick = (times is not None and times[0] >= PREFETCH_MIN_RUNS
                  and times[1] < self.prefetch_max_task_seconds)
         depth = 0 if msg.start_now else QUICK_SPILL_DEPTH if quick else self.spill_depth
-        if view is None or msg.task_id in self.tasks or not placement.accepts(
-                self.available, self.total, self.queued, demand, depth):
+        if msg.fn_blob:   # kept even if we refuse: the owner will not send it again
+            self.functions[msg.fn_id] = msg.fn_blob
+        if view is None or msg.task_id in self.tasks or msg.fn_id not in self.functions \
+                or not placement.accepts(self.available, self.total, self.queued, demand, depth):
             self.stats["refused"] += 1
-            if view is not None:
+            if view is not None:   # (without the code: the owner sends it with the next)
                 self._out.append(fx.PeerSend(view.address, p.Refuse(
                     self.node_id, msg.task_id, rs.from_units(self.available))))
             return
         self.stats["accepted"] += 1
-        if msg.fn_blob:
-            self.functions[msg.fn_id] = msg.fn_blob
-        if msg.fn_id not in self.functions:
-            self.functions[msg.fn_id] = b""   # fails in the worker with a clear error
         owner = peer_client(sender)
         spec = p.Submit(msg.task_id, msg.name, msg.fn_id, msg.num_returns, msg.resources,
                         msg.max_retries, msg.retry_exceptions, msg.depth, b"", [], [],
@@ -695,6 +710,7 @@ class Scheduler:
         peer = self._unspill(task)
         task.attempts -= 1
         if peer is not None:
+            peer.known_fns.discard(task.spec.fn_id)   # it may have refused for want of it
             peer.refused_until = self._now + self.refuse_backoff
             peer.available = rs.to_units(msg.available)
         if task.cancelled:
@@ -733,7 +749,9 @@ class Scheduler:
         view = self.peers.get(node_id)
         if view is None:
             view = self.peers[node_id] = PeerView(node_id, address)
-        view.update(info)
+        view.address = address
+        if not view.update(info):
+            self._log("warning", f"peer {node_id.hex()[:12]} gossiped a malformed view")
 
     def _on_peer_down(self, node_id: bytes, reason: str) -> None:
         """A peer is gone: forget its copies and tasks, lose what only it held,
@@ -741,7 +759,10 @@ class Scheduler:
         if self.peers.pop(node_id, None) is None:
             return
         owner = peer_client(node_id)
-        for task in [t for t in self.tasks.values() if t.owner == owner]:
+        orphans = [t for t in self.tasks.values() if t.owner == owner]
+        for task in orphans:   # nobody to report to: if it comes back, it asks (SpillCheck)
+            task.remote_owner = None
+        for task in orphans:
             self._cancel_task(task, force=True, recursive=True)
         self._free(self.objects.drop_client(owner))
         lost = []
@@ -1064,6 +1085,8 @@ class Scheduler:
     def _free(self, freed: list) -> None:
         for entry in freed:
             if entry.state != ObjectState.STORE:
+                if entry.shared_with and entry.owner_node is None:   # lost here, maybe not there
+                    self._out.append(fx.FreeCopies(entry.oid, tuple(entry.shared_with)))
                 continue
             if entry.local:
                 self._out.append(fx.DeleteObject(entry.oid))

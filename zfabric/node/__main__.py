@@ -93,15 +93,6 @@ def parse_resources(text: str) -> dict:
     return {k: float(v) for k, v in res.items()}
 
 
-def parse_address(address: str) -> str:
-    """A node address as `--address` and ZFABRIC_ADDRESS take it: tcp://HOST:PORT."""
-    host, sep, port = address.removeprefix("tcp://").rpartition(":")
-    if not address.startswith("tcp://") or not sep or not host or not port.isdigit() \
-            or not 0 < int(port) <= 65535:
-        raise UsageError(f"{address!r} is not a node address (expected tcp://HOST:PORT)")
-    return address
-
-
 def cmd_start(args) -> int:
     config = Config.from_env()
     join = []
@@ -110,7 +101,10 @@ def cmd_start(args) -> int:
         if not address or address == "auto":
             raise UsageError("say --head to start the first node, "
                              "or --address tcp://HOST:PORT to join a cluster")
-        join = [parse_address(address)]
+        try:
+            join = [node_mod.check_address(address)]
+        except ValueError as e:
+            raise UsageError(str(e)) from None
     if args.num_cpus is not None and args.num_cpus < 0:
         raise UsageError("--num-cpus must be >= 0")
     if not 0 <= args.port <= 65535:

@@ -51,7 +51,8 @@ class NodeLoop:
         self.object_router = object_router
         self.node_id = node_id
         self.peer_socks: dict[str, zmq.Socket] = {}      # control address -> DEALER
-        self.pull_socks: dict[str, zmq.Socket] = {}      # object address -> DEALER
+        self.join_socks: dict[str, zmq.Socket] = {}      # seed address -> DEALER (joining)
+        self.pull_socks: dict[bytes, zmq.Socket] = {}    # holder node id -> DEALER
         self.pull_holder: dict[zmq.Socket, bytes] = {}   # pull DEALER -> holder node id
         self.partials: dict[bytes, int] = {}             # oid -> fd of the file being pulled into
         self.pull_started: dict[bytes, tuple] = {}       # oid -> (size, when), for the log
@@ -103,6 +104,10 @@ class NodeLoop:
                         and self.fabric.joined):
                     self.on_ready()
                     self.on_ready = None
+                if self.join_socks and self.fabric.joined:
+                    for sock in self.join_socks.values():
+                        sock.close()
+                    self.join_socks.clear()
                 timeout = max(0.0, next_tick - time.monotonic())
                 for sock, _ in self.poller.poll(int(timeout * 1000) + 1):
                     if sock is self.router:
@@ -148,7 +153,7 @@ class NodeLoop:
     def _drain_router_batch(self) -> None:
         router, fabric = self.router, self.fabric
         now = time.monotonic()
-        peer_suffix = sockets.PEER_SUFFIX[0]
+        peer_suffixes = (sockets.PEER_SUFFIX[0], sockets.JOIN_SUFFIX[0])
         for _ in range(RECV_BATCH):
             try:
                 frames = router.recv_multipart(zmq.NOBLOCK)
@@ -164,7 +169,7 @@ class NodeLoop:
                 self.malformed += 1
                 log.warning("dropped a malformed message from %r: %s", sender[:16], e)
                 continue
-            peer = ident[-1] == peer_suffix
+            peer = ident[-1] in peer_suffixes
             if type(msg) is p.Batch:   # several messages of one sender, in order
                 try:
                     inner = [p.decode(m) for m in msg.messages]
@@ -196,10 +201,17 @@ class NodeLoop:
                 self._spawn_worker(effect.worker_id)
             elif kind is fx.PeerSend:
                 self._peer_send(effect.address, effect.msg)
+            elif kind is fx.JoinSend:
+                self._join_send(effect.address, effect.msg)
+            elif kind is fx.ForgetPeer:
+                self._forget_peer(effect.node_id, effect.address)
             elif kind is fx.RequestChunk:
                 self._request_chunk(effect)
             elif kind is fx.SealPull:
-                store.seal_partial(self.store_dir, effect.oid, self.partials.pop(effect.oid))
+                fd = self.partials.pop(effect.oid, None)
+                if fd is None:   # an empty object: no chunk ever came
+                    fd = store.open_partial(self.store_dir, effect.oid, 0)
+                store.seal_partial(self.store_dir, effect.oid, fd)
                 size, began = self.pull_started.pop(effect.oid, (0, time.monotonic()))
                 took = time.monotonic() - began
                 log.info("pulled %s: %d bytes in %.3f s (%.2f GB/s)", effect.oid.hex()[:12],
@@ -265,8 +277,13 @@ class NodeLoop:
         for address, msgs in outbox.items():
             sock = self.peer_socks.get(address)
             if sock is None:
-                sock = self.peer_socks[address] = sockets.peer_dealer(
-                    self.ctx, self.node_id, address)
+                try:
+                    sock = self.peer_socks[address] = sockets.peer_dealer(
+                        self.ctx, self.node_id, address)
+                except zmq.ZMQError as e:
+                    self.dropped_peer_sends += len(msgs)
+                    log.warning("cannot connect to peer %s: %s", address, e.strerror)
+                    continue
             data = msgs[0] if len(msgs) == 1 else p.encode(p.Batch(msgs))
             try:
                 sock.send(data, zmq.NOBLOCK)
@@ -275,16 +292,42 @@ class NodeLoop:
                 log.warning("peer %s is not taking messages (%d dropped so far)",
                             address, self.dropped_peer_sends)
 
+    def _join_send(self, address: str, msg) -> None:
+        sock = self.join_socks.get(address)
+        try:
+            if sock is None:
+                sock = self.join_socks[address] = sockets.peer_dealer(
+                    self.ctx, self.node_id, address, join=True)
+            sock.send(p.encode(msg), zmq.NOBLOCK)
+        except zmq.ZMQError as e:   # a bad address: the join times out with its message
+            log.warning("cannot reach %s to join: %s", address, e.strerror)
+
+    def _forget_peer(self, node_id: bytes, address: str) -> None:
+        """It died or left: drop what we queued for it and close its sockets."""
+        self._peer_outbox.pop(address, None)
+        sock = self.peer_socks.pop(address, None)
+        if sock is not None:
+            sock.close(0)
+        sock = self.pull_socks.pop(node_id, None)
+        if sock is not None:
+            self.poller.unregister(sock)
+            del self.pull_holder[sock]
+            sock.close(0)
+
     def say_goodbye(self, effects: list) -> None:
         """Send the last messages (leaving the cluster) before the sockets close."""
         self.execute(effects)
         self._flush_outbox()
 
     def _request_chunk(self, req: fx.RequestChunk) -> None:
-        sock = self.pull_socks.get(req.object_address)
+        sock = self.pull_socks.get(req.holder)
         if sock is None:
-            sock = sockets.pull_dealer(self.ctx, req.object_address)
-            self.pull_socks[req.object_address] = sock
+            try:
+                sock = sockets.pull_dealer(self.ctx, req.object_address)
+            except zmq.ZMQError as e:
+                self.dispatch(ev.ChunkFailed(req.holder, req.oid, f"cannot connect: {e.strerror}"))
+                return
+            self.pull_socks[req.holder] = sock
             self.pull_holder[sock] = req.holder
             self.poller.register(sock, zmq.POLLIN)
         if req.oid not in self.partials:
@@ -310,8 +353,9 @@ class NodeLoop:
                 event = ev.ChunkFailed(holder, head.oid, head.error)
             else:
                 fd = self.partials.get(head.oid)
-                if fd is None:
-                    continue  # the pull was dropped meanwhile
+                if fd is None or not self.fabric.transfers.expects(
+                        holder, head.oid, head.offset, head.length):
+                    continue  # the pull was dropped meanwhile, or we did not ask this
                 store.write_at(fd, data, head.offset)
                 event = ev.ChunkArrived(holder, head.oid, head.offset, head.length)
             self.execute(self.fabric.handle(event, time.monotonic()))
@@ -361,7 +405,7 @@ class NodeLoop:
         return view
 
     def close_sockets(self) -> None:
-        for sock in self.peer_socks.values():
+        for sock in list(self.peer_socks.values()) + list(self.join_socks.values()):
             sock.close()   # with its linger: a goodbye just sent still goes out
         for sock in self.pull_socks.values():
             sock.close(0)

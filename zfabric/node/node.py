@@ -244,6 +244,16 @@ def serve(config: Config, *, num_cpus: float, resources: dict, object_store_memo
             shutil.rmtree(session_dir, ignore_errors=True)
 
 
+def check_address(address: str) -> str:
+    """A node address as `--address`, ZFABRIC_ADDRESS and init() take it:
+    tcp://HOST:PORT (ValueError otherwise)."""
+    host, sep, port = str(address).removeprefix("tcp://").rpartition(":")
+    if not str(address).startswith("tcp://") or not sep or not host or not port.isdigit() \
+            or not 0 < int(port) <= 65535:
+        raise ValueError(f"{address!r} is not a node address (expected tcp://HOST:PORT)")
+    return address
+
+
 def advertised_host(host: str) -> str:
     """The address peers reach a node bound to `host` at: for a wildcard
     (0.0.0.0, ::), this machine's address on its default route."""

@@ -33,8 +33,10 @@ RECONNECT_IVL_MAX_MS = 1000
 TX_SUFFIX = b">"   # the client's sending socket
 RX_SUFFIX = b"<"   # the client's receiving socket
 PEER_SUFFIX = b"^"  # another node's DEALER: its routing id is its node id + this
+JOIN_SUFFIX = b"+"  # a joining node's DEALER to the address it was given (see peer_dealer)
 
-PEER_HWM = 100_000          # messages queued to one peer before sends are refused
+PEER_HWM = 1_000            # frames queued to one peer before sends are refused (a frame
+                            # carries everything due to that peer in one loop turn)
 TCP_KEEPALIVE_IDLE_S = 10   # a silent dead TCP link is noticed by gossip first anyway
 
 
@@ -91,12 +93,20 @@ def _tcp(sock: zmq.Socket) -> zmq.Socket:
     return sock
 
 
-def peer_dealer(ctx: zmq.Context, node_id: bytes, address: str) -> zmq.Socket:
+def peer_dealer(ctx: zmq.Context, node_id: bytes, address: str,
+                join: bool = False) -> zmq.Socket:
     """Our DEALER to another node's scheduler ROUTER (send-only: it answers
-    through its own DEALER to us)."""
+    through its own DEALER to us). A join goes out on a socket of its own
+    (`join`): the address we were given may be another name of the node we
+    later reach at its advertised address, and a ROUTER refuses a second
+    connection with an identity it already has."""
     sock = _tcp(ctx.socket(zmq.DEALER))
-    sock.setsockopt(zmq.IDENTITY, node_id + PEER_SUFFIX)
-    sock.connect(address)
+    sock.setsockopt(zmq.IDENTITY, node_id + (JOIN_SUFFIX if join else PEER_SUFFIX))
+    try:
+        sock.connect(address)
+    except zmq.ZMQError:
+        sock.close(0)
+        raise
     return sock
 
 

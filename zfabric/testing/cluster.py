@@ -69,9 +69,11 @@ class LocalCluster:
         return self._handles[0].address
 
     def add_node(self, *, num_cpus: float = 1, resources: dict | None = None,
-                 object_store_memory: int | None = None, wait: bool = True) -> NodeHandle:
-        """Start a node that joins the cluster (the first one starts it)."""
-        join = [self._handles[0].address] if self._handles else []
+                 object_store_memory: int | None = None, wait: bool = True,
+                 join: str | None = None) -> NodeHandle:
+        """Start a node that joins the cluster (the first one starts it), through
+        the first node's address or `join` (any address of a node of it)."""
+        join = [join] if join else [self._handles[0].address] if self._handles else []
         proc, info = node_mod.spawn_node(
             self.config, num_cpus=num_cpus, resources=dict(resources or {}),
             object_store_memory=object_store_memory, host=self.host, port=0,

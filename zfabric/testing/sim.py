@@ -260,7 +260,7 @@ class MembershipSim:
     def _add(self) -> int:
         i = len(self.nodes)
         node_id = self._rng.randbytes(16)
-        address = f"sim://node{i}"
+        address = f"tcp://node{i}.sim:7000"
         node = Membership(node_id, address, {"index": i}, now=self.now,
                           rng=random.Random(self._rng.getrandbits(64)), **self.config)
         self.nodes.append(node)
@@ -624,13 +624,15 @@ class FabricSim:
         t = self.time
         for e in effects:
             kind = type(e)
-            if kind is _fx.PeerSend:
+            if kind is _fx.PeerSend or kind is _fx.JoinSend:   # (the same link here)
                 if type(e.msg) in (_p.Gossip, _p.GcsUpdate):
                     node.gossip_sent += 1
                 else:
                     node.trace.append((t, e))
                 self._peer_send(node, e)
                 continue
+            if kind is _fx.ForgetPeer:
+                continue   # sockets: nothing to close in memory
             if kind is _fx.Log:
                 node.logs.append((t, e.level, e.text))
                 continue
@@ -651,8 +653,8 @@ class FabricSim:
                              self.handle(n.index, _ev.WorkerExited(w.wid, c)))
             elif kind is _fx.RequestChunk:
                 self._request_chunk(node, e)
-            elif kind is _fx.SealPull:
-                size, tag = node.partial.pop(e.oid)
+            elif kind is _fx.SealPull:   # (an empty object has no chunk, so no partial)
+                size, tag = node.partial.pop(e.oid, (0, None))
                 node.store[e.oid] = (size, tag)
             elif kind is _fx.AbortPull:
                 node.partial.pop(e.oid, None)
