@@ -847,3 +847,52 @@ def test_a_cancelled_spilled_task_leaves_no_copy_on_the_peer():
     peer = world.nodes[1]
     assert peer.store == {} and peer.scheduler.objects.entries == {}, "5 MB kept for nobody"
     assert all(n.fabric.gcs.items("loc") == [] for n in world.nodes)
+
+
+def test_a_refused_first_spill_does_not_lose_the_functions_code():
+    """Node 1 is busy with its own driver's work (another function) when node 0
+    spills its first tasks of F there: refused, code and all. Later spills of F
+    must still carry or find the code, and every task must finish."""
+    world = World([{"CPU": 1}, {"CPU": 1}], seed=1)
+    world.converge()
+    sim = world.sim
+    g = b"G" * 16
+    world.driver(1, b"drv-b")
+    for n in (100, 101, 102):
+        pl = Plan(n, {"CPU": 1}, 1.0, ["i"], [], 1, b"drv-b")
+        world.plans[pl.task_id] = pl
+        sim.send(1, b"drv-b", p.Submit(pl.task_id, "g", g, 1, {"CPU": 1}, 3, False, 0, b"",
+                                       [], [], b"code of g" if n == 100 else b"", b"a", b""))
+    sim.run(0.05)
+    plans = [world.submit(n, duration=0.5) for n in range(1, 9)]
+    assert world.run_until_finished(plans, 20)
+    peer = world.nodes[1].scheduler
+    assert peer.stats["refused"] > 0 and peer.functions.get(FN) == FN_BLOB
+    for pl in plans:
+        world.check_result(pl)
+    assert sim.violations == []
+
+
+def test_a_task_stopped_because_its_owner_was_declared_dead_is_not_reported_cancelled():
+    """Node 1 stops hearing node 0 for longer than the failure timeout (one way only)
+    and stops the task node 0 spilled to it; node 0 never saw node 1 go down. The
+    task must run again and succeed: never a TaskCancelledError nobody asked for."""
+    world = World([{"CPU": 1}, {"CPU": 1}], seed=2, ipc_latency=0.4)
+    world.converge()
+    sim = world.sim
+    world.submit(1, duration=5.0)              # runs on node 0
+    victim = world.submit(2, duration=2.0)     # spilled to node 1
+    sim.run(0.3)
+    owner, peer = world.nodes
+    assert world.sim.index_of(owner.scheduler.tasks[victim.task_id].node) == 1
+    cut = {"on": True}
+    sim.drop = lambda src, dst, msg: cut["on"] and (src, dst) == (0, 1)
+    sim.run(0.9)                               # > failure_timeout (0.6)
+    cut["on"] = False
+    assert world.run_until_finished([victim], 30.0)
+    assert peer.scheduler.stats["cancelled"] == 1   # it stopped the orphan (quietly)
+    assert [e.msg.status for e in peer.peer_sends(p.TaskResult)
+            if e.msg.task_id == victim.task_id] in ([], [0])   # never CANCELLED
+    (ready,) = world.readies()[rid(2)]
+    assert ready.state == INLINE
+    world.check_result(victim)
