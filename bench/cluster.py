@@ -29,7 +29,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -272,8 +271,8 @@ def markdown(results: dict, params: dict) -> str:
 
     row(f"{mb} MB argument from another node, first", "transfer_first_s", fmt_s)
     row(f"{mb} MB argument from another node, warm", "transfer_warm_s", fmt_s)
-    row(f"  (GB/s, warm)", "transfer_warm_s", lambda x: f"{mb / 1000 / x:.2f}")
-    row(f"  raw ZeroMQ into a buffer touched beforehand, warm", "touched_warm_s", fmt_s)
+    row("  (GB/s, warm)", "transfer_warm_s", lambda x: f"{mb / 1000 / x:.2f}")
+    row("  raw ZeroMQ into a buffer touched beforehand, warm", "touched_warm_s", fmt_s)
     for n, seconds in params["spill"]:
         row(f"spillover {n} x {seconds:g} s on 3 x 1 CPU: time", f"spill_{n}x{seconds:g}_s", fmt_s)
         row(f"spillover {n} x {seconds:g} s: efficiency", f"spill_{n}x{seconds:g}_eff",

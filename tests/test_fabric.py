@@ -757,10 +757,9 @@ def test_locality_counts_the_cpu_a_finished_task_gave_back():
     assert [r.node for r in world.runs_of(b)] == [1]
 
 
-def test_a_task_retried_after_its_peer_died_fails_if_its_argument_died_too():
-    """A (50 MB) runs on node 1; B, sent there to run beside it, is retried when node 1
-    dies: its argument died with the node, so B fails with ObjectLostError (until
-    lineage rebuilds A) and never runs with a missing argument."""
+def node_1_dies_after_making_a():
+    """Two nodes; the owner (node 0) is busy, so A (50 MB) runs on node 1, which
+    dies just after reporting it; B needs A. Returns (world, plan A, plan B)."""
     world = World([{"CPU": 1}, {"CPU": 1}], seed=11)
     world.converge()
     sim = world.sim
@@ -773,6 +772,14 @@ def test_a_task_retried_after_its_peer_died_fails_if_its_argument_died_too():
     world.submit(10, duration=1.0)                                # keeps the owner busy
     a = world.submit(1, returns=[50 * MB], duration=0.2)
     b = world.submit(2, deps=[rid(1)], duration=0.2)
+    return world, a, b
+
+
+def test_a_task_retried_after_its_peer_died_fails_if_its_argument_died_too():
+    """A (50 MB) runs on node 1; B, sent there to run beside it, is retried when node 1
+    dies: its argument died with the node, so B fails with ObjectLostError (until
+    lineage rebuilds A) and never runs with a missing argument."""
+    world, a, b = node_1_dies_after_making_a()
     assert world.run_until_finished([a, b], 15)
     got = world.readies()[rid(2)][0]
     assert got.state == ERROR
@@ -788,18 +795,8 @@ def test_a_task_retried_after_its_peer_died_fails_if_its_argument_died_too():
 def test_a_result_lost_with_its_node_is_rebuilt_by_running_its_task_again():
     """A (50 MB) runs on node 1 because the owner is busy; B needs it and waits for the
     owner to pull it. Node 1 dies just after reporting A, before the pull is done."""
-    world = World([{"CPU": 1}, {"CPU": 1}], seed=11)
-    world.converge()
+    world, a, b = node_1_dies_after_making_a()
     sim = world.sim
-
-    def kill_after_result(src, dst, msg):
-        if type(msg) is p.TaskResult and msg.task_id == tid(1) and sim.nodes[1].alive:
-            sim.call_at(sim.now, lambda: sim.kill(1))
-        return False
-    sim.drop = kill_after_result
-    world.submit(10, duration=1.0)                                # keeps the owner busy
-    a = world.submit(1, returns=[50 * MB], duration=0.2)
-    b = world.submit(2, deps=[rid(1)], duration=0.2)
     assert world.run_until_finished([a, b], 15)
     assert [r.node for r in world.runs_of(a)][0] == 1 and not sim.nodes[1].alive
     got = world.readies()[rid(2)][0]

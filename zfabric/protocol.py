@@ -134,6 +134,18 @@ def _ids(values, size: int) -> bool:
     return all(type(v) is bytes and len(v) == size for v in values)
 
 
+def _returns_problem(msg) -> str:
+    """What is wrong with a task's returns as TaskDone and TaskResult describe them."""
+    n = len(msg.states)
+    if len(msg.sizes) != n or len(msg.contained) != n or len(msg.payloads) < n:
+        return "returns described inconsistently"
+    if not all(type(c) is list and _ids(c, 20) for c in msg.contained):
+        return "contained must be lists of object ids"
+    if not all(type(x) is int and x >= 0 for x in msg.sizes + msg.states):
+        return "bad sizes or states"
+    return ""
+
+
 def _amounts(d: dict) -> bool:
     """Resource name -> finite number (any sign: views may be estimates)."""
     return all(type(k) is str and not isinstance(v, bool) and isinstance(v, NUM)
@@ -219,14 +231,7 @@ class TaskDone:
     payloads: list         # per return: inline blob, or b"" (STORE), or error record
 
     def check(self) -> str:
-        n = len(self.states)
-        if len(self.sizes) != n or len(self.contained) != n or len(self.payloads) < n:
-            return "returns described inconsistently"
-        if not all(type(c) is list and _ids(c, 20) for c in self.contained):
-            return "contained must be lists of object ids"
-        if not all(type(x) is int and x >= 0 for x in self.sizes + self.states):
-            return "bad sizes or states"
-        return ""
+        return _returns_problem(self)
 
 
 @message(6)
@@ -472,16 +477,9 @@ class TaskResult:
     payloads: list
 
     def check(self) -> str:
-        n = len(self.states)
         if len(self.sender) != 16 or len(self.task_id) != 16:
             return "bad sender or task id"
-        if len(self.sizes) != n or len(self.contained) != n or len(self.payloads) < n:
-            return "returns described inconsistently"
-        if not all(type(c) is list and _ids(c, 20) for c in self.contained):
-            return "contained must be lists of object ids"
-        if not all(type(x) is int and x >= 0 for x in self.sizes + self.states):
-            return "bad sizes or states"
-        return ""
+        return _returns_problem(self)
 
 
 @message(26)

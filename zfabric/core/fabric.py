@@ -28,17 +28,47 @@ node's live view (free resources, queue) in its membership row.
 """
 from __future__ import annotations
 
+import random
 from collections import deque
 
 from .. import protocol as p
 from . import effects as fx
 from . import events as ev
 from . import resources as rs
-from .membership import LIVE, MemberState
-from .scheduler import trace_events
-from .transfer import ChunkRequest, PullDone, PullFailed
+from .gcs import Gcs
+from .membership import LIVE, Membership, MemberState
+from .scheduler import Scheduler, trace_events, workers_for
+from .transfer import ChunkRequest, PullDone, PullFailed, Transfers
 
 JOIN_RETRY = 0.5   # seconds between join attempts while no seed has answered
+
+
+STATIC_KEYS = ("address", "object_address", "host", "port", "pid")
+
+
+def build(config, *, node_id: bytes, resources: dict, store_capacity: int, info: dict,
+          seeds: list[str], now: float) -> "Fabric":
+    """A node's state machines wired as the node runs them (node/node.py and
+    testing/sim.py both build theirs here). `config`: a zfabric Config;
+    `info`: the node's record (addresses, dirs, pid); `resources` includes CPU."""
+    static = {k: info[k] for k in STATIC_KEYS}
+    scheduler = Scheduler(
+        node_id=node_id, resources=dict(resources), store_capacity=store_capacity,
+        num_workers=workers_for(resources.get("CPU", 0)), max_workers=config.max_workers,
+        idle_worker_timeout=config.idle_worker_timeout,
+        timeline_capacity=config.timeline_capacity,
+        prefetch_max_task_seconds=config.prefetch_max_task_seconds,
+        node_info={**info, "config": config.to_json()},
+        spill_depth=config.spill_depth, refuse_backoff=config.refuse_backoff,
+        locality_min_bytes=config.locality_min_bytes)
+    membership = Membership(node_id, info["address"], static, now=now,
+                            rng=random.Random(node_id), failure_timeout=config.failure_timeout,
+                            gossip_interval=config.gossip_interval, fanout=config.gossip_fanout)
+    return Fabric(scheduler, membership, Gcs(node_id, log_capacity=config.gcs_log_capacity),
+                  Transfers(chunk_size=config.chunk_size, window=config.pull_window,
+                            chunk_timeout=config.chunk_timeout),
+                  static_info=static, seeds=list(seeds), join_timeout=config.join_timeout,
+                  tick_interval=config.tick_interval)
 
 
 class Fabric:

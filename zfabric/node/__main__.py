@@ -126,7 +126,7 @@ def cmd_start(args) -> int:
     if info["host"].startswith("127.") or info["host"] in ("localhost", "::1"):
         print(f"  (this node listens on {info['host']} only: for other machines, start it "
               "with --host 0.0.0.0 or this machine's address)")
-    print(f"To use it from Python on this machine:\n  zf.init(address=\"auto\")")
+    print("To use it from Python on this machine:\n  zf.init(address=\"auto\")")
     print(f"node {info['node_id'][:12]} pid {info['pid']}, session {info['session_dir']}",
           flush=True)
     if args.block:

@@ -21,10 +21,8 @@ import gc
 import json
 import logging
 import os
-import random
 import select
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -33,11 +31,7 @@ import psutil
 import zmq
 
 from ..config import Config
-from ..core.fabric import Fabric
-from ..core.gcs import Gcs
-from ..core.membership import Membership
-from ..core.scheduler import Scheduler, workers_for
-from ..core.transfer import Transfers
+from ..core.fabric import build as build_fabric
 from ..ids import new_node_id
 from . import sockets, store
 from .loop import NodeLoop
@@ -173,26 +167,9 @@ def serve(config: Config, *, num_cpus: float, resources: dict, object_store_memo
                 "host": shown, "port": tcp_port, "ipc": ipc, "session_dir": session_dir,
                 "store_dir": store_dir, "embedded": bool(embedded_driver_pid),
                 "num_cpus": num_cpus, "resources": resources, "store_capacity": capacity}
-        scheduler = Scheduler(
-            node_id=node_id, resources={"CPU": num_cpus, **resources},
-            store_capacity=capacity, num_workers=workers_for(num_cpus),
-            max_workers=config.max_workers, idle_worker_timeout=config.idle_worker_timeout,
-            timeline_capacity=config.timeline_capacity,
-            prefetch_max_task_seconds=config.prefetch_max_task_seconds,
-            node_info={**info, "config": config.to_json()},
-            spill_depth=config.spill_depth, refuse_backoff=config.refuse_backoff,
-            locality_min_bytes=config.locality_min_bytes)
-        static = {k: info[k] for k in ("address", "object_address", "host", "port", "pid")}
-        membership = Membership(node_id, info["address"], static, now=time.monotonic(),
-                                rng=random.Random(node_id),
-                                failure_timeout=config.failure_timeout,
-                                gossip_interval=config.gossip_interval,
-                                fanout=config.gossip_fanout)
-        fabric = Fabric(scheduler, membership, Gcs(node_id, log_capacity=config.gcs_log_capacity),
-                        Transfers(chunk_size=config.chunk_size, window=config.pull_window,
-                                  chunk_timeout=config.chunk_timeout),
-                        static_info=static, seeds=list(join), join_timeout=config.join_timeout,
-                        tick_interval=config.tick_interval)
+        fabric = build_fabric(config, node_id=node_id, resources={"CPU": num_cpus, **resources},
+                              store_capacity=capacity, info=info, seeds=list(join),
+                              now=time.monotonic())
         loop = NodeLoop(fabric, router, ctx=ctx, object_router=object_router, node_id=node_id,
                         ipc_endpoint=ipc, session_dir=session_dir,
                         store_dir=store_dir, tick_interval=config.gossip_interval / 2,

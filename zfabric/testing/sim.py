@@ -23,11 +23,20 @@ from __future__ import annotations
 import heapq
 import math
 import random
+from collections import deque as _deque
 from dataclasses import dataclass, replace
 
 import msgpack
 
+from .. import protocol as _p
+from ..config import Config as _Config
+from ..core import effects as _fx
+from ..core import events as _ev
+from ..core import resources as _rs
+from ..core.fabric import Fabric as _Fabric, build as _build_fabric
 from ..core.membership import GONE, Change, MemberState, Membership
+from ..core.objects import ObjectState as _ObjectState
+from ..core.scheduler import TaskStatus as _TaskStatus
 
 
 class Clock:
@@ -308,20 +317,6 @@ class MembershipSim:
 # their node's fake store (oid -> (size, tag); the tag stands for the bytes) and
 # answer TaskDone. All randomness comes from one seed.
 
-from collections import deque as _deque
-
-from .. import protocol as _p
-from ..config import Config as _Config
-from ..core import effects as _fx
-from ..core import events as _ev
-from ..core import resources as _rs
-from ..core.fabric import Fabric as _Fabric
-from ..core.gcs import Gcs as _Gcs
-from ..core.membership import Membership as _Membership
-from ..core.objects import ObjectState as _ObjectState
-from ..core.scheduler import Scheduler as _Scheduler, TaskStatus as _TaskStatus, \
-    workers_for as _workers_for
-from ..core.transfer import Transfers as _Transfers
 
 # Short intervals, so that joins, gossip and failure detection take little virtual
 # time; prefetch off, so each Execute goes to an idle worker (the fake workers do
@@ -467,28 +462,10 @@ class FabricSim:
         info = {"node_id": node_id.hex(), "pid": 1000 + i, "address": address,
                 "object_address": object_address, "host": host, "port": port,
                 "store_dir": f"/sim/zfabric-{node_id.hex()}", "session_dir": f"/sim/session{i}"}
-        cpus = resources.get("CPU", 0)
-        scheduler = _Scheduler(
-            node_id=node_id, resources=dict(resources), store_capacity=store_capacity,
-            num_workers=_workers_for(cpus), max_workers=cfg.max_workers,
-            idle_worker_timeout=cfg.idle_worker_timeout,
-            timeline_capacity=cfg.timeline_capacity,
-            prefetch_max_task_seconds=cfg.prefetch_max_task_seconds,
-            node_info={**info, "config": cfg.to_json()},
-            spill_depth=cfg.spill_depth, refuse_backoff=cfg.refuse_backoff,
-            locality_min_bytes=cfg.locality_min_bytes)
-        static = {k: info[k] for k in ("address", "object_address", "host", "port", "pid")}
-        membership = _Membership(node_id, address, static, now=self.time,
-                                 rng=random.Random(node_id),
-                                 failure_timeout=cfg.failure_timeout,
-                                 gossip_interval=cfg.gossip_interval, fanout=cfg.gossip_fanout)
-        fabric = _Fabric(scheduler, membership,
-                         _Gcs(node_id, log_capacity=cfg.gcs_log_capacity),
-                         _Transfers(chunk_size=cfg.chunk_size, window=cfg.pull_window,
-                                    chunk_timeout=cfg.chunk_timeout),
-                         static_info=static,
-                         seeds=[self.nodes[0].address] if self.nodes else [],
-                         join_timeout=cfg.join_timeout, tick_interval=cfg.tick_interval)
+        fabric = _build_fabric(cfg, node_id=node_id, resources=dict(resources),
+                               store_capacity=store_capacity, info=info,
+                               seeds=[self.nodes[0].address] if self.nodes else [],
+                               now=self.time)
         node = SimNode(i, node_id, resources, fabric, address, object_address)
         self.nodes.append(node)
         self._by_address[address] = node
