@@ -324,3 +324,43 @@ def test_bad_environment_value_is_one_line(temp_dir):
                          text=True, env=env, timeout=30)
     assert out.returncode != 0 and "ZFABRIC_TICK_INTERVAL" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_three_cli_nodes_form_one_cluster_that_runs_tasks_on_all(temp_dir, reaper, tmp_path):
+    out = cli(temp_dir, "start", "--head", "--port", "0", "--num-cpus", "1")
+    assert out.returncode == 0, out.stderr
+    head = out.stdout.splitlines()[0].split(" ", 1)[1]
+    for extra in ([], ["--resources", '{"gpu": 1}']):
+        out = cli(temp_dir, "start", "--address", head, "--port", "0", "--num-cpus", "1", *extra)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.startswith("address: tcp://127.0.0.1:")
+    records = node_records(temp_dir)
+    reaper.extend(r["pid"] for r in records)
+    assert len(records) == 3
+    last = sorted(records, key=lambda r: r["node_id"])[-1]   # attach to any node: not the head
+    driver = textwrap.dedent(f"""
+        import time
+        import zfabric as zf
+        zf.init(address={last["address"]!r})
+        @zf.remote
+        def where():
+            time.sleep(0.3)
+            return zf.get_runtime_context().get_node_id()
+        print(len(set(zf.get([where.remote() for _ in range(9)]))), zf.cluster_resources())
+        zf.shutdown()
+    """)
+    run = subprocess.run([sys.executable, "-c", driver], capture_output=True, text=True,
+                         env=env_with(temp_dir), timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split(" ", 1) == ["3", "{'CPU': 3.0, 'gpu': 1.0}\n"]
+    status = cli(temp_dir, "status")
+    assert status.returncode == 0, status.stderr
+    lines = status.stdout.splitlines()
+    for r in records:
+        (row,) = [line for line in lines if line.startswith(r["node_id"][:12])]
+        assert f"127.0.0.1:{r['port']}" in row and " alive " in row and "/1 " in row
+    assert "cluster: 3 node(s) alive of 3, 0/3 CPUs in use" in status.stdout
+    out = cli(temp_dir, "stop")
+    assert out.returncode == 0 and "stopped 3 node(s)" in out.stdout
+    assert wait_gone([r["pid"] for r in records]) == []
+    assert node_records(temp_dir) == []
