@@ -507,3 +507,23 @@ def test_chaos_keeps_every_view_valid(seed, n, fanout, loss, duplicate, events):
             sim.heal()
         sim.run(wait)
     sim.run(2.0)
+
+
+def test_our_own_pause_is_not_the_peers_silence():
+    m = new(failure_timeout=3.0, pause_threshold=0.75)
+    m.merge([row(1, hb=1), row(2, hb=1)], 0.0)
+    m.tick(0.1)
+    # the process was stopped for 10 s: nobody is declared dead on waking up
+    _, changes = m.tick(10.1)
+    assert changes == [] and all(x.state == ALIVE for x in m.peers())
+    m.validate()
+    m.merge([row(1, hb=2)], 10.2)                 # node 1 speaks again, node 2 does not
+    seen = []
+    for k in range(1, 40):                        # then ticks come as usual, every 0.1 s
+        now = 10.1 + k * 0.1
+        seen += [(round(now, 1), c.node_id, c.state) for c in m.tick(now)[1]]
+        m.validate()
+    # node 2's silence counts again from about the wake-up (its clock moved on
+    # by the 10 s pause), node 1's from its news at 10.2
+    assert seen == [(11.6, nid(2), SUSPECT), (11.8, nid(1), SUSPECT),
+                    (13.1, nid(2), DEAD), (13.3, nid(1), DEAD)]

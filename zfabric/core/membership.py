@@ -25,7 +25,9 @@ Failure detection is gossip-style heartbeating with SWIM incarnations:
   make those nodes die everywhere for a moment;
 - every `dead_probe_rounds` rounds one DEAD member also gets our digest: if
   it is alive behind a healed partition, it learns it was declared dead and
-  rejoins.
+  rejoins;
+- a gap longer than `pause_threshold` between our own ticks (we were
+  paused) restarts the peers' silence clocks instead of counting against them.
 
 A row (wire form, msgpack-safe) is [node_id, address, incarnation, heartbeat,
 state, info]. Pure: time and randomness come in as arguments; `now` must not
@@ -91,10 +93,14 @@ class Change:
 class Membership:
     def __init__(self, node_id: bytes, address: str, info: dict, *, now: float,
                  rng: random.Random, failure_timeout: float = 3.0,
-                 gossip_interval: float = 0.2, fanout: int = 3, dead_probe_rounds: int = 10):
+                 gossip_interval: float = 0.2, fanout: int = 3, dead_probe_rounds: int = 10,
+                 pause_threshold: float | None = None):
         assert len(node_id) == NODE_ID_SIZE and fanout >= 1 and dead_probe_rounds >= 1
         self.rng = rng
         self.failure_timeout = failure_timeout
+        # A caller that ticks often (the node: every few tens of ms) sets this:
+        # a longer gap between two of our ticks means we were paused.
+        self.pause_threshold = pause_threshold
         self.gossip_interval = gossip_interval
         self.fanout = fanout
         self.dead_probe_rounds = dead_probe_rounds
@@ -179,6 +185,13 @@ class Membership:
     # -- rules --------------------------------------------------------------
 
     def _check_timeouts(self, now: float) -> list[Change]:
+        stalled = now - self._checked
+        if self.pause_threshold is not None and stalled > self.pause_threshold:
+            # We were not running (a stopped process, a long pause): what we
+            # could not hear meanwhile is not the peers' silence. Start their
+            # clocks again rather than declare everyone dead at once.
+            for m in self.peers():
+                m.heard = min(now, m.heard + stalled)
         self._checked = now
         changes = []
         for m in self.peers():
