@@ -893,3 +893,21 @@ def test_a_task_stopped_because_its_owner_was_declared_dead_is_not_reported_canc
     (ready,) = world.readies()[rid(2)]
     assert ready.state == INLINE
     world.check_result(victim)
+
+
+def test_the_owner_records_its_store_objects_in_the_gcs_until_they_are_freed():
+    """The objects table: the owner writes each STORE object it owns (size, creating
+    task, where it was made) into its shard; every replica has it; freeing it
+    deletes it everywhere."""
+    world = World([{"CPU": 1}, {"CPU": 1, "x": 1}], seed=7)
+    world.converge()
+    a = world.submit(1, resources={"x": 1}, returns=[5 * MB], duration=0.1)
+    assert world.run_until_finished([a], 5)
+    world.sim.run(0.3)
+    owner, maker = world.nodes
+    for n in world.nodes:
+        assert n.fabric.gcs.lookup("obj", rid(1)) == {
+            owner.node_id: {"size": 5 * MB, "task": tid(1), "made_on": maker.node_id}}
+    world.sim.send(0, DRIVER, p.Refs([], [rid(1)]))
+    world.sim.run(0.5)
+    assert all(n.fabric.gcs.items("obj") == [] for n in world.nodes)

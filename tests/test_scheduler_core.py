@@ -95,8 +95,8 @@ def summary(effects: list) -> list[tuple]:
             out.append(("watch", e.client, e.pid))
         elif kind is fx.StopNode:
             out.append(("stop_node",))
-        elif kind is fx.Located:
-            pass  # publishing a store object's location: tests/test_fabric.py
+        elif kind is fx.Publish:
+            pass  # GCS entries (locations, owned objects): tests/test_fabric.py
         elif kind is fx.Log:
             out.append(("log", e.level))
         else:

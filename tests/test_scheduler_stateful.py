@@ -333,8 +333,8 @@ class SchedulerMachine(RuleBasedStateMachine):
                 seen["deletes"].append(e.oid)
             elif kind is fx.WatchClient:
                 pass
-            elif kind is fx.Located:
-                seen.setdefault("located", []).append(e.oid)
+            elif kind is fx.Publish:
+                seen.setdefault("published", []).append((e.table, e.key))
             elif kind is fx.Log:
                 seen["logs"].append(e.level)
             else:

@@ -103,10 +103,15 @@ class CancelFetch:
 
 
 @dataclass(frozen=True, slots=True)
-class Located:
-    """(scheduler -> fabric) A STORE object is now in our store: publish it."""
-    oid: bytes
-    size: int
+class Publish:
+    """(scheduler -> fabric) Write an entry of our GCS shard (value None: delete).
+
+    "loc": a STORE object is now in our store (value: its size); "obj": an
+    object we own is sealed in a store (value: size, creating task, the node
+    that made it)."""
+    table: str
+    key: bytes
+    value: object
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,14 +13,15 @@ and object pulls, behind one `handle(event, now) -> effects` (sans-I/O).
     effects <-- Send, PeerSend, RequestChunk, SealPull, AbortPull, workers, store ...
 
 The scheduler asks for what only the fabric can do through effects it
-handles itself: Fetch/CancelFetch (pulls), Located and DeleteObject
-(object locations in our GCS shard), FreeCopies (FreeObjects to every node
+handles itself: Fetch/CancelFetch (pulls), Publish and DeleteObject
+(entries of our GCS shard), FreeCopies (FreeObjects to every node
 with a copy). What the fabric learns goes back to the scheduler as events:
 PeerUp/PeerDown from membership, ObjectFetched/FetchFailed from pulls.
 
 GCS tables written here: "node" (our static record: addresses, resources,
 pid; key = our node id), "loc" (key = object id, value = size: this node
-holds a copy in its store) and "tl" (the tasks this node ran, for the
+holds a copy in its store), "obj" (the STORE objects this node owns: size,
+creating task, the node that made it) and "tl" (the tasks this node ran, for the
 cluster's timeline: key = batch number, value = that tick's finished tasks;
 the oldest batches are deleted past `timeline_capacity` tasks, so one
 delta carries many tasks and the shard stays bounded). Gossip carries each
@@ -151,8 +152,8 @@ class Fabric:
                     self.transfers.cancel(e.oid)
                     self._out.append(fx.AbortPull(e.oid))
                 self._pulling.pop(e.oid, None)
-            elif kind is fx.Located:
-                self.gcs.put("loc", e.oid, e.size)
+            elif kind is fx.Publish:
+                self.gcs.put(e.table, e.key, e.value)
             elif kind is fx.DeleteObject:
                 self.gcs.delete("loc", e.oid)
                 self._out.append(e)

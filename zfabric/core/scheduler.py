@@ -388,7 +388,7 @@ class Scheduler:
             self._out.append(fx.DeleteObject(oid))  # freed while it was pulled
             return
         self.objects.fetched(entry)
-        self._out.append(fx.Located(oid, entry.size))
+        self._out.append(fx.Publish("loc", oid, entry.size))
         self._object_ready(entry)
 
     def _on_fetch_failed(self, oid: bytes, reason: str) -> None:
@@ -417,6 +417,8 @@ class Scheduler:
         entry.payload = serialization.system_error_record(error, text)
         entry.shared_with += [n for n in entry.remote if n not in entry.shared_with]
         entry.local, entry.remote, entry.size = True, [], 0   # (copies still freed, see _free)
+        if entry.owner_node is None:
+            self._out.append(fx.Publish("obj", entry.oid, None))
         self._object_ready(entry)
         for task in [t for t in self.tasks.values()
                      if t.state == TaskState.QUEUED and entry.oid in t.spec.deps]:
@@ -1013,6 +1015,7 @@ class Scheduler:
                 continue
             if remote and state == ObjectState.STORE:
                 objects.seal(entry, state, size, b"", [], remote=[remote])
+                self._publish_owned(entry, remote)
                 self._object_ready(entry)
                 freed += objects.release_if_unused(entry)
                 continue
@@ -1024,7 +1027,8 @@ class Scheduler:
             contains = msg.contained[i] if i < len(msg.contained) else []
             objects.seal(entry, state, size, bytes(payload), contains)
             if state == ObjectState.STORE:
-                self._out.append(fx.Located(oid, size))
+                self._out.append(fx.Publish("loc", oid, size))
+                self._publish_owned(entry, self.node_id)
             self._object_ready(entry)
             freed += objects.release_if_unused(entry)
         self._end_task(task, freed)
@@ -1082,12 +1086,20 @@ class Scheduler:
         spec.contained = []
         self._free(freed)
 
+    def _publish_owned(self, entry: ObjectEntry, made_on: bytes) -> None:
+        """An object we own is sealed in a store: the GCS objects table says so."""
+        if entry.owner_node is None:
+            self._out.append(fx.Publish("obj", entry.oid, {
+                "size": entry.size, "task": entry.oid[:16], "made_on": made_on}))
+
     def _free(self, freed: list) -> None:
         for entry in freed:
             if entry.state != ObjectState.STORE:
                 if entry.shared_with and entry.owner_node is None:   # lost here, maybe not there
                     self._out.append(fx.FreeCopies(entry.oid, tuple(entry.shared_with)))
                 continue
+            if entry.owner_node is None:
+                self._out.append(fx.Publish("obj", entry.oid, None))
             if entry.local:
                 self._out.append(fx.DeleteObject(entry.oid))
             elif entry.fetching:
@@ -1267,7 +1279,8 @@ class Scheduler:
         payload = bytes(msg.payload) if state == ObjectState.INLINE else b""
         objects.seal(entry, state, msg.size, payload, msg.contained)
         if state == ObjectState.STORE:
-            self._out.append(fx.Located(msg.oid, msg.size))
+            self._out.append(fx.Publish("loc", msg.oid, msg.size))
+            self._publish_owned(entry, self.node_id)
         self._object_ready(entry)
         if msg.req_id:
             self._send(client, p.PutReply(msg.req_id, ""))
