@@ -557,6 +557,7 @@ def peer_views(draw):
         for _ in range(draw(st.integers(0, 6))):
             view.sent(rs.to_units({"CPU": draw(st.sampled_from([0.5, 1, 2]))}))
         view.refused_until = draw(st.sampled_from([0.0, 0.0, 0.9, 1.1]))
+        view.suspect = draw(st.sampled_from([False, False, True]))
         views.append(view)
     return views
 
@@ -573,7 +574,7 @@ def test_pick_peer_never_picks_a_peer_backing_off_or_too_small(views, demand, de
     arg_bytes = {bytes([k]) * 16: b for k, b in held.items()}
 
     def qualifies(v):
-        return v.refused_until <= now and rs.feasible(v.total, demand) and all(
+        return not v.suspect and v.refused_until <= now and rs.feasible(v.total, demand) and all(
             v.inflight.get(k, 0) + a <= v.total.get(k, 0) * (1 + depth) for k, a in demand.items())
 
     def key(v):   # `available` already counts what we sent since its last gossip
@@ -591,10 +592,11 @@ def test_pick_peer_never_picks_a_peer_backing_off_or_too_small(views, demand, de
     holder = placement.holder_with_room(views, demand, now, arg_bytes, MB)
     if holder is not None:
         assert arg_bytes.get(holder.node_id, 0) >= MB and holder.refused_until <= now
+        assert not holder.suspect
         assert rs.fits(holder.available, demand)
         assert rs.feasible(holder.total, demand)
         assert all(arg_bytes.get(v.node_id, 0) <= arg_bytes[holder.node_id] for v in views
-                   if v.refused_until <= now and rs.fits(v.available, demand)
+                   if not v.suspect and v.refused_until <= now and rs.fits(v.available, demand)
                    and v.room(demand, 0))
 
 
@@ -911,3 +913,30 @@ def test_the_owner_records_its_store_objects_in_the_gcs_until_they_are_freed():
     world.sim.send(0, DRIVER, p.Refs([], [rid(1)]))
     world.sim.run(0.5)
     assert all(n.fabric.gcs.items("obj") == [] for n in world.nodes)
+
+
+def test_a_suspected_peer_is_sent_no_new_task_until_it_is_heard_again():
+    """Node 0 stops hearing node 1 for longer than half the failure timeout (but
+    less than all of it): while node 1 is suspected, node 0 keeps its queue to
+    itself; once node 1 is heard again it gets work, and nobody was declared dead."""
+    world = World([{"CPU": 1}, {"CPU": 1}], seed=9)
+    world.converge()
+    sim = world.sim
+    ft = sim.config.failure_timeout
+    cut = {"on": True}
+    sim.drop = lambda src, dst, msg: cut["on"] and (src, dst) == (1, 0)
+    assert sim.run_until(lambda: world.nodes[0].scheduler.peers[world.nodes[1].node_id].suspect,
+                         ft)
+    suspected_at = sim.now
+    plans = [world.submit(n, duration=0.1) for n in range(1, 5)]
+    sim.run(0.15)
+    spilled = [t for t, e in world.nodes[0].trace
+               if type(e) is fx.PeerSend and type(e.msg) is p.Spill]
+    assert spilled == []                        # queued at home while the peer is suspected
+    cut["on"] = False
+    assert world.run_until_finished(plans, 5)
+    assert sim.now - suspected_at < ft          # (so nobody was declared dead meanwhile)
+    assert {r.node for pl in plans for r in world.runs_of(pl)} == {0, 1}
+    assert world.nodes[0].scheduler.stats["retried"] == 0
+    for pl in plans:
+        world.check_result(pl)

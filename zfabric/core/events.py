@@ -88,6 +88,13 @@ class PeerUp:
 
 
 @dataclass(frozen=True, slots=True)
+class PeerSuspect:
+    """(fabric -> scheduler) A peer has not been heard of for a while: send it
+    nothing new until it is heard again (a PeerUp) or declared dead."""
+    node_id: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class PeerDown:
     """(fabric -> scheduler) A peer died or left."""
     node_id: bytes

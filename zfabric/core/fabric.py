@@ -239,7 +239,10 @@ class Fabric:
         for change in changes:
             if change.node_id == me:
                 continue
-            if change.state in (MemberState.DEAD, MemberState.LEFT):
+            if change.state == MemberState.SUSPECT:
+                self._seen.pop(change.node_id, None)   # its next news is a PeerUp again
+                self._events.append(ev.PeerSuspect(change.node_id))
+            elif change.state in (MemberState.DEAD, MemberState.LEFT):
                 self._seen.pop(change.node_id, None)
                 how = "left" if change.state == MemberState.LEFT else "failed"
                 self._events.append(ev.PeerDown(change.node_id, f"node {change.node_id.hex()[:12]} {how}"))

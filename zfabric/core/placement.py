@@ -27,7 +27,7 @@ from . import resources as rs
 class PeerView:
     """One peer as the local scheduler sees it."""
     __slots__ = ("node_id", "address", "total", "available", "queued", "inflight",
-                 "ours", "refused_until", "known_fns", "object_address")
+                 "ours", "refused_until", "known_fns", "object_address", "suspect")
 
     def __init__(self, node_id: bytes, address: str):
         self.node_id = node_id
@@ -42,6 +42,7 @@ class PeerView:
         self.ours = 0                         # how many of our tasks are there
         self.refused_until = 0.0              # it refused a task: leave it alone till then
         self.known_fns: set[bytes] = set()    # functions we sent it the code of
+        self.suspect = False                  # not heard of lately: send it nothing new
 
     def update(self, info: dict) -> bool:
         """Take a newer gossiped view (`info` as a node publishes it); False
@@ -86,7 +87,7 @@ def pick_peer(peers, demand: dict[str, int], now: float, *, depth: int,
     best = None
     best_key = None
     for view in peers:
-        if view.refused_until > now or not view.room(demand, depth):
+        if view.suspect or view.refused_until > now or not view.room(demand, depth):
             continue
         free = sum(view.available.get(k, 0) for k in demand)
         key = ((arg_bytes or {}).get(view.node_id, 0), free, -view.ours, view.node_id)
@@ -103,7 +104,8 @@ def holder_with_room(peers, demand: dict[str, int], now: float,
     best_bytes = min_bytes - 1
     for view in peers:
         held = arg_bytes.get(view.node_id, 0)
-        if held <= best_bytes or view.refused_until > now or not view.room(demand, 0):
+        if held <= best_bytes or view.suspect or view.refused_until > now \
+                or not view.room(demand, 0):
             continue
         if not rs.fits(view.available, demand):
             continue

@@ -221,6 +221,10 @@ class Scheduler:
             self._on_peer_up(event.node_id, event.address, event.info)
         elif kind is ev.PeerDown:
             self._on_peer_down(event.node_id, event.reason)
+        elif kind is ev.PeerSuspect:
+            view = self.peers.get(event.node_id)
+            if view is not None:
+                view.suspect = True
         else:
             raise TypeError(f"unknown event {event!r}")
         self._schedule()
@@ -752,6 +756,7 @@ class Scheduler:
         if view is None:
             view = self.peers[node_id] = PeerView(node_id, address)
         view.address = address
+        view.suspect = False   # heard of again
         if not view.update(info):
             self._log("warning", f"peer {node_id.hex()[:12]} gossiped a malformed view")
 
