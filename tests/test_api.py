@@ -624,3 +624,12 @@ def test_exceptions_share_one_base(cluster):
                  "ObjectLostError", "TaskCancelledError", "ObjectStoreFullError",
                  "AuthenticationError"):
         assert issubclass(getattr(ex, name), ex.ZFabricError)
+
+
+def test_an_embedded_node_joining_another_machine_listens_where_it_can_be_reached():
+    from zfabric.api import _embedded_host
+    assert _embedded_host("127.0.0.1", None) == "127.0.0.1"                 # alone: loopback
+    assert _embedded_host("127.0.0.1", "tcp://127.0.0.1:7380") == "127.0.0.1"
+    assert _embedded_host("127.0.0.1", "tcp://localhost:7380") == "127.0.0.1"
+    assert _embedded_host("127.0.0.1", "tcp://10.0.0.1:7380") == "0.0.0.0"  # must be reachable
+    assert _embedded_host("10.0.0.5", "tcp://10.0.0.1:7380") == "10.0.0.5"  # as configured

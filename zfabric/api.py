@@ -72,7 +72,7 @@ def init(address: str | None = None, *, num_cpus: float | None = None,
                 proc, info = node_mod.spawn_node(
                     config, num_cpus=float(num_cpus if num_cpus is not None else os.cpu_count() or 1),
                     resources=resources, object_store_memory=object_store_memory,
-                    host=config.host, port=config.port, embedded=True,
+                    host=_embedded_host(config.host, address), port=config.port, embedded=True,
                     log_to_driver=log_to_driver, join=[address] if address else [])
             except node_mod.NodeStartError as e:
                 if address:
@@ -89,6 +89,21 @@ def init(address: str | None = None, *, num_cpus: float | None = None,
             "session_dir": info["session_dir"], "dashboard_url": None,
         })
         return dict(_state["info"])
+
+
+def _embedded_host(host: str, address: str | None) -> str:
+    """Where an embedded node listens: ZFABRIC_HOST, except that a node joining
+    a cluster on another machine must be reachable from it, so a loopback
+    host then becomes every interface (it advertises its routable address)."""
+    if address and _is_loopback(host):
+        remote = address.removeprefix("tcp://").rpartition(":")[0].strip("[]")
+        if not _is_loopback(remote):
+            return "0.0.0.0"
+    return host
+
+
+def _is_loopback(host: str) -> bool:
+    return host in ("localhost", "::1") or host.startswith("127.")
 
 
 def _find_node(config: Config, address: str) -> dict | None:
