@@ -759,11 +759,8 @@ def test_locality_counts_the_cpu_a_finished_task_gave_back():
     assert [r.node for r in world.runs_of(b)] == [1]
 
 
-def node_1_dies_after_making_a():
-    """Two nodes; the owner (node 0) is busy, so A (50 MB) runs on node 1, which
-    dies just after reporting it; B needs A. Returns (world, plan A, plan B)."""
-    world = World([{"CPU": 1}, {"CPU": 1}], seed=11)
-    world.converge()
+def kill_node_1_after_it_reports_a(world) -> None:
+    """Node 1 dies just after it sends the TaskResult of task 1 (A)."""
     sim = world.sim
 
     def kill_after_result(src, dst, msg):
@@ -771,6 +768,14 @@ def node_1_dies_after_making_a():
             sim.call_at(sim.now, lambda: sim.kill(1))
         return False
     sim.drop = kill_after_result
+
+
+def node_1_dies_after_making_a():
+    """Two nodes; the owner (node 0) is busy, so A (50 MB) runs on node 1, which
+    dies just after reporting it; B needs A. Returns (world, plan A, plan B)."""
+    world = World([{"CPU": 1}, {"CPU": 1}], seed=11)
+    world.converge()
+    kill_node_1_after_it_reports_a(world)
     world.submit(10, duration=1.0)                                # keeps the owner busy
     a = world.submit(1, returns=[50 * MB], duration=0.2)
     b = world.submit(2, deps=[rid(1)], duration=0.2)
@@ -812,12 +817,7 @@ def test_a_queued_task_whose_argument_died_with_its_node_fails_with_object_lost(
     world = World([{"CPU": 1}, {"CPU": 1}, {"CPU": 1, "z": 1}], seed=11)
     world.converge()
     sim = world.sim
-
-    def kill_after_result(src, dst, msg):
-        if type(msg) is p.TaskResult and msg.task_id == tid(1) and sim.nodes[1].alive:
-            sim.call_at(sim.now, lambda: sim.kill(1))
-        return False
-    sim.drop = kill_after_result
+    kill_node_1_after_it_reports_a(world)
     world.submit(10, duration=1.0)                                # keeps the owner busy
     world.submit(11, resources={"z": 1}, duration=2.0)            # keeps node 2 busy
     a = world.submit(1, returns=[50 * MB], duration=0.2)

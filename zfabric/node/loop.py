@@ -242,11 +242,7 @@ class NodeLoop:
 
     def _send(self, to: bytes, msg) -> None:
         """Queue a message; `_flush_outbox` sends each client's queue as one frame."""
-        box = self._outbox.get(to)
-        if box is None:
-            self._outbox[to] = [p.encode(msg)]
-        else:
-            box.append(p.encode(msg))
+        _queue(self._outbox, to, msg)
 
     def _flush_outbox(self) -> None:
         outbox, self._outbox = self._outbox, {}
@@ -266,11 +262,7 @@ class NodeLoop:
 
     def _peer_send(self, address: str, msg) -> None:
         """Queue a message for a peer; `_flush_peers` sends each peer's queue as one frame."""
-        box = self._peer_outbox.get(address)
-        if box is None:
-            self._peer_outbox[address] = [p.encode(msg)]
-        else:
-            box.append(p.encode(msg))
+        _queue(self._peer_outbox, address, msg)
 
     def _flush_peers(self) -> None:
         outbox, self._peer_outbox = self._peer_outbox, {}
@@ -534,6 +526,15 @@ class NodeLoop:
         self.fd_handlers.clear()
         os.close(self._wake_r)
         os.close(self._wake_w)
+
+
+def _queue(outbox: dict, to, msg) -> None:
+    """Append an encoded message to `to`'s queue (sent later as one frame)."""
+    box = outbox.get(to)
+    if box is None:
+        outbox[to] = [p.encode(msg)]
+    else:
+        box.append(p.encode(msg))
 
 
 def _alive(pid: int) -> bool:
