@@ -42,6 +42,8 @@ from .scheduler import Scheduler, trace_events, workers_for
 from .transfer import ChunkRequest, PullDone, PullFailed, Transfers
 
 JOIN_RETRY = 0.5   # seconds between join attempts while no seed has answered
+# The scheduler's effects the fabric carries out itself (the rest go to the loop).
+_OWN_EFFECTS = frozenset({fx.Fetch, fx.CancelFetch, fx.Publish, fx.DeleteObject, fx.FreeCopies})
 
 
 STATIC_KEYS = ("address", "object_address", "host", "port", "pid")
@@ -115,6 +117,20 @@ class Fabric:
     def handle(self, event, now: float) -> list:
         self._now = now
         kind = type(event)
+        if kind is ev.ClientMessage and type(event.msg) is not p.Request:
+            # the hot path (submits, results, refs): straight to the scheduler,
+            # and its effects straight out unless one is meant for us
+            effects = self.scheduler.handle(event, now)
+            own = _OWN_EFFECTS
+            for e in effects:
+                if type(e) in own:
+                    break
+            else:
+                return effects
+            self._take(effects)
+            self._run_events()
+            self._push_gcs()
+            return self._flush()
         if kind is ev.PeerMessage:
             self._on_peer_message(event)
         elif kind is ev.ClientMessage and type(event.msg) is p.Request:
