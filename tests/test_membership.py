@@ -487,11 +487,12 @@ def test_a_joining_node_learns_everyone_from_one_reply_and_everyone_learns_it(
 @given(seed=seeds, n=st.integers(2, 8), fanout=st.integers(1, 4),
        loss=st.floats(0.0, 0.5), duplicate=st.floats(0.0, 0.5),
        events=st.lists(st.tuples(st.sampled_from(["crash", "leave", "join", "partition", "heal"]),
-                                 st.integers(0, 15), st.floats(0.0, 2.0)), max_size=6))
-def test_chaos_keeps_every_view_valid(seed, n, fanout, loss, duplicate, events):
+                                 st.integers(0, 15), st.floats(0.0, 2.0)), max_size=6),
+       forget=st.sampled_from([None, 0.5]))
+def test_chaos_keeps_every_view_valid(seed, n, fanout, loss, duplicate, events, forget):
     # MembershipSim validates every node and checks its Changes after each step.
     sim = MembershipSim(n, seed, step=0.05, delay=(0.0, 0.3), loss=loss, duplicate=duplicate,
-                        fanout=fanout, dead_probe_rounds=3)
+                        fanout=fanout, dead_probe_rounds=3, forget_left_after=forget)
     for kind, k, wait in events:
         alive = sorted(sim.running)
         if kind == "crash" and len(alive) > 1:
@@ -527,3 +528,22 @@ def test_our_own_pause_is_not_the_peers_silence():
     # by the 10 s pause), node 1's from its news at 10.2
     assert seen == [(11.6, nid(2), SUSPECT), (11.8, nid(1), SUSPECT),
                     (13.1, nid(2), DEAD), (13.3, nid(1), DEAD)]
+
+
+def test_a_member_that_left_is_forgotten_after_a_while_and_stale_rows_do_not_bring_it_back():
+    m = new(failure_timeout=3.0, forget_left_after=10.0)
+    m.merge([row(1, hb=1), row(2, hb=1)], 0.0)
+    assert [c.state for c in m.merge([row(1, hb=2, state=LEFT)], 1.0)] == [LEFT]
+    for t in range(2, 12):                       # node 2 keeps talking; node 1 is gone
+        m.merge([row(2, hb=t)], float(t))
+        m.tick(float(t))
+        m.validate()
+    assert nid(1) in m.members and nid(1) in [r[0] for r in m.rows()]   # still told about
+    m.merge([row(2, hb=12)], 12.0)
+    m.tick(12.0)                                 # > 10 s after it left
+    assert nid(1) not in m.members and nid(1) not in [r[0] for r in m.rows()]
+    assert m.merge([row(1, hb=2, state=LEFT), row(1, hb=9), row(1, inc=3, hb=9)], 12.5) == []
+    assert nid(1) not in m.members
+    targets, _ = m.tick(13.0)
+    assert targets == [(nid(2), "tcp://10.0.0.2:7000")]
+    m.validate()

@@ -72,6 +72,10 @@ class Config:
     failure_timeout: float = 3.0
     # Seconds a joining node tries to reach the address it was given.
     join_timeout: float = 10.0
+    # A node that left gracefully is listed (nodes(), status) and gossiped for
+    # this long, then forgotten, so that every driver that ever joined with an
+    # embedded node does not stay in every gossip message for good.
+    forget_left_after: float = 300.0
     # GCS deltas kept per shard for peers that fall behind (older: a snapshot).
     gcs_log_capacity: int = 10_000
 

@@ -67,7 +67,8 @@ def build(config, *, node_id: bytes, resources: dict, store_capacity: int, info:
     membership = Membership(node_id, info["address"], static, now=now,
                             rng=random.Random(node_id), failure_timeout=config.failure_timeout,
                             gossip_interval=config.gossip_interval, fanout=config.gossip_fanout,
-                            pause_threshold=config.failure_timeout / 4)
+                            pause_threshold=config.failure_timeout / 4,
+                            forget_left_after=config.forget_left_after)
     return Fabric(scheduler, membership, Gcs(node_id, log_capacity=config.gcs_log_capacity),
                   Transfers(chunk_size=config.chunk_size, window=config.pull_window,
                             chunk_timeout=config.chunk_timeout),

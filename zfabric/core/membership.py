@@ -94,13 +94,19 @@ class Membership:
     def __init__(self, node_id: bytes, address: str, info: dict, *, now: float,
                  rng: random.Random, failure_timeout: float = 3.0,
                  gossip_interval: float = 0.2, fanout: int = 3, dead_probe_rounds: int = 10,
-                 pause_threshold: float | None = None):
+                 pause_threshold: float | None = None, forget_left_after: float | None = None):
         assert len(node_id) == NODE_ID_SIZE and fanout >= 1 and dead_probe_rounds >= 1
         self.rng = rng
         self.failure_timeout = failure_timeout
         # A caller that ticks often (the node: every few tens of ms) sets this:
         # a longer gap between two of our ticks means we were paused.
         self.pause_threshold = pause_threshold
+        # A member that left gracefully is gossiped (so everyone learns it left)
+        # for this long, then forgotten: only its id is kept, to ignore stale
+        # rows about it (node ids are never reused). Without it, every driver
+        # that ever joined with an embedded node would stay in every gossip.
+        self.forget_left_after = forget_left_after
+        self.forgotten: set[bytes] = set()
         self.gossip_interval = gossip_interval
         self.fanout = fanout
         self.dead_probe_rounds = dead_probe_rounds
@@ -147,6 +153,8 @@ class Membership:
         """Check timeouts; once per gossip_interval, also a round: the
         (node_id, address) of each peer to send rows() to."""
         changes = self._check_timeouts(now)
+        if self.forget_left_after is not None:
+            self._forget_left(now)
         if self.me.state == LEFT or (self._last_round is not None
                                      and now - self._last_round < self.gossip_interval):
             return [], changes
@@ -226,6 +234,8 @@ class Membership:
                     state: MemberState, info: dict, now: float) -> Change | None:
         if state == SUSPECT:
             state = ALIVE   # the sender's suspicion; ours comes from our own timer
+        if node_id in self.forgotten:
+            return None     # it left long ago: this row is stale
         m = self.members.get(node_id)
         if m is None:
             # A DEAD/LEFT newcomer is recorded too, so stale gossip cannot add it later.
@@ -254,6 +264,8 @@ class Membership:
             m.heartbeat, m.info, m.heard = heartbeat, info, now
         if state in GONE:
             m.state = state
+            if state == LEFT:
+                m.heard = now   # (for a LEFT member: when we learned it left)
             return _change(m)
         if newer and m.state == SUSPECT:
             m.state = ALIVE   # evidence of life clears suspicion
@@ -261,6 +273,18 @@ class Membership:
         return None
 
     # -- gossip order -------------------------------------------------------
+
+    def _forget_left(self, now: float) -> None:
+        for m in [m for m in self.members.values() if m.state == LEFT and m is not self.me
+                  and now - m.heard > self.forget_left_after]:
+            del self.members[m.node_id]
+            i = self._ring.index(m.node_id)
+            del self._ring[i]
+            if i < self._next:
+                self._next -= 1
+            if self._next >= len(self._ring):
+                self._next = 0
+            self.forgotten.add(m.node_id)
 
     def _insert(self, node_id: bytes) -> None:
         i = self.rng.randint(0, len(self._ring))
@@ -295,6 +319,7 @@ class Membership:
                 if m.state == SUSPECT:
                     assert self._checked - m.heard > self.failure_timeout / 2, m
         assert sorted(self._ring) == sorted(n for n in self.members if n != me.node_id)
+        assert not self.forgotten & set(self.members)
         assert 0 <= self._next < max(1, len(self._ring))
         assert self.malformed >= 0
 
