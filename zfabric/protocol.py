@@ -470,10 +470,7 @@ class TaskResult:
     status: int
     states: list
     sizes: list
-    contained: list
-    start: float
-    end: float
-    worker: str
+    contained: list        # per return: refs in its value (the owner keeps those it knows)
     payloads: list
 
     def check(self) -> str:

@@ -94,7 +94,6 @@ class Fabric:
         self._next_join = 0.0
         self._next_sched_tick = 0.0
         self._seen: dict[bytes, tuple] = {}   # peer -> (incarnation, heartbeat) given to the scheduler
-        self._pulling: dict[bytes, int] = {}  # oid -> size, for RequestChunk
         self._timeline_seen = 0               # scheduler timeline entries published
         self._timeline_batches: deque = deque()   # (batch number, entries) in our shard
         self._timeline_kept = 0
@@ -162,13 +161,11 @@ class Fabric:
         for e in effects:
             kind = type(e)
             if kind is fx.Fetch:
-                self._pulling[e.oid] = e.size
                 self._transfer(self.transfers.start(e.oid, e.size, list(e.holders), self._now))
             elif kind is fx.CancelFetch:
                 if self.transfers.pulling(e.oid):
                     self.transfers.cancel(e.oid)
                     self._out.append(fx.AbortPull(e.oid))
-                self._pulling.pop(e.oid, None)
             elif kind is fx.Publish:
                 self.gcs.put(e.table, e.key, e.value)
             elif kind is fx.DeleteObject:
@@ -312,6 +309,8 @@ class Fabric:
         for out in outputs:
             kind = type(out)
             if kind is ChunkRequest:
+                if not self.transfers.pulling(out.oid):
+                    continue   # the pull ended meanwhile (its last holder failed just now)
                 member = self.membership.members.get(out.holder)
                 address = member.info.get("object_address", "") if member else ""
                 if not address:  # not a node we know: that holder fails at once
@@ -319,13 +318,11 @@ class Fabric:
                         out.holder, out.oid, "holder unknown", self._now))
                     continue
                 self._out.append(fx.RequestChunk(out.holder, address, out.oid, out.offset,
-                                                 out.length, self._pulling.get(out.oid, 0)))
+                                                 out.length, self.transfers.size_of(out.oid)))
             elif kind is PullDone:
-                self._pulling.pop(out.oid, None)
                 self._out.append(fx.SealPull(out.oid))
                 self._events.append(ev.ObjectFetched(out.oid))
             elif kind is PullFailed:
-                self._pulling.pop(out.oid, None)
                 self._out.append(fx.AbortPull(out.oid))
                 self._events.append(ev.FetchFailed(out.oid, out.reason))
 

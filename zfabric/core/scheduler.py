@@ -98,7 +98,7 @@ class WorkerState(IntEnum):
 class Task:
     __slots__ = ("spec", "owner", "demand", "shape", "state", "missing", "worker",
                  "attempts", "seq", "blocked", "cancelled", "returns", "children",
-                 "node", "remote_owner", "ran", "since")
+                 "node", "remote_owner", "since")
 
     def __init__(self, spec: p.Submit, owner: bytes, demand: dict, seq: int):
         self.spec = spec
@@ -116,7 +116,6 @@ class Task:
         self.children: set[bytes] = set()
         self.node: bytes | None = None          # SPILLED: the peer running it
         self.remote_owner: bytes | None = None  # forwarded to us by this node
-        self.ran: tuple = (0.0, 0.0, "")        # (start, end, worker) of its last run
         self.since = 0.0                        # SPILLED: when it was forwarded
 
 
@@ -524,7 +523,7 @@ class Scheduler:
                     continue
                 depth = 0
                 if deep:
-                    depth = QUICK_SPILL_DEPTH if self._quick(task) else self.spill_depth
+                    depth = QUICK_SPILL_DEPTH if self._quick(task.spec.fn_id) else self.spill_depth
                 peer = placement.pick_peer(self.peers.values(), task.demand, self._now,
                                            depth=depth, arg_bytes=self._arg_bytes(task))
                 if peer is None:
@@ -535,8 +534,9 @@ class Scheduler:
                 heapq.heappush(self.queues[shape], (-task.spec.depth, task.seq, task.spec.task_id))
                 self.queued += 1
 
-    def _quick(self, task: Task) -> bool:
-        times = self.fn_times.get(task.spec.fn_id)
+    def _quick(self, fn_id: bytes) -> bool:
+        """Is this function quick, as prefetch judges it (enough runs, all short)?"""
+        times = self.fn_times.get(fn_id)
         return (times is not None and times[0] >= PREFETCH_MIN_RUNS
                 and times[1] < self.prefetch_max_task_seconds)
 
@@ -599,10 +599,8 @@ class Scheduler:
         if view is None and msg.reply_to:  # it knows of us before we know of it
             view = self.peers[sender] = PeerView(sender, msg.reply_to)
         demand = rs.to_units(msg.resources)
-        times = self.fn_times.get(msg.fn_id)
-        quick = (times is not None and times[0] >= PREFETCH_MIN_RUNS
-                 and times[1] < self.prefetch_max_task_seconds)
-        depth = 0 if msg.start_now else QUICK_SPILL_DEPTH if quick else self.spill_depth
+        depth = (0 if msg.start_now else QUICK_SPILL_DEPTH if self._quick(msg.fn_id)
+                 else self.spill_depth)
         if msg.fn_blob:   # kept even if we refuse: the owner will not send it again
             self.functions[msg.fn_id] = msg.fn_blob
         if view is None or msg.task_id in self.tasks or msg.fn_id not in self.functions \
@@ -666,10 +664,11 @@ class Scheduler:
         (the owner frees them), drop the rest (the owner has their values)."""
         view = self.peers.get(task.remote_owner)
         owner = task.owner
-        states, sizes, payloads = [], [], []
+        states, sizes, payloads, contained = [], [], [], []
         freed: list = []
         for oid in task.returns:
             entry = self.objects.get(oid)
+            contained.append(list(entry.contains) if entry is not None else [])
             if entry is None:
                 states.append(int(ObjectState.ERROR))
                 sizes.append(0)
@@ -687,11 +686,9 @@ class Scheduler:
         self._free(freed)
         if view is None:
             return  # the owner is gone: its copies went with peer_client(owner)
-        start, end, wid = task.ran
         status = TaskStatus.CANCELLED if task.cancelled else TaskStatus.OK
         self._out.append(fx.PeerSend(view.address, p.TaskResult(
-            self.node_id, task.spec.task_id, int(status), states, sizes,
-            [[] for _ in states], start, end, wid, payloads)))
+            self.node_id, task.spec.task_id, int(status), states, sizes, contained, payloads)))
 
     def _on_task_result(self, sender: bytes, msg: p.TaskResult) -> None:
         task = self.tasks.get(msg.task_id)
@@ -800,7 +797,7 @@ class Scheduler:
         for worker in self.workers.values():
             running = worker.task
             if (running is None or worker.queue or running.blocked or worker.doomed
-                    or running.cancelled or not self._quick(running)):
+                    or running.cancelled or not self._quick(running.spec.fn_id)):
                 continue
             task = self._pop_shape(running.shape)
             if task is None:
@@ -907,7 +904,6 @@ class Scheduler:
             return
         self._release_worker(worker, task)
         spec = task.spec
-        task.ran = (msg.start, msg.end, worker.wid)
         self.timeline.append((spec.name, spec.task_id, worker.wid, msg.start, msg.end,
                               int(msg.status)))
         self.timeline_total += 1
@@ -1018,8 +1014,9 @@ class Scheduler:
                     self._out.append(fx.FreeCopies(oid, (remote,)) if remote
                                      else fx.DeleteObject(oid))
                 continue
+            contains = msg.contained[i] if i < len(msg.contained) else []
             if remote and state == ObjectState.STORE:
-                objects.seal(entry, state, size, b"", [], remote=[remote])
+                objects.seal(entry, state, size, b"", contains, remote=[remote])
                 self._publish_owned(entry, remote)
                 self._object_ready(entry)
                 freed += objects.release_if_unused(entry)
@@ -1029,7 +1026,6 @@ class Scheduler:
                 state, size = ObjectState.ERROR, 0
                 payload = serialization.system_error_record(
                     ObjectStoreFullError, self._full_message(msg.sizes[i]), task.spec.name)
-            contains = msg.contained[i] if i < len(msg.contained) else []
             objects.seal(entry, state, size, bytes(payload), contains)
             if state == ObjectState.STORE:
                 self._out.append(fx.Publish("loc", oid, size))
@@ -1310,9 +1306,11 @@ class Scheduler:
         waiting = sum(1 for t in self.tasks.values() if t.state == TaskState.WAITING)
         spilled = sum(1 for t in self.tasks.values() if t.state == TaskState.SPILLED)
         totals = [self.total] + [v.total for v in self.peers.values()]
+        tasks = self.tasks   # (read only: a query must not tidy the heaps)
         pending_demand = [rs.from_units(dict(shape)) for shape, heap in self.queues.items()
-                          if self._head(shape) is not None
-                          and not any(rs.feasible(t, dict(shape)) for t in totals)]
+                          if not any(rs.feasible(t, dict(shape)) for t in totals)
+                          and any(tid in tasks and tasks[tid].state == TaskState.QUEUED
+                                  for _, _, tid in heap)]
         assigned = sum(len(w.queue) for w in self.workers.values())
         return {"Resources": rs.from_units(self.total),
                 "available": rs.from_units({k: max(v, 0) for k, v in self.available.items()}),

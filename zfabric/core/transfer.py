@@ -160,6 +160,11 @@ class Transfers:
 
     # -- queries ----------------------------------------------------------------
 
+    def size_of(self, oid: bytes) -> int:
+        """The size of an object being pulled (0 if it is not)."""
+        pull = self._pulls.get(oid)
+        return pull.size if pull is not None else 0
+
     def pulling(self, oid: bytes) -> bool:
         return oid in self._pulls
 
