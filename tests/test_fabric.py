@@ -30,7 +30,7 @@ from zfabric import serialization
 from zfabric.core import effects as fx
 from zfabric.core import placement
 from zfabric.core import resources as rs
-from zfabric.core.objects import ObjectState
+from zfabric.protocol import ObjectState
 from zfabric.core.placement import PeerView
 from zfabric.core.scheduler import TaskState
 from zfabric.exceptions import ObjectLostError

@@ -229,7 +229,12 @@ def test_node_killed_under_a_waiting_driver_raises_node_died(temp_dir, reaper):
         @zf.remote
         def forever():
             time.sleep(600)
-        node = [p for p in psutil.Process().children() if "_serve" in p.cmdline()][0]
+        def cmdline(p):   # (a short-lived child may be gone by now)
+            try:
+                return p.cmdline()
+            except psutil.NoSuchProcess:
+                return []
+        node = [p for p in psutil.Process().children() if "_serve" in cmdline(p)][0]
         ref = forever.remote()
         time.sleep(0.3)
         os.kill(node.pid, signal.SIGKILL)

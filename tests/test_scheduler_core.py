@@ -10,12 +10,13 @@ from __future__ import annotations
 import pytest
 
 from zfabric import protocol as p
-from zfabric import serialization
+from zfabric import records, serialization
 from zfabric.core import effects as fx
 from zfabric.core import events as ev
 from zfabric.core import resources as rs
-from zfabric.core.objects import ObjectState
-from zfabric.core.scheduler import Scheduler, TaskState, TaskStatus, workers_for
+from zfabric.protocol import ObjectState
+from zfabric.core.scheduler import Scheduler, TaskState, workers_for
+from zfabric.protocol import TaskStatus
 from zfabric.exceptions import (ObjectLostError, ObjectStoreFullError, TaskCancelledError,
                                 TaskError, WorkerCrashedError, ZFabricError)
 
@@ -168,7 +169,7 @@ class Node:
                                                   [], [], [], 1.0, 2.0, [record]))
 
     def report_cancelled(self, wid: str, n: int) -> list:
-        record = serialization.system_error_record(TaskCancelledError, "cancelled", "f")
+        record = records.system_error_record(TaskCancelledError, "cancelled", "f")
         return self.send(wid.encode(), p.TaskDone(tid(n), int(TaskStatus.CANCELLED), False,
                                                   [], [], [], 1.0, 2.0, [record]))
 

@@ -6,7 +6,8 @@ after every step).
 from __future__ import annotations
 
 from zfabric import protocol as p
-from zfabric.core.scheduler import TaskState, TaskStatus
+from zfabric.core.scheduler import TaskState
+from zfabric.protocol import TaskStatus
 from zfabric.exceptions import TaskCancelledError
 
 from .test_scheduler_core import Node, error_for, num, only, rid, summary, tid

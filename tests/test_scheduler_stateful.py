@@ -37,13 +37,14 @@ from hypothesis import strategies as st
 from hypothesis.stateful import (RuleBasedStateMachine, initialize, precondition, rule)
 
 from zfabric import protocol as p
-from zfabric import serialization
+from zfabric import records, serialization
 from zfabric.core import effects as fx
 from zfabric.core import events as ev
 from zfabric.core import resources as rs
-from zfabric.core.objects import ObjectState
-from zfabric.core.scheduler import (PREFETCH_MIN_RUNS, Scheduler, TaskState, TaskStatus,
-                                    WorkerState, workers_for)
+from zfabric.protocol import ObjectState
+from zfabric.core.scheduler import (PREFETCH_MIN_RUNS, Scheduler, TaskState, WorkerState,
+                                    workers_for)
+from zfabric.protocol import TaskStatus
 
 NODE_ID = b"N" * 16
 WATCHER = b"watcher"
@@ -674,7 +675,7 @@ class SchedulerMachine(RuleBasedStateMachine):
             expect = "ok"
             store_reported = [oid for oid, s_ in zip(t.returns, states) if s_ == STORE]
         elif kind == "cancelled":
-            record = serialization.system_error_record(Exception, "cancelled", "f")
+            record = records.system_error_record(Exception, "cancelled", "f")
             msg = p.TaskDone(tid, int(TaskStatus.CANCELLED), False, [], [], [], 1.0, 1.0 + took,
                              [record])
             expect, store_reported = "cancelled", []
@@ -1060,7 +1061,7 @@ class SchedulerMachine(RuleBasedStateMachine):
             if t.blocked:
                 self.unblock(w)
             if t.cancel_flag:
-                record = serialization.system_error_record(Exception, "cancelled", "f")
+                record = records.system_error_record(Exception, "cancelled", "f")
                 msg = p.TaskDone(t.tid, int(TaskStatus.CANCELLED), False, [], [], [],
                                  1.0, 1.001, [record])
                 self.report_done(w, msg, {t.tid: "cancelled"}, 0.001, (), True)

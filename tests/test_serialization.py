@@ -26,7 +26,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from zfabric import exceptions, serialization
+from zfabric import exceptions, records, serialization
 from zfabric.exceptions import TaskCancelledError, TaskError
 from zfabric.node import store
 from zfabric.serialization import CorruptObjectError
@@ -487,7 +487,7 @@ _BUILTIN_ERRORS = [ValueError, TypeError, KeyError, RuntimeError, ZeroDivisionEr
 def test_builtin_errors_roundtrip(cls, msg, fn, context):
     record = serialization.error_record(cls(msg), fn)
     for c in context:
-        record = serialization.error_with_context(record, c)
+        record = records.error_with_context(record, c)
     err = serialization.error_from_record(record)
     assert isinstance(err, TaskError) and isinstance(err, cls)
     assert type(err.cause) is cls and err.cause.args == (msg,)
@@ -505,12 +505,12 @@ def test_os_error_keeps_errno():
 
 def test_system_error_records():
     for cls in (TaskCancelledError, exceptions.WorkerCrashedError, exceptions.ObjectLostError):
-        record = serialization.system_error_record(cls, "it happened", "f")
-        assert serialization.error_is_system(record, cls)
+        record = records.system_error_record(cls, "it happened", "f")
+        assert records.fields(record)["system"] == cls.__name__
         err = serialization.error_from_record(record)
         assert type(err) is cls and "it happened" in str(err)
         err = serialization.error_from_record(
-            serialization.error_with_context(record, "an input of g() could not be computed"))
+            records.error_with_context(record, "an input of g() could not be computed"))
         assert type(err) is cls and "an input of g()" in str(err)
 
 

@@ -7,7 +7,6 @@ connection to its node (`node/client.py`, reached through
 from __future__ import annotations
 
 import atexit
-import hashlib
 import inspect
 import json
 import numbers
@@ -19,7 +18,7 @@ import cloudpickle
 
 from . import serialization
 from .config import ADDRESS_ENV, Config
-from .ids import new_task_id
+from . import ids
 from .node import client as client_mod
 from .node import node as node_mod
 from .node import store as node_store
@@ -249,7 +248,7 @@ class RemoteFunction:
             except Exception as e:
                 raise TypeError(f"could not serialize remote function {self._name}(): "
                                 f"{type(e).__name__}: {e}") from None
-            self._fn_id = hashlib.blake2b(blob, digest_size=16).digest()
+            self._fn_id = ids.function_id(blob)
             self._blob = blob
         if self._resources is None:
             opts = self._options
@@ -421,10 +420,10 @@ def wait(refs, *, num_returns: int = 1, timeout: float | None = None,
     if num_returns > len(refs):
         raise ValueError(f"num_returns ({num_returns}) is larger than the number of "
                          f"ObjectRefs ({len(refs)})")
-    ids = [r._id for r in refs]
-    if len(set(ids)) != len(ids):
+    oids = [r._id for r in refs]
+    if len(set(oids)) != len(oids):
         raise ValueError("wait() got the same ObjectRef more than once")
-    ready_ids = _client().wait_some(ids, num_returns, timeout)
+    ready_ids = _client().wait_some(oids, num_returns, timeout)
     ready, not_ready = [], []
     for r in refs:
         (ready if r._id in ready_ids and len(ready) < num_returns else not_ready).append(r)
@@ -511,7 +510,7 @@ _driver_ids: dict[int, str] = {}
 def _driver_task_id(client) -> str:
     key = id(client)
     if key not in _driver_ids:
-        _driver_ids[key] = new_task_id().hex()
+        _driver_ids[key] = ids.new_task_id().hex()
     return _driver_ids[key]
 
 

@@ -1,8 +1,7 @@
 """zfabric's exceptions. Every one derives from `ZFabricError`.
 
 `TaskError` is what `get` raises when a task raised. It is built on the
-caller's side from the error record a worker sent (see `ErrorRecord` in
-`serialization.py`) and is *also* an instance of the original exception's
+caller's side from the error record a worker sent (see `records.py`) and is *also* an instance of the original exception's
 class, so `except ValueError:` around `zf.get` works as it would around the
 call itself. `.cause` holds the original exception with its attributes;
 `.traceback_str` the remote traceback.
@@ -123,7 +122,7 @@ class AuthenticationError(ZFabricError):
 
 
 # Names an error record can carry for errors zfabric itself raised (no user
-# exception to unpickle). Used by serialization.ErrorRecord.
+# exception to unpickle). Used by serialization.error_from_record.
 SYSTEM_ERRORS = {cls.__name__: cls for cls in (
     WorkerCrashedError, NodeDiedError, ObjectLostError, TaskCancelledError,
     ObjectStoreFullError, GetTimeoutError)}

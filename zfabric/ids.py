@@ -7,11 +7,15 @@
   index. `put` objects come from a per-process "put task" counter and index
   0x80000000 | n, so an object's creating task is always its first 16 bytes.
 - A NodeID is 16 random bytes.
+- A function id is the 16-byte BLAKE2b digest of the function's serialized code.
+Nothing else in zfabric builds or slices an id by hand.
+
 Hex forms are what users see (`ObjectRef.hex()`, `nodes()[i]["NodeID"]`) and
 what store file names use.
 """
 from __future__ import annotations
 
+import hashlib
 import itertools
 import os
 import threading
@@ -19,6 +23,7 @@ import threading
 TASK_ID_SIZE = 16
 OBJECT_ID_SIZE = 20
 NODE_ID_SIZE = 16
+FUNCTION_ID_SIZE = 16
 PUT_INDEX_FLAG = 0x80000000
 
 _lock = threading.Lock()
@@ -45,11 +50,12 @@ def new_task_id() -> bytes:
 
 
 def object_id(task_id: bytes, index: int) -> bytes:
+    """The id of return `index` of a task."""
     return task_id + index.to_bytes(4, "big")
 
 
 def return_ids(task_id: bytes, num_returns: int) -> list[bytes]:
-    return [task_id + i.to_bytes(4, "big") for i in range(num_returns)]
+    return [object_id(task_id, i) for i in range(num_returns)]
 
 
 def new_put_id() -> bytes:
@@ -57,11 +63,13 @@ def new_put_id() -> bytes:
 
 
 def task_of(oid: bytes) -> bytes:
+    """The task that creates an object (for a put object, its put counter)."""
     return oid[:TASK_ID_SIZE]
 
 
-def is_put_id(oid: bytes) -> bool:
-    return int.from_bytes(oid[TASK_ID_SIZE:], "big") & PUT_INDEX_FLAG != 0
+def function_id(code: bytes) -> bytes:
+    """A function's id: the digest of its serialized code."""
+    return hashlib.blake2b(code, digest_size=FUNCTION_ID_SIZE).digest()
 
 
 def new_node_id() -> bytes:

@@ -28,8 +28,11 @@ Who sends what (client = a driver or a worker on the node's machine):
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from enum import IntEnum
 
 import msgpack
+
+from .ids import FUNCTION_ID_SIZE, NODE_ID_SIZE, OBJECT_ID_SIZE, TASK_ID_SIZE
 
 NUM = (int, float)
 OPT_BYTES = (bytes, type(None))
@@ -39,6 +42,21 @@ ANY = object  # any msgpack value (already safe once decoded)
 
 class ProtocolError(ValueError):
     """A message that does not match its schema."""
+
+
+class ObjectState(IntEnum):
+    """Where an object's value is (Put, ObjectReady, Execute, TaskDone, Spill...)."""
+    PENDING = 0   # its task has not finished
+    INLINE = 1    # the payload is the serialized value, kept in node memory
+    STORE = 2     # a file in a node's store dir
+    ERROR = 3     # the payload is an error record (zfabric/records.py)
+
+
+class TaskStatus(IntEnum):
+    """How a task ended (TaskDone, TaskResult)."""
+    OK = 0
+    ERROR = 1
+    CANCELLED = 2
 
 
 _REGISTRY: dict[int, type] = {}
@@ -134,12 +152,20 @@ def _ids(values, size: int) -> bool:
     return all(type(v) is bytes and len(v) == size for v in values)
 
 
+def _oids(values) -> bool:
+    return _ids(values, OBJECT_ID_SIZE)
+
+
+def _tids(values) -> bool:
+    return _ids(values, TASK_ID_SIZE)
+
+
 def _returns_problem(msg) -> str:
     """What is wrong with a task's returns as TaskDone and TaskResult describe them."""
     n = len(msg.states)
     if len(msg.sizes) != n or len(msg.contained) != n or len(msg.payloads) < n:
         return "returns described inconsistently"
-    if not all(type(c) is list and _ids(c, 20) for c in msg.contained):
+    if not all(type(c) is list and _oids(c) for c in msg.contained):
         return "contained must be lists of object ids"
     if not all(type(x) is int and x >= 0 for x in msg.sizes + msg.states):
         return "bad sizes or states"
@@ -191,14 +217,14 @@ class Submit:
     retry_blob: bytes      # cloudpickled tuple of exception types, or empty
 
     def check(self) -> str:
-        if len(self.task_id) != 16 or not 0 <= self.num_returns <= MAX_RETURNS:
+        if len(self.task_id) != TASK_ID_SIZE or not 0 <= self.num_returns <= MAX_RETURNS:
             return "bad task id or num_returns"
-        if self.max_retries < -1 or self.depth < 0 or len(self.fn_id) != 16:
+        if self.max_retries < -1 or self.depth < 0 or len(self.fn_id) != FUNCTION_ID_SIZE:
             return "bad max_retries, depth or function id"
         for k, v in self.resources.items():
             if type(k) is not str or isinstance(v, bool) or not isinstance(v, NUM) or v < 0:
                 return "resources must map names to amounts >= 0"
-        if not (_ids(self.deps, 20) and _ids(self.contained, 20)):
+        if not (_oids(self.deps) and _oids(self.contained)):
             return "deps and contained must be object ids"
         return ""
 
@@ -241,7 +267,7 @@ class Cancel:
     recursive: bool
 
     def check(self) -> str:
-        return "" if len(self.oid) == 20 else "bad object id"
+        return "" if len(self.oid) == OBJECT_ID_SIZE else "bad object id"
 
 
 @message(19)
@@ -273,7 +299,7 @@ class Subscribe:
     ids: list
 
     def check(self) -> str:
-        return "" if _ids(self.ids, 20) else "ids must be object ids"
+        return "" if _oids(self.ids) else "ids must be object ids"
 
 
 @message(10, frames=("payload",))
@@ -294,7 +320,7 @@ class Put:
     payload: bytes
 
     def check(self) -> str:
-        if len(self.oid) != 20 or not _ids(self.contained, 20) or self.size < 0:
+        if len(self.oid) != OBJECT_ID_SIZE or not _oids(self.contained) or self.size < 0:
             return "bad object id, contained ids or size"
         return ""
 
@@ -311,7 +337,7 @@ class Refs:
     decs: list
 
     def check(self) -> str:
-        return "" if _ids(self.incs, 20) and _ids(self.decs, 20) else "bad object ids"
+        return "" if _oids(self.incs) and _oids(self.decs) else "bad object ids"
 
 
 # -- queries and control -------------------------------------------------------------
@@ -356,7 +382,7 @@ class Batch:
 # -- between nodes ---------------------------------------------------------------------
 
 def _node_ids(values) -> bool:
-    return type(values) is list and _ids(values, 16)
+    return type(values) is list and _ids(values, NODE_ID_SIZE)
 
 
 @message(21)
@@ -372,7 +398,7 @@ class Gossip:
     reply: bool
 
     def check(self) -> str:
-        if len(self.sender) != 16 or not all(type(r) is list for r in self.rows):
+        if len(self.sender) != NODE_ID_SIZE or not all(type(r) is list for r in self.rows):
             return "bad sender or rows"
         if not all(type(k) is bytes and type(v) is int for k, v in self.vector.items()):
             return "vector must map shard ids to sequence numbers"
@@ -414,7 +440,7 @@ class Spill:
     dep_payloads: list
 
     def check(self) -> str:
-        if len(self.owner) != 16 or len(self.task_id) != 16 or len(self.fn_id) != 16:
+        if len(self.owner) != NODE_ID_SIZE or len(self.task_id) != TASK_ID_SIZE or len(self.fn_id) != FUNCTION_ID_SIZE:
             return "bad owner, task or function id"
         if not 0 <= self.num_returns <= MAX_RETURNS or self.depth < 0 or self.max_retries < -1:
             return "bad num_returns, depth or max_retries"
@@ -422,7 +448,7 @@ class Spill:
             if type(k) is not str or isinstance(v, bool) or not isinstance(v, NUM) or v < 0:
                 return "resources must map names to amounts >= 0"
         n = len(self.dep_ids)
-        if not _ids(self.dep_ids, 20) or not (len(self.dep_states) == len(self.dep_sizes)
+        if not _oids(self.dep_ids) or not (len(self.dep_states) == len(self.dep_sizes)
                                               == len(self.dep_holders) == len(self.dep_payloads) == n):
             return "dependencies described inconsistently"
         if not all(type(x) is int and x >= 0 for x in self.dep_states + self.dep_sizes):
@@ -441,7 +467,7 @@ class SpillCheck:
     task_ids: list
 
     def check(self) -> str:
-        return "" if _ids(self.task_ids, 16) else "task ids must be 16 bytes"
+        return "" if _tids(self.task_ids) else "task ids must be 16 bytes"
 
 
 @message(25)
@@ -452,7 +478,7 @@ class Refuse:
     available: dict
 
     def check(self) -> str:
-        if len(self.sender) != 16 or len(self.task_id) != 16:
+        if len(self.sender) != NODE_ID_SIZE or len(self.task_id) != TASK_ID_SIZE:
             return "bad sender or task id"
         if not _amounts(self.available):
             return "available must map resource names to numbers"
@@ -474,7 +500,7 @@ class TaskResult:
     payloads: list
 
     def check(self) -> str:
-        if len(self.sender) != 16 or len(self.task_id) != 16:
+        if len(self.sender) != NODE_ID_SIZE or len(self.task_id) != TASK_ID_SIZE:
             return "bad sender or task id"
         return _returns_problem(self)
 
@@ -486,7 +512,7 @@ class FreeObjects:
     ids: list
 
     def check(self) -> str:
-        return "" if _ids(self.ids, 20) else "ids must be object ids"
+        return "" if _oids(self.ids) else "ids must be object ids"
 
 
 @message(27)
@@ -497,7 +523,7 @@ class PullChunk:
     length: int
 
     def check(self) -> str:
-        if len(self.oid) != 20 or self.offset < 0 or not 0 <= self.length <= 1 << 30:
+        if len(self.oid) != OBJECT_ID_SIZE or self.offset < 0 or not 0 <= self.length <= 1 << 30:
             return "bad object id, offset or length"
         return ""
 
@@ -511,7 +537,7 @@ class Chunk:
     error: str             # non-empty: the holder cannot serve it (no data frame)
 
     def check(self) -> str:
-        if len(self.oid) != 20 or self.offset < 0 or not 0 <= self.length <= 1 << 30:
+        if len(self.oid) != OBJECT_ID_SIZE or self.offset < 0 or not 0 <= self.length <= 1 << 30:
             return "bad object id, offset or length"
         return ""
 

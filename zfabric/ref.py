@@ -13,7 +13,7 @@ from __future__ import annotations
 import concurrent.futures
 import threading
 
-from . import serialization
+from . import ids, serialization
 
 _client_module = None
 
@@ -30,7 +30,7 @@ class ObjectRef:
     __slots__ = ("_id", "_client", "__weakref__")
 
     def __init__(self, oid: bytes, client=None, *, counted: bool = True):
-        if type(oid) is not bytes or len(oid) != 20:
+        if type(oid) is not bytes or len(oid) != ids.OBJECT_ID_SIZE:
             raise TypeError("ObjectRef ids are 20 bytes")
         self._id = oid
         if counted:
@@ -54,7 +54,7 @@ class ObjectRef:
         return self._id.hex()
 
     def task_id(self) -> str:
-        return self._id[:16].hex()
+        return ids.task_of(self._id).hex()
 
     def __eq__(self, other) -> bool:
         return type(other) is ObjectRef and other._id == self._id

@@ -17,8 +17,9 @@ While a value is serialized, every ObjectRef pickled inside it is noted
 (`ObjectRef.__reduce__` calls `note_ref`) so the node can keep those objects
 alive as long as the containing one: `Serialized.contained`.
 
-Errors travel as an `ErrorRecord` (msgpack, never pickle, around an optional
-cloudpickled exception).
+Errors travel as error records (zfabric/records.py: msgpack around an
+optional cloudpickled exception); this module makes one from an exception
+and turns one back into the exception `get` raises.
 """
 from __future__ import annotations
 
@@ -29,9 +30,8 @@ import traceback
 import zlib
 
 import cloudpickle
-import msgpack
 
-from . import exceptions
+from . import exceptions, records
 
 MAGIC = b"ZFO1"
 VERSION = 1
@@ -161,30 +161,13 @@ def error_record(exc: BaseException, function_name: str, tb_text: str | None = N
         pickle.loads(pickled)  # an exception that cannot round-trip travels as text
     except Exception:
         pickled = None
-    return msgpack.packb({
-        "type": type(exc).__name__, "message": str(exc), "traceback": tb_text,
-        "function": function_name, "exc": pickled, "system": None, "context": [],
-    })
-
-
-def system_error_record(cls: type, message: str, function_name: str = "") -> bytes:
-    """An error zfabric itself raises (crash, cancel, store full...)."""
-    return msgpack.packb({
-        "type": cls.__name__, "message": message, "traceback": "",
-        "function": function_name, "exc": None, "system": cls.__name__, "context": [],
-    })
-
-
-def error_with_context(record: bytes, context: str) -> bytes:
-    """The same error, noting that it reached a task through an argument."""
-    data = msgpack.unpackb(record)
-    data["context"] = list(data.get("context") or []) + [context]
-    return msgpack.packb(data)
+    return records.make(type(exc).__name__, str(exc), traceback=tb_text,
+                        function=function_name, exc=pickled)
 
 
 def error_from_record(record: bytes) -> BaseException:
     """The exception `get` raises for an error record."""
-    data = msgpack.unpackb(record)
+    data = records.fields(record)
     context = data.get("context") or []
     system = data.get("system")
     if system:
@@ -207,10 +190,5 @@ def error_from_record(record: bytes) -> BaseException:
     return err.as_instanceof_cause()
 
 
-def error_is_system(record: bytes, cls: type) -> bool:
-    return msgpack.unpackb(record).get("system") == cls.__name__
-
-
 __all__ = ["Serialized", "serialize", "dumps", "deserialize", "parse_header",
-           "error_record", "system_error_record", "error_with_context",
-           "error_from_record", "note_ref", "CorruptObjectError"]
+           "error_record", "error_from_record", "note_ref", "CorruptObjectError"]

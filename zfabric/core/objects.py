@@ -19,14 +19,7 @@ The table only keeps books; `Scheduler` decides, and turns frees into
 """
 from __future__ import annotations
 
-from enum import IntEnum
-
-
-class ObjectState(IntEnum):
-    PENDING = 0   # its task has not finished
-    INLINE = 1    # payload: the serialized blob, kept in node memory
-    STORE = 2     # a file in the node's store dir
-    ERROR = 3     # payload: an error record (serialization.error_record)
+from ..protocol import ObjectState
 
 
 PEER_PREFIX = b"@"

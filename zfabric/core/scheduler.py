@@ -49,14 +49,15 @@ from collections import deque
 from enum import IntEnum
 
 from .. import protocol as p
-from .. import serialization
+from .. import records
+from ..protocol import ObjectState, TaskStatus
 from ..exceptions import (NodeDiedError, ObjectLostError, ObjectStoreFullError,
                           TaskCancelledError, WorkerCrashedError, ZFabricError)
 from . import effects as fx
 from . import events as ev
 from . import placement
 from . import resources as rs
-from .objects import ObjectEntry, ObjectState, ObjectTable, peer_client
+from .objects import ObjectEntry, ObjectTable, peer_client
 from .placement import PeerView
 
 
@@ -80,13 +81,6 @@ class TaskState(IntEnum):
     RUNNING = 2
     ASSIGNED = 3   # prefetched: sent to a busy worker, starts when its task ends
     SPILLED = 4    # forwarded to a peer (task.node), which runs it for us
-
-
-class TaskStatus(IntEnum):
-    """Outcome a worker reports in TaskDone."""
-    OK = 0
-    ERROR = 1
-    CANCELLED = 2
 
 
 class WorkerState(IntEnum):
@@ -291,7 +285,7 @@ class Scheduler:
             parent.children.add(spec.task_id)
         failure = None
         if spec.fn_id not in self.functions:
-            failure = serialization.system_error_record(
+            failure = records.system_error_record(
                 ZFabricError, "the node does not know this function (it was "
                 "submitted without its code)", spec.name)
         contained = [oid for oid in spec.contained if oid in objects]
@@ -302,7 +296,7 @@ class Scheduler:
         for oid in spec.deps:
             entry = objects.get(oid)
             if entry is None:
-                failure = failure or serialization.system_error_record(
+                failure = failure or records.system_error_record(
                     ObjectLostError, f"argument {oid.hex()} no longer exists "
                     "(it was freed or never created)", spec.name)
                 continue
@@ -321,7 +315,7 @@ class Scheduler:
 
     @staticmethod
     def _dep_error(entry: ObjectEntry, name: str) -> bytes:
-        return serialization.error_with_context(
+        return records.error_with_context(
             entry.payload, f"an input of {name}() could not be computed")
 
     def _enqueue(self, task: Task) -> None:
@@ -378,7 +372,7 @@ class Scheduler:
         if entry.local or entry.fetching:
             return
         if self.objects.store_used + entry.size > self.store_capacity:
-            self._fail_askers(entry, serialization.system_error_record(
+            self._fail_askers(entry, records.system_error_record(
                 ObjectStoreFullError, self._full_message(entry.size)))
             return
         self.objects.reserve(entry)
@@ -410,14 +404,14 @@ class Scheduler:
         for tid in waiting:
             task = self.tasks.get(tid)
             if task is not None and task.state == TaskState.WAITING:
-                self._finish_failed(task, serialization.error_with_context(
+                self._finish_failed(task, records.error_with_context(
                     record, f"an input of {task.spec.name}() could not be brought here"))
 
     def _lose(self, entry: ObjectEntry, error: type, text: str) -> None:
         """A ready object's value cannot be had: it becomes that error, and so
         do the tasks that were about to run with it."""
         entry.state = ObjectState.ERROR
-        entry.payload = serialization.system_error_record(error, text)
+        entry.payload = records.system_error_record(error, text)
         entry.shared_with += [n for n in entry.remote if n not in entry.shared_with]
         entry.local, entry.remote, entry.size = True, [], 0   # (copies still freed, see _free)
         if entry.owner_node is None:
@@ -639,19 +633,19 @@ class Scheduler:
                                      remote=holders)
                         objects.hold(entry, owner)
                     else:
-                        failure = failure or serialization.system_error_record(
+                        failure = failure or records.system_error_record(
                             ObjectLostError, f"argument {oid.hex()} has no copy left",
                             msg.name)
                         objects.seal(entry, ObjectState.ERROR, 0, b"", [])
                 else:
-                    failure = failure or serialization.system_error_record(
+                    failure = failure or records.system_error_record(
                         ZFabricError, f"argument {oid.hex()} was sent without a value",
                         msg.name)
                     objects.seal(entry, ObjectState.ERROR, 0, b"", [])
             objects.pin(oid)
             spec.deps.append(oid)
             if entry.state == ObjectState.PENDING:
-                failure = failure or serialization.system_error_record(
+                failure = failure or records.system_error_record(
                     ZFabricError, f"argument {oid.hex()} was forwarded before it was ready",
                     msg.name)
         if failure is not None:
@@ -672,7 +666,7 @@ class Scheduler:
             if entry is None:
                 states.append(int(ObjectState.ERROR))
                 sizes.append(0)
-                payloads.append(serialization.system_error_record(
+                payloads.append(records.system_error_record(
                     ObjectLostError, "the result was freed", task.spec.name))
                 continue
             states.append(int(entry.state))
@@ -697,7 +691,7 @@ class Scheduler:
         self._unspill(task)
         spec = task.spec
         if len(msg.states) != spec.num_returns:
-            self._finish_failed(task, serialization.system_error_record(
+            self._finish_failed(task, records.system_error_record(
                 ZFabricError, "a peer reported the wrong number of returns", spec.name))
         elif msg.status == TaskStatus.CANCELLED:
             self._finish_failed(task, self._cancelled_record(spec.name), cancelled=True)
@@ -788,7 +782,7 @@ class Scheduler:
                 self.stats["retried"] += 1
                 self._ready(task)
             else:
-                self._finish_failed(task, serialization.system_error_record(
+                self._finish_failed(task, records.system_error_record(
                     NodeDiedError, f"the node running {task.spec.name}() died ({reason}) and "
                     f"the task has no retries left (max_retries={task.spec.max_retries})",
                     task.spec.name))
@@ -917,7 +911,7 @@ class Scheduler:
         if msg.status == TaskStatus.OK:
             if len(msg.states) != spec.num_returns or len(msg.payloads) != spec.num_returns:
                 self._log("warning", "a worker reported the wrong number of returns")
-                self._finish_failed(task, serialization.system_error_record(
+                self._finish_failed(task, records.system_error_record(
                     ZFabricError, "worker reported a malformed result", spec.name))
                 return
             self._finish_ok(task, msg)
@@ -927,7 +921,7 @@ class Scheduler:
             self.stats["retried"] += 1
             self._enqueue(task)
         else:
-            record = msg.payloads[0] if msg.payloads else serialization.system_error_record(
+            record = msg.payloads[0] if msg.payloads else records.system_error_record(
                 ZFabricError, "task failed without an error record", spec.name)
             self._finish_failed(task, record)
 
@@ -1007,7 +1001,7 @@ class Scheduler:
             size, payload = msg.sizes[i], msg.payloads[i]
             if state != ObjectState.INLINE and state != ObjectState.STORE:
                 state, size = ObjectState.ERROR, 0
-                payload = serialization.system_error_record(
+                payload = records.system_error_record(
                     ZFabricError, "worker reported a malformed result", task.spec.name)
             if entry is None:  # nobody wants it any more
                 if state == ObjectState.STORE:
@@ -1024,7 +1018,7 @@ class Scheduler:
             if state == ObjectState.STORE and objects.store_used + size > self.store_capacity:
                 self._out.append(fx.DeleteObject(oid))
                 state, size = ObjectState.ERROR, 0
-                payload = serialization.system_error_record(
+                payload = records.system_error_record(
                     ObjectStoreFullError, self._full_message(msg.sizes[i]), task.spec.name)
             objects.seal(entry, state, size, bytes(payload), contains)
             if state == ObjectState.STORE:
@@ -1162,7 +1156,7 @@ class Scheduler:
             else:
                 how = (f"killed by signal {-exitcode}" if exitcode is not None and exitcode < 0
                        else f"exit code {exitcode}")
-                self._finish_failed(task, serialization.system_error_record(
+                self._finish_failed(task, records.system_error_record(
                     WorkerCrashedError, f"the worker running {task.spec.name}() died "
                     f"({how}) and the task has no retries left "
                     f"(max_retries={task.spec.max_retries})", task.spec.name))
@@ -1191,7 +1185,7 @@ class Scheduler:
             self._cancel_task(task, msg.force, msg.recursive)
 
     def _cancelled_record(self, name: str) -> bytes:
-        return serialization.system_error_record(
+        return records.system_error_record(
             TaskCancelledError, f"task {name}() was cancelled", name)
 
     def _cancel_task(self, task: Task, force: bool, recursive: bool) -> None:
@@ -1247,7 +1241,7 @@ class Scheduler:
             entry = self.objects.get(oid)
             if entry is None:
                 self._send(client, p.ObjectReady(oid, int(ObjectState.ERROR), 0,
-                           serialization.system_error_record(
+                           records.system_error_record(
                                ObjectLostError, f"object {oid.hex()} does not exist "
                                "(it was freed, or was never created on this node)")))
             elif entry.ready and entry.local:

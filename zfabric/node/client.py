@@ -30,9 +30,9 @@ from collections import deque
 import zmq
 
 from .. import protocol as p
+from ..protocol import ObjectState
 from .. import serialization
 from ..config import Config
-from ..core.objects import ObjectState
 from ..exceptions import GetTimeoutError, NodeDiedError, ObjectStoreFullError
 from ..ids import new_put_id, new_task_id, return_ids
 from ..ref import ObjectRef

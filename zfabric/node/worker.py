@@ -23,10 +23,9 @@ import traceback
 
 import cloudpickle
 
+from .. import ids, records, serialization
 from .. import protocol as p
-from .. import serialization
-from ..core.objects import ObjectState
-from ..core.scheduler import TaskStatus
+from ..protocol import ObjectState, TaskStatus
 from ..exceptions import TaskCancelledError
 from ..ref import DepMarker
 from . import client as client_mod
@@ -134,7 +133,7 @@ class Worker:
                               start, end, payloads)
         else:
             if status == TaskStatus.CANCELLED:
-                record = serialization.system_error_record(
+                record = records.system_error_record(
                     TaskCancelledError, f"task {ex.name}() was cancelled", ex.name)
             else:
                 record = serialization.error_record(error, ex.name, _format_tb(error))
@@ -177,7 +176,7 @@ class Worker:
                 sizes.append(len(blob))
                 payloads.append(blob)
             else:
-                oid = ex.task_id + i.to_bytes(4, "big")
+                oid = ids.object_id(ex.task_id, i)
                 store.write(self.client.store_dir, oid, ser)
                 states.append(int(ObjectState.STORE))
                 sizes.append(ser.size)

@@ -28,15 +28,14 @@ from dataclasses import dataclass, replace
 
 import msgpack
 
-from .. import protocol as _p
+from .. import ids as _ids, protocol as _p
 from ..config import Config as _Config
 from ..core import effects as _fx
 from ..core import events as _ev
 from ..core import resources as _rs
 from ..core.fabric import Fabric as _Fabric, build as _build_fabric
 from ..core.membership import GONE, Change, MemberState, Membership
-from ..core.objects import ObjectState as _ObjectState
-from ..core.scheduler import TaskStatus as _TaskStatus
+from ..protocol import ObjectState as _ObjectState, TaskStatus as _TaskStatus
 
 
 class Clock:
@@ -724,7 +723,7 @@ class FabricSim:
         if work.status == _TaskStatus.OK:
             states, sizes, payloads = [], [], []
             for k, (state, size, payload) in enumerate(work.results):
-                oid = ex.task_id + k.to_bytes(4, "big")
+                oid = _ids.object_id(ex.task_id, k)
                 states.append(int(state))
                 if state == _ObjectState.STORE:
                     node.store[oid] = (size, payload)
