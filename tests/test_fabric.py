@@ -32,7 +32,7 @@ from zfabric.core import placement
 from zfabric.core import resources as rs
 from zfabric.protocol import ObjectState
 from zfabric.core.placement import PeerView
-from zfabric.core.scheduler import TaskState
+from zfabric.core.tasks import TaskState
 from zfabric.exceptions import ObjectLostError
 from zfabric.testing.sim import FabricSim, Work
 
@@ -323,7 +323,7 @@ def test_a_dead_node_s_tasks_are_retried_and_finish_once_at_the_owner(
     owner = world.nodes[0]
     assert owner.scheduler.tasks == {}
     gone = world.nodes[victim].node_id
-    assert sim.run_until(lambda: all(gone not in n.scheduler.peers
+    assert sim.run_until(lambda: all(gone not in n.scheduler.spill.peers
                                      for n in world.nodes if n.alive), timeout + 0.5)
     retried = [pl for pl in plans if len(world.runs_of(pl)) > 1]
     assert owner.scheduler.stats["retried"] >= len(retried)
@@ -488,7 +488,7 @@ def test_every_gcs_replica_has_every_node_and_the_owner_sees_the_peers_timeline(
             assert gcs.get("node", m.node_id, shard=m.node_id) == m.fabric.static_info
         gcs.validate()
     owner = world.nodes[0].fabric
-    timeline = owner.query("timeline")
+    timeline = owner.views.answer("timeline")
     by_task = {e["args"]["task_id"]: e for e in timeline}
     ran_on_peers = 0
     for pl in plans:
@@ -501,9 +501,9 @@ def test_every_gcs_replica_has_every_node_and_the_owner_sees_the_peers_timeline(
         ran_on_peers += run.node != 0
     assert ran_on_peers >= 5 and len(timeline) == len(plans)
     # the cluster queries see every node
-    assert {r["NodeID"] for r in owner.query("nodes")} == {n.node_id.hex() for n in world.nodes}
-    assert all(r["Alive"] for r in owner.query("nodes"))
-    assert owner.query("resources")["total"] == {"CPU": 5.0, "gpu": 1.0}
+    assert {r["NodeID"] for r in owner.views.answer("nodes")} == {n.node_id.hex() for n in world.nodes}
+    assert all(r["Alive"] for r in owner.views.answer("nodes"))
+    assert owner.views.answer("resources")["total"] == {"CPU": 5.0, "gpu": 1.0}
 
 
 # -- 7. spillback ----------------------------------------------------------------------------
@@ -646,7 +646,7 @@ def test_a_node_that_leaves_gracefully_has_its_tasks_retried_at_once():
     gone = sim.nodes[1].node_id
     owner = world.nodes[0].scheduler
     # a message delay, not failure_timeout (0.6 s)
-    assert sim.run_until(lambda: gone not in owner.peers, 0.05)
+    assert sim.run_until(lambda: gone not in owner.spill.peers, 0.05)
     for pl in on_leaver:   # back in the owner's hands: queued, or spilled elsewhere
         task = owner.tasks[pl.task_id]
         assert task.state != TaskState.SPILLED or task.node != gone
@@ -655,7 +655,7 @@ def test_a_node_that_leaves_gracefully_has_its_tasks_retried_at_once():
     for pl in plans:
         world.check_result(pl)
         assert [r.node for r in world.runs_of(pl)][-1] != 1
-    assert sim.run_until(lambda: all(gone not in n.scheduler.peers for n in sim.nodes
+    assert sim.run_until(lambda: all(gone not in n.scheduler.spill.peers for n in sim.nodes
                                      if n.alive), 0.1)
     assert sim.violations == []
 
@@ -734,7 +734,7 @@ def test_locality_sees_the_free_cpus_of_a_holder_that_also_runs_another_of_our_t
 
     def at_result(src, dst, msg):
         if type(msg) is p.TaskResult and msg.task_id == tid(1):
-            view = world.nodes[0].scheduler.peers[x]
+            view = world.nodes[0].scheduler.spill.peers[x]
             seen.append((dict(view.available), dict(view.inflight)))
         return False
     world.sim.drop = at_result
@@ -866,7 +866,7 @@ def test_a_refused_first_spill_does_not_lose_the_functions_code():
     plans = [world.submit(n, duration=0.5) for n in range(1, 9)]
     assert world.run_until_finished(plans, 20)
     peer = world.nodes[1].scheduler
-    assert peer.stats["refused"] > 0 and peer.functions.get(FN) == FN_BLOB
+    assert peer.stats["refused"] > 0 and peer.functions.code.get(FN) == FN_BLOB
     for pl in plans:
         world.check_result(pl)
     assert sim.violations == []
@@ -925,7 +925,7 @@ def test_a_suspected_peer_is_sent_no_new_task_until_it_is_heard_again():
     ft = sim.config.failure_timeout
     cut = {"on": True}
     sim.drop = lambda src, dst, msg: cut["on"] and (src, dst) == (1, 0)
-    assert sim.run_until(lambda: world.nodes[0].scheduler.peers[world.nodes[1].node_id].suspect,
+    assert sim.run_until(lambda: world.nodes[0].scheduler.spill.peers[world.nodes[1].node_id].suspect,
                          ft)
     suspected_at = sim.now
     plans = [world.submit(n, duration=0.1) for n in range(1, 5)]

@@ -15,7 +15,9 @@ from zfabric.core import effects as fx
 from zfabric.core import events as ev
 from zfabric.core import resources as rs
 from zfabric.protocol import ObjectState
-from zfabric.core.scheduler import Scheduler, TaskState, workers_for
+from zfabric.core.scheduler import Scheduler
+from zfabric.core.tasks import TaskState
+from zfabric.core.workers import workers_for
 from zfabric.protocol import TaskStatus
 from zfabric.exceptions import (ObjectLostError, ObjectStoreFullError, TaskCancelledError,
                                 TaskError, WorkerCrashedError, ZFabricError)
@@ -191,7 +193,7 @@ class Node:
         return self.send(client, p.Refs(list(incs), list(decs)))
 
     def cpu(self) -> float:
-        return self.s.available.get(rs.CPU, 0) / rs.UNIT
+        return self.s.pool.available.get(rs.CPU, 0) / rs.UNIT
 
 
 # -- start, hello ----------------------------------------------------------------------
@@ -216,7 +218,7 @@ def test_unknown_or_repeated_worker_hello_is_ignored_with_a_warning():
     assert summary(node.send(b"w9", p.Hello("worker", 1, "w9"))) == [("log", "warning")]
     assert summary(node.hello("w1")) == [("log", "warning")]          # already idle
     assert summary(node.send(b"imposter", p.Hello("worker", 1, "w1"))) == [("log", "warning")]
-    assert len(node.s.idle) == 1
+    assert len(node.s.pool.idle) == 1
 
 
 # -- dispatch and results -------------------------------------------------------------------
@@ -247,7 +249,7 @@ def test_task_queued_until_a_worker_says_hello():
     node = Node(hello=False)
     node.send(DRIVER, p.Hello("driver", 1, None))
     assert summary(node.submit(1)) == []
-    assert node.s.queued == 1
+    assert node.s.queues.count == 1
     assert summary(node.hello("w1")) == [("welcome", b"w1"), ("execute", "w1", 1)]
 
 
@@ -397,7 +399,7 @@ def test_crashed_worker_is_replaced_and_task_retried_then_fails():
     node = Node()
     node.submit(1, max_retries=1)
     assert summary(node.exit("w1", -9)) == [("spawn", "w2")]
-    assert node.s.queued == 1 and node.cpu() == 1
+    assert node.s.queues.count == 1 and node.cpu() == 1
     assert summary(node.hello("w2")) == [("welcome", b"w2"), ("execute", "w2", 1)]
     out = node.exit("w2", -11)
     assert summary(out) == [("ready", DRIVER, rid(1), "ERROR"), ("spawn", "w3")]
@@ -428,7 +430,7 @@ def test_max_retries_zero_fails_on_first_crash_with_exit_code():
 def test_idle_worker_exit_and_spawn_failure_are_replaced():
     node = Node(cpus=2)
     assert summary(node.exit("w1", 0)) == [("spawn", "w3")]
-    assert [w.wid for w in node.s.idle] == ["w2"]
+    assert [w.wid for w in node.s.pool.idle] == ["w2"]
     out = node.handle(ev.WorkerSpawnFailed("w3", "no such file"))
     assert summary(out) == [("log", "error"), ("spawn", "w4")]
     assert summary(node.exit("w42")) == []   # not ours
@@ -443,7 +445,7 @@ def test_cancel_queued_task():
     out = node.cancel(2)
     assert summary(out) == [("ready", DRIVER, rid(2), "ERROR")]
     assert isinstance(error_for(out, rid(2)), TaskCancelledError)
-    assert node.s.queued == 0
+    assert node.s.queues.count == 0
     assert summary(node.done("w1", 1)) == [("ready", DRIVER, rid(1), "INLINE")]   # not run
 
 
@@ -545,7 +547,7 @@ def test_blocked_worker_gives_its_cpu_to_an_extra_worker():
     node = Node(cpus=1, max_workers=4)
     node.submit(1)
     node.submit(2, client=b"w1", parent=1, depth=1)
-    assert node.s.queued == 1
+    assert node.s.queues.count == 1
     assert summary(node.send(b"w1", p.Blocked(tid(1)))) == [("spawn", "w2")]
     assert node.cpu() == 1
     assert summary(node.hello("w2")) == [("welcome", b"w2"), ("execute", "w2", 2)]
@@ -567,9 +569,9 @@ def test_unblocked_task_may_overcommit_cpu_for_a_while():
     node.send(b"w1", p.Unblocked(tid(1)))
     assert node.cpu() == -1
     node.submit(3)
-    assert node.s.queued == 1                          # nothing fits a negative CPU
+    assert node.s.queues.count == 1                          # nothing fits a negative CPU
     assert summary(node.done("w2", 2)) == [("ready", DRIVER, rid(2), "INLINE")]
-    assert node.cpu() == 0 and node.s.queued == 1
+    assert node.cpu() == 0 and node.s.queues.count == 1
     assert summary(node.done("w1", 1)) == [("ready", DRIVER, rid(1), "INLINE"),
                                            ("execute", "w1", 3)]
 
@@ -604,7 +606,7 @@ def test_task_ending_or_crashing_while_blocked_returns_only_what_it_holds():
     assert node.cpu() == 2
     node.done("w2", 1)
     node.exit("w1")
-    assert node.cpu() == 2 and node.s.available["gpu"] == rs.UNIT
+    assert node.cpu() == 2 and node.s.pool.available["gpu"] == rs.UNIT
 
 
 def test_max_workers_bounds_extra_workers():
@@ -614,7 +616,7 @@ def test_max_workers_bounds_extra_workers():
     node.submit(3, parent=1, depth=1, cpu=0)
     node.send(b"w1", p.Blocked(tid(1)))
     assert summary(node.send(b"w1", p.Refs([], []))) == []          # w2 already starting
-    assert len(node.s.workers) == 2
+    assert len(node.s.pool.workers) == 2
 
 
 def test_extra_workers_stop_after_idling_too_long():
@@ -636,7 +638,7 @@ def test_extra_workers_stop_after_idling_too_long():
     node.now = 100
     assert summary(node.handle(ev.Tick())) == []                    # w1 is pre-started
     assert summary(node.exit("w2", 0)) == []                        # no replacement
-    assert set(node.s.workers) == {"w1"}
+    assert set(node.s.pool.workers) == {"w1"}
 
 
 # -- prefetch: a quick function's next task waits on its busy worker ------------------------
@@ -658,7 +660,7 @@ def test_prefetch_sends_the_next_task_to_the_busy_worker():
     out = node.submit(2)
     assert summary(out) == [("execute", "w1", 2)]
     assert node.s.tasks[tid(2)].state == TaskState.ASSIGNED
-    assert node.cpu() == 0 and node.s.queued == 0
+    assert node.cpu() == 0 and node.s.queues.count == 0
     assert node.s.status()["tasks_queued"] == 1
     # task 1 ends: task 2 takes over its CPU at once, with no second Execute
     assert summary(node.done("w1", 1, took=QUICK)) == [("ready", DRIVER, rid(1), "INLINE")]
@@ -824,7 +826,7 @@ def test_fractional_cpus_share_one_cpu():
     for n in range(1, 6):
         out += node.submit(n, cpu=0.25)
     assert [e[2] for e in summary(out)] == [1, 2, 3, 4]
-    assert node.cpu() == 0 and node.s.queued == 1
+    assert node.cpu() == 0 and node.s.queues.count == 1
 
 
 def test_a_blocked_shape_does_not_hold_back_another():
@@ -832,7 +834,7 @@ def test_a_blocked_shape_does_not_hold_back_another():
     node.submit(1, resources={"gpu": 1})             # w2
     assert summary(node.submit(2, resources={"gpu": 1})) == []
     assert summary(node.submit(3)) == [("execute", "w1", 3)]
-    assert node.s.available["gpu"] == 0
+    assert node.s.pool.available["gpu"] == 0
 
 
 def test_infeasible_task_waits_and_status_reports_it():
@@ -1001,9 +1003,9 @@ def test_status_and_timeline():
     assert status["available"] == {"CPU": 1.0, "gpu": 1.0} and status["tasks_running"] == 1
     node.now = 3.0
     node.done("w2", 1)
-    [event] = node.s.trace_events()
+    [event] = node.s.timeline.trace_events()
     assert event["name"] == "f" and event["tid"] == "w2" and event["args"]["status"] == "ok"
-    assert node.s.timeline_since(0) == list(node.s.timeline) and node.s.timeline_since(1) == []
+    assert node.s.timeline.since(0) == list(node.s.timeline.entries) and node.s.timeline.since(1) == []
     status = node.s.status()
     assert status["stats"]["finished"] == 1 and status["available"] == {"CPU": 2.0, "gpu": 1.0}
 

@@ -6,7 +6,7 @@ after every step).
 from __future__ import annotations
 
 from zfabric import protocol as p
-from zfabric.core.scheduler import TaskState
+from zfabric.core.tasks import TaskState
 from zfabric.protocol import TaskStatus
 from zfabric.exceptions import TaskCancelledError
 
@@ -20,7 +20,7 @@ def quick_done(node: Node, wid: str, n: int, took: float = 0.0001) -> list:
 
 def prefetching_node() -> Node:
     node = Node(cpus=1)
-    node.s.prefetch_max_task_seconds = 0.005
+    node.s.pool.prefetch_max_task_seconds = 0.005
     for n in (101, 102, 103):         # teaches the node that FN is quick
         node.submit(n)
         quick_done(node, "w1", n)
@@ -29,7 +29,7 @@ def prefetching_node() -> Node:
 
 def test_no_prefetch_until_the_function_is_known_to_be_quick():
     node = Node(cpus=1)
-    node.s.prefetch_max_task_seconds = 0.005
+    node.s.pool.prefetch_max_task_seconds = 0.005
     node.submit(1)
     assert summary(node.submit(2)) == []            # unknown duration: wait
     quick_done(node, "w1", 1)

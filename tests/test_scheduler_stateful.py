@@ -42,8 +42,9 @@ from zfabric.core import effects as fx
 from zfabric.core import events as ev
 from zfabric.core import resources as rs
 from zfabric.protocol import ObjectState
-from zfabric.core.scheduler import (PREFETCH_MIN_RUNS, Scheduler, TaskState, WorkerState,
-                                    workers_for)
+from zfabric.core.scheduler import Scheduler
+from zfabric.core.tasks import TaskState
+from zfabric.core.workers import PREFETCH_MIN_RUNS, WorkerState, workers_for
 from zfabric.protocol import TaskStatus
 
 NODE_ID = b"N" * 16
@@ -436,10 +437,10 @@ class SchedulerMachine(RuleBasedStateMachine):
 
         # workers: the node's view is what the model predicts, and agrees with the workers
         model_workers = {wid for wid, w in self.workers.items() if not w.stopping}
-        assert set(s.workers) == model_workers, (set(s.workers), model_workers)
+        assert set(s.pool.workers) == model_workers, (set(s.pool.workers), model_workers)
         executing = []
         for wid in model_workers:
-            sw, mw = s.workers[wid], self.workers[wid]
+            sw, mw = s.pool.workers[wid], self.workers[wid]
             assert (sw.task.spec.task_id if sw.task else None) == mw.nrun
             assert [t.spec.task_id for t in sw.queue] == mw.nqueue
             assert (sw.state == WorkerState.STARTING) == (not mw.hello)
@@ -454,26 +455,26 @@ class SchedulerMachine(RuleBasedStateMachine):
                 assert mw.nrun == (mw.local[0] if mw.local else None), (wid, mw.__dict__)
                 assert mw.nqueue == mw.local[1:], (wid, mw.__dict__)
         assert len(executing) == len(set(executing)), "a task is on two workers at once"
-        idle = {w.wid for w in s.idle}
-        assert len(idle) == len(s.idle), "a worker is idle twice"
+        idle = {w.wid for w in s.pool.idle}
+        assert len(idle) == len(s.pool.idle), "a worker is idle twice"
         assert idle == {w.wid for w in self.workers.values()
                         if w.hello and w.nrun is None and not w.doomed and not w.stopping}
 
         # resources: exactly total minus what runs and is not blocked
         for name, total in self.total.items():
-            assert s.available.get(name, 0) == total - self.in_use.get(name, 0), (
-                name, s.available, self.in_use)
+            assert s.pool.available.get(name, 0) == total - self.in_use.get(name, 0), (
+                name, s.pool.available, self.in_use)
             if name != rs.CPU:
-                assert s.available[name] >= 0
-        assert all(v == 0 for k, v in s.available.items() if k not in self.total)
+                assert s.pool.available[name] >= 0
+        assert all(v == 0 for k, v in s.pool.available.items() if k not in self.total)
 
         # work-conserving: an idle worker never sits beside a queued task that fits
         queued_fit = [t for t in s.tasks.values()
-                      if t.state == TaskState.QUEUED and rs.fits(s.available, t.demand)]
+                      if t.state == TaskState.QUEUED and rs.fits(s.pool.available, t.demand)]
         if queued_fit:
-            assert not s.idle, "idle worker left beside a queued task that fits"
-            if len(s.workers) < self.max_workers:
-                assert any(w.state == WorkerState.STARTING for w in s.workers.values()), (
+            assert not s.pool.idle, "idle worker left beside a queued task that fits"
+            if len(s.pool.workers) < self.max_workers:
+                assert any(w.state == WorkerState.STARTING for w in s.pool.workers.values()), (
                     "a queued task fits the free resources but no worker is starting for it")
 
         # objects: held ones exist; what leaves the store is deleted once
@@ -987,7 +988,7 @@ class SchedulerMachine(RuleBasedStateMachine):
         self.watch_pending |= set(oids)
         self.step(ev.ClientMessage(WATCHER, p.Subscribe(oids)))
 
-    @precondition(lambda self: self.s is not None and len(self.s.workers) > self.num_workers)
+    @precondition(lambda self: self.s is not None and len(self.s.pool.workers) > self.num_workers)
     @rule(dt=st.sampled_from([0.5, 5.0, 40.0]))
     def tick(self, dt):
         """Housekeeping (only matters once there are extra workers to stop)."""
@@ -1030,8 +1031,8 @@ class SchedulerMachine(RuleBasedStateMachine):
             if w.stopping:
                 self.worker_gone(w)
                 self.step(ev.WorkerExited(w.wid, 0))
-        assert len(self.s.workers) == self.num_workers
-        assert all(self.s.available.get(k, 0) == v for k, v in self.total.items())
+        assert len(self.s.pool.workers) == self.num_workers
+        assert all(self.s.pool.available.get(k, 0) == v for k, v in self.total.items())
 
     def advance(self) -> bool:
         """One step towards the end: False when nothing is left to do."""

@@ -515,6 +515,16 @@ class FreeObjects:
         return "" if _oids(self.ids) else "ids must be object ids"
 
 
+MAX_CHUNK = 1 << 30
+
+
+def _chunk_range_problem(msg) -> str:
+    """What is wrong with the object range a PullChunk or Chunk names."""
+    if len(msg.oid) != OBJECT_ID_SIZE or msg.offset < 0 or not 0 <= msg.length <= MAX_CHUNK:
+        return "bad object id, offset or length"
+    return ""
+
+
 @message(27)
 class PullChunk:
     """(puller -> holder's object ROUTER) Send bytes [offset, offset+length) of oid."""
@@ -523,9 +533,7 @@ class PullChunk:
     length: int
 
     def check(self) -> str:
-        if len(self.oid) != OBJECT_ID_SIZE or self.offset < 0 or not 0 <= self.length <= 1 << 30:
-            return "bad object id, offset or length"
-        return ""
+        return _chunk_range_problem(self)
 
 
 @message(28)
@@ -537,9 +545,7 @@ class Chunk:
     error: str             # non-empty: the holder cannot serve it (no data frame)
 
     def check(self) -> str:
-        if len(self.oid) != OBJECT_ID_SIZE or self.offset < 0 or not 0 <= self.length <= 1 << 30:
-            return "bad object id, offset or length"
-        return ""
+        return _chunk_range_problem(self)
 
 
 def encode_chunk(oid: bytes, offset: int, data, error: str = "") -> list:

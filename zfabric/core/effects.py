@@ -2,6 +2,8 @@
 
 Each effect is one I/O action. Its outcome, if it matters, comes back later
 as an event (a spawned worker says Hello; a killed one is a WorkerExited).
+A state machine collects its effects in an `Outbox` while it handles an
+event, and returns them in order.
 """
 from __future__ import annotations
 
@@ -143,3 +145,31 @@ class SealPull:
 class AbortPull:
     """Drop a pull's partial file."""
     oid: bytes
+
+
+class Outbox:
+    """The effects one `handle()` call produces, in order. The scheduler shares
+    one with the owners it composes, so their effects keep the order in which
+    they were decided."""
+    __slots__ = ("effects",)
+
+    def __init__(self):
+        self.effects: list = []
+
+    def emit(self, effect) -> None:
+        self.effects.append(effect)
+
+    def send(self, to: bytes, msg) -> None:
+        """A message to a local client."""
+        self.effects.append(Send(to, msg))
+
+    def peer(self, address: str, msg) -> None:
+        """A message to another node."""
+        self.effects.append(PeerSend(address, msg))
+
+    def log(self, level: str, text: str) -> None:
+        self.effects.append(Log(level, text))
+
+    def take(self) -> list:
+        out, self.effects = self.effects, []
+        return out

@@ -35,10 +35,11 @@ from collections import deque
 from .. import protocol as p
 from . import effects as fx
 from . import events as ev
-from . import resources as rs
 from .gcs import Gcs
 from .membership import LIVE, Membership, MemberState
-from .scheduler import Scheduler, trace_events, workers_for
+from .scheduler import Scheduler
+from .views import ClusterView
+from .workers import workers_for
 from .transfer import ChunkRequest, PullDone, PullFailed, Transfers
 
 JOIN_RETRY = 0.5   # seconds between join attempts while no seed has answered
@@ -98,6 +99,7 @@ class Fabric:
         self._timeline_batches: deque = deque()   # (batch number, entries) in our shard
         self._timeline_kept = 0
         self._batch = 0
+        self.views = ClusterView(self.node_id, scheduler, membership, gcs)
         self._events: deque = deque()
         self._out: list = []
         self._now = 0.0
@@ -201,6 +203,8 @@ class Fabric:
             for _node, address in targets:
                 self._out.append(fx.PeerSend(address, msg))
         self._apply_changes(changes)
+        for node_id in self.membership.take_forgotten():   # it left long ago
+            self.gcs.drop_shard(node_id)
         self._transfer(self.transfers.on_tick(now))
         self._publish_timeline()
         self._try_join()
@@ -212,23 +216,21 @@ class Fabric:
         """Our live view goes out with our next heartbeat."""
         s = self.scheduler
         self.membership.set_info({
-            **self.static_info,
-            "total": rs.from_units(s.total),
-            "available": rs.from_units({k: max(v, 0) for k, v in s.available.items()}),
-            "queued": s.queued, "running": s.running_count(),
-            "store_used": s.objects.store_used, "store_capacity": s.store_capacity})
+            **self.static_info, **s.resource_view(),
+            "queued": s.queues.count, "running": s.pool.running_count(),
+            "store_used": s.objects.store_used, "store_capacity": s.objects.store_capacity})
 
     def _publish_timeline(self) -> None:
-        s = self.scheduler
-        new = s.timeline_since(self._timeline_seen)
-        self._timeline_seen = s.timeline_total
+        timeline = self.scheduler.timeline
+        new = timeline.since(self._timeline_seen)
+        self._timeline_seen = timeline.total
         if not new:
             return
         self._batch += 1
         self.gcs.put("tl", str(self._batch), [list(e) for e in new])
         self._timeline_batches.append((self._batch, len(new)))
         self._timeline_kept += len(new)
-        while self._timeline_kept > s.timeline.maxlen and len(self._timeline_batches) > 1:
+        while self._timeline_kept > timeline.capacity and len(self._timeline_batches) > 1:
             batch, n = self._timeline_batches.popleft()
             self.gcs.delete("tl", str(batch))
             self._timeline_kept -= n
@@ -279,8 +281,9 @@ class Fabric:
             if msg.sender == event.node_id:
                 self._on_gossip(msg.sender, msg)
         elif kind is p.GcsUpdate:
+            forgotten = self.membership.forgotten
             for record in msg.records:
-                self.gcs.apply(record)
+                self.gcs.apply(record, skip=forgotten)
         else:
             self._events.append(event)
 
@@ -330,76 +333,10 @@ class Fabric:
 
     def _on_query(self, client: bytes, msg: p.Request) -> None:
         try:
-            data = self.query(msg.what)
+            data = self.views.answer(msg.what)
             self._out.append(fx.Send(client, p.Reply(msg.req_id, data, "")))
         except (KeyError, ValueError, TypeError) as e:
             self._out.append(fx.Send(client, p.Reply(msg.req_id, None, str(e))))
-
-    def query(self, what: str):
-        if what == "nodes":
-            return [self._node_record(m) for m in self._members()]
-        if what == "resources":
-            total: dict[str, float] = {}
-            available: dict[str, float] = {}
-            for m in self._members():
-                if m.state not in LIVE:
-                    continue
-                view = self._view(m)
-                for k, v in view.get("total", {}).items():
-                    total[k] = total.get(k, 0.0) + v
-                for k, v in view.get("available", {}).items():
-                    available[k] = available.get(k, 0.0) + v
-            return {"total": total, "available": available}
-        if what == "status":
-            rows = []
-            for m in self._members():
-                row = self._node_record(m)
-                view = self._view(m)
-                if m.node_id == self.node_id:
-                    row.update(self.scheduler.status())
-                else:
-                    row.update(available=view.get("available", {}),
-                               tasks_queued=view.get("queued", 0),
-                               tasks_running=view.get("running", 0),
-                               store_used=view.get("store_used", 0),
-                               store_capacity=view.get("store_capacity", 0),
-                               pending_demand=[])
-                rows.append(row)
-            return {"self": self.node_id.hex(), "nodes": rows}
-        if what == "timeline":   # ours as it is now, the others' as replicated
-            events = self.scheduler.trace_events()
-            by_node: dict[bytes, list] = {}
-            for shard, _batch, entries in self.gcs.items("tl"):
-                if shard != self.node_id:
-                    by_node.setdefault(shard, []).extend(entries)
-            for node, entries in by_node.items():
-                events += trace_events(node, entries)
-            return events
-        raise ValueError(f"unknown query {what!r}")
-
-    def _members(self) -> list:
-        me = self.node_id
-        return sorted(self.membership.members.values(),
-                      key=lambda m: (m.node_id != me, m.node_id))
-
-    def _view(self, member) -> dict:
-        if member.node_id == self.node_id:
-            s = self.scheduler
-            return {"total": rs.from_units(s.total),
-                    "available": rs.from_units({k: max(v, 0) for k, v in s.available.items()})}
-        return member.info
-
-    def _node_record(self, member) -> dict:
-        static = self.gcs.get("node", member.node_id, shard=member.node_id) or member.info
-        view = self._view(member)
-        # a suspected node is alive until declared dead (Ray's "Alive" is not dead)
-        return {"NodeID": member.node_id.hex(), "Alive": member.state in LIVE,
-                "State": MemberState(member.state).name,
-                "NodeManagerAddress": static.get("host", ""),
-                "NodeManagerPort": static.get("port", 0),
-                "Resources": dict(view.get("total", {})),
-                "ObjectStoreAddress": static.get("object_address", ""),
-                "Address": static.get("address", member.address)}
 
     # -- leaving ---------------------------------------------------------------------------
 

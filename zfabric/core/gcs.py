@@ -1,7 +1,7 @@
 """The GCS replica of one node: every shard's state, and how shards travel.
 
 Each node is the only writer of its own *shard* (keyed by its node id) and
-keeps a replica of every other node's shard (DESIGN §2; the zguide "Clone"
+keeps a replica of every other node's shard (docs/architecture.md; the zguide "Clone"
 pattern: snapshot + sequenced deltas). A shard maps (table, key) to a value;
 its writer numbers each change, a *delta*, 1, 2, 3...
 
@@ -157,25 +157,24 @@ class Gcs:
                                             limit=self.max_batch))
         return records
 
-    def apply(self, record: list) -> list[Change]:
+    def apply(self, record: list, *, skip=()) -> list[Change]:
         """Apply one record from a peer; one Change per entry it changed.
 
         old is the entry before the record, new after it: an entry set and
         deleted again within one record is no Change.
 
         A malformed record, or one about our own shard (we are its only
-        writer), is counted in `malformed` and changes nothing.
+        writer), is counted in `malformed` and changes nothing; one about a
+        shard in `skip` (a dropped shard a peer still sends) changes nothing.
         """
         if not _is_record(record) or record[1] == self.node_id:
             self.malformed += 1
             return []
+        if record[1] in skip:
+            return []
         if record[0] == DELTAS:
             return self._apply_deltas(record[1], record[2])
         return self._apply_snapshot(record[1], record[2], record[3])
-
-    def needs_snapshot(self) -> set[bytes]:
-        """Shards where a gap was seen and the replica has not caught up since."""
-        return {shard for shard, r in self._replicas.items() if r.gap > r.seq}
 
     def wanted_vector(self) -> dict[bytes, int]:
         """Our vector for gossip: a gapped shard is -(applied + 1), asking for a snapshot."""
@@ -183,10 +182,10 @@ class Gcs:
                 for shard, r in self._replicas.items()}
 
     def drop_shard(self, shard: bytes) -> list[Change]:
-        """Forget a shard (a dead node's); the deletions this makes.
+        """Forget a shard (a node that left the cluster); the deletions this makes.
 
         A peer that still holds the shard will send it again: the caller
-        drops it where it is no longer wanted.
+        passes the shards it dropped to `apply` as `skip`.
         """
         if shard == self.node_id:
             raise ValueError("cannot drop our own shard")

@@ -107,6 +107,7 @@ class Membership:
         # that ever joined with an embedded node would stay in every gossip.
         self.forget_left_after = forget_left_after
         self.forgotten: set[bytes] = set()
+        self._newly_forgotten: list[bytes] = []   # for take_forgotten()
         self.gossip_interval = gossip_interval
         self.fanout = fanout
         self.dead_probe_rounds = dead_probe_rounds
@@ -148,6 +149,11 @@ class Membership:
         return [m for m in self.members.values() if m is not self.me and m.state in states]
 
     # -- stimuli ------------------------------------------------------------
+
+    def take_forgotten(self) -> list[bytes]:
+        """Members forgotten since the last call (their GCS shards can go)."""
+        out, self._newly_forgotten = self._newly_forgotten, []
+        return out
 
     def tick(self, now: float) -> tuple[list[tuple[bytes, str]], list[Change]]:
         """Check timeouts; once per gossip_interval, also a round: the
@@ -285,6 +291,7 @@ class Membership:
             if self._next >= len(self._ring):
                 self._next = 0
             self.forgotten.add(m.node_id)
+            self._newly_forgotten.append(m.node_id)
 
     def _insert(self, node_id: bytes) -> None:
         i = self.rng.randint(0, len(self._ring))

@@ -26,18 +26,16 @@ from . import resources as rs
 
 class PeerView:
     """One peer as the local scheduler sees it."""
-    __slots__ = ("node_id", "address", "total", "available", "queued", "inflight",
-                 "ours", "refused_until", "known_fns", "object_address", "suspect")
+    __slots__ = ("node_id", "address", "total", "available", "inflight",
+                 "ours", "refused_until", "known_fns", "suspect")
 
     def __init__(self, node_id: bytes, address: str):
         self.node_id = node_id
         self.address = address
-        self.object_address = ""
         self.total: dict[str, int] = {}       # by its gossip
         # free resources: its last gossip, less what we sent it since, plus what
         # came back since (the next gossip replaces the estimate)
         self.available: dict[str, int] = {}
-        self.queued = 0                       # by its last gossip
         self.inflight: dict[str, int] = {}    # demand of our tasks forwarded there, not ended
         self.ours = 0                         # how many of our tasks are there
         self.refused_until = 0.0              # it refused a task: leave it alone till then
@@ -50,12 +48,9 @@ class PeerView:
         try:
             total = rs.to_units(info.get("total", {}))
             available = rs.to_units(info.get("available", {}))
-            queued = int(info.get("queued", 0))
-            object_address = str(info.get("object_address", self.object_address))
         except (TypeError, ValueError, AttributeError, OverflowError):
             return False
-        self.total, self.available, self.queued = total, available, queued
-        self.object_address = object_address
+        self.total, self.available = total, available
         return True
 
     def sent(self, demand: dict[str, int]) -> None:

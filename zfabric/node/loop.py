@@ -100,7 +100,7 @@ class NodeLoop:
             self._flush_outbox()
             next_tick = time.monotonic() + self.tick_interval
             while self.running:
-                if (self.on_ready is not None and not self.scheduler.starting_workers()
+                if (self.on_ready is not None and not self.scheduler.pool.starting_count()
                         and self.fabric.joined):
                     self.on_ready()
                     self.on_ready = None

@@ -549,11 +549,11 @@ class FabricSim:
         """Every live node knows every other live one, with its resources."""
         live = [n for n in self.nodes if n.alive]
         for n in live:
-            peers = n.scheduler.peers
+            peers = n.scheduler.spill.peers
             for m in live:
                 if m is not n and (m.node_id not in peers or not peers[m.node_id].total):
                     return False
-        return all(not n.scheduler.starting_workers() for n in live)
+        return all(not n.scheduler.pool.starting_count() for n in live)
 
     # -- invariants ------------------------------------------------------------------
 
@@ -566,15 +566,16 @@ class FabricSim:
         f.gcs.validate()
         f.transfers.validate()
         s = f.scheduler
+        pool = s.pool
         blocked = any(t.blocked for t in s.tasks.values())
-        for name in s.total:
-            assert blocked or s.available.get(name, 0) >= 0, (node.index, name, s.available)
+        for name in pool.total:
+            assert blocked or pool.available.get(name, 0) >= 0, (node.index, name, pool.available)
         used: dict[str, int] = {}
         for run in node.running():
             _rs.release(used, self.demands.get(run.task_id, {}))
         for name, amount in used.items():
-            assert amount <= s.total.get(name, 0), \
-                f"node {node.index} runs {amount} of {name}, has {s.total.get(name, 0)}"
+            assert amount <= pool.total.get(name, 0), \
+                f"node {node.index} runs {amount} of {name}, has {pool.total.get(name, 0)}"
 
     # -- the event queue -------------------------------------------------------------
 

@@ -1,0 +1,413 @@
+"""The object directory of one node: what each object is, who is told when
+it is ready, which copies to pull and which to free.
+
+    clients --Put / Subscribe / Refs--> ObjectDirectory --ObjectReady--> clients
+    scheduler --seal / fail returns, pin / unpin arguments--> ObjectDirectory
+    ObjectDirectory --Fetch / CancelFetch / Publish / FreeCopies / DeleteObject--> fabric, loop
+    fabric --ObjectFetched / FetchFailed--> (scheduler) --> ObjectDirectory
+    ObjectDirectory --wake / unavailable / lost--> scheduler (tasks waiting on an object)
+
+It owns the books (core/objects.py: states, payloads, reference counts, the
+store bytes in use) and the store's capacity. Tasks are the scheduler's:
+when an object a task waits for becomes ready, cannot be brought here, or
+is lost, the directory calls the hook the scheduler gave it.
+
+A STORE object held elsewhere is pulled into our store (`fetch`) before a
+subscriber hears of it (clients map objects from their own node's store);
+a pull counts against the capacity from its start. An object we own that
+is freed here is freed on every node we told of it (`shared_with`) or that
+the GCS says holds a copy (FreeCopies).
+"""
+from __future__ import annotations
+
+from .. import ids, records
+from .. import protocol as p
+from ..exceptions import ObjectLostError, ObjectStoreFullError, ZFabricError
+from ..protocol import ObjectState
+from . import effects as fx
+from .objects import ObjectEntry, ObjectTable
+
+# The states a worker or a peer may report for a return.
+_VALUE_STATES = (ObjectState.INLINE, ObjectState.STORE)
+
+
+class ObjectDirectory:
+    def __init__(self, node_id: bytes, store_capacity: int, *, out: fx.Outbox, stats: dict,
+                 any_peers, wake, unavailable, lost):
+        self.node_id = node_id
+        self.store_capacity = store_capacity
+        self.table = ObjectTable()
+        self._out = out
+        self._stats = stats
+        self._any_peers = any_peers       # () -> are there peers (that may hold copies)?
+        self._wake = wake                 # (entry, task ids) it is ready: those tasks may run
+        self._unavailable = unavailable   # (task ids, record) it cannot come here
+        self._lost = lost                 # (entry) it became an error: queued users fail
+
+    # -- the books ---------------------------------------------------------------------
+
+    @property
+    def entries(self) -> dict[bytes, ObjectEntry]:
+        return self.table.entries
+
+    @property
+    def store_used(self) -> int:
+        return self.table.store_used
+
+    def get(self, oid: bytes) -> ObjectEntry | None:
+        return self.table.entries.get(oid)
+
+    def __contains__(self, oid: bytes) -> bool:
+        return oid in self.table.entries
+
+    def create_returns(self, oids: list[bytes], holder: bytes, *,
+                       owner_node: bytes | None, push: bool) -> None:
+        """A new task's returns, PENDING, held by `holder` (`push`: sent to it
+        when ready if it is here; `owner_node`: the peer that owns them)."""
+        for oid in oids:
+            entry = self.table.create(oid, holder)
+            if owner_node is not None:
+                entry.owner_node = owner_node
+            if push:
+                entry.push_to = holder
+
+    def wait_for(self, entry: ObjectEntry, task_id: bytes) -> None:
+        """A task waits for this object: the `wake` hook names it when it is ready."""
+        entry.dependents.append(task_id)
+
+    def stop_waiting(self, oid: bytes, task_id: bytes) -> None:
+        entry = self.table.entries.get(oid)
+        if entry is not None and task_id in entry.dependents:
+            entry.dependents.remove(task_id)
+
+    def pin(self, oid: bytes) -> None:
+        """A task needs the object (an argument, or a ref nested in its arguments)."""
+        self.table.pin(oid)
+
+    def pin_known(self, oids: list[bytes]) -> list[bytes]:
+        """Pin those of `oids` that exist here; the list of those pinned."""
+        known = [oid for oid in oids if oid in self.table.entries]
+        for oid in known:
+            self.table.pin(oid)
+        return known
+
+    def unpin_all(self, oids: list[bytes]) -> list:
+        """A task no longer needs these objects; the objects freed."""
+        freed: list = []
+        for oid in oids:
+            freed += self.table.unpin(oid)
+        return freed
+
+    def describe_for_worker(self, deps: list[bytes]) -> tuple[list, list]:
+        """Arguments as an Execute carries them: states, and INLINE payloads."""
+        states, payloads = [], []
+        for oid in deps:
+            entry = self.table.entries[oid]
+            states.append(int(entry.state))
+            payloads.append(entry.payload if entry.state == ObjectState.INLINE else b"")
+        return states, payloads
+
+    # -- arguments and returns that cross to other nodes ---------------------------------
+
+    def describe_for_peer(self, deps: list[bytes], peer: bytes) -> tuple[list, list, list, list]:
+        """Arguments as a Spill carries them to `peer`: states, sizes, holders of
+        STORE ones (the peer pulls those: it is told to free its copy later),
+        INLINE and ERROR payloads."""
+        states, sizes, holders, payloads = [], [], [], []
+        for oid in deps:
+            entry = self.table.entries[oid]
+            states.append(int(entry.state))
+            sizes.append(entry.size)
+            if entry.state == ObjectState.STORE:
+                holders.append(([self.node_id] if entry.local else []) + entry.remote)
+                if peer not in entry.shared_with:
+                    entry.shared_with.append(peer)
+                payloads.append(b"")
+            else:
+                holders.append([])
+                payloads.append(entry.payload)
+        return states, sizes, holders, payloads
+
+    def adopt(self, oid: bytes, owner_node: bytes, holder: bytes, state: int, size: int,
+              holders: list, payload, name: str) -> bytes | None:
+        """An argument of a task a peer forwarded, as the owner described it:
+        known here from now on (a STORE copy we pull is held by `holder`, the
+        owner, till it frees it). Returns an error record if it has no value."""
+        entry = self.table.entries.get(oid)
+        failure = None
+        if entry is None:
+            entry = self.table.create(oid, None)
+            entry.owner_node = owner_node
+            if state == ObjectState.INLINE:
+                self.table.seal(entry, ObjectState.INLINE, size, bytes(payload), [])
+            elif state == ObjectState.STORE and [h for h in holders if h != self.node_id]:
+                self.table.seal(entry, ObjectState.STORE, size, b"", [],
+                                remote=[h for h in holders if h != self.node_id])
+                self.table.hold(entry, holder)
+            else:
+                failure = records.system_error_record(
+                    ObjectLostError, f"argument {oid.hex()} has no copy left", name) \
+                    if state == ObjectState.STORE else records.system_error_record(
+                        ZFabricError, f"argument {oid.hex()} was sent without a value", name)
+                self.table.seal(entry, ObjectState.ERROR, 0, b"", [])
+        self.table.pin(oid)
+        if entry.state == ObjectState.PENDING:
+            failure = failure or records.system_error_record(
+                ZFabricError, f"argument {oid.hex()} was forwarded before it was ready", name)
+        return failure
+
+    def describe_returns(self, returns: list[bytes], holder: bytes, cancelled: bool,
+                         name: str) -> tuple[list, list, list, list]:
+        """A forwarded task's returns as a TaskResult carries them to their owner:
+        states, sizes, contained refs, payloads. The owner keeps STORE returns of
+        a success here (it frees them later); the rest are dropped now."""
+        states, sizes, payloads, contained = [], [], [], []
+        for oid in returns:
+            entry = self.table.entries.get(oid)
+            contained.append(list(entry.contains) if entry is not None else [])
+            if entry is None:
+                states.append(int(ObjectState.ERROR))
+                sizes.append(0)
+                payloads.append(records.system_error_record(
+                    ObjectLostError, "the result was freed", name))
+                continue
+            states.append(int(entry.state))
+            sizes.append(entry.size)
+            payloads.append(entry.payload if entry.state != ObjectState.STORE else b"")
+        failed = cancelled or ObjectState.ERROR in states
+        freed: list = []
+        for oid in returns:
+            entry = self.table.entries.get(oid)
+            if entry is not None and (failed or entry.state != ObjectState.STORE):
+                freed += self.table.decref(holder, oid)
+        self.free(freed)
+        return states, sizes, contained, payloads
+
+    def has_room(self, size: int) -> bool:
+        return self.table.store_used + size <= self.store_capacity
+
+    def full_message(self, size: int) -> str:
+        return (f"object store is full: {size:,} bytes do not fit "
+                f"({self.table.store_used:,} of {self.store_capacity:,} bytes in use); "
+                "free ObjectRefs you no longer need or raise object_store_memory")
+
+    # -- clients ------------------------------------------------------------------------
+
+    def put(self, client: bytes, msg: p.Put) -> None:
+        table = self.table
+        state = ObjectState(msg.state) if msg.state in _VALUE_STATES else None
+        error = ""
+        if state is None:
+            error = "bad object state"
+        elif msg.oid in table and table.entries[msg.oid].ready:
+            error = "object already exists"
+        elif state == ObjectState.STORE and not self.has_room(msg.size):
+            error = self.full_message(msg.size)
+        if error:
+            if state == ObjectState.STORE:
+                self._out.emit(fx.DeleteObject(msg.oid))
+            if msg.req_id:
+                self._out.send(client, p.PutReply(msg.req_id, error))
+            else:
+                self._out.log("warning", f"put refused: {error}")
+            return
+        entry = table.create(msg.oid, client)
+        payload = bytes(msg.payload) if state == ObjectState.INLINE else b""
+        table.seal(entry, state, msg.size, payload, msg.contained)
+        if state == ObjectState.STORE:
+            self._publish_here(entry)
+        self.object_ready(entry)
+        if msg.req_id:
+            self._out.send(client, p.PutReply(msg.req_id, ""))
+
+    def subscribe(self, client: bytes, msg: p.Subscribe) -> None:
+        for oid in msg.ids:
+            entry = self.table.entries.get(oid)
+            if entry is None:
+                self._out.send(client, p.ObjectReady(oid, int(ObjectState.ERROR), 0,
+                               records.system_error_record(
+                                   ObjectLostError, f"object {oid.hex()} does not exist "
+                                   "(it was freed, or was never created on this node)")))
+            elif entry.ready and entry.local:
+                self._out.send(client, p.ObjectReady(oid, int(entry.state), entry.size,
+                                                     entry.payload))
+            else:   # pending, or in other nodes' stores: told once it is here
+                entry.subscribers.add(client)
+                if entry.ready:
+                    self.fetch(entry)
+
+    def refs(self, client: bytes, msg: p.Refs) -> None:
+        table = self.table
+        for oid in msg.incs:
+            table.incref(client, oid)
+        freed: list = []
+        for oid in msg.decs:
+            freed += table.decref(client, oid)
+        self.free(freed)
+
+    def drop_client(self, client: bytes) -> None:
+        """A client (or a peer, as its `peer_client`) is gone: drop its holds."""
+        self.free(self.table.drop_client(client))
+
+    def decref_all(self, client: bytes, oids) -> None:
+        freed: list = []
+        for oid in oids:
+            freed += self.table.decref(client, oid)
+        self.free(freed)
+
+    # -- values arrive ----------------------------------------------------------------
+
+    def object_ready(self, entry: ObjectEntry) -> None:
+        """An object got its value: notify subscribers, wake dependent tasks.
+
+        A value in another node's store is pulled before subscribers hear of
+        it (they map it from our store), but only for a subscriber that asked:
+        the submitter is sent a value unasked only if it is here (a client
+        asks when it gets). The scheduler decides what dependent tasks do.
+        """
+        if entry.push_to is not None:
+            if entry.local:
+                entry.subscribers.add(entry.push_to)
+            entry.push_to = None
+        if entry.subscribers and not entry.local:
+            self.fetch(entry)
+        elif entry.subscribers:
+            msg = p.ObjectReady(entry.oid, int(entry.state), entry.size, entry.payload)
+            for client in entry.subscribers:
+                self._out.send(client, msg)
+            entry.subscribers.clear()
+        if entry.dependents:
+            waiting, entry.dependents = entry.dependents, []
+            self._wake(entry, waiting)
+
+    def seal_return(self, entry: ObjectEntry | None, oid: bytes, state: int, size: int,
+                    payload, contains: list, name: str, remote: bytes | None) -> list:
+        """A task's return got its value, as a worker or a peer (`remote`: that
+        peer keeps a STORE value in its store) reported it; the objects freed."""
+        if state not in _VALUE_STATES:
+            state, size = ObjectState.ERROR, 0
+            payload = records.system_error_record(
+                ZFabricError, "worker reported a malformed result", name)
+        if entry is None:  # nobody wants it any more
+            if state == ObjectState.STORE:
+                self._out.emit(fx.FreeCopies(oid, (remote,)) if remote else fx.DeleteObject(oid))
+            return []
+        table = self.table
+        if remote and state == ObjectState.STORE:
+            table.seal(entry, state, size, b"", contains, remote=[remote])
+            self._publish_owned(entry, remote)
+        else:
+            if state == ObjectState.STORE and not self.has_room(size):
+                self._out.emit(fx.DeleteObject(oid))
+                state, payload = ObjectState.ERROR, records.system_error_record(
+                    ObjectStoreFullError, self.full_message(size), name)
+                size = 0
+            table.seal(entry, state, size, bytes(payload), contains)
+            if state == ObjectState.STORE:
+                self._publish_here(entry)
+        self.object_ready(entry)
+        return table.release_if_unused(entry)
+
+    def fail_return(self, oid: bytes, record: bytes) -> list:
+        """A task's return becomes its error (unless it has a value already)."""
+        entry = self.table.entries.get(oid)
+        if entry is None or entry.ready:
+            return []
+        self.table.seal(entry, ObjectState.ERROR, 0, record, [])
+        self.object_ready(entry)
+        return self.table.release_if_unused(entry)
+
+    # -- pulls -------------------------------------------------------------------------
+
+    def fetch(self, entry: ObjectEntry) -> None:
+        """Start pulling a STORE object held elsewhere (once), if there is room."""
+        if entry.local or entry.fetching:
+            return
+        if not self.has_room(entry.size):
+            self._fail_askers(entry, records.system_error_record(
+                ObjectStoreFullError, self.full_message(entry.size)))
+            return
+        self.table.reserve(entry)
+        self._stats["fetches"] += 1
+        self._out.emit(fx.Fetch(entry.oid, entry.size, tuple(entry.remote)))
+
+    def fetched(self, oid: bytes) -> None:
+        entry = self.table.entries.get(oid)
+        if entry is None or not entry.fetching:
+            self._out.emit(fx.DeleteObject(oid))  # freed while it was pulled
+            return
+        self.table.fetched(entry)
+        self._out.emit(fx.Publish("loc", oid, entry.size))
+        self.object_ready(entry)
+
+    def fetch_failed(self, oid: bytes, reason: str) -> None:
+        entry = self.table.entries.get(oid)
+        if entry is not None and entry.fetching:
+            self.table.unreserve(entry)
+            self.lose(entry, ObjectLostError, reason)
+
+    def _fail_askers(self, entry: ObjectEntry, record: bytes) -> None:
+        """The object cannot come here now: those waiting for it here get the
+        error; the object itself is unharmed (a task on its holder may still use it)."""
+        for client in entry.subscribers:
+            self._out.send(client, p.ObjectReady(entry.oid, int(ObjectState.ERROR), 0, record))
+        entry.subscribers.clear()
+        waiting, entry.dependents = entry.dependents, []
+        self._unavailable(waiting, record)
+
+    def lose(self, entry: ObjectEntry, error: type, text: str) -> None:
+        """A ready object's value cannot be had: it becomes that error, and so
+        do the tasks that were about to run with it."""
+        entry.state = ObjectState.ERROR
+        entry.payload = records.system_error_record(error, text)
+        entry.shared_with += [n for n in entry.remote if n not in entry.shared_with]
+        entry.local, entry.remote, entry.size = True, [], 0   # (copies still freed, see free)
+        if entry.owner_node is None:
+            self._out.emit(fx.Publish("obj", entry.oid, None))
+        self.object_ready(entry)
+        self._lost(entry)
+
+    def holder_gone(self, node_id: bytes, reason: str) -> None:
+        """A node died or left: its copies are gone; objects only it held are lost."""
+        lost = []
+        for entry in list(self.table.entries.values()):
+            if node_id in entry.remote:
+                entry.remote.remove(node_id)
+                if not entry.remote and not entry.local and not entry.fetching:
+                    lost.append(entry)
+        for entry in lost:
+            self.lose(entry, ObjectLostError,
+                      f"object {entry.oid.hex()} was only on a node that died ({reason})")
+
+    # -- freeing and publishing ----------------------------------------------------------
+
+    def free(self, freed: list) -> None:
+        """Carry out the frees the books decided: store files, pulls, other copies."""
+        for entry in freed:
+            if entry.state != ObjectState.STORE:
+                if entry.shared_with and entry.owner_node is None:   # lost here, maybe not there
+                    self._out.emit(fx.FreeCopies(entry.oid, tuple(entry.shared_with)))
+                continue
+            if entry.owner_node is None:
+                self._out.emit(fx.Publish("obj", entry.oid, None))
+            if entry.local:
+                self._out.emit(fx.DeleteObject(entry.oid))
+            elif entry.fetching:
+                self._out.emit(fx.CancelFetch(entry.oid))
+            if entry.owner_node is None and (entry.remote or entry.shared_with or self._any_peers()):
+                self._out.emit(fx.FreeCopies(
+                    entry.oid, tuple(dict.fromkeys(entry.remote + entry.shared_with))))
+
+    def _publish_here(self, entry: ObjectEntry) -> None:
+        """A STORE object was sealed in our store: the GCS says where, and whose."""
+        self._out.emit(fx.Publish("loc", entry.oid, entry.size))
+        self._publish_owned(entry, self.node_id)
+
+    def _publish_owned(self, entry: ObjectEntry, made_on: bytes) -> None:
+        """An object we own is sealed in a store: the GCS objects table says so."""
+        if entry.owner_node is None:
+            self._out.emit(fx.Publish("obj", entry.oid, {
+                "size": entry.size, "task": ids.task_of(entry.oid), "made_on": made_on}))
+
+    def validate(self) -> None:
+        self.table.validate()

@@ -1,0 +1,326 @@
+"""Spillover: tasks this node forwards to peers, and tasks peers forward here.
+
+Peers are other nodes as gossip describes them (`PeerUp`/`PeerSuspect`/
+`PeerDown` events, kept as `PeerView`s). Both sides of one exchange:
+
+    owner                                      executor (a peer)
+    spill(): a queued task that does
+      not fit the free local resources  --Spill-->   on_spill(): accept, or
+      goes to the peer placement picks                 Refuse (spillback)
+    on_refuse(): queued here again,   <--Refuse--
+      that peer left alone for
+      `refuse_backoff`
+    on_task_result(): its returns     <--TaskResult-- report(): when it ends
+      are sealed (STORE ones stay                      (its STORE returns stay in
+      in the executor's store)                         our store till the owner
+                                                       frees them: FreeObjects)
+    check_spilled(): tasks out longer --SpillCheck--> on_spill_check(): Refuse
+      than SPILL_CHECK_AGE                             the ones it does not have
+    cancel()                          --Cancel-->      (a cancelled TaskResult)
+
+The owner stays the task's owner: a task whose peer dies comes back
+(`peer_down`) and is retried by the scheduler. A task forwarded here runs
+like a local one, held by `peer_client(owner)`. Locality: a task whose
+arguments are mostly in one peer's store goes there if that peer can start
+it now (`to_holder`), rather than pulling them here.
+
+The scheduler owns the tasks; spillover keeps the peers' books and tells
+the scheduler (its lifecycle methods) what came back.
+"""
+from __future__ import annotations
+
+from .. import protocol as p
+from .. import records
+from ..exceptions import ZFabricError
+from ..protocol import ObjectState, TaskStatus
+from . import placement
+from . import resources as rs
+from .objects import peer_client
+from .placement import PeerView
+from .tasks import Task, TaskState
+
+# Tasks of a function known to be quick (as prefetch judges it) are queued
+# this many deep per slot at a peer while the local queue is deep: a round
+# trip to the owner per task would leave the peer idle most of the time,
+# and a queue of quick tasks drains in milliseconds at the end.
+QUICK_SPILL_DEPTH = 16
+# A task forwarded to a peer longer ago than this is checked on every tick
+# (SpillCheck): a peer that does not have it (its Spill or TaskResult was
+# lost: TCP between live peers rarely loses, but a reconnect can) refuses
+# it, and it runs again. Messages on one link are ordered, so a result
+# already on its way always arrives before the answer.
+SPILL_CHECK_AGE = 1.0
+
+
+class Spillover:
+    def __init__(self, sched, *, node_id: bytes, address: str, spill_depth: int,
+                 refuse_backoff: float, locality_min_bytes: int):
+        self.sched = sched                  # the Scheduler: its tasks, queues, pool, objects
+        self.node_id = node_id
+        self.address = address              # ours, for peers that do not know us yet
+        self.spill_depth = spill_depth
+        self.refuse_backoff = refuse_backoff
+        self.locality_min_bytes = locality_min_bytes
+        self.peers: dict[bytes, PeerView] = {}
+
+    # -- owner side ---------------------------------------------------------------------
+
+    def cluster_total(self) -> dict[str, int]:
+        total = dict(self.sched.pool.total)
+        for view in self.peers.values():
+            rs.release(total, view.total)
+        return total
+
+    def spill(self) -> None:
+        """Forward queued tasks that cannot start here to peers with room."""
+        s = self.sched
+        queues, pool = s.queues, s.pool
+        deep = placement.queue_is_deep(queues.count, self.cluster_total())
+        for shape in queues.shapes():
+            kept = []   # tasks peers forwarded to us: they run here or nowhere
+            while True:
+                task = queues.head(shape)
+                if task is None or rs.fits(pool.available, task.demand):
+                    break  # it starts here as soon as a worker is free
+                if task.remote_owner is not None or (
+                        task.spec.contained and rs.feasible(pool.total, task.demand)):
+                    # forwarded to us: runs here or nowhere; refs nested in the
+                    # arguments are known here only: a peer could not get them
+                    kept.append(queues.pop(shape))
+                    continue
+                depth = 0
+                if deep:
+                    depth = QUICK_SPILL_DEPTH if pool.quick(task.spec.fn_id) else self.spill_depth
+                peer = placement.pick_peer(self.peers.values(), task.demand, s.now,
+                                           depth=depth, arg_bytes=self._arg_bytes(task))
+                if peer is None:
+                    break  # tasks of one shape are alike: the rest wait too
+                self._forward(queues.pop(shape), peer)
+            for task in kept:
+                queues.push(task)
+
+    def to_holder(self, task: Task) -> bool:
+        """Locality: send a ready task to the peer holding most of its argument
+        bytes, if that peer can start it now. False: it stays with us."""
+        peer = placement.holder_with_room(self.peers.values(), task.demand, self.sched.now,
+                                          self._arg_bytes(task), self.locality_min_bytes)
+        if peer is None:
+            return False
+        self._forward(task, peer, start_now=True)
+        return True
+
+    def _arg_bytes(self, task: Task) -> dict[bytes, int]:
+        """Bytes of the task's STORE arguments held by each node (us included)."""
+        held: dict[bytes, int] = {}
+        entries = self.sched.objects.entries
+        for oid in task.spec.deps:
+            entry = entries[oid]
+            if entry.state != ObjectState.STORE:
+                continue
+            nodes = ([self.node_id] if entry.local else []) + entry.remote
+            for node in nodes:
+                held[node] = held.get(node, 0) + entry.size
+        return held
+
+    def _forward(self, task: Task, peer: PeerView, start_now: bool = False) -> None:
+        """Send a ready task to a peer to run; we stay its owner. `start_now`:
+        it goes there for its arguments, not to wait in that peer's queue."""
+        s = self.sched
+        spec = task.spec
+        task.state = TaskState.SPILLED
+        task.node = peer.node_id
+        task.since = s.now
+        task.attempts += 1
+        peer.sent(task.demand)
+        s.stats["spilled"] += 1
+        fn_blob = s.functions.for_receiver(peer.known_fns, spec.fn_id)
+        states, sizes, holders, payloads = s.objects.describe_for_peer(spec.deps, peer.node_id)
+        limit = spec.max_retries
+        retries = -1 if limit < 0 else max(0, limit - (task.attempts - 1))
+        s.out.peer(peer.address, p.Spill(
+            self.node_id, self.address, spec.task_id, spec.name, spec.fn_id, spec.num_returns,
+            spec.resources, retries, spec.retry_exceptions, spec.depth, start_now, spec.deps,
+            states, sizes, holders, fn_blob, spec.args_blob, spec.retry_blob, payloads))
+
+    def came_back(self, task: Task) -> PeerView | None:
+        """A SPILLED task came back (result, refusal or death): give back its room."""
+        peer = self.peers.get(task.node)
+        if peer is not None:
+            peer.came_back(task.demand)
+        task.node = None
+        task.state = TaskState.WAITING
+        return peer
+
+    def _spilled_to(self, sender: bytes, task_id: bytes) -> Task | None:
+        """Our task that `sender` runs, or None (a late answer: retried elsewhere)."""
+        task = self.sched.tasks.get(task_id)
+        if task is None or task.state != TaskState.SPILLED or task.node != sender:
+            return None
+        return task
+
+    def on_task_result(self, sender: bytes, msg: p.TaskResult) -> None:
+        task = self._spilled_to(sender, msg.task_id)
+        if task is None:
+            return
+        self.came_back(task)
+        s = self.sched
+        if len(msg.states) != task.spec.num_returns:
+            s.finish_failed(task, records.system_error_record(
+                ZFabricError, "a peer reported the wrong number of returns", task.name))
+        elif msg.status == TaskStatus.CANCELLED:
+            task.cancelled = True
+            s.retry_or_fail(task, None)
+        elif ObjectState.ERROR in msg.states:
+            s.finish_failed(task, msg.payloads[msg.states.index(ObjectState.ERROR)])
+        else:
+            s.finish_ok(task, msg, remote=sender)
+
+    def on_refuse(self, sender: bytes, msg: p.Refuse) -> None:
+        task = self._spilled_to(sender, msg.task_id)
+        if task is None:
+            return
+        peer = self.came_back(task)
+        task.attempts -= 1
+        if peer is not None:
+            peer.known_fns.discard(task.spec.fn_id)   # it may have refused for want of it
+            peer.refused_until = self.sched.now + self.refuse_backoff
+            peer.available = rs.to_units(msg.available)
+        self.sched.retry_or_fail(task, None)   # (arguments elsewhere are pulled if it runs here)
+
+    def check_spilled(self) -> None:
+        """Ask each peer about our tasks it has had for a while (SpillCheck)."""
+        now = self.sched.now
+        due: dict[bytes, list] = {}
+        for task in self.sched.tasks.values():
+            if task.state == TaskState.SPILLED and now - task.since > SPILL_CHECK_AGE:
+                due.setdefault(task.node, []).append(task.spec.task_id)
+        for node, task_ids in due.items():
+            self.sched.out.peer(self.peers[node].address, p.SpillCheck(self.node_id, task_ids))
+
+    def cancel(self, task: Task, force: bool) -> None:
+        """Ask the peer running our task to cancel it (it answers with a cancelled TaskResult)."""
+        peer = self.peers.get(task.node)
+        if peer is not None:
+            self.sched.out.peer(peer.address, p.Cancel(task.returns[0] if task.returns else
+                                                       task.spec.task_id + bytes(4), force, True))
+
+    # -- peers come and go --------------------------------------------------------------
+
+    def peer_up(self, node_id: bytes, address: str, info: dict) -> None:
+        view = self.peers.get(node_id)
+        if view is None:
+            view = self.peers[node_id] = PeerView(node_id, address)
+        view.address = address
+        view.suspect = False   # heard of again
+        if not view.update(info):
+            self.sched.out.log("warning", f"peer {node_id.hex()[:12]} gossiped a malformed view")
+
+    def peer_suspect(self, node_id: bytes) -> None:
+        view = self.peers.get(node_id)
+        if view is not None:
+            view.suspect = True
+
+    def peer_down(self, node_id: bytes) -> bool:
+        """A peer is gone: tasks it forwarded us end (nobody to report to; if it
+        comes back, it asks: SpillCheck), and its holds here go. False if we
+        did not know it."""
+        if self.peers.pop(node_id, None) is None:
+            return False
+        s = self.sched
+        owner = peer_client(node_id)
+        orphans = [t for t in s.tasks.values() if t.owner == owner]
+        for task in orphans:
+            task.remote_owner = None
+        for task in orphans:
+            s.cancel_task(task, force=True, recursive=True)
+        s.objects.drop_client(owner)
+        return True
+
+    def take_back(self, node_id: bytes) -> list[Task]:
+        """Our tasks a dead peer ran: WAITING again, for the scheduler to retry."""
+        tasks = [t for t in self.sched.tasks.values()
+                 if t.state == TaskState.SPILLED and t.node == node_id]
+        for task in tasks:
+            task.node = None
+            task.state = TaskState.WAITING
+        return tasks
+
+    # -- executor side ------------------------------------------------------------------
+
+    def on_spill(self, sender: bytes, msg: p.Spill) -> None:
+        """A peer forwards us a task to run: take it, or refuse (spillback)."""
+        s = self.sched
+        view = self.peers.get(sender)
+        if view is None and msg.reply_to:  # it knows of us before we know of it
+            view = self.peers[sender] = PeerView(sender, msg.reply_to)
+        if msg.fn_blob:   # kept even if we refuse: the owner will not send it again
+            s.functions.add(msg.fn_id, msg.fn_blob)
+        demand = rs.to_units(msg.resources)
+        if view is None or not self._accepts(msg, demand):
+            s.stats["refused"] += 1
+            if view is not None:   # (without the code: the owner sends it with the next)
+                s.out.peer(view.address, p.Refuse(
+                    self.node_id, msg.task_id, rs.from_units(s.pool.available)))
+            return
+        s.stats["accepted"] += 1
+        owner = peer_client(sender)
+        spec = p.Submit(msg.task_id, msg.name, msg.fn_id, msg.num_returns, msg.resources,
+                        msg.max_retries, msg.retry_exceptions, msg.depth, b"", [], [],
+                        b"", msg.args_blob, msg.retry_blob)
+        task = s.admit(spec, owner, demand, owner_node=sender)
+        task.remote_owner = sender
+        failure = None
+        for i, oid in enumerate(msg.dep_ids):
+            failure = failure or s.objects.adopt(
+                oid, sender, owner, msg.dep_states[i], msg.dep_sizes[i], msg.dep_holders[i],
+                msg.dep_payloads[i], msg.name)
+            spec.deps.append(oid)
+        if failure is not None:
+            s.finish_failed(task, failure)
+        else:
+            s.ready(task)
+
+    def _accepts(self, msg: p.Spill, demand: dict[str, int]) -> bool:
+        s = self.sched
+        depth = (0 if msg.start_now else QUICK_SPILL_DEPTH if s.pool.quick(msg.fn_id)
+                 else self.spill_depth)
+        return (msg.task_id not in s.tasks and msg.fn_id in s.functions
+                and placement.accepts(s.pool.available, s.pool.total, s.queues.count,
+                                      demand, depth))
+
+    def report(self, task: Task) -> None:
+        """A task a peer forwarded to us ended: tell it how; keep STORE returns
+        (the owner frees them), drop the rest (the owner has their values)."""
+        s = self.sched
+        states, sizes, contained, payloads = s.objects.describe_returns(
+            task.returns, task.owner, task.cancelled, task.name)
+        view = self.peers.get(task.remote_owner)
+        if view is None:
+            return  # the owner is gone: its copies went with peer_client(owner)
+        status = TaskStatus.CANCELLED if task.cancelled else TaskStatus.OK
+        s.out.peer(view.address, p.TaskResult(
+            self.node_id, task.spec.task_id, int(status), states, sizes, contained, payloads))
+
+    def on_spill_check(self, sender: bytes, msg: p.SpillCheck) -> None:
+        view = self.peers.get(sender)
+        if view is None:
+            return
+        owner = peer_client(sender)
+        for task_id in msg.task_ids:
+            task = self.sched.tasks.get(task_id)
+            if task is None or task.owner != owner:
+                self.sched.out.peer(view.address, p.Refuse(
+                    self.node_id, task_id, rs.from_units(self.sched.pool.available)))
+
+    def on_free_objects(self, sender: bytes, msg: p.FreeObjects) -> None:
+        """The owner freed objects whose copies we keep for it."""
+        self.sched.objects.decref_all(peer_client(sender), msg.ids)
+
+    def validate(self, tasks: dict[bytes, Task]) -> None:
+        for t in tasks.values():
+            if t.state == TaskState.SPILLED:
+                assert t.node in self.peers and t.remote_owner is None
+        for view in self.peers.values():
+            mine = [t for t in tasks.values()
+                    if t.state == TaskState.SPILLED and t.node == view.node_id]
+            assert view.ours == len(mine), (view.ours, len(mine))

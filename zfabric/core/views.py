@@ -1,0 +1,95 @@
+"""Ray-shaped records of the cluster, for `nodes()`, `cluster_resources()`,
+`available_resources()`, `status` and `timeline()`.
+
+The fabric answers a client's Request here, from what this node knows:
+membership (who is in the cluster, alive or not, and each peer's gossiped
+view), the GCS replica (each node's static record and timeline batches)
+and, for this node itself, the scheduler's live figures. Read only.
+"""
+from __future__ import annotations
+
+from .membership import LIVE, MemberState
+from .timeline import trace_events
+
+
+class ClusterView:
+    def __init__(self, node_id: bytes, scheduler, membership, gcs):
+        self.node_id = node_id
+        self.scheduler = scheduler
+        self.membership = membership
+        self.gcs = gcs
+        self._answers = {"nodes": self.nodes, "resources": self.resources,
+                         "status": self.status, "timeline": self.timeline}
+
+    def answer(self, what: str):
+        """The data of a Request; ValueError for an unknown one."""
+        handler = self._answers.get(what)
+        if handler is None:
+            raise ValueError(f"unknown query {what!r}")
+        return handler()
+
+    def nodes(self) -> list[dict]:
+        return [self._node_record(m) for m in self._members()]
+
+    def resources(self) -> dict:
+        total: dict[str, float] = {}
+        available: dict[str, float] = {}
+        for m in self._members():
+            if m.state not in LIVE:
+                continue
+            view = self._view(m)
+            for k, v in view.get("total", {}).items():
+                total[k] = total.get(k, 0.0) + v
+            for k, v in view.get("available", {}).items():
+                available[k] = available.get(k, 0.0) + v
+        return {"total": total, "available": available}
+
+    def status(self) -> dict:
+        rows = []
+        for m in self._members():
+            row = self._node_record(m)
+            if m.node_id == self.node_id:
+                row.update(self.scheduler.status())
+            else:
+                view = m.info
+                row.update(available=view.get("available", {}),
+                           tasks_queued=view.get("queued", 0),
+                           tasks_running=view.get("running", 0),
+                           store_used=view.get("store_used", 0),
+                           store_capacity=view.get("store_capacity", 0),
+                           pending_demand=[])
+            rows.append(row)
+        return {"self": self.node_id.hex(), "nodes": rows}
+
+    def timeline(self) -> list[dict]:
+        """Ours as it is now, the others' as replicated."""
+        events = self.scheduler.timeline.trace_events()
+        by_node: dict[bytes, list] = {}
+        for shard, _batch, entries in self.gcs.items("tl"):
+            if shard != self.node_id:
+                by_node.setdefault(shard, []).extend(entries)
+        for node, entries in by_node.items():
+            events += trace_events(node, entries)
+        return events
+
+    def _members(self) -> list:
+        me = self.node_id
+        return sorted(self.membership.members.values(),
+                      key=lambda m: (m.node_id != me, m.node_id))
+
+    def _view(self, member) -> dict:
+        if member.node_id == self.node_id:
+            return self.scheduler.resource_view()
+        return member.info
+
+    def _node_record(self, member) -> dict:
+        static = self.gcs.get("node", member.node_id, shard=member.node_id) or member.info
+        view = self._view(member)
+        # a suspected node is alive until declared dead (Ray's "Alive" is not dead)
+        return {"NodeID": member.node_id.hex(), "Alive": member.state in LIVE,
+                "State": MemberState(member.state).name,
+                "NodeManagerAddress": static.get("host", ""),
+                "NodeManagerPort": static.get("port", 0),
+                "Resources": dict(view.get("total", {})),
+                "ObjectStoreAddress": static.get("object_address", ""),
+                "Address": static.get("address", member.address)}

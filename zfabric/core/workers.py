@@ -1,0 +1,319 @@
+"""The worker pool of one node: its processes, and the resources they run on.
+
+The scheduler asks the pool for an idle worker, starts tasks on workers and
+hands their ends back; the pool decides when to start and stop processes
+and keeps the node's resource books (`total`, `available`):
+
+- `num_workers` processes are pre-started and replaced when one dies; extra
+  ones are started when ready tasks fit the free resources but no worker is
+  idle (`spawn_for_demand`), up to `max_workers`, and stopped after idling
+  for `idle_worker_timeout` (`reap_idle`);
+- CPU lending: a task blocked in get/wait gives its CPU back (`block`) and
+  takes it again when it wakes (`unblock`), so nested tasks cannot deadlock;
+- prefetch: when every worker is busy, a worker running a task of function
+  F is sent its next task of the same resource shape at once if F is
+  *quick*: it has run at least PREFETCH_MIN_RUNS times and its slowest
+  recent run took under `prefetch_max_task_seconds` (a prefetched task
+  cannot move to another worker that frees up first, so it must only ever
+  wait behind quick tasks). That task is ASSIGNED: it holds no resources
+  until the running one ends, when the resources pass to it. A worker that
+  blocks is sent Revoke for its prefetched tasks; it answers Revoked for
+  each it had not started.
+
+Tasks the pool gives back (prefetched behind a worker that died or is being
+killed) are returned to the caller, which queues or fails them.
+"""
+from __future__ import annotations
+
+import math
+from collections import deque
+from enum import IntEnum
+
+from .. import protocol as p
+from . import effects as fx
+from . import resources as rs
+from .tasks import Task, TaskState
+
+PREFETCH_MIN_RUNS = 3
+
+
+class WorkerState(IntEnum):
+    STARTING = 0
+    IDLE = 1
+    BUSY = 2
+
+
+class Worker:
+    __slots__ = ("wid", "client", "state", "task", "known_fns", "idle_since", "extra", "doomed",
+                 "queue")
+
+    def __init__(self, wid: str, extra: bool):
+        self.wid = wid
+        self.client = wid.encode()
+        self.state = WorkerState.STARTING
+        self.task: Task | None = None
+        self.known_fns: set[bytes] = set()   # functions whose code it was sent
+        self.idle_since = 0.0
+        self.extra = extra    # started for demand (stopped when idle), not pre-started
+        self.doomed = False   # a kill was asked: never give it another task
+        self.queue: deque[Task] = deque()   # prefetched (ASSIGNED) tasks, in order
+
+
+def workers_for(num_cpus: float) -> int:
+    """Workers a node pre-starts for `num_cpus` CPUs."""
+    return int(math.ceil(num_cpus))
+
+
+class WorkerPool:
+    def __init__(self, *, resources: dict[str, float], num_workers: int, max_workers: int,
+                 idle_worker_timeout: float, prefetch_max_task_seconds: float,
+                 out: fx.Outbox, stats: dict):
+        self.total = rs.to_units(resources)
+        self.available = dict(self.total)
+        self.num_workers = num_workers
+        self.max_workers = max_workers
+        self.idle_worker_timeout = idle_worker_timeout
+        self.prefetch_max_task_seconds = prefetch_max_task_seconds
+        self.workers: dict[str, Worker] = {}
+        self.idle: list[Worker] = []
+        self._by_client: dict[bytes, Worker] = {}
+        # fn_id -> [runs, peak run time] (the peak decays 1% a run, so one slow
+        # outlier does not disable prefetch for good)
+        self._fn_times: dict[bytes, list] = {}
+        self._next_worker = 0
+        self._out = out
+        self._stats = stats
+
+    # -- processes ------------------------------------------------------------------
+
+    def start(self) -> None:
+        for _ in range(self.num_workers):
+            self._spawn(extra=False)
+
+    def _spawn(self, extra: bool) -> None:
+        self._next_worker += 1
+        wid = f"w{self._next_worker}"
+        self.workers[wid] = worker = Worker(wid, extra)
+        self._by_client[worker.client] = worker
+        self._stats["workers_started"] += 1
+        self._out.emit(fx.SpawnWorker(wid))
+
+    def hello(self, worker_id: str, client: bytes, now: float) -> bool:
+        """A worker process we started is up; False if we know no such one."""
+        worker = self.workers.get(worker_id)
+        if worker is None or worker.client != client or worker.state != WorkerState.STARTING:
+            return False
+        worker.state = WorkerState.IDLE
+        worker.idle_since = now
+        self.idle.append(worker)
+        return True
+
+    def of_client(self, client: bytes) -> Worker | None:
+        return self._by_client.get(client)
+
+    def exited(self, wid: str) -> tuple[Worker | None, Task | None]:
+        """A worker process ended: forget it and release what its task held.
+        Returns it (its prefetched tasks still in its `queue`) and the task it
+        was running, if any."""
+        worker = self.workers.pop(wid, None)
+        if worker is None:
+            return None, None
+        self._by_client.pop(worker.client, None)
+        if worker in self.idle:
+            self.idle.remove(worker)
+        task = worker.task
+        if task is not None:
+            self._stats["workers_crashed"] += 1
+            worker.task = None
+            rs.release(self.available, self._held(task))
+            task.blocked = False
+            task.worker = None
+            task.state = TaskState.WAITING
+        return worker, task
+
+    def keep_prestarted(self) -> None:
+        """Replace pre-started workers that died."""
+        if sum(1 for w in self.workers.values() if not w.extra) < self.num_workers:
+            self._spawn(extra=False)
+
+    def spawn_for_demand(self, queues) -> None:
+        """No idle worker: start as many as queued tasks would fit right now."""
+        room = self.max_workers - len(self.workers)
+        if room <= 0 or not queues.any_head_fits(self.available):
+            return  # the common case: resources, not workers, are the limit
+        starting = self.starting_count()
+        fitting = queues.count_fitting(self.available, starting + room)
+        for _ in range(min(room, fitting - starting)):
+            self._spawn(extra=True)
+
+    def reap_idle(self, now: float) -> list[Worker]:
+        """Stop extra workers idle too long; the caller drops what they held."""
+        reaped = []
+        for worker in list(self.idle):
+            if worker.extra and now - worker.idle_since > self.idle_worker_timeout:
+                self.idle.remove(worker)
+                del self.workers[worker.wid]
+                self._by_client.pop(worker.client, None)
+                self._out.emit(fx.StopWorker(worker.wid))
+                reaped.append(worker)
+        return reaped
+
+    def kill(self, worker: Worker) -> None:
+        worker.doomed = True
+        self._out.emit(fx.KillWorker(worker.wid))
+
+    def running_count(self) -> int:
+        return sum(1 for w in self.workers.values() if w.task is not None)
+
+    def starting_count(self) -> int:
+        return sum(1 for w in self.workers.values() if w.state == WorkerState.STARTING)
+
+    def assigned_count(self) -> int:
+        return sum(len(w.queue) for w in self.workers.values())
+
+    # -- tasks on workers -------------------------------------------------------------
+
+    def idle_worker(self) -> Worker | None:
+        return self.idle.pop() if self.idle else None
+
+    def start_task(self, task: Task, worker: Worker) -> None:
+        """The task runs on the worker from now on: it holds its resources."""
+        rs.acquire(self.available, task.demand)
+        task.state = TaskState.RUNNING
+        task.worker = worker.wid
+        task.attempts += 1
+        worker.state = WorkerState.BUSY
+        worker.task = task
+
+    def task_ended(self, worker: Worker, task: Task, now: float) -> list[Task]:
+        """A worker's task ended: release what it held, start its prefetched
+        task or make it idle. Returns the prefetched tasks it gives back."""
+        rs.release(self.available, self._held(task))
+        task.blocked = False
+        task.worker = None
+        worker.task = None
+        return self._next_or_idle(worker, now)
+
+    def _next_or_idle(self, worker: Worker, now: float) -> list[Task]:
+        given_back = self.give_back(worker) if worker.doomed else []
+        if worker.queue:  # its prefetched task starts now, on the resources just freed
+            nxt = worker.queue.popleft()
+            self.start_task(nxt, worker)
+            if nxt.cancelled:
+                self._out.emit(fx.InterruptWorker(worker.wid, nxt.spec.task_id))
+            return given_back
+        worker.state = WorkerState.IDLE
+        worker.idle_since = now
+        if not worker.doomed:
+            self.idle.append(worker)
+        return given_back
+
+    def give_back(self, worker: Worker) -> list[Task]:
+        """Take a worker's prefetched tasks off it (they are WAITING again)."""
+        tasks = list(worker.queue)
+        worker.queue.clear()
+        for task in tasks:
+            task.worker = None
+            task.state = TaskState.WAITING
+        return tasks
+
+    def revoked(self, worker: Worker, task: Task, now: float) -> list[Task]:
+        """The worker dropped a prefetched task unstarted: it is WAITING again.
+        Returns the tasks to queue again (it, and any the worker gives back)."""
+        given_back: list[Task] = []
+        if task.state == TaskState.ASSIGNED:
+            worker.queue.remove(task)
+        elif task.state == TaskState.RUNNING and worker.task is task:
+            # we had started it when its predecessor ended; the worker had not
+            task.attempts -= 1
+            rs.release(self.available, task.demand)
+            worker.task = None
+            given_back = self._next_or_idle(worker, now)
+        else:
+            return []
+        task.worker = None
+        task.state = TaskState.WAITING
+        return given_back + [task]
+
+    @staticmethod
+    def _held(task: Task) -> dict:
+        """What a running task holds: its demand, less the CPU it gave back if blocked."""
+        if task.blocked and rs.CPU in task.demand:
+            return {k: v for k, v in task.demand.items() if k != rs.CPU}
+        return task.demand
+
+    # -- CPU lending -----------------------------------------------------------------
+
+    def block(self, worker: Worker, task: Task) -> None:
+        """Its task waits in get/wait: lend its CPU out, revoke what waits behind it."""
+        task.blocked = True
+        cpu = task.demand.get(rs.CPU, 0)
+        if cpu:
+            self.available[rs.CPU] = self.available.get(rs.CPU, 0) + cpu
+        for queued in worker.queue:
+            self._out.send(worker.client, p.Revoke(queued.spec.task_id))
+
+    def unblock(self, task: Task) -> None:
+        task.blocked = False
+        cpu = task.demand.get(rs.CPU, 0)
+        if cpu:  # may go below zero for a moment: the task is running again
+            self.available[rs.CPU] = self.available.get(rs.CPU, 0) - cpu
+
+    # -- prefetch ---------------------------------------------------------------------
+
+    def record_run(self, fn_id: bytes, took: float) -> None:
+        times = self._fn_times.get(fn_id)
+        if times is None:
+            self._fn_times[fn_id] = [1, took]
+        else:
+            times[0] += 1
+            times[1] = max(took, times[1] * 0.99)
+
+    def quick(self, fn_id: bytes) -> bool:
+        """Is this function quick (enough runs, all short)?"""
+        times = self._fn_times.get(fn_id)
+        return (times is not None and times[0] >= PREFETCH_MIN_RUNS
+                and times[1] < self.prefetch_max_task_seconds)
+
+    def prefetch(self, queues) -> list[tuple[Task, Worker]]:
+        """Assign queued quick tasks to busy workers; the caller sends them."""
+        assigned = []
+        if self.prefetch_max_task_seconds <= 0:
+            return assigned
+        for worker in self.workers.values():
+            running = worker.task
+            if (running is None or worker.queue or running.blocked or worker.doomed
+                    or running.cancelled or not self.quick(running.spec.fn_id)):
+                continue
+            task = queues.pop(running.shape)
+            if task is None:
+                continue
+            task.state = TaskState.ASSIGNED
+            task.worker = worker.wid
+            worker.queue.append(task)
+            self._stats["prefetched"] += 1
+            assigned.append((task, worker))
+            if not queues.count:
+                break
+        return assigned
+
+    # -- invariants -------------------------------------------------------------------
+
+    def validate(self, tasks: dict[bytes, Task]) -> None:
+        for name, total in self.total.items():
+            running = sum(t.demand.get(name, 0) for t in tasks.values()
+                          if t.state == TaskState.RUNNING
+                          and not (t.blocked and name == rs.CPU))
+            assert self.available.get(name, 0) + running == total, (name, self.available, running)
+        for t in tasks.values():
+            if t.state == TaskState.RUNNING:
+                w = self.workers[t.worker]
+                assert w.task is t and w.state == WorkerState.BUSY
+            if t.state == TaskState.ASSIGNED:
+                w = self.workers[t.worker]
+                assert t in w.queue and w.task is not None and w.task is not t
+        for w in self.idle:
+            assert w.state == WorkerState.IDLE and w.task is None and not w.queue
+        for w in self.workers.values():
+            assert all(t.state == TaskState.ASSIGNED and t.worker == w.wid for t in w.queue)
+            assert self._by_client[w.client] is w
