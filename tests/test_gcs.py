@@ -41,6 +41,11 @@ WRITES = st.tuples(st.sampled_from(TABLES), st.sampled_from(KEYS), VALUES)
 SIM = settings(max_examples=150, deadline=None)
 
 
+def gapped(g: Gcs) -> set[bytes]:
+    """The shards g asks a snapshot of (a gap was seen and not caught up since)."""
+    return {shard for shard, seq in g.wanted_vector().items() if seq < 0}
+
+
 def wire(x):
     """As the peer receives it: packed and unpacked the way protocol.py does."""
     return msgpack.unpackb(msgpack.packb(x, use_bin_type=True), raw=False, use_list=True,
@@ -68,7 +73,7 @@ def state_of(g: Gcs, shard: bytes) -> dict:
 
 
 def fingerprint(g: Gcs):
-    return (g.vector(), g.wanted_vector(), g.needs_snapshot(),
+    return (g.vector(), g.wanted_vector(), gapped(g),
             {s: state_of(g, s) for s in g.shards()}, canon(g.updates_for({})))
 
 
@@ -206,7 +211,7 @@ class Net:
         for g in self.nodes.values():
             # a shard nobody wrote to has nothing to send: absent counts as 0
             assert g.vector() == {i: seq for i, seq in owners.items() if seq or i == g.node_id}
-            assert g.needs_snapshot() == set()
+            assert gapped(g) == set()
             for shard in self.ids:
                 assert state_of(g, shard) == self.history[shard][-1]
 
@@ -267,7 +272,7 @@ def test_delta_after_a_gap_is_not_applied_until_a_snapshot_heals_it():
     assert late == ["d", A, [[3, "loc", b"y", 3]]]
     assert b.apply(late) == []
     assert b.vector()[A] == 1 and b.get("loc", b"x", A) == 1 and b.get("loc", b"y", A) is None
-    assert b.needs_snapshot() == {A}
+    assert gapped(b) == {A}
     assert b.wanted_vector()[A] == -2                  # snapshot newer than 1, please
     b.validate()
 
@@ -279,7 +284,7 @@ def test_delta_after_a_gap_is_not_applied_until_a_snapshot_heals_it():
     assert answer == [["s", A, 3, [["loc", b"x", 2], ["loc", b"y", 3]]]]
     changes = b.apply(wire(answer[0]))
     assert set(changes) == {Change(A, "loc", b"x", 1, 2), Change(A, "loc", b"y", None, 3)}
-    assert b.needs_snapshot() == set() and b.wanted_vector()[A] == 3
+    assert gapped(b) == set() and b.wanted_vector()[A] == 3
     assert b.lookup("loc", b"y") == {A: 3}
     b.validate()
 
@@ -291,12 +296,12 @@ def test_a_gap_also_heals_when_the_missing_deltas_arrive():
         a.put("loc", b"x", v)
         records.append(wire(a.take_new()))
     b.apply(records[2])
-    assert b.needs_snapshot() == {A}
+    assert gapped(b) == {A}
     b.apply(records[0])
-    assert b.needs_snapshot() == {A}                   # still short of seq 3
+    assert gapped(b) == {A}                   # still short of seq 3
     b.apply(records[1])
     b.apply(records[2])
-    assert b.needs_snapshot() == set() and b.get("loc", b"x", A) == 2
+    assert gapped(b) == set() and b.get("loc", b"x", A) == 2
 
 
 def test_updates_for_sends_deltas_the_log_holds_else_a_snapshot():
@@ -421,7 +426,7 @@ def _populated() -> Gcs:
     for v in range(3):
         c.put("loc", b"k1", v)
     b.apply(["d", C, [[3, "loc", b"k1", 2]]])
-    assert b.needs_snapshot() == {C} and b.malformed == 0
+    assert gapped(b) == {C} and b.malformed == 0
     return b
 
 
@@ -526,7 +531,7 @@ def test_duplicate_and_old_deltas_are_ignored():
     assert b.apply(first) == []
     assert b.apply(both) == [Change(A, "loc", b"x", 1, 2), Change(A, "loc", b"y", None, 3)]
     assert b.apply(both) == [] and b.apply(first) == []
-    assert b.vector() == {A: 3, B: 0} and b.needs_snapshot() == set() and b.malformed == 0
+    assert b.vector() == {A: 3, B: 0} and gapped(b) == set() and b.malformed == 0
     b.validate()
 
 
