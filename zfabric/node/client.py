@@ -30,11 +30,12 @@ from collections import deque
 import zmq
 
 from .. import protocol as p
-from ..protocol import ObjectState
+from .. import ref as ref_mod
 from .. import serialization
 from ..config import Config
 from ..exceptions import GetTimeoutError, NodeDiedError, ObjectStoreFullError
 from ..ids import new_put_id, new_task_id, return_ids
+from ..protocol import ObjectState
 from ..ref import ObjectRef
 from . import sockets, store
 
@@ -55,6 +56,10 @@ def current_or_none() -> "Client | None":
 def set_current(client: "Client | None") -> None:
     global _current
     _current = client
+
+
+# ObjectRefs (zfabric/ref.py, below this layer) find the client through this hook
+ref_mod.set_client_lookup(current_or_none)
 
 
 class Client:
