@@ -70,7 +70,6 @@ class Client:
         self.ctx = sockets.context()
         self.rx = sockets.client_dealer(self.ctx, self.id + sockets.RX_SUFFIX, endpoint)
         self.tx = sockets.client_dealer(self.ctx, self.id + sockets.TX_SUFFIX, endpoint)
-        self.endpoint = endpoint
         self._send_lock = threading.Lock()
         self._cond = threading.Condition(threading.Lock())
         self._pumping = False
@@ -103,8 +102,6 @@ class Client:
         w = self.welcome
         self.node_id: bytes = w.node_id
         self.store_dir: str = w.store_dir
-        self.session_dir: str = w.session_dir
-        self.address: str = w.address
         self.node_pid: int = w.node_pid
         self.config = Config.from_json(w.config)
         self.inline_threshold = self.config.inline_threshold
@@ -156,11 +153,11 @@ class Client:
                     except zmq.ZMQError:
                         return
 
-    def request(self, what: str, arg=None, timeout: float | None = 30.0):
+    def request(self, what: str, timeout: float | None = 30.0):
         with self._cond:
             self._req += 1
             req = self._req
-        self.send(p.Request(req, what, arg))
+        self.send(p.Request(req, what))
         msg = self._await_reply(req, timeout)
         if msg.error:
             raise ValueError(msg.error)

@@ -82,11 +82,10 @@ class FakeWorker:
 class SimNode:
     """One node of a FabricSim: its Fabric and everything its shell would hold."""
 
-    def __init__(self, index: int, node_id: bytes, resources: dict, fabric: _Fabric,
+    def __init__(self, index: int, node_id: bytes, fabric: _Fabric,
                  address: str, object_address: str):
         self.index = index
         self.node_id = node_id
-        self.resources = dict(resources)
         self.fabric = fabric
         self.address = address
         self.object_address = object_address
@@ -97,9 +96,7 @@ class SimNode:
         self.workers: dict[str, FakeWorker] = {}
         self.inbox: dict[bytes, list] = {}                 # client -> [(time, msg)]
         self.trace: list[tuple[float, object]] = []        # effects, less gossip and logs
-        self.logs: list[tuple[float, str, str]] = []
         self.deleted: list[tuple[float, bytes]] = []
-        self.gossip_sent = 0
 
     @property
     def scheduler(self):
@@ -187,7 +184,7 @@ class FabricSim:
                                store_capacity=store_capacity, info=info,
                                seeds=[self.nodes[0].address] if self.nodes else [],
                                now=self.time)
-        node = SimNode(i, node_id, resources, fabric, address, object_address)
+        node = SimNode(i, node_id, fabric, address, object_address)
         self.nodes.append(node)
         self._by_address[address] = node
         self._by_address[object_address] = node
@@ -323,17 +320,12 @@ class FabricSim:
         for e in effects:
             kind = type(e)
             if kind is _fx.PeerSend or kind is _fx.JoinSend:   # (the same link here)
-                if type(e.msg) in (_p.Gossip, _p.GcsUpdate):
-                    node.gossip_sent += 1
-                else:
+                if type(e.msg) not in (_p.Gossip, _p.GcsUpdate):
                     node.trace.append((t, e))
                 self._peer_send(node, e)
                 continue
-            if kind is _fx.ForgetPeer:
-                continue   # sockets: nothing to close in memory
-            if kind is _fx.Log:
-                node.logs.append((t, e.level, e.text))
-                continue
+            if kind is _fx.ForgetPeer or kind is _fx.Log:
+                continue   # no sockets to close in memory; logs are not kept
             node.trace.append((t, e))
             if kind is _fx.Send:
                 self._client_send(node, e.to, e.msg)
