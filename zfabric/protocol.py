@@ -465,7 +465,7 @@ class SpillCheck:
     task_ids: list
 
     def check(self) -> str:
-        return "" if _tids(self.task_ids) else "task ids must be 16 bytes"
+        return "" if _tids(self.task_ids) else f"task ids must be {TASK_ID_SIZE} bytes"
 
 
 @message(25)

@@ -48,7 +48,7 @@ class ObjectRef:
 
     def __init__(self, oid: bytes, client=None, *, counted: bool = True):
         if type(oid) is not bytes or len(oid) != ids.OBJECT_ID_SIZE:
-            raise TypeError("ObjectRef ids are 20 bytes")
+            raise TypeError(f"ObjectRef ids are {ids.OBJECT_ID_SIZE} bytes")
         self._id = oid
         if counted:
             client = client if client is not None else _current_client()

@@ -174,7 +174,7 @@ class FabricSim:
 
     def _add(self, i: int, resources: dict, store_capacity: int) -> None:
         cfg = self.config
-        node_id = self.rng.randbytes(16)
+        node_id = self.rng.randbytes(_ids.NODE_ID_SIZE)
         host, port = f"10.0.0.{i + 1}", 7000
         address, object_address = f"tcp://{host}:{port}", f"tcp://{host}:{port + 1}"
         info = {"node_id": node_id.hex(), "pid": 1000 + i, "address": address,

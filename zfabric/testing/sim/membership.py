@@ -13,6 +13,7 @@ import random
 import msgpack
 
 from ...core.membership import GONE, Change, MemberState, Membership
+from ...ids import NODE_ID_SIZE
 from .network import Clock, Network
 
 
@@ -156,7 +157,7 @@ class MembershipSim:
 
     def _add(self) -> int:
         i = len(self.nodes)
-        node_id = self._rng.randbytes(16)
+        node_id = self._rng.randbytes(NODE_ID_SIZE)
         address = f"tcp://node{i}.sim:7000"
         node = Membership(node_id, address, {"index": i}, now=self.now,
                           rng=random.Random(self._rng.getrandbits(64)), **self.config)
