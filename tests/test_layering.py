@@ -335,6 +335,13 @@ def test_the_checker_resolves_imports():
     assert targets("zfabric.node.worker", "from .. import get") == ["zfabric"]
     assert targets("zfabric", "from . import exceptions") == ["zfabric.exceptions"]
     assert targets("zfabric.core", "from . import effects") == ["zfabric.core.effects"]
+    assert targets("zfabric.core", "from .. import ids") == ["zfabric.ids"]
+    assert targets("zfabric.testing.sim", "from .fabric import FabricSim") == [
+        "zfabric.testing.sim.fabric"]
+    assert targets("zfabric.testing.sim.fabric", "from ...core import events") == [
+        "zfabric.core.events"]
+    assert targets("zfabric.testing.sim.fabric", "from ... import protocol") == [
+        "zfabric.protocol"]
     assert targets("zfabric.ref", "import zfabric.node.client") == ["zfabric.node.client"]
     assert targets("zfabric.ref", "import os, zmq") == []
     assert targets("zfabric.ref", "importlib.import_module('zfabric.api')") == ["zfabric.api"]
@@ -349,9 +356,35 @@ def test_the_checker_resolves_imports():
 
 
 def test_ref_finds_the_client_through_its_hook():
-    from zfabric import ref
+    """ref.py (wire) knows the client only through the lookup node/client.py registers."""
+    from zfabric import ids, ref
     from zfabric.node import client
     assert ref._client_lookup is client.current_or_none
+
+    class FakeClient:
+        def __init__(self):
+            self.ops = []
+
+        def add_ref(self, oid):
+            self.ops.append(("add", oid))
+
+        def drop_ref(self, oid):
+            self.ops.append(("drop", oid))
+
+    fake = FakeClient()
+    oid = ids.new_put_id()
+    ref.set_client_lookup(lambda: fake)
+    try:
+        r = ref.ObjectRef(oid)
+        del r
+    finally:
+        ref.set_client_lookup(client.current_or_none)
+    assert fake.ops == [("add", oid), ("drop", oid)]
+    ref.set_client_lookup(None)
+    try:
+        assert ref.ObjectRef(oid)._client is None       # no client: an uncounted ref
+    finally:
+        ref.set_client_lookup(client.current_or_none)
 
 
 # -- what the layers may do ---------------------------------------------------------------
