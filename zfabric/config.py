@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 
 ENV_PREFIX = "ZFABRIC_"
 ADDRESS_ENV = "ZFABRIC_ADDRESS"

@@ -75,14 +75,13 @@ def message(kind: int, frames: tuple[str, ...] = (), var_frames: str | None = No
         header = tuple(n for n in names if n not in payload)
         if list(header) + payload != names:
             raise RuntimeError(f"{cls.__name__}: payload fields must come last")
-        cls.KIND = kind
         cls.KIND_BYTE = bytes([kind])
         cls.HEADER = header
         cls.FRAMES = frames
         cls.VAR_FRAMES = var_frames
         hints = cls.__annotations__
-        cls.TYPES = tuple(_TYPE_OF[hints[n]] for n in header)
-        cls.CHECKS = tuple((i, n, t) for i, (n, t) in enumerate(zip(header, cls.TYPES))
+        types = (_TYPE_OF[hints[n]] for n in header)
+        cls.CHECKS = tuple((i, n, t) for i, (n, t) in enumerate(zip(header, types))
                            if t is not ANY)
         cls.ARITY = len(names)
         if kind in _REGISTRY:
@@ -346,7 +345,6 @@ class Refs:
 class Request:
     req_id: int
     what: str              # "nodes" | "resources" | "timeline" | "status"
-    arg: object
 
 
 @message(15)
@@ -467,7 +465,7 @@ class SpillCheck:
     task_ids: list
 
     def check(self) -> str:
-        return "" if _tids(self.task_ids) else "task ids must be 16 bytes"
+        return "" if _tids(self.task_ids) else f"task ids must be {TASK_ID_SIZE} bytes"
 
 
 @message(25)

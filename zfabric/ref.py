@@ -5,6 +5,11 @@ An ObjectRef counts itself: creating one tells the process's client
 tells it the hold is over. The client batches those changes to its node,
 which frees an object once nobody holds it and no pending task needs it.
 
+This module is in the wire layer and imports nothing above it: it does not
+know the client. `node/client.py` registers, when it is imported, how to
+find the process's client (`set_client_lookup(current_or_none)`); until
+then (a process that never connected) refs are made uncounted.
+
 Pickled inside a value, an ObjectRef notes itself (`serialization.note_ref`)
 so the node keeps it alive as long as the value that contains it.
 """
@@ -12,18 +17,30 @@ from __future__ import annotations
 
 import concurrent.futures
 import threading
+from typing import Callable
 
 from . import ids, serialization
 
-_client_module = None
+
+def _no_client():
+    return None
+
+
+_client_lookup: Callable[[], object] = _no_client
+
+
+def set_client_lookup(lookup: Callable[[], object] | None) -> None:
+    """Tell ObjectRef how to find this process's client (None: there is none).
+
+    `lookup()` returns the client (an object with `add_ref`, `drop_ref` and
+    `get_values`) or None. `node/client.py` registers its `current_or_none`.
+    """
+    global _client_lookup
+    _client_lookup = lookup if lookup is not None else _no_client
 
 
 def _current_client():
-    global _client_module
-    if _client_module is None:
-        from .node import client as _client_module_
-        _client_module = _client_module_
-    return _client_module.current_or_none()
+    return _client_lookup()
 
 
 class ObjectRef:
@@ -31,7 +48,7 @@ class ObjectRef:
 
     def __init__(self, oid: bytes, client=None, *, counted: bool = True):
         if type(oid) is not bytes or len(oid) != ids.OBJECT_ID_SIZE:
-            raise TypeError("ObjectRef ids are 20 bytes")
+            raise TypeError(f"ObjectRef ids are {ids.OBJECT_ID_SIZE} bytes")
         self._id = oid
         if counted:
             client = client if client is not None else _current_client()

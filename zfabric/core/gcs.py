@@ -35,7 +35,8 @@ from collections import deque
 from dataclasses import dataclass
 from itertools import islice
 
-SHARD_ID_LEN = 16
+from ..ids import NODE_ID_SIZE
+
 DELTAS, SNAPSHOT = "d", "s"
 # GCS values are small records. msgpack decodes ~1000 levels of nesting, more
 # than checking them recursively can take; deeper values are refused.
@@ -69,7 +70,7 @@ class _Replica:
 class Gcs:
     def __init__(self, node_id: bytes, *, log_capacity: int = 10_000, max_batch: int = 1_000):
         if not _is_shard_id(node_id):
-            raise ValueError(f"node id must be {SHARD_ID_LEN} bytes")
+            raise ValueError(f"node id must be {NODE_ID_SIZE} bytes")
         if log_capacity < 1 or max_batch < 1:
             raise ValueError("log_capacity and max_batch must be >= 1")
         self.node_id = node_id
@@ -293,7 +294,7 @@ class Gcs:
 # -- checks on what arrives (never trusted) and what is written ----------------
 
 def _is_shard_id(x) -> bool:
-    return type(x) is bytes and len(x) == SHARD_ID_LEN
+    return type(x) is bytes and len(x) == NODE_ID_SIZE   # a shard is keyed by its node id
 
 
 def _is_seq(x) -> bool:

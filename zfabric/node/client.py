@@ -30,11 +30,12 @@ from collections import deque
 import zmq
 
 from .. import protocol as p
-from ..protocol import ObjectState
+from .. import ref as ref_mod
 from .. import serialization
 from ..config import Config
 from ..exceptions import GetTimeoutError, NodeDiedError, ObjectStoreFullError
 from ..ids import new_put_id, new_task_id, return_ids
+from ..protocol import ObjectState
 from ..ref import ObjectRef
 from . import sockets, store
 
@@ -57,6 +58,10 @@ def set_current(client: "Client | None") -> None:
     _current = client
 
 
+# ObjectRefs (zfabric/ref.py, below this layer) find the client through this hook
+ref_mod.set_client_lookup(current_or_none)
+
+
 class Client:
     def __init__(self, endpoint: str, role: str, *, identity: bytes | None = None,
                  worker_id: str | None = None, connect_timeout: float = 30.0):
@@ -65,7 +70,6 @@ class Client:
         self.ctx = sockets.context()
         self.rx = sockets.client_dealer(self.ctx, self.id + sockets.RX_SUFFIX, endpoint)
         self.tx = sockets.client_dealer(self.ctx, self.id + sockets.TX_SUFFIX, endpoint)
-        self.endpoint = endpoint
         self._send_lock = threading.Lock()
         self._cond = threading.Condition(threading.Lock())
         self._pumping = False
@@ -98,8 +102,6 @@ class Client:
         w = self.welcome
         self.node_id: bytes = w.node_id
         self.store_dir: str = w.store_dir
-        self.session_dir: str = w.session_dir
-        self.address: str = w.address
         self.node_pid: int = w.node_pid
         self.config = Config.from_json(w.config)
         self.inline_threshold = self.config.inline_threshold
@@ -151,11 +153,11 @@ class Client:
                     except zmq.ZMQError:
                         return
 
-    def request(self, what: str, arg=None, timeout: float | None = 30.0):
+    def request(self, what: str, timeout: float | None = 30.0):
         with self._cond:
             self._req += 1
             req = self._req
-        self.send(p.Request(req, what, arg))
+        self.send(p.Request(req, what))
         msg = self._await_reply(req, timeout)
         if msg.error:
             raise ValueError(msg.error)

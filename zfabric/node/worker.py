@@ -40,9 +40,8 @@ class _Interrupted(BaseException):
 
 
 class Worker:
-    def __init__(self, client: client_mod.Client, worker_id: str, cancel_path: str):
+    def __init__(self, client: client_mod.Client, cancel_path: str):
         self.client = client
-        self.worker_id = worker_id
         self.cancel_path = cancel_path
         self.functions: dict[bytes, object] = {}
         self.in_user_code = False
@@ -219,6 +218,6 @@ def main(zygote_pid: int | None = None) -> None:
     client = client_mod.Client(endpoint, "worker", identity=worker_id.encode(),
                                worker_id=worker_id)
     client_mod.set_current(client)
-    worker = Worker(client, worker_id, cancel_path)
+    worker = Worker(client, cancel_path)
     signal.signal(signal.SIGUSR1, worker.on_cancel_signal)
     worker.serve()

@@ -1,22 +1,9 @@
-"""Deterministic simulation: the core state machines of many nodes in one process.
+"""FabricSim: N whole nodes (core.fabric.Fabric) in one process, on a virtual clock.
 
-The state machines in zfabric/core take time and randomness as arguments and
-return what to send, so a test can run many of them against each other on a
-network it controls, under a clock it controls. Everything random here comes
-from one seed: a failing schedule of delays, losses, crashes and partitions
-replays exactly, and hypothesis can shrink it.
-
-    Clock          virtual time, now = ticks * step (no drift from adding floats)
-    Network        messages between named endpoints: a delay drawn per message
-                   (so also reordering), loss, duplication, partitions;
-                   send(src, dst, payload, now) / deliver_due(now)
-    MembershipSim  N core.membership.Membership gossiping over a Network: crash,
-                   leave, join, partition, heal; records every node's view
-
-Clock and Network know nothing of what they carry, so other state machines
-(GCS replication, transfers) can be driven the same way. MembershipSim
-carries rows as msgpack bytes, as the node does, so a row that is not
-msgpack-safe fails here, and no two nodes ever share an object.
+Drives the same sans-I/O state machines node/node.py builds, with the
+node's shell (sockets, workers, store) replaced by fakes; see the comment
+below for how messages, workers and object pulls are simulated. Used by
+tests/test_fabric.py.
 """
 from __future__ import annotations
 
@@ -24,282 +11,17 @@ import heapq
 import math
 import random
 from collections import deque as _deque
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
-import msgpack
-
-from .. import ids as _ids, protocol as _p
-from ..config import Config as _Config
-from ..core import effects as _fx
-from ..core import events as _ev
-from ..core import resources as _rs
-from ..core.fabric import Fabric as _Fabric, build as _build_fabric
-from ..core.membership import GONE, Change, MemberState, Membership
-from ..protocol import ObjectState as _ObjectState, TaskStatus as _TaskStatus
+from ... import ids as _ids, protocol as _p
+from ...config import Config as _Config
+from ...core import effects as _fx
+from ...core import events as _ev
+from ...core import resources as _rs
+from ...core.fabric import Fabric as _Fabric, build as _build_fabric
+from ...protocol import ObjectState as _ObjectState, TaskStatus as _TaskStatus
 
 
-class Clock:
-    def __init__(self, step: float):
-        self.step = step
-        self.ticks = 0
-
-    @property
-    def now(self) -> float:
-        return self.ticks * self.step
-
-    def advance(self) -> float:
-        self.ticks += 1
-        return self.now
-
-
-@dataclass
-class NetworkStatistics:
-    sent: int = 0
-    lost: int = 0          # by the loss probability
-    duplicated: int = 0
-    cut: int = 0           # dropped by a partition, at send or at delivery
-    delivered: int = 0
-
-
-class Network:
-    """In-memory datagrams between endpoints named by any hashable value.
-
-    A message is delivered after a delay drawn uniformly from `delay`, unless
-    it is lost (probability `loss`) or its endpoints are cut from each other
-    when it is sent or when it falls due. With probability `duplicate` it is
-    delivered twice, each copy with its own delay.
-    """
-
-    def __init__(self, rng: random.Random, *, delay: tuple[float, float] = (0.0, 0.0),
-                 loss: float = 0.0, duplicate: float = 0.0):
-        assert 0 <= delay[0] <= delay[1]
-        self.rng = rng
-        self.delay = delay
-        self.loss = loss
-        self.duplicate = duplicate
-        self._queue: list[tuple] = []     # heap of (due, seq, src, dst, payload)
-        self._seq = 0                     # ties at one due time go in send order
-        self._cut: set[frozenset] = set()
-        self._stats = NetworkStatistics()
-
-    def partition(self, side_a, side_b) -> None:
-        """Cut every endpoint in side_a from every endpoint in side_b, both ways."""
-        self._cut.update(frozenset((a, b)) for a in side_a for b in side_b if a != b)
-
-    def heal(self) -> None:
-        self._cut.clear()
-
-    def is_cut(self, a, b) -> bool:
-        return frozenset((a, b)) in self._cut
-
-    def send(self, src, dst, payload, now: float) -> None:
-        self._stats.sent += 1
-        lost = self.rng.random() < self.loss
-        copies = 2 if self.rng.random() < self.duplicate else 1
-        if self.is_cut(src, dst):
-            self._stats.cut += 1
-            return
-        if lost:
-            self._stats.lost += 1
-            return
-        self._stats.duplicated += copies - 1
-        for _ in range(copies):
-            due = now + self.rng.uniform(*self.delay)
-            heapq.heappush(self._queue, (due, self._seq, src, dst, payload))
-            self._seq += 1
-
-    def deliver_due(self, now: float) -> list[tuple]:
-        """(src, dst, payload) of every message due by `now`, in due-time order."""
-        out = []
-        while self._queue and self._queue[0][0] <= now:
-            _, _, src, dst, payload = heapq.heappop(self._queue)
-            if self.is_cut(src, dst):
-                self._stats.cut += 1
-                continue
-            self._stats.delivered += 1
-            out.append((src, dst, payload))
-        return out
-
-    def in_flight(self) -> int:
-        return len(self._queue)
-
-    def statistics(self) -> NetworkStatistics:
-        return replace(self._stats)
-
-
-class MembershipSim:
-    """N `Membership` instances, numbered 0..N-1, gossiping over a `Network`.
-
-    Each `step()` advances the clock by `step`, delivers the messages due
-    (merge), then ticks every running node in index order and sends its
-    rows to the targets it names. After each step every running node is
-    validated, and the Changes it reported are checked against its members:
-    the last Change about a member states its current state, and a member
-    never reported is DEAD or LEFT.
-
-    With `bootstrap` every node starts knowing every other (as after a
-    completed join); otherwise each joins through node 0's rows.
-    `history` records every transition in every running node's view:
-    (time, observer, subject, new state), by node index.
-    """
-
-    def __init__(self, n: int, seed: int, *, step: float = 0.05,
-                 delay: tuple[float, float] = (0.0, 0.02), loss: float = 0.0,
-                 duplicate: float = 0.0, bootstrap: bool = True, **config):
-        self._rng = random.Random(seed)
-        self.clock = Clock(step)
-        self.net = Network(random.Random(self._rng.getrandbits(64)), delay=delay,
-                           loss=loss, duplicate=duplicate)
-        self.config = config            # keyword arguments of every Membership
-        self.nodes: list[Membership] = []
-        self.running: set[int] = set()
-        self.index: dict[bytes, int] = {}
-        self._by_address: dict[str, int] = {}
-        self._told: list[dict[bytes, MemberState]] = []   # each node's Changes, last per member
-        self._seen: list[dict[int, MemberState]] = []     # each node's view at the last step
-        self.history: list[tuple[float, int, int, MemberState]] = []
-        for i in range(n):
-            self._add()
-            if not bootstrap and i > 0:
-                self._merge(i, self.nodes[0].rows())
-        if bootstrap:
-            for i in range(n):
-                for j in range(n):
-                    if i != j:
-                        self._merge(i, self.nodes[j].rows())
-        self._record()
-        self.check()
-
-    @property
-    def now(self) -> float:
-        return self.clock.now
-
-    @property
-    def ids(self) -> list[bytes]:
-        return [m.me.node_id for m in self.nodes]
-
-    # -- driving ------------------------------------------------------------
-
-    def step(self) -> None:
-        now = self.clock.advance()
-        for _, dst, payload in self.net.deliver_due(now):
-            i = self._by_address[dst]
-            if i in self.running:
-                self._merge(i, msgpack.unpackb(payload))
-        for i in sorted(self.running):
-            node = self.nodes[i]
-            targets, changes = node.tick(now)
-            self._tell(i, changes)
-            if targets:
-                payload = msgpack.packb(node.rows())
-                for _, address in targets:
-                    self.net.send(node.me.address, address, payload, now)
-        self._record()
-        self.check()
-
-    def run(self, seconds: float) -> None:
-        """Step for at least `seconds`."""
-        for _ in range(self._steps(seconds)):
-            self.step()
-
-    def run_until(self, condition, seconds: float) -> bool:
-        """Step until `condition()` holds (True) or `seconds` have passed (False)."""
-        end = self.clock.ticks + self._steps(seconds)
-        while not condition():
-            if self.clock.ticks >= end:
-                return False
-            self.step()
-        return True
-
-    # -- events -------------------------------------------------------------
-
-    def crash(self, i: int) -> None:
-        """Node i stops silently: no more ticks, its incoming messages are dropped."""
-        self.running.discard(i)
-
-    def leave(self, i: int) -> None:
-        """Node i stops gracefully: its leave() rows go to every live peer it knows."""
-        node = self.nodes[i]
-        payload = msgpack.packb(node.leave())
-        for m in node.peers():
-            self.net.send(node.me.address, m.address, payload, self.now)
-        self.running.discard(i)
-
-    def join(self, via: int) -> int:
-        """A new node that has received node `via`'s rows (a join reply); its index."""
-        i = self._add()
-        self._merge(i, self.nodes[via].rows())
-        return i
-
-    def partition(self, side_a, side_b) -> None:
-        self.net.partition([self.nodes[i].me.address for i in side_a],
-                           [self.nodes[i].me.address for i in side_b])
-
-    def heal(self) -> None:
-        self.net.heal()
-
-    # -- views --------------------------------------------------------------
-
-    def state(self, observer: int, subject: int) -> MemberState | None:
-        m = self.nodes[observer].members.get(self.nodes[subject].me.node_id)
-        return None if m is None else m.state
-
-    def view(self, observer: int) -> dict[int, MemberState]:
-        """Node observer's view of the others, by index."""
-        me = self.nodes[observer].me
-        return {self.index[m.node_id]: m.state
-                for m in self.nodes[observer].members.values() if m is not me}
-
-    def check(self) -> None:
-        for i in self.running:
-            node = self.nodes[i]
-            node.validate()
-            told = self._told[i]
-            for node_id, m in node.members.items():
-                if m is not node.me:
-                    assert told.get(node_id, m.state if m.state in GONE else None) == m.state, \
-                        (i, self.index[node_id], told.get(node_id), m)
-
-    # -- internals ----------------------------------------------------------
-
-    def _steps(self, seconds: float) -> int:
-        return max(0, math.ceil(seconds / self.clock.step - 1e-9))
-
-    def _add(self) -> int:
-        i = len(self.nodes)
-        node_id = self._rng.randbytes(16)
-        address = f"tcp://node{i}.sim:7000"
-        node = Membership(node_id, address, {"index": i}, now=self.now,
-                          rng=random.Random(self._rng.getrandbits(64)), **self.config)
-        self.nodes.append(node)
-        self.index[node_id] = i
-        self._by_address[address] = i
-        self._told.append({})
-        self._seen.append({})
-        self.running.add(i)
-        return i
-
-    def _merge(self, i: int, rows) -> None:
-        self._tell(i, self.nodes[i].merge(rows, self.now))
-
-    def _tell(self, i: int, changes: list[Change]) -> None:
-        for c in changes:
-            if c.node_id != self.nodes[i].me.node_id:
-                self._told[i][c.node_id] = c.state
-
-    def _record(self) -> None:
-        for i in sorted(self.running):
-            seen = self._seen[i]
-            for j, state in self.view(i).items():
-                if seen.get(j) != state:
-                    seen[j] = state
-                    self.history.append((self.now, i, j, state))
-
-
-# ---------------------------------------------------------------------------------
-# FabricSim: N whole nodes (core.fabric.Fabric) talking through the wire protocol
-# ---------------------------------------------------------------------------------
-#
 #     driver --ClientMessage--> Fabric i --PeerSend(address, msg)--> encode/decode --> Fabric j
 #                                  |  Send(worker, Execute) --> fake worker --TaskDone--^
 #                                  |  RequestChunk --> holder's fake store --ChunkArrived/Failed--^
@@ -360,11 +82,10 @@ class FakeWorker:
 class SimNode:
     """One node of a FabricSim: its Fabric and everything its shell would hold."""
 
-    def __init__(self, index: int, node_id: bytes, resources: dict, fabric: _Fabric,
+    def __init__(self, index: int, node_id: bytes, fabric: _Fabric,
                  address: str, object_address: str):
         self.index = index
         self.node_id = node_id
-        self.resources = dict(resources)
         self.fabric = fabric
         self.address = address
         self.object_address = object_address
@@ -375,9 +96,7 @@ class SimNode:
         self.workers: dict[str, FakeWorker] = {}
         self.inbox: dict[bytes, list] = {}                 # client -> [(time, msg)]
         self.trace: list[tuple[float, object]] = []        # effects, less gossip and logs
-        self.logs: list[tuple[float, str, str]] = []
         self.deleted: list[tuple[float, bytes]] = []
-        self.gossip_sent = 0
 
     @property
     def scheduler(self):
@@ -455,7 +174,7 @@ class FabricSim:
 
     def _add(self, i: int, resources: dict, store_capacity: int) -> None:
         cfg = self.config
-        node_id = self.rng.randbytes(16)
+        node_id = self.rng.randbytes(_ids.NODE_ID_SIZE)
         host, port = f"10.0.0.{i + 1}", 7000
         address, object_address = f"tcp://{host}:{port}", f"tcp://{host}:{port + 1}"
         info = {"node_id": node_id.hex(), "pid": 1000 + i, "address": address,
@@ -465,7 +184,7 @@ class FabricSim:
                                store_capacity=store_capacity, info=info,
                                seeds=[self.nodes[0].address] if self.nodes else [],
                                now=self.time)
-        node = SimNode(i, node_id, resources, fabric, address, object_address)
+        node = SimNode(i, node_id, fabric, address, object_address)
         self.nodes.append(node)
         self._by_address[address] = node
         self._by_address[object_address] = node
@@ -602,17 +321,12 @@ class FabricSim:
         for e in effects:
             kind = type(e)
             if kind is _fx.PeerSend or kind is _fx.JoinSend:   # (the same link here)
-                if type(e.msg) in (_p.Gossip, _p.GcsUpdate):
-                    node.gossip_sent += 1
-                else:
+                if type(e.msg) not in (_p.Gossip, _p.GcsUpdate):
                     node.trace.append((t, e))
                 self._peer_send(node, e)
                 continue
-            if kind is _fx.ForgetPeer:
-                continue   # sockets: nothing to close in memory
-            if kind is _fx.Log:
-                node.logs.append((t, e.level, e.text))
-                continue
+            if kind is _fx.ForgetPeer or kind is _fx.Log:
+                continue   # no sockets to close in memory; logs are not kept
             node.trace.append((t, e))
             if kind is _fx.Send:
                 self._client_send(node, e.to, e.msg)

@@ -1,0 +1,23 @@
+"""Deterministic simulation: the core state machines of many nodes in one process.
+
+The state machines in zfabric/core take time and randomness as arguments and
+return what to send, so a test can run many of them against each other on a
+network it controls, under a clock it controls. Everything random here comes
+from one seed: a failing schedule of delays, losses, crashes and partitions
+replays exactly, and hypothesis can shrink it.
+
+    network.py     Clock (virtual time) and Network (in-memory datagrams with
+                   delay, loss, duplication, partitions)
+    membership.py  MembershipSim: N core.membership.Membership gossiping over
+                   a Network: crash, leave, join, partition, heal
+    fabric.py      FabricSim: N whole nodes (core.fabric.Fabric) with fake
+                   workers and stores, talking through the wire protocol
+
+Tests import from here: `from zfabric.testing.sim import FabricSim, Work`.
+"""
+from .fabric import SIM_CONFIG, FabricSim, FakeWorker, Run, SimNode, Work
+from .membership import MembershipSim
+from .network import Clock, Network, NetworkStatistics
+
+__all__ = ["Clock", "Network", "NetworkStatistics", "MembershipSim", "SIM_CONFIG",
+           "FabricSim", "FakeWorker", "Run", "SimNode", "Work"]
