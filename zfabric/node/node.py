@@ -189,7 +189,7 @@ def serve(config: Config, *, num_cpus: float, resources: dict, object_store_memo
             loop.say_goodbye(fabric.leave())
         finally:
             loop.stop_workers()
-            loop.close_sockets()
+            loop.close()
         log.info("node stopping: %s", reason)
         clean_exit = True
         if answer.fd is not None:  # stopped before it was up (e.g. nobody answered the join)
