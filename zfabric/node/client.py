@@ -65,7 +65,6 @@ class Client:
         self.ctx = sockets.context()
         self.rx = sockets.client_dealer(self.ctx, self.id + sockets.RX_SUFFIX, endpoint)
         self.tx = sockets.client_dealer(self.ctx, self.id + sockets.TX_SUFFIX, endpoint)
-        self.endpoint = endpoint
         self._send_lock = threading.Lock()
         self._cond = threading.Condition(threading.Lock())
         self._pumping = False
