@@ -2,7 +2,8 @@
 
 The node loop turns every I/O outcome into one of these: a decoded message
 from a local client, a worker process that exited, a client process that
-went away, a timer tick. Small frozen records; no behaviour.
+went away, a timer tick, a send to a peer that failed. Small frozen
+records; no behaviour.
 """
 from __future__ import annotations
 
@@ -47,6 +48,23 @@ class PeerMessage:
     """A decoded protocol message from another node."""
     node_id: bytes
     msg: object
+
+
+@dataclass(frozen=True, slots=True)
+class PeerUnreachable:
+    """No socket to a peer's address could be made (e.g. the address is
+    malformed): the `dropped` messages queued for it are lost."""
+    address: str
+    dropped: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class PeerSendBlocked:
+    """A peer's socket refused a send at its high-water mark (the peer is down
+    or far behind): the `dropped` messages queued for it are lost."""
+    address: str
+    dropped: int
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,6 +8,7 @@ and object pulls, behind one `handle(event, now) -> effects` (sans-I/O).
                           |                Spill, TaskResult, Refuse, Cancel,
                           |                FreeObjects --> Scheduler
                           |-- ChunkArrived / ChunkFailed --> Transfers
+                          |-- PeerUnreachable / PeerSendBlocked --> counted in `stats`, warned
                           '-- Tick --> Membership (gossip round, failure detection),
                                        Transfers (chunk timeouts), Scheduler
     effects <-- Send, PeerSend, RequestChunk, SealPull, AbortPull, workers, store ...
@@ -99,10 +100,12 @@ class Fabric:
         self._timeline_batches: deque = deque()   # (batch number, entries) in our shard
         self._timeline_kept = 0
         self._batch = 0
-        self.views = ClusterView(self.node_id, scheduler, membership, gcs)
         self._events: deque = deque()
         self._out: list = []
         self._now = 0.0
+        self.stats = {"peer_unreachable": 0, "peer_send_blocked": 0, "peer_messages_dropped": 0}
+        self._warned_peers: set[str] = set()   # addresses warned of, until heard from again
+        self.views = ClusterView(self.node_id, scheduler, membership, gcs, self.stats)
 
     # -- entry points ---------------------------------------------------------------
 
@@ -134,6 +137,8 @@ class Fabric:
             self._push_gcs()
             return self._flush()
         if kind is ev.PeerMessage:
+            if self._warned_peers:
+                self._heard_from(event.node_id)
             self._on_peer_message(event)
         elif kind is ev.ClientMessage and type(event.msg) is p.Request:
             self._on_query(event.client, event.msg)
@@ -144,6 +149,8 @@ class Fabric:
             self._transfer(self.transfers.on_error(event.holder, event.oid, event.error, now))
         elif kind is ev.Tick:
             self._on_tick()
+        elif kind is ev.PeerUnreachable or kind is ev.PeerSendBlocked:
+            self._on_peer_send_failed(event)
         else:
             self._events.append(event)
         self._run_events()
@@ -346,3 +353,43 @@ class Fabric:
         msg = p.Gossip(self.node_id, rows, self.gcs.vector(), False)
         return [fx.PeerSend(m.address, msg)
                 for m in self.membership.peers(LIVE)]
+
+    # -- what the node loop asks, and what its sockets report ------------------------------
+    # The loop never reads the state machines: it asks these, and turns what its
+    # sockets did into events (`_on_peer_send_failed`).
+
+    def ready(self) -> bool:
+        """Joined the cluster, and no worker is still starting (the pre-started ones are up)."""
+        return self.joined and not self.scheduler.pool.starting_count()
+
+    def joining(self) -> bool:
+        """Is a join still under way (JoinSends may still go out)?"""
+        return not self.joined
+
+    def expects_chunk(self, holder: bytes, oid: bytes, offset: int, length: int) -> bool:
+        """Does a chunk from `holder` answer an outstanding request? If not, don't write it."""
+        return self.transfers.expects(holder, oid, offset, length)
+
+    def _on_peer_send_failed(self, event) -> None:
+        """Count a send to a peer that failed; warn once per address until it is
+        heard from again. Nothing is retried: gossip repeats itself, and a task
+        sent there runs again when the peer is declared dead."""
+        if type(event) is ev.PeerUnreachable:
+            self.stats["peer_unreachable"] += 1
+            why = f"cannot reach peer {event.address}: {event.reason}"
+        else:
+            self.stats["peer_send_blocked"] += 1
+            why = f"peer {event.address} is not taking messages (down or far behind)"
+        self.stats["peer_messages_dropped"] += event.dropped
+        if event.address in self._warned_peers:
+            return
+        self._warned_peers.add(event.address)
+        self._out.append(fx.Log("warning", (
+            f"{why}; dropped {event.dropped} message(s), "
+            f"{self.stats['peer_messages_dropped']} to peers so far "
+            "(not warned again until it is heard from)")))
+
+    def _heard_from(self, node_id: bytes) -> None:
+        member = self.membership.members.get(node_id)
+        if member is not None:
+            self._warned_peers.discard(member.address)

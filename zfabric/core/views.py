@@ -13,8 +13,9 @@ from .timeline import trace_events
 
 
 class ClusterView:
-    def __init__(self, node_id: bytes, scheduler, membership, gcs):
+    def __init__(self, node_id: bytes, scheduler, membership, gcs, fabric_stats: dict):
         self.node_id = node_id
+        self.fabric_stats = fabric_stats
         self.scheduler = scheduler
         self.membership = membership
         self.gcs = gcs
@@ -50,6 +51,7 @@ class ClusterView:
             row = self._node_record(m)
             if m.node_id == self.node_id:
                 row.update(self.scheduler.status())
+                row["stats"].update(self.fabric_stats)
             else:
                 view = m.info
                 row.update(available=view.get("available", {}),

@@ -129,96 +129,130 @@ def _read_line(fd: int, timeout: float, proc: subprocess.Popen) -> str:
 def serve(config: Config, *, num_cpus: float, resources: dict, object_store_memory: int | None,
           host: str, port: int, ready_fd: int | None, embedded_driver_pid: int | None,
           worker_logs: bool = False, join: list[str] = ()) -> int:
-    node_id = new_node_id()
-    stamp = datetime.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
-    session_dir = os.path.join(config.temp_dir, f"session_{stamp}_{os.getpid()}")
-    store_dir = os.path.join(config.store_root, f"zfabric-{node_id.hex()}")
-    os.makedirs(session_dir, mode=0o700)
-    logging.basicConfig(filename=os.path.join(session_dir, "node.log"), level=logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # The loop allocates many short-lived, acyclic records per task; the default
-    # gen-0 threshold (700) ran a collection every few tasks.
-    gc.set_threshold(50_000, 20, 20)
-    answer = _Answer(ready_fd)
-    ctx = sockets.context()
-    router = object_router = loop = None
-    record_path = None
-    clean_exit = False
+    """Be a node until stopped; returns the process's exit code."""
+    node = _NodeProcess(config, ready_fd)
     try:
-        store.create_dir(store_dir)
-        ipc = f"ipc://{session_dir}/node.sock"
+        info = node.listen(host, port)
+        info.update(embedded=bool(embedded_driver_pid), num_cpus=num_cpus, resources=resources,
+                    store_capacity=object_store_memory or default_store_capacity(config))
+        fabric = build_fabric(config, node_id=node.node_id,
+                              resources={"CPU": num_cpus, **resources},
+                              store_capacity=info["store_capacity"], info=info,
+                              seeds=list(join), now=time.monotonic())
+        loop = NodeLoop(fabric, node.router, ctx=node.ctx, object_router=node.object_router,
+                        node_id=node.node_id, ipc_endpoint=info["ipc"],
+                        session_dir=node.session_dir, store_dir=node.store_dir,
+                        tick_interval=config.gossip_interval / 2,
+                        worker_output=node.session_dir if worker_logs else None,
+                        stop_grace=config.stop_grace, embedded_driver_pid=embedded_driver_pid,
+                        on_ready=lambda: node.answer(info))
+        node.write_records(info, embedded=bool(embedded_driver_pid))
+        log.info("node %s up at %s (%s), %g CPUs", info["node_id"], info["address"],
+                 info["ipc"], num_cpus)
+        return node.run(loop, fabric)
+    except NodeStartError as e:
+        node.answer({"error": str(e)})
+        node.clean_exit = True  # nothing ran: leave nothing behind
+        return 1
+    except BaseException:
+        log.exception("node failed")
+        node.answer({"error": "the node failed while starting; see "
+                              f"{node.session_dir}/node.log"})
+        raise
+    finally:
+        node.clean_up()
+
+
+class _NodeProcess:
+    """What `serve` holds from start to exit: ids, dirs, the context and the
+    ROUTERs it binds, the answer to its starter; `clean_up` lets go of all."""
+
+    def __init__(self, config: Config, ready_fd: int | None):
+        self.config = config
+        self.node_id = new_node_id()
+        stamp = datetime.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+        self.session_dir = os.path.join(config.temp_dir, f"session_{stamp}_{os.getpid()}")
+        self.store_dir = os.path.join(config.store_root, f"zfabric-{self.node_id.hex()}")
+        os.makedirs(self.session_dir, mode=0o700)
+        logging.basicConfig(filename=os.path.join(self.session_dir, "node.log"),
+                            level=logging.INFO,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        # The loop allocates many short-lived, acyclic records per task; the default
+        # gen-0 threshold (700) ran a collection every few tasks.
+        gc.set_threshold(50_000, 20, 20)
+        self.answer = _Answer(ready_fd)
+        self.ctx = sockets.context()
+        self.router = self.object_router = None
+        self.record_path = None
+        self.clean_exit = False
+
+    def listen(self, host: str, port: int) -> dict:
+        """Make the store dir and bind the ROUTERs; returns the node's record so far."""
+        store.create_dir(self.store_dir)
+        ipc = f"ipc://{self.session_dir}/node.sock"
         try:
-            router, bound = sockets.node_router(ctx, [ipc, f"tcp://{host}:{port}"])
+            self.router, bound = sockets.node_router(self.ctx, [ipc, f"tcp://{host}:{port}"])
         except zmq.ZMQError as e:
             raise NodeStartError(f"cannot listen on {host}:{port}: {e.strerror}") from None
-        tcp = bound[1]
-        tcp_port = int(tcp.rsplit(":", 1)[1])
+        tcp_port = int(bound[1].rsplit(":", 1)[1])
+        object_port = self.config.object_port
         try:
-            object_router, object_ep = sockets.object_router(ctx, host, config.object_port)
+            self.object_router, object_ep = sockets.object_router(self.ctx, host, object_port)
         except zmq.ZMQError as e:
-            raise NodeStartError(f"cannot listen on {host}:{config.object_port} "
+            raise NodeStartError(f"cannot listen on {host}:{object_port} "
                                  f"for objects: {e.strerror}") from None
         object_port = int(object_ep.rsplit(":", 1)[1])
-        capacity = object_store_memory or default_store_capacity(config)
         shown = advertised_host(host)
-        info = {"node_id": node_id.hex(), "pid": os.getpid(),
+        return {"node_id": self.node_id.hex(), "pid": os.getpid(),
                 "address": f"tcp://{shown}:{tcp_port}",
                 "object_address": f"tcp://{shown}:{object_port}",
-                "host": shown, "port": tcp_port, "ipc": ipc, "session_dir": session_dir,
-                "store_dir": store_dir, "embedded": bool(embedded_driver_pid),
-                "num_cpus": num_cpus, "resources": resources, "store_capacity": capacity}
-        fabric = build_fabric(config, node_id=node_id, resources={"CPU": num_cpus, **resources},
-                              store_capacity=capacity, info=info, seeds=list(join),
-                              now=time.monotonic())
-        loop = NodeLoop(fabric, router, ctx=ctx, object_router=object_router, node_id=node_id,
-                        ipc_endpoint=ipc, session_dir=session_dir,
-                        store_dir=store_dir, tick_interval=config.gossip_interval / 2,
-                        worker_output=session_dir if worker_logs else None,
-                        stop_grace=config.stop_grace, embedded_driver_pid=embedded_driver_pid,
-                        on_ready=lambda: answer(info))
-        with open(os.path.join(session_dir, "node.json"), "w") as f:
+                "host": shown, "port": tcp_port, "ipc": ipc, "session_dir": self.session_dir,
+                "store_dir": self.store_dir}
+
+    def write_records(self, info: dict, embedded: bool) -> None:
+        """node.json in the session dir; for a node not embedded in a driver, also
+        the record drivers and the CLI find it by."""
+        with open(os.path.join(self.session_dir, "node.json"), "w") as f:
             json.dump(info, f)
-        if not embedded_driver_pid:
-            os.makedirs(node_records_dir(config), mode=0o700, exist_ok=True)
-            record_path = os.path.join(node_records_dir(config), f"{node_id.hex()}.json")
-            with open(record_path, "w") as f:
+        if not embedded:
+            os.makedirs(node_records_dir(self.config), mode=0o700, exist_ok=True)
+            self.record_path = os.path.join(node_records_dir(self.config),
+                                            f"{self.node_id.hex()}.json")
+            with open(self.record_path, "w") as f:
                 json.dump(info, f)
-        log.info("node %s up at %s (%s), %g CPUs", node_id.hex(), info["address"], ipc, num_cpus)
+
+    def run(self, loop: NodeLoop, fabric) -> int:
+        """Run the loop; on the way out say goodbye and stop every worker."""
         try:
             reason = loop.run()
             loop.say_goodbye(fabric.leave())
         finally:
             loop.stop_workers()
-            loop.close_sockets()
+            loop.close()
         log.info("node stopping: %s", reason)
-        clean_exit = True
-        if answer.fd is not None:  # stopped before it was up (e.g. nobody answered the join)
-            answer({"error": fabric.join_error or f"the node stopped while starting: {reason}"})
+        self.clean_exit = True
+        if self.answer.fd is not None:  # stopped before it was up (e.g. nobody answered the join)
+            self.answer({"error": fabric.join_error
+                         or f"the node stopped while starting: {reason}"})
             return 1
         return 0
-    except NodeStartError as e:
-        answer({"error": str(e)})
-        clean_exit = True  # nothing ran: leave nothing behind
-        return 1
-    except BaseException:
-        log.exception("node failed")
-        answer({"error": "the node failed while starting; see "
-                                    f"{session_dir}/node.log"})
-        raise
-    finally:
-        if router is not None:
-            router.close(0)
-        if object_router is not None:
-            object_router.close(0)
-        ctx.term()
-        store.remove_dir(store_dir)
-        if record_path:
+
+    def clean_up(self) -> None:
+        """Close the ROUTERs and the context; remove the store dir, the node record
+        and (after a clean exit) the session dir."""
+        if self.router is not None:
+            self.router.close(0)
+        if self.object_router is not None:
+            self.object_router.close(0)
+        self.ctx.term()
+        store.remove_dir(self.store_dir)
+        if self.record_path:
             try:
-                os.unlink(record_path)
+                os.unlink(self.record_path)
             except FileNotFoundError:
                 pass
-        if clean_exit:
-            shutil.rmtree(session_dir, ignore_errors=True)
+        if self.clean_exit:
+            shutil.rmtree(self.session_dir, ignore_errors=True)
 
 
 def check_address(address: str) -> str:

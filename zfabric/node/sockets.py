@@ -9,8 +9,8 @@ cluster (CURVE) can later be a change to this module alone:
   dropped control message would hang a caller.
 - Peer sockets have a high-water mark: a peer that is down must not make us
   queue without bound. Sends never block; a send refused at the mark is
-  counted by the caller (gossip repeats itself, and the owner of a spilled
-  task resubmits it when the peer is declared dead).
+  reported to the fabric and counted there (peers.py; gossip repeats itself,
+  and the owner of a spilled task resubmits it when the peer is declared dead).
 - Bulk data has its own sockets (object ROUTER, one pull DEALER per holder):
   a 1 GB transfer never delays a heartbeat. Pulls are credit-limited, so no
   unbounded stream ever hits one socket.

@@ -1,0 +1,194 @@
+"""The node loop after its split (node/loop.py and the modules it drives).
+
+- every effect that leaves the fabric has exactly one handler in the loop's table;
+- a send to a peer that fails becomes an event the fabric counts and warns of
+  once per address until it is heard from (pure: FabricSim; real: a NodeLoop
+  with real sockets, never run, sending to an address it cannot use);
+- the loop asks the fabric, never reads its state machines.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import pathlib
+import re
+import socket
+
+import pytest
+
+from zfabric import protocol as p
+from zfabric.config import Config
+from zfabric.core import effects as fx
+from zfabric.core import events as ev
+from zfabric.core.fabric import build as build_fabric
+from zfabric.node import sockets
+from zfabric.node.loop import NodeLoop
+from zfabric.testing.sim import FabricSim
+
+pytestmark = pytest.mark.timeout(60)
+
+ROOT = pathlib.Path(__file__).resolve().parents[2] / "zfabric"
+NODE_ID = b"N" * 16
+MSG = p.FreeObjects(NODE_ID, [b"o" * 20])
+
+
+# -- a NodeLoop with real sockets, not running ------------------------------------------
+
+@pytest.fixture
+def loop(tmp_path):
+    ctx = sockets.context()
+    router, _ = sockets.node_router(ctx, [f"ipc://{tmp_path}/node.sock"])
+    object_router, object_ep = sockets.object_router(ctx, "127.0.0.1")
+    info = {"node_id": NODE_ID.hex(), "pid": 1, "address": "tcp://127.0.0.1:1",
+            "object_address": object_ep, "host": "127.0.0.1", "port": 1}
+    fabric = build_fabric(Config(temp_dir=str(tmp_path)), node_id=NODE_ID,
+                          resources={"CPU": 0}, store_capacity=1 << 20, info=info,
+                          seeds=[], now=0.0)
+    node_loop = NodeLoop(fabric, router, ctx=ctx, object_router=object_router,
+                         node_id=NODE_ID, ipc_endpoint=f"ipc://{tmp_path}/node.sock",
+                         session_dir=str(tmp_path), store_dir=str(tmp_path / "store"),
+                         tick_interval=0.05, worker_output=None, stop_grace=1.0)
+    yield node_loop
+    node_loop.stop_workers()
+    node_loop.close()
+    router.close(0)
+    object_router.close(0)
+    ctx.term()
+
+
+@pytest.fixture
+def refused_address():
+    """A local TCP port bound but not listening: connections to it are refused,
+    and nothing else can take it while the test runs."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        yield f"tcp://127.0.0.1:{s.getsockname()[1]}"
+
+
+def warnings_about(caplog, address: str) -> list[str]:
+    return [r.getMessage() for r in caplog.records
+            if r.levelno == logging.WARNING and address in r.getMessage()]
+
+
+# -- the effect table -------------------------------------------------------------------
+
+def effect_types() -> set[type]:
+    return {obj for obj in vars(fx).values()
+            if isinstance(obj, type) and dataclasses.is_dataclass(obj)
+            and obj.__module__ == fx.__name__}
+
+
+def test_every_effect_that_leaves_the_fabric_has_a_handler(loop):
+    """Effects documented "(scheduler -> fabric)" never reach the loop; every other
+    one must have its handler, or the node would stop on the first one made."""
+    internal = {t for t in effect_types() if (t.__doc__ or "").startswith("(scheduler -> fabric)")}
+    assert internal == {fx.Fetch, fx.CancelFetch, fx.Publish, fx.FreeCopies}
+    assert set(loop.effect_handlers) == effect_types() - internal
+
+
+def test_an_unknown_effect_stops_the_loop_loudly(loop):
+    with pytest.raises(TypeError, match="unknown effect"):
+        loop.execute([ev.Tick()])
+
+
+# -- failed peer sends, in the fabric alone ---------------------------------------------
+
+def test_fabric_counts_failed_peer_sends_and_warns_once_per_address():
+    sim = FabricSim([{"CPU": 1}])
+    node = sim.nodes[0]
+    stats = node.fabric.stats
+    sim.handle(0, ev.PeerUnreachable("tcp://10.9.9.9:7000", 3, "Invalid argument"))
+    sim.handle(0, ev.PeerUnreachable("tcp://10.9.9.9:7000", 2, "Invalid argument"))
+    sim.handle(0, ev.PeerSendBlocked("tcp://10.9.9.9:7000", 1))
+    sim.handle(0, ev.PeerSendBlocked("tcp://10.9.9.8:7000", 4))
+    assert stats == {"peer_unreachable": 2, "peer_send_blocked": 2, "peer_messages_dropped": 10}
+    warnings = [text for _, level, text in node.logs if level == "warning"]
+    assert len(warnings) == 2
+    assert "cannot reach peer tcp://10.9.9.9:7000: Invalid argument" in warnings[0]
+    assert "dropped 3 message(s)" in warnings[0]
+    assert "peer tcp://10.9.9.8:7000 is not taking messages" in warnings[1]
+    assert not [e for _, e in node.trace if type(e) is not fx.SpawnWorker]   # nothing retried
+
+
+def test_a_peer_is_warned_of_again_once_it_was_heard_from():
+    sim = FabricSim([{"CPU": 1}, {"CPU": 1}])
+    assert sim.run_until(sim.converged, 5.0)
+    a, b = sim.nodes
+
+    def warnings():
+        return [text for _, level, text in a.logs if level == "warning" and b.address in text]
+
+    sim.handle(0, ev.PeerSendBlocked(b.address, 1))
+    sim.handle(0, ev.PeerSendBlocked(b.address, 1))
+    assert len(warnings()) == 1
+    sim.run(1.0)   # b gossips to a: heard from
+    sim.handle(0, ev.PeerSendBlocked(b.address, 1))
+    assert len(warnings()) == 2
+    assert a.fabric.stats["peer_send_blocked"] == 3
+
+
+def test_fabric_answers_what_the_loop_asks():
+    sim = FabricSim([{"CPU": 1}, {"CPU": 1}], late=[1])
+    a, b = sim.nodes
+    assert not a.fabric.ready()        # its worker has not said hello yet
+    assert not a.fabric.joining()      # no seeds: a cluster of its own
+    sim.run(0.5)
+    assert a.fabric.ready()
+    sim.start_node(1)
+    assert b.fabric.joining() and not b.fabric.ready()
+    assert sim.run_until(b.fabric.ready, 5.0)
+    assert not b.fabric.joining()
+    assert not a.fabric.expects_chunk(b.node_id, b"o" * 20, 0, 10)
+
+
+# -- failed peer sends, through a real NodeLoop -----------------------------------------
+
+def test_a_peer_address_that_cannot_be_connected_is_an_event(loop, caplog):
+    caplog.set_level(logging.WARNING, logger="zfabric.node")
+    bad = "tcp://127.0.0.1"   # no port: zmq refuses to connect to it
+    loop.execute([fx.PeerSend(bad, MSG), fx.PeerSend(bad, MSG)])
+    loop._flush_outbox()
+    assert loop.fabric.stats == {"peer_unreachable": 1, "peer_send_blocked": 0,
+                                 "peer_messages_dropped": 2}
+    loop.execute([fx.PeerSend(bad, MSG)])
+    loop._flush_outbox()
+    assert loop.fabric.stats["peer_unreachable"] == 2
+    assert len(warnings_about(caplog, bad)) == 1
+
+
+def test_a_join_address_that_cannot_be_connected_is_an_event(loop, caplog):
+    caplog.set_level(logging.WARNING, logger="zfabric.node")
+    loop.execute([fx.JoinSend("tcp://127.0.0.1", MSG)])
+    assert loop.fabric.stats["peer_unreachable"] == 1
+    assert len(warnings_about(caplog, "tcp://127.0.0.1")) == 1
+
+
+def test_a_peer_that_takes_nothing_is_an_event_once_its_queue_is_full(loop, caplog,
+                                                                      refused_address):
+    """Frames to a peer that never answers queue up to the high-water mark; the
+    next one is refused, dropped and reported, never blocking the loop."""
+    caplog.set_level(logging.WARNING, logger="zfabric.node")
+    stats = loop.fabric.stats
+    for _ in range(10 * sockets.PEER_HWM):
+        loop.execute([fx.PeerSend(refused_address, MSG)])
+        loop._flush_outbox()
+        if stats["peer_send_blocked"]:
+            break
+    assert stats["peer_send_blocked"] == 1 and stats["peer_messages_dropped"] == 1
+    for _ in range(3):
+        loop.execute([fx.PeerSend(refused_address, MSG)])
+        loop._flush_outbox()
+    assert stats["peer_send_blocked"] == 4
+    assert len(warnings_about(caplog, refused_address)) == 1
+    loop.execute([fx.ForgetPeer(b"P" * 16, refused_address)])   # a fresh socket: room again
+    loop.execute([fx.PeerSend(refused_address, MSG)])
+    loop._flush_outbox()
+    assert stats["peer_send_blocked"] == 4
+
+
+# -- the loop asks; it never reads the state machines -----------------------------------
+
+@pytest.mark.parametrize("path", sorted((ROOT / "node").glob("*.py")) + [ROOT / "testing" / "cluster.py"],
+                         ids=lambda path: path.name)
+def test_the_shell_never_reads_the_fabrics_state_machines(path):
+    assert not re.search(r"fabric\.(scheduler|membership|gcs|transfers)\b", path.read_text())

@@ -1,0 +1,87 @@
+"""The object chunk server: other nodes pull our store's objects from here.
+
+    other node's pull DEALER --PullChunk(oid, offset, length)--> object ROUTER
+    other node's pull DEALER <--Chunk head + bytes (or an error)-- ObjectServer
+                                                                   | mmap
+                                            /dev/shm/zfabric-{node_id}/{oid hex}
+
+Owns the answering side of the object ROUTER (bound in node.py) and a cache
+of the most recently served store files, mapped read-only (`MAP_CACHE`).
+Stateless like zguide's fileio3 server: each request is answered on its
+own, from the sealed file; the fabric never hears of it. The NodeLoop calls
+`serve` when the ROUTER is readable and `forget` when an object is deleted.
+The pulling side is node/pulls.py.
+"""
+from __future__ import annotations
+
+import logging
+
+import zmq
+
+from .. import protocol as p
+from . import store
+
+log = logging.getLogger("zfabric.node")
+
+RECV_BATCH = 512   # requests answered per wake-up
+MAP_CACHE = 32     # store files kept mapped (most recent)
+
+
+class ObjectServer:
+    def __init__(self, router: zmq.Socket, store_dir: str):
+        self.router = router
+        self.store_dir = store_dir
+        self.malformed = 0
+        self._maps: dict[bytes, memoryview] = {}   # oid -> mapped store file, most recent last
+
+    def serve(self) -> None:
+        """Answer the pending chunk requests (up to RECV_BATCH)."""
+        router = self.router
+        for _ in range(RECV_BATCH):
+            try:
+                ident, frame = router.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            except ValueError:   # not exactly [ident, request]
+                self.malformed += 1
+                continue
+            try:
+                req = p.decode(frame)
+                if type(req) is not p.PullChunk:
+                    raise p.ProtocolError(f"unexpected {type(req).__name__} on the object socket")
+            except p.ProtocolError as e:
+                self.malformed += 1
+                log.warning("dropped a malformed pull request: %s", e)
+                continue
+            try:
+                router.send_multipart([ident] + self._answer(req), zmq.NOBLOCK, copy=False)
+            except zmq.ZMQError as e:
+                if e.errno != zmq.EHOSTUNREACH:
+                    raise
+                log.debug("a puller of %s is gone; its chunk is not sent", req.oid.hex()[:12])
+
+    def _answer(self, req: p.PullChunk) -> list:
+        try:
+            view = self._mapped(req.oid)
+            if req.offset + req.length > view.nbytes:
+                raise ValueError(f"range beyond its {view.nbytes} bytes")
+            return p.encode_chunk(req.oid, req.offset, view[req.offset:req.offset + req.length])
+        except (OSError, ValueError) as e:
+            return p.encode_chunk(req.oid, req.offset, None,
+                                  f"object {req.oid.hex()} cannot be served here: {e}")
+
+    def _mapped(self, oid: bytes) -> memoryview:
+        view = self._maps.pop(oid, None)
+        if view is None:
+            view = store.map_raw(self.store_dir, oid)
+            if len(self._maps) >= MAP_CACHE:
+                self._maps.pop(next(iter(self._maps)))
+        self._maps[oid] = view   # most recent last
+        return view
+
+    def forget(self, oid: bytes) -> None:
+        """The object is deleted: stop serving it from its old mapping."""
+        self._maps.pop(oid, None)
+
+    def close(self) -> None:
+        self._maps.clear()
