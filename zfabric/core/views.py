@@ -4,7 +4,8 @@
 The fabric answers a client's Request here, from what this node knows:
 membership (who is in the cluster, alive or not, and each peer's gossiped
 view), the GCS replica (each node's static record and timeline batches)
-and, for this node itself, the scheduler's live figures. Read only.
+and, for this node itself, the scheduler's live figures and the fabric's
+counters (peer sends that failed). Read only.
 """
 from __future__ import annotations
 
