@@ -96,6 +96,7 @@ class SimNode:
         self.workers: dict[str, FakeWorker] = {}
         self.inbox: dict[bytes, list] = {}                 # client -> [(time, msg)]
         self.trace: list[tuple[float, object]] = []        # effects, less gossip and logs
+        self.logs: list[tuple[float, str, str]] = []       # (time, level, text) of Log effects
         self.deleted: list[tuple[float, bytes]] = []
 
     @property
@@ -325,8 +326,11 @@ class FabricSim:
                     node.trace.append((t, e))
                 self._peer_send(node, e)
                 continue
-            if kind is _fx.ForgetPeer or kind is _fx.Log:
-                continue   # no sockets to close in memory; logs are not kept
+            if kind is _fx.ForgetPeer:
+                continue   # sockets: nothing to close in memory
+            if kind is _fx.Log:
+                node.logs.append((t, e.level, e.text))
+                continue
             node.trace.append((t, e))
             if kind is _fx.Send:
                 self._client_send(node, e.to, e.msg)
