@@ -1,4 +1,4 @@
-"""The object directory of one node: state, payload and reference counts.
+"""The books of one node's objects: state, payload and reference counts.
 
 An object is kept while any of these holds it:
 - `holders`: local clients (drivers, workers) holding an ObjectRef to it;
@@ -14,8 +14,8 @@ without) a copy in this node's store: it is STORE with `local` False and
 for another node's task is held by that node (`peer_client(owner)`), which
 frees it with FreeObjects; `owner_node` is None for objects owned here.
 
-The table only keeps books; `Scheduler` decides, and turns frees into
-`DeleteObject` effects for objects that live in the store.
+The table only keeps books; the object directory (core/directory.py) owns
+it, decides, and turns frees into effects (`DeleteObject`, `FreeCopies`...).
 """
 from __future__ import annotations
 
