@@ -41,9 +41,9 @@ class Config:
     # get/wait) are stopped after idling this long.
     idle_worker_timeout: float = 10.0
     # A busy worker is sent its next task before it finishes the current one
-    # (so it never waits a round trip for work) when tasks of that function
-    # take under this long on average; longer tasks wait for an idle worker,
-    # so a slow task never holds a quick one back.
+    # (so it never waits a round trip for work) when that function has run at
+    # least 3 times and its slowest recent run took under this long; longer
+    # tasks wait for an idle worker, so a slow task never holds a quick one back.
     prefetch_max_task_seconds: float = 0.005
     # Hard cap on worker processes per node, whatever the demand.
     max_workers: int = 512

@@ -54,7 +54,7 @@ STATIC_KEYS = ("address", "object_address", "host", "port", "pid")
 def build(config, *, node_id: bytes, resources: dict, store_capacity: int, info: dict,
           seeds: list[str], now: float) -> "Fabric":
     """A node's state machines wired as the node runs them (node/node.py and
-    testing/sim.py both build theirs here). `config`: a zfabric Config;
+    testing/sim/ both build theirs here). `config`: a zfabric Config;
     `info`: the node's record (addresses, dirs, pid); `resources` includes CPU."""
     static = {k: info[k] for k in STATIC_KEYS}
     scheduler = Scheduler(

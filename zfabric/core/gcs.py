@@ -10,8 +10,9 @@ its writer numbers each change, a *delta*, 1, 2, 3...
     peer's vector (Gossip) -----> Gcs.updates_for(vector) -> records sent back
     records from peers ---------> Gcs.apply(record) -> [Change] for the node
 
-Pure state: no I/O, no clock. The node loop moves the records and acts on the
-returned `Change`s (its indexes, notifications).
+Pure state: no I/O, no clock. The fabric (core/fabric.py) moves the records,
+answers gossip with `updates_for`, and drops the shard of a member that left
+and was forgotten (`drop_shard`; records a peer still sends of it are skipped).
 
 Per shard, at every replica, with `applied` the number of its deltas applied:
 - a delta with seq <= applied is a duplicate (ignored), applied + 1 applies,

@@ -1,15 +1,17 @@
 """Membership of one node: who is in the cluster, and whether each is alive.
 
-The node loop owns a `Membership` and is its only caller:
+The fabric (core/fabric.py) owns a `Membership` and is its only caller:
 
-    loop --tick(now)----------> Membership --> [(node_id, address)]: send rows() to each,
-                                               and [Change] (timeouts: SUSPECT, DEAD)
-    loop --merge(rows, now)---> Membership --> [Change]  rows from a peer's gossip or a join reply
-    loop --leave()------------> Membership --> rows, sent once to every peer on a graceful stop
+    fabric --tick(now)----------> Membership --> [(node_id, address)]: send rows() to each,
+                                                 and [Change] (timeouts: SUSPECT, DEAD)
+    fabric --merge(rows, now)---> Membership --> [Change]  rows from a peer's gossip or a join reply
+    fabric --leave()------------> Membership --> rows, sent once to every peer on a graceful stop
+    fabric --take_forgotten()---> Membership --> members that left long ago and are forgotten
 
-Changes go on to the scheduler (a DEAD peer's tasks are resubmitted) and the
-GCS (its entries are marked dead). `info` is the opaque view each node
-gossips about itself (resources, queue length, object address...).
+Changes go on to the scheduler as PeerUp / PeerSuspect / PeerDown (a DEAD
+peer's tasks are resubmitted); a forgotten member's GCS shard is dropped.
+`info` is the opaque view each node gossips about itself (resources, queue
+length, object address...).
 
 Failure detection is gossip-style heartbeating with SWIM incarnations:
 - each round (gossip_interval) we bump our heartbeat and push our digest,
