@@ -10,7 +10,7 @@ from zfabric.core.scheduler import TaskState
 from zfabric.protocol import TaskStatus
 from zfabric.exceptions import TaskCancelledError
 
-from .test_scheduler_core import Node, error_for, num, only, rid, summary, tid
+from .test_scheduler import Node, error_for, num, only, rid, summary, tid
 
 
 def quick_done(node: Node, wid: str, n: int, took: float = 0.0001) -> list:

@@ -62,7 +62,7 @@ import pytest
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 FAILURE_TIMEOUT = 1.5
 CMD_TIMEOUT = 20.0          # any single `ip` / CLI command
 NODE_START_TIMEOUT = 10.0   # ZFABRIC_NODE_START_TIMEOUT / ZFABRIC_JOIN_TIMEOUT: a node that
