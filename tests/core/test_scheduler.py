@@ -1,206 +1,25 @@
-"""core/scheduler.py alone: feed it events, assert the exact effects.
+"""core/scheduler.py, the entry point: the task table, submission and dependencies,
+finish / fail / retry, cancel, and the clients (hello, goodbye, a driver gone).
 
-No sockets and no processes: a `Node` below wraps a bare `Scheduler`, plays
-the driver and the workers by handing it protocol messages, and runs
-`Scheduler.validate()` after every step. `summary()` turns effects into
-short tuples so that each test can state the whole list it expects.
+Feed a bare Scheduler events, assert the exact effects; the harness
+(tests/harness/scheduler.py) runs `Scheduler.validate()` after every step.
 """
 from __future__ import annotations
 
 import pytest
 
 from zfabric import protocol as p
-from zfabric import records, serialization
 from zfabric.core import effects as fx
 from zfabric.core import events as ev
-from zfabric.core import resources as rs
 from zfabric.protocol import ObjectState
-from zfabric.core.scheduler import Scheduler, TaskState, workers_for
-from zfabric.protocol import TaskStatus
-from zfabric.exceptions import (ObjectLostError, ObjectStoreFullError, TaskCancelledError,
-                                TaskError, WorkerCrashedError, ZFabricError)
+from zfabric.exceptions import (ObjectLostError, TaskCancelledError, TaskError,
+                                WorkerCrashedError, ZFabricError)
 
-NODE_ID = b"N" * 16
-DRIVER = b"driver-1"
-OTHER = b"driver-2"
-FN = b"F" * 16
-FN_BLOB = b"cloudpickled function"
-INLINE, STORE, ERROR = int(ObjectState.INLINE), int(ObjectState.STORE), int(ObjectState.ERROR)
-
-
-def tid(n: int) -> bytes:
-    return b"T" + n.to_bytes(15, "big")
-
-
-def rid(n: int, i: int = 0) -> bytes:
-    """Return object `i` of task `n`: the task id and a 4-byte big-endian index."""
-    return tid(n) + i.to_bytes(4, "big")
-
-
-def num(task_id: bytes) -> int:
-    return int.from_bytes(task_id[1:16], "big")
-
-
-def put_id(n: int) -> bytes:
-    return b"P" + n.to_bytes(15, "big") + (0x80000000).to_bytes(4, "big")
-
-
-def submit_msg(n: int, *, deps=(), num_returns=1, cpu=1.0, resources=None, max_retries=3,
-               retry_exceptions=False, depth=0, parent=None, contained=(),
-               fn_blob=FN_BLOB, name="f") -> p.Submit:
-    demand = {"CPU": cpu} if cpu else {}
-    demand.update(resources or {})
-    return p.Submit(tid(n), name, FN, num_returns, demand, max_retries, retry_exceptions,
-                    depth, tid(parent) if parent else b"", list(deps), list(contained),
-                    fn_blob, b"args-%d" % n, b"")
-
-
-def user_error(text: str = "boom") -> bytes:
-    try:
-        raise ValueError(text)
-    except ValueError as e:
-        return serialization.error_record(e, "f")
-
-
-def summary(effects: list) -> list[tuple]:
-    out = []
-    for e in effects:
-        kind = type(e)
-        if kind is fx.Send:
-            m = e.msg
-            if isinstance(m, p.Execute):
-                out.append(("execute", e.to.decode(), num(m.task_id)))
-            elif isinstance(m, p.ObjectReady):
-                out.append(("ready", e.to, m.oid, ObjectState(m.state).name))
-            elif isinstance(m, p.Welcome):
-                out.append(("welcome", e.to))
-            elif isinstance(m, p.Revoke):
-                out.append(("revoke", e.to.decode(), num(m.task_id)))
-            elif isinstance(m, p.PutReply):
-                out.append(("put_reply", m.req_id, m.error != ""))
-            elif isinstance(m, p.Reply):
-                out.append(("reply", m.req_id, m.error != ""))
-            else:
-                out.append(("send", e.to, type(m).__name__))
-        elif kind is fx.SpawnWorker:
-            out.append(("spawn", e.worker_id))
-        elif kind is fx.StopWorker:
-            out.append(("stop", e.worker_id))
-        elif kind is fx.KillWorker:
-            out.append(("kill", e.worker_id))
-        elif kind is fx.InterruptWorker:
-            out.append(("interrupt", e.worker_id, num(e.task_id)))
-        elif kind is fx.DeleteObject:
-            out.append(("delete", e.oid))
-        elif kind is fx.WatchClient:
-            out.append(("watch", e.client, e.pid))
-        elif kind is fx.StopNode:
-            out.append(("stop_node",))
-        elif kind is fx.Publish:
-            pass  # GCS entries (locations, owned objects): tests/test_fabric.py
-        elif kind is fx.Log:
-            out.append(("log", e.level))
-        else:
-            raise AssertionError(f"unexpected effect {e!r}")
-    return out
-
-
-def only(effects: list, kind: type) -> list:
-    return [e.msg for e in effects if type(e) is fx.Send and isinstance(e.msg, kind)]
-
-
-def error_for(effects: list, oid: bytes) -> BaseException:
-    """The exception `get` would raise for `oid`, from its ObjectReady in `effects`."""
-    msgs = [m for m in only(effects, p.ObjectReady) if m.oid == oid]
-    assert len(msgs) == 1, msgs
-    assert msgs[0].state == ERROR, msgs[0]
-    return serialization.error_from_record(msgs[0].payload)
-
-
-class Node:
-    """A bare Scheduler, with helpers that play its driver and workers."""
-
-    def __init__(self, cpus: float = 1, resources: dict | None = None, *,
-                 num_workers: int | None = None, max_workers: int = 8,
-                 store_capacity: int = 1000, idle_worker_timeout: float = 10.0,
-                 hello: bool = True, prefetch: float = 0.0):
-        self.s = Scheduler(
-            node_id=NODE_ID, resources={"CPU": cpus, **(resources or {})},
-            store_capacity=store_capacity,
-            num_workers=workers_for(cpus) if num_workers is None else num_workers,
-            max_workers=max_workers, idle_worker_timeout=idle_worker_timeout,
-            timeline_capacity=100, prefetch_max_task_seconds=prefetch)
-        self.now = 0.0
-        self.started = self.s.start(self.now)
-        self.s.validate()
-        if hello:
-            for e in self.started:
-                self.hello(e.worker_id)
-            self.send(DRIVER, p.Hello("driver", 4242, None))
-
-    # events --------------------------------------------------------------------
-    def handle(self, event) -> list:
-        out = self.s.handle(event, self.now)
-        self.s.validate()
-        return out
-
-    def send(self, client: bytes, msg) -> list:
-        return self.handle(ev.ClientMessage(client, msg))
-
-    def hello(self, wid: str) -> list:
-        return self.send(wid.encode(), p.Hello("worker", 1000, wid))
-
-    def submit(self, n: int, client: bytes = DRIVER, **kw) -> list:
-        return self.send(client, submit_msg(n, **kw))
-
-    def done(self, wid: str, n: int, payloads=None, states=None, sizes=None,
-             contained=None, took: float = 1.0) -> list:
-        """Worker `wid` reports task `n` finished OK."""
-        nret = self.s.tasks[tid(n)].spec.num_returns if tid(n) in self.s.tasks else 1
-        payloads = [b"value-%d-%d" % (n, i) for i in range(nret)] if payloads is None else payloads
-        states = [INLINE] * len(payloads) if states is None else states
-        sizes = [len(b) for b in payloads] if sizes is None else sizes
-        contained = [[] for _ in payloads] if contained is None else contained
-        return self.send(wid.encode(), p.TaskDone(tid(n), int(TaskStatus.OK), False, states,
-                                                  sizes, contained, 1.0, 1.0 + took, payloads))
-
-    def fail(self, wid: str, n: int, record: bytes, retryable: bool = False) -> list:
-        return self.send(wid.encode(), p.TaskDone(tid(n), int(TaskStatus.ERROR), retryable,
-                                                  [], [], [], 1.0, 2.0, [record]))
-
-    def report_cancelled(self, wid: str, n: int) -> list:
-        record = records.system_error_record(TaskCancelledError, "cancelled", "f")
-        return self.send(wid.encode(), p.TaskDone(tid(n), int(TaskStatus.CANCELLED), False,
-                                                  [], [], [], 1.0, 2.0, [record]))
-
-    def exit(self, wid: str, code: int | None = -9) -> list:
-        return self.handle(ev.WorkerExited(wid, code))
-
-    def cancel(self, n: int, force: bool = False, recursive: bool = True,
-               client: bytes = DRIVER) -> list:
-        return self.send(client, p.Cancel(rid(n), force, recursive))
-
-    def put(self, oid: bytes, *, state=INLINE, size=None, payload=b"put-value",
-            contained=(), req_id=0, client: bytes = DRIVER) -> list:
-        if state == STORE:
-            payload = b""
-        size = len(payload) if size is None else size
-        return self.send(client, p.Put(oid, state, size, list(contained), req_id, payload))
-
-    def refs(self, incs=(), decs=(), client: bytes = DRIVER) -> list:
-        return self.send(client, p.Refs(list(incs), list(decs)))
-
-    def cpu(self) -> float:
-        return self.s.available.get(rs.CPU, 0) / rs.UNIT
+from tests.harness.scheduler import (DRIVER, FN, FN_BLOB, INLINE, NODE_ID, OTHER, STORE, Node,
+                                     error_for, only, put_id, rid, summary, tid, user_error)
 
 
 # -- start, hello ----------------------------------------------------------------------
-
-def test_start_spawns_one_worker_per_cpu_rounded_up():
-    node = Node(cpus=2.5, hello=False)
-    assert summary(node.started) == [("spawn", "w1"), ("spawn", "w2"), ("spawn", "w3")]
-    assert workers_for(0.5) == 1 and workers_for(4) == 4
-
 
 def test_worker_and_driver_hello_are_welcomed():
     node = Node(hello=False)
@@ -209,14 +28,6 @@ def test_worker_and_driver_hello_are_welcomed():
         ("watch", DRIVER, 77), ("welcome", DRIVER)]
     welcome = only(node.send(OTHER, p.Hello("tool", 5, None)), p.Welcome)[0]
     assert welcome.node_id == NODE_ID
-
-
-def test_unknown_or_repeated_worker_hello_is_ignored_with_a_warning():
-    node = Node()
-    assert summary(node.send(b"w9", p.Hello("worker", 1, "w9"))) == [("log", "warning")]
-    assert summary(node.hello("w1")) == [("log", "warning")]          # already idle
-    assert summary(node.send(b"imposter", p.Hello("worker", 1, "w1"))) == [("log", "warning")]
-    assert len(node.s.idle) == 1
 
 
 # -- dispatch and results -------------------------------------------------------------------
@@ -241,14 +52,6 @@ def test_function_code_is_sent_once_per_worker():
     node.done("w2", 1)
     third = only(node.submit(3, fn_blob=b""), p.Execute)[0]
     assert third.fn_blob == b""                                      # w2 knows it
-
-
-def test_task_queued_until_a_worker_says_hello():
-    node = Node(hello=False)
-    node.send(DRIVER, p.Hello("driver", 1, None))
-    assert summary(node.submit(1)) == []
-    assert node.s.queued == 1
-    assert summary(node.hello("w1")) == [("welcome", b"w1"), ("execute", "w1", 1)]
 
 
 def test_finished_task_frees_the_worker_for_the_next_in_the_same_step():
@@ -425,15 +228,6 @@ def test_max_retries_zero_fails_on_first_crash_with_exit_code():
     assert "exit code 3" in str(error_for(out, rid(1)))
 
 
-def test_idle_worker_exit_and_spawn_failure_are_replaced():
-    node = Node(cpus=2)
-    assert summary(node.exit("w1", 0)) == [("spawn", "w3")]
-    assert [w.wid for w in node.s.idle] == ["w2"]
-    out = node.handle(ev.WorkerSpawnFailed("w3", "no such file"))
-    assert summary(out) == [("log", "error"), ("spawn", "w4")]
-    assert summary(node.exit("w42")) == []   # not ours
-
-
 # -- cancel ---------------------------------------------------------------------------------
 
 def test_cancel_queued_task():
@@ -539,420 +333,6 @@ def test_non_recursive_cancel_spares_children():
     assert set(node.s.tasks) == {tid(1), tid(2), tid(3)}
 
 
-# -- blocked workers -------------------------------------------------------------------------
-
-def test_blocked_worker_gives_its_cpu_to_an_extra_worker():
-    node = Node(cpus=1, max_workers=4)
-    node.submit(1)
-    node.submit(2, client=b"w1", parent=1, depth=1)
-    assert node.s.queued == 1
-    assert summary(node.send(b"w1", p.Blocked(tid(1)))) == [("spawn", "w2")]
-    assert node.cpu() == 1
-    assert summary(node.hello("w2")) == [("welcome", b"w2"), ("execute", "w2", 2)]
-    assert node.cpu() == 0
-    assert summary(node.done("w2", 2)) == [("ready", b"w1", rid(2), "INLINE")]
-    assert summary(node.send(b"w1", p.Unblocked(tid(1)))) == []
-    assert node.cpu() == 0
-    node.done("w1", 1)
-    assert node.cpu() == 1
-
-
-def test_unblocked_task_may_overcommit_cpu_for_a_while():
-    """Documented in _on_unblocked: the task is running again, so it takes its CPU back."""
-    node = Node(cpus=1, max_workers=4)
-    node.submit(1)
-    node.submit(2, parent=1, depth=1)
-    node.send(b"w1", p.Blocked(tid(1)))
-    node.hello("w2")                                   # runs task 2
-    node.send(b"w1", p.Unblocked(tid(1)))
-    assert node.cpu() == -1
-    node.submit(3)
-    assert node.s.queued == 1                          # nothing fits a negative CPU
-    assert summary(node.done("w2", 2)) == [("ready", DRIVER, rid(2), "INLINE")]
-    assert node.cpu() == 0 and node.s.queued == 1
-    assert summary(node.done("w1", 1)) == [("ready", DRIVER, rid(1), "INLINE"),
-                                           ("execute", "w1", 3)]
-
-
-def test_blocked_worker_lends_cpu_to_an_idle_worker_at_once():
-    node = Node(cpus=1, num_workers=2)
-    node.submit(1)                                     # w2
-    assert summary(node.submit(2)) == []
-    assert summary(node.send(b"w2", p.Blocked(tid(1)))) == [("execute", "w1", 2)]
-
-
-def test_blocked_and_unblocked_are_idempotent_and_checked():
-    node = Node(cpus=1, max_workers=1)
-    node.submit(1)
-    assert summary(node.send(b"w1", p.Blocked(tid(9)))) == []       # not its task
-    assert node.cpu() == 0
-    node.send(b"w1", p.Blocked(tid(1)))
-    node.send(b"w1", p.Blocked(tid(1)))
-    assert node.cpu() == 1
-    node.send(b"w1", p.Unblocked(tid(1)))
-    node.send(b"w1", p.Unblocked(tid(1)))
-    assert node.cpu() == 0
-    assert summary(node.send(b"w9", p.Blocked(tid(1)))) == []       # not a worker
-
-
-def test_task_ending_or_crashing_while_blocked_returns_only_what_it_holds():
-    node = Node(cpus=2, resources={"gpu": 1}, max_workers=2)
-    node.submit(1, resources={"gpu": 1})
-    node.submit(2, max_retries=0)
-    node.send(b"w2", p.Blocked(tid(1)))
-    node.send(b"w1", p.Blocked(tid(2)))
-    assert node.cpu() == 2
-    node.done("w2", 1)
-    node.exit("w1")
-    assert node.cpu() == 2 and node.s.available["gpu"] == rs.UNIT
-
-
-def test_max_workers_bounds_extra_workers():
-    node = Node(cpus=1, max_workers=2)
-    node.submit(1)
-    node.submit(2, parent=1, depth=1)
-    node.submit(3, parent=1, depth=1, cpu=0)
-    node.send(b"w1", p.Blocked(tid(1)))
-    assert summary(node.send(b"w1", p.Refs([], []))) == []          # w2 already starting
-    assert len(node.s.workers) == 2
-
-
-def test_extra_workers_stop_after_idling_too_long():
-    node = Node(cpus=1, max_workers=4, idle_worker_timeout=10)
-    node.submit(1)
-    node.submit(2, parent=1, depth=1)
-    node.send(b"w1", p.Blocked(tid(1)))
-    node.hello("w2")
-    node.done("w2", 2)
-    node.now = 5
-    assert summary(node.handle(ev.Tick())) == []
-    node.now = 20
-    node.send(b"w1", p.Unblocked(tid(1)))
-    node.submit(3)
-    assert summary(node.handle(ev.Tick())) == []                    # a task is queued
-    node.cancel(3)
-    assert summary(node.handle(ev.Tick())) == [("stop", "w2")]
-    node.done("w1", 1)
-    node.now = 100
-    assert summary(node.handle(ev.Tick())) == []                    # w1 is pre-started
-    assert summary(node.exit("w2", 0)) == []                        # no replacement
-    assert set(node.s.workers) == {"w1"}
-
-
-# -- prefetch: a quick function's next task waits on its busy worker ------------------------
-
-QUICK = 0.001
-
-
-def warm(node: Node, first: int = 101) -> None:
-    """Three quick runs of FN on w1, so that the node may prefetch behind it."""
-    for n in range(first, first + 3):
-        assert summary(node.submit(n, num_returns=0)) == [("execute", "w1", n)]
-        node.done("w1", n, payloads=[], took=QUICK)
-
-
-def test_prefetch_sends_the_next_task_to_the_busy_worker():
-    node = Node(cpus=1, max_workers=1, prefetch=1.0)
-    warm(node)
-    node.submit(1)
-    out = node.submit(2)
-    assert summary(out) == [("execute", "w1", 2)]
-    assert node.s.tasks[tid(2)].state == TaskState.ASSIGNED
-    assert node.cpu() == 0 and node.s.queued == 0
-    assert node.s.status()["tasks_queued"] == 1
-    # task 1 ends: task 2 takes over its CPU at once, with no second Execute
-    assert summary(node.done("w1", 1, took=QUICK)) == [("ready", DRIVER, rid(1), "INLINE")]
-    assert node.s.tasks[tid(2)].state == TaskState.RUNNING and node.cpu() == 0
-    assert node.s.tasks[tid(2)].attempts == 1
-    node.done("w1", 2, took=QUICK)
-    assert node.cpu() == 1 and node.s.stats["prefetched"] == 1
-
-
-def test_no_prefetch_behind_slow_or_unknown_functions_or_when_off():
-    node = Node(cpus=1, max_workers=1, prefetch=1.0)
-    node.submit(1)
-    assert summary(node.submit(2)) == []              # FN never ran: not known to be quick
-    node.done("w1", 1, took=QUICK)
-    node.done("w1", 2, took=QUICK)
-    warm(node)
-    node.submit(3)
-    node.done("w1", 3, took=5.0)                       # one slow run
-    node.submit(4)
-    assert summary(node.submit(5)) == []
-    off = Node(cpus=1, max_workers=1)
-    warm(off)
-    off.submit(1)
-    assert summary(off.submit(2)) == []
-
-
-def test_blocked_worker_gets_its_prefetched_task_revoked():
-    node = Node(cpus=1, max_workers=2, prefetch=1.0)
-    warm(node)
-    node.submit(1)
-    node.submit(2)                                     # prefetched to w1
-    out = node.send(b"w1", p.Blocked(tid(1)))
-    assert summary(out) == [("revoke", "w1", 2)]
-    assert summary(node.send(b"w1", p.Revoked(tid(2)))) == [("spawn", "w2")]
-    assert node.s.tasks[tid(2)].state == TaskState.QUEUED
-    assert summary(node.hello("w2")) == [("welcome", b"w2"), ("execute", "w2", 2)]
-    assert node.s.tasks[tid(2)].attempts == 1
-
-
-def test_revoked_after_the_node_started_it_is_not_charged():
-    node = Node(cpus=1, max_workers=1, prefetch=1.0)
-    warm(node)
-    node.submit(1)
-    node.submit(2, max_retries=0)
-    node.send(b"w1", p.Blocked(tid(1)))                # Revoke(2) is on its way
-    node.send(b"w1", p.Unblocked(tid(1)))
-    node.done("w1", 1, took=QUICK)                     # the node starts 2 ...
-    assert node.s.tasks[tid(2)].state == TaskState.RUNNING
-    out = node.send(b"w1", p.Revoked(tid(2)))          # ... the worker had dropped it
-    assert summary(out) == [("execute", "w1", 2)]      # queued again, sent again
-    assert node.s.tasks[tid(2)].attempts == 1
-
-
-def test_cancel_of_a_prefetched_task_revokes_it():
-    node = Node(cpus=1, max_workers=1, prefetch=1.0)
-    warm(node)
-    node.submit(1)
-    node.submit(2)
-    assert summary(node.cancel(2)) == [("revoke", "w1", 2)]
-    assert summary(node.cancel(2, force=True)) == []   # already asked; w1 is not killed
-    out = node.send(b"w1", p.Revoked(tid(2)))
-    assert summary(out) == [("ready", DRIVER, rid(2), "ERROR")]
-    assert isinstance(error_for(out, rid(2)), TaskCancelledError)
-
-
-def test_cancelled_prefetched_task_the_worker_already_started_is_interrupted():
-    node = Node(cpus=1, max_workers=1, prefetch=1.0)
-    warm(node)
-    node.submit(1)
-    node.submit(2)
-    node.cancel(2)                                     # Revoke(2) crosses TaskDone(1)
-    out = node.done("w1", 1, took=QUICK)
-    assert summary(out) == [("interrupt", "w1", 2), ("ready", DRIVER, rid(1), "INLINE")]
-
-
-def test_worker_crash_requeues_its_prefetched_task_uncharged():
-    node = Node(cpus=1, max_workers=1, prefetch=1.0)
-    warm(node)
-    node.submit(1, max_retries=0)
-    node.submit(2, max_retries=0)
-    out = node.exit("w1", -9)
-    assert summary(out) == [("ready", DRIVER, rid(1), "ERROR"), ("spawn", "w2")]
-    assert node.s.tasks[tid(2)].state == TaskState.QUEUED
-    assert summary(node.hello("w2")) == [("welcome", b"w2"), ("execute", "w2", 2)]
-
-
-def test_force_cancel_requeues_the_prefetched_task_of_the_killed_worker():
-    node = Node(cpus=1, max_workers=1, prefetch=1.0)
-    warm(node)
-    node.submit(1)
-    node.submit(2, max_retries=0)
-    assert summary(node.cancel(1, force=True)) == [("kill", "w1")]
-    node.done("w1", 1, took=QUICK)                     # raced the kill
-    assert node.s.tasks[tid(2)].state == TaskState.QUEUED
-    out = node.exit("w1", -9)
-    assert summary(out) == [("spawn", "w2")]
-    assert summary(node.hello("w2")) == [("welcome", b"w2"), ("execute", "w2", 2)]
-
-
-# Regression: _on_revoked started the next prefetched task on a worker being killed.
-def test_revoked_running_task_does_not_start_the_next_on_a_killed_worker():
-    """Revoked(B) crosses a force cancel of B, which the node had started when A ended:
-    C, prefetched behind B, must go back to the queue, not start on the dying worker."""
-    node = Node(cpus=1, max_workers=1, prefetch=1.0)
-    warm(node)
-    node.submit(1)                                     # A
-    node.submit(2)                                     # B, prefetched
-    node.send(b"w1", p.Blocked(tid(1)))                # Revoke(B) on its way
-    node.send(b"w1", p.Unblocked(tid(1)))
-    node.done("w1", 1, took=QUICK)                     # the node starts B
-    assert summary(node.submit(3, max_retries=0)) == [("execute", "w1", 3)]   # C, prefetched
-    assert summary(node.cancel(2, force=True)) == [("kill", "w1")]
-    node.send(b"w1", p.Revoked(tid(2)))                # sent before the kill landed
-    assert node.s.tasks[tid(3)].state == TaskState.QUEUED
-    out = node.exit("w1", -9)
-    assert not any(m.oid == rid(3) for m in only(out, p.ObjectReady))
-
-
-# Regression: _on_revoked did not interrupt a cancelled prefetched task it started.
-def test_revoked_running_task_interrupts_a_cancelled_next_one():
-    """As above, without the kill: C was cancelled while prefetched; when the node
-    starts it in B's place, the worker (which may have started it) is interrupted."""
-    node = Node(cpus=1, max_workers=1, prefetch=1.0)
-    warm(node)
-    node.submit(1)
-    node.submit(2)
-    node.send(b"w1", p.Blocked(tid(1)))
-    node.send(b"w1", p.Unblocked(tid(1)))
-    node.done("w1", 1, took=QUICK)                     # the node starts B
-    node.submit(3)                                     # C, prefetched
-    assert summary(node.cancel(3)) == [("revoke", "w1", 3)]
-    out = node.send(b"w1", p.Revoked(tid(2)))          # B dropped; C started in its place
-    assert ("interrupt", "w1", 3) in summary(out)
-
-
-# -- resources and priority --------------------------------------------------------------------
-
-def test_deeper_task_first_then_oldest():
-    node = Node(cpus=1)
-    node.submit(1)
-    node.submit(2, depth=0)
-    node.submit(3, depth=2)
-    node.submit(4, depth=1)
-    node.submit(5, depth=2)
-    order = []
-    for n in (1, 3, 5, 4):
-        order += [e[2] for e in summary(node.done("w1", n)) if e[0] == "execute"]
-    assert order == [3, 5, 4, 2]
-
-
-def test_priority_across_resource_shapes():
-    node = Node(cpus=1, num_workers=1)
-    node.submit(1)
-    node.submit(2, cpu=0.5, depth=0)
-    node.submit(3, cpu=1, depth=1)
-    assert summary(node.done("w1", 1)) == [("ready", DRIVER, rid(1), "INLINE"),
-                                           ("execute", "w1", 3)]
-
-
-def test_fractional_cpus_share_one_cpu():
-    node = Node(cpus=1, num_workers=5)
-    out = []
-    for n in range(1, 6):
-        out += node.submit(n, cpu=0.25)
-    assert [e[2] for e in summary(out)] == [1, 2, 3, 4]
-    assert node.cpu() == 0 and node.s.queued == 1
-
-
-def test_a_blocked_shape_does_not_hold_back_another():
-    node = Node(cpus=2, resources={"gpu": 1})
-    node.submit(1, resources={"gpu": 1})             # w2
-    assert summary(node.submit(2, resources={"gpu": 1})) == []
-    assert summary(node.submit(3)) == [("execute", "w1", 3)]
-    assert node.s.available["gpu"] == 0
-
-
-def test_infeasible_task_waits_and_status_reports_it():
-    node = Node(cpus=1)
-    assert summary(node.submit(1, resources={"tpu": 1})) == []
-    status = node.s.status()
-    assert status["tasks_queued"] == 1
-    assert status["pending_demand"] == [{"CPU": 1.0, "tpu": 1.0}]
-    assert summary(node.submit(2)) == [("execute", "w1", 2)]
-
-
-def test_zero_cpu_task_needs_no_cpu():
-    node = Node(cpus=1, num_workers=2)
-    node.submit(1)
-    assert summary(node.submit(2, cpu=0)) == [("execute", "w1", 2)]
-
-
-# -- objects: put, refs, subscribe, store capacity ---------------------------------------------
-
-def test_store_result_is_deleted_when_its_last_ref_goes():
-    node = Node()
-    node.submit(1)
-    node.done("w1", 1, payloads=[b""], states=[STORE], sizes=[400])
-    assert node.s.objects.store_used == 400
-    node.refs(incs=[rid(1)], client=OTHER)                  # borrowed by another client
-    assert summary(node.refs(decs=[rid(1)])) == []
-    assert summary(node.refs(decs=[rid(1)], client=OTHER)) == [("delete", rid(1))]
-    assert node.s.objects.store_used == 0
-    assert summary(node.refs(decs=[rid(1)], client=OTHER)) == []   # once only
-
-
-def test_inline_result_is_freed_without_delete():
-    node = Node()
-    node.submit(1)
-    node.done("w1", 1)
-    assert summary(node.refs(decs=[rid(1)])) == []
-    assert rid(1) not in node.s.objects
-
-
-def test_ref_dropped_while_pending_frees_the_result_when_sealed():
-    node = Node()
-    node.submit(1)
-    node.refs(decs=[rid(1)])
-    out = node.done("w1", 1, payloads=[b""], states=[STORE], sizes=[10])
-    assert summary(out) == [("ready", DRIVER, rid(1), "STORE"), ("delete", rid(1))]
-    assert node.s.objects.store_used == 0
-
-
-def test_result_over_store_capacity_is_object_store_full():
-    node = Node(store_capacity=100)
-    node.submit(1, num_returns=2)
-    out = node.done("w1", 1, payloads=[b"", b""], states=[STORE, STORE], sizes=[60, 60])
-    assert summary(out) == [("ready", DRIVER, rid(1, 0), "STORE"), ("delete", rid(1, 1)),
-                            ("ready", DRIVER, rid(1, 1), "ERROR")]
-    assert isinstance(error_for(out, rid(1, 1)), ObjectStoreFullError)
-    assert node.s.objects.store_used == 60
-
-
-def test_put_inline_and_store_with_capacity():
-    node = Node(store_capacity=100)
-    assert summary(node.put(put_id(1))) == []
-    assert node.s.objects.get(put_id(1)).payload == b"put-value"
-    assert summary(node.put(put_id(2), state=STORE, size=80, req_id=7)) == [("put_reply", 7, False)]
-    out = node.put(put_id(3), state=STORE, size=30, req_id=8)
-    assert summary(out) == [("delete", put_id(3)), ("put_reply", 8, True)]
-    assert "object store is full" in only(out, p.PutReply)[0].error
-    assert put_id(3) not in node.s.objects
-    assert summary(node.put(put_id(4), state=STORE, size=30)) == [("delete", put_id(4)),
-                                                                  ("log", "warning")]
-    assert summary(node.put(put_id(1), req_id=9)) == [("put_reply", 9, True)]   # exists
-    assert summary(node.send(DRIVER, p.Put(put_id(5), 3, 1, [], 10, b"x"))) == [
-        ("put_reply", 10, True)]                                               # bad state
-    assert summary(node.refs(decs=[put_id(2)])) == [("delete", put_id(2))]
-
-
-def test_contained_objects_live_as_long_as_their_container():
-    node = Node()
-    node.put(put_id(1), state=STORE, size=10, req_id=1)
-    node.put(put_id(2), state=STORE, size=10, req_id=2, contained=[put_id(1)])
-    assert summary(node.refs(decs=[put_id(1)])) == []
-    assert summary(node.refs(decs=[put_id(2)])) == [("delete", put_id(2)), ("delete", put_id(1))]
-
-
-def test_task_arguments_nested_in_args_are_kept_alive():
-    node = Node()
-    node.put(put_id(1), state=STORE, size=10, req_id=1)
-    node.submit(1, contained=[put_id(1)])
-    assert summary(node.refs(decs=[put_id(1)])) == []
-    assert summary(node.done("w1", 1)) == [("ready", DRIVER, rid(1), "INLINE"),
-                                           ("delete", put_id(1))]
-
-
-def test_result_holding_refs_keeps_them_alive():
-    node = Node()
-    node.submit(1)
-    node.put(put_id(1), state=STORE, size=10, req_id=1, client=b"w1")   # put inside the task
-    node.done("w1", 1, contained=[[put_id(1)]])
-    assert summary(node.refs(decs=[put_id(1)], client=b"w1")) == []
-    assert summary(node.refs(decs=[rid(1)])) == [("delete", put_id(1))]
-
-
-def test_subscribe_ready_pending_and_unknown():
-    node = Node()
-    node.submit(1)
-    node.put(put_id(1))
-    out = node.send(OTHER, p.Subscribe([put_id(1), rid(1), rid(50)]))
-    assert summary(out) == [("ready", OTHER, put_id(1), "INLINE"),
-                            ("ready", OTHER, rid(50), "ERROR")]
-    assert isinstance(error_for(out, rid(50)), ObjectLostError)
-    node.send(OTHER, p.Subscribe([rid(1)]))                    # twice: still one answer
-    assert sorted(summary(node.done("w1", 1))) == [("ready", DRIVER, rid(1), "INLINE"),
-                                                   ("ready", OTHER, rid(1), "INLINE")]
-
-
-def test_refs_for_unknown_objects_are_ignored():
-    node = Node()
-    assert summary(node.refs(incs=[rid(5)], decs=[rid(6)])) == []
-    assert node.s.objects.entries == {}
-
-
 # -- clients going away -------------------------------------------------------------------------
 
 def test_driver_gone_cancels_its_tasks_and_frees_its_objects():
@@ -993,21 +373,6 @@ def test_task_of_a_gone_driver_that_ends_frees_its_store_results():
 
 # -- queries and control ------------------------------------------------------------------------
 
-def test_status_and_timeline():
-    node = Node(cpus=2, resources={"gpu": 1})
-    node.submit(1)
-    status = node.s.status()
-    assert status["Resources"] == {"CPU": 2.0, "gpu": 1.0}
-    assert status["available"] == {"CPU": 1.0, "gpu": 1.0} and status["tasks_running"] == 1
-    node.now = 3.0
-    node.done("w2", 1)
-    [event] = node.s.trace_events()
-    assert event["name"] == "f" and event["tid"] == "w2" and event["args"]["status"] == "ok"
-    assert node.s.timeline_since(0) == list(node.s.timeline) and node.s.timeline_since(1) == []
-    status = node.s.status()
-    assert status["stats"]["finished"] == 1 and status["available"] == {"CPU": 2.0, "gpu": 1.0}
-
-
 def test_shutdown_stops_the_node():
     node = Node()
     out = node.send(DRIVER, p.Shutdown("bye"))
@@ -1023,7 +388,6 @@ def test_unexpected_message_and_event():
 
 # -- regressions: bugs the property and unit tests found --------------------------------------------------------------
 
-
 # Regression: failing a task fails its dependents recursively (_finish_failed ->
 # _object_ready ->  _finish_failed ...): a chain of ~500 dependent tasks overflows the stack
 # and the  exception would stop the node loop
@@ -1035,7 +399,6 @@ def test_long_dependency_chain_fails_without_recursion_error():
     out = node.cancel(1, force=True)
     out += node.exit("w1")
     assert len(only(out, p.ObjectReady)) == 1001
-
 
 
 # Regression: after a force cancel the scheduler still hands the worker it asked to kill a
@@ -1050,32 +413,6 @@ def test_force_cancel_race_does_not_reuse_the_killed_worker():
     assert ("execute", "w1", 2) not in summary(out)
     out = node.exit("w1", -9)
     assert not any(m.oid == rid(2) for m in only(out, p.ObjectReady))
-
-
-
-# Regression: objects a worker holds are never released when the worker dies:
-# _on_worker_exited  does not drop the worker's references, so a put (or a nested task's
-# result) made by  a task whose worker crashes stays in the store forever
-def test_objects_held_by_a_dead_worker_are_freed():
-    node = Node()
-    node.submit(1, max_retries=0)
-    node.put(put_id(1), state=STORE, size=100, req_id=1, client=b"w1")
-    node.submit(2, client=b"w1", parent=1, depth=1)
-    out = node.exit("w1", -9)
-    assert ("delete", put_id(1)) in summary(out)
-    assert put_id(1) not in node.s.objects
-
-
-
-# Regression: _on_submit pins only the contained ids that exist at submit, but _end_task
-# unpins every  contained id that exists when the task ends: an id created in between gets
-# pins == -1  (validate() fails) and can never be freed
-def test_contained_id_unknown_at_submit_is_not_unpinned():
-    node = Node()
-    node.submit(1, contained=[put_id(1)])    # put_id(1) not known yet
-    node.put(put_id(1), state=STORE, size=10, req_id=1)
-    node.done("w1", 1)                       # validate() runs here
-    assert summary(node.refs(decs=[put_id(1)])) == [("delete", put_id(1))]
 
 
 # Regression: a recursive cancel walked the children recursively and overflowed the
