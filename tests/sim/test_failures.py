@@ -154,9 +154,9 @@ def test_a_queued_task_whose_argument_died_with_its_node_fails_with_object_lost(
     assert world.run_until_finished([a, b], 15)
     assert [r.node for r in world.runs_of(a)][0] == 1 and not sim.nodes[1].alive
     got = world.readies()[rid(2)][0]
-    if got.state != INLINE:   # (a lineage fix makes it INLINE)
-        error = serialization.error_from_record(got.payload)
-        assert isinstance(error, ObjectLostError), repr(error)
+    assert got.state == ERROR, got   # (until lineage rebuilds A: see the xfail test above)
+    error = serialization.error_from_record(got.payload)
+    assert isinstance(error, ObjectLostError), repr(error)
 
 
 def test_a_task_stopped_because_its_owner_was_declared_dead_is_not_reported_cancelled():
