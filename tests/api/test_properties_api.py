@@ -247,7 +247,7 @@ def test_dag_smoke_fan_in_fan_out(cluster):
 
 # Regression: error propagate makes the caller's get raise a plain TaskError, not a
 # ValueError (TaskError(ValueError).__reduce__ pickles a plain TaskError; see
-# test_serialization.py::test_reraised_task_error_keeps_the_original_type)
+# tests/core/test_serialization.py::test_reraised_task_error_keeps_the_original_type)
 def test_error_through_nested_get_keeps_its_type(cluster):
     nodes = [Node("leaf", 4, [], []), Node("check", 2, [0], ["arg"]),
              Node("add", 1, [1], ["nested"])]
