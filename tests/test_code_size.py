@@ -9,18 +9,13 @@ from __future__ import annotations
 import ast
 import pathlib
 
+from tests.harness.source import package_root
+
 MAX_MODULE_LINES = 600
 MAX_FUNCTION_LINES = 60
 
 
-def _source_root() -> pathlib.Path:
-    for parent in pathlib.Path(__file__).resolve().parents:
-        if (parent / "zfabric" / "__init__.py").is_file():
-            return parent / "zfabric"
-    raise RuntimeError("cannot find the zfabric package above tests/")
-
-
-ROOT = _source_root()
+ROOT = package_root()
 SOURCES = sorted(ROOT.rglob("*.py"))
 
 

@@ -1,4 +1,4 @@
-"""The layering rules of DESIGN §3, checked on the source.
+"""The layering rules of docs/architecture.md, checked on the source.
 
 zfabric's modules sit in four layers; a module may import from its own
 layer or from any layer to its right, never from one to its left:
@@ -20,16 +20,10 @@ import pathlib
 
 import pytest
 
-
-def _source_root() -> pathlib.Path:
-    """The zfabric package next to (some parent of) this test file."""
-    for parent in pathlib.Path(__file__).resolve().parents:
-        if (parent / "zfabric" / "__init__.py").is_file():
-            return parent / "zfabric"
-    raise RuntimeError("cannot find the zfabric package above tests/")
+from tests.harness.source import package_root
 
 
-ROOT = _source_root()
+ROOT = package_root()
 PACKAGE = "zfabric"
 
 # (layer name, module patterns): "x" is the module zfabric.x, "x/" the

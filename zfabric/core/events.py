@@ -25,12 +25,6 @@ class WorkerExited:
 
 
 @dataclass(frozen=True, slots=True)
-class WorkerSpawnFailed:
-    worker_id: str
-    error: str
-
-
-@dataclass(frozen=True, slots=True)
 class ClientGone:
     """A driver's process is gone (its pid exited), without saying goodbye."""
     client: bytes

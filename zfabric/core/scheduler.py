@@ -88,7 +88,7 @@ class Scheduler:
             p.Refuse: self.spill.on_refuse, p.SpillCheck: self.spill.on_spill_check,
             p.FreeObjects: self.spill.on_free_objects, p.Cancel: self._on_cancel}
         self._event_handlers = {
-            ev.WorkerExited: self._on_worker_exited, ev.WorkerSpawnFailed: self._on_spawn_failed,
+            ev.WorkerExited: self._on_worker_exited,
             ev.ClientGone: self._on_client_gone, ev.Tick: self._on_tick,
             ev.ObjectFetched: self._on_fetched, ev.FetchFailed: self._on_fetch_failed,
             ev.PeerUp: self._on_peer_up, ev.PeerDown: self._on_peer_down,
@@ -441,10 +441,6 @@ class Scheduler:
                 WorkerCrashedError, f"the worker running {task.name}() died ({how}) and the "
                 f"task has no retries left (max_retries={task.spec.max_retries})", task.name))
         self.pool.keep_prestarted()
-
-    def _on_spawn_failed(self, event: ev.WorkerSpawnFailed) -> None:
-        self.out.log("error", f"worker {event.worker_id} failed to start: {event.error}")
-        self._on_worker_exited(ev.WorkerExited(event.worker_id, None))
 
     def _on_tick(self, event: ev.Tick) -> None:
         """Check on tasks at peers; stop extra workers that have idled too long."""

@@ -4,6 +4,9 @@
   own process, ports and store dir.
 - `sim`: the core state machines of many nodes in one process, on a seeded
   in-memory network and a virtual clock (no sockets, no threads).
+- `fakes`: `FakeWorker`, what a worker process does with the messages its
+  node sends it, without time or transport (the simulator's workers, and the
+  scheduler tests' in tests/harness).
 """
 from .cluster import LocalCluster, NodeHandle
 

@@ -3,14 +3,13 @@
 Drives the same sans-I/O state machines node/node.py builds, with the
 node's shell (sockets, workers, store) replaced by fakes; see the comment
 below for how messages, workers and object pulls are simulated. Used by
-tests/test_fabric.py.
+the tests in tests/sim/.
 """
 from __future__ import annotations
 
 import heapq
 import math
 import random
-from collections import deque as _deque
 from dataclasses import dataclass
 
 from ... import ids as _ids, protocol as _p
@@ -20,6 +19,7 @@ from ...core import events as _ev
 from ...core import resources as _rs
 from ...core.fabric import Fabric as _Fabric, build as _build_fabric
 from ...protocol import ObjectState as _ObjectState, TaskStatus as _TaskStatus
+from ..fakes import FakeWorker
 
 
 #     driver --ClientMessage--> Fabric i --PeerSend(address, msg)--> encode/decode --> Fabric j
@@ -69,14 +69,12 @@ class Run:
     execute: object = None
 
 
-class FakeWorker:
+class SimWorker(FakeWorker):
+    """The shared fake worker (testing/fakes.py), with the Run it executes."""
+
     def __init__(self, wid: str):
-        self.wid = wid
-        self.client = wid.encode()
-        self.alive = True
-        self.current: Run | None = None
-        self.queue: _deque = _deque()       # prefetched Executes, not started
-        self.known_fns: set[bytes] = set()
+        super().__init__(wid)
+        self.run: Run | None = None
 
 
 class SimNode:
@@ -93,7 +91,7 @@ class SimNode:
         self.left = False      # stopped gracefully: what it sent before still arrives
         self.store: dict[bytes, tuple[int, bytes]] = {}    # oid -> (size, tag)
         self.partial: dict[bytes, list] = {}               # oid -> [size, tag] while pulled
-        self.workers: dict[str, FakeWorker] = {}
+        self.workers: dict[str, SimWorker] = {}
         self.inbox: dict[bytes, list] = {}                 # client -> [(time, msg)]
         self.trace: list[tuple[float, object]] = []        # effects, less gossip and logs
         self.logs: list[tuple[float, str, str]] = []       # (time, level, text) of Log effects
@@ -104,7 +102,7 @@ class SimNode:
         return self.fabric.scheduler
 
     def running(self) -> list[Run]:
-        return [w.current for w in self.workers.values() if w.alive and w.current is not None]
+        return [w.run for w in self.workers.values() if w.alive and w.run is not None]
 
     def received(self, client: bytes, kind: type | None = None) -> list:
         return [m for _, m in self.inbox.get(client, []) if kind is None or type(m) is kind]
@@ -335,8 +333,8 @@ class FabricSim:
             if kind is _fx.Send:
                 self._client_send(node, e.to, e.msg)
             elif kind is _fx.SpawnWorker:
-                worker = node.workers[e.worker_id] = FakeWorker(e.worker_id)
-                hello = _p.Hello("worker", 2000, e.worker_id)
+                worker = node.workers[e.worker_id] = SimWorker(e.worker_id)
+                hello = worker.hello(2000)
                 self._at(t + self.spawn_delay,
                          lambda n=node, w=worker, m=hello: self._from_worker(n, w, m))
             elif kind in (_fx.StopWorker, _fx.KillWorker):
@@ -393,52 +391,46 @@ class FabricSim:
 
     # -- fake workers -------------------------------------------------------------------
 
-    def _from_worker(self, node: SimNode, worker: FakeWorker, msg) -> None:
+    def _from_worker(self, node: SimNode, worker: SimWorker, msg) -> None:
         if node.alive and worker.alive:
             self.handle(node.index, _ev.ClientMessage(worker.client, _p.decode(_p.encode(msg))))
 
-    def _worker_receive(self, node: SimNode, worker: FakeWorker, msg) -> None:
+    def _worker_receive(self, node: SimNode, worker: SimWorker, msg) -> None:
         if not (node.alive and worker.alive):
             return
         kind = type(msg)
         if kind is _p.Execute:
-            if msg.fn_blob:
-                worker.known_fns.add(msg.fn_id)
-            elif msg.fn_id not in worker.known_fns:
+            if not worker.has_code(msg):
                 self.violations.append(f"node {node.index} {worker.wid}: no code for "
                                        f"{msg.fn_id!r} (task {msg.task_id.hex()})")
-            if worker.current is None:
+            if worker.take(msg):
                 self._worker_start(node, worker, msg)
-            else:
-                worker.queue.append(msg)
         elif kind is _p.Revoke:
-            for ex in list(worker.queue):
-                if ex.task_id == msg.task_id:
-                    worker.queue.remove(ex)
-                    self._at(self.time + self.ipc_latency, lambda t=msg.task_id:
-                             self._from_worker(node, worker, _p.Revoked(t)))
+            for answer in worker.receive(msg):
+                self._at(self.time + self.ipc_latency, lambda m=answer:
+                         self._from_worker(node, worker, m))
         elif kind is _p.Welcome:
             pass
         else:
             self.violations.append(f"node {node.index} {worker.wid}: unexpected {msg!r}")
 
-    def _worker_start(self, node: SimNode, worker: FakeWorker, ex) -> None:
+    def _worker_start(self, node: SimNode, worker: SimWorker, ex) -> None:
         for oid, state in zip(ex.dep_ids, ex.dep_states):
             if state == _ObjectState.STORE and oid not in node.store:
                 self.violations.append(f"node {node.index}: task {ex.task_id.hex()} runs "
                                        f"without its STORE argument {oid.hex()} in the store")
         run = Run(node.index, worker.wid, ex.task_id, self.time, execute=ex)
-        worker.current = run
+        worker.run = run
         self.runs.append(run)
         work = self.program(self, node.index, ex)
         self._at(self.time + work.duration, lambda: self._worker_finish(node, worker, run, work))
 
-    def _worker_finish(self, node: SimNode, worker: FakeWorker, run: Run, work: Work) -> None:
-        if not (node.alive and worker.alive) or worker.current is not run:
+    def _worker_finish(self, node: SimNode, worker: SimWorker, run: Run, work: Work) -> None:
+        if not (node.alive and worker.alive) or worker.run is not run:
             return
         run.end = self.time
-        worker.current = None
-        ex = run.execute
+        worker.run = None
+        ex = worker.finish()
         if work.status == _TaskStatus.OK:
             states, sizes, payloads = [], [], []
             for k, (state, size, payload) in enumerate(work.results):
@@ -451,14 +443,14 @@ class FabricSim:
                 else:
                     sizes.append(len(payload))
                     payloads.append(payload)
-            done = _p.TaskDone(ex.task_id, int(work.status), False, states, sizes,
-                               [[] for _ in states], run.start, run.end, payloads)
+            done = worker.done(ex.task_id, payloads=payloads, states=states, sizes=sizes,
+                               start=run.start, end=run.end)
         else:
-            done = _p.TaskDone(ex.task_id, int(work.status), False, [], [], [],
-                               run.start, run.end, [work.error])
+            done = worker.failed(ex.task_id, work.error, status=int(work.status),
+                                 start=run.start, end=run.end)
         self._from_worker(node, worker, done)
-        if worker.queue and worker.alive and worker.current is None:
-            self._worker_start(node, worker, worker.queue.popleft())
+        if worker.local and worker.alive and worker.current is None:
+            self._worker_start(node, worker, worker.start_next())
 
     # -- the object sockets ---------------------------------------------------------------
 

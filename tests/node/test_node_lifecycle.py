@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -127,6 +128,57 @@ def node_records(temp_dir):
         if os.path.isdir(folder) else []
 
 
+# A driver that holds one small (inline) object and two store objects until its stdin
+# closes; it prints the ids of the store ones.
+HOLDER = textwrap.dedent("""
+    import sys
+    import numpy as np
+    import zfabric as zf
+    zf.init(address="auto")
+    small = zf.put(b"small")                            # inline: no store file
+    big = [zf.put(np.zeros(n, dtype=np.uint8)) for n in (1 << 20, 2 << 20)]
+    print(" ".join(r.hex() for r in big), flush=True)   # (each put was answered)
+    sys.stdin.read()
+    zf.shutdown()
+""")
+
+UNITS = {"B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "TiB": 1 << 40}
+
+
+def memory_lines(temp_dir) -> list[tuple[str, int, float, float]]:
+    """`zfabric memory`, one (node id prefix, objects, store used, capacity) per line;
+    sizes in bytes, as precise as printed (one decimal of the unit)."""
+    out = cli(temp_dir, "memory")
+    assert out.returncode == 0, out.stderr
+    rows = []
+    for line in out.stdout.splitlines():
+        m = re.fullmatch(r"node ([0-9a-f]{12}): (\d+) objects, store ([\d.]+) (\w+) of "
+                         r"([\d.]+) (\w+)", line)
+        assert m, f"unexpected line from `zfabric memory`: {line!r}"
+        rows.append((m[1], int(m[2]), float(m[3]) * UNITS[m[4]], float(m[5]) * UNITS[m[6]]))
+    return rows
+
+
+def same_size(shown: float, size: int) -> bool:
+    """`shown` is `size` printed with one decimal of its unit."""
+    unit = next(u for u in reversed(UNITS.values()) if size >= u or u == 1)
+    return abs(shown - size) <= 0.05 * unit + 1e-9
+
+
+def check_memory(temp_dir, record: dict, objects: int, used: int) -> None:
+    """Wait (a client's goodbye may still be on its way) until `zfabric memory` shows
+    this node alone, holding `objects` objects of `used` bytes in its store."""
+    deadline = time.monotonic() + 10
+    while True:
+        rows = memory_lines(temp_dir)
+        ok = len(rows) == 1 and rows[0][:2] == (record["node_id"][:12], objects) \
+            and same_size(rows[0][2], used) and same_size(rows[0][3], record["store_capacity"])
+        if ok or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert ok, (rows, objects, used, record["store_capacity"])
+
+
 def test_cli_start_attach_status_timeline_stop(temp_dir, reaper, tmp_path):
     out = cli(temp_dir, "start", "--head", "--port", "0", "--num-cpus", "2",
               "--resources", '{"gpu": 1}')
@@ -170,7 +222,25 @@ def test_cli_start_attach_status_timeline_stop(temp_dir, reaper, tmp_path):
     out = cli(temp_dir, "timeline", "-o", str(trace))
     assert out.returncode == 0, out.stderr
     assert sum(e["name"].endswith("sq") for e in json.loads(trace.read_text())) == 10
-    assert "objects" in cli(temp_dir, "memory").stdout
+
+    # `memory`: what a driver holds shows up, with the size of its store files, and goes
+    # when the driver does
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True, env=env_with(temp_dir))
+    reaper.append(holder.pid)
+    try:
+        big = holder.stdout.readline().split()
+        assert len(big) == 2, big
+        files = {f: os.path.getsize(os.path.join(record["store_dir"], f))
+                 for f in os.listdir(record["store_dir"])}
+        assert set(files) == set(big), (files, big)
+        assert all(files[f] > n for f, n in zip(big, (1 << 20, 2 << 20)))
+        check_memory(temp_dir, record, objects=3, used=sum(files.values()))
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)
+    assert holder.returncode == 0
+    check_memory(temp_dir, record, objects=0, used=0)
 
     out = cli(temp_dir, "stop")
     assert out.returncode == 0 and "stopped 1 node(s)" in out.stdout

@@ -1,5 +1,5 @@
 """core/membership.py: the merge rules by example, then properties, most of them
-on a simulated cluster (testing/sim.py) whose every random choice comes from a
+on a simulated cluster (zfabric/testing/sim/) whose every random choice comes from a
 hypothesis-drawn seed, so a failure replays and shrinks.
 
 Timing bounds below are in these terms (sim step `STEP`, one round every

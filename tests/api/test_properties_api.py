@@ -1,4 +1,4 @@
-"""Property tests of the public API on one embedded node (DESIGN §1, §4).
+"""Property tests of the public API on one embedded node (docs/architecture.md, "How it is tested").
 
 - random task DAGs (fan-in, fan-out, num_returns=2, failures, refs passed
   at the top level, as keywords and nested in lists) give the values, and
@@ -247,7 +247,7 @@ def test_dag_smoke_fan_in_fan_out(cluster):
 
 # Regression: error propagate makes the caller's get raise a plain TaskError, not a
 # ValueError (TaskError(ValueError).__reduce__ pickles a plain TaskError; see
-# test_serialization.py::test_reraised_task_error_keeps_the_original_type)
+# tests/core/test_serialization.py::test_reraised_task_error_keeps_the_original_type)
 def test_error_through_nested_get_keeps_its_type(cluster):
     nodes = [Node("leaf", 4, [], []), Node("check", 2, [0], ["arg"]),
              Node("add", 1, [1], ["nested"])]

@@ -1,21 +1,20 @@
-"""Prefetch: a busy worker gets its next short task before it finishes the current one.
+"""Prefetch (core/workers.py): a busy worker gets its next short task before it
+finishes the current one.
 
-Uses the `Node` harness of test_scheduler_core (a bare Scheduler, validate()
-after every step).
+Uses the `Node` harness of tests/harness/scheduler.py (a bare Scheduler,
+validate() after every step).
 """
 from __future__ import annotations
 
 from zfabric import protocol as p
 from zfabric.core.tasks import TaskState
-from zfabric.protocol import TaskStatus
 from zfabric.exceptions import TaskCancelledError
 
-from .test_scheduler_core import Node, error_for, num, only, rid, summary, tid
+from tests.harness.scheduler import INLINE, Node, error_for, num, only, rid, summary, tid
 
 
 def quick_done(node: Node, wid: str, n: int, took: float = 0.0001) -> list:
-    return node.send(wid.encode(), p.TaskDone(tid(n), int(TaskStatus.OK), False, [1], [3],
-                                              [[]], 1.0, 1.0 + took, [b"val"]))
+    return node.done(wid, n, payloads=[b"val"], states=[INLINE], sizes=[3], took=took)
 
 
 def prefetching_node() -> Node:

@@ -1,0 +1,101 @@
+"""The library API on one embedded node: put, the store, ObjectRefs (as documented in README and docs/)."""
+from __future__ import annotations
+
+import asyncio
+import pickle
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import zfabric as zf
+
+from tests.harness.functions import inc, slow
+
+pytestmark = pytest.mark.timeout(60)
+
+
+# -- put / store -----------------------------------------------------------------------
+
+def test_put_get_numpy_is_a_read_only_zero_copy_view(cluster):
+    a = np.arange(1_000_000, dtype=np.float64)
+    ref = zf.put(a)
+    b = zf.get(ref)
+    assert np.array_equal(a, b)
+    assert not b.flags.writeable
+    assert not b.flags.owndata  # a view of shared memory, not a copy
+
+
+def test_large_arguments_and_results_go_through_the_store(cluster):
+    @zf.remote
+    def total(a):
+        return float(a.sum()), a.flags.writeable
+
+    @zf.remote
+    def big(n):
+        return np.ones(n)
+
+    a = np.ones(2_000_000)
+    assert zf.get(total.remote(a)) == (2_000_000.0, False)
+    assert zf.get(total.remote(big.remote(3_000_000))) == (3_000_000.0, False)
+
+
+def test_objects_are_freed_when_refs_go(cluster):
+    from tests.conftest import store_files
+    ref = zf.put(np.ones(1_000_000))
+    name = ref.hex()
+    assert name in store_files(cluster)
+    del ref
+    deadline = time.monotonic() + 5
+    while name in store_files(cluster) and time.monotonic() < deadline:
+        time.sleep(0.05)   # the idle flush tells the node within ref_flush_interval
+    assert name not in store_files(cluster)
+
+
+def test_nested_ref_keeps_object_alive(cluster):
+    @zf.remote
+    def make():
+        return [zf.put(np.full(500_000, 7.0))]
+
+    outer = make.remote()
+    inner = zf.get(outer)[0]
+    del outer
+    time.sleep(0.3)
+    assert zf.get(inner)[0] == 7.0
+
+
+def test_object_store_full_is_a_clear_error(fresh):
+    zf.init(num_cpus=1, object_store_memory=10_000_000)
+    keep = zf.put(np.ones(800_000))  # 6.4 MB
+    with pytest.raises(zf.exceptions.ObjectStoreFullError, match="object store is full"):
+        zf.put(np.ones(800_000))
+    assert zf.get(keep).sum() == 800_000
+
+
+# -- ObjectRef ---------------------------------------------------------------------------
+
+def test_object_ref_hex_hash_pickle_future_await(cluster):
+    r = inc.remote(41)
+    assert len(r.hex()) == 40 and r == pickle.loads(pickle.dumps(r))
+    assert len({r, pickle.loads(pickle.dumps(r))}) == 1
+    assert r.future().result(timeout=10) == 42
+
+    async def main():
+        return await inc.remote(1)
+
+    assert asyncio.run(main()) == 2
+
+
+def test_get_from_several_threads(cluster):
+    out = []
+
+    def worker(i):
+        out.append(zf.get(slow.remote(i, 0.05)))
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert sorted(out) == list(range(8))

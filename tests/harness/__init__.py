@@ -1,0 +1,1 @@
+"""Helpers the tests share (no tests here); see tests/README.md."""
