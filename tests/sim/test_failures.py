@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from zfabric import protocol as p
 from zfabric import serialization
+from zfabric.core.membership import MemberState
 from zfabric.core.tasks import TaskState
 from zfabric.exceptions import ObjectLostError
 
@@ -182,3 +183,43 @@ def test_a_task_stopped_because_its_owner_was_declared_dead_is_not_reported_canc
     (ready,) = world.readies()[rid(2)]
     assert ready.state == INLINE
     world.check_result(victim)
+
+
+# -- a partition heals -----------------------------------------------------------------------
+
+def views(sim) -> dict[tuple[int, int], MemberState]:
+    """(observer, subject) -> the subject's state in the observer's membership."""
+    return {(o.index, s.index): o.fabric.membership.members[s.node_id].state
+            for o in sim.nodes for s in sim.nodes if s.node_id in o.fabric.membership.members}
+
+
+@settings(max_examples=25, **SIM)
+@given(seed=st.integers(0, 2**32 - 1), one_way=st.booleans(), island=st.sampled_from([0, 1, 2]))
+def test_after_a_partition_heals_every_node_sees_every_node_alive_within_a_few_rounds(
+        seed, one_way, island):
+    """A node is cut off (both ways, or only what it sends is lost) until the
+    others declare it dead -- and, both ways, it declares them dead. After the
+    heal, whichever side declared whom dead, every node sees every node alive
+    again within one slow probe of the dead and a few messages."""
+    world = World([{"CPU": 1}, {"CPU": 1}, {"CPU": 1}], seed=seed)
+    world.converge()
+    sim = world.sim
+    cut = {"on": True}
+    sim.drop = lambda src, dst, msg: cut["on"] and (
+        src == island and dst != island or not one_way and dst == island and src != island)
+    others = [i for i in range(3) if i != island]
+    timeout = sim.config.failure_timeout
+    declared = [(o, island) for o in others] + ([] if one_way else [(island, o) for o in others])
+    assert sim.run_until(lambda: all(views(sim)[k] == MemberState.DEAD for k in declared),
+                         3 * timeout)
+    cut["on"] = False
+    # the first contact after the heal is a probe of the dead (every dead_probe_rounds
+    # gossip rounds); then a few messages: a refutation each way
+    probe = 10 * sim.config.gossip_interval
+    assert sim.run_until(lambda: set(views(sim).values()) == {MemberState.ALIVE},
+                         probe + 6 * sim.config.gossip_interval), views(sim)
+    # and a task from the island's driver runs anywhere again
+    plans = [world.submit(n, node=island, duration=0.2) for n in range(1, 7)]
+    assert world.run_until_finished(plans, 3.0)
+    for plan in plans:
+        world.check_result(plan)

@@ -251,7 +251,12 @@ class Fabric:
         updates = self.gcs.updates_for(msg.vector)
         if updates:
             self._out.append(fx.PeerSend(member.address, p.GcsUpdate(self.node_id, updates)))
-        if msg.reply:
+        if msg.reply or member.state == MemberState.DEAD:
+            # a join or a probe asks for our rows; and a member we declared dead
+            # is told so at once (our rows say it), so that it refutes -- rejoins
+            # with a higher incarnation -- instead of waiting for our next slow
+            # probe of the dead: after a partition heals, views agree in a few
+            # messages, whichever side declared whom dead.
             self._out.append(fx.PeerSend(member.address, p.Gossip(
                 self.node_id, self.membership.rows(), self.gcs.wanted_vector(), False)))
         self._apply_changes(changes)

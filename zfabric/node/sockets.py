@@ -4,6 +4,10 @@ Settings live in one place so that authentication and encryption of the
 cluster (CURVE) can later be a change to this module alone:
 - ROUTERs set ROUTER_MANDATORY: a message to a peer that is gone raises
   EHOSTUNREACH instead of vanishing, and the node turns that into an event.
+- The scheduler ROUTER sets ROUTER_HANDOVER: a peer that reconnects (after a
+  partition, its old TCP connection never closed on our side) takes over its
+  routing id at once. Without it the ROUTER refuses the new connection while
+  the stale one lingers, and everything the peer sends is lost until then.
 - Local (ipc) sockets have no high-water mark: every message on them is
   bounded by the number of tasks and objects the user created, and a
   dropped control message would hang a caller.
@@ -58,6 +62,7 @@ def node_router(ctx: zmq.Context, endpoints: list[str]) -> tuple[zmq.Socket, lis
     """
     sock = _common(ctx.socket(zmq.ROUTER))
     sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+    sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
     bound = []
     try:
         for ep in endpoints:
@@ -98,8 +103,8 @@ def peer_dealer(ctx: zmq.Context, node_id: bytes, address: str,
     """Our DEALER to another node's scheduler ROUTER (send-only: it answers
     through its own DEALER to us). A join goes out on a socket of its own
     (`join`): the address we were given may be another name of the node we
-    later reach at its advertised address, and a ROUTER refuses a second
-    connection with an identity it already has."""
+    later reach at its advertised address: two live connections with one
+    identity would take the routing id from each other (ROUTER_HANDOVER)."""
     sock = _tcp(ctx.socket(zmq.DEALER))
     sock.setsockopt(zmq.IDENTITY, node_id + (JOIN_SUFFIX if join else PEER_SUFFIX))
     try:
