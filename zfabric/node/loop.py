@@ -7,7 +7,7 @@
     timer --------------------------------> Tick -----------------------------+        |
     effects <--------------------------------------------------------------------------'
       one handler per effect type (NodeLoop.effect_handlers):
-      Send -> client Outbox -> scheduler ROUTER    PeerSend / JoinSend / ForgetPeer -> peers.py
+      Send -> client Batcher -> scheduler ROUTER    PeerSend / JoinSend / ForgetPeer -> peers.py
       RequestChunk / SealPull / AbortPull -> pulls.py   DeleteObject -> store, objserver.py
       SpawnWorker / StopWorker / KillWorker / InterruptWorker / WatchClient -> processes.py
       StopNode -> leave the loop                   Log -> the node's log
@@ -15,7 +15,7 @@
 
 Owns the poller, the signal wake-up pipe, the timer (one Tick every
 `tick_interval`), decoding what arrives on the scheduler ROUTER, the client
-outbox (what one loop turn owes each local client, sent as one frame), and
+batcher (what one loop turn owes each local client, sent as one frame), and
 the table from effect type to handler. It never reads the fabric's state:
 it asks `Fabric.ready()`, `joining()` and `expects_chunk()`. node.py's
 `serve` builds it, runs it, and stops and closes it.
@@ -38,7 +38,7 @@ from ..core import effects as fx
 from ..core import events as ev
 from . import sockets, store
 from .objserver import ObjectServer
-from .peers import Outbox, Peers
+from .peers import Batcher, Peers
 from .processes import Processes
 from .pulls import Pulls
 
@@ -60,7 +60,7 @@ class NodeLoop:
         self.embedded_driver_pid = embedded_driver_pid
         self.on_ready = on_ready   # called once, when the pre-started workers are up
         self.poller = zmq.Poller()
-        self.clients = Outbox()    # local client id -> what this turn owes it
+        self.clients = Batcher()    # local client id -> what this turn owes it
         self.peers = Peers(ctx, node_id)
         self.pulls = Pulls(ctx, self.poller, store_dir)
         self.objects = ObjectServer(object_router, store_dir)
@@ -103,7 +103,7 @@ class NodeLoop:
         old_wakeup = self._listen()
         try:
             self.execute(self.fabric.start(time.monotonic()))
-            self._flush_outbox()
+            self._flush_sends()
             next_tick = time.monotonic() + self.tick_interval
             while self.running:
                 self._check_ready()
@@ -112,7 +112,7 @@ class NodeLoop:
                 if now >= next_tick:
                     next_tick = now + self.tick_interval
                     self.execute(self.fabric.handle(ev.Tick(), now))
-                    self._flush_outbox()
+                    self._flush_sends()
         finally:
             signal.set_wakeup_fd(old_wakeup)
         return self.stop_reason
@@ -176,7 +176,7 @@ class NodeLoop:
             self._drain_router_batch()
         finally:
             self._draining = False
-            self._flush_outbox()
+            self._flush_sends()
 
     def _drain_router_batch(self) -> None:
         router, fabric = self.router, self.fabric
@@ -216,13 +216,13 @@ class NodeLoop:
         fabric = self.fabric
         for event in self.pulls.receive(sock, fabric.expects_chunk):
             self.execute(fabric.handle(event, time.monotonic()))
-        self._flush_outbox()
+        self._flush_sends()
 
     def dispatch(self, event) -> None:
         """Hand an event to the fabric now and carry out its effects."""
         self.execute(self.fabric.handle(event, time.monotonic()))
         if not self._draining:
-            self._flush_outbox()
+            self._flush_sends()
 
     # -- effects ---------------------------------------------------------------------------
 
@@ -262,13 +262,13 @@ class NodeLoop:
         self.running = False
         self.stop_reason = e.reason
 
-    def _flush_outbox(self) -> None:
+    def _flush_sends(self) -> None:
         """Send what this turn owes each client and peer, one frame each. A peer
         send that failed goes to the fabric as an event; what it answers goes out
         here too."""
         while True:
             self._flush_clients()
-            failed = self.peers.flush() if self.peers.outbox else ()
+            failed = self.peers.flush() if self.peers.batcher else ()
             if not failed:
                 return
             now = time.monotonic()
@@ -291,7 +291,7 @@ class NodeLoop:
     def say_goodbye(self, effects: list) -> None:
         """Send the last messages (leaving the cluster) before the sockets close."""
         self.execute(effects)
-        self._flush_outbox()
+        self._flush_sends()
 
     def stop_workers(self) -> None:
         """Stop every worker and the zygote, by PID (see processes.py)."""

@@ -1,6 +1,6 @@
 """Our sockets to other nodes, and batching of what we send in one loop turn.
 
-    NodeLoop --PeerSend--> Peers.send --> outbox --flush--> DEALER per peer address
+    NodeLoop --PeerSend--> Peers.send --> batcher --flush--> DEALER per peer address
                                                             (identity: node id + b"^")
     NodeLoop --JoinSend--> Peers.join_send ---------------> DEALER per seed address
                                                             (identity: node id + b"+")
@@ -8,9 +8,9 @@
 
 Owns the peer DEALERs (one per control address, opened on first use and
 closed by `forget` when the peer died or left), the join DEALERs (one per
-address we were given, closed once we joined), and the `Outbox`: messages
+address we were given, closed once we joined), and the `Batcher`: messages
 queued per destination during one loop turn and sent as one frame each
-(a `Batch` when there are several). The loop uses an `Outbox` for its
+(a `Batch` when there are several). The loop uses a `Batcher` for its
 local clients too, so batching lives here alone.
 
 Sends never block. A send that fails is not retried here: it comes back
@@ -25,7 +25,7 @@ from ..core import events as ev
 from . import sockets
 
 
-class Outbox:
+class Batcher:
     """Encoded messages queued per destination, each queue later sent as one frame."""
 
     def __init__(self):
@@ -46,7 +46,7 @@ class Outbox:
         self._queues.pop(to, None)
 
     def take(self) -> list[tuple[object, bytes, int]]:
-        """Empty the outbox: (destination, one frame, how many messages it holds) each."""
+        """Empty it: (destination, one frame, how many messages it holds) each."""
         queues, self._queues = self._queues, {}
         return [(to, msgs[0] if len(msgs) == 1 else p.encode(p.Batch(msgs)), len(msgs))
                 for to, msgs in queues.items()]
@@ -58,18 +58,18 @@ class Peers:
     def __init__(self, ctx: zmq.Context, node_id: bytes):
         self.ctx = ctx
         self.node_id = node_id
-        self.outbox = Outbox()
+        self.batcher = Batcher()
         self._socks: dict[str, zmq.Socket] = {}        # control address -> DEALER
         self._join_socks: dict[str, zmq.Socket] = {}   # seed address -> DEALER (joining)
 
     def send(self, address: str, msg) -> None:
         """Queue a message for a peer; `flush` sends each peer's queue as one frame."""
-        self.outbox.put(address, msg)
+        self.batcher.put(address, msg)
 
     def flush(self) -> list:
         """Send what is queued; returns an event per peer whose frame was dropped."""
         failed = []
-        for address, frame, count in self.outbox.take():
+        for address, frame, count in self.batcher.take():
             sock = self._socks.get(address)
             if sock is None:
                 try:
@@ -112,7 +112,7 @@ class Peers:
     def forget(self, address: str) -> None:
         """The peer died or left: drop what we queued for it and close its socket
         (a later send opens a new one)."""
-        self.outbox.discard(address)
+        self.batcher.discard(address)
         sock = self._socks.pop(address, None)
         if sock is not None:
             sock.close(0)
