@@ -147,11 +147,11 @@ def test_a_peer_address_that_cannot_be_connected_is_an_event(loop, caplog):
     caplog.set_level(logging.WARNING, logger="zfabric.node")
     bad = "tcp://127.0.0.1"   # no port: zmq refuses to connect to it
     loop.execute([fx.PeerSend(bad, MSG), fx.PeerSend(bad, MSG)])
-    loop._flush_outbox()
+    loop._flush_sends()
     assert loop.fabric.stats == {"peer_unreachable": 1, "peer_send_blocked": 0,
                                  "peer_messages_dropped": 2}
     loop.execute([fx.PeerSend(bad, MSG)])
-    loop._flush_outbox()
+    loop._flush_sends()
     assert loop.fabric.stats["peer_unreachable"] == 2
     assert len(warnings_about(caplog, bad)) == 1
 
@@ -171,18 +171,18 @@ def test_a_peer_that_takes_nothing_is_an_event_once_its_queue_is_full(loop, capl
     stats = loop.fabric.stats
     for _ in range(10 * sockets.PEER_HWM):
         loop.execute([fx.PeerSend(refused_address, MSG)])
-        loop._flush_outbox()
+        loop._flush_sends()
         if stats["peer_send_blocked"]:
             break
     assert stats["peer_send_blocked"] == 1 and stats["peer_messages_dropped"] == 1
     for _ in range(3):
         loop.execute([fx.PeerSend(refused_address, MSG)])
-        loop._flush_outbox()
+        loop._flush_sends()
     assert stats["peer_send_blocked"] == 4
     assert len(warnings_about(caplog, refused_address)) == 1
     loop.execute([fx.ForgetPeer(b"P" * 16, refused_address)])   # a fresh socket: room again
     loop.execute([fx.PeerSend(refused_address, MSG)])
-    loop._flush_outbox()
+    loop._flush_sends()
     assert stats["peer_send_blocked"] == 4
 
 
