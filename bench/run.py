@@ -4,7 +4,7 @@
     python bench/run.py                       # every installed system, full counts
     python bench/run.py --quick               # smaller counts, a smoke run
     python bench/run.py --only zfabric,ray --json bench/out.json
-    python bench/run.py --peer-python /work/peers/bin/python
+    python bench/run.py --peer-python .peers/bin/python    # (or ZFABRIC_PEER_PYTHON=...)
 
 Each system runs in its own fresh subprocess (one more fresh subprocess per
 startup measurement), with a timeout; every process a system leaves behind is
@@ -29,7 +29,10 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
-PEERS_PYTHON = "/work/peers/bin/python"
+# The interpreter that has Ray and Dask, when they are not importable here:
+# --peer-python, else this environment variable, else .peers/ in the repo.
+PEER_PYTHON_ENV = "ZFABRIC_PEER_PYTHON"
+PEERS_VENV_PYTHON = os.path.join(REPO, ".peers", "bin", "python")
 NUM_CPUS = 2
 
 SYSTEMS = ["zfabric", "ray", "dask", "processpool"]
@@ -745,9 +748,12 @@ def markdown(results, order, params, facts, mode, stamp):
 # --------------------------------------------------------------------------
 
 def default_peer_python():
+    """$ZFABRIC_PEER_PYTHON; else this interpreter if it has Ray; else .peers/'s if any."""
     import importlib.util
-    if importlib.util.find_spec("ray") is None and os.path.exists(PEERS_PYTHON):
-        return PEERS_PYTHON
+    if os.environ.get(PEER_PYTHON_ENV):
+        return os.environ[PEER_PYTHON_ENV]
+    if importlib.util.find_spec("ray") is None and os.path.exists(PEERS_VENV_PYTHON):
+        return PEERS_VENV_PYTHON
     return sys.executable
 
 
@@ -768,8 +774,8 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="smaller counts, a smoke run")
     ap.add_argument("--json", metavar="PATH", help="also write raw results and the table here")
     ap.add_argument("--peer-python", metavar="PATH",
-                    help="interpreter for Ray and Dask (default: this one, or "
-                         f"{PEERS_PYTHON} when ray is not importable here)")
+                    help=f"interpreter for Ray and Dask (default: ${PEER_PYTHON_ENV}, else "
+                         "this one if it has ray, else .peers/bin/python in the repo)")
     ap.add_argument("--timeout", type=float,
                     help="seconds per system's workload subprocess (default 150, quick 60)")
     ap.add_argument("--keep-logs", action="store_true", help="keep the children's logs")
