@@ -323,7 +323,7 @@ def main(argv=None) -> int:
             if res:
                 results[system] = res
     if args.json:
-        harness.write_json(args.json, {"params": params, "results": results})
+        harness.write_json(args.json, harness.portable({"params": params, "results": results}))
     print(f"{harness.cpu_model()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
           + ", ".join(f"{LABEL[s]} {r.get('version', '?')}" for s, r in results.items()))
     print()

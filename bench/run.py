@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -299,6 +300,31 @@ def children_rss():
 
 # --------------------------------------------------------------------------
 # child modes
+
+_ABS_PATH = re.compile(r"(?<![\w.~])(?:/[\w.+@-]+){2,}/?")
+
+
+def portable(obj):
+    """`obj` with the paths of this machine made relative, for results that are
+    committed (bench/results/): inside the repository relative to it, any other
+    absolute path of more than two parts (an interpreter, a log) shortened to
+    its last two."""
+    if isinstance(obj, dict):
+        return {k: portable(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [portable(v) for v in obj]
+    if isinstance(obj, str):
+        return _ABS_PATH.sub(_relative, obj)
+    return obj
+
+
+def _relative(match) -> str:
+    path = match.group(0).rstrip("/")
+    if path == REPO or path.startswith(REPO + "/"):
+        return os.path.relpath(path, REPO)
+    parts = path.split("/")[1:]
+    return path if len(parts) <= 2 else os.path.join("...", *parts[-2:])
+
 
 def write_json(path, obj):
     tmp = path + ".tmp"
@@ -832,9 +858,9 @@ def main(argv=None):
     table = markdown(results, run_order, params, facts, mode, stamp)
     total = time.perf_counter() - t_start
     if a.json:
-        write_json(a.json, {"mode": mode, "params": params, "machine": facts,
-                            "peer_python": peer_python, "total_s": total,
-                            "systems": results, "markdown": table})
+        write_json(a.json, portable({"mode": mode, "params": params, "machine": facts,
+                                     "peer_python": peer_python, "total_s": total,
+                                     "systems": results, "markdown": table}))
         log(f"wrote {a.json}")
     if not a.keep_logs:
         for f in os.listdir(workdir):

@@ -91,11 +91,13 @@ class ObjectDirectory:
             self.table.pin(oid)
         return known
 
-    def unpin_all(self, oids: list[bytes]) -> list:
-        """A task no longer needs these objects; the objects freed."""
+    def unpin_all(self, *lists: list[bytes]) -> list:
+        """A task no longer needs the objects in these lists; the objects freed."""
         freed: list = []
-        for oid in oids:
-            freed += self.table.unpin(oid)
+        unpin = self.table.unpin
+        for oids in lists:
+            for oid in oids:
+                freed += unpin(oid)
         return freed
 
     def describe_for_worker(self, deps: list[bytes]) -> tuple[list, list]:

@@ -61,20 +61,24 @@ class ReadyQueues:
         heap = self._heaps.get(shape)
         if not heap or self._head(heap) is None:
             return None
+        return self._take(heap)
+
+    def pick(self, available: dict[str, int]) -> Task | None:
+        """Pop the best queued task that fits `available` (see the module's order)."""
+        best = best_heap = None
+        for heap in self._heaps.values():
+            entry = self._head(heap)
+            if entry is not None and rs.fits(available, entry[2].demand) \
+                    and (best is None or entry < best):
+                best, best_heap = entry, heap
+        return self._take(best_heap) if best is not None else None
+
+    def _take(self, heap: list) -> Task:
+        """Pop a heap whose head is QUEUED (`_head` said so)."""
         task = heapq.heappop(heap)[2]
         task.state = TaskState.WAITING
         self.count -= 1
         return task
-
-    def pick(self, available: dict[str, int]) -> Task | None:
-        """Pop the best queued task that fits `available` (see the module's order)."""
-        best = None
-        for shape, heap in self._heaps.items():
-            entry = self._head(heap)
-            if entry is not None and rs.fits(available, entry[2].demand) \
-                    and (best is None or entry < best[1]):
-                best = (shape, entry)
-        return self.pop(best[0]) if best else None
 
     def shapes(self) -> list[tuple]:
         return list(self._heaps)

@@ -373,11 +373,11 @@ class Scheduler:
         (`remote`: that peer keeps the STORE returns in its store)."""
         self.stats["finished"] += 1
         freed: list = []
+        objects, name = self.objects, task.spec.name
         for i, oid in enumerate(task.returns):
             contains = msg.contained[i] if i < len(msg.contained) else []
-            freed += self.objects.seal_return(self.objects.get(oid), oid, msg.states[i],
-                                              msg.sizes[i], msg.payloads[i], contains,
-                                              task.name, remote)
+            freed += objects.seal_return(objects.get(oid), oid, msg.states[i], msg.sizes[i],
+                                         msg.payloads[i], contains, name, remote)
         self._end_task(task, freed)
 
     def finish_failed(self, task: Task, record: bytes, cancelled: bool = False) -> None:
@@ -418,8 +418,7 @@ class Scheduler:
             parent.children.discard(spec.task_id)
         for oid in task.missing:
             self.objects.stop_waiting(oid, spec.task_id)
-        freed += self.objects.unpin_all(spec.deps)
-        freed += self.objects.unpin_all(spec.contained)
+        freed += self.objects.unpin_all(spec.deps, spec.contained)
         spec.deps = []
         spec.contained = []
         self.objects.free(freed)
