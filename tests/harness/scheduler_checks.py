@@ -1,27 +1,6 @@
-"""The checks of tests/core/test_scheduler_stateful.py: `CheckedModel.step` hands the
-scheduler one event, applies its effects to the model (`absorb`), and checks
-them against the scheduler:
-
-
-- `Scheduler.validate()`;
-- no resource is over-committed: a task is dispatched only if it fits beside
-  the running tasks that are not blocked (CPU may exceed the total only
-  because an unblocked task took its CPU back, as _on_unblocked documents),
-  and `available` is exactly total minus what the model says is in use;
-- no task is lost or is on two workers at once, and none runs more than
-  max_retries + 1 times; no task is sent to a worker that is starting,
-  stopping or being killed, and a busy one is sent only a prefetch (same
-  shape, behind a quick function, not blocked, one at a time);
-- every task ends exactly once: when it leaves the task table each return is
-  sealed (one ObjectReady to its owner, which is subscribed to its returns),
-  never before, and with the outcome the last report calls for (a result, the
-  task's own error, TaskCancelledError, WorkerCrashedError, an argument's error);
-- nothing a client holds or a pending task needs is ever freed; every store
-  object that goes away gets one DeleteObject; the store never exceeds its capacity;
-- no idle worker is left unused while a queued task fits.
-
-At teardown the machine runs every task to its end, checks each terminated,
-then releases every reference and checks the object table is empty.
+"""The checks of tests/core/test_scheduler_stateful.py (its docstring lists what
+they check): `CheckedModel.step` hands the scheduler one event, applies its
+effects to the model (`absorb`), and checks them against the scheduler;
 `check_cancel` checks what a cancel step did to the tasks it could reach.
 """
 from __future__ import annotations
