@@ -8,7 +8,7 @@
   0x80000000 | n, so an object's creating task is always its first 16 bytes.
 - A NodeID is 16 random bytes.
 - A function id is the 16-byte BLAKE2b digest of the function's serialized code.
-Nothing else in zfabric builds or slices an id by hand.
+Nothing else in zfabric builds or slices an id by hand (logs show `short(id)`).
 
 Hex forms are what users see (`ObjectRef.hex()`, `nodes()[i]["NodeID"]`) and
 what store file names use.
@@ -76,3 +76,8 @@ def function_id(code: bytes) -> bytes:
 
 def new_node_id() -> bytes:
     return os.urandom(NODE_ID_SIZE)
+
+
+def short(raw: bytes) -> str:
+    """An id as logs and messages show it: the first 12 hex digits."""
+    return raw[:6].hex()

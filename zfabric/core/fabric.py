@@ -33,6 +33,7 @@ from __future__ import annotations
 import random
 from collections import deque
 
+from .. import ids
 from .. import protocol as p
 from . import effects as fx
 from . import events as ev
@@ -273,7 +274,7 @@ class Fabric:
             elif change.state in (MemberState.DEAD, MemberState.LEFT):
                 self._seen.pop(change.node_id, None)
                 how = "left" if change.state == MemberState.LEFT else "failed"
-                self._events.append(ev.PeerDown(change.node_id, f"node {change.node_id.hex()[:12]} {how}"))
+                self._events.append(ev.PeerDown(change.node_id, f"node {ids.short(change.node_id)} {how}"))
                 self._transfer(self.transfers.on_holder_dead(change.node_id, self._now))
                 self._out.append(fx.ForgetPeer(change.node_id, change.address))
         for member in self.membership.peers((MemberState.ALIVE,)):

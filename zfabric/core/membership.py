@@ -41,6 +41,7 @@ import random
 from dataclasses import dataclass
 from enum import IntEnum
 
+from .. import ids
 from ..ids import NODE_ID_SIZE
 
 
@@ -78,7 +79,7 @@ class Member:
                 int(self.state), self.info]
 
     def __repr__(self) -> str:
-        return (f"Member({self.node_id.hex()[:8]}, {self.state.name}, "
+        return (f"Member({ids.short(self.node_id)}, {self.state.name}, "
                 f"inc={self.incarnation}, hb={self.heartbeat}, heard={self.heard})")
 
 

@@ -30,7 +30,7 @@ the scheduler (its lifecycle methods) what came back.
 from __future__ import annotations
 
 from .. import protocol as p
-from .. import records
+from .. import ids, records
 from ..exceptions import ZFabricError
 from ..protocol import ObjectState, TaskStatus
 from . import placement
@@ -213,7 +213,7 @@ class Spillover:
         view.address = address
         view.suspect = False   # heard of again
         if not view.update(info):
-            self.sched.out.log("warning", f"peer {node_id.hex()[:12]} gossiped a malformed view")
+            self.sched.out.log("warning", f"peer {ids.short(node_id)} gossiped a malformed view")
 
     def peer_suspect(self, node_id: bytes) -> None:
         view = self.peers.get(node_id)

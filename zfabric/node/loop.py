@@ -33,6 +33,7 @@ import time
 
 import zmq
 
+from .. import ids
 from .. import protocol as p
 from ..core import effects as fx
 from ..core import events as ev
@@ -209,7 +210,7 @@ class NodeLoop:
             return [p.decode(m) for m in msg.messages]
         except p.ProtocolError as e:
             self.malformed += 1
-            log.warning("dropped a malformed message from %r: %s", sender[:16], e)
+            log.warning("dropped a malformed message from %s: %s", ids.short(sender), e)
             return ()
 
     def _receive_chunks(self, sock: zmq.Socket) -> None:

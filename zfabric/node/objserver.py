@@ -18,6 +18,7 @@ import logging
 
 import zmq
 
+from .. import ids
 from .. import protocol as p
 from . import store
 
@@ -58,7 +59,7 @@ class ObjectServer:
             except zmq.ZMQError as e:
                 if e.errno != zmq.EHOSTUNREACH:
                     raise
-                log.debug("a puller of %s is gone; its chunk is not sent", req.oid.hex()[:12])
+                log.debug("a puller of %s is gone; its chunk is not sent", ids.short(req.oid))
 
     def _answer(self, req: p.PullChunk) -> list:
         try:

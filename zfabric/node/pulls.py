@@ -18,6 +18,7 @@ import time
 
 import zmq
 
+from .. import ids
 from .. import protocol as p
 from ..core import effects as fx
 from ..core import events as ev
@@ -74,7 +75,7 @@ class Pulls:
                 head, data = p.decode_chunk(frames)
             except p.ProtocolError as e:
                 self.malformed += 1
-                log.warning("dropped a malformed chunk from %s: %s", holder.hex()[:12], e)
+                log.warning("dropped a malformed chunk from %s: %s", ids.short(holder), e)
                 continue
             if head.error:
                 yield ev.ChunkFailed(holder, head.oid, head.error)
@@ -93,7 +94,7 @@ class Pulls:
         store.seal_partial(self.store_dir, oid, fd)
         size, began = self._started.pop(oid, (0, time.monotonic()))
         took = time.monotonic() - began
-        log.info("pulled %s: %d bytes in %.3f s (%.2f GB/s)", oid.hex()[:12],
+        log.info("pulled %s: %d bytes in %.3f s (%.2f GB/s)", ids.short(oid),
                  size, took, size / max(took, 1e-9) / 1e9)
 
     def abort(self, oid: bytes) -> None:
