@@ -34,6 +34,16 @@ class Config:
     # is not given.
     object_store_fraction: float = 0.3
 
+    # The owner of a task keeps its spec (function id, arguments, options) while
+    # one of its returns is alive, to run it again if every copy of a result is
+    # lost with the nodes that held it (lineage). At most this many specs and
+    # bytes of spec (arguments as submitted) per node; the oldest are dropped
+    # first, and their objects can no longer be rebuilt. 100 MiB: a thousand
+    # tasks with arguments at the inline threshold, or a million small ones
+    # (the count cap stops first).
+    lineage_max_specs: int = 100_000
+    lineage_max_bytes: int = 100 << 20
+
     # -- node / workers ------------------------------------------------------
     # Seconds a caller waits for a node it started to answer.
     node_start_timeout: float = 30.0

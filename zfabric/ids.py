@@ -64,6 +64,11 @@ def new_put_id() -> bytes:
     return new_task_id() + PUT_INDEX_FLAG.to_bytes(4, "big")
 
 
+def is_put(oid: bytes) -> bool:
+    """Was the object made by `put` (not returned by a task)?"""
+    return bool(int.from_bytes(oid[TASK_ID_SIZE:], "big") & PUT_INDEX_FLAG)
+
+
 def task_of(oid: bytes) -> bytes:
     """The task that creates an object (for a put object, its put counter)."""
     return oid[:TASK_ID_SIZE]

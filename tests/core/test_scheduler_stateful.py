@@ -12,7 +12,7 @@ resources are in use) and after every step checks them against the scheduler:
 - `Scheduler.validate()`;
 - no resource is over-committed: a task is dispatched only if it fits beside
   the running tasks that are not blocked (CPU may exceed the total only
-  because an unblocked task took its CPU back, as _on_unblocked documents),
+  because an unblocked task took its CPU back, as WorkerPool.unblock documents),
   and `available` is exactly total minus what the model says is in use;
 - no task is lost or is on two workers at once, and none runs more than
   max_retries + 1 times; no task is sent to a worker that is starting,

@@ -68,7 +68,7 @@ def test_blocked_worker_gives_its_cpu_to_an_extra_worker():
 
 
 def test_unblocked_task_may_overcommit_cpu_for_a_while():
-    """Documented in _on_unblocked: the task is running again, so it takes its CPU back."""
+    """Documented in WorkerPool.unblock: the task is running again, so it takes its CPU back."""
     node = Node(cpus=1, max_workers=4)
     node.submit(1)
     node.submit(2, parent=1, depth=1)

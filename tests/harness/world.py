@@ -190,6 +190,17 @@ class World:
         assert self.sim.run_until(self.sim.converged, 5.0)
 
 
+def kill_after_result(world: World, victim: int, n: int) -> None:
+    """Node `victim` dies just after it sends the TaskResult of task `n`."""
+    sim = world.sim
+
+    def kill(src, dst, msg):
+        if type(msg) is p.TaskResult and msg.task_id == tid(n) and sim.nodes[victim].alive:
+            sim.call_at(sim.now, lambda: sim.kill(victim))
+        return False
+    sim.drop = kill
+
+
 def fits_total(resources: dict, demand: dict) -> bool:
     return rs.feasible(rs.to_units(resources), rs.to_units(demand))
 

@@ -1,9 +1,9 @@
 """Failures across several Fabrics (tests/harness/world.py): a node that dies or
-leaves, a result lost with its node, an owner wrongly declared dead.
+leaves, a result lost with its node (rebuilt: more in test_lineage.py), an owner
+wrongly declared dead.
 """
 from __future__ import annotations
 
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -11,9 +11,8 @@ from zfabric import protocol as p
 from zfabric import serialization
 from zfabric.core.membership import MemberState
 from zfabric.core.tasks import TaskState
-from zfabric.exceptions import ObjectLostError
 
-from tests.harness.world import (ERROR, INLINE, MB, SIM, World, batches, rid, tid)
+from tests.harness.world import (INLINE, MB, SIM, World, batches, kill_after_result, rid)
 
 
 # -- a node dies mid-run -------------------------------------------------------------------
@@ -87,48 +86,34 @@ def test_a_node_that_leaves_gracefully_has_its_tasks_retried_at_once():
     assert sim.violations == []
 
 
-# -- bugs the harness found (each test failed before its fix; lineage is still missing) -----
-
-def kill_node_1_after_it_reports_a(world) -> None:
-    """Node 1 dies just after it sends the TaskResult of task 1 (A)."""
-    sim = world.sim
-
-    def kill_after_result(src, dst, msg):
-        if type(msg) is p.TaskResult and msg.task_id == tid(1) and sim.nodes[1].alive:
-            sim.call_at(sim.now, lambda: sim.kill(1))
-        return False
-    sim.drop = kill_after_result
-
+# -- bugs the harness found (each test failed before its fix) ----------------------------------
 
 def node_1_dies_after_making_a():
     """Two nodes; the owner (node 0) is busy, so A (50 MB) runs on node 1, which
     dies just after reporting it; B needs A. Returns (world, plan A, plan B)."""
     world = World([{"CPU": 1}, {"CPU": 1}], seed=11)
     world.converge()
-    kill_node_1_after_it_reports_a(world)
+    kill_after_result(world, 1, 1)
     world.submit(10, duration=1.0)                                # keeps the owner busy
     a = world.submit(1, returns=[50 * MB], duration=0.2)
     b = world.submit(2, deps=[rid(1)], duration=0.2)
     return world, a, b
 
 
-def test_a_task_retried_after_its_peer_died_fails_if_its_argument_died_too():
+def test_a_task_retried_after_its_peer_died_waits_for_its_argument_to_be_rebuilt():
     """A (50 MB) runs on node 1; B, sent there to run beside it, is retried when node 1
-    dies: its argument died with the node, so B fails with ObjectLostError (until
-    lineage rebuilds A) and never runs with a missing argument."""
+    dies: its argument died with the node, so the owner runs A again, and B runs
+    with the new A -- never where A is missing."""
     world, a, b = node_1_dies_after_making_a()
     assert world.run_until_finished([a, b], 15)
     got = world.readies()[rid(2)][0]
-    assert got.state == ERROR
-    assert isinstance(serialization.error_from_record(got.payload), ObjectLostError)
-    assert [r.node for r in world.runs_of(b)] in ([], [1])      # never where A is missing
+    assert got.state == INLINE, serialization.error_from_record(got.payload)
+    world.check_result(b)
+    assert [r.node for r in world.runs_of(a)] == [1, 0]
+    assert [r.node for r in world.runs_of(b)] in ([0], [1, 0])
     assert world.sim.violations == []
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "lineage is not implemented: Scheduler._on_peer_down (and a failed pull) turn an object "
-    "whose only copy was on the dead node into ObjectLostError, and its dependents fail, "
-    "where the design (docs/architecture.md, next steps) has it rebuilt by re-running the task that made it"))
 def test_a_result_lost_with_its_node_is_rebuilt_by_running_its_task_again():
     """A (50 MB) runs on node 1 because the owner is busy; B needs it and waits for the
     owner to pull it. Node 1 dies just after reporting A, before the pull is done."""
@@ -139,25 +124,30 @@ def test_a_result_lost_with_its_node_is_rebuilt_by_running_its_task_again():
     got = world.readies()[rid(2)][0]
     assert got.state == INLINE, serialization.error_from_record(got.payload)
     world.check_result(b)
+    owner = world.nodes[0].scheduler
+    assert owner.stats["rebuilt"] == 1 and owner.tasks == {}
+    assert sim.violations == []
 
 
-def test_a_queued_task_whose_argument_died_with_its_node_fails_with_object_lost():
+def test_a_queued_task_whose_argument_died_with_its_node_waits_for_it_to_be_rebuilt():
     """A (50 MB) runs on node 1; B needs it but only node 2 (z, busy for a while) can
-    run B, so B is QUEUED at the owner. Node 1 dies just after reporting A."""
+    run B, so B is QUEUED at the owner. Node 1 dies just after reporting A: B goes
+    back to waiting while the owner runs A again, then runs with the new A."""
     world = World([{"CPU": 1}, {"CPU": 1}, {"CPU": 1, "z": 1}], seed=11)
     world.converge()
     sim = world.sim
-    kill_node_1_after_it_reports_a(world)
+    kill_after_result(world, 1, 1)
     world.submit(10, duration=1.0)                                # keeps the owner busy
     world.submit(11, resources={"z": 1}, duration=2.0)            # keeps node 2 busy
     a = world.submit(1, returns=[50 * MB], duration=0.2)
     b = world.submit(2, resources={"z": 1}, deps=[rid(1)], duration=0.2)
     assert world.run_until_finished([a, b], 15)
     assert [r.node for r in world.runs_of(a)][0] == 1 and not sim.nodes[1].alive
+    assert len(world.runs_of(a)) == 2 and [r.node for r in world.runs_of(b)] == [2]
     got = world.readies()[rid(2)][0]
-    assert got.state == ERROR, got   # (until lineage rebuilds A: see the xfail test above)
-    error = serialization.error_from_record(got.payload)
-    assert isinstance(error, ObjectLostError), repr(error)
+    assert got.state == INLINE, serialization.error_from_record(got.payload)
+    world.check_result(b)
+    assert sim.violations == []
 
 
 def test_a_task_stopped_because_its_owner_was_declared_dead_is_not_reported_cancelled():

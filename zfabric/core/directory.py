@@ -6,11 +6,14 @@ it is ready, which copies to pull and which to free.
     ObjectDirectory --Fetch / CancelFetch / Publish / FreeCopies / DeleteObject--> fabric, loop
     fabric --ObjectFetched / FetchFailed--> (scheduler) --> ObjectDirectory
     ObjectDirectory --wake / unavailable / lost--> scheduler (tasks waiting on an object)
+    ObjectDirectory --rebuild / copy_lost / forget--> lineage (core/lineage.py)
 
 It owns the books (core/objects.py: states, payloads, reference counts, the
 store bytes in use) and the store's capacity. Tasks are the scheduler's:
 when an object a task waits for becomes ready, cannot be brought here, or
-is lost, the directory calls the hook the scheduler gave it.
+is lost, the directory calls the hook the scheduler gave it. An object
+owned here whose every copy is lost is first offered to lineage, which
+makes it PENDING again and runs its task again if it can (`lose`).
 
 A STORE object held elsewhere is pulled into our store (`fetch`) before a
 subscriber hears of it (clients map objects from their own node's store);
@@ -33,7 +36,8 @@ _VALUE_STATES = (ObjectState.INLINE, ObjectState.STORE)
 
 class ObjectDirectory:
     def __init__(self, node_id: bytes, store_capacity: int, *, out: fx.Outbox, stats: dict,
-                 any_peers, wake, unavailable, lost):
+                 any_peers, wake, unavailable, lost, rebuild, copy_lost, drop_lost_copy,
+                 forget):
         self.node_id = node_id
         self.store_capacity = store_capacity
         self.table = ObjectTable()
@@ -43,6 +47,12 @@ class ObjectDirectory:
         self._wake = wake                 # (entry, task ids) it is ready: those tasks may run
         self._unavailable = unavailable   # (task ids, record) it cannot come here
         self._lost = lost                 # (entry) it became an error: queued users fail
+        # lineage (core/lineage.py):
+        self._rebuild = rebuild           # (entry) ours, every copy lost: None if made again,
+                                          # else why not (added to its ObjectLostError)
+        self._copy_lost = copy_lost       # (entry) a copy kept for a peer's tasks: give them back
+        self._drop_lost_copy = drop_lost_copy   # (entry) ... then let go of it
+        self._forget = forget             # (oid) an object owned here was freed
 
     # -- the books ---------------------------------------------------------------------
 
@@ -358,8 +368,20 @@ class ObjectDirectory:
         self._unavailable(waiting, record)
 
     def lose(self, entry: ObjectEntry, error: type, text: str) -> None:
-        """A ready object's value cannot be had: it becomes that error, and so
-        do the tasks that were about to run with it."""
+        """A ready object's value cannot be had. One owned here is made again
+        from its lineage if it can be (PENDING again); otherwise it becomes
+        that error (saying why it was not rebuilt), and so do the tasks that
+        were about to run with it. A copy kept for another node's task sends
+        those tasks back to their owner first."""
+        if entry.state == ObjectState.PENDING:
+            return   # made again already (with another object of its lineage)
+        if entry.owner_node is None:
+            why = self._rebuild(entry)
+            if why is None:
+                return
+            text += why
+        else:
+            self._copy_lost(entry)
         entry.state = ObjectState.ERROR
         entry.payload = records.system_error_record(error, text)
         entry.shared_with += [n for n in entry.remote if n not in entry.shared_with]
@@ -368,6 +390,37 @@ class ObjectDirectory:
             self._out.emit(fx.Publish("obj", entry.oid, None))
         self.object_ready(entry)
         self._lost(entry)
+        if entry.owner_node is not None:
+            self._drop_lost_copy(entry)
+
+    def expect(self, oid: bytes) -> None:
+        """An object owned here and freed will be made again (an argument of a
+        task run again): PENDING, held by nobody; the tasks that need it pin it."""
+        self.table.create(oid, None)
+
+    def restore_inline(self, oid: bytes, payload: bytes) -> None:
+        """An INLINE argument, freed here, of a task run again: its value again
+        (as lineage kept it; refs nested in it are not), held by nobody; the
+        tasks that need it pin it."""
+        entry = self.table.create(oid, None)
+        self.table.seal(entry, ObjectState.INLINE, len(payload), payload, [])
+
+    def make_pending(self, entry: ObjectEntry) -> None:
+        """A lost object owned here will be made again: PENDING, its waiters
+        (subscribers, dependent tasks, holders) kept; the refs its old value
+        held are let go, and the nodes that had copies are still freed later."""
+        table = self.table
+        freed: list = []
+        for c in entry.contains:
+            inner = table.entries.get(c)
+            if inner is not None:
+                inner.contained_in -= 1
+                freed += table.release_if_unused(inner)
+        entry.shared_with += [n for n in entry.remote if n not in entry.shared_with]
+        entry.state, entry.payload, entry.size, entry.contains = ObjectState.PENDING, b"", 0, []
+        entry.local, entry.remote = True, []
+        self._out.emit(fx.Publish("obj", entry.oid, None))
+        self.free(freed)
 
     def holder_gone(self, node_id: bytes, reason: str) -> None:
         """A node died or left: its copies are gone; objects only it held are lost."""
@@ -386,6 +439,8 @@ class ObjectDirectory:
     def free(self, freed: list) -> None:
         """Carry out the frees the books decided: store files, pulls, other copies."""
         for entry in freed:
+            if entry.owner_node is None and entry.state != ObjectState.INLINE:
+                self._forget(entry.oid)   # (only STORE returns keep lineage)
             if entry.state != ObjectState.STORE:
                 if entry.shared_with and entry.owner_node is None:   # lost here, maybe not there
                     self._out.emit(fx.FreeCopies(entry.oid, tuple(entry.shared_with)))

@@ -66,7 +66,8 @@ def build(config, *, node_id: bytes, resources: dict, store_capacity: int, info:
         prefetch_max_task_seconds=config.prefetch_max_task_seconds,
         node_info={**info, "config": config.to_json()},
         spill_depth=config.spill_depth, refuse_backoff=config.refuse_backoff,
-        locality_min_bytes=config.locality_min_bytes)
+        locality_min_bytes=config.locality_min_bytes,
+        lineage_max_specs=config.lineage_max_specs, lineage_max_bytes=config.lineage_max_bytes)
     membership = Membership(node_id, info["address"], static, now=now,
                             rng=random.Random(node_id), failure_timeout=config.failure_timeout,
                             gossip_interval=config.gossip_interval, fanout=config.gossip_fanout,

@@ -9,6 +9,8 @@ everything else, each in a module of its own:
     ReadyQueues      core/queues.py     ready tasks by resource shape
     WorkerPool       core/workers.py    worker processes, resources, CPU lending, prefetch
     ObjectDirectory  core/directory.py  objects: put, subscribe, refs, pulls, frees
+    Lineage          core/lineage.py    finished tasks' specs, and running them again
+                                        to make lost objects (Rebuilder)
     Spillover        core/spill.py      tasks sent to peers, and tasks peers send us
     Timeline         core/timeline.py   the tasks this node ran
 
@@ -40,6 +42,7 @@ from . import effects as fx
 from . import events as ev
 from . import resources as rs
 from .directory import ObjectDirectory
+from .lineage import Lineage, Rebuilder
 from .queues import ReadyQueues
 from .spill import Spillover
 from .tasks import Functions, Task, TaskState
@@ -53,12 +56,14 @@ class Scheduler:
                  idle_worker_timeout: float, timeline_capacity: int,
                  prefetch_max_task_seconds: float = 0.0, node_info: dict | None = None,
                  spill_depth: int = 1, refuse_backoff: float = 0.2,
-                 locality_min_bytes: int = 1 << 20):
+                 locality_min_bytes: int = 1 << 20, lineage_max_specs: int = 100_000,
+                 lineage_max_bytes: int = 100 << 20):
         self.node_id = node_id
         self.node_info = dict(node_info or {})
         self.stats = {"submitted": 0, "finished": 0, "failed": 0, "cancelled": 0,
                       "retried": 0, "prefetched": 0, "workers_started": 0, "workers_crashed": 0,
-                      "spilled": 0, "refused": 0, "accepted": 0, "fetches": 0}
+                      "spilled": 0, "refused": 0, "accepted": 0, "fetches": 0,
+                      "rebuilt": 0, "sealed_twice": 0}
         self.out = fx.Outbox()
         self.tasks: dict[bytes, Task] = {}
         self.functions = Functions()
@@ -68,10 +73,14 @@ class Scheduler:
             resources=resources, num_workers=num_workers, max_workers=max_workers,
             idle_worker_timeout=idle_worker_timeout,
             prefetch_max_task_seconds=prefetch_max_task_seconds, out=self.out, stats=self.stats)
+        self.lineage = Lineage(lineage_max_specs, lineage_max_bytes)
+        self.rebuilds = Rebuilder(self, self.lineage)
         self.objects = ObjectDirectory(
             node_id, store_capacity, out=self.out, stats=self.stats,
             any_peers=lambda: bool(self.spill.peers), wake=self._wake_dependents,
-            unavailable=self._fail_dependents, lost=self._fail_queued_users)
+            unavailable=self._fail_dependents, lost=self._fail_queued_users,
+            rebuild=self.rebuilds.lost, copy_lost=self.rebuilds.copy_lost,
+            drop_lost_copy=self.rebuilds.drop_lost_copy, forget=self.lineage.freed)
         self.spill = Spillover(
             self, node_id=node_id, address=self.node_info.get("address", ""),
             spill_depth=spill_depth, refuse_backoff=refuse_backoff,
@@ -80,8 +89,8 @@ class Scheduler:
         self._client_handlers = {
             p.Hello: self._on_hello, p.Submit: self._on_submit, p.TaskDone: self._on_task_done,
             p.Subscribe: self.objects.subscribe, p.Put: self.objects.put,
-            p.Refs: self.objects.refs, p.Cancel: self._on_cancel, p.Blocked: self._on_blocked,
-            p.Unblocked: self._on_unblocked, p.Revoked: self._on_revoked,
+            p.Refs: self.objects.refs, p.Cancel: self._on_cancel, p.Blocked: self.pool.on_blocked,
+            p.Unblocked: self.pool.on_unblocked, p.Revoked: self._on_revoked,
             p.Shutdown: self._on_shutdown, p.Goodbye: self._on_goodbye}
         self._peer_handlers = {
             p.Spill: self.spill.on_spill, p.TaskResult: self.spill.on_task_result,
@@ -163,14 +172,16 @@ class Scheduler:
     # -- submission and dependencies ------------------------------------------
 
     def admit(self, spec: p.Submit, owner: bytes, demand: dict, *,
-              owner_node: bytes | None = None) -> Task:
+              owner_node: bytes | None = None, returns: bool = True) -> Task:
         """A new task in the table (WAITING), its returns held by `owner`
-        (`owner_node`: the peer that forwarded it, which owns them)."""
+        (`owner_node`: the peer that forwarded it, which owns them; `returns`
+        False: a task run again, whose returns exist already or are not wanted)."""
         self._seq += 1
         task = Task(spec, owner, demand, self._seq)
         self.tasks[spec.task_id] = task
-        self.objects.create_returns(task.returns, owner, owner_node=owner_node,
-                                    push=owner_node is None)
+        if returns:
+            self.objects.create_returns(task.returns, owner, owner_node=owner_node,
+                                        push=owner_node is None)
         return task
 
     def _on_submit(self, client: bytes, spec: p.Submit) -> None:
@@ -188,13 +199,13 @@ class Scheduler:
                 ZFabricError, "the node does not know this function (it was "
                 "submitted without its code)", spec.name)
         spec.contained = self.objects.pin_known(spec.contained)  # exactly what _end_task unpins
-        failure = self._pin_deps(task) or failure
+        failure = self.pin_deps(task) or failure
         if failure is not None:
             self.finish_failed(task, failure)
         elif not task.missing:
             self.ready(task)
 
-    def _pin_deps(self, task: Task) -> bytes | None:
+    def pin_deps(self, task: Task) -> bytes | None:
         """Pin a new task's arguments; note those not ready. The first failure, if any."""
         spec = task.spec
         failure = None
@@ -228,9 +239,15 @@ class Scheduler:
         argument lost meanwhile: it fails as its dependents do.)"""
         entries = self.objects.entries
         for oid in task.spec.deps:
-            if entries[oid].state == ObjectState.ERROR:
-                self.finish_failed(task, self._dep_error(entries[oid], task.name))
+            entry = entries[oid]
+            if entry.state == ObjectState.ERROR:
+                self.finish_failed(task, self._dep_error(entry, task.name))
                 return
+            if entry.state == ObjectState.PENDING and oid not in task.missing:
+                task.missing.add(oid)   # lost meanwhile, and being made again
+                self.objects.wait_for(entry, task.spec.task_id)
+        if task.missing:
+            return
         remote = [entries[oid] for oid in task.spec.deps if not entries[oid].local]
         if not remote or (task.remote_owner is None
                           and not rs.feasible(self.pool.total, task.demand)):
@@ -339,18 +356,6 @@ class Scheduler:
         for back in self.pool.revoked(worker, task, self.now):
             self.retry_or_fail(back, None)
 
-    def _on_blocked(self, client: bytes, msg: p.Blocked) -> None:
-        worker = self.pool.of_client(client)
-        task = worker.task if worker else None
-        if task is not None and task.spec.task_id == msg.task_id and not task.blocked:
-            self.pool.block(worker, task)
-
-    def _on_unblocked(self, client: bytes, msg: p.Unblocked) -> None:
-        worker = self.pool.of_client(client)
-        task = worker.task if worker else None
-        if task is not None and task.spec.task_id == msg.task_id and task.blocked:
-            self.pool.unblock(task)
-
     # -- tasks end ----------------------------------------------------------------
 
     def retry_or_fail(self, task: Task, failure: bytes | None, *, retryable: bool = True) -> None:
@@ -372,13 +377,7 @@ class Scheduler:
         """Seal a task's returns from its TaskDone, or from a peer's TaskResult
         (`remote`: that peer keeps the STORE returns in its store)."""
         self.stats["finished"] += 1
-        freed: list = []
-        objects, name = self.objects, task.spec.name
-        for i, oid in enumerate(task.returns):
-            contains = msg.contained[i] if i < len(msg.contained) else []
-            freed += objects.seal_return(objects.get(oid), oid, msg.states[i], msg.sizes[i],
-                                         msg.payloads[i], contains, name, remote)
-        self._end_task(task, freed)
+        self._end_task(task, self.rebuilds.seal_returns(task, msg, remote))
 
     def finish_failed(self, task: Task, record: bytes, cancelled: bool = False) -> None:
         """Fail a task's returns; dependents fail in turn, iteratively (a chain of
@@ -560,6 +559,7 @@ class Scheduler:
     def validate(self) -> None:
         """Invariants (tests call this after every step)."""
         self.objects.validate()
+        self.lineage.validate()
         self.queues.validate(self.tasks)
         self.pool.validate(self.tasks)
         self.spill.validate(self.tasks)

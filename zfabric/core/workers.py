@@ -244,6 +244,19 @@ class WorkerPool:
 
     # -- CPU lending -----------------------------------------------------------------
 
+    def on_blocked(self, client: bytes, msg: p.Blocked) -> None:
+        """A worker's task waits in get/wait (the scheduler's handler for Blocked)."""
+        worker = self.of_client(client)
+        task = worker.task if worker else None
+        if task is not None and task.spec.task_id == msg.task_id and not task.blocked:
+            self.block(worker, task)
+
+    def on_unblocked(self, client: bytes, msg: p.Unblocked) -> None:
+        worker = self.of_client(client)
+        task = worker.task if worker else None
+        if task is not None and task.spec.task_id == msg.task_id and task.blocked:
+            self.unblock(task)
+
     def block(self, worker: Worker, task: Task) -> None:
         """Its task waits in get/wait: lend its CPU out, revoke what waits behind it."""
         task.blocked = True
