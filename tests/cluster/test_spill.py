@@ -56,6 +56,7 @@ def test_a_peer_pulls_an_object_spilled_on_its_holder(driver_off):
         assert zf.get(total.remote(refs[0])) == (0.0, summer.node_id)   # pulled from disk
         assert zf.get(total.remote(refs[1])) == (N * 1.0, summer.node_id)
         assert np.array_equal(zf.get(refs[2]), np.full(N, 2.0))          # the driver's node too
+        assert own_status(cluster, maker)["stats"]["restored"] == 0      # served from disk
         del refs
         deadline = time.monotonic() + 20
         while os.listdir(spill_dir) or own_status(cluster, maker)["store_used"]:

@@ -300,6 +300,13 @@ class CapacityMachine(RuleBasedStateMachine):
                 assert not entry.local or oid in self.store, "a local object has no store file"
                 assert not entry.spilled or oid in self.disk, "a spilled object has no spill file"
 
+    @invariant()
+    def running_tasks_have_their_arguments_in_the_store(self):
+        for w in self.node.workers.values():
+            task = self.node.s.tasks.get(w.current_id) if w.current_id else None
+            for oid in task.spec.deps if task is not None else ():
+                assert oid in self.store, "an argument left the store under a running task"
+
     def teardown(self):
         for _ in range(100):   # every task ends: the spiller answers, the workers finish
             while self.jobs:
