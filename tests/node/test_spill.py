@@ -17,8 +17,10 @@ import pytest
 
 import zfabric as zf
 from zfabric.config import Config
+from zfabric.core import events as ev
 from zfabric.exceptions import ObjectStoreFullError
 from zfabric.node import client as client_mod
+from zfabric.node import spiller as spiller_mod
 from zfabric.testing import LocalCluster
 
 MiB = 2 ** 20
@@ -53,6 +55,54 @@ def fresh_init():
         zf.shutdown()
     yield
     zf.shutdown()
+
+
+def test_the_spiller_moves_bytes_and_reports_every_outcome(tmp_path):
+    store_dir, spill_dir = tmp_path / "store", tmp_path / "spill"
+    store_dir.mkdir()
+    a, b = b"A" * 20, b"B" * 20
+    (store_dir / a.hex()).write_bytes(b"a" * 1000)
+    (store_dir / b.hex()).write_bytes(b"b" * 1000)
+    broken = {"on": False}
+
+    def copy(src, dst, **kw):
+        if broken["on"]:
+            raise OSError(28, "No space left on device")
+        spiller_mod.copy_file(src, dst, **kw)
+
+    spiller = spiller_mod.Spiller(str(store_dir), str(spill_dir), chunk=300, copy=copy)
+    try:
+        def outcomes(n):
+            events = []
+            deadline = time.monotonic() + 10
+            while len(events) < n:
+                assert time.monotonic() < deadline, events
+                events += spiller.take_events()
+                time.sleep(0.01)
+            return events
+
+        spiller.spill(a)
+        assert outcomes(1) == [ev.ObjectSpilled(a)]
+        assert (spill_dir / a.hex()).read_bytes() == b"a" * 1000
+        assert (store_dir / a.hex()).exists()           # the loop deletes it (DeleteObject)
+        (store_dir / a.hex()).unlink()
+        spiller.restore(a)
+        spiller.delete(a)                               # after the restore, in order
+        assert outcomes(1) == [ev.ObjectRestored(a)]
+        assert (store_dir / a.hex()).read_bytes() == b"a" * 1000
+        broken["on"] = True
+        spiller.spill(b)
+        [failed] = outcomes(1)
+        assert type(failed) is ev.SpillFailed and "No space left" in failed.error
+        assert str(spill_dir) in failed.error
+        assert sorted(os.listdir(spill_dir)) == []      # no partial file left
+        broken["on"] = False
+        spiller.restore(b)                              # never spilled: its file is not there
+        [lost] = outcomes(1)
+        assert type(lost) is ev.RestoreFailed and lost.lost
+    finally:
+        spiller.close()
+    assert not spill_dir.exists()
 
 
 def test_forty_puts_over_capacity_spill_and_come_back(fresh_init):
@@ -97,10 +147,11 @@ def test_a_full_disk_gives_a_clear_error_and_the_node_keeps_working(fresh_init, 
         for i, ref in enumerate(refs):                  # nothing was lost
             assert np.array_equal(zf.get(ref), array(i)), i
         assert zf.get(total.remote(refs[0])) == 0.0     # the node works
-        del refs[:3]                                     # room without spilling again
-        wait_until(lambda: own_status()["store_used"] <= 50 * MiB - 8 * MiB, "refs freed")
+        del refs[2:]                                     # room without spilling again
+        wait_until(lambda: own_status()["store_used"] == 16 * MiB, "refs freed")
         ref = zf.put(array(99))
         assert np.array_equal(zf.get(ref), array(99))
+        assert np.array_equal(zf.get(refs[1]), array(1))
         del ref, refs
         zf.shutdown()   # (the loop's `ref`s went with `del`: i, ref above reused the name)
         assert os.listdir(disk) == []                    # the node's spill dir went with it

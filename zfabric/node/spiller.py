@@ -70,6 +70,7 @@ class Spiller:
         self._jobs: queue.SimpleQueue = queue.SimpleQueue()
         self._done: deque = deque()
         self._r, self._w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._stopping = False
         self._thread = threading.Thread(target=self._run, name="zfabric-spiller", daemon=True)
         self._thread.start()
 
@@ -99,7 +100,10 @@ class Spiller:
         return events
 
     def close(self) -> None:
-        """Finish the jobs asked, stop the thread, remove the spill dir."""
+        """Stop the thread (after the copy under way; the jobs still queued are
+        dropped: the node is going, and its store and spill dir with it), close
+        the pipe, remove the spill dir."""
+        self._stopping = True
         self._jobs.put((_STOP, b""))
         self._thread.join()
         os.close(self._r)
@@ -113,6 +117,8 @@ class Spiller:
             kind, oid = self._jobs.get()
             if kind == _STOP:
                 return
+            if self._stopping:
+                continue
             event = (self._spill if kind == _SPILL else self._restore if kind == _RESTORE
                      else self._delete)(oid)
             if event is not None:
