@@ -215,6 +215,8 @@ class ObjectDirectory:
         text = (f"object store is full: {size:,} bytes do not fit "
                 f"({table.store_used:,} of {self.store_capacity:,} bytes in use, "
                 f"{table.spilled_bytes:,} spilled to disk); ")
+        if size > self.store_capacity:
+            return text + "it is larger than the whole store: raise object_store_memory"
         if self.spill_error:
             return text + f"spilling to disk failed: {self.spill_error}"
         if table.spilling_bytes:
