@@ -14,6 +14,7 @@ import os
 from dataclasses import dataclass, fields
 
 ENV_PREFIX = "ZFABRIC_"
+SPILL_DIR_NAME = "spill"   # a node's spill dir in its session dir (Config.spill_dir empty)
 ADDRESS_ENV = "ZFABRIC_ADDRESS"
 
 
@@ -33,6 +34,13 @@ class Config:
     # Default store capacity as a fraction of RAM when object_store_memory
     # is not given.
     object_store_fraction: float = 0.3
+    # Where a node spills objects to disk when its store is full: a dir of its
+    # own, `{spill_dir}/zfabric-spill-{node_id}`; empty: `{session dir}/spill`
+    # (SPILL_DIR_NAME). Removed when the node stops.
+    spill_dir: str = ""
+    # Bytes copied per sendfile call when spilling or restoring an object: one
+    # call per 64 MiB keeps the copy in the kernel and the thread responsive.
+    spill_copy_chunk: int = 64 << 20
 
     # The owner of a task keeps its spec (function id, arguments, options) while
     # one of its returns is alive, to run it again if every copy of a result is

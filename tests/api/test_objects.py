@@ -69,8 +69,9 @@ def test_object_store_full_is_a_clear_error(fresh):
     zf.init(num_cpus=1, object_store_memory=10_000_000)
     keep = zf.put(np.ones(800_000))  # 6.4 MB
     with pytest.raises(zf.exceptions.ObjectStoreFullError, match="object store is full"):
-        zf.put(np.ones(800_000))
-    assert zf.get(keep).sum() == 800_000
+        zf.put(np.ones(1_500_000))   # 12 MB: more than the whole store
+    other = zf.put(np.full(800_000, 2.0))   # fits once `keep` is spilled to disk
+    assert zf.get(keep).sum() == 800_000 and zf.get(other).sum() == 1_600_000
 
 
 # -- ObjectRef ---------------------------------------------------------------------------

@@ -143,8 +143,9 @@ def lose(node: Node, oid: bytes) -> list:
     """The object's only copy was on a node that died (as ObjectDirectory.holder_gone
     would find it: sealed STORE, no copy here or anywhere)."""
     entry = node.s.objects.get(oid)
-    node.s.objects.table.store_used -= entry.size if entry.local else 0
-    entry.local, entry.remote = False, []
+    if entry.local:
+        node.s.objects.table.evict(entry)   # (the books let go of the copy here)
+    entry.remote = []
     node.s.objects.lose(entry, ObjectLostError,
                         f"object {oid.hex()} was only on a node that died (node abcdef failed)")
     out = node.s.out.take()

@@ -5,6 +5,7 @@ pins of arguments and contained refs, free, and the store's capacity
 from __future__ import annotations
 
 from zfabric import protocol as p
+from zfabric.core import events as ev
 from zfabric.exceptions import ObjectLostError, ObjectStoreFullError
 
 from tests.harness.scheduler import (DRIVER, OTHER, STORE, Node, error_for, only, put_id, rid,
@@ -42,14 +43,26 @@ def test_ref_dropped_while_pending_frees_the_result_when_sealed():
     assert node.s.objects.store_used == 0
 
 
-def test_result_over_store_capacity_is_object_store_full():
+def test_result_over_store_capacity_spills_what_nobody_pinned():
     node = Node(store_capacity=100)
     node.submit(1, num_returns=2)
     out = node.done("w1", 1, payloads=[b"", b""], states=[STORE, STORE], sizes=[60, 60])
-    assert summary(out) == [("ready", DRIVER, rid(1, 0), "STORE"), ("delete", rid(1, 1)),
-                            ("ready", DRIVER, rid(1, 1), "ERROR")]
-    assert isinstance(error_for(out, rid(1, 1)), ObjectStoreFullError)
-    assert node.s.objects.store_used == 60
+    assert summary(out) == [("ready", DRIVER, rid(1, 0), "STORE"), ("spill", rid(1, 0)),
+                            ("ready", DRIVER, rid(1, 1), "STORE")]
+    assert node.s.objects.store_used == 120                 # till the copy to disk is done
+    assert summary(node.handle(ev.ObjectSpilled(rid(1, 0)))) == [("unstore", rid(1, 0))]
+    assert node.s.objects.store_used == 60 and node.s.objects.table.spilled_bytes == 60
+
+
+def test_result_over_store_capacity_is_object_store_full_when_all_is_pinned():
+    node = Node(store_capacity=100)
+    node.put(put_id(1), state=STORE, size=80, req_id=1)
+    node.submit(1, deps=[put_id(1)])                      # pins it while it runs
+    out = node.done("w1", 1, payloads=[b""], states=[STORE], sizes=[60])
+    assert summary(out) == [("delete", rid(1)), ("ready", DRIVER, rid(1), "ERROR")]
+    error = error_for(out, rid(1))
+    assert isinstance(error, ObjectStoreFullError) and "pinned" in str(error)
+    assert node.s.objects.store_used == 80
 
 
 def test_put_inline_and_store_with_capacity():
@@ -57,6 +70,7 @@ def test_put_inline_and_store_with_capacity():
     assert summary(node.put(put_id(1))) == []
     assert node.s.objects.get(put_id(1)).payload == b"put-value"
     assert summary(node.put(put_id(2), state=STORE, size=80, req_id=7)) == [("put_reply", 7, False)]
+    node.submit(1, deps=[put_id(2)])                      # pinned: it may not be spilled
     out = node.put(put_id(3), state=STORE, size=30, req_id=8)
     assert summary(out) == [("delete", put_id(3)), ("put_reply", 8, True)]
     assert "object store is full" in only(out, p.PutReply)[0].error
@@ -66,6 +80,7 @@ def test_put_inline_and_store_with_capacity():
     assert summary(node.put(put_id(1), req_id=9)) == [("put_reply", 9, True)]   # exists
     assert summary(node.send(DRIVER, p.Put(put_id(5), 3, 1, [], 10, b"x"))) == [
         ("put_reply", 10, True)]                                               # bad state
+    node.done("w1", 1)
     assert summary(node.refs(decs=[put_id(2)])) == [("delete", put_id(2))]
 
 

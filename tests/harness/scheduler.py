@@ -94,7 +94,13 @@ def summary(effects: list) -> list[tuple]:
         elif kind is fx.InterruptWorker:
             out.append(("interrupt", e.worker_id, num(e.task_id)))
         elif kind is fx.DeleteObject:
-            out.append(("delete", e.oid))
+            out.append(("unstore" if e.spilled else "delete", e.oid))
+        elif kind is fx.SpillObject:
+            out.append(("spill", e.oid))
+        elif kind is fx.RestoreObject:
+            out.append(("restore", e.oid))
+        elif kind is fx.DeleteSpilled:
+            out.append(("delete_spilled", e.oid))
         elif kind is fx.WatchClient:
             out.append(("watch", e.client, e.pid))
         elif kind is fx.StopNode:

@@ -29,7 +29,7 @@ class CheckedModel(SchedulerModel):
         self.broken = True
         s = self.s
         before_store = {oid for oid, e in s.objects.entries.items() if e.state == ObjectState.STORE}
-        used_before = s.objects.store_used
+        used_before = self.room()
         dead_before = set(self.dead)
         out = s.handle(event, self.now)
         s.validate()
@@ -94,7 +94,12 @@ class CheckedModel(SchedulerModel):
                 w.c.held.clear()            # the node dropped its references
                 self.dead.add(w.c.client)
             elif kind is fx.DeleteObject:
+                assert not e.spilled, "no spill is ever reported done here"
                 seen["deletes"].append(e.oid)
+            elif kind is fx.SpillObject:   # (this model's disk never answers: spills stay under way)
+                entry = self.s.objects.get(e.oid)
+                assert entry.state == ObjectState.STORE and entry.local and entry.pins == 0, e
+                seen.setdefault("spills", []).append(e.oid)
             elif kind is fx.WatchClient:
                 pass
             elif kind is fx.Publish:
@@ -253,7 +258,7 @@ class CheckedModel(SchedulerModel):
             e = s.objects.get(oid)
             assert e is None or e.state == ObjectState.ERROR, e.state
         self.deleted |= set(deletes)
-        assert 0 <= s.objects.store_used <= self.capacity
+        assert 0 <= s.objects.store_used - s.objects.table.spilling_bytes <= self.capacity
 
         # puts
         if put_expect is not None:
@@ -282,7 +287,10 @@ class CheckedModel(SchedulerModel):
                 if m.state == ERROR:
                     rec = record_of(m.payload)
                     assert state == STORE and rec["system"] == "ObjectStoreFullError", rec
-                    assert used_before + accepted + size > self.capacity
+                    committed, movable = used_before
+                    # (necessary: the returns accepted before it may have been movable too)
+                    assert size > self.capacity or (
+                        committed + accepted + size - self.capacity > movable)
                 else:
                     assert m.state == state
                     if state == STORE:

@@ -157,6 +157,21 @@ class SchedulerModel:
         self.drivers[client] = MClient(client)
         self.step(ev.ClientMessage(client, p.Hello("driver", 100 + self.next_driver, None)))
 
+    def room(self) -> tuple[int, int]:
+        """The store bytes that stay once spills under way end, and the bytes that
+        could be spilled (STORE objects in the store, pinned by no task)."""
+        table = self.s.objects.table
+        movable = sum(e.size for e in table.entries.values()
+                      if e.state == ObjectState.STORE and e.local and e.pins == 0
+                      and not e.spilling)
+        return table.store_used - table.spilling_bytes, movable
+
+    def no_room(self, size: int) -> bool:
+        """Would a put of `size` bytes be refused (neither fits nor can be made to)?"""
+        committed, movable = self.room()
+        need = committed + size - self.capacity
+        return need > 0 and (size > self.capacity or need > movable)
+
     def fresh(self) -> int:
         self.next_id += 1
         return self.next_id

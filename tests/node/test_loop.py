@@ -47,6 +47,7 @@ def loop(tmp_path):
     node_loop = NodeLoop(fabric, router, ctx=ctx, object_router=object_router,
                          node_id=NODE_ID, ipc_endpoint=f"ipc://{tmp_path}/node.sock",
                          session_dir=str(tmp_path), store_dir=str(tmp_path / "store"),
+                         spill_dir=str(tmp_path / "spill"), spill_copy_chunk=1 << 20,
                          tick_interval=0.05, worker_output=None, stop_grace=1.0)
     yield node_loop
     node_loop.stop_workers()

@@ -157,7 +157,7 @@ def memory_lines(temp_dir) -> list[tuple[str, int, float, float]]:
     rows = []
     for line in out.stdout.splitlines():
         m = re.fullmatch(r"node ([0-9a-f]{12}): (\d+) objects, store ([\d.]+) (\w+) of "
-                         r"([\d.]+) (\w+)", line)
+                         r"([\d.]+) (\w+), 0 objects spilled to disk \(0 B\)", line)
         assert m, f"unexpected line from `zfabric memory`: {line!r}"
         rows.append((m[1], int(m[2]), float(m[3]) * UNITS[m[4]], float(m[5]) * UNITS[m[6]]))
     return rows

@@ -17,7 +17,11 @@ makes it PENDING again and runs its task again if it can (`lose`).
 
 A STORE object held elsewhere is pulled into our store (`fetch`) before a
 subscriber hears of it (clients map objects from their own node's store);
-a pull counts against the capacity from its start. An object we own that
+a pull counts against the capacity from its start. So does a spilled
+object brought back from disk (`fetch` too: RestoreObject). When a put, a
+result, a pull or a restore does not fit, `make_room` evicts and spills
+what core/capacity.py picks; the spiller's reports come back here
+(`spilled`, `spill_failed`, `restored`, `restore_failed`). An object we own that
 is freed here is freed on every node we told of it (`shared_with`) or that
 the GCS says holds a copy (FreeCopies).
 """
@@ -27,6 +31,7 @@ from .. import ids, records
 from .. import protocol as p
 from ..exceptions import ObjectLostError, ObjectStoreFullError, ZFabricError
 from ..protocol import ObjectState
+from . import capacity
 from . import effects as fx
 from .objects import ObjectEntry, ObjectTable
 
@@ -53,6 +58,7 @@ class ObjectDirectory:
         self._copy_lost = copy_lost       # (entry) a copy kept for a peer's tasks: give them back
         self._drop_lost_copy = drop_lost_copy   # (entry) ... then let go of it
         self._forget = forget             # (oid) an object owned here was freed
+        self.spill_error = ""             # why the last spill failed; no spilling till room frees
 
     # -- the books ---------------------------------------------------------------------
 
@@ -131,7 +137,8 @@ class ObjectDirectory:
             states.append(int(entry.state))
             sizes.append(entry.size)
             if entry.state == ObjectState.STORE:
-                holders.append(([self.node_id] if entry.local else []) + entry.remote)
+                here = entry.local or entry.spilled   # (a spilled copy is served from disk)
+                holders.append(([self.node_id] if here else []) + entry.remote)
                 if peer not in entry.shared_with:
                     entry.shared_with.append(peer)
                 payloads.append(b"")
@@ -195,13 +202,37 @@ class ObjectDirectory:
         self.free(freed)
         return states, sizes, contained, payloads
 
-    def has_room(self, size: int) -> bool:
-        return self.table.store_used + size <= self.store_capacity
+    # -- capacity ------------------------------------------------------------------------
+
+    def make_room(self, size: int) -> bool:
+        """Can `size` more bytes go in the store? Evicts and starts spills to make
+        it so (core/capacity.py); False (nothing done) if they cannot."""
+        table = self.table
+        room = capacity.plan(table, size, self.store_capacity, may_spill=not self.spill_error)
+        if room is None:
+            return False
+        for entry in room.evict:
+            table.evict(entry)
+            self._stats["evicted"] += 1
+            self._out.emit(fx.DeleteObject(entry.oid))
+        for entry in room.spill:
+            table.start_spill(entry)
+            self._out.emit(fx.SpillObject(entry.oid, entry.size))
+        return True
 
     def full_message(self, size: int) -> str:
-        return (f"object store is full: {size:,} bytes do not fit "
-                f"({self.table.store_used:,} of {self.store_capacity:,} bytes in use); "
-                "free ObjectRefs you no longer need or raise object_store_memory")
+        table = self.table
+        text = (f"object store is full: {size:,} bytes do not fit "
+                f"({table.store_used:,} of {self.store_capacity:,} bytes in use, "
+                f"{table.spilled_bytes:,} spilled to disk); ")
+        if size > self.store_capacity:
+            return text + "it is larger than the whole store: raise object_store_memory"
+        if self.spill_error:
+            return text + f"spilling to disk failed: {self.spill_error}"
+        if table.spilling_bytes:
+            text += f"{table.spilling_bytes:,} bytes are still being copied to disk; "
+        return text + ("the rest is pinned by tasks that need it: free ObjectRefs you "
+                       "no longer need or raise object_store_memory")
 
     # -- clients ------------------------------------------------------------------------
 
@@ -213,7 +244,7 @@ class ObjectDirectory:
             error = "bad object state"
         elif msg.oid in table and table.entries[msg.oid].ready:
             error = "object already exists"
-        elif state == ObjectState.STORE and not self.has_room(msg.size):
+        elif state == ObjectState.STORE and not self.make_room(msg.size):
             error = self.full_message(msg.size)
         if error:
             if state == ObjectState.STORE:
@@ -241,6 +272,7 @@ class ObjectDirectory:
                                    ObjectLostError, f"object {oid.hex()} does not exist "
                                    "(it was freed, or was never created on this node)")))
             elif entry.ready and entry.local:
+                self.table.touch(oid)
                 self._out.send(client, p.ObjectReady(oid, int(entry.state), entry.size,
                                                      entry.payload))
             else:   # pending, or in other nodes' stores: told once it is here
@@ -309,7 +341,7 @@ class ObjectDirectory:
             table.seal(entry, state, size, b"", contains, remote=[remote])
             self._publish_owned(entry, remote)
         else:
-            if state == ObjectState.STORE and not self.has_room(size):
+            if state == ObjectState.STORE and not self.make_room(size):
                 self._out.emit(fx.DeleteObject(oid))
                 state, payload = ObjectState.ERROR, records.system_error_record(
                     ObjectStoreFullError, self.full_message(size), name)
@@ -332,12 +364,18 @@ class ObjectDirectory:
     # -- pulls -------------------------------------------------------------------------
 
     def fetch(self, entry: ObjectEntry) -> None:
-        """Start pulling a STORE object held elsewhere (once), if there is room."""
-        if entry.local or entry.fetching:
+        """Start bringing a STORE object into our store (once), if there is room:
+        from disk if it is spilled here, else pulled from the nodes holding it."""
+        if entry.local or entry.fetching or entry.restoring:
             return
-        if not self.has_room(entry.size):
+        if not self.make_room(entry.size):
             self._fail_askers(entry, records.system_error_record(
                 ObjectStoreFullError, self.full_message(entry.size)))
+            return
+        if entry.spilled:
+            self.table.start_restore(entry)
+            self._stats["restored"] += 1
+            self._out.emit(fx.RestoreObject(entry.oid, entry.size))
             return
         self.table.reserve(entry)
         self._stats["fetches"] += 1
@@ -357,6 +395,65 @@ class ObjectDirectory:
         if entry is not None and entry.fetching:
             self.table.unreserve(entry)
             self.lose(entry, ObjectLostError, reason)
+
+    # -- the spiller reports -------------------------------------------------------------
+
+    def spilled(self, oid: bytes) -> None:
+        """An object's copy on disk is durable: its store file goes, unless a task
+        pinned it meanwhile (then the disk copy goes)."""
+        entry = self.table.entries.get(oid)
+        if entry is None or not entry.spilling:   # freed meanwhile
+            self._out.emit(fx.DeleteSpilled(oid))
+            return
+        durable = entry.pins == 0
+        self.table.end_spill(entry, durable)
+        if durable:
+            self._stats["spilled_objects"] += 1
+            self._out.emit(fx.DeleteObject(oid, spilled=True))
+        else:
+            self._out.emit(fx.DeleteSpilled(oid))
+
+    def spill_failed(self, oid: bytes, error: str) -> None:
+        """The disk is full or failing: the object stays in the store, and no
+        more spills start until disk space is freed (a later put that needs
+        one fails, naming this cause)."""
+        entry = self.table.entries.get(oid)
+        if entry is None or not entry.spilling:
+            return   # freed meanwhile (its store file went before it was copied)
+        self.table.end_spill(entry, durable=False)
+        self._stats["spill_failures"] += 1
+        if not self.spill_error:
+            self._out.log("warning", f"spilling objects to disk failed: {error}")
+        self.spill_error = error
+
+    def restored(self, oid: bytes) -> None:
+        entry = self.table.entries.get(oid)
+        if entry is None or not entry.restoring:   # freed meanwhile (its spill file went then)
+            self._out.emit(fx.DeleteObject(oid))
+            return
+        self.table.end_restore(entry, restored=True)
+        self._disk_freed()
+        self._out.emit(fx.DeleteSpilled(oid))
+        self.object_ready(entry)
+
+    def restore_failed(self, oid: bytes, error: str, lost: bool) -> None:
+        entry = self.table.entries.get(oid)
+        if entry is None or not entry.restoring:
+            return
+        self.table.end_restore(entry, restored=False)
+        if lost:
+            self.table.drop_spilled(entry)
+            self._out.emit(fx.DeleteSpilled(oid))
+            self.lose(entry, ObjectLostError,
+                      f"object {oid.hex()} could not be read back from disk: {error}")
+        else:
+            self._fail_askers(entry, records.system_error_record(
+                ObjectStoreFullError, f"object {oid.hex()} could not be brought back from "
+                f"disk into the store: {error}"))
+
+    def _disk_freed(self) -> None:
+        """A spill file went: a spill that failed for want of disk may work now."""
+        self.spill_error = ""
 
     def _fail_askers(self, entry: ObjectEntry, record: bytes) -> None:
         """The object cannot come here now: those waiting for it here get the
@@ -428,7 +525,7 @@ class ObjectDirectory:
         for entry in list(self.table.entries.values()):
             if node_id in entry.remote:
                 entry.remote.remove(node_id)
-                if not entry.remote and not entry.local and not entry.fetching:
+                if not (entry.remote or entry.local or entry.fetching or entry.spilled):
                     lost.append(entry)
         for entry in lost:
             self.lose(entry, ObjectLostError,
@@ -449,6 +546,11 @@ class ObjectDirectory:
                 self._out.emit(fx.Publish("obj", entry.oid, None))
             if entry.local:
                 self._out.emit(fx.DeleteObject(entry.oid))
+            if entry.spilled:   # (a restore under way ends first: its file then goes)
+                self._disk_freed()
+                self._out.emit(fx.DeleteSpilled(entry.oid))
+                if not entry.local:
+                    self._out.emit(fx.Publish("loc", entry.oid, None))
             elif entry.fetching:
                 self._out.emit(fx.CancelFetch(entry.oid))
             if entry.owner_node is None and (entry.remote or entry.shared_with or self._any_peers()):

@@ -43,7 +43,31 @@ class InterruptWorker:
 
 @dataclass(frozen=True, slots=True)
 class DeleteObject:
-    """Remove an object's store file."""
+    """Remove an object's store file. `spilled`: a durable copy of it is on
+    this node's disk now (the node still holds it: the GCS keeps its `loc`)."""
+    oid: bytes
+    spilled: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class SpillObject:
+    """Copy a store object to the node's spill dir, durably (off the loop);
+    the outcome comes back as ObjectSpilled or SpillFailed."""
+    oid: bytes
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class RestoreObject:
+    """Copy a spilled object back into the store (off the loop); the outcome
+    comes back as ObjectRestored or RestoreFailed."""
+    oid: bytes
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteSpilled:
+    """Remove an object's spill file (after the copies asked before it)."""
     oid: bytes
 
 

@@ -35,6 +35,34 @@ class Tick:
     """Periodic housekeeping: idle workers, timeouts."""
 
 
+@dataclass(frozen=True, slots=True)
+class ObjectSpilled:
+    """The spiller made a durable copy of a store object on disk."""
+    oid: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class SpillFailed:
+    """The spiller could not copy a store object to disk (a full disk, EIO...)."""
+    oid: bytes
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectRestored:
+    """The spiller copied a spilled object back into the store."""
+    oid: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class RestoreFailed:
+    """The spiller could not copy a spilled object back. `lost`: its spill
+    file cannot be read (else the store had no room: it stays on disk)."""
+    oid: bytes
+    error: str
+    lost: bool
+
+
 # -- between nodes ------------------------------------------------------------------
 
 @dataclass(frozen=True, slots=True)

@@ -180,7 +180,8 @@ class Fabric:
             elif kind is fx.Publish:
                 self.gcs.put(e.table, e.key, e.value)
             elif kind is fx.DeleteObject:
-                self.gcs.delete("loc", e.oid)
+                if not e.spilled:   # (a spilled copy is still ours to serve)
+                    self.gcs.delete("loc", e.oid)
                 self._out.append(e)
             elif kind is fx.FreeCopies:
                 self._free_copies(e.oid, e.holders)
@@ -227,7 +228,9 @@ class Fabric:
         self.membership.set_info({
             **self.static_info, **s.resource_view(),
             "queued": s.queues.count, "running": s.pool.running_count(),
-            "store_used": s.objects.store_used, "store_capacity": s.objects.store_capacity})
+            "store_used": s.objects.store_used, "store_capacity": s.objects.store_capacity,
+            "spilled_bytes": s.objects.table.spilled_bytes,
+            "spilled_objects": s.objects.table.spilled_count})
 
     def _publish_timeline(self) -> None:
         timeline = self.scheduler.timeline

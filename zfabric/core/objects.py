@@ -14,10 +14,24 @@ without) a copy in this node's store: it is STORE with `local` False and
 for another node's task is held by that node (`peer_client(owner)`), which
 frees it with FreeObjects; `owner_node` is None for objects owned here.
 
+A STORE object's copy here is in one of these places (core/capacity.py
+decides the moves, the node's spiller copies the bytes):
+
+    local (in the store) --spill starts--> local + spilling --ObjectSpilled--> spilled (on disk)
+    spilled --restore starts--> spilled + restoring --ObjectRestored--> local
+    local (and another live node holds a copy) --evicted--> remote only
+
+`store_used` counts the bytes in the store and those reserved for pulls
+and restores under way; `spilling_bytes` the part of it being copied to
+disk (it leaves the store when the copy is durable); `spilled_bytes` the
+bytes on disk. `lru` orders the local copies, least recently used first.
+
 The table only keeps books; the object directory (core/directory.py) owns
 it, decides, and turns frees into effects (`DeleteObject`, `FreeCopies`...).
 """
 from __future__ import annotations
+
+from collections import OrderedDict
 
 from ..protocol import ObjectState
 
@@ -33,7 +47,8 @@ def peer_client(node_id: bytes) -> bytes:
 class ObjectEntry:
     __slots__ = ("oid", "state", "size", "payload", "holders", "pins",
                  "contained_in", "contains", "subscribers", "dependents",
-                 "local", "remote", "owner_node", "fetching", "push_to", "shared_with")
+                 "local", "remote", "owner_node", "fetching", "push_to", "shared_with",
+                 "spilling", "spilled", "restoring")
 
     def __init__(self, oid: bytes):
         self.oid = oid
@@ -44,6 +59,9 @@ class ObjectEntry:
         self.remote: list[bytes] = []  # other nodes holding a copy (known to us)
         self.owner_node: bytes | None = None   # None: owned here
         self.fetching = False        # a pull into this node's store is under way
+        self.spilling = False        # (local) being copied to disk
+        self.spilled = False         # (not local) a durable copy on this node's disk
+        self.restoring = False       # (spilled) being copied back into the store
         self.push_to: bytes | None = None  # the submitter: sent the value unasked if it is here
         self.shared_with: list[bytes] = []  # nodes we sent its location (to free copies there)
         self.holders: set[bytes] = set()
@@ -67,6 +85,10 @@ class ObjectTable:
         self.entries: dict[bytes, ObjectEntry] = {}
         self.held_by: dict[bytes, set[bytes]] = {}   # client -> oids it holds
         self.store_used = 0
+        self.spilling_bytes = 0
+        self.spilled_bytes = 0
+        self.spilled_count = 0
+        self.lru: OrderedDict[bytes, None] = OrderedDict()   # local STORE copies, oldest use first
 
     def __contains__(self, oid: bytes) -> bool:
         return oid in self.entries
@@ -100,6 +122,7 @@ class ObjectTable:
             entry.remote = list(remote)
         elif state == ObjectState.STORE:
             self.store_used += size
+            self.lru[entry.oid] = None
         entry.contains = [c for c in contains if c in self.entries]
         for c in entry.contains:
             self.entries[c].contained_in += 1
@@ -123,6 +146,12 @@ class ObjectTable:
 
     def pin(self, oid: bytes) -> None:
         self.entries[oid].pins += 1
+        self.touch(oid)
+
+    def touch(self, oid: bytes) -> None:
+        """The object was used (got, pinned): the last to be evicted or spilled."""
+        if oid in self.lru:
+            self.lru.move_to_end(oid)
 
     def unpin(self, oid: bytes) -> list[ObjectEntry]:
         entry = self.entries.get(oid)
@@ -158,6 +187,52 @@ class ObjectTable:
         """The pull is sealed: the object is in our store (room was reserved)."""
         entry.fetching = False
         entry.local = True
+        self.lru[entry.oid] = None
+
+    # -- the copy here moves between the store and the disk (see the diagram above) -------
+
+    def evict(self, entry: ObjectEntry) -> None:
+        """Drop our copy of an object another node also holds."""
+        entry.local = False
+        self.store_used -= entry.size
+        self.lru.pop(entry.oid, None)
+
+    def start_spill(self, entry: ObjectEntry) -> None:
+        entry.spilling = True
+        self.spilling_bytes += entry.size
+
+    def end_spill(self, entry: ObjectEntry, durable: bool) -> None:
+        """The copy to disk ended: `durable`, the store copy goes; else it stays."""
+        entry.spilling = False
+        self.spilling_bytes -= entry.size
+        if durable:
+            entry.local, entry.spilled = False, True
+            self.store_used -= entry.size
+            self.spilled_bytes += entry.size
+            self.spilled_count += 1
+            self.lru.pop(entry.oid, None)
+
+    def start_restore(self, entry: ObjectEntry) -> None:
+        """Copying a spilled object back starts: its bytes count from now."""
+        entry.restoring = True
+        self.store_used += entry.size
+
+    def end_restore(self, entry: ObjectEntry, restored: bool) -> None:
+        """`restored`: the object is in the store again (its disk copy goes);
+        else the room is given back and it stays on disk."""
+        entry.restoring = False
+        if restored:
+            entry.local = True
+            self.lru[entry.oid] = None
+            self.drop_spilled(entry)
+        else:
+            self.store_used -= entry.size
+
+    def drop_spilled(self, entry: ObjectEntry) -> None:
+        """The disk copy is gone (restored, unreadable)."""
+        entry.spilled = False
+        self.spilled_bytes -= entry.size
+        self.spilled_count -= 1
 
     def release_if_unused(self, entry: ObjectEntry) -> list[ObjectEntry]:
         freed = []
@@ -167,8 +242,8 @@ class ObjectTable:
             if not e.releasable() or self.entries.get(e.oid) is not e:
                 continue
             del self.entries[e.oid]
-            if e.state == ObjectState.STORE and (e.local or e.fetching):
-                self.store_used -= e.size
+            if e.state == ObjectState.STORE:
+                self._forget_copies(e)
             freed.append(e)
             for c in e.contains:
                 inner = self.entries.get(c)
@@ -177,16 +252,42 @@ class ObjectTable:
                     stack.append(inner)
         return freed
 
+    def _forget_copies(self, e: ObjectEntry) -> None:
+        """A freed STORE object's bytes leave the books (its files go: see directory.free)."""
+        if e.local or e.fetching or e.restoring:
+            self.store_used -= e.size
+        if e.spilling:
+            self.spilling_bytes -= e.size
+        if e.spilled:
+            self.spilled_bytes -= e.size
+            self.spilled_count -= 1
+        self.lru.pop(e.oid, None)
+
     def validate(self) -> None:
         """Invariants, for tests: counts are never negative, books agree."""
-        used = 0
+        used = spilling = spilled = count = 0
+        local = []
         for oid, e in self.entries.items():
             assert e.oid == oid
             assert e.pins >= 0 and e.contained_in >= 0, (e.pins, e.contained_in)
             assert e.state == ObjectState.PENDING or not e.releasable(), "unused object kept"
-            if e.state == ObjectState.STORE and (e.local or e.fetching):
+            store = e.state == ObjectState.STORE
+            if store and (e.local or e.fetching or e.restoring):
                 used += e.size
+            if store and e.local:
+                local.append(oid)
+            if e.spilling:
+                assert store and e.local and not e.spilled, "only a local copy is spilled"
+                spilling += e.size
+            if e.spilled:
+                assert store and not e.local and not e.fetching, "a spilled copy is not local"
+                spilled += e.size
+                count += 1
+            assert not e.restoring or e.spilled, "only a spilled copy is restored"
             assert not (e.local and e.fetching), "a local object is not fetched again"
             for c in e.holders:
                 assert oid in self.held_by.get(c, ()), "holder missing from held_by"
         assert used == self.store_used, (used, self.store_used)
+        assert (spilling, spilled, count) == (
+            self.spilling_bytes, self.spilled_bytes, self.spilled_count)
+        assert sorted(local) == sorted(self.lru), "lru lists exactly the local copies"

@@ -63,7 +63,8 @@ class Scheduler:
         self.stats = {"submitted": 0, "finished": 0, "failed": 0, "cancelled": 0,
                       "retried": 0, "prefetched": 0, "workers_started": 0, "workers_crashed": 0,
                       "spilled": 0, "refused": 0, "accepted": 0, "fetches": 0,
-                      "rebuilt": 0, "sealed_twice": 0}
+                      "rebuilt": 0, "sealed_twice": 0,
+                      "evicted": 0, "spilled_objects": 0, "restored": 0, "spill_failures": 0}
         self.out = fx.Outbox()
         self.tasks: dict[bytes, Task] = {}
         self.functions = Functions()
@@ -101,7 +102,11 @@ class Scheduler:
             ev.ClientGone: self._on_client_gone, ev.Tick: self._on_tick,
             ev.ObjectFetched: self._on_fetched, ev.FetchFailed: self._on_fetch_failed,
             ev.PeerUp: self._on_peer_up, ev.PeerDown: self._on_peer_down,
-            ev.PeerSuspect: self._on_peer_suspect}
+            ev.PeerSuspect: self._on_peer_suspect,
+            ev.ObjectSpilled: lambda e: self.objects.spilled(e.oid),
+            ev.SpillFailed: lambda e: self.objects.spill_failed(e.oid, e.error),
+            ev.ObjectRestored: lambda e: self.objects.restored(e.oid),
+            ev.RestoreFailed: lambda e: self.objects.restore_failed(e.oid, e.error, e.lost)}
         self.now = 0.0
         self._seq = 0
         self._fail_queue: deque = deque()
@@ -554,7 +559,10 @@ class Scheduler:
                 "workers": len(pool.workers), "idle_workers": len(pool.idle),
                 "objects": len(self.objects.entries),
                 "store_used": self.objects.store_used,
-                "store_capacity": self.objects.store_capacity, "stats": dict(self.stats)}
+                "store_capacity": self.objects.store_capacity,
+                "spilled_bytes": self.objects.table.spilled_bytes,
+                "spilled_objects": self.objects.table.spilled_count,
+                "spill_error": self.objects.spill_error, "stats": dict(self.stats)}
 
     def validate(self) -> None:
         """Invariants (tests call this after every step)."""

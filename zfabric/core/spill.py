@@ -117,7 +117,8 @@ class Spillover:
             entry = entries[oid]
             if entry.state != ObjectState.STORE:
                 continue
-            nodes = ([self.node_id] if entry.local else []) + entry.remote
+            here = entry.local or entry.spilled   # (restored from our disk, not pulled)
+            nodes = ([self.node_id] if here else []) + entry.remote
             for node in nodes:
                 held[node] = held.get(node, 0) + entry.size
         return held

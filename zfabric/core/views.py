@@ -60,6 +60,8 @@ class ClusterView:
                            tasks_running=view.get("running", 0),
                            store_used=view.get("store_used", 0),
                            store_capacity=view.get("store_capacity", 0),
+                           spilled_bytes=view.get("spilled_bytes", 0),
+                           spilled_objects=view.get("spilled_objects", 0),
                            pending_demand=[])
             rows.append(row)
         return {"self": self.node_id.hex(), "nodes": rows}

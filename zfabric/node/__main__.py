@@ -1,10 +1,10 @@
 """`python -m zfabric.node` (also the console script `zfabric`): start, stop and inspect nodes.
 
     start --head | --address tcp://H:P   start a node (daemonized unless --block)
-    status [--address tcp://H:P]         one line per node, then totals
+    status [--address tcp://H:P] [--json]  one line per node, then totals (--json: the records)
     stop                                 stop the nodes started from this machine
     timeline -o trace.json               Chrome trace of finished tasks
-    memory                               objects and store use per node
+    memory                               objects, store use and spilled bytes per node
 
 Errors print one line and exit non-zero; no tracebacks for user mistakes.
 """
@@ -52,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     status = sub.add_parser("status", help="show the cluster's nodes")
     status.add_argument("--address", default=None)
+    status.add_argument("--json", action="store_true", help="print the records as JSON")
     sub.add_parser("stop", help="stop the nodes started from this machine")
     timeline = sub.add_parser("timeline", help="write a Chrome trace of finished tasks")
     timeline.add_argument("-o", "--output", required=True)
@@ -170,9 +171,12 @@ def cmd_status(args) -> int:
         status = client.request("status")
     finally:
         client.close()
+    if args.json:
+        print(json.dumps(status, indent=1))
+        return 0
     rows = status["nodes"]
     print(f"{'node':<14}{'address':<24}{'state':<9}{'CPUs used/total':<17}"
-          f"{'store used/total':<24}{'tasks queued/running'}")
+          f"{'store used/total':<24}{'spilled':<12}{'tasks queued/running'}")
     tot_cpu = used_cpu = 0.0
     alive = 0
     for s in rows:
@@ -185,9 +189,12 @@ def cmd_status(args) -> int:
         addr = f"{s['NodeManagerAddress']}:{s['NodeManagerPort']}"
         store = f"{_fmt_bytes(s['store_used'])}/{_fmt_bytes(s['store_capacity'])}"
         cpus = f"{used:g}/{total:g}"
+        spilled = _fmt_bytes(s.get("spilled_bytes", 0))
         me = " (this node)" if s["NodeID"] == status["self"] else ""
         print(f"{s['NodeID'][:12]:<14}{addr:<24}{s['State'].lower():<9}{cpus:<17}"
-              f"{store:<24}{s['tasks_queued']}/{s['tasks_running']}{me}")
+              f"{store:<24}{spilled:<12}{s['tasks_queued']}/{s['tasks_running']}{me}")
+        if s.get("spill_error"):
+            print(f"  spilling to disk failed: {s['spill_error']}")
         for demand in s.get("pending_demand", []):
             print(f"  pending demand no live node can meet: {demand}")
     print(f"cluster: {alive} node(s) alive of {len(rows)}, {used_cpu:g}/{tot_cpu:g} CPUs in use")
@@ -211,6 +218,8 @@ def cmd_stop(args) -> int:
         # a node that could not clean up after itself: do it for it
         from . import store
         store.remove_dir(info["store_dir"])
+        if info.get("spill_dir"):
+            store.remove_dir(info["spill_dir"])
         import shutil
         shutil.rmtree(info["session_dir"], ignore_errors=True)
         try:
@@ -244,7 +253,9 @@ def cmd_memory(args) -> int:
             continue
         objects = f"{s['objects']} objects, " if "objects" in s else ""
         print(f"node {s['NodeID'][:12]}: {objects}store "
-              f"{_fmt_bytes(s['store_used'])} of {_fmt_bytes(s['store_capacity'])}")
+              f"{_fmt_bytes(s['store_used'])} of {_fmt_bytes(s['store_capacity'])}, "
+              f"{s.get('spilled_objects', 0)} objects spilled to disk "
+              f"({_fmt_bytes(s.get('spilled_bytes', 0))})")
     return 0
 
 

@@ -364,12 +364,31 @@ class Client:
         self.send(p.Unblocked(self.current_task_id))
 
     def get_values(self, oids: list[bytes], timeout: float | None) -> list:
+        deadline = None if timeout is None else time.monotonic() + timeout
         entries = self.wait_objects(oids, timeout)
         for o in oids:  # fail at once if any failed
             entry = entries.get(o)
             if entry is not None and entry[0] == ObjectState.ERROR:
                 raise serialization.error_from_record(entry[2])
-        return [self.materialize(o, entries[o]) for o in oids]
+        return [self._value(o, entries[o], deadline) for o in oids]
+
+    def _value(self, oid: bytes, entry: tuple, deadline: float | None):
+        """An object's value. A store object spilled to disk since we heard of it
+        has no store file: forget what we heard, and ask the node again (it
+        restores the object first)."""
+        while True:
+            try:
+                return self.materialize(oid, entry)
+            except FileNotFoundError:
+                if entry[0] != ObjectState.STORE:
+                    raise
+            with self._cond:
+                if self._ready.get(oid) is entry:
+                    del self._ready[oid]
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            entry = self.wait_objects([oid], left)[oid]
+            if entry[0] == ObjectState.ERROR:
+                raise serialization.error_from_record(entry[2])
 
     def materialize(self, oid: bytes, entry: tuple):
         state, _size, payload = entry

@@ -9,6 +9,9 @@
       one handler per effect type (NodeLoop.effect_handlers):
       Send -> client Batcher -> scheduler ROUTER    PeerSend / JoinSend / ForgetPeer -> peers.py
       RequestChunk / SealPull / AbortPull -> pulls.py   DeleteObject -> store, objserver.py
+      SpillObject / RestoreObject / DeleteSpilled -> spiller.py (a thread; its outcomes
+        come back through a pipe the poller watches: ObjectSpilled / SpillFailed /
+        ObjectRestored / RestoreFailed)
       SpawnWorker / StopWorker / KillWorker / InterruptWorker / WatchClient -> processes.py
       StopNode -> leave the loop                   Log -> the node's log
     object ROUTER: PullChunk --> objserver.py answers from the store (stateless, no event)
@@ -42,6 +45,7 @@ from .objserver import ObjectServer
 from .peers import Batcher, Peers
 from .processes import Processes
 from .pulls import Pulls
+from .spiller import Spiller
 
 log = logging.getLogger("zfabric.node")
 RECV_BATCH = 512   # messages taken from the scheduler ROUTER per wake-up
@@ -50,7 +54,8 @@ RECV_BATCH = 512   # messages taken from the scheduler ROUTER per wake-up
 class NodeLoop:
     def __init__(self, fabric, router: zmq.Socket, *, ctx: zmq.Context,
                  object_router: zmq.Socket, node_id: bytes, ipc_endpoint: str,
-                 session_dir: str, store_dir: str, tick_interval: float,
+                 session_dir: str, store_dir: str, spill_dir: str, spill_copy_chunk: int,
+                 tick_interval: float,
                  worker_output: str | None, stop_grace: float,
                  embedded_driver_pid: int | None = None, on_ready=None):
         self.fabric = fabric
@@ -64,7 +69,8 @@ class NodeLoop:
         self.clients = Batcher()    # local client id -> what this turn owes it
         self.peers = Peers(ctx, node_id)
         self.pulls = Pulls(ctx, self.poller, store_dir)
-        self.objects = ObjectServer(object_router, store_dir)
+        self.objects = ObjectServer(object_router, store_dir, spill_dir)
+        self.spiller = Spiller(store_dir, spill_dir, chunk=spill_copy_chunk)
         self.processes = Processes(self.poller, self.dispatch, ipc_endpoint=ipc_endpoint,
                                    session_dir=session_dir, worker_output=worker_output,
                                    stop_grace=stop_grace)
@@ -87,6 +93,9 @@ class NodeLoop:
             fx.SealPull: lambda e: pulls.seal(e.oid),
             fx.AbortPull: lambda e: pulls.abort(e.oid),
             fx.DeleteObject: self._delete_object,
+            fx.SpillObject: lambda e: self.spiller.spill(e.oid),
+            fx.RestoreObject: lambda e: self.spiller.restore(e.oid),
+            fx.DeleteSpilled: self._delete_spilled,
             fx.SpawnWorker: lambda e: processes.spawn(e.worker_id),
             fx.StopWorker: lambda e: processes.stop(e.worker_id),
             fx.KillWorker: lambda e: processes.kill(e.worker_id),
@@ -123,6 +132,7 @@ class NodeLoop:
         self.poller.register(self.router, zmq.POLLIN)
         self.poller.register(self.object_router, zmq.POLLIN)
         self.poller.register(self._wake_r, zmq.POLLIN)
+        self.poller.register(self.spiller.fileno(), zmq.POLLIN)
         old_wakeup = signal.set_wakeup_fd(self._wake_w)
         signal.signal(signal.SIGTERM, self._on_signal)
         if self.embedded_driver_pid:
@@ -149,6 +159,9 @@ class NodeLoop:
                 self._receive_chunks(sock)
             elif sock == self._wake_r:
                 self._drain_wakeups()
+            elif sock == self.spiller.fileno():
+                for event in self.spiller.take_events():
+                    self.dispatch(event)
             else:
                 self.processes.on_readable(sock)
             if not self.running:
@@ -254,6 +267,10 @@ class NodeLoop:
         self.objects.forget(e.oid)
         store.delete(self.store_dir, e.oid)
 
+    def _delete_spilled(self, e: fx.DeleteSpilled) -> None:
+        self.objects.forget(e.oid)
+        self.spiller.delete(e.oid)
+
     def _watch_client(self, e: fx.WatchClient) -> None:
         if e.pid != self.embedded_driver_pid:
             client = e.client
@@ -303,5 +320,6 @@ class NodeLoop:
         self.peers.close()
         self.pulls.close()
         self.objects.close()
+        self.spiller.close()
         os.close(self._wake_r)
         os.close(self._wake_w)

@@ -30,7 +30,7 @@ import time
 import psutil
 import zmq
 
-from ..config import Config
+from ..config import SPILL_DIR_NAME, Config
 from ..core.fabric import build as build_fabric
 from ..ids import new_node_id
 from . import sockets, store
@@ -142,6 +142,7 @@ def serve(config: Config, *, num_cpus: float, resources: dict, object_store_memo
         loop = NodeLoop(fabric, node.router, ctx=node.ctx, object_router=node.object_router,
                         node_id=node.node_id, ipc_endpoint=info["ipc"],
                         session_dir=node.session_dir, store_dir=node.store_dir,
+                        spill_dir=info["spill_dir"], spill_copy_chunk=config.spill_copy_chunk,
                         tick_interval=config.gossip_interval / 2,
                         worker_output=node.session_dir if worker_logs else None,
                         stop_grace=config.stop_grace, embedded_driver_pid=embedded_driver_pid,
@@ -173,6 +174,8 @@ class _NodeProcess:
         stamp = datetime.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
         self.session_dir = os.path.join(config.temp_dir, f"session_{stamp}_{os.getpid()}")
         self.store_dir = os.path.join(config.store_root, f"zfabric-{self.node_id.hex()}")
+        self.spill_dir = (os.path.join(config.spill_dir, f"zfabric-spill-{self.node_id.hex()}")
+                          if config.spill_dir else os.path.join(self.session_dir, SPILL_DIR_NAME))
         os.makedirs(self.session_dir, mode=0o700)
         logging.basicConfig(filename=os.path.join(self.session_dir, "node.log"),
                             level=logging.INFO,
@@ -207,7 +210,7 @@ class _NodeProcess:
                 "address": f"tcp://{shown}:{tcp_port}",
                 "object_address": f"tcp://{shown}:{object_port}",
                 "host": shown, "port": tcp_port, "ipc": ipc, "session_dir": self.session_dir,
-                "store_dir": self.store_dir}
+                "store_dir": self.store_dir, "spill_dir": self.spill_dir}
 
     def write_records(self, info: dict, embedded: bool) -> None:
         """node.json in the session dir; for a node not embedded in a driver, also
@@ -246,6 +249,7 @@ class _NodeProcess:
             self.object_router.close(0)
         self.ctx.term()
         store.remove_dir(self.store_dir)
+        store.remove_dir(self.spill_dir)   # (the loop's spiller removes it too, when it ran)
         if self.record_path:
             try:
                 os.unlink(self.record_path)

@@ -7,6 +7,10 @@
 
 Owns the answering side of the object ROUTER (bound in node.py) and a cache
 of the most recently served store files, mapped read-only (`MAP_CACHE`).
+An object spilled to disk (node/spiller.py) is served from its spill file,
+as it is: the holder stays stateless, and a peer's pull never makes it
+restore the object (and spill others to make room for it). The spill file
+was just written, so its pages are usually still in the page cache.
 Stateless like zguide's fileio3 server: each request is answered on its
 own, from the sealed file; the fabric never hears of it. The NodeLoop calls
 `serve` when the ROUTER is readable and `forget` when an object is deleted.
@@ -29,9 +33,10 @@ MAP_CACHE = 32     # store files kept mapped (most recent)
 
 
 class ObjectServer:
-    def __init__(self, router: zmq.Socket, store_dir: str):
+    def __init__(self, router: zmq.Socket, store_dir: str, spill_dir: str):
         self.router = router
         self.store_dir = store_dir
+        self.spill_dir = spill_dir
         self.malformed = 0
         self._maps: dict[bytes, memoryview] = {}   # oid -> mapped store file, most recent last
 
@@ -74,14 +79,18 @@ class ObjectServer:
     def _mapped(self, oid: bytes) -> memoryview:
         view = self._maps.pop(oid, None)
         if view is None:
-            view = store.map_raw(self.store_dir, oid)
+            try:
+                view = store.map_raw(self.store_dir, oid)
+            except FileNotFoundError:   # spilled: its copy on disk is the same bytes
+                view = store.map_raw(self.spill_dir, oid)
             if len(self._maps) >= MAP_CACHE:
                 self._maps.pop(next(iter(self._maps)))
         self._maps[oid] = view   # most recent last
         return view
 
     def forget(self, oid: bytes) -> None:
-        """The object is deleted: stop serving it from its old mapping."""
+        """The object's store file (or spill file) is deleted: stop serving it
+        from its old mapping."""
         self._maps.pop(oid, None)
 
     def close(self) -> None:
