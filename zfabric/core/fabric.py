@@ -70,6 +70,7 @@ def build(config, *, node_id: bytes, resources: dict, store_capacity: int, info:
     membership = Membership(node_id, info["address"], static, now=now,
                             rng=random.Random(node_id), failure_timeout=config.failure_timeout,
                             gossip_interval=config.gossip_interval, fanout=config.gossip_fanout,
+                            dead_probe_rounds=config.dead_probe_rounds,
                             pause_threshold=config.failure_timeout / 4,
                             forget_left_after=config.forget_left_after)
     return Fabric(scheduler, membership, Gcs(node_id, log_capacity=config.gcs_log_capacity),
@@ -202,6 +203,18 @@ class Fabric:
             for address in self.seeds:
                 self._out.append(fx.JoinSend(address, hello))
 
+    def _probe_seeds(self) -> None:
+        """Alone (every peer declared dead, or none known) after we joined: ask
+        the seeds for their rows at the slow probe rate, as a join does. Beside
+        the probes of the dead members we still know, this finds the cluster
+        again after a cut that healed, whatever became of those members."""
+        m = self.membership
+        if self.joined and self.seeds and m.probe_round and m.alone():
+            hello = p.Gossip(self.node_id, m.rows(), self.gcs.wanted_vector(), True)
+            for address in self.seeds:
+                if address != m.me.address:
+                    self._out.append(fx.JoinSend(address, hello))
+
     def _on_tick(self) -> None:
         now = self._now
         self._publish_view()
@@ -211,6 +224,7 @@ class Fabric:
             for _node, address in targets:
                 self._out.append(fx.PeerSend(address, msg))
         self._apply_changes(changes)
+        self._probe_seeds()
         for node_id in self.membership.take_forgotten():   # it left long ago
             self.gcs.drop_shard(node_id)
         self._transfer(self.transfers.on_tick(now))
@@ -252,7 +266,7 @@ class Fabric:
         updates = self.gcs.updates_for(msg.vector)
         if updates:
             self._out.append(fx.PeerSend(member.address, p.GcsUpdate(self.node_id, updates)))
-        if msg.reply or member.state == MemberState.DEAD:
+        if msg.reply or self.membership.answers(sender):
             # a join or a probe asks for our rows; and a member we declared dead
             # is told so at once (our rows say it), so that it refutes -- rejoins
             # with a higher incarnation -- instead of waiting for our next slow
