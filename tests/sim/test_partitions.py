@@ -1,0 +1,135 @@
+"""Partitions across whole nodes (tests/harness/world.py): symmetric or one-way, one
+island or several, one after another; and what each side holds for the other.
+
+After the last heal every node agrees on membership and every GCS replica holds
+the same rows within a bound, and every task finishes with its value.
+"""
+from __future__ import annotations
+
+import math
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from zfabric import protocol as p
+from zfabric.core.membership import MemberState
+
+from tests.harness.world import SIM, World
+
+TABLES = ("node", "loc", "obj", "tl")
+
+
+def views(sim) -> dict[tuple[int, int], MemberState]:
+    """(observer, subject) -> the subject's state in the observer's membership."""
+    return {(o.index, s.index): o.fabric.membership.members[s.node_id].state
+            for o in sim.nodes for s in sim.nodes
+            if s is not o and s.node_id in o.fabric.membership.members}
+
+
+def agreed(sim) -> bool:
+    """Every node knows every other, ALIVE, at the incarnation that node has."""
+    n = len(sim.nodes)
+    v = views(sim)
+    if len(v) != n * (n - 1) or set(v.values()) != {MemberState.ALIVE}:
+        return False
+    return all(o.fabric.membership.members[s.node_id].incarnation
+               == s.fabric.membership.me.incarnation
+               for o in sim.nodes for s in sim.nodes if s is not o)
+
+
+def replica(node) -> tuple:
+    gcs = node.fabric.gcs
+    return (gcs.vector(),
+            {t: sorted((s, repr(k), repr(v)) for s, k, v in gcs.items(t)) for t in TABLES})
+
+
+def replicas_agree(sim) -> bool:
+    first = replica(sim.nodes[0])
+    return all(replica(n) == first for n in sim.nodes[1:])
+
+
+def cutter(islands: list[int], one_way: bool, cut: dict):
+    """A FabricSim `drop`: while cut["on"], messages between islands are lost
+    (one way: only what a lower island sends a higher one)."""
+    def drop(src, dst, msg):
+        a, b = islands[src], islands[dst]
+        return cut["on"] and (a < b or (not one_way and a > b))
+    return drop
+
+
+episodes = st.lists(st.tuples(st.lists(st.integers(0, 2), min_size=4, max_size=4),
+                              st.booleans(), st.floats(0.0, 2.0), st.floats(0.0, 0.6)),
+                    min_size=1, max_size=3)
+
+
+@settings(max_examples=30, **SIM)
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(2, 4), episodes=episodes,
+       tasks=st.lists(st.tuples(st.integers(0, 3), st.sampled_from([0.05, 0.2, 0.5])),
+                      min_size=1, max_size=10))
+def test_after_any_partitions_heal_membership_and_gcs_agree_and_every_task_finishes(
+        seed, n, episodes, tasks):
+    """Tasks submitted on every node run across the cluster while it is cut into
+    islands (both ways, or one way so that only one side notices), healed, cut
+    again. After the last heal: within (n-1) probes of the dead and a few
+    rounds, every node sees every node ALIVE at its current incarnation; every
+    task comes back to its owner with its value (retried as often as needed);
+    and then the GCS replicas are identical."""
+    world = World([{"CPU": 1}] * n, seed=seed)
+    world.converge()
+    sim = world.sim
+    cfg = sim.config
+    plans = [world.submit(k + 1, node=node % n, duration=d, max_retries=-1)
+             for k, (node, d) in enumerate(tasks)]
+    for islands, one_way, cut_for, healed_for in episodes:
+        cut = {"on": True}
+        sim.drop = cutter(islands[:n], one_way, cut)
+        sim.run(cut_for)
+        cut["on"] = False
+        sim.run(healed_for)
+    healed_at = sim.now - episodes[-1][3]
+    rounds = math.ceil((n - 1) / cfg.gossip_fanout)
+    tau = cfg.gossip_interval + sim.step_size
+    bound = (n - 1) * cfg.dead_probe_rounds * tau + 3 * rounds * tau + 0.1
+    assert sim.run_until(lambda: agreed(sim), max(0.0, healed_at + bound - sim.now)), \
+        (views(sim), sim.now - healed_at, bound)
+    # every task: (the SpillCheck of a task whose peer dropped it is due after a second)
+    work = sum(pl.duration for pl in plans)
+    assert world.run_until_finished(plans, work + 3.0), \
+        [pl.n for pl in plans if not world.finished(pl)]
+    for plan in plans:
+        world.check_result(plan)
+    assert sim.violations == []
+    # the GCS: the last writes (timeline batches) reach everyone in a round or two
+    assert sim.run_until(lambda: replicas_agree(sim), 5 * tau), \
+        [replica(node)[0] for node in sim.nodes]
+    sim.run(cfg.failure_timeout)
+    assert agreed(sim) and replicas_agree(sim)
+
+
+def test_a_node_cut_off_both_ways_finds_its_peers_again_by_itself():
+    """Node 2 is cut off both ways: it declares both peers DEAD (it is alone) and
+    they declare it DEAD. It keeps probing them at the slow rate, and its seed
+    (node 0) too: after the heal the first probe across brings everyone back."""
+    world = World([{"CPU": 1}] * 3, seed=4)
+    world.converge()
+    sim = world.sim
+    cut = {"on": True}
+    drop = cutter([0, 0, 1], False, cut)
+    asked = []   # (time, destination) of each Gossip with reply=True node 2 sends
+
+    def watch(src, dst, msg):
+        if src == 2 and type(msg) is p.Gossip and msg.reply:
+            asked.append((sim.now, dst))
+        return drop(src, dst, msg)
+    sim.drop = watch
+    lonely = sim.nodes[2].fabric
+    assert sim.run_until(lambda: lonely.membership.alone(), 3 * sim.config.failure_timeout)
+    start = sim.now
+    sim.run(3.0)
+    probe = sim.config.dead_probe_rounds * (sim.config.gossip_interval + sim.step_size)
+    seed_probes = [t for t, dst in asked if t > start and dst == 0]
+    assert {dst for t, dst in asked if t > start} == {0}   # the seed only, as a join does
+    assert len(seed_probes) >= math.floor(3.0 / probe) - 1
+    cut["on"] = False
+    tau = sim.config.gossip_interval + sim.step_size
+    assert sim.run_until(lambda: agreed(sim), 2 * sim.config.dead_probe_rounds * tau + 5 * tau)
