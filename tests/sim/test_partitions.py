@@ -1,8 +1,9 @@
 """Partitions across whole nodes (tests/harness/world.py): symmetric or one-way, one
-island or several, one after another; and what each side holds for the other.
+island or several, one after another; and a driver that dies with work on every node.
 
 After the last heal every node agrees on membership and every GCS replica holds
-the same rows within a bound, and every task finishes with its value.
+the same rows within a bound, and every task finishes with its value. After a
+driver dies, nothing of it is left on any node.
 """
 from __future__ import annotations
 
@@ -12,9 +13,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from zfabric import protocol as p
+from zfabric.core import events as ev
 from zfabric.core.membership import MemberState
+from zfabric.core.objects import peer_client
 
-from tests.harness.world import SIM, World
+from tests.harness.world import DRIVER, MB, SIM, World, rid
 
 TABLES = ("node", "loc", "obj", "tl")
 
@@ -133,3 +136,52 @@ def test_a_node_cut_off_both_ways_finds_its_peers_again_by_itself():
     cut["on"] = False
     tau = sim.config.gossip_interval + sim.step_size
     assert sim.run_until(lambda: agreed(sim), 2 * sim.config.dead_probe_rounds * tau + 5 * tau)
+
+
+# -- a driver dies -----------------------------------------------------------------------------
+
+@settings(max_examples=20, **SIM)
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(2, 4),
+       tasks=st.lists(st.tuples(st.sampled_from([0.05, 0.3, 2.0]),
+                                st.sampled_from(["i", 200_000, 5 * MB])),
+                      min_size=1, max_size=12),
+       die_at=st.floats(0.0, 1.0))
+def test_a_dead_driver_s_tasks_are_cancelled_and_its_objects_freed_on_every_node(
+        seed, n, tasks, die_at):
+    """A driver on node 0 submits tasks that run there and on its peers, some
+    finished (their STORE results kept in the stores of the nodes that ran them),
+    some running, some queued. Its process dies (ClientGone): on every node no
+    task of it is left running or queued, and no object of it in any store, in
+    any node's books or in the GCS."""
+    world = World([{"CPU": 1}] * n, seed=seed)
+    world.converge()
+    sim = world.sim
+    tasks = [(2.0, 5 * MB)] + tasks            # one at least still runs when it dies
+    for k, (duration, kind) in enumerate(tasks):
+        deps = [rid(k)] if k and k % 3 == 0 else []
+        world.submit(k + 1, duration=duration, returns=[kind], deps=deps)
+    sim.run(die_at)
+    owner = sim.nodes[0].node_id
+
+    def gone() -> bool:
+        for node in sim.nodes:
+            s = node.scheduler
+            if any(t.owner in (DRIVER, peer_client(owner)) for t in s.tasks.values()):
+                return False
+            if node.running() or node.store or s.objects.store_used:
+                return False
+            if node.fabric.gcs.items("loc") or node.fabric.gcs.items("obj"):
+                return False
+        return True
+    assert not gone()
+    sim.handle(0, ev.ClientGone(DRIVER))
+    # a force-cancel reaches a peer in a message; its answer and FreeObjects, one
+    # more; the GCS deletes, one push: well within a second
+    assert sim.run_until(gone, 1.0), [
+        (node.index, [t.name for t in node.scheduler.tasks.values()],
+         [r.task_id for r in node.running()], list(node.store),
+         node.scheduler.objects.store_used) for node in sim.nodes]
+    assert sim.violations == []
+    for node in sim.nodes:
+        assert not any(o in node.scheduler.objects.entries for o in
+                       [rid(k + 1) for k in range(len(tasks))]), node.index
