@@ -8,7 +8,9 @@ driver dies, nothing of it is left on any node.
 from __future__ import annotations
 
 import math
+import random
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -16,6 +18,7 @@ from zfabric import protocol as p
 from zfabric.core import events as ev
 from zfabric.core.membership import MemberState
 from zfabric.core.objects import peer_client
+from zfabric.core.spill import SPILL_CHECK_AGE
 
 from tests.harness.world import DRIVER, MB, SIM, World, rid
 
@@ -185,3 +188,107 @@ def test_a_dead_driver_s_tasks_are_cancelled_and_its_objects_freed_on_every_node
     for node in sim.nodes:
         assert not any(o in node.scheduler.objects.entries for o in
                        [rid(k + 1) for k in range(len(tasks))]), node.index
+
+
+# -- every task sent to a peer comes back within a bound ----------------------------------------
+
+@settings(max_examples=25, **SIM)
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(2, 3), owner_out=st.booleans(),
+       cut_at=st.floats(0.0, 0.5),
+       durations=st.lists(st.sampled_from([0.05, 0.2, 0.5]), min_size=1, max_size=8))
+def test_a_task_sent_to_a_peer_comes_back_during_a_one_way_cut(
+        seed, n, owner_out, cut_at, durations):
+    """The owner (node 0) spills tasks to its peers; then what it sends them is
+    lost for good (owner_out), or what they send it. The cut never heals, and
+    still every task comes back and finishes with its value, whatever each side
+    believes: the side that hears nothing declares the other dead -- the owner
+    takes its tasks back at once; a peer drops the owner's tasks, and the owner,
+    who still hears it, takes them back when the peer's gossip (its slow probe
+    of the dead) says it holds the owner DEAD, and sends it no more."""
+    world = World([{"CPU": 1}] * n, seed=seed)
+    world.converge()
+    sim = world.sim
+    cfg = sim.config
+    plans = [world.submit(k + 1, duration=d, max_retries=-1) for k, d in enumerate(durations)]
+    sim.run(cut_at)
+    cut = {"on": True}
+    sim.drop = cutter([0] + [1] * (n - 1), True, cut) if owner_out else \
+        cutter([1] + [0] * (n - 1), True, cut)
+    tau = cfg.gossip_interval + sim.step_size
+    probes = (n - 1) * cfg.dead_probe_rounds * tau
+    bound = cfg.failure_timeout + probes + 2 * tau + sum(durations) + 0.2
+    assert world.run_until_finished(plans, bound), \
+        [(pl.n, world.nodes[0].scheduler.tasks.get(pl.task_id)) for pl in plans
+         if not world.finished(pl)]
+    for plan in plans:
+        world.check_result(plan)
+    assert sim.violations == []
+    assert cut["on"]
+
+
+@settings(max_examples=20, **SIM)
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(2, 4), loss=st.floats(0.1, 0.6),
+       lossy_for=st.floats(0.5, 3.0),
+       tasks=st.lists(st.tuples(st.integers(0, 3), st.sampled_from([0.05, 0.2, 0.5])),
+                      min_size=1, max_size=10))
+def test_lost_task_messages_delay_a_task_by_a_bounded_time(seed, n, loss, lossy_for, tasks):
+    """Spill, TaskResult, Refuse, SpillCheck and Cancel messages are lost at random
+    (gossip gets through: both ends hold each other alive) for a while. Once
+    messages flow again, every task finishes within a SpillCheck (its age, a
+    tick, a round trip) plus the work: no lost message leaves a task hanging."""
+    world = World([{"CPU": 1}] * n, seed=seed)
+    world.converge()
+    sim = world.sim
+    rng = random.Random(seed)
+    lossy = {"on": True}
+    kinds = (p.Spill, p.TaskResult, p.Refuse, p.SpillCheck, p.Cancel)
+    lost = []
+
+    def drop(src, dst, msg):
+        if lossy["on"] and type(msg) in kinds and rng.random() < loss:
+            lost.append(type(msg).__name__)
+            return True
+        return False
+    sim.drop = drop
+    plans = [world.submit(k + 1, node=node % n, duration=d, max_retries=-1)
+             for k, (node, d) in enumerate(tasks)]
+    sim.run(lossy_for)
+    lossy["on"] = False
+    work = sum(pl.duration for pl in plans)
+    bound = SPILL_CHECK_AGE + 2 * sim.config.tick_interval + work + 0.2
+    assert world.run_until_finished(plans, bound), (
+        lost, [pl.n for pl in plans if not world.finished(pl)])
+    for plan in plans:
+        world.check_result(plan)
+    assert sim.violations == []
+
+
+@pytest.mark.parametrize("duration", [1.0, 2.5])
+def test_a_result_from_a_peer_the_owner_moved_on_from_is_dropped_and_its_copy_released(duration):
+    """The owner (node 0, busy) spills T (a 5 MB result) to node 1; node 1's gossip
+    to the owner is lost for 2 s, so the owner declares it dead and runs T
+    itself. Node 1 (which heard the owner all along) finishes T too: its
+    TaskResult comes while the owner holds it dead (duration 1.0) or after it
+    rejoined (2.5). The owner keeps the value it sealed first, and node 1 is
+    told to release its copy: nothing of T stays in its store."""
+    world = World([{"CPU": 1}, {"CPU": 1}], seed=7)
+    world.converge()
+    sim = world.sim
+    world.submit(1, duration=0.5)                                   # keeps the owner busy
+    t = world.submit(2, duration=duration, returns=[5 * MB])
+    sim.run(0.1)
+    owner, peer = world.nodes
+    assert owner.scheduler.tasks[t.task_id].node == peer.node_id
+    cut = {"on": True}
+    sim.drop = lambda src, dst, msg: cut["on"] and src == 1 and type(msg) is p.Gossip
+    sim.call_at(2.0, lambda: cut.update(on=False))
+    assert world.run_until_finished([t], 5.0)
+    world.check_result(t)
+    ran = [r.node for r in world.runs_of(t)]
+    assert ran == [1, 0], ran
+    oid = rid(2)
+    assert sim.run_until(lambda: all(r.end is not None for r in world.runs_of(t))
+                         and oid not in peer.store, 5.0), (peer.store.keys(), world.runs_of(t))
+    assert owner.store[oid] == (5 * MB, b"t" + oid)                # the owner's own run
+    assert owner.scheduler.stats["stale_results"] == 1
+    assert sim.violations == []

@@ -98,6 +98,7 @@ class Fabric:
         self._next_join = 0.0
         self._next_sched_tick = 0.0
         self._seen: dict[bytes, tuple] = {}   # peer -> (incarnation, heartbeat) given to the scheduler
+        self._held_dead_by: set[bytes] = set()   # peers whose last gossip held us DEAD
         self._timeline_seen = 0               # scheduler timeline entries published
         self._timeline_batches: deque = deque()   # (batch number, entries) in our shard
         self._timeline_kept = 0
@@ -275,6 +276,15 @@ class Fabric:
             self._out.append(fx.PeerSend(member.address, p.Gossip(
                 self.node_id, self.membership.rows(), self.gcs.wanted_vector(), False)))
         self._apply_changes(changes)
+        self._held_dead(sender, self.membership.holds_us_dead(msg.rows))
+
+    def _held_dead(self, sender: bytes, dead: bool) -> None:
+        """Does `sender` hold us DEAD? Then it dropped our tasks there (and refuses
+        more): they run again now, even while what we send it is lost (a one-way
+        cut), and none go there until its gossip no longer holds us dead."""
+        if dead != (sender in self._held_dead_by):
+            (self._held_dead_by.add if dead else self._held_dead_by.discard)(sender)
+            self._events.append(ev.DeclaredDead(sender, dead))
 
     def _apply_changes(self, changes: list) -> None:
         """Tell the scheduler who came, who went, and whose view changed."""
@@ -287,6 +297,7 @@ class Fabric:
                 self._events.append(ev.PeerSuspect(change.node_id))
             elif change.state in (MemberState.DEAD, MemberState.LEFT):
                 self._seen.pop(change.node_id, None)
+                self._held_dead_by.discard(change.node_id)
                 how = "left" if change.state == MemberState.LEFT else "failed"
                 self._events.append(ev.PeerDown(change.node_id, f"node {ids.short(change.node_id)} {how}"))
                 self._transfer(self.transfers.on_holder_dead(change.node_id, self._now))

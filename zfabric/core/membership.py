@@ -167,6 +167,16 @@ class Membership:
         m = self.members.get(sender)
         return m is not None and m is not self.me and m.state == DEAD
 
+    def holds_us_dead(self, rows) -> bool:
+        """Do a peer's rows (its own view) hold us DEAD? Then that peer dropped
+        what it ran for us, whatever our incarnation: it has not revived us."""
+        if isinstance(rows, (list, tuple)):
+            for row in rows:
+                parsed = _parse(row)
+                if parsed is not None and parsed[0] == self.me.node_id:
+                    return parsed[4] == DEAD
+        return False
+
     def alone(self) -> bool:
         """No peer is ALIVE or SUSPECT in our view (all DEAD or LEFT, or none known)."""
         return not any(m.state in LIVE for m in self.members.values() if m is not self.me)
