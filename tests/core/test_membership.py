@@ -545,6 +545,15 @@ def test_a_message_from_a_member_held_dead_is_answered_and_it_rejoins_both_ways(
         assert x.members[nid(y_i)].incarnation == 1 and not x.answers(nid(y_i))
 
 
+def test_holds_us_dead_reads_the_sender_s_own_row_about_us():
+    m = new(0)
+    assert m.holds_us_dead([row(1), row(0, inc=0, state=DEAD)])
+    assert m.holds_us_dead([row(0, inc=5, state=DEAD)])          # whatever the incarnation
+    assert not m.holds_us_dead([row(0, state=SUSPECT), row(1, state=DEAD)])
+    assert not m.holds_us_dead([row(1)]) and not m.holds_us_dead([])
+    assert not m.holds_us_dead("rows") and not m.holds_us_dead([[nid(0), "x", 0, 0, 2, {}]])
+
+
 def test_one_way_loss_only_one_side_notices_and_the_heal_brings_it_back():
     """What Y sends X is lost: X declares Y DEAD, Y holds X ALIVE all along
     (X's suspicion reached it: it refuted, but its refutation was lost too; X's
