@@ -1,5 +1,7 @@
-"""A driver process SIGKILLed mid-job on a 3-node LocalCluster: every node drops
-what it held for it (tasks queued, running or spilled there; objects in its store)."""
+"""Drivers and the nodes under them die: a driver process SIGKILLed mid-job on a
+3-node LocalCluster (every node drops what it held for it: tasks queued, running
+or spilled there; objects in its store), and a get without timeout whose task's
+node dies (it raises, it does not hang)."""
 from __future__ import annotations
 
 import os
@@ -12,6 +14,7 @@ import time
 import pytest
 
 import zfabric as zf
+from zfabric import ids
 from zfabric.config import Config
 from zfabric.testing import LocalCluster
 
@@ -103,5 +106,38 @@ def test_a_killed_driver_leaves_no_task_and_no_object_on_any_node():
             def one():
                 return 1
             assert zf.get([one.remote() for _ in range(6)], timeout=30) == [1] * 6
+        finally:
+            zf.shutdown()
+
+
+@zf.remote(resources={"there": 1}, max_retries=0)
+def sleep_there(seconds: float) -> str:
+    time.sleep(seconds)
+    return zf.get_runtime_context().get_node_id()
+
+
+def test_a_get_without_timeout_of_a_task_on_a_node_that_dies_raises():
+    """Every wait has a bound: the only node that can run the task dies while
+    running it (no retries left): the get, without a timeout, raises
+    NodeDiedError once the node is declared dead, and a get of an object the
+    node does not know raises ObjectLostError at once."""
+    if zf.is_initialized():
+        zf.shutdown()
+    config = Config.from_env().replace(failure_timeout=1.5)
+    with LocalCluster(nodes=1, num_cpus=1, config=config) as cluster:
+        there = cluster.add_node(num_cpus=1, resources={"there": 1})
+        zf.init(address=cluster.address)
+        try:
+            ref = sleep_there.remote(600)
+            deadline = time.monotonic() + 20
+            while not own(cluster, there)["tasks_running"]:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            cluster.kill_node(there)
+            with pytest.raises(zf.exceptions.NodeDiedError, match="sleep_there"):
+                zf.get(ref)
+            stranger = zf.ObjectRef(bytes(ids.OBJECT_ID_SIZE))   # never made anywhere
+            with pytest.raises(zf.exceptions.ObjectLostError, match="does not exist"):
+                zf.get(stranger)
         finally:
             zf.shutdown()
