@@ -263,32 +263,46 @@ def test_lost_task_messages_delay_a_task_by_a_bounded_time(seed, n, loss, lossy_
     assert sim.violations == []
 
 
-@pytest.mark.parametrize("duration", [1.0, 2.5])
-def test_a_result_from_a_peer_the_owner_moved_on_from_is_dropped_and_its_copy_released(duration):
-    """The owner (node 0, busy) spills T (a 5 MB result) to node 1; node 1's gossip
-    to the owner is lost for 2 s, so the owner declares it dead and runs T
-    itself. Node 1 (which heard the owner all along) finishes T too: its
-    TaskResult comes while the owner holds it dead (duration 1.0) or after it
-    rejoined (2.5). The owner keeps the value it sealed first, and node 1 is
-    told to release its copy: nothing of T stays in its store."""
+@pytest.mark.parametrize("how", ["gossip lost", "link slow"])
+def test_work_a_peer_holds_for_an_owner_that_moved_on_is_dropped_and_its_copy_released(how):
+    """The owner (node 0, busy) spills T (a 5 MB result) to node 1, then stops
+    hearing node 1 for a while -- node 1's gossip is lost ("gossip lost", T
+    runs 2.5 s), or everything node 1 sends takes a second ("link slow", T
+    runs 0.4 s) -- declares it dead, and runs T itself. Node 1, which hears the
+    owner all along, learns from the owner's gossip that it is held dead and
+    stops T; or, T done, its TaskResult reaches the owner late and is dropped
+    (the value sealed first stays) and the owner tells node 1 to release its
+    copy. Either way nothing of T stays in node 1's store, and T's value at
+    the owner is the owner's own."""
     world = World([{"CPU": 1}, {"CPU": 1}], seed=7)
     world.converge()
     sim = world.sim
     world.submit(1, duration=0.5)                                   # keeps the owner busy
-    t = world.submit(2, duration=duration, returns=[5 * MB])
+    t = world.submit(2, duration=2.5 if how == "gossip lost" else 0.4, returns=[5 * MB])
     sim.run(0.1)
     owner, peer = world.nodes
     assert owner.scheduler.tasks[t.task_id].node == peer.node_id
-    cut = {"on": True}
-    sim.drop = lambda src, dst, msg: cut["on"] and src == 1 and type(msg) is p.Gossip
-    sim.call_at(2.0, lambda: cut.update(on=False))
+    if how == "gossip lost":
+        cut = {"on": True}
+        sim.drop = lambda src, dst, msg: cut["on"] and src == 1 and type(msg) is p.Gossip
+        sim.call_at(2.0, lambda: cut.update(on=False))
+    else:
+        sim.extra_delay[(1, 0)] = 1.0
+        sim.call_at(1.2, lambda: sim.extra_delay.clear())
     assert world.run_until_finished([t], 5.0)
     world.check_result(t)
-    ran = [r.node for r in world.runs_of(t)]
-    assert ran == [1, 0], ran
+    ran = world.runs_of(t)
+    assert [r.node for r in ran] == [1, 0], ran
     oid = rid(2)
-    assert sim.run_until(lambda: all(r.end is not None for r in world.runs_of(t))
-                         and oid not in peer.store, 5.0), (peer.store.keys(), world.runs_of(t))
+    assert sim.run_until(lambda: oid not in peer.store and not peer.running()
+                         and t.task_id not in peer.scheduler.tasks, 5.0), \
+        (list(peer.store), peer.running())
     assert owner.store[oid] == (5 * MB, b"t" + oid)                # the owner's own run
-    assert owner.scheduler.stats["stale_results"] == 1
+    assert sim.run_until(lambda: sim.converged() and oid not in peer.store, 5.0)
+    if how == "gossip lost":
+        assert ran[0].end is None                                   # stopped at node 1
+    else:
+        assert ran[0].end is not None and owner.scheduler.stats["stale_results"] == 1
+    assert owner.store[oid] == (5 * MB, b"t" + oid) and world.readies()[oid] == \
+        world.readies()[oid][:1]                                  # sealed once, kept
     assert sim.violations == []

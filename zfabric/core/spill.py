@@ -214,17 +214,20 @@ class Spillover:
         self.sched.retry_or_fail(task, None)   # (arguments elsewhere are pulled if it runs here)
 
     def on_declared_dead(self, event) -> None:
-        """A peer holds us DEAD (its gossip says so): it dropped our tasks when it
-        declared it (`peer_down` there) and refuses new ones until it hears we
-        rejoined. Ours there come back now, as from a dead peer: nothing else
-        would bring them back while what we send it is lost. None go there until
-        its gossip no longer holds us dead (`event.dead` False)."""
+        """A peer holds us DEAD (its gossip says so). When it declared it
+        (`peer_down` there) it dropped our tasks, and refuses new ones until it
+        hears we rejoined: ours there come back now, as from a dead peer --
+        nothing else would while what we send it is lost -- and none go there
+        until its gossip no longer holds us dead (`event.dead` False). It also
+        took back the tasks it had sent us and forgot our copies: those tasks
+        stop here and its holds go, as if it had died (it runs them elsewhere)."""
         s = self.sched
         view = self.peers.get(event.node_id)
         if view is not None:
             view.refused_until = float("inf") if event.dead else s.now
         if not event.dead:
             return
+        self._drop_work_of(event.node_id)
         for task in [t for t in s.tasks.values()
                      if t.state == TaskState.SPILLED and t.node == event.node_id]:
             self.came_back(task)
@@ -276,6 +279,11 @@ class Spillover:
         self.dead.add(node_id)
         if self.peers.pop(node_id, None) is None:
             return False
+        self._drop_work_of(node_id)
+        return True
+
+    def _drop_work_of(self, node_id: bytes) -> None:
+        """Stop the tasks `node_id` forwarded us, quietly, and drop its holds here."""
         s = self.sched
         owner = peer_client(node_id)
         orphans = [t for t in s.tasks.values() if t.owner == owner]
@@ -284,7 +292,6 @@ class Spillover:
         for task in orphans:
             s.cancel_task(task, force=True, recursive=True)
         s.objects.drop_client(owner)
-        return True
 
     def take_back(self, node_id: bytes) -> list[Task]:
         """Our tasks a dead peer ran: WAITING again, for the scheduler to retry."""
