@@ -88,6 +88,11 @@ class Config:
     gossip_interval: float = 0.1
     gossip_fanout: int = 3
     failure_timeout: float = 3.0
+    # A node keeps probing the members it declared dead, and its seeds while it
+    # sees no live peer, once every this many gossip rounds (one dead member per
+    # probe, in turn): the slow rate at which a node cut off from some or all
+    # of its peers finds them again after the cut heals (10 rounds: 1 s).
+    dead_probe_rounds: int = 10
     # Seconds a joining node tries to reach the address it was given.
     join_timeout: float = 10.0
     # A node that left gracefully is listed (nodes(), status) and gossiped for

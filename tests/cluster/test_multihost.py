@@ -31,6 +31,10 @@ by interpreter start-up.
   within failure_timeout + 2 s and tasks complete on A and B only; the port
   comes back up; C is alive again in A's view (and C sees A and B) within
   15 s, and tasks run on all three again.
+- test_a_driver_on_every_host_right_after_a_heal: C is cut off for 5 s (each
+  side declares the other dead); the moment the port is up again, a driver
+  on each of A, B and C submits 12 tasks (a `get` without timeout); every
+  driver gets every right value, and the tasks ran on all three nodes.
 
 Skipped (with the reason) when not root, when `ip` is missing, or when a
 namespace/veth/bridge cannot be created. Everything is torn down in the
@@ -47,8 +51,9 @@ import time
 
 import pytest
 
-from tests.harness.netns import (BIG_ELEMENTS, FAILURE_TIMEOUT, cluster, driver,  # noqa: F401
-                                 logs_on_failure, rx_bytes, states, status, wait_until)
+from tests.harness.netns import (BIG_ELEMENTS, FAILURE_TIMEOUT, Driver,  # noqa: F401
+                                 cluster, driver, logs_on_failure, rx_bytes, states, status,
+                                 stop_process, wait_until)
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
@@ -165,3 +170,39 @@ def test_partition_and_heal(cluster, driver):
         ran_on = driver.tasks(12, 0.2)
         assert set(ran_on) == everyone, (
             f"after the heal tasks ran on {sorted(set(ran_on))}, not on all of A/B/C")
+
+
+def test_a_driver_on_every_host_right_after_a_heal(cluster, driver):
+    with logs_on_failure(cluster):
+        a, b, c = (cluster.hosts[n] for n in "abc")
+        everyone = {a.node_id, b.node_id, c.node_id}
+        drivers = [driver]
+        try:
+            for host in (b, c):   # started (and attached) before the cut, idle until the heal
+                d = Driver(cluster, host)
+                drivers.append(d)
+                wait_until(f"{host.name}'s driver sees all three nodes alive",
+                           lambda d=d: everyone <= d.alive(), 20)
+            cluster.cut(c)
+            try:
+                time.sleep(5.0)   # > failure_timeout: each side declares the other dead
+                assert states(c, [a, b, c]) == {"a": "dead", "b": "dead", "c": "alive"}
+                assert states(a, [a, b, c])["c"] == "dead"
+            finally:
+                cluster.heal(c)
+            for d in drivers:     # at once, all three
+                d.ask("squares", n=12, duration=0.2)
+            ran_on = set()
+            for d in drivers:
+                out = d.answer(wait=60)
+                assert out["values"] == [i * i for i in range(12)], (d.host.name, out)
+                assert set(out["nodes"]) <= everyone, (d.host.name, out["nodes"])
+                ran_on |= set(out["nodes"])
+                print(f"driver on {d.host.name}: tasks ran on "
+                      f"{ {h.name: out['nodes'].count(h.node_id) for h in (a, b, c)} }")
+            assert ran_on == everyone, ran_on
+            wait_until("every node sees all three alive", lambda: all(
+                set(states(h, [a, b, c]).values()) == {"alive"} for h in (a, b, c)), 10)
+        finally:
+            for d in drivers[1:]:
+                d.close()

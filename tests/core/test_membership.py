@@ -434,6 +434,146 @@ def test_a_partition_heals_into_one_cluster_with_higher_incarnations(
                     == sim.nodes[j].me.incarnation
 
 
+# -- 4b. any partitions, symmetric or one-way, several islands: agreement after the last heal
+
+def cut_islands(sim, islands: list[int], one_way: bool) -> None:
+    """Nodes with different island numbers are cut from each other; one way: only
+    what a lower island sends a higher one is lost."""
+    n = len(islands)
+    for a in range(n):
+        for b in range(n):
+            if islands[a] < islands[b] or (not one_way and islands[a] > islands[b]):
+                sim.cut([a], [b])
+
+
+partitions = st.lists(st.tuples(st.lists(st.integers(0, 2), min_size=8, max_size=8),
+                                st.booleans(), st.floats(0.0, 7.0), st.floats(0.0, 2.0)),
+                      min_size=1, max_size=3)
+
+
+def agreement_bound(n: int, fanout: int, dead_probe_rounds: int, hi: float) -> float:
+    """Seconds from the last heal until every node sees every node ALIVE.
+
+    After the heal, within G rounds (G = ceil((n-1)/fanout)) plus a delay every
+    node hears every peer it holds live, so no timer declares anyone DEAD later
+    than that. A node probes the members it holds DEAD in turn, one every
+    dead_probe_rounds rounds (P seconds): each within (n-1)*P. A probed node
+    that holds the prober DEAD answers at once, and either side learns from the
+    other's rows that it was declared dead and refutes; the higher incarnation
+    reaches the other within G rounds (it holds the refuter live by then, or the
+    refuter's answer carried it). So: (n-1)*P + 3 G-round walks + 4 delays."""
+    g = rounds_to_cover(n - 1, fanout)
+    return (n - 1) * dead_probe_rounds * TAU + 3 * g * TAU + 4 * (hi + STEP)
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=seeds, n=st.integers(2, 8), fanout=st.integers(1, 4), hi=st.floats(0.0, 0.05),
+       dead_probe_rounds=st.sampled_from([2, 5, 10]), episodes=partitions)
+def test_after_any_partitions_heal_every_node_agrees_within_a_bound(
+        seed, n, fanout, hi, dead_probe_rounds, episodes):
+    # Each episode cuts the nodes into up to three islands, both ways or one way
+    # (a lower island's messages to a higher one lost: only one side notices),
+    # for a random time, then heals for a random time. Some episodes leave a
+    # node with every peer DEAD (alone); some end before any timer fired.
+    ft = 3.0
+    sim = MembershipSim(n, seed, step=STEP, delay=(0.0, hi), failure_timeout=ft,
+                        gossip_interval=GI, fanout=fanout, dead_probe_rounds=dead_probe_rounds)
+    sim.run(0.5)
+    for islands, one_way, cut_for, healed_for in episodes:
+        cut_islands(sim, islands[:n], one_way)
+        sim.run(cut_for)
+        sim.heal()
+        sim.run(healed_for)
+    # (the clock since the last heal: `healed_for` of the last episode is already spent)
+    healed_at = sim.now - episodes[-1][3]
+
+    def agreed():
+        return all(s == ALIVE for i in range(n) for s in sim.view(i).values())
+    bound = agreement_bound(n, fanout, dead_probe_rounds, hi)
+    assert sim.run_until(agreed, max(0.0, healed_at + bound - sim.now)), \
+        ({i: sim.view(i) for i in range(n)}, sim.now - healed_at, bound)
+    sim.run(ft)                                                   # and it stays so
+    assert agreed()
+    for i in range(n):
+        for j in range(n):
+            if i != j:
+                assert sim.nodes[i].members[sim.nodes[j].me.node_id].incarnation \
+                    == sim.nodes[j].me.incarnation
+
+
+def test_a_node_alone_keeps_probing_its_dead_members_in_turn():
+    """Cut off from everyone both ways, a node declares them all DEAD and goes on
+    probing them, one per dead_probe_rounds rounds, each in turn, for as long
+    as the cut lasts; the first probe after the heal brings it back."""
+    sim = MembershipSim(5, 3, step=STEP, failure_timeout=1.0, gossip_interval=GI,
+                        dead_probe_rounds=4)
+    sim.run(0.5)
+    sim.partition([0], range(1, 5))
+    assert sim.run_until(lambda: set(sim.view(0).values()) == {DEAD}, 2.0)
+    lonely = sim.nodes[0]
+    assert lonely.alone()
+    probed = []
+    for _ in range(40):                        # 40 rounds (only node 0 runs meanwhile)
+        for _ in range(round(TAU / STEP)):
+            sim.clock.advance()
+        targets, _ = lonely.tick(sim.now)
+        probed += [sim.index[t] for t, _ in targets]
+    assert len(probed) == 10                                      # one per 4 rounds
+    assert sorted(probed[:4]) == [1, 2, 3, 4] and probed[4:8] == probed[:4]
+    sim.heal()
+    assert sim.run_until(lambda: all(s == ALIVE for i in range(5) for s in sim.view(i).values()),
+                         4 * 4 * TAU + 3 * TAU + 4 * STEP)
+
+
+def test_a_message_from_a_member_held_dead_is_answered_and_it_rejoins_both_ways():
+    """X holds Y DEAD (a third node's verdict) while Y knows nothing of it. When Y
+    speaks to X, X answers with its rows (`answers`); Y learns it was declared
+    dead and rejoins with a higher incarnation, which revives it at X. Both ways."""
+    for x_i, y_i in ((1, 2), (2, 1)):
+        x, y = new(x_i), new(y_i)
+        x.merge(y.rows(), 0.0)
+        y.merge(x.rows(), 0.0)
+        x.tick(0.1), y.tick(0.1)
+        x.merge(y.rows(), 0.1)
+        hb = x.members[nid(y_i)].heartbeat
+        assert [c.state for c in x.merge([row(y_i, hb=hb, state=DEAD)], 0.2)] == [DEAD]
+        assert x.answers(nid(y_i)) and not y.answers(nid(x_i))
+        assert x.merge(y.rows(), 0.3) == []                   # DEAD is final for inc 0
+        y.merge(x.rows(), 0.3)                                # the answer
+        assert y.me.incarnation == 1 and y.me.state == ALIVE
+        assert [c.state for c in x.merge(y.rows(), 0.4)] == [ALIVE]
+        assert x.members[nid(y_i)].incarnation == 1 and not x.answers(nid(y_i))
+
+
+def test_holds_us_dead_reads_the_sender_s_own_row_about_us():
+    m = new(0)
+    assert m.holds_us_dead([row(1), row(0, inc=0, state=DEAD)])
+    assert m.holds_us_dead([row(0, inc=5, state=DEAD)])          # whatever the incarnation
+    assert not m.holds_us_dead([row(0, state=SUSPECT), row(1, state=DEAD)])
+    assert not m.holds_us_dead([row(1)]) and not m.holds_us_dead([])
+    assert not m.holds_us_dead("rows") and not m.holds_us_dead([[nid(0), "x", 0, 0, 2, {}]])
+
+
+def test_one_way_loss_only_one_side_notices_and_the_heal_brings_it_back():
+    """What Y sends X is lost: X declares Y DEAD, Y holds X ALIVE all along
+    (X's suspicion reached it: it refuted, but its refutation was lost too; X's
+    probes of the dead, every dead_probe_rounds rounds, keep Y hearing from it).
+    After the heal Y's next round to X carries the higher incarnation."""
+    for declarer, declared in ((0, 1), (1, 0)):
+        sim = MembershipSim(2, 5, step=STEP, failure_timeout=3.0, gossip_interval=GI)
+        sim.run(0.3)
+        sim.cut([declared], [declarer])
+        assert sim.run_until(lambda: sim.state(declarer, declared) == DEAD, 4.0)
+        sim.run(3.0)
+        assert sim.state(declared, declarer) == ALIVE
+        dead_inc = sim.nodes[declarer].members[sim.ids[declared]].incarnation
+        assert sim.nodes[declared].me.incarnation > dead_inc
+        sim.heal()
+        assert sim.run_until(lambda: sim.state(declarer, declared) == ALIVE, 2 * TAU + 2 * STEP)
+        assert sim.nodes[declarer].members[sim.ids[declared]].incarnation \
+            == sim.nodes[declared].me.incarnation
+
+
 # -- 5. a graceful leave is final ----------------------------------------------
 
 @settings(max_examples=30, deadline=None)

@@ -342,6 +342,16 @@ DRIVER = textwrap.dedent("""
     def op_tasks(n, duration, timeout):
         return zf.get([where.remote(duration) for _ in range(n)], timeout=timeout)
 
+    @zf.remote(num_cpus=1)
+    def square(i, duration):
+        time.sleep(duration)
+        return i * i, zf.get_runtime_context().get_node_id()
+
+    def op_squares(n, duration):
+        # a get without a timeout: it must come back by itself
+        out = zf.get([square.remote(i, duration) for i in range(n)])
+        return {"values": [v for v, _ in out], "nodes": [node for _, node in out]}
+
     KEPT = []   # what op_big got, until op_release: its store file stays put meanwhile
 
     def op_big(n, seed, timeout):
@@ -360,7 +370,7 @@ DRIVER = textwrap.dedent("""
         KEPT.clear()
 
     OPS = {"info": op_info, "nodes": op_nodes, "tasks": op_tasks, "big": op_big,
-           "release": op_release}
+           "release": op_release, "squares": op_squares}
     print(MARK + json.dumps({"ok": "ready"}), flush=True)
     for line in sys.stdin:
         req = json.loads(line)
@@ -422,8 +432,16 @@ class Driver:
 
     def call(self, op: str, *, wait: float = 30.0, **kwargs):
         """Ask the driver to run `op(**kwargs)`; wait at most `wait` s for the answer."""
+        self.ask(op, **kwargs)
+        return self._reply(wait)
+
+    def ask(self, op: str, **kwargs) -> None:
+        """Ask the driver to run `op(**kwargs)` without waiting (see `answer`)."""
         self.proc.stdin.write((json.dumps({"op": op, **kwargs}) + "\n").encode())
         self.proc.stdin.flush()
+
+    def answer(self, wait: float):
+        """The answer to the last `ask`; fails if none comes within `wait` s."""
         return self._reply(wait)
 
     def nodes(self) -> dict[str, dict]:

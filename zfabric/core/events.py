@@ -139,3 +139,13 @@ class PeerDown:
     """(fabric -> scheduler) A peer died or left."""
     node_id: bytes
     reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class DeclaredDead:
+    """(fabric -> scheduler) A peer's gossip holds this node DEAD (`dead`), or
+    no longer does. While it does, that peer has dropped every task we had sent
+    it and refuses new ones, and it took back the tasks it sent us and forgot
+    our copies; we may still hear it while it cannot hear us (a one-way cut)."""
+    node_id: bytes
+    dead: bool

@@ -71,6 +71,7 @@ def build(config, *, node_id: bytes, resources: dict, store_capacity: int, info:
     membership = Membership(node_id, info["address"], static, now=now,
                             rng=random.Random(node_id), failure_timeout=config.failure_timeout,
                             gossip_interval=config.gossip_interval, fanout=config.gossip_fanout,
+                            dead_probe_rounds=config.dead_probe_rounds,
                             pause_threshold=config.failure_timeout / 4,
                             forget_left_after=config.forget_left_after)
     return Fabric(scheduler, membership, Gcs(node_id, log_capacity=config.gcs_log_capacity),
@@ -98,6 +99,7 @@ class Fabric:
         self._next_join = 0.0
         self._next_sched_tick = 0.0
         self._seen: dict[bytes, tuple] = {}   # peer -> (incarnation, heartbeat) given to the scheduler
+        self._held_dead_by: set[bytes] = set()   # peers whose last gossip held us DEAD
         self._timeline_seen = 0               # scheduler timeline entries published
         self._timeline_batches: deque = deque()   # (batch number, entries) in our shard
         self._timeline_kept = 0
@@ -204,6 +206,18 @@ class Fabric:
             for address in self.seeds:
                 self._out.append(fx.JoinSend(address, hello))
 
+    def _probe_seeds(self) -> None:
+        """Alone (every peer declared dead, or none known) after we joined: ask
+        the seeds for their rows at the slow probe rate, as a join does. Beside
+        the probes of the dead members we still know, this finds the cluster
+        again after a cut that healed, whatever became of those members."""
+        m = self.membership
+        if self.joined and self.seeds and m.probe_round and m.alone():
+            hello = p.Gossip(self.node_id, m.rows(), self.gcs.wanted_vector(), True)
+            for address in self.seeds:
+                if address != m.me.address:
+                    self._out.append(fx.JoinSend(address, hello))
+
     def _on_tick(self) -> None:
         now = self._now
         self._publish_view()
@@ -213,6 +227,7 @@ class Fabric:
             for _node, address in targets:
                 self._out.append(fx.PeerSend(address, msg))
         self._apply_changes(changes)
+        self._probe_seeds()
         for node_id in self.membership.take_forgotten():   # it left long ago
             self.gcs.drop_shard(node_id)
         self._transfer(self.transfers.on_tick(now))
@@ -256,7 +271,7 @@ class Fabric:
         updates = self.gcs.updates_for(msg.vector)
         if updates:
             self._out.append(fx.PeerSend(member.address, p.GcsUpdate(self.node_id, updates)))
-        if msg.reply or member.state == MemberState.DEAD:
+        if msg.reply or self.membership.answers(sender):
             # a join or a probe asks for our rows; and a member we declared dead
             # is told so at once (our rows say it), so that it refutes -- rejoins
             # with a higher incarnation -- instead of waiting for our next slow
@@ -265,6 +280,15 @@ class Fabric:
             self._out.append(fx.PeerSend(member.address, p.Gossip(
                 self.node_id, self.membership.rows(), self.gcs.wanted_vector(), False)))
         self._apply_changes(changes)
+        self._held_dead(sender, self.membership.holds_us_dead(msg.rows))
+
+    def _held_dead(self, sender: bytes, dead: bool) -> None:
+        """Does `sender` hold us DEAD? Then it dropped our tasks there (and refuses
+        more): they run again now, even while what we send it is lost (a one-way
+        cut), and none go there until its gossip no longer holds us dead."""
+        if dead != (sender in self._held_dead_by):
+            (self._held_dead_by.add if dead else self._held_dead_by.discard)(sender)
+            self._events.append(ev.DeclaredDead(sender, dead))
 
     def _apply_changes(self, changes: list) -> None:
         """Tell the scheduler who came, who went, and whose view changed."""
@@ -277,6 +301,7 @@ class Fabric:
                 self._events.append(ev.PeerSuspect(change.node_id))
             elif change.state in (MemberState.DEAD, MemberState.LEFT):
                 self._seen.pop(change.node_id, None)
+                self._held_dead_by.discard(change.node_id)
                 how = "left" if change.state == MemberState.LEFT else "failed"
                 self._events.append(ev.PeerDown(change.node_id, f"node {ids.short(change.node_id)} {how}"))
                 self._transfer(self.transfers.on_holder_dead(change.node_id, self._now))

@@ -25,9 +25,17 @@ Failure detection is gossip-style heartbeating with SWIM incarnations:
   an older heartbeat than we know is not adopted: after a partition heals,
   each side's verdicts about nodes the other side still heard from do not
   make those nodes die everywhere for a moment;
-- every `dead_probe_rounds` rounds one DEAD member also gets our digest: if
+- every `dead_probe_rounds` rounds one DEAD member also gets our digest, the
+  DEAD members taken in turn along the gossip cycle, so each is probed at
+  least once every `dead_probe_rounds` * (number of DEAD members) rounds: if
   it is alive behind a healed partition, it learns it was declared dead and
-  rejoins;
+  rejoins. This goes on for good, also when every peer is DEAD (we are
+  alone): nothing else would bring a node cut off from all its peers back;
+- a message from a member we hold DEAD is answered with our rows at once
+  (`answers`: the caller sends them), so that it learns it was declared dead
+  and rejoins without waiting for our next probe: after a heal, whichever
+  side declared whom dead, the first message across the cut starts the
+  refutation;
 - a gap longer than `pause_threshold` between our own ticks (we were
   paused) restarts the peers' silence clocks instead of counting against them.
 
@@ -130,6 +138,8 @@ class Membership:
         # is sized against. A newcomer goes in at a random place.
         self._ring: list[bytes] = []
         self._next = 0                       # index in _ring of the next candidate
+        self._next_dead = 0                  # index in _ring where the next probe search starts
+        self.probe_round = False             # did the last tick() make a round that probes the dead?
 
     # -- our own state ------------------------------------------------------
 
@@ -151,6 +161,26 @@ class Membership:
     def peers(self, states=LIVE) -> list[Member]:
         return [m for m in self.members.values() if m is not self.me and m.state in states]
 
+    def answers(self, sender: bytes) -> bool:
+        """Should a message from `sender` be answered with our rows at once?
+        Yes if we hold it DEAD: our rows tell it so, and it refutes (rejoins)."""
+        m = self.members.get(sender)
+        return m is not None and m is not self.me and m.state == DEAD
+
+    def holds_us_dead(self, rows) -> bool:
+        """Do a peer's rows (its own view) hold us DEAD? Then that peer dropped
+        what it ran for us, whatever our incarnation: it has not revived us."""
+        if isinstance(rows, (list, tuple)):
+            for row in rows:
+                parsed = _parse(row)
+                if parsed is not None and parsed[0] == self.me.node_id:
+                    return parsed[4] == DEAD
+        return False
+
+    def alone(self) -> bool:
+        """No peer is ALIVE or SUSPECT in our view (all DEAD or LEFT, or none known)."""
+        return not any(m.state in LIVE for m in self.members.values() if m is not self.me)
+
     # -- stimuli ------------------------------------------------------------
 
     def take_forgotten(self) -> list[bytes]:
@@ -161,6 +191,7 @@ class Membership:
     def tick(self, now: float) -> tuple[list[tuple[bytes, str]], list[Change]]:
         """Check timeouts; once per gossip_interval, also a round: the
         (node_id, address) of each peer to send rows() to."""
+        self.probe_round = False
         changes = self._check_timeouts(now)
         if self.forget_left_after is not None:
             self._forget_left(now)
@@ -174,10 +205,11 @@ class Membership:
         if self._next_info is not None:
             self.me.info, self._next_info = self._next_info, None
         targets = self._walk()
-        if self.rounds % self.dead_probe_rounds == 0:
-            dead = self.peers((DEAD,))
-            if dead:
-                targets.append(self.rng.choice(dead))
+        self.probe_round = self.rounds % self.dead_probe_rounds == 0
+        if self.probe_round:
+            dead = self._walk_dead()
+            if dead is not None:
+                targets.append(dead)
         return [(m.node_id, m.address) for m in targets], changes
 
     def merge(self, rows: list, now: float) -> list[Change]:
@@ -289,10 +321,8 @@ class Membership:
             del self.members[m.node_id]
             i = self._ring.index(m.node_id)
             del self._ring[i]
-            if i < self._next:
-                self._next -= 1
-            if self._next >= len(self._ring):
-                self._next = 0
+            self._next = _after_removal(self._next, i, len(self._ring))
+            self._next_dead = _after_removal(self._next_dead, i, len(self._ring))
             self.forgotten.add(m.node_id)
             self._newly_forgotten.append(m.node_id)
 
@@ -301,6 +331,8 @@ class Membership:
         self._ring.insert(i, node_id)
         if i < self._next:
             self._next += 1   # keep the same candidate next
+        if i < self._next_dead:
+            self._next_dead += 1
 
     def _walk(self) -> list[Member]:
         """The next `fanout` live peers along the cycle (all of them if fewer)."""
@@ -312,6 +344,17 @@ class Membership:
             if m.state in LIVE:
                 picked.append(m)
         return picked
+
+    def _walk_dead(self) -> Member | None:
+        """The next DEAD member along the cycle after the last one probed, or None."""
+        n = len(self._ring)
+        for k in range(n):
+            i = (self._next_dead + k) % n
+            m = self.members[self._ring[i]]
+            if m.state == DEAD:
+                self._next_dead = (i + 1) % n
+                return m
+        return None
 
     # -- invariants ---------------------------------------------------------
 
@@ -331,7 +374,15 @@ class Membership:
         assert sorted(self._ring) == sorted(n for n in self.members if n != me.node_id)
         assert not self.forgotten & set(self.members)
         assert 0 <= self._next < max(1, len(self._ring))
+        assert 0 <= self._next_dead < max(1, len(self._ring))
         assert self.malformed >= 0
+
+
+def _after_removal(index: int, removed: int, length: int) -> int:
+    """A cursor into the ring after the entry at `removed` went (`length`: the new length)."""
+    if removed < index:
+        index -= 1
+    return 0 if index >= length else index
 
 
 def _change(m: Member) -> Change:

@@ -63,7 +63,7 @@ class Scheduler:
         self.stats = {"submitted": 0, "finished": 0, "failed": 0, "cancelled": 0,
                       "retried": 0, "prefetched": 0, "workers_started": 0, "workers_crashed": 0,
                       "spilled": 0, "refused": 0, "accepted": 0, "fetches": 0,
-                      "rebuilt": 0, "sealed_twice": 0,
+                      "rebuilt": 0, "sealed_twice": 0, "dropped_by_peer": 0, "stale_results": 0,
                       "evicted": 0, "spilled_objects": 0, "restored": 0, "spill_failures": 0}
         self.out = fx.Outbox()
         self.tasks: dict[bytes, Task] = {}
@@ -102,7 +102,7 @@ class Scheduler:
             ev.ClientGone: self._on_client_gone, ev.Tick: self._on_tick,
             ev.ObjectFetched: self._on_fetched, ev.FetchFailed: self._on_fetch_failed,
             ev.PeerUp: self._on_peer_up, ev.PeerDown: self._on_peer_down,
-            ev.PeerSuspect: self._on_peer_suspect,
+            ev.PeerSuspect: self._on_peer_suspect, ev.DeclaredDead: self.spill.on_declared_dead,
             ev.ObjectSpilled: lambda e: self.objects.spilled(e.oid),
             ev.SpillFailed: lambda e: self.objects.spill_failed(e.oid, e.error),
             ev.ObjectRestored: lambda e: self.objects.restored(e.oid),

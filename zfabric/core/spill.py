@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from .. import protocol as p
 from .. import ids, records
-from ..exceptions import ZFabricError
+from ..exceptions import NodeDiedError, ZFabricError
 from ..protocol import ObjectState, TaskStatus
 from . import placement
 from . import resources as rs
@@ -62,6 +62,8 @@ class Spillover:
         self.refuse_backoff = refuse_backoff
         self.locality_min_bytes = locality_min_bytes
         self.peers: dict[bytes, PeerView] = {}
+        self.dead: set[bytes] = set()       # peers we declared dead (PeerDown), until a PeerUp
+        self.stale: dict[bytes, list] = {}  # peer -> copies it keeps for us in vain, to release
 
     # -- owner side ---------------------------------------------------------------------
 
@@ -162,6 +164,7 @@ class Spillover:
     def on_task_result(self, sender: bytes, msg: p.TaskResult) -> None:
         task = self._spilled_to(sender, msg.task_id)
         if task is None:
+            self._release_stale(sender, msg)
             return
         self.came_back(task)
         s = self.sched
@@ -176,6 +179,29 @@ class Spillover:
         else:
             s.finish_ok(task, msg, remote=sender)
 
+    def _release_stale(self, sender: bytes, msg: p.TaskResult) -> None:
+        """A result we no longer wait for (the task came back and ran again, or
+        ended): STORE returns the sender keeps for us that we do not count as
+        its copies are released there (at once, or when we hear from it again if
+        we hold it dead), else they would stay in its store."""
+        entries = self.sched.objects.entries
+        stale = []
+        for k, state in enumerate(msg.states):
+            oid = ids.object_id(msg.task_id, k)
+            entry = entries.get(oid)
+            if state == ObjectState.STORE and (entry is None or sender not in entry.remote):
+                stale.append(oid)
+        if stale:
+            self.sched.stats["stale_results"] += 1
+            self.stale.setdefault(sender, []).extend(stale)
+            self._release(sender)
+
+    def _release(self, node_id: bytes) -> None:
+        """Send a peer the stale copies to release, once we can reach it."""
+        view = self.peers.get(node_id)
+        if view is not None and node_id in self.stale:
+            self.sched.out.peer(view.address, p.FreeObjects(self.node_id, self.stale.pop(node_id)))
+
     def on_refuse(self, sender: bytes, msg: p.Refuse) -> None:
         task = self._spilled_to(sender, msg.task_id)
         if task is None:
@@ -187,6 +213,30 @@ class Spillover:
             peer.refused_until = self.sched.now + self.refuse_backoff
             peer.available = rs.to_units(msg.available)
         self.sched.retry_or_fail(task, None)   # (arguments elsewhere are pulled if it runs here)
+
+    def on_declared_dead(self, event) -> None:
+        """A peer holds us DEAD (its gossip says so). When it declared it
+        (`peer_down` there) it dropped our tasks, and refuses new ones until it
+        hears we rejoined: ours there come back now, as from a dead peer --
+        nothing else would while what we send it is lost -- and none go there
+        until its gossip no longer holds us dead (`event.dead` False). It also
+        took back the tasks it had sent us and forgot our copies: those tasks
+        stop here and its holds go, as if it had died (it runs them elsewhere)."""
+        s = self.sched
+        view = self.peers.get(event.node_id)
+        if view is not None:
+            view.refused_until = float("inf") if event.dead else s.now
+        if not event.dead:
+            return
+        self._drop_work_of(event.node_id)
+        for task in [t for t in s.tasks.values()
+                     if t.state == TaskState.SPILLED and t.node == event.node_id]:
+            self.came_back(task)
+            s.stats["dropped_by_peer"] += 1
+            s.retry_or_fail(task, records.system_error_record(
+                NodeDiedError, f"node {ids.short(event.node_id)}, running {task.name}(), "
+                "declared this node dead and dropped it, and the task has no retries left "
+                f"(max_retries={task.spec.max_retries})", task.name))
 
     def check_spilled(self) -> None:
         """Ask each peer about our tasks it has had for a while (SpillCheck)."""
@@ -208,11 +258,13 @@ class Spillover:
     # -- peers come and go --------------------------------------------------------------
 
     def peer_up(self, node_id: bytes, address: str, info: dict) -> None:
+        self.dead.discard(node_id)
         view = self.peers.get(node_id)
         if view is None:
             view = self.peers[node_id] = PeerView(node_id, address)
         view.address = address
         view.suspect = False   # heard of again
+        self._release(node_id)
         if not view.update(info):
             self.sched.out.log("warning", f"peer {ids.short(node_id)} gossiped a malformed view")
 
@@ -225,8 +277,14 @@ class Spillover:
         """A peer is gone: tasks it forwarded us end (nobody to report to; if it
         comes back, it asks: SpillCheck), and its holds here go. False if we
         did not know it."""
+        self.dead.add(node_id)
         if self.peers.pop(node_id, None) is None:
             return False
+        self._drop_work_of(node_id)
+        return True
+
+    def _drop_work_of(self, node_id: bytes) -> None:
+        """Stop the tasks `node_id` forwarded us, quietly, and drop its holds here."""
         s = self.sched
         owner = peer_client(node_id)
         orphans = [t for t in s.tasks.values() if t.owner == owner]
@@ -235,7 +293,6 @@ class Spillover:
         for task in orphans:
             s.cancel_task(task, force=True, recursive=True)
         s.objects.drop_client(owner)
-        return True
 
     def take_back(self, node_id: bytes) -> list[Task]:
         """Our tasks a dead peer ran: WAITING again, for the scheduler to retry."""
@@ -252,15 +309,19 @@ class Spillover:
         """A peer forwards us a task to run: take it, or refuse (spillback)."""
         s = self.sched
         view = self.peers.get(sender)
-        if view is None and msg.reply_to:  # it knows of us before we know of it
-            view = self.peers[sender] = PeerView(sender, msg.reply_to)
+        if view is None and msg.reply_to and sender not in self.dead:
+            view = self.peers[sender] = PeerView(sender, msg.reply_to)   # it knows us first
         if msg.fn_blob:   # kept even if we refuse: the owner will not send it again
             s.functions.add(msg.fn_id, msg.fn_blob)
         demand = rs.to_units(msg.resources)
+        # From a peer we declared dead (we dropped its tasks then): refused until
+        # it rejoins. It takes back what it sent us when it hears we hold it dead.
+        address = view.address if view is not None else (
+            msg.reply_to if sender in self.dead else "")
         if view is None or not self._accepts(msg, demand):
             s.stats["refused"] += 1
-            if view is not None:   # (without the code: the owner sends it with the next)
-                s.out.peer(view.address, p.Refuse(
+            if address:   # (without the code: the owner sends it with the next)
+                s.out.peer(address, p.Refuse(
                     self.node_id, msg.task_id, rs.from_units(s.pool.available)))
             return
         s.stats["accepted"] += 1

@@ -1,6 +1,6 @@
 """MembershipSim: N core.membership.Membership gossiping over a simulated Network.
 
-Crash, leave, join, partition, heal; every node's view is recorded and
+Crash, leave, join, partition (symmetric or one-way), heal; every node's view is recorded and
 checked after each step. Rows travel as msgpack bytes, as the node sends
 them, so a row that is not msgpack-safe fails here, and no two nodes ever
 share an object. Used by tests/test_membership.py.
@@ -21,7 +21,8 @@ class MembershipSim:
     """N `Membership` instances, numbered 0..N-1, gossiping over a `Network`.
 
     Each `step()` advances the clock by `step`, delivers the messages due
-    (merge), then ticks every running node in index order and sends its
+    (merge; a message from a member the receiver holds DEAD is answered with
+    the receiver's rows at once, as the fabric does), then ticks every running node in index order and sends its
     rows to the targets it names. After each step every running node is
     validated, and the Changes it reported are checked against its members:
     the last Change about a member states its current state, and a member
@@ -72,10 +73,13 @@ class MembershipSim:
 
     def step(self) -> None:
         now = self.clock.advance()
-        for _, dst, payload in self.net.deliver_due(now):
+        for src, dst, payload in self.net.deliver_due(now):
             i = self._by_address[dst]
             if i in self.running:
                 self._merge(i, msgpack.unpackb(payload))
+                node = self.nodes[i]
+                if node.answers(self.nodes[self._by_address[src]].me.node_id):
+                    self.net.send(dst, src, msgpack.packb(node.rows()), now)
         for i in sorted(self.running):
             node = self.nodes[i]
             targets, changes = node.tick(now)
@@ -124,6 +128,11 @@ class MembershipSim:
     def partition(self, side_a, side_b) -> None:
         self.net.partition([self.nodes[i].me.address for i in side_a],
                            [self.nodes[i].me.address for i in side_b])
+
+    def cut(self, sources, destinations) -> None:
+        """One way: what a node in `sources` sends a node in `destinations` is lost."""
+        self.net.cut([self.nodes[i].me.address for i in sources],
+                     [self.nodes[i].me.address for i in destinations])
 
     def heal(self) -> None:
         self.net.heal()

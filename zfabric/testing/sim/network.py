@@ -2,7 +2,8 @@
 
     Clock          virtual time, now = ticks * step (no drift from adding floats)
     Network        messages between named endpoints: a delay drawn per message
-                   (so also reordering), loss, duplication, partitions;
+                   (so also reordering), loss, duplication, partitions
+                   (symmetric, or one-way: `cut`);
                    send(src, dst, payload, now) / deliver_due(now)
 
 They know nothing of what they carry: `membership.MembershipSim` drives
@@ -57,18 +58,23 @@ class Network:
         self.duplicate = duplicate
         self._queue: list[tuple] = []     # heap of (due, seq, src, dst, payload)
         self._seq = 0                     # ties at one due time go in send order
-        self._cut: set[frozenset] = set()
+        self._cut: set[tuple] = set()     # (src, dst): what src sends dst is dropped
         self._stats = NetworkStatistics()
 
     def partition(self, side_a, side_b) -> None:
         """Cut every endpoint in side_a from every endpoint in side_b, both ways."""
-        self._cut.update(frozenset((a, b)) for a in side_a for b in side_b if a != b)
+        self.cut(side_a, side_b)
+        self.cut(side_b, side_a)
+
+    def cut(self, sources, destinations) -> None:
+        """One way: what an endpoint in `sources` sends one in `destinations` is lost."""
+        self._cut.update((a, b) for a in sources for b in destinations if a != b)
 
     def heal(self) -> None:
         self._cut.clear()
 
-    def is_cut(self, a, b) -> bool:
-        return frozenset((a, b)) in self._cut
+    def is_cut(self, src, dst) -> bool:
+        return (src, dst) in self._cut
 
     def send(self, src, dst, payload, now: float) -> None:
         self._stats.sent += 1
