@@ -255,6 +255,12 @@ class Spillover:
             view = self.peers[sender] = PeerView(sender, msg.reply_to)
         if msg.fn_blob:   # kept even if we refuse: the owner will not send it again
             s.functions.add(msg.fn_id, msg.fn_blob)
+        held = s.tasks.get(msg.task_id)
+        if held is not None and held.owner == peer_client(sender):
+            # We run it for that owner already (a second copy, or the owner sent it
+            # again while we were cut off): a Refuse would make the owner run it
+            # elsewhere at the same time. Our TaskResult answers both.
+            return
         demand = rs.to_units(msg.resources)
         if view is None or not self._accepts(msg, demand):
             s.stats["refused"] += 1
