@@ -283,3 +283,29 @@ def test_a_lost_chunk_request_to_the_only_holder_does_not_lose_the_object():
     (ready,) = world.readies()[rid(1)]
     assert ready.state == STORE, serialization.error_from_record(ready.payload)
     world.check_result(a)
+
+
+def test_a_task_run_again_after_its_result_was_lost_seals_its_store_result_once():
+    """(chaos, a cut while a TaskResult was on its way) Task 2's 5 MB result is made
+    on node 1, and its TaskResult is lost. The owner's SpillCheck finds node 1 no
+    longer running it, so node 1 runs it again, while it still keeps the first
+    copy for the owner: the second seal of that object is the same value and must
+    be dropped, not counted twice in the store's books."""
+    world = World([{"CPU": 1}, {"CPU": 1}], seed=2)
+    world.converge()
+    sim = world.sim
+
+    def lose_first_result(src, dst, msg):
+        if type(msg) is p.TaskResult and msg.task_id == tid(2) and not lose_first_result.done:
+            lose_first_result.done = True
+            return True
+        return False
+    lose_first_result.done = False
+    sim.drop = lose_first_result
+    world.submit(1, duration=3.0)                            # keeps the owner busy
+    b = world.submit(2, returns=[5 * MB], duration=0.2)      # runs on node 1
+    assert world.run_until_finished([b], 10.0)
+    assert [r.node for r in world.runs_of(b)] == [1, 1]      # run again after the SpillCheck
+    world.check_result(b)
+    peer = world.nodes[1]
+    assert peer.scheduler.objects.store_used == 5 * MB == sum(s for s, _ in peer.store.values())

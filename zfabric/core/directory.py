@@ -294,6 +294,8 @@ class ObjectDirectory:
             if state == ObjectState.STORE:
                 self._out.emit(fx.FreeCopies(oid, (remote,)) if remote else fx.DeleteObject(oid))
             return []
+        if entry.ready:   # sealed twice (its task ran again: a lost TaskResult): the first stands
+            return []
         table = self.table
         if remote and state == ObjectState.STORE:
             table.seal(entry, state, size, b"", contains, remote=[remote])

@@ -67,6 +67,7 @@ class Driver:
         self.node = node              # the SimNode it is attached to (dies with it)
         self.alive = True
         self.held: set[bytes] = set()
+        self.known: set[bytes] = set()      # every object it ever held
         self.waiting: set[bytes] = set()   # gets not answered yet
         self.answered: dict[bytes, list] = {}   # oid -> [(time, state)]
         self.sent_code = False
@@ -161,7 +162,7 @@ class ChaosRun:
         oid = msg.oid
         driver.waiting.discard(oid)
         driver.answered.setdefault(oid, []).append((self.sim.now, msg.state))
-        if oid not in self.made or self.owner[oid] is not driver:
+        if oid not in driver.known:
             return self.fail(f"driver {driver.d} was sent {oid.hex()}, which it never made")
         want = self.expected(oid)
         if msg.state == INLINE:
@@ -246,8 +247,10 @@ class ChaosRun:
         if kind == "submit":
             n, deps, returns, _, cpu, retries = op[3:]
             task_id = tid(n)
-            self.specs[task_id] = op
             dep_ids = [oid_of(key, self.puts) for key in deps]
+            if not set(dep_ids) <= driver.held:
+                return   # an argument it could not borrow (its lender had died)
+            self.specs[task_id] = op
             blob = b"" if driver.sent_code else b"code"
             driver.sent_code = True
             for k, ret in enumerate(returns):   # (a failed argument fails it at once)
@@ -271,9 +274,18 @@ class ChaosRun:
         self.made[oid] = (task_id, k, kind)
         self.owner[oid] = driver
         driver.held.add(oid)
+        driver.known.add(oid)
 
     def _ref_op(self, driver: Driver, kind: str, oid: bytes, op: list) -> None:
         i = driver.node.index
+        if kind == "borrow":
+            if any(oid in d.held for d in self.live_drivers() if d.node is driver.node):
+                driver.held.add(oid)
+                driver.known.add(oid)
+                self.sim.send(i, driver.client, _p.Refs([oid], []))
+            return
+        if oid not in driver.held:
+            return   # borrowing it failed
         if kind == "drop":
             driver.held.discard(oid)
             driver.waiting.discard(oid)
@@ -318,6 +330,7 @@ class ChaosRun:
             driver = self.drivers[f[2]]
             if driver.alive and driver.node.alive:
                 driver.alive = False
+                self.cancelled |= {t for t, op in self.specs.items() if op[1] == driver.d}
                 sim.client_gone(driver.node.index, driver.client)
 
     def calm(self) -> None:

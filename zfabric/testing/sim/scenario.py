@@ -25,6 +25,8 @@ Ops, per driver, at their time (`[time, driver, kind, ...]`):
     ["drop", [n, k]]     the driver drops its ref
     ["get", [n, k]]      the driver asks for the value (Subscribe)
     ["cancel", [n, k], force]   the driver cancels task n (recursively)
+    ["borrow", [n, k]]   the driver takes a ref to an object another driver of
+                         its node holds (Refs), as a ref passed between them
 Faults (`[time, kind, ...]`):
     ["worker", node, r]        the r-th (mod count) worker of the node dies
     ["zygote", node]           every worker of the node dies at once
@@ -118,15 +120,12 @@ class SeedChooser:
 
 
 def generate(seed: int, c) -> Scenario:
-    """A random scenario: 2-4 nodes, 1-2 drivers with up to 12 tasks each, up
-    to 4 faults during the first seconds, a lossy network maybe."""
+    """A random scenario: 2-4 nodes, 1-3 drivers with up to 24 ops in all, up to
+    5 faults during the first seconds, a lossy network maybe."""
     nodes = [{"CPU": c.pick([1, 1, 2])} for _ in range(c.integer(2, 4))]
-    drivers = [c.integer(0, len(nodes) - 1) for _ in range(c.integer(1, 2))]
+    drivers = [c.integer(0, len(nodes) - 1) for _ in range(c.pick([1, 1, 2, 3]))]
     sc = Scenario(seed, nodes, drivers)
-    counter = [0]
-    for d in range(len(drivers)):
-        _driver_ops(sc, d, c, counter)
-    sc.ops.sort(key=lambda op: op[0])
+    _ops(sc, c)
     sc.quiet = round(max([op[0] for op in sc.ops] + [0.0]) + 0.5, 2)
     _faults(sc, c)
     sc.net = {"loss": c.pick([0.0, 0.0, 0.0, 0.01, 0.05]),
@@ -136,41 +135,50 @@ def generate(seed: int, c) -> Scenario:
     return sc
 
 
-def _driver_ops(sc: Scenario, d: int, c, counter: list) -> None:
-    held: list = []
-    t = 0.0
-    for _ in range(c.integer(1, 12)):
+def _ops(sc: Scenario, c) -> None:
+    """The drivers' ops, interleaved in time order: each uses only objects it
+    holds at that moment (made, put or borrowed from a driver of its node)."""
+    held: list[list] = [[] for _ in sc.drivers]
+    n, t = 0, 0.0
+    for _ in range(c.integer(1, 12 * len(sc.drivers))):
         t = round(t + c.pick([0.0, 0.0, 0.05, 0.2, 0.5]), 2)
-        kind = c.pick(["submit"] * 6 + ["put", "drop", "get", "cancel"])
-        if kind in ("drop", "get", "cancel") and not held:
+        d = c.integer(0, len(sc.drivers) - 1)
+        mine = held[d]
+        lent = [key for e, keys in enumerate(held) if e != d and sc.drivers[e] == sc.drivers[d]
+                for key in keys if key not in mine]
+        kind = c.pick(["submit"] * 6 + ["put", "drop", "get", "cancel", "borrow"])
+        if kind in ("drop", "get", "cancel") and not mine or kind == "borrow" and not lent:
             kind = "submit"
+        if kind in ("submit", "put"):
+            n += 1
         if kind == "submit":
-            counter[0] += 1
-            n = counter[0]
-            deps = c.subset(held, 2)
+            deps = c.subset(mine, 2)
             returns = [c.pick(["i", "i", *STORE_SIZES]) for _ in range(c.pick([0, 1, 1, 1, 2, 3]))]
             sc.ops.append([t, d, "submit", n, deps, returns, c.pick(DURATIONS),
                            c.pick([1, 1, 0.5]), c.pick([0, 1, 3, 3, 3])])
-            held += [[n, k] for k in range(len(returns))]
+            mine += [[n, k] for k in range(len(returns))]
         elif kind == "put":
-            counter[0] += 1
-            sc.ops.append([t, d, "put", counter[0], c.pick(["i", *STORE_SIZES])])
-            held.append([counter[0], 0])
+            sc.ops.append([t, d, "put", n, c.pick(["i", *STORE_SIZES])])
+            mine.append([n, 0])
+        elif kind == "borrow":
+            key = c.pick(lent)
+            mine.append(key)
+            sc.ops.append([t, d, "borrow", key])
         elif kind == "drop":
-            key = c.pick(held)
-            held.remove(key)
+            key = c.pick(mine)
+            mine.remove(key)
             sc.ops.append([t, d, "drop", key])
         elif kind == "get":
-            sc.ops.append([t, d, "get", c.pick(held)])
+            sc.ops.append([t, d, "get", c.pick(mine)])
         else:
-            sc.ops.append([t, d, "cancel", c.pick(held), c.pick([False, True])])
+            sc.ops.append([t, d, "cancel", c.pick(mine), c.pick([False, True])])
 
 
 def _faults(sc: Scenario, c) -> None:
     n = len(sc.nodes)
     crashed: set[int] = set()
     t = 0.0
-    for _ in range(c.integer(0, 4)):
+    for _ in range(c.integer(0, 5)):
         t = round(t + c.pick([0.1, 0.3, 0.6, 1.0]), 2)
         kind = c.pick(["worker", "worker", "zygote", "crash", "restart", "cut", "driver"])
         node = c.integer(0, n - 1)
