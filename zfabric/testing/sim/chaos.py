@@ -40,6 +40,7 @@ from __future__ import annotations
 import argparse
 import random
 import sys
+import traceback
 
 from ... import protocol as _p, records as _records
 from ...core.membership import GONE as _GONE, MemberState as _MemberState
@@ -133,9 +134,12 @@ class ChaosRun:
             results.append((INLINE, 0, v) if kind == "i" else (STORE, kind, v))
         return Work(op[6], tuple(results))
 
-    def attempt(self, node, task_id: bytes) -> int:
+    def attempt(self, node, task_id: bytes) -> int | None:
         """The owner's count of starts of the task when it sent out this run."""
-        task = node.scheduler.tasks[task_id]
+        task = node.scheduler.tasks.get(task_id)
+        if task is None:
+            self.fail(f"node {node.index} runs task {task_id.hex()}, which it does not have")
+            return None
         if task.remote_owner is None:
             return task.attempts
         return self.specs[task_id][8] - task.spec.max_retries + 1   # a Spill says retries left
@@ -358,7 +362,8 @@ class ChaosRun:
                 entry = objects.get(oid)
                 if entry is None:
                     self.fail(f"driver {driver.d} holds {self.name(oid)}, which its node freed")
-                elif entry.state == STORE and entry.local and oid not in store:
+                elif (entry.state == STORE and entry.local and oid not in store
+                      and not getattr(entry, "spilled", False)):   # (on disk: not in the store)
                     self.fail(f"driver {driver.d} holds {self.name(oid)}: the books have it "
                               "in the store, the store does not")
 
@@ -415,7 +420,9 @@ class ChaosRun:
             if not self.failures:
                 self.finish()
         except AssertionError as e:    # a state machine's validate(), or FabricSim's checks
-            self.fail(f"invariant: {e!r}")
+            self.fail(f"invariant: {e!r}\n{traceback.format_exc()}")
+        except Exception:              # (a crash in the core: still name the seed)
+            self.fail(f"crashed:\n{traceback.format_exc()}")
         return self
 
     def summary(self) -> str:
