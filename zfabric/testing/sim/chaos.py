@@ -43,6 +43,7 @@ import sys
 import traceback
 
 from ... import protocol as _p, records as _records
+from ...core import events as _ev
 from ...core.membership import GONE as _GONE, MemberState as _MemberState
 from ...protocol import ObjectState as _ObjectState
 from .fabric import FabricSim, Work
@@ -85,6 +86,7 @@ class ChaosRun:
                              faults=self.faults, stop_is_error=False, validate=validate,
                              **CHAOS_CONFIG)
         self.sim.to_driver = self.to_driver
+        self._handle, self.sim.handle = self.sim.handle, self._sim_handle
         self.puts = sc.puts
         self.specs: dict[bytes, list] = {}        # task id -> its submit op
         self.made: dict[bytes, tuple] = {}        # oid -> (task id or None, k, kind)
@@ -156,6 +158,15 @@ class ChaosRun:
                     self.fail(f"attempt {mine[1]} of task {ex.task_id.hex()} starts on node "
                               f"{node.index} while it runs on node {other.index}")
         self.sim.runs[-1].attempt = mine[1]   # (the Run this Execute just started)
+
+    def _sim_handle(self, i: int, event) -> None:
+        """Every event of every node: note the task a dying worker leaves behind
+        (also one sent to it after it died), then let the node have it."""
+        if type(event) is _ev.WorkerExited:
+            worker = self.sim.nodes[i].scheduler.pool.workers.get(event.worker_id)
+            if worker is not None and worker.task is not None:
+                self.touched.add(worker.task.spec.task_id)
+        self._handle(i, event)
 
     # -- what drivers read ------------------------------------------------------------------
 
@@ -311,10 +322,7 @@ class ChaosRun:
             if kind == "worker":
                 wids = [wids[f[3] % len(wids)]] if wids else []
             for wid in wids:
-                worker = node.scheduler.pool.workers.get(wid)
-                if node.alive and worker is not None and worker.task is not None:
-                    self.touched.add(worker.task.spec.task_id)
-                sim.kill_worker(f[2], wid)
+                sim.kill_worker(f[2], wid)   # (its task is noted when the node hears it died)
         elif kind == "crash":
             self.faulted.add(f[2])
             sim.kill(f[2])
