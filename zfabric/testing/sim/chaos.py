@@ -1,7 +1,8 @@
 """Chaos: a whole cluster under random faults, checked against a model.
 
-`run(scenario)` plays a `scenario.Scenario` on a FabricSim: its drivers
-submit, put, get, drop and cancel; workers, zygotes, nodes and drivers die,
+`ChaosRun(scenario).play()` (or `check(scenario)`, which raises) plays a
+`scenario.Scenario` on a FabricSim: its drivers submit, put, get, drop,
+borrow and cancel; workers, zygotes, nodes and drivers die, nodes leave,
 nodes restart with a fresh id, the island of a partition (both ways or one)
 is cut off and healed; the network loses, duplicates, reorders and delays
 messages until `scenario.quiet`. Then the network heals and calms, every
@@ -323,9 +324,10 @@ class ChaosRun:
                 wids = [wids[f[3] % len(wids)]] if wids else []
             for wid in wids:
                 sim.kill_worker(f[2], wid)   # (its task is noted when the node hears it died)
-        elif kind == "crash":
+        elif kind == "crash" or kind == "leave":
             self.faulted.add(f[2])
-            sim.kill(f[2])
+            if sim.nodes[f[2]].alive:
+                (sim.kill if kind == "crash" else sim.leave)(f[2])
         elif kind == "restart":
             live = [n.index for n in sim.nodes if n.alive]
             self.faulted.add(f[2])

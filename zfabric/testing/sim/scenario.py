@@ -31,6 +31,7 @@ Faults (`[time, kind, ...]`):
     ["worker", node, r]        the r-th (mod count) worker of the node dies
     ["zygote", node]           every worker of the node dies at once
     ["crash", node]            the node dies silently
+    ["leave", node]            the node stops gracefully (its peers are told)
     ["restart", node]          a crashed node's machine starts a new node
     ["cut", island, one_way, seconds]   the island is cut off (one way: only
                                         what it sends is lost), then healed
@@ -47,7 +48,7 @@ from ... import ids
 
 MB = 1 << 20
 FN = b"F" * 16
-STORE_SIZES = (200_000, 5 * MB)
+STORE_SIZES = (200_000, 5 * MB, 5 * MB, 50 * MB)
 DURATIONS = (0.02, 0.1, 0.3, 1.0)
 
 
@@ -180,15 +181,15 @@ def _faults(sc: Scenario, c) -> None:
     t = 0.0
     for _ in range(c.integer(0, 5)):
         t = round(t + c.pick([0.1, 0.3, 0.6, 1.0]), 2)
-        kind = c.pick(["worker", "worker", "zygote", "crash", "restart", "cut", "driver"])
+        kind = c.pick(["worker", "worker", "zygote", "crash", "leave", "restart", "cut", "driver"])
         node = c.integer(0, n - 1)
         if kind == "worker":
             sc.faults.append([t, "worker", node, c.integer(0, 3)])
         elif kind == "zygote":
             sc.faults.append([t, "zygote", node])
-        elif kind == "crash" and len(crashed) < n - 1 and node not in crashed:
+        elif kind in ("crash", "leave") and len(crashed) < n - 1 and node not in crashed:
             crashed.add(node)
-            sc.faults.append([t, "crash", node])
+            sc.faults.append([t, kind, node])
         elif kind == "restart" and crashed:
             node = c.pick(sorted(crashed))
             crashed.discard(node)
