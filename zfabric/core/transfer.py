@@ -24,9 +24,10 @@ preference; when none is left, the pull fails. The last holder is not
 dropped for a late chunk at once: a lost request or a slow disk would lose
 an object a live node holds. Its late chunks are asked again, up to
 LAST_HOLDER_RETRIES times in the pull; so a pull still ends within
-(LAST_HOLDER_RETRIES + 1) * chunk_timeout of its last answer. A chunk counts only if it
-answers a request outstanding at the current holder, so late, duplicate and
-stray chunks are ignored and every byte is counted exactly once.
+(LAST_HOLDER_RETRIES + 1) * chunk_timeout of its last answer. A chunk
+counts only if it answers a request outstanding at the current holder, so
+late, duplicate and stray chunks are ignored and every byte is counted
+exactly once.
 """
 from __future__ import annotations
 
