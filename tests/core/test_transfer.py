@@ -234,7 +234,7 @@ class TransferMachine(RuleBasedStateMachine):
             late = {o for o, t in p.inflight.items() if self.now - t > TIMEOUT} if p else set()
             if not late:
                 continue
-            if [h for h in p.known if h not in p.failed] == [p.current()] \
+            if {h for h in p.known if h not in p.failed} == {p.current()} \
                     and p.retries < LAST_HOLDER_RETRIES:
                 p.retries += 1            # the last holder is asked again for what is late
                 for o in late:
