@@ -33,7 +33,8 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from zfabric.core.transfer import ChunkRequest, PullDone, PullFailed, Transfers
+from zfabric.core.transfer import (LAST_HOLDER_RETRIES, ChunkRequest, PullDone, PullFailed,
+                                   Transfers)
 
 TIMEOUT = 10.0
 A, B, C = b"A" * 16, b"B" * 16, b"C" * 16
@@ -50,6 +51,7 @@ class MPull:
         self.inflight: dict[int, float] = {}   # offset -> sent_at, all at current()
         self.counted: set[int] = set()
         self.buffer = bytearray(size)
+        self.retries = 0   # late chunks asked again of the last holder
 
     def current(self) -> bytes | None:
         return next((h for h in self.known if h not in self.failed), None)
@@ -229,7 +231,16 @@ class TransferMachine(RuleBasedStateMachine):
         owed: dict = {}
         for obj in self.objects:
             p = obj.pull
-            if p is not None and any(self.now - t > TIMEOUT for t in p.inflight.values()):
+            late = {o for o, t in p.inflight.items() if self.now - t > TIMEOUT} if p else set()
+            if not late:
+                continue
+            if {h for h in p.known if h not in p.failed} == {p.current()} \
+                    and p.retries < LAST_HOLDER_RETRIES:
+                p.retries += 1            # the last holder is asked again for what is late
+                for o in late:
+                    del p.inflight[o]
+                owed[obj.oid] = late
+            else:
                 self.fail(obj, p.current(), owed)
         self.apply(self.t.on_tick(self.now), owed)
 
@@ -314,6 +325,23 @@ def test_a_chunk_that_times_out_moves_the_pull_to_the_next_holder():
     assert t.on_chunk(B, OID, 10, 10, 6.0) == [PullDone(OID, 30)]
     s = t.statistics()
     assert s["resourced"] == 1 and s["bytes_received"] == 30 and s["pulls_done"] == 1
+
+
+def test_the_last_holder_is_asked_again_for_a_late_chunk_before_the_pull_fails():
+    """(chaos seed 101) One lost request to the only holder must not lose an object
+    that holder still has: the late chunk is asked again, LAST_HOLDER_RETRIES times."""
+    t = Transfers(chunk_size=10, window=2, chunk_timeout=5.0)
+    t.start(OID, 30, [A], 0.0)
+    assert requests(t.on_chunk(A, OID, 0, 10, 1.0)) == [(A, 20, 10)]   # (A, 10) was lost
+    assert requests(t.on_tick(5.5)) == [(A, 10, 10)]                    # asked again
+    t.validate()
+    assert t.on_chunk(A, OID, 10, 10, 6.0) == []
+    assert t.on_chunk(A, OID, 20, 10, 6.0) == [PullDone(OID, 30)]
+    t.start(OID2, 10, [A], 10.0)
+    for k in range(LAST_HOLDER_RETRIES):
+        assert requests(t.on_tick(15.5 + 5.5 * k)) == [(A, 0, 10)]
+    [failed] = t.on_tick(15.5 + 5.5 * LAST_HOLDER_RETRIES)
+    assert isinstance(failed, PullFailed) and "unanswered" in failed.reason
 
 
 def test_size_zero_completes_at_once_and_no_holder_fails_at_once():

@@ -4,15 +4,20 @@ wrongly declared dead.
 """
 from __future__ import annotations
 
+import random
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from zfabric import protocol as p
 from zfabric import serialization
+from zfabric.core import events as ev
 from zfabric.core.membership import MemberState
 from zfabric.core.tasks import TaskState
+from zfabric.testing.sim import LinkFaults
 
-from tests.harness.world import (INLINE, MB, SIM, World, batches, kill_after_result, rid)
+from tests.harness.world import (DRIVER, INLINE, MB, SIM, STORE, World, batches,
+                                 kill_after_result, rid, tid)
 
 
 # -- a node dies mid-run -------------------------------------------------------------------
@@ -213,3 +218,84 @@ def test_after_a_partition_heals_every_node_sees_every_node_alive_within_a_few_r
     assert world.run_until_finished(plans, 3.0)
     for plan in plans:
         world.check_result(plan)
+
+
+# -- bugs the chaos simulation found (tests/sim/test_chaos_sim.py) ----------------------------
+
+def test_a_spill_that_arrives_twice_runs_its_task_once():
+    """(chaos seed 119) The network delivers the Spill of task 2 twice. The peer must
+    not answer the second copy with a Refuse: the owner would take it for a refusal
+    of the task the peer runs, queue it again, and run the same attempt elsewhere
+    at the same time."""
+    world = World([{"CPU": 1}, {"CPU": 1}, {"CPU": 1}], seed=2)
+    world.converge()
+    sim = world.sim
+
+    def twice(src, dst, msg):
+        if type(msg) is p.Spill and msg.task_id == tid(2) and not twice.done:
+            twice.done = True
+            peer = sim.nodes[src].node_id
+            sim.call_at(sim.now + 0.001, lambda: sim.handle(dst, ev.PeerMessage(peer, msg)))
+        return False
+    twice.done = False
+    sim.drop = twice
+    world.submit(1, duration=1.0)                  # keeps the owner busy
+    b = world.submit(2, duration=0.5)              # spilled
+    assert world.run_until_finished([b], 5.0)
+    assert twice.done
+    assert len(world.runs_of(b)) == 1, world.runs_of(b)
+    world.check_result(b)
+    assert world.nodes[0].scheduler.stats["retried"] == 0
+
+
+def test_a_lost_chunk_request_to_the_only_holder_does_not_lose_the_object():
+    """(chaos seed 101) A's 50 MB live on node 1 only; the first request of the
+    owner's pull is lost on the way. The holder is alive and has it: the late chunk
+    is asked again, and the driver gets the value, not ObjectLostError."""
+    world = World([{"CPU": 1}, {"CPU": 1, "x": 1}], seed=5)
+    world.converge()
+    sim = world.sim
+
+    class LoseFirstChunkRequest(LinkFaults):
+        lost = 0
+
+        def copies(self, src, dst, channel="ctl"):
+            if channel == "obj" and src == 0 and not self.lost:
+                self.lost += 1
+                return []
+            return super().copies(src, dst, channel)
+    sim.faults = LoseFirstChunkRequest(random.Random(0))
+    a = world.submit(1, resources={"x": 1}, returns=[50 * MB], duration=0.3)
+    world.sim.send(0, DRIVER, p.Subscribe([rid(1)]))
+    assert world.run_until_finished([a], 5)
+    assert sim.run_until(lambda: rid(1) in world.readies(), 3 * sim.config.chunk_timeout)
+    assert sim.faults.lost == 1
+    (ready,) = world.readies()[rid(1)]
+    assert ready.state == STORE, serialization.error_from_record(ready.payload)
+    world.check_result(a)
+
+
+def test_a_task_run_again_after_its_result_was_lost_seals_its_store_result_once():
+    """(chaos, a cut while a TaskResult was on its way) Task 2's 5 MB result is made
+    on node 1, and its TaskResult is lost. The owner's SpillCheck finds node 1 no
+    longer running it, so node 1 runs it again, while it still keeps the first
+    copy for the owner: the second seal of that object is the same value and must
+    be dropped, not counted twice in the store's books."""
+    world = World([{"CPU": 1}, {"CPU": 1}], seed=2)
+    world.converge()
+    sim = world.sim
+
+    def lose_first_result(src, dst, msg):
+        if type(msg) is p.TaskResult and msg.task_id == tid(2) and not lose_first_result.done:
+            lose_first_result.done = True
+            return True
+        return False
+    lose_first_result.done = False
+    sim.drop = lose_first_result
+    world.submit(1, duration=3.0)                            # keeps the owner busy
+    b = world.submit(2, returns=[5 * MB], duration=0.2)      # runs on node 1
+    assert world.run_until_finished([b], 10.0)
+    assert [r.node for r in world.runs_of(b)] == [1, 1]      # run again after the SpillCheck
+    world.check_result(b)
+    peer = world.nodes[1]
+    assert peer.scheduler.objects.store_used == 5 * MB == sum(s for s, _ in peer.store.values())

@@ -313,6 +313,12 @@ class Spillover:
             view = self.peers[sender] = PeerView(sender, msg.reply_to)   # it knows us first
         if msg.fn_blob:   # kept even if we refuse: the owner will not send it again
             s.functions.add(msg.fn_id, msg.fn_blob)
+        held = s.tasks.get(msg.task_id)
+        if held is not None and held.owner == peer_client(sender):
+            # We run it for that owner already (a second copy, or the owner sent it
+            # again while we were cut off): a Refuse would make the owner run it
+            # elsewhere at the same time. Our TaskResult answers both.
+            return
         demand = rs.to_units(msg.resources)
         # From a peer we declared dead (we dropped its tasks then): refused until
         # it rejoins. It takes back what it sent us when it hears we hold it dead.

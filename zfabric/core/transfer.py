@@ -20,13 +20,21 @@ A pull asks its current holder for chunk_size-aligned chunks, at most
 the next request goes out. A holder that fails (an error reply, declared
 dead, or a chunk unanswered for `chunk_timeout` seconds) is dropped from the
 pull, and the chunks it owed are asked first of the next holder in order of
-preference; when none is left, the pull fails. A chunk counts only if it
-answers a request outstanding at the current holder, so late, duplicate and
-stray chunks are ignored and every byte is counted exactly once.
+preference; when none is left, the pull fails. The last holder is not
+dropped for a late chunk at once: a lost request or a slow disk would lose
+an object a live node holds. Its late chunks are asked again, up to
+LAST_HOLDER_RETRIES times in the pull; so a pull still ends within
+(LAST_HOLDER_RETRIES + 1) * chunk_timeout of its last answer. A chunk
+counts only if it answers a request outstanding at the current holder, so
+late, duplicate and stray chunks are ignored and every byte is counted
+exactly once.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+# Times a pull asks its last holder again for chunks it left unanswered.
+LAST_HOLDER_RETRIES = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,7 +62,7 @@ class PullFailed:
 
 class _Pull:
     __slots__ = ("oid", "size", "current", "candidates", "failed", "next_offset",
-                 "outstanding", "redo", "received")
+                 "outstanding", "redo", "received", "retries")
 
     def __init__(self, oid: bytes, size: int, holders: list[bytes]):
         self.oid = oid
@@ -66,6 +74,7 @@ class _Pull:
         self.outstanding: dict[int, tuple[int, float]] = {}   # offset -> (length, sent_at)
         self.redo: list[int] = []               # offsets of chunks to ask again, first first
         self.received = 0                       # bytes counted
+        self.retries = 0                        # late chunks asked again of the last holder
 
 
 class Transfers:
@@ -144,13 +153,23 @@ class Transfers:
         return out
 
     def on_tick(self, now: float) -> list:
-        """Drop the holder of every pull with a chunk unanswered for too long."""
+        """Drop the holder of every pull with a chunk unanswered for too long (the
+        last holder: ask it again, a few times)."""
         out = []
         for pull in list(self._pulls.values()):
-            if any(now - sent_at > self.chunk_timeout
-                   for _, sent_at in pull.outstanding.values()):
-                why = f"a chunk went unanswered for more than {self.chunk_timeout:g} s"
-                out += self._drop(pull, pull.current, why, now)
+            late = [offset for offset, (_, sent_at) in pull.outstanding.items()
+                    if now - sent_at > self.chunk_timeout]
+            if not late:
+                continue
+            if not pull.candidates and pull.retries < LAST_HOLDER_RETRIES:
+                pull.retries += 1
+                for offset in late:
+                    length = pull.outstanding[offset][0]
+                    pull.outstanding[offset] = (length, now)
+                    out.append(ChunkRequest(pull.current, pull.oid, offset, length))
+                continue
+            why = f"a chunk went unanswered for more than {self.chunk_timeout:g} s"
+            out += self._drop(pull, pull.current, why, now)
         return out
 
     def cancel(self, oid: bytes) -> None:

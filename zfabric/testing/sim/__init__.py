@@ -10,14 +10,23 @@ replays exactly, and hypothesis can shrink it.
                    delay, loss, duplication, partitions)
     membership.py  MembershipSim: N core.membership.Membership gossiping over
                    a Network: crash, leave, join, partition, heal
+    links.py       LinkFaults: loss, duplication, reordering, delay spikes and
+                   cuts (symmetric or one-way) on a FabricSim's links
     fabric.py      FabricSim: N whole nodes (core.fabric.Fabric) with fake
-                   workers and stores, talking through the wire protocol
+                   workers and stores, talking through the wire protocol;
+                   crashes and restarts of workers, zygotes, nodes, drivers
+    scenario.py    Scenario: a cluster, its drivers' work and its faults as
+                   data (JSON), generated from one seed or by hypothesis
+    chaos.py       ChaosRun: plays a Scenario and checks values against a
+                   model, bounded gets, convergence, refs, attempts;
+                   `python -m zfabric.testing.sim.chaos --seed N` replays one
 
 Tests import from here: `from zfabric.testing.sim import FabricSim, Work`.
 """
 from .fabric import SIM_CONFIG, FabricSim, FakeWorker, Run, SimNode, Work
+from .links import LinkFaults
 from .membership import MembershipSim
 from .network import Clock, Network, NetworkStatistics
 
-__all__ = ["Clock", "Network", "NetworkStatistics", "MembershipSim", "SIM_CONFIG",
+__all__ = ["Clock", "Network", "NetworkStatistics", "LinkFaults", "MembershipSim", "SIM_CONFIG",
            "FabricSim", "FakeWorker", "Run", "SimNode", "Work"]

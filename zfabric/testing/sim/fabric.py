@@ -67,6 +67,7 @@ class Run:
     start: float
     end: float | None = None
     execute: object = None
+    attempt: int | None = None   # set by a program that tells attempts apart (chaos.py)
 
 
 class SimWorker(FakeWorker):
@@ -128,8 +129,17 @@ class FabricSim:
 
     Driving: `send(i, client, msg)` (a driver of node i), `step()` / `run(s)` /
     `run_until(cond, s)`, `call_at(t, fn)`. Faults: `kill(i)` (silent),
-    `leave(i)` (graceful), `extra_delay[(i, j)]` (a slow link), `drop(i, j, msg)`
-    (called on every node-to-node message as it arrives; True loses it).
+    `leave(i)` (graceful), `restart(i, seeds)` (node i's machine starts a new
+    node: a fresh node id at the same address, as node/node.py does),
+    `kill_worker(i, wid)`, `kill_workers(i)` (the zygote died: every worker of
+    the node exits at once), `client_gone(i, client)` (a driver died),
+    `extra_delay[(i, j)]` (a slow link), `drop(i, j, msg)` (called on every
+    node-to-node message as it arrives; True loses it), and `faults`
+    (network.LinkFaults: loss, duplication, reordering, spikes, cuts on
+    every message, control and object sockets alike). `stop_is_error`
+    False: a node that emits StopNode exits (as the real one does) and is
+    listed in `stopped`, instead of failing the test. `to_driver(i, client,
+    msg)`, if set, sees each message a node sends a driver as it arrives.
     What happened: `runs` (every Execute started), each node's `store`, `inbox`
     (per driver), `trace` (its effects, less gossip) and `deleted`.
     """
@@ -137,8 +147,14 @@ class FabricSim:
     def __init__(self, nodes: list[dict], *, seed: int = 0, program=None,
                  latency: tuple[float, float] = (0.001, 0.003), ipc_latency: float = 0.0002,
                  spawn_delay: float = 0.01, bandwidth: float = 2e9, step: float = 0.01,
-                 store_capacity: int = 1 << 40, validate: bool = True, late=(), **config):
+                 store_capacity: int = 1 << 40, validate: bool = True, late=(),
+                 faults=None, stop_is_error: bool = True, **config):
         self.rng = random.Random(seed)
+        self.faults = faults         # network.LinkFaults, or None: every message arrives
+        self.stop_is_error = stop_is_error
+        self.stopped: list[tuple[float, int, str]] = []
+        self.to_driver = None        # to_driver(i, client, msg): a driver reads a message
+        self.slots: dict[bytes, int] = {}   # every node id ever, old ones too -> its index
         self.config = _Config(**{**SIM_CONFIG, **config})
         self.program = program or (lambda sim, i, ex: Work(
             0.1, tuple((int(_ObjectState.INLINE), 2, b"ok") for _ in range(ex.num_returns))))
@@ -161,6 +177,8 @@ class FabricSim:
         self.violations: list[str] = []
         self.nodes: list[SimNode] = []
         self._by_address: dict[str, SimNode] = {}
+        self.store_capacity = store_capacity
+        self.resources = [dict(r) for r in nodes]
         for i, resources in enumerate(nodes):
             self._add(i, resources, store_capacity)
         for node in self.nodes:
@@ -171,7 +189,7 @@ class FabricSim:
 
     # -- building ------------------------------------------------------------------
 
-    def _add(self, i: int, resources: dict, store_capacity: int) -> None:
+    def _add(self, i: int, resources: dict, store_capacity: int, seeds=None) -> None:
         cfg = self.config
         node_id = self.rng.randbytes(_ids.NODE_ID_SIZE)
         host, port = f"10.0.0.{i + 1}", 7000
@@ -181,10 +199,15 @@ class FabricSim:
                 "store_dir": f"/sim/zfabric-{node_id.hex()}", "session_dir": f"/sim/session{i}"}
         fabric = _build_fabric(cfg, node_id=node_id, resources=dict(resources),
                                store_capacity=store_capacity, info=info,
-                               seeds=[self.nodes[0].address] if self.nodes else [],
+                               seeds=seeds if seeds is not None else
+                               [self.nodes[0].address] if self.nodes else [],
                                now=self.time)
         node = SimNode(i, node_id, fabric, address, object_address)
-        self.nodes.append(node)
+        self.slots[node_id] = i
+        if i < len(self.nodes):
+            self.nodes[i] = node
+        else:
+            self.nodes.append(node)
         self._by_address[address] = node
         self._by_address[object_address] = node
 
@@ -225,6 +248,11 @@ class FabricSim:
         self._check(node)
         self._execute(node, effects)
 
+    def _handle_if_current(self, node: SimNode, event) -> None:
+        """An event of `node`, unless a restart replaced it meanwhile."""
+        if self.nodes[node.index] is node:
+            self.handle(node.index, event)
+
     def send(self, i: int, client: bytes, msg) -> None:
         """A local client (driver) of node i sends `msg` (through encode/decode)."""
         msg = _p.decode(_p.encode(msg))
@@ -250,6 +278,33 @@ class FabricSim:
         for worker in node.workers.values():
             worker.alive = False
 
+    def restart(self, i: int, seeds: list[int]) -> None:
+        """Node i's machine starts a new node (node i must be down): a fresh node id
+        and an empty store at the same address, joining through the nodes `seeds`."""
+        assert not self.nodes[i].alive, f"node {i} is running"
+        self._add(i, self.resources[i], self.store_capacity,
+                  seeds=[self.nodes[j].address for j in seeds])
+        self.start_node(i)
+
+    def kill_worker(self, i: int, wid: str) -> None:
+        """A worker of node i dies (SIGKILL): its exit is seen after the ipc latency."""
+        node = self.nodes[i]
+        worker = node.workers.get(wid)
+        if node.alive and worker is not None and worker.alive:
+            worker.alive = False
+            self._at(self.time + self.ipc_latency,
+                     lambda: self._handle_if_current(node, _ev.WorkerExited(wid, -9)))
+
+    def kill_workers(self, i: int) -> None:
+        """Node i's zygote dies: every worker of the node exits at once (the node
+        starts a new zygote; here the workers are spawned as before)."""
+        for wid in list(self.nodes[i].workers):
+            self.kill_worker(i, wid)
+
+    def client_gone(self, i: int, client: bytes) -> None:
+        """A driver of node i died without saying goodbye (its pidfd fired)."""
+        self.handle(i, _ev.ClientGone(client))
+
     def leave(self, i: int) -> None:
         """Node i stops gracefully: it tells its peers (Fabric.leave), then is gone;
         what it sent before still arrives."""
@@ -261,7 +316,7 @@ class FabricSim:
     # -- queries -------------------------------------------------------------------
 
     def index_of(self, node_id: bytes) -> int:
-        return next(n.index for n in self.nodes if n.node_id == node_id)
+        return self.slots[node_id]
 
     def converged(self) -> bool:
         """Every live node knows every other live one, with its resources."""
@@ -343,7 +398,7 @@ class FabricSim:
                     worker.alive = False
                     code = -15 if kind is _fx.StopWorker else -9
                     self._at(t + self.ipc_latency, lambda n=node, w=worker, c=code:
-                             self.handle(n.index, _ev.WorkerExited(w.wid, c)))
+                             self._handle_if_current(n, _ev.WorkerExited(w.wid, c)))
             elif kind is _fx.RequestChunk:
                 self._request_chunk(node, e)
             elif kind is _fx.SealPull:   # (an empty object has no chunk, so no partial)
@@ -357,16 +412,37 @@ class FabricSim:
             elif kind in (_fx.WatchClient, _fx.InterruptWorker):
                 pass
             elif kind is _fx.StopNode:
-                raise AssertionError(f"node {node.index} stopped: {e.reason}")
+                if self.stop_is_error:
+                    raise AssertionError(f"node {node.index} stopped: {e.reason}")
+                self.stopped.append((t, node.index, e.reason))
+                self.kill(node.index)
+                return
             else:
                 raise AssertionError(f"node {node.index}: unexpected effect {e!r}")
+
+    def _send_on_link(self, channel: str, src: SimNode, dst: SimNode, delay: float, fn) -> None:
+        """fn() at the due time of each copy of a message src sends dst now (as
+        `faults` has it: lost, duplicated, delayed, out of order), unless src and
+        dst are cut from each other by then."""
+        key = (channel, src.index, dst.index)
+        if self.faults is None:
+            self._at(self._link(key, delay), fn)
+            return
+        faults = self.faults
+        for extra, fifo in faults.copies(src.index, dst.index, channel):
+            due = self._link(key, delay + extra) if fifo else self.time + delay + extra
+
+            def arrive(a=src.index, b=dst.index):
+                if faults.is_cut(a, b):
+                    faults.stats.cut += 1
+                else:
+                    faults.stats.delivered += 1
+                    fn()
+            self._at(due, arrive)
 
     def _peer_send(self, node: SimNode, e) -> None:
         dst = self._by_address[e.address]
         data = _p.encode(e.msg)
-        due = self._link(("ctl", node.index, dst.index),
-                         self.rng.uniform(*self.latency)
-                         + self.extra_delay.get((node.index, dst.index), 0.0))
 
         def deliver():
             if not ((node.alive or node.left) and dst.alive):
@@ -378,13 +454,16 @@ class FabricSim:
             if type(msg) is _p.Spill:
                 self.demands[msg.task_id] = _rs.to_units(msg.resources)
             self.handle(dst.index, _ev.PeerMessage(node.node_id, msg))
-        self._at(due, deliver)
+        self._send_on_link("ctl", node, dst, self.rng.uniform(*self.latency)
+                           + self.extra_delay.get((node.index, dst.index), 0.0), deliver)
 
     def _client_send(self, node: SimNode, to: bytes, msg) -> None:
         msg = _p.decode(_p.encode(msg))
         worker = next((w for w in node.workers.values() if w.client == to), None)
         if worker is None:   # a driver: it reads at once
             node.inbox.setdefault(to, []).append((self.time, msg))
+            if self.to_driver is not None:
+                self.to_driver(node.index, to, msg)
             return
         self._at(self.time + self.ipc_latency,
                  lambda: self._worker_receive(node, worker, msg))
@@ -459,8 +538,8 @@ class FabricSim:
         if e.oid not in node.partial:
             node.partial[e.oid] = [e.size, None]
         data = _p.encode(_p.PullChunk(e.oid, e.offset, e.length))
-        due = self._link(("obj", node.index, holder.index), self.rng.uniform(*self.latency))
-        self._at(due, lambda: self._serve_chunk(node, holder, data))
+        self._send_on_link("obj", node, holder, self.rng.uniform(*self.latency),
+                           lambda: self._serve_chunk(node, holder, data))
 
     def _serve_chunk(self, puller: SimNode, holder: SimNode, data: bytes) -> None:
         """The holder's object server: stateless, answers from its store (or not at all
@@ -476,9 +555,6 @@ class FabricSim:
         else:
             head = _p.encode(_p.Chunk(req.oid, req.offset, req.length, ""))
             tag, took = item[1], req.length / self.bandwidth
-        due = self._link(("obj", holder.index, puller.index),
-                         self.rng.uniform(*self.latency) + took)
-
         def arrive():
             if not (holder.alive and puller.alive):
                 return
@@ -495,4 +571,4 @@ class FabricSim:
             pull[1] = tag
             self.handle(puller.index, _ev.ChunkArrived(holder.node_id, chunk.oid,
                                                        chunk.offset, chunk.length))
-        self._at(due, arrive)
+        self._send_on_link("obj", holder, puller, self.rng.uniform(*self.latency) + took, arrive)
