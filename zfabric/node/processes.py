@@ -2,17 +2,31 @@
 
     NodeLoop --SpawnWorker--> Processes.spawn --"spawn w7\\n"--> zygote stdin --fork--> w7
     zygote report pipe --"started w7 4242" / "exited 4242 -9"--> WorkerExited --> dispatch
-    NodeLoop --StopWorker / KillWorker--> SIGTERM / SIGKILL by pid
+    zygote report pipe --EOF (the zygote died)--> every worker it forked: SIGKILL, and
+        WorkerExited each; then ZygoteDied --> dispatch; a new zygote on the next spawn
+    NodeLoop --StopWorker / KillWorker--> SIGTERM / SIGKILL by pidfd
     NodeLoop --InterruptWorker--> {session}/cancel/{wid} := task id hex, then SIGUSR1
     NodeLoop --WatchClient--> pidfd --exit--> the caller's callback (ClientGone)
+    NodeLoop --every Tick--> on_tick: start a zygote whose restart was held back
 
-Owns the zygote (started on the first spawn), each worker's pid (known once
-the zygote reports it), the cancel dir (a worker interrupted by SIGUSR1
-reads there which task to interrupt, and only interrupts that one), and
-every fd it registers with the loop's poller: the zygote's report pipe and
-one pidfd per watched process. The loop calls `on_readable(fd)` when one
-of them is readable; what happened goes back through `dispatch` (an event
-for the fabric). `stop_all` stops everything by pid on the way out.
+Owns the zygote (started on the first spawn, and again on the first spawn
+after it died), each worker's pid and pidfd (known once the zygote reports
+it; signals go through the pidfd, so a recycled pid is never hit), the
+cancel dir (a worker interrupted by SIGUSR1 reads there which task to
+interrupt, and only interrupts that one), and every fd it registers with
+the loop's poller: the zygote's report pipe and one pidfd per watched
+process. The loop calls `on_readable(fd)` when one of them is readable;
+what happened goes back through `dispatch` (an event for the fabric).
+
+The zygote's death is an event, not the node's end: its workers die with
+it (PR_SET_PDEATHSIG) and are killed here by pidfd to be sure, each one
+(also one asked for but not yet reported started) goes to the fabric as a
+WorkerExited, so their tasks are retried, and the spawns that follow start
+a new zygote. A zygote that dies again before it forked a worker, or that
+cannot be started, is restarted only after a backoff (doubling from
+`restart_backoff` to `restart_backoff_max`); spawns asked for meanwhile
+wait in `_held` and go out when `on_tick` starts it. `stop_all` stops
+everything on the way out.
 """
 from __future__ import annotations
 
@@ -29,21 +43,31 @@ from ..core import events as ev
 
 class Processes:
     def __init__(self, poller: zmq.Poller, dispatch, *, ipc_endpoint: str, session_dir: str,
-                 worker_output: str | None, stop_grace: float):
+                 worker_output: str | None, stop_grace: float,
+                 restart_backoff: float = 0.1, restart_backoff_max: float = 5.0,
+                 clock=time.monotonic):
         self.poller = poller
         self.dispatch = dispatch              # dispatch(event): to the fabric, now
         self.ipc_endpoint = ipc_endpoint
         self.worker_output = worker_output    # None: inherit the node's stdout/stderr
         self.stop_grace = stop_grace
+        self.restart_backoff = restart_backoff
+        self.restart_backoff_max = restart_backoff_max
+        self.clock = clock                    # the backoff's clock (monotonic seconds)
         self.cancel_dir = os.path.join(session_dir, "cancel")
         os.makedirs(self.cancel_dir, exist_ok=True)
         self.zygote: subprocess.Popen | None = None
         self._pids: dict[str, int | None] = {}     # worker id -> pid (None: not forked yet)
         self._wid_of: dict[int, str] = {}          # pid -> worker id
+        self._pidfds: dict[str, int] = {}          # worker id -> pidfd (signals go there)
         self._fd_handlers: dict[int, object] = {}  # fd we polled -> what to do when readable
         self._zygote_in = -1
         self._report_r = -1
         self._report_buf = b""
+        self._held: list[str] = []    # spawns waiting for a zygote (held back by the backoff)
+        self._not_before = 0.0        # monotonic time before which no zygote is started
+        self._failures = 0            # zygote deaths / failed starts since one forked a worker
+        self._starts = 0              # zygotes started
 
     def on_readable(self, fd: int) -> None:
         self._fd_handlers[fd]()
@@ -51,31 +75,72 @@ class Processes:
     # -- workers: forked by the zygote -------------------------------------------------
 
     def spawn(self, wid: str) -> None:
-        if self.zygote is None:
-            self._start_zygote()
-        os.write(self._zygote_in, f"spawn {wid}\n".encode())
         self._pids[wid] = None   # pid known once the zygote reports it
+        if self.zygote is None and (self.clock() < self._not_before
+                                    or not self._start_zygote()):
+            self._held.append(wid)
+            return
+        self._ask_fork(wid)
 
-    def _start_zygote(self) -> None:
+    def _ask_fork(self, wid: str) -> None:
+        try:
+            os.write(self._zygote_in, f"spawn {wid}\n".encode())
+        except OSError:
+            pass   # it just died: its report pipe's EOF reports `wid` exited
+
+    def on_tick(self) -> None:
+        """Start a zygote whose restart was held back, once the backoff is over."""
+        if self._held and self.zygote is None and self.clock() >= self._not_before \
+                and self._start_zygote():
+            held, self._held = self._held, []
+            for wid in held:
+                if wid in self._pids:   # (not stopped meanwhile)
+                    self._ask_fork(wid)
+
+    def _start_zygote(self) -> bool:
+        """Start the zygote; False (reported as ZygoteStartFailed) if it cannot be."""
         env = dict(os.environ)
         env.update(ZFABRIC_NODE_ENDPOINT=self.ipc_endpoint, ZFABRIC_CANCEL_DIR=self.cancel_dir)
-        report_r, report_w = os.pipe2(os.O_CLOEXEC)
+        try:
+            report_r, report_w = os.pipe2(os.O_CLOEXEC)
+        except OSError as e:
+            return self._start_failed(e)
         try:
             self.zygote = subprocess.Popen(
                 [sys.executable, "-m", "zfabric.node.zygote", str(report_w),
                  self.worker_output or ""],
                 env=env, stdin=subprocess.PIPE, pass_fds=(report_w,), close_fds=True)
+        except OSError as e:
+            os.close(report_r)
+            return self._start_failed(e)
         finally:
             os.close(report_w)
         self._zygote_in = self.zygote.stdin.fileno()
         self._report_r = report_r
         self._fd_handlers[report_r] = self._on_zygote_report
         self.poller.register(report_r, zmq.POLLIN)
+        self._starts += 1
+        self.dispatch(ev.ZygoteStarted(self.zygote.pid, restart=self._starts > 1))
+        return True
+
+    def _start_failed(self, error: OSError) -> bool:
+        delay = self._backoff()
+        self.dispatch(ev.ZygoteStartFailed(f"{type(error).__name__}: {error}", delay))
+        return False
+
+    def _backoff(self) -> float:
+        """Count one more zygote failure; how long to wait before the next start."""
+        self._failures += 1
+        delay = 0.0 if self._failures == 1 else min(
+            self.restart_backoff_max, self.restart_backoff * 2 ** (self._failures - 2))
+        self._not_before = self.clock() + delay
+        return delay
 
     def _on_zygote_report(self) -> None:
         chunk = os.read(self._report_r, 65536)
         if not chunk:
-            raise RuntimeError("the worker fork server (zygote) died")
+            self._on_zygote_died()
+            return
         self._report_buf += chunk
         while b"\n" in self._report_buf:
             line, self._report_buf = self._report_buf.split(b"\n", 1)
@@ -86,20 +151,68 @@ class Processes:
                 self._on_exited(int(a), int(b))
 
     def _on_started(self, wid: str, pid: int) -> None:
-        if wid in self._pids:
-            self._pids[wid] = pid
-            self._wid_of[pid] = wid
-        else:  # stopped before it was even started: do not leave it behind
-            os.kill(pid, signal.SIGKILL)
+        self._failures = 0   # this zygote works: a death later is restarted at once
+        try:
+            pidfd = os.pidfd_open(pid)
+        except OSError:      # it exited already (its "exited" report follows)
+            pidfd = -1
+        if wid not in self._pids:   # stopped before it was even started: do not leave it
+            _send(pidfd, None, signal.SIGKILL)
+            _close(pidfd)
+            return
+        self._pids[wid] = pid
+        self._wid_of[pid] = wid
+        if pidfd >= 0:
+            self._pidfds[wid] = pidfd
 
     def _on_exited(self, pid: int, exitcode: int) -> None:
         wid = self._wid_of.pop(pid, None)
         if wid is not None and self._pids.pop(wid, None) is not None:
-            try:
-                os.unlink(os.path.join(self.cancel_dir, wid))
-            except FileNotFoundError:
-                pass
+            self._forget(wid)
             self.dispatch(ev.WorkerExited(wid, exitcode))
+
+    def _forget(self, wid: str) -> None:
+        """Close a gone worker's pidfd and remove its cancel file."""
+        _close(self._pidfds.pop(wid, -1))
+        try:
+            os.unlink(os.path.join(self.cancel_dir, wid))
+        except FileNotFoundError:
+            pass
+
+    def _on_zygote_died(self) -> None:
+        """Reap the zygote, kill what it forked, report each of them exited, and
+        let the next spawn start a new one (after a backoff if it keeps dying)."""
+        zygote, self.zygote = self.zygote, None
+        self._close_zygote(zygote)
+        exitcode = zygote.returncode
+        doomed = [wid for wid in self._pids if wid not in self._held]
+        for wid in doomed:    # they die with it (PDEATHSIG); make sure, by pidfd
+            _send(self._pidfds.get(wid, -1), None, signal.SIGKILL)
+        delay = self._backoff()
+        for wid in doomed:
+            pid = self._pids.pop(wid)
+            self._wid_of.pop(pid, None)
+            self._forget(wid)
+        self.dispatch(ev.ZygoteDied(exitcode, len(doomed), delay))
+        for wid in doomed:   # (their replacements' spawns start the next zygote)
+            self.dispatch(ev.WorkerExited(wid, -signal.SIGKILL))
+
+    def _close_zygote(self, zygote: subprocess.Popen) -> None:
+        """Stop polling its report pipe, close its stdin, reap it (killing it if needed)."""
+        self.poller.unregister(self._report_r)
+        del self._fd_handlers[self._report_r]
+        os.close(self._report_r)
+        self._report_r = self._zygote_in = -1
+        self._report_buf = b""
+        try:
+            zygote.stdin.close()
+        except OSError:
+            pass
+        try:
+            zygote.wait(timeout=self.stop_grace)
+        except subprocess.TimeoutExpired:   # it closed the pipe yet lives: not ours any more
+            zygote.kill()
+            zygote.wait()
 
     def stop(self, wid: str) -> None:
         self.send_signal(wid, signal.SIGTERM)
@@ -111,13 +224,12 @@ class Processes:
         pid = self._pids.get(wid)
         if pid is None and sig in (signal.SIGTERM, signal.SIGKILL) and wid in self._pids:
             del self._pids[wid]  # not forked yet: the "started" report will kill it
+            if wid in self._held:
+                self._held.remove(wid)
             self.dispatch(ev.WorkerExited(wid, -sig))
             return
         if pid is not None:
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
+            _send(self._pidfds.get(wid, -1), pid, sig)
 
     def interrupt(self, wid: str, task_id: bytes) -> None:
         """Interrupt `task_id` on a worker (it checks the cancel file names that task)."""
@@ -149,24 +261,22 @@ class Processes:
     # -- stopping ----------------------------------------------------------------------
 
     def stop_all(self) -> None:
-        """Stop every worker and the zygote, by PID: TERM, then KILL after the grace;
-        close every fd we polled."""
-        pids = [pid for pid in self._pids.values() if pid is not None]
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
+        """Stop every worker and the zygote: TERM, then KILL after the grace;
+        close every fd we polled or held."""
+        pids = {wid: pid for wid, pid in self._pids.items() if pid is not None}
+        for wid, pid in pids.items():
+            _send(self._pidfds.get(wid, -1), pid, signal.SIGTERM)
         deadline = time.monotonic() + self.stop_grace
-        for pid in pids:
+        for wid, pid in pids.items():
             while _alive(pid) and time.monotonic() < deadline:
                 time.sleep(0.01)
             if _alive(pid):
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+                _send(self._pidfds.get(wid, -1), pid, signal.SIGKILL)
         self._pids.clear()
+        self._held.clear()
+        for fd in self._pidfds.values():
+            os.close(fd)
+        self._pidfds.clear()
         if self.zygote is not None:
             self.zygote.kill()   # its children are gone; it holds nothing
             self.zygote.wait()
@@ -175,6 +285,22 @@ class Processes:
         for fd in list(self._fd_handlers):
             os.close(fd)
         self._fd_handlers.clear()
+
+
+def _send(pidfd: int, pid: int | None, sig: int) -> None:
+    """Signal a process through its pidfd (never a recycled pid), else by pid."""
+    try:
+        if pidfd >= 0:
+            signal.pidfd_send_signal(pidfd, sig)
+        elif pid is not None:
+            os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _close(fd: int) -> None:
+    if fd >= 0:
+        os.close(fd)
 
 
 def _alive(pid: int) -> bool:

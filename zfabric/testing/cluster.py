@@ -4,6 +4,7 @@
         zf.init(address=cluster.address)                 # attach to the first node
         h = cluster.add_node(num_cpus=2, resources={"gpu": 1})
         cluster.kill_node(h)       # SIGKILL the node and its workers: no goodbye
+        cluster.zygote_pid(h), cluster.child_pids(h)   # what is under a node, to kill in tests
         cluster.remove_node(h)     # graceful stop
 
 Each node is its own process (started like `zfabric start`), with its own
@@ -126,6 +127,34 @@ class LocalCluster:
         except FileNotFoundError:
             pass
 
+    # -- what runs under a node -------------------------------------------------------
+
+    def child_pids(self, handle: NodeHandle) -> list[int]:
+        """PIDs of the live processes under a node (its zygote, the workers the
+        zygote forked, and whatever their tasks started), not the node itself;
+        [] if the node is gone."""
+        try:
+            children = psutil.Process(handle.pid).children(recursive=True)
+        except psutil.Error:
+            return []
+        return [c.pid for c in children if _running(c)]
+
+    def zygote_pid(self, handle: NodeHandle) -> int | None:
+        """PID of a node's worker fork server (the child running
+        `zfabric.node.zygote`), or None while it has none (not started yet, or
+        just died and not replaced yet)."""
+        try:
+            children = psutil.Process(handle.pid).children()
+        except psutil.Error:
+            return None
+        for child in children:
+            try:
+                if "zfabric.node.zygote" in child.cmdline() and _running(child):
+                    return child.pid
+            except psutil.Error:
+                pass
+        return None
+
     # -- waiting ---------------------------------------------------------------------
 
     def wait_for_nodes(self, timeout: float | None = None) -> None:
@@ -175,6 +204,13 @@ class LocalCluster:
 
     def __exit__(self, *exc) -> None:
         self.shutdown()
+
+
+def _running(proc: psutil.Process) -> bool:
+    try:
+        return proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
 def _reap(proc: psutil.Process) -> None:
