@@ -56,14 +56,19 @@ def of(kind, events: list) -> list:
     return [e for e in events if type(e) is kind]
 
 
-@pytest.fixture
-def broken_zygote(tmp_path, monkeypatch):
-    """Zygotes started from here exit at once with code 3, before reading a spawn
-    (a `zfabric` package in the working directory shadows the real one)."""
+def shadow_zfabric(tmp_path, monkeypatch, code: str) -> None:
+    """Zygotes started from here run `code` instead of starting (a `zfabric`
+    package in the working directory shadows the real one)."""
     fake = tmp_path / "cwd" / "zfabric"
     fake.mkdir(parents=True)
-    (fake / "__init__.py").write_text("raise SystemExit(3)\n")
+    (fake / "__init__.py").write_text(code)
     monkeypatch.chdir(fake.parent)
+
+
+@pytest.fixture
+def broken_zygote(tmp_path, monkeypatch):
+    """Zygotes started from here exit at once with code 3, before reading a spawn."""
+    shadow_zfabric(tmp_path, monkeypatch, "raise SystemExit(3)\n")
 
 
 def test_a_dying_zygote_reports_unstarted_workers_exited_and_backs_off(shell, broken_zygote):
@@ -108,9 +113,28 @@ def test_a_zygote_that_cannot_start_is_an_event_and_is_tried_again(shell, monkey
     procs.on_tick()
     assert procs.zygote is not None
     pump(procs, poller, events, lambda e: set(procs._wid_of.values()) == {"w1", "w3"})
-    # a zygote that forked a worker works: its death is restarted at once
+    # a zygote that said "ready" works: its death is restarted at once
     procs.zygote.send_signal(signal.SIGKILL)
     pump(procs, poller, events, lambda e: of(ev.ZygoteDied, e))
     assert of(ev.ZygoteDied, events) == [ev.ZygoteDied(-signal.SIGKILL, 2, 0.0)]
     assert of(ev.WorkerExited, events)[-2:] == [ev.WorkerExited("w1", -signal.SIGKILL),
                                                 ev.WorkerExited("w3", -signal.SIGKILL)]
+
+
+def test_a_zygote_killed_from_outside_before_it_is_ready_is_restarted_at_once(
+        shell, tmp_path, monkeypatch):
+    procs, events, poller, clock = shell
+    monkeypatch.setattr(sys, "executable", "/nonexistent/python")
+    procs.spawn("w1")
+    procs.spawn("w2")   # two failed starts: the next one would wait 30 s...
+    monkeypatch.undo()
+    shadow_zfabric(tmp_path, monkeypatch, "import time\ntime.sleep(60)\n")   # never ready
+    clock.now += 30.0
+    procs.on_tick()
+    assert procs.zygote is not None
+    procs.zygote.send_signal(signal.SIGKILL)
+    pump(procs, poller, events, lambda e: of(ev.ZygoteDied, e))
+    # ...but a SIGKILL (a user, the OOM killer) says nothing of the next start
+    assert of(ev.ZygoteDied, events) == [ev.ZygoteDied(-signal.SIGKILL, 2, 0.0)]
+    procs.spawn("w3")
+    assert of(ev.ZygoteStarted, events)[-1].restart and procs.zygote is not None

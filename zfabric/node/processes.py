@@ -1,7 +1,8 @@
 """The node's child processes: the zygote, the workers it forks, and pidfds.
 
     NodeLoop --SpawnWorker--> Processes.spawn --"spawn w7\\n"--> zygote stdin --fork--> w7
-    zygote report pipe --"started w7 4242" / "exited 4242 -9"--> WorkerExited --> dispatch
+    zygote report pipe --"ready 4240" / "started w7 4242" / "exited 4242 -9"
+        --> WorkerExited --> dispatch
     zygote report pipe --EOF (the zygote died)--> every worker it forked: SIGKILL, and
         WorkerExited each; then ZygoteDied --> dispatch; a new zygote on the next spawn
     NodeLoop --StopWorker / KillWorker--> SIGTERM / SIGKILL by pidfd
@@ -22,11 +23,12 @@ The zygote's death is an event, not the node's end: its workers die with
 it (PR_SET_PDEATHSIG) and are killed here by pidfd to be sure, each one
 (also one asked for but not yet reported started) goes to the fabric as a
 WorkerExited, so their tasks are retried, and the spawns that follow start
-a new zygote. A zygote that dies again before it forked a worker, or that
-cannot be started, is restarted only after a backoff (doubling from
-`restart_backoff` to `restart_backoff_max`); spawns asked for meanwhile
-wait in `_held` and go out when `on_tick` starts it. `stop_all` stops
-everything on the way out.
+a new zygote. A zygote that exits or crashes by itself again before it
+said "ready" (it had imported what workers need), or that cannot be
+started, is restarted only after a backoff (doubling from `restart_backoff`
+to `restart_backoff_max`); one killed by SIGKILL (from outside: a user, the
+OOM killer) is restarted at once. Spawns asked for meanwhile wait in `_held` and go out when `on_tick`
+starts it. `stop_all` stops everything on the way out.
 """
 from __future__ import annotations
 
@@ -66,7 +68,7 @@ class Processes:
         self._report_buf = b""
         self._held: list[str] = []    # spawns waiting for a zygote (held back by the backoff)
         self._not_before = 0.0        # monotonic time before which no zygote is started
-        self._failures = 0            # zygote deaths / failed starts since one forked a worker
+        self._failures = 0            # zygote deaths / failed starts since one was ready
         self._starts = 0              # zygotes started
 
     def on_readable(self, fd: int) -> None:
@@ -128,10 +130,11 @@ class Processes:
         self.dispatch(ev.ZygoteStartFailed(f"{type(error).__name__}: {error}", delay))
         return False
 
-    def _backoff(self) -> float:
-        """Count one more zygote failure; how long to wait before the next start."""
-        self._failures += 1
-        delay = 0.0 if self._failures == 1 else min(
+    def _backoff(self, failed: bool = True) -> float:
+        """How long to wait before the next start, counting one more zygote
+        failure if it `failed` (else: no wait)."""
+        self._failures += failed
+        delay = 0.0 if self._failures <= 1 or not failed else min(
             self.restart_backoff_max, self.restart_backoff * 2 ** (self._failures - 2))
         self._not_before = self.clock() + delay
         return delay
@@ -144,14 +147,15 @@ class Processes:
         self._report_buf += chunk
         while b"\n" in self._report_buf:
             line, self._report_buf = self._report_buf.split(b"\n", 1)
-            what, a, b = line.decode().split()
+            what, *args = line.decode().split()
             if what == "started":
-                self._on_started(a, int(b))
+                self._on_started(args[0], int(args[1]))
             elif what == "exited":
-                self._on_exited(int(a), int(b))
+                self._on_exited(int(args[0]), int(args[1]))
+            elif what == "ready":   # it imported what workers need: a death later is
+                self._failures = 0  # someone else's doing, restarted at once
 
     def _on_started(self, wid: str, pid: int) -> None:
-        self._failures = 0   # this zygote works: a death later is restarted at once
         try:
             pidfd = os.pidfd_open(pid)
         except OSError:      # it exited already (its "exited" report follows)
@@ -188,7 +192,9 @@ class Processes:
         doomed = [wid for wid in self._pids if wid not in self._held]
         for wid in doomed:    # they die with it (PDEATHSIG); make sure, by pidfd
             _send(self._pidfds.get(wid, -1), None, signal.SIGKILL)
-        delay = self._backoff()
+        # SIGKILL comes from outside (a user, the OOM killer): it says nothing about
+        # whether the next zygote can start, so it is restarted at once
+        delay = self._backoff(failed=exitcode != -signal.SIGKILL)
         for wid in doomed:
             pid = self._pids.pop(wid)
             self._wid_of.pop(pid, None)

@@ -1,6 +1,7 @@
 """The worker fork server: one pre-imported process that forks workers on demand.
 
     node --"spawn w7\\n"--> zygote (stdin)      zygote --fork--> worker w7
+    node <--"ready 4240\\n"-- zygote (report pipe; it has imported what workers need)
     node <--"started w7 4242\\n"-- zygote (report pipe)
     node <--"exited 4242 -11\\n"-- zygote (it reaps its children)
 
@@ -69,6 +70,7 @@ def main() -> None:
     _die_with_parent(signal.SIGKILL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _preload()
+    os.write(report_fd, f"ready {os.getpid()}\n".encode())   # (a restart that got this far works)
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda *_: None)
