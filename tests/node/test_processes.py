@@ -114,7 +114,7 @@ def test_a_zygote_that_cannot_start_is_an_event_and_is_tried_again(shell, monkey
     assert procs.zygote is not None
     pump(procs, poller, events, lambda e: set(procs._wid_of.values()) == {"w1", "w3"})
     # a zygote that said "ready" works: its death is restarted at once
-    procs.zygote.send_signal(signal.SIGKILL)
+    procs.zygote.popen.send_signal(signal.SIGKILL)
     pump(procs, poller, events, lambda e: of(ev.ZygoteDied, e))
     assert of(ev.ZygoteDied, events) == [ev.ZygoteDied(-signal.SIGKILL, 2, 0.0)]
     assert of(ev.WorkerExited, events)[-2:] == [ev.WorkerExited("w1", -signal.SIGKILL),
@@ -132,9 +132,37 @@ def test_a_zygote_killed_from_outside_before_it_is_ready_is_restarted_at_once(
     clock.now += 30.0
     procs.on_tick()
     assert procs.zygote is not None
-    procs.zygote.send_signal(signal.SIGKILL)
+    procs.zygote.popen.send_signal(signal.SIGKILL)
     pump(procs, poller, events, lambda e: of(ev.ZygoteDied, e))
     # ...but a SIGKILL (a user, the OOM killer) says nothing of the next start
     assert of(ev.ZygoteDied, events) == [ev.ZygoteDied(-signal.SIGKILL, 2, 0.0)]
     procs.spawn("w3")
     assert of(ev.ZygoteStarted, events)[-1].restart and procs.zygote is not None
+
+
+def test_once_a_zygote_died_a_spare_is_kept_and_takes_over_the_next_time(shell):
+    procs, events, poller, clock = shell
+    procs.spawn("w1")
+    pump(procs, poller, events, lambda e: procs.zygote.ready)
+    procs.on_tick()
+    assert procs.spare is None   # none died yet: no spare
+    procs.zygote.popen.send_signal(signal.SIGKILL)
+    pump(procs, poller, events, lambda e: of(ev.ZygoteDied, e))
+    procs.spawn("w2")            # (what the pool does when w1 is reported exited)
+    second = procs.zygote
+    pump(procs, poller, events, lambda e: second.ready and "w2" in procs._wid_of.values())
+    procs.on_tick()
+    spare = procs.spare
+    assert spare is not None and spare.pid != second.pid
+    pump(procs, poller, events, lambda e: spare.ready)
+    del events[:]
+    second.popen.send_signal(signal.SIGKILL)
+    pump(procs, poller, events, lambda e: of(ev.ZygoteDied, e))
+    assert events == [ev.ZygoteDied(-signal.SIGKILL, 1, 0.0),
+                      ev.WorkerExited("w2", -signal.SIGKILL)]
+    procs.spawn("w3")            # the spare forks it at once, no new zygote to wait for
+    assert procs.zygote is spare and procs.spare is None
+    assert events[-1] == ev.ZygoteStarted(spare.pid, restart=True)
+    pump(procs, poller, events, lambda e: "w3" in procs._wid_of.values())
+    procs.on_tick()              # and a new spare is started behind it
+    assert procs.spare is not None and procs.spare is not spare

@@ -1,6 +1,7 @@
 """A node whose worker fork server (zygote) dies carries on: the workers it
 forked are killed and reported exited, their tasks are retried, a new zygote
-forks their replacements, and the node counts it all in its `status` stats.
+forks their replacements (from then on the node keeps a spare, which takes
+over the next time), and the node counts it all in its `status` stats.
 
 Real node processes (LocalCluster); every process is stopped by PID when the
 test ends, also when it fails.
@@ -104,9 +105,10 @@ def test_a_task_running_when_the_zygote_dies_is_retried_and_the_node_carries_on(
     assert stats["retried"] >= 1
 
 
-def test_an_idle_node_replaces_its_killed_zygote_and_its_prestarted_workers(node):
+def test_an_idle_node_replaces_its_killed_zygote_and_keeps_a_spare_from_then_on(node):
     cluster, handle = node
     assert zf.get(square.remote(3)) == 9
+    assert len(cluster.zygote_pids(handle)) == 1   # no spare while none died
     zygote, workers = kill_zygote(cluster, handle)
     assert len(workers) == 2
     # the pool refills at once, without a task asking for it: a new zygote, two workers
@@ -117,8 +119,11 @@ def test_an_idle_node_replaces_its_killed_zygote_and_its_prestarted_workers(node
     assert own_stats(cluster, handle)["zygote_restarts"] == 1
     assert zf.get([square.remote(i) for i in range(50)], timeout=30) == \
         [i * i for i in range(50)]
-    # and again: each death is one restart
+    # from now on the node keeps a spare, which takes over when the zygote dies again
+    spare = wait_for(lambda: [p for p in cluster.zygote_pids(handle) if p != new_zygote])
+    assert len(spare) == 1
     kill_zygote(cluster, handle)
+    assert wait_for(lambda: cluster.zygote_pid(handle) == spare[0])
     assert zf.get([square.remote(i) for i in range(20)], timeout=30) == \
         [i * i for i in range(20)]
     stats = own_stats(cluster, handle)

@@ -27,19 +27,22 @@ class WorkerExited:
 
 @dataclass(frozen=True, slots=True)
 class ZygoteStarted:
-    """The worker fork server started; `restart`: it replaces one that died."""
+    """A worker fork server (new, or the spare) is the one that forks workers
+    now; `restart`: it replaces one that died."""
     pid: int
     restart: bool
 
 
 @dataclass(frozen=True, slots=True)
 class ZygoteDied:
-    """The worker fork server died. Each of the `workers` it had forked (or was
-    asked to) was killed and comes next as a WorkerExited; the next spawn starts
-    a new one, not before `restart_in` seconds (a backoff if it keeps dying)."""
+    """A worker fork server died. Each of the `workers` it had forked (or was
+    asked to) was killed and comes next as a WorkerExited; the next spawn makes
+    the spare fork, or starts a new one not before `restart_in` seconds (a
+    backoff if it keeps failing). `spare`: it was the spare (no workers)."""
     exitcode: int | None   # negative: killed by that signal
     workers: int
     restart_in: float
+    spare: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -408,14 +408,17 @@ class Fabric:
         if kind is ev.ZygoteStarted:
             if event.restart:
                 self.stats["zygote_restarts"] += 1
-                self._out.append(fx.Log("info", f"a new worker fork server (zygote) started "
-                                                f"(pid {event.pid})"))
+                self._out.append(fx.Log("info", f"worker fork server (zygote) {event.pid} "
+                                                f"took over"))
             return
         if kind is ev.ZygoteDied:
             self.stats["zygote_deaths"] += 1
             code = event.exitcode
             how = f"killed by signal {-code}" if code is not None and code < 0 \
                 else f"exit code {code}"
+            if event.spare:
+                self._out.append(fx.Log("info", f"the spare worker fork server died ({how})"))
+                return
             self._out.append(fx.Log("warning", (
                 f"the worker fork server (zygote) died ({how}); its {event.workers} "
                 f"worker(s) were killed and their tasks go back to the queue; a new one "

@@ -43,6 +43,19 @@ import zmq
 from ..core import events as ev
 
 
+class _Zygote:
+    """One fork server process: its Popen, the pipe it reads spawns from, the
+    pipe it reports on, and whether it said "ready"."""
+
+    def __init__(self, popen: subprocess.Popen, report_r: int):
+        self.popen = popen
+        self.pid = popen.pid
+        self.stdin = popen.stdin.fileno()
+        self.report_r = report_r
+        self.buf = b""
+        self.ready = False
+
+
 class Processes:
     def __init__(self, poller: zmq.Poller, dispatch, *, ipc_endpoint: str, session_dir: str,
                  worker_output: str | None, stop_grace: float,
@@ -58,18 +71,16 @@ class Processes:
         self.clock = clock                    # the backoff's clock (monotonic seconds)
         self.cancel_dir = os.path.join(session_dir, "cancel")
         os.makedirs(self.cancel_dir, exist_ok=True)
-        self.zygote: subprocess.Popen | None = None
+        self.zygote: _Zygote | None = None    # the one that forks our workers
+        self.spare: _Zygote | None = None     # kept once one died, to take over at once
         self._pids: dict[str, int | None] = {}     # worker id -> pid (None: not forked yet)
         self._wid_of: dict[int, str] = {}          # pid -> worker id
         self._pidfds: dict[str, int] = {}          # worker id -> pidfd (signals go there)
         self._fd_handlers: dict[int, object] = {}  # fd we polled -> what to do when readable
-        self._zygote_in = -1
-        self._report_r = -1
-        self._report_buf = b""
         self._held: list[str] = []    # spawns waiting for a zygote (held back by the backoff)
         self._not_before = 0.0        # monotonic time before which no zygote is started
         self._failures = 0            # zygote deaths / failed starts since one was ready
-        self._starts = 0              # zygotes started
+        self._actives = 0             # zygotes that forked for us (started or promoted)
 
     def on_readable(self, fd: int) -> None:
         self._fd_handlers[fd]()
@@ -78,29 +89,44 @@ class Processes:
 
     def spawn(self, wid: str) -> None:
         self._pids[wid] = None   # pid known once the zygote reports it
-        if self.zygote is None and (self.clock() < self._not_before
-                                    or not self._start_zygote()):
+        if self.zygote is None and not self._activate():
             self._held.append(wid)
             return
         self._ask_fork(wid)
 
     def _ask_fork(self, wid: str) -> None:
         try:
-            os.write(self._zygote_in, f"spawn {wid}\n".encode())
+            os.write(self.zygote.stdin, f"spawn {wid}\n".encode())
         except OSError:
             pass   # it just died: its report pipe's EOF reports `wid` exited
 
     def on_tick(self) -> None:
-        """Start a zygote whose restart was held back, once the backoff is over."""
-        if self._held and self.zygote is None and self.clock() >= self._not_before \
-                and self._start_zygote():
+        """Start a zygote whose restart was held back, once the backoff is over;
+        start the spare a node keeps once its zygote died."""
+        if self._held and self.zygote is None and self._activate():
             held, self._held = self._held, []
             for wid in held:
                 if wid in self._pids:   # (not stopped meanwhile)
                     self._ask_fork(wid)
+        if self._actives > 1 and self.spare is None and self.zygote is not None \
+                and self.zygote.ready and self.clock() >= self._not_before:
+            self.spare = self._start_zygote()
 
-    def _start_zygote(self) -> bool:
-        """Start the zygote; False (reported as ZygoteStartFailed) if it cannot be."""
+    def _activate(self) -> bool:
+        """Make a zygote the one that forks: the spare if there is one, else a new
+        one (not before the backoff is over). False if there is none yet."""
+        if self.spare is not None:
+            self.zygote, self.spare = self.spare, None
+        elif self.clock() >= self._not_before:
+            self.zygote = self._start_zygote()
+        if self.zygote is None:
+            return False
+        self._actives += 1
+        self.dispatch(ev.ZygoteStarted(self.zygote.pid, restart=self._actives > 1))
+        return True
+
+    def _start_zygote(self) -> _Zygote | None:
+        """Start a zygote; None (reported as ZygoteStartFailed) if it cannot be."""
         env = dict(os.environ)
         env.update(ZFABRIC_NODE_ENDPOINT=self.ipc_endpoint, ZFABRIC_CANCEL_DIR=self.cancel_dir)
         try:
@@ -108,7 +134,7 @@ class Processes:
         except OSError as e:
             return self._start_failed(e)
         try:
-            self.zygote = subprocess.Popen(
+            popen = subprocess.Popen(
                 [sys.executable, "-m", "zfabric.node.zygote", str(report_w),
                  self.worker_output or ""],
                 env=env, stdin=subprocess.PIPE, pass_fds=(report_w,), close_fds=True)
@@ -117,18 +143,15 @@ class Processes:
             return self._start_failed(e)
         finally:
             os.close(report_w)
-        self._zygote_in = self.zygote.stdin.fileno()
-        self._report_r = report_r
-        self._fd_handlers[report_r] = self._on_zygote_report
+        zygote = _Zygote(popen, report_r)
+        self._fd_handlers[report_r] = lambda: self._on_zygote_report(zygote)
         self.poller.register(report_r, zmq.POLLIN)
-        self._starts += 1
-        self.dispatch(ev.ZygoteStarted(self.zygote.pid, restart=self._starts > 1))
-        return True
+        return zygote
 
-    def _start_failed(self, error: OSError) -> bool:
+    def _start_failed(self, error: OSError) -> None:
         delay = self._backoff()
         self.dispatch(ev.ZygoteStartFailed(f"{type(error).__name__}: {error}", delay))
-        return False
+        return None
 
     def _backoff(self, failed: bool = True) -> float:
         """How long to wait before the next start, counting one more zygote
@@ -139,21 +162,22 @@ class Processes:
         self._not_before = self.clock() + delay
         return delay
 
-    def _on_zygote_report(self) -> None:
-        chunk = os.read(self._report_r, 65536)
+    def _on_zygote_report(self, zygote: _Zygote) -> None:
+        chunk = os.read(zygote.report_r, 65536)
         if not chunk:
-            self._on_zygote_died()
+            self._on_zygote_died(zygote)
             return
-        self._report_buf += chunk
-        while b"\n" in self._report_buf:
-            line, self._report_buf = self._report_buf.split(b"\n", 1)
+        zygote.buf += chunk
+        while b"\n" in zygote.buf:
+            line, zygote.buf = zygote.buf.split(b"\n", 1)
             what, *args = line.decode().split()
             if what == "started":
                 self._on_started(args[0], int(args[1]))
             elif what == "exited":
                 self._on_exited(int(args[0]), int(args[1]))
             elif what == "ready":   # it imported what workers need: a death later is
-                self._failures = 0  # someone else's doing, restarted at once
+                zygote.ready = True  # someone else's doing, restarted at once
+                self._failures = 0
 
     def _on_started(self, wid: str, pid: int) -> None:
         try:
@@ -183,42 +207,46 @@ class Processes:
         except FileNotFoundError:
             pass
 
-    def _on_zygote_died(self) -> None:
-        """Reap the zygote, kill what it forked, report each of them exited, and
-        let the next spawn start a new one (after a backoff if it keeps dying)."""
-        zygote, self.zygote = self.zygote, None
+    def _on_zygote_died(self, zygote: _Zygote) -> None:
+        """Reap a zygote. The spare: start another one later. The one that forks:
+        kill what it forked, report each of them exited, and let the spare (if
+        any) or a new zygote take over (after a backoff if it keeps failing)."""
         self._close_zygote(zygote)
-        exitcode = zygote.returncode
+        exitcode = zygote.popen.returncode
+        # SIGKILL comes from outside (a user, the OOM killer): it says nothing about
+        # whether the next zygote can start, so it is restarted at once
+        failed = exitcode != -signal.SIGKILL and not zygote.ready
+        if zygote is self.spare:
+            self.spare = None
+            self.dispatch(ev.ZygoteDied(exitcode, 0, self._backoff(failed), spare=True))
+            return
+        self.zygote = None
         doomed = [wid for wid in self._pids if wid not in self._held]
         for wid in doomed:    # they die with it (PDEATHSIG); make sure, by pidfd
             _send(self._pidfds.get(wid, -1), None, signal.SIGKILL)
-        # SIGKILL comes from outside (a user, the OOM killer): it says nothing about
-        # whether the next zygote can start, so it is restarted at once
-        delay = self._backoff(failed=exitcode != -signal.SIGKILL)
+        delay = self._backoff(failed)
         for wid in doomed:
             pid = self._pids.pop(wid)
             self._wid_of.pop(pid, None)
             self._forget(wid)
-        self.dispatch(ev.ZygoteDied(exitcode, len(doomed), delay))
-        for wid in doomed:   # (their replacements' spawns start the next zygote)
+        self.dispatch(ev.ZygoteDied(exitcode, len(doomed), 0.0 if self.spare else delay))
+        for wid in doomed:   # (their replacements' spawns make the spare or a new one fork)
             self.dispatch(ev.WorkerExited(wid, -signal.SIGKILL))
 
-    def _close_zygote(self, zygote: subprocess.Popen) -> None:
+    def _close_zygote(self, zygote: _Zygote) -> None:
         """Stop polling its report pipe, close its stdin, reap it (killing it if needed)."""
-        self.poller.unregister(self._report_r)
-        del self._fd_handlers[self._report_r]
-        os.close(self._report_r)
-        self._report_r = self._zygote_in = -1
-        self._report_buf = b""
+        self.poller.unregister(zygote.report_r)
+        del self._fd_handlers[zygote.report_r]
+        os.close(zygote.report_r)
         try:
-            zygote.stdin.close()
+            zygote.popen.stdin.close()
         except OSError:
             pass
         try:
-            zygote.wait(timeout=self.stop_grace)
+            zygote.popen.wait(timeout=self.stop_grace)
         except subprocess.TimeoutExpired:   # it closed the pipe yet lives: not ours any more
-            zygote.kill()
-            zygote.wait()
+            zygote.popen.kill()
+            zygote.popen.wait()
 
     def stop(self, wid: str) -> None:
         self.send_signal(wid, signal.SIGTERM)
@@ -283,11 +311,12 @@ class Processes:
         for fd in self._pidfds.values():
             os.close(fd)
         self._pidfds.clear()
-        if self.zygote is not None:
-            self.zygote.kill()   # its children are gone; it holds nothing
-            self.zygote.wait()
-            self.zygote.stdin.close()
-            self.zygote = None
+        for zygote in (self.zygote, self.spare):
+            if zygote is not None:   # its children are gone; it holds nothing
+                zygote.popen.kill()
+                zygote.popen.wait()
+                zygote.popen.stdin.close()
+        self.zygote = self.spare = None
         for fd in list(self._fd_handlers):
             os.close(fd)
         self._fd_handlers.clear()
