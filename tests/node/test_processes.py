@@ -166,3 +166,14 @@ def test_once_a_zygote_died_a_spare_is_kept_and_takes_over_the_next_time(shell):
     pump(procs, poller, events, lambda e: "w3" in procs._wid_of.values())
     procs.on_tick()              # and a new spare is started behind it
     assert procs.spare is not None and procs.spare is not spare
+
+
+def test_a_spawn_asked_of_a_zygote_that_just_died_is_reported_exited(shell, broken_zygote):
+    procs, events, poller, clock = shell
+    procs.spawn("w1")
+    procs.zygote.popen.wait()   # dead, and its report pipe's EOF not read yet
+    procs.spawn("w2")           # written into a pipe nobody reads: no exception
+    pump(procs, poller, events, lambda e: of(ev.ZygoteDied, e))
+    assert of(ev.ZygoteDied, events) == [ev.ZygoteDied(3, 2, 0.0)]
+    assert of(ev.WorkerExited, events) == [ev.WorkerExited("w1", -signal.SIGKILL),
+                                           ev.WorkerExited("w2", -signal.SIGKILL)]

@@ -1,34 +1,39 @@
-"""The node's child processes: the zygote, the workers it forks, and pidfds.
+"""The node's child processes: the zygotes, the workers they fork, and pidfds.
 
     NodeLoop --SpawnWorker--> Processes.spawn --"spawn w7\\n"--> zygote stdin --fork--> w7
     zygote report pipe --"ready 4240" / "started w7 4242" / "exited 4242 -9"
         --> WorkerExited --> dispatch
-    zygote report pipe --EOF (the zygote died)--> every worker it forked: SIGKILL, and
-        WorkerExited each; then ZygoteDied --> dispatch; a new zygote on the next spawn
+    zygote report pipe --EOF (the zygote died)--> ZygoteDied; every worker it forked:
+        SIGKILL, and a WorkerExited each --> dispatch; the spare (or a new zygote)
+        forks their replacements
     NodeLoop --StopWorker / KillWorker--> SIGTERM / SIGKILL by pidfd
     NodeLoop --InterruptWorker--> {session}/cancel/{wid} := task id hex, then SIGUSR1
     NodeLoop --WatchClient--> pidfd --exit--> the caller's callback (ClientGone)
-    NodeLoop --every Tick--> on_tick: start a zygote whose restart was held back
+    NodeLoop --every Tick--> on_tick: a zygote whose restart was held back; the spare
 
-Owns the zygote (started on the first spawn, and again on the first spawn
-after it died), each worker's pid and pidfd (known once the zygote reports
-it; signals go through the pidfd, so a recycled pid is never hit), the
-cancel dir (a worker interrupted by SIGUSR1 reads there which task to
-interrupt, and only interrupts that one), and every fd it registers with
-the loop's poller: the zygote's report pipe and one pidfd per watched
-process. The loop calls `on_readable(fd)` when one of them is readable;
-what happened goes back through `dispatch` (an event for the fabric).
+Owns the zygote that forks workers (started on the first spawn), the spare
+zygote a node keeps once its zygote died, each worker's pid and pidfd
+(known once the zygote reports it; signals go through the pidfd, so a
+recycled pid is never hit), the cancel dir (a worker interrupted by SIGUSR1
+reads there which task to interrupt, and only interrupts that one), and
+every fd it registers with the loop's poller: each zygote's report pipe and
+one pidfd per watched process. The loop calls `on_readable(fd)` when one of
+them is readable; what happened goes back through `dispatch` (an event for
+the fabric).
 
 The zygote's death is an event, not the node's end: its workers die with
-it (PR_SET_PDEATHSIG) and are killed here by pidfd to be sure, each one
+it (PR_SET_PDEATHSIG) and are killed here by pidfd to be sure, and each one
 (also one asked for but not yet reported started) goes to the fabric as a
-WorkerExited, so their tasks are retried, and the spawns that follow start
-a new zygote. A zygote that exits or crashes by itself again before it
-said "ready" (it had imported what workers need), or that cannot be
-started, is restarted only after a backoff (doubling from `restart_backoff`
-to `restart_backoff_max`); one killed by SIGKILL (from outside: a user, the
-OOM killer) is restarted at once. Spawns asked for meanwhile wait in `_held` and go out when `on_tick`
-starts it. `stop_all` stops everything on the way out.
+WorkerExited, so their tasks are retried. The spawns that follow make the
+spare fork (it has imported everything already: no second of imports with
+no worker), or start a new zygote; from the first death on, `on_tick` keeps
+a spare started behind the zygote once that one is ready. A zygote that
+exits or crashes by itself before it said "ready" (had imported what
+workers need), or that cannot be started, is restarted only after a backoff
+(doubling from `restart_backoff` to `restart_backoff_max`); one killed by
+SIGKILL (from outside: a user, the OOM killer) is restarted at once. Spawns
+asked for meanwhile wait in `_held` and go out when `on_tick` starts one.
+`stop_all` stops everything on the way out.
 """
 from __future__ import annotations
 
