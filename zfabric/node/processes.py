@@ -27,7 +27,8 @@ it (PR_SET_PDEATHSIG) and are killed here by pidfd to be sure, and each one
 WorkerExited, so their tasks are retried. The spawns that follow make the
 spare fork (it has imported everything already: no second of imports with
 no worker), or start a new zygote; from the first death on, `on_tick` keeps
-a spare started behind the zygote once that one is ready. A zygote that
+a spare started behind the zygote (also while that one is still importing:
+under a killer, two starting zygotes get one ready sooner than one does). A zygote that
 exits or crashes by itself before it said "ready" (had imported what
 workers need), or that cannot be started, is restarted only after a backoff
 (doubling from `restart_backoff` to `restart_backoff_max`); one killed by
@@ -114,7 +115,7 @@ class Processes:
                 if wid in self._pids:   # (not stopped meanwhile)
                     self._ask_fork(wid)
         if self._actives > 1 and self.spare is None and self.zygote is not None \
-                and self.zygote.ready and self.clock() >= self._not_before:
+                and not self._failures:   # (no spare for zygotes that fail by themselves)
             self.spare = self._start_zygote()
 
     def _activate(self) -> bool:
