@@ -161,10 +161,10 @@ def test_every_result_is_right_while_workers_and_zygotes_are_killed(driver_off):
         assert killer.kills, why
         assert all(h.proc.poll() is None for h in cluster.nodes), why   # no node died
         stats = node_stats(cluster)
-        # (a zygote killed between fork and exec still looks like its node: a "worker")
+        # (a zygote killed between fork and exec still looks like its node, a "worker";
+        # and under memory pressure a zygote may die by itself, e.g. when it cannot fork)
         zygotes = sum(1 for _, what in killer.kills if what == "zygote")
-        deaths = sum(s["zygote_deaths"] for s in stats.values())
-        assert zygotes <= deaths <= len(killer.kills), (why, stats)
+        assert sum(s["zygote_deaths"] for s in stats.values()) >= zygotes, (why, stats)
         # and the cluster still works
         assert zf.get([r_tiny.remote(i) for i in range(30)], timeout=GET_TIMEOUT) == \
             [tiny(i) for i in range(30)], why

@@ -28,10 +28,11 @@ WorkerExited, so their tasks are retried. The spawns that follow make the
 spare fork (it has imported everything already: no second of imports with
 no worker), or start a new zygote; from the first death on, `on_tick` keeps
 a spare started behind the zygote (also while that one is still importing:
-under a killer, two starting zygotes get one ready sooner than one does). A zygote that
-exits or crashes by itself before it said "ready" (had imported what
-workers need), or that cannot be started, is restarted only after a backoff
-(doubling from `restart_backoff` to `restart_backoff_max`); one killed by
+under a killer, two starting zygotes get one ready sooner than one does).
+A zygote that exits or crashes by itself (at its imports, or because it
+cannot fork) again before one forked a worker, or that cannot be started,
+is restarted only after a backoff (doubling from `restart_backoff` to
+`restart_backoff_max`), and no spare is kept meanwhile; one killed by
 SIGKILL (from outside: a user, the OOM killer) is restarted at once. Spawns
 asked for meanwhile wait in `_held` and go out when `on_tick` starts one.
 `stop_all` stops everything on the way out.
@@ -85,7 +86,7 @@ class Processes:
         self._fd_handlers: dict[int, object] = {}  # fd we polled -> what to do when readable
         self._held: list[str] = []    # spawns waiting for a zygote (held back by the backoff)
         self._not_before = 0.0        # monotonic time before which no zygote is started
-        self._failures = 0            # zygote deaths / failed starts since one was ready
+        self._failures = 0            # own zygote deaths / failed starts since one forked
         self._actives = 0             # zygotes that forked for us (started or promoted)
 
     def on_readable(self, fd: int) -> None:
@@ -181,11 +182,11 @@ class Processes:
                 self._on_started(args[0], int(args[1]))
             elif what == "exited":
                 self._on_exited(int(args[0]), int(args[1]))
-            elif what == "ready":   # it imported what workers need: a death later is
-                zygote.ready = True  # someone else's doing, restarted at once
-                self._failures = 0
+            elif what == "ready":   # it imported what workers need
+                zygote.ready = True
 
     def _on_started(self, wid: str, pid: int) -> None:
+        self._failures = 0   # a zygote that forks works: the next death restarts at once
         try:
             pidfd = os.pidfd_open(pid)
         except OSError:      # it exited already (its "exited" report follows)
@@ -221,7 +222,7 @@ class Processes:
         exitcode = zygote.popen.returncode
         # SIGKILL comes from outside (a user, the OOM killer): it says nothing about
         # whether the next zygote can start, so it is restarted at once
-        failed = exitcode != -signal.SIGKILL and not zygote.ready
+        failed = exitcode != -signal.SIGKILL
         if zygote is self.spare:
             self.spare = None
             self.dispatch(ev.ZygoteDied(exitcode, 0, self._backoff(failed), spare=True))
