@@ -166,10 +166,13 @@ def test_every_result_is_right_while_workers_and_zygotes_are_killed(driver_off):
         # under memory pressure a zygote may die by itself, e.g. when it cannot fork)
         zygotes = sum(1 for _, what in killer.kills if what == "zygote")
         deadline = time.monotonic() + 10
-        while sum(s["zygote_deaths"] for s in (stats := node_stats(cluster)).values()) \
-                < zygotes and time.monotonic() < deadline:
+        while True:
+            stats = node_stats(cluster)
+            deaths = sum(s["zygote_deaths"] for s in stats.values())
+            if deaths >= zygotes or time.monotonic() > deadline:
+                break
             time.sleep(0.05)
-        assert sum(s["zygote_deaths"] for s in stats.values()) >= zygotes, (why, stats)
+        assert deaths >= zygotes, (why, stats)
         # and the cluster still works
         assert zf.get([r_tiny.remote(i) for i in range(30)], timeout=GET_TIMEOUT) == \
             [tiny(i) for i in range(30)], why
