@@ -73,6 +73,12 @@ class Config:
     timeline_capacity: int = 100_000
     # Seconds a graceful stop waits for workers before SIGKILL.
     stop_grace: float = 2.0
+    # A worker fork server (zygote) that died is replaced at once; one that dies
+    # again before it forked a worker, or cannot be started, is tried again after
+    # this many seconds, doubled each time up to zygote_restart_backoff_max: a
+    # zygote that cannot start never becomes a hot loop.
+    zygote_restart_backoff: float = 0.1
+    zygote_restart_backoff_max: float = 5.0
 
     # -- network -------------------------------------------------------------
     host: str = "127.0.0.1"

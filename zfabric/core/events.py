@@ -1,7 +1,8 @@
 """What goes into the node's state machines.
 
 The node loop turns every I/O outcome into one of these: a decoded message
-from a local client, a worker process that exited, a client process that
+from a local client, a worker process that exited, the worker fork server
+(zygote) that started, died or could not start, a client process that
 went away, a timer tick, a send to a peer that failed. Small frozen
 records; no behaviour.
 """
@@ -22,6 +23,34 @@ class WorkerExited:
     """A worker process ended (crash, kill, or a stop we asked for)."""
     worker_id: str
     exitcode: int | None   # negative: killed by that signal
+
+
+@dataclass(frozen=True, slots=True)
+class ZygoteStarted:
+    """A worker fork server (new, or the spare) is the one that forks workers
+    now; `restart`: it replaces one that died."""
+    pid: int
+    restart: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ZygoteDied:
+    """A worker fork server died. Each of the `workers` it had forked (or was
+    asked to) was killed and comes next as a WorkerExited; the next spawn makes
+    the spare fork, or starts a new one not before `restart_in` seconds (a
+    backoff if it keeps failing). `spare`: it was the spare (no workers)."""
+    exitcode: int | None   # negative: killed by that signal
+    workers: int
+    restart_in: float
+    spare: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ZygoteStartFailed:
+    """No worker fork server could be started (`reason`); tried again in
+    `retry_in` seconds, while the spawns asked for wait."""
+    reason: str
+    retry_in: float
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,6 +9,8 @@ and object pulls, behind one `handle(event, now) -> effects` (sans-I/O).
                           |                FreeObjects --> Scheduler
                           |-- ChunkArrived / ChunkFailed --> Transfers
                           |-- PeerUnreachable / PeerSendBlocked --> counted in `stats`, warned
+                          |-- ZygoteStarted / ZygoteDied / ZygoteStartFailed --> counted
+                          |       in `stats` (zygote_restarts ...), logged
                           '-- Tick --> Membership (gossip round, failure detection),
                                        Transfers (chunk timeouts), Scheduler
     effects <-- Send, PeerSend, RequestChunk, SealPull, AbortPull, workers, store ...
@@ -49,6 +51,7 @@ JOIN_RETRY = 0.5   # seconds between join attempts while no seed has answered
 _OWN_EFFECTS = frozenset({fx.Fetch, fx.CancelFetch, fx.Publish, fx.DeleteObject, fx.FreeCopies})
 
 
+_ZYGOTE_EVENTS = frozenset({ev.ZygoteStarted, ev.ZygoteDied, ev.ZygoteStartFailed})
 STATIC_KEYS = ("address", "object_address", "host", "port", "pid")
 
 
@@ -107,7 +110,8 @@ class Fabric:
         self._events: deque = deque()
         self._out: list = []
         self._now = 0.0
-        self.stats = {"peer_unreachable": 0, "peer_send_blocked": 0, "peer_messages_dropped": 0}
+        self.stats = {"peer_unreachable": 0, "peer_send_blocked": 0, "peer_messages_dropped": 0,
+                      "zygote_restarts": 0, "zygote_deaths": 0, "zygote_start_failures": 0}
         self._warned_peers: set[str] = set()   # addresses warned of, until heard from again
         self.views = ClusterView(self.node_id, scheduler, membership, gcs, self.stats)
 
@@ -155,6 +159,8 @@ class Fabric:
             self._on_tick()
         elif kind is ev.PeerUnreachable or kind is ev.PeerSendBlocked:
             self._on_peer_send_failed(event)
+        elif kind in _ZYGOTE_EVENTS:
+            self._on_zygote(event)
         else:
             self._events.append(event)
         self._run_events()
@@ -423,6 +429,34 @@ class Fabric:
             f"{why}; dropped {event.dropped} message(s), "
             f"{self.stats['peer_messages_dropped']} to peers so far "
             "(not warned again until it is heard from)")))
+
+    def _on_zygote(self, event) -> None:
+        """The worker fork server started again, died or could not start: count
+        it and say so (its workers' deaths come as WorkerExited events)."""
+        kind = type(event)
+        if kind is ev.ZygoteStarted:
+            if event.restart:
+                self.stats["zygote_restarts"] += 1
+                self._out.append(fx.Log("info", f"worker fork server (zygote) {event.pid} "
+                                                f"took over"))
+            return
+        if kind is ev.ZygoteDied:
+            self.stats["zygote_deaths"] += 1
+            code = event.exitcode
+            how = f"killed by signal {-code}" if code is not None and code < 0 \
+                else f"exit code {code}"
+            if event.spare:
+                self._out.append(fx.Log("info", f"the spare worker fork server died ({how})"))
+                return
+            self._out.append(fx.Log("warning", (
+                f"the worker fork server (zygote) died ({how}); its {event.workers} "
+                f"worker(s) were killed and their tasks go back to the queue; a new one "
+                f"starts on the next spawn, in {event.restart_in:g} s at the earliest")))
+            return
+        self.stats["zygote_start_failures"] += 1
+        self._out.append(fx.Log("error", (
+            f"cannot start the worker fork server (zygote): {event.reason}; "
+            f"trying again in {event.retry_in:g} s (no new workers until then)")))
 
     def _heard_from(self, node_id: bytes) -> None:
         member = self.membership.members.get(node_id)

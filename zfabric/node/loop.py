@@ -2,9 +2,10 @@
 
     scheduler ROUTER (ipc + tcp) --decode--> ClientMessage / PeerMessage -----+
     pulls.py: pull DEALERs --chunk written--> ChunkArrived / ChunkFailed -----+
-    processes.py: zygote reports, pidfds --> WorkerExited / ClientGone -------+--> Fabric.handle
+    processes.py: zygote reports, pidfds --> WorkerExited / ClientGone / -----+--> Fabric.handle
+                  ZygoteStarted / ZygoteDied / ZygoteStartFailed -----------+        |
     peers.py: a peer send that failed --> PeerUnreachable / PeerSendBlocked --+        |
-    timer --------------------------------> Tick -----------------------------+        |
+    timer -----> processes.on_tick (a held-back zygote restart), then Tick ---+        |
     effects <--------------------------------------------------------------------------'
       one handler per effect type (NodeLoop.effect_handlers):
       Send -> client Batcher -> scheduler ROUTER    PeerSend / JoinSend / ForgetPeer -> peers.py
@@ -57,6 +58,7 @@ class NodeLoop:
                  session_dir: str, store_dir: str, spill_dir: str, spill_copy_chunk: int,
                  tick_interval: float,
                  worker_output: str | None, stop_grace: float,
+                 zygote_backoff: tuple[float, float] = (0.1, 5.0),
                  embedded_driver_pid: int | None = None, on_ready=None):
         self.fabric = fabric
         self.router = router
@@ -73,7 +75,8 @@ class NodeLoop:
         self.spiller = Spiller(store_dir, spill_dir, chunk=spill_copy_chunk)
         self.processes = Processes(self.poller, self.dispatch, ipc_endpoint=ipc_endpoint,
                                    session_dir=session_dir, worker_output=worker_output,
-                                   stop_grace=stop_grace)
+                                   stop_grace=stop_grace, restart_backoff=zygote_backoff[0],
+                                   restart_backoff_max=zygote_backoff[1])
         self.running = False
         self.stop_reason = ""
         self.malformed = 0
@@ -121,6 +124,7 @@ class NodeLoop:
                 now = time.monotonic()
                 if now >= next_tick:
                     next_tick = now + self.tick_interval
+                    self.processes.on_tick()
                     self.execute(self.fabric.handle(ev.Tick(), now))
                     self._flush_sends()
         finally:

@@ -145,7 +145,10 @@ def serve(config: Config, *, num_cpus: float, resources: dict, object_store_memo
                         spill_dir=info["spill_dir"], spill_copy_chunk=config.spill_copy_chunk,
                         tick_interval=config.gossip_interval / 2,
                         worker_output=node.session_dir if worker_logs else None,
-                        stop_grace=config.stop_grace, embedded_driver_pid=embedded_driver_pid,
+                        stop_grace=config.stop_grace,
+                        zygote_backoff=(config.zygote_restart_backoff,
+                                        config.zygote_restart_backoff_max),
+                        embedded_driver_pid=embedded_driver_pid,
                         on_ready=lambda: node.answer(info))
         node.write_records(info, embedded=bool(embedded_driver_pid))
         log.info("node %s up at %s (%s), %g CPUs", info["node_id"], info["address"],

@@ -1,6 +1,7 @@
 """The worker fork server: one pre-imported process that forks workers on demand.
 
     node --"spawn w7\\n"--> zygote (stdin)      zygote --fork--> worker w7
+    node <--"ready 4240\\n"-- zygote (report pipe; it has imported what workers need)
     node <--"started w7 4242\\n"-- zygote (report pipe)
     node <--"exited 4242 -11\\n"-- zygote (it reaps its children)
 
@@ -41,7 +42,8 @@ def _preload() -> None:
     from . import client, store, worker  # noqa: F401
 
 
-def _child(worker_id: str, report_fd: int, wake_r: int, wake_w: int, log_dir: str) -> None:
+def _child(worker_id: str, report_fd: int, wake_r: int, wake_w: int, log_dir: str,
+           zygote_pid: int) -> None:
     for fd in (report_fd, wake_r, wake_w):
         os.close(fd)
     signal.set_wakeup_fd(-1)
@@ -59,7 +61,7 @@ def _child(worker_id: str, report_fd: int, wake_r: int, wake_w: int, log_dir: st
     numpy.random.seed()
     from . import worker
     os.environ["ZFABRIC_WORKER_ID"] = worker_id
-    worker.main(zygote_pid=os.getppid())
+    worker.main(zygote_pid=zygote_pid)   # (not getppid(): we may be orphaned already)
 
 
 def main() -> None:
@@ -68,10 +70,12 @@ def main() -> None:
     _die_with_parent(signal.SIGKILL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _preload()
+    os.write(report_fd, f"ready {os.getpid()}\n".encode())   # (a restart that got this far works)
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda *_: None)
     stdin = sys.stdin.fileno()
+    me = os.getpid()
     buf = b""
     while True:
         ready, _, _ = select.select([stdin, wake_r], [], [])
@@ -94,7 +98,7 @@ def main() -> None:
                     pid = os.fork()
                     if pid == 0:
                         try:
-                            _child(arg, report_fd, wake_r, wake_w, log_dir)
+                            _child(arg, report_fd, wake_r, wake_w, log_dir, me)
                         finally:
                             os._exit(1)
                     os.write(report_fd, f"started {arg} {pid}\n".encode())

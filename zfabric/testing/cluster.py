@@ -4,6 +4,7 @@
         zf.init(address=cluster.address)                 # attach to the first node
         h = cluster.add_node(num_cpus=2, resources={"gpu": 1})
         cluster.kill_node(h)       # SIGKILL the node and its workers: no goodbye
+        cluster.zygote_pid(h), cluster.child_pids(h)   # what runs under a node, to kill in tests
         cluster.remove_node(h)     # graceful stop
 
 Each node is its own process (started like `zfabric start`), with its own
@@ -126,6 +127,46 @@ class LocalCluster:
         except FileNotFoundError:
             pass
 
+    # -- what runs under a node -------------------------------------------------------
+
+    def child_pids(self, handle: NodeHandle) -> list[int]:
+        """PIDs of the live processes under a node (its zygote, the workers the
+        zygote forked, and whatever their tasks started), not the node itself;
+        [] if the node is gone."""
+        try:
+            children = psutil.Process(handle.pid).children(recursive=True)
+        except psutil.Error:
+            return []
+        return [c.pid for c in children if _running(c)]
+
+    def zygote_pids(self, handle: NodeHandle) -> list[int]:
+        """PIDs of a node's worker fork servers (its children running
+        `zfabric.node.zygote`): none before the first spawn or right after one
+        died, and two once one died (the one that forks and a spare)."""
+        try:
+            children = psutil.Process(handle.pid).children()
+        except psutil.Error:
+            return []
+        pids = []
+        for child in children:
+            try:
+                if "zfabric.node.zygote" in child.cmdline() and _running(child):
+                    pids.append(child.pid)
+            except psutil.Error:
+                pass
+        return pids
+
+    def zygote_pid(self, handle: NodeHandle) -> int | None:
+        """PID of the fork server that forked a node's workers (of its
+        `zygote_pids`, the one with children), or None if none has any."""
+        for pid in self.zygote_pids(handle):
+            try:
+                if any(_running(c) for c in psutil.Process(pid).children()):
+                    return pid
+            except psutil.Error:
+                pass
+        return None
+
     # -- waiting ---------------------------------------------------------------------
 
     def wait_for_nodes(self, timeout: float | None = None) -> None:
@@ -175,6 +216,13 @@ class LocalCluster:
 
     def __exit__(self, *exc) -> None:
         self.shutdown()
+
+
+def _running(proc: psutil.Process) -> bool:
+    try:
+        return proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
 def _reap(proc: psutil.Process) -> None:
