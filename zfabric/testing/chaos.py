@@ -1,10 +1,10 @@
 """Chaos on real processes: a checkable job, a seeded killer, memory peaks.
 
-    job = ChaosJob(seed=7, tasks=2000)      # tiny tasks + 1 MiB results with dependencies
+    job = ChaosJob(seed=7, tasks=2000)      # 1 MiB arrays, tasks taking two, tiny tasks
     with Killer(cluster, seed=7) as killer:  # SIGKILLs a random child of a random node
         job.submit()                         #   every 200 ms: workers and zygotes alike
         outcome = job.collect(timeout=60)
-    assert outcome.wrong == 0 and outcome.hung == 0, outcome
+    assert outcome.all_right, outcome
 
 Everything random comes from the seed, so a failing run names the job it ran.
 The job's functions live in this module, so every node's workers import them
@@ -31,26 +31,21 @@ import psutil
 from .. import api
 from ..exceptions import GetTimeoutError, ZFabricError
 
-BIG_ELEMENTS = 2**20 // 8          # float64: 1 MiB
+BIG_ELEMENTS = 2**20 // 8          # int64: 1 MiB
 
 
 # -- the job's functions: importable by every node's workers ------------------------------------
 
 def tiny(i: int) -> int:
-    return i * i + 1
+    return i * 7 + 1
 
 
-def make(i: int) -> np.ndarray:
-    return np.full(BIG_ELEMENTS, float(i))
+def make_big(i: int) -> np.ndarray:
+    return np.random.default_rng(i).integers(0, 1000, BIG_ELEMENTS, dtype=np.int64)
 
 
-def combine(a: np.ndarray, b: np.ndarray, i: int) -> float:
-    return float(a[0]) * 1_000_000 + float(b[-1]) + i
-
-
-def _big_is(value, i: int) -> bool:
-    return (isinstance(value, np.ndarray) and value.shape == (BIG_ELEMENTS,)
-            and bool(np.all(value == float(i))))
+def combine(a: np.ndarray, b: np.ndarray, k: int) -> int:
+    return int(a.sum()) - 3 * int(b[k * 31 % BIG_ELEMENTS]) + k
 
 
 # -- the job -----------------------------------------------------------------------------------
@@ -68,77 +63,88 @@ class Outcome:
     def total(self) -> int:
         return self.completed + self.wrong + self.hung + sum(self.errors.values())
 
+    @property
+    def all_right(self) -> bool:
+        return self.completed == self.total
+
     def note(self, what: str) -> None:
         if len(self.first_problems) < 5:
             self.first_problems.append(what)
 
 
 class ChaosJob:
-    """`tasks` tasks: tiny ones, `make` tasks with 1 MiB results, and `combine`
-    tasks taking two `make` results (so objects move between nodes)."""
+    """`tasks` tasks: `arrays` tasks making 1 MiB arrays, `combines` tasks that
+    take two of those arrays (chosen by the seed) and the rest tiny, submitted
+    interleaved. `big_options`: options for the array makers (e.g. resources
+    that pin them to one node)."""
 
-    def __init__(self, seed: int, tasks: int = 2000, *, big_share: float = 0.15,
-                 max_retries: int = -1):
+    def __init__(self, seed: int, tasks: int = 2000, *, arrays: int = 100, combines: int = 400,
+                 max_retries: int = -1, big_options: dict | None = None):
+        if arrays < 1 or tasks < arrays + combines:
+            raise ValueError("a job needs an array, and room for its arrays and combines")
         self.seed = seed
-        self.rng = random.Random(seed)
-        self.tasks = tasks
-        self.big_share = big_share
-        self.max_retries = max_retries
-        self.checks: list[tuple[object, object, str]] = []   # (ref, check(value) -> bool, name)
+        rng = random.Random(seed)
+        self.pairs = [(rng.randrange(arrays), rng.randrange(arrays)) for _ in range(combines)]
+        self.arrays, self.tiny = arrays, tasks - arrays - combines
+        self.max_retries = max_retries    # -1: every kill of a task's worker is one more attempt
+        self.big_options = dict(big_options or {})
+        self.refs: dict[str, list] = {}
 
     def submit(self) -> None:
+        """Submit the whole job (arrays first, then combines and tiny tasks interleaved)."""
         opts = {"max_retries": self.max_retries}
-        r_tiny = api.remote(**opts)(tiny)
-        r_make = api.remote(**opts)(make)
-        r_combine = api.remote(**opts)(combine)
-        bigs: list[tuple[object, int]] = []
-        for i in range(self.tasks):
-            roll = self.rng.random()
-            if roll < self.big_share or len(bigs) < 2:
-                ref = r_make.remote(i)
-                bigs.append((ref, i))
-                self.checks.append((ref, lambda v, i=i: _big_is(v, i), f"make({i})"))
-            elif roll < 2 * self.big_share:
-                (a, ia), (b, ib) = self.rng.sample(bigs[-20:], 2)
-                want = combine(np.full(1, float(ia)), np.full(1, float(ib)), i)
-                self.checks.append((r_combine.remote(a, b, i), lambda v, w=want: v == w,
-                                    f"combine(make({ia}), make({ib}), {i})"))
-            else:
-                self.checks.append((r_tiny.remote(i), lambda v, w=tiny(i): v == w, f"tiny({i})"))
+        r_make = api.remote(**opts, **self.big_options)(make_big)
+        r_combine, r_tiny = api.remote(**opts)(combine), api.remote(**opts)(tiny)
+        arrays = [r_make.remote(i) for i in range(self.arrays)]
+        combined, tinies = [], []
+        per_combine = self.tiny // max(1, len(self.pairs))
+        for k, (a, b) in enumerate(self.pairs):
+            combined.append(r_combine.remote(arrays[a], arrays[b], k))
+            tinies += [r_tiny.remote(i) for i in range(len(tinies), len(tinies) + per_combine)]
+        tinies += [r_tiny.remote(i) for i in range(len(tinies), self.tiny)]
+        self.refs = {"arrays": arrays, "combines": combined, "tiny": tinies}
+
+    def small_refs(self) -> list:
+        """The refs of the small results (combines and tiny tasks)."""
+        return self.refs["combines"] + self.refs["tiny"]
+
+    def expected(self) -> dict[str, list]:
+        """What each task returns, computed in this process."""
+        arrays = [make_big(i) for i in range(self.arrays)]
+        return {"arrays": arrays,
+                "combines": [combine(arrays[a], arrays[b], k)
+                             for k, (a, b) in enumerate(self.pairs)],
+                "tiny": [tiny(i) for i in range(self.tiny)]}
 
     def collect(self, timeout: float) -> Outcome:
-        """Get every result (each within what is left of `timeout`) and check it."""
+        """Get every result (all within `timeout`) and compare it with `expected()`."""
         out = Outcome()
         deadline = time.monotonic() + timeout
-        for ref, check, name in self.checks:
-            try:
-                value = api.get(ref, timeout=max(0.0, deadline - time.monotonic()))
-            except GetTimeoutError:
-                out.hung += 1
-                out.note(f"{name}: no answer within {timeout:g} s")
-            except ZFabricError as e:
-                out.errors[type(e).__name__] += 1
-                out.note(f"{name}: {type(e).__name__}: {str(e).splitlines()[0]}")
-            else:
-                if check(value):
-                    out.completed += 1
+        want = self.expected()
+        for kind, refs in self.refs.items():
+            for i, (ref, wanted) in enumerate(zip(refs, want[kind])):
+                name = f"{kind}[{i}]"
+                try:
+                    value = api.get(ref, timeout=max(0.0, deadline - time.monotonic()))
+                except GetTimeoutError:
+                    out.hung += 1
+                    out.note(f"{name}: no answer within {timeout:g} s")
+                except ZFabricError as e:
+                    out.errors[type(e).__name__] += 1
+                    out.note(f"{name}: {type(e).__name__}: {str(e).splitlines()[0]}")
                 else:
-                    out.wrong += 1
-                    out.note(f"{name}: wrong value {value!r:.80}")
-        self.checks.clear()
+                    right = (np.array_equal(value, wanted) if kind == "arrays"
+                             else value == wanted)
+                    if right:
+                        out.completed += 1
+                    else:
+                        out.wrong += 1
+                        out.note(f"{name}: wrong value {value!r:.80}")
+        self.refs = {}
         return out
 
 
 # -- the killer and the memory watch --------------------------------------------------------------
-
-def child_kind(proc: psutil.Process) -> str:
-    """'zygote' or 'worker' (or 'other') for a child process of a node."""
-    try:
-        cmd = " ".join(proc.cmdline())
-    except psutil.Error:
-        return "gone"
-    return "zygote" if "zfabric.node.zygote" in cmd else "worker" if proc.ppid() != 1 else "other"
-
 
 class Killer:
     """A thread that SIGKILLs a random child process (worker or zygote) of a
@@ -150,7 +156,8 @@ class Killer:
         self.rng = random.Random(seed)
         self.interval = interval
         self.kill = kill
-        self.kills: collections.Counter = collections.Counter()
+        self.kills: collections.Counter = collections.Counter()   # "worker"/"zygote" -> count
+        self.victims: list[tuple[str, str]] = []   # (node id prefix, kind), in order
         self.peak_rss: dict[str, int] = {}    # node id -> bytes
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="zfabric-chaos-killer",
@@ -172,39 +179,25 @@ class Killer:
             if self.kill and nodes:
                 self._kill_one(self.rng.choice(nodes))
 
-    def _children(self, node) -> list[psutil.Process]:
-        try:
-            return sorted(psutil.Process(node.pid).children(recursive=True), key=lambda c: c.pid)
-        except psutil.Error:
-            return []
-
     def _kill_one(self, node) -> None:
-        children = self._children(node)
-        if not children:
+        pids = sorted(self.cluster.child_pids(node))
+        if not pids:
             return
-        victim = self.rng.choice(children)
-        kind = child_kind(victim)
+        pid = self.rng.choice(pids)
+        kind = "zygote" if pid in self.cluster.zygote_pids(node) else "worker"
         try:
-            os.kill(victim.pid, signal.SIGKILL)
+            os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             return
         self.kills[kind] += 1
+        self.victims.append((node.node_id[:8], kind))
 
     def _sample(self, node) -> None:
-        if not _alive(node.pid):
-            return
         total = 0
-        for proc in [psutil.Process(node.pid)] + self._children(node):
+        for pid in [node.pid] + self.cluster.child_pids(node):
             try:
-                total += proc.memory_info().rss
+                total += psutil.Process(pid).memory_info().rss
             except psutil.Error:
                 pass
         if total > self.peak_rss.get(node.node_id, 0):
             self.peak_rss[node.node_id] = total
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
