@@ -1,11 +1,13 @@
-"""Three "hosts" in Linux network namespaces, for tests/cluster/test_multihost.py.
+"""Three "hosts" in Linux network namespaces, for tests/cluster/test_multihost.py
+(and bench/soak.py's partition cycles).
 
 The topology (namespaces A, B, C and a bridge namespace joined by veths),
-one zfabric node per host started with `python -m zfabric.node start`, a
-JSON driver inside a namespace, and the fixtures: `cluster` (module scope:
-the topology and its nodes, torn down whatever happens) and `driver` (a
-driver in A, waiting until A sees all three nodes alive). The test module
-imports both fixtures. See the test module for the topology and the teardown.
+one zfabric node per host started with `python -m zfabric.node start`
+(`three_hosts()`, torn down whatever happens), a JSON driver inside a
+namespace, and the fixtures: `cluster` (module scope: `three_hosts()`) and
+`driver` (a driver in A, waiting until A sees all three nodes alive). The
+test module imports both fixtures. See the test module for the topology and
+the teardown.
 """
 from __future__ import annotations
 
@@ -516,10 +518,11 @@ def teardown(topo: Topology) -> list[str]:
     return problems
 
 
-@pytest.fixture(scope="module")
-def cluster():
-    """The three-namespace topology with one node per host; torn down at module end."""
-    check_privileges()
+@contextlib.contextmanager
+def three_hosts():
+    """The three-namespace topology with one node per host (C's with the resource
+    `c_only`), torn down on exit whatever happens; AssertionError if the teardown
+    left anything behind. Needs root and `ip` (see `check_privileges`)."""
     suffix = secrets.token_hex(3)
     subnet = secrets.randbelow(254) + 1
     topo = Topology(suffix=suffix, subnet=subnet, bridge_ns=f"zf-br-{suffix}",
@@ -545,6 +548,14 @@ def cluster():
         if problems:                # also when setup failed (the assert below is skipped)
             print("multi-host teardown left things behind:", *problems, sep="\n  ")
     assert not problems, "multi-host teardown left things behind:\n" + "\n".join(problems)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """The three-namespace topology with one node per host; torn down at module end."""
+    check_privileges()
+    with three_hosts() as topo:
+        yield topo
 
 
 @pytest.fixture
