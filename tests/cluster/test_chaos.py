@@ -42,15 +42,6 @@ def chaos_seed() -> int:
     return seed
 
 
-@pytest.fixture
-def driver_off():
-    if zf.is_initialized():
-        zf.shutdown()
-    yield
-    if zf.is_initialized():
-        zf.shutdown()
-
-
 def node_stats(cluster: LocalCluster) -> dict[str, dict]:
     out = {}
     for handle in cluster.nodes:
@@ -64,7 +55,7 @@ def zygote_deaths(cluster: LocalCluster) -> int:
     return sum(s["zygote_deaths"] for s in node_stats(cluster).values())
 
 
-def test_every_result_is_right_while_workers_and_zygotes_are_killed(driver_off):
+def test_every_result_is_right_while_workers_and_zygotes_are_killed(fresh):
     seed = chaos_seed()
     with LocalCluster(nodes=3, num_cpus=2, config=fast_config()) as cluster:
         zf.init(address=cluster.address)
@@ -89,7 +80,7 @@ def test_every_result_is_right_while_workers_and_zygotes_are_killed(driver_off):
             [tiny(i) for i in range(30)], why
 
 
-def test_every_result_is_right_when_a_node_is_killed_midway(driver_off):
+def test_every_result_is_right_when_a_node_is_killed_midway(fresh):
     seed = chaos_seed()
     with LocalCluster(nodes=3, num_cpus=2, config=fast_config()) as cluster:
         victim = cluster.nodes[2]

@@ -18,15 +18,6 @@ def fast_config() -> Config:
     return Config.from_env().replace(failure_timeout=FAILURE_TIMEOUT)
 
 
-@pytest.fixture
-def driver_off():
-    if zf.is_initialized():
-        zf.shutdown()
-    yield
-    if zf.is_initialized():
-        zf.shutdown()
-
-
 @pytest.fixture(scope="module")
 def three_nodes():
     with LocalCluster(nodes=3, num_cpus=1, config=fast_config()) as cluster:
@@ -107,7 +98,7 @@ def sum_plain(arr) -> int:
     return int(arr.sum())
 
 
-def test_an_array_made_on_one_node_is_summed_on_another_and_freed_everywhere(driver_off):
+def test_an_array_made_on_one_node_is_summed_on_another_and_freed_everywhere(fresh):
     n = 100_000_000 // 8   # 100 MB
     with LocalCluster(nodes=1, num_cpus=1, config=fast_config()) as cluster:
         maker = cluster.add_node(num_cpus=1, resources={"maker": 1})
@@ -132,7 +123,7 @@ def test_an_array_made_on_one_node_is_summed_on_another_and_freed_everywhere(dri
         zf.shutdown()
 
 
-def test_a_task_that_fits_no_node_waits_as_pending_demand_until_one_joins(driver_off):
+def test_a_task_that_fits_no_node_waits_as_pending_demand_until_one_joins(fresh):
     with LocalCluster(nodes=2, num_cpus=1, config=fast_config()) as cluster:
         zf.init(address=cluster.address)
         ref = sum_plain.remote(np.ones(10))
@@ -146,7 +137,7 @@ def test_a_task_that_fits_no_node_waits_as_pending_demand_until_one_joins(driver
         zf.shutdown()
 
 
-def test_a_late_joiner_is_used_and_a_removed_node_is_not(driver_off):
+def test_a_late_joiner_is_used_and_a_removed_node_is_not(fresh):
     with LocalCluster(nodes=2, num_cpus=1, config=fast_config()) as cluster:
         zf.init(address=cluster.address)
         late = cluster.add_node(num_cpus=1)
@@ -161,7 +152,7 @@ def test_a_late_joiner_is_used_and_a_removed_node_is_not(driver_off):
         zf.shutdown()
 
 
-def test_killing_the_first_node_leaves_a_working_cluster_with_the_whole_gcs(driver_off):
+def test_killing_the_first_node_leaves_a_working_cluster_with_the_whole_gcs(fresh):
     with LocalCluster(nodes=3, num_cpus=1, config=fast_config()) as cluster:
         first, second, third = cluster.nodes
         zf.init(address=second.address)
@@ -188,7 +179,7 @@ def test_killing_the_first_node_leaves_a_working_cluster_with_the_whole_gcs(driv
         zf.shutdown()
 
 
-def test_init_with_the_address_of_a_node_elsewhere_joins_with_an_embedded_node(driver_off, tmp_path):
+def test_init_with_the_address_of_a_node_elsewhere_joins_with_an_embedded_node(fresh, tmp_path):
     import tempfile
     elsewhere = tempfile.mkdtemp(prefix="zf-")   # its node records are not ours to find
     try:
@@ -222,7 +213,7 @@ def test_the_timeline_of_any_node_shows_the_tasks_of_all(three):
     assert len(tids) >= 12
 
 
-def test_joining_through_another_name_of_a_node_makes_one_cluster(driver_off):
+def test_joining_through_another_name_of_a_node_makes_one_cluster(fresh):
     with LocalCluster(nodes=1, num_cpus=1, config=fast_config()) as cluster:
         first = cluster.nodes[0]
         alias = first.address.replace("127.0.0.1", "localhost")

@@ -53,7 +53,7 @@ import pytest
 
 from tests.harness.netns import (BIG_ELEMENTS, FAILURE_TIMEOUT, Driver,  # noqa: F401
                                  cluster, driver, logs_on_failure, rx_bytes, states, status,
-                                 stop_process, wait_until)
+                                 wait_until)
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 

@@ -6,7 +6,6 @@ import os
 import time
 
 import numpy as np
-import pytest
 
 import zfabric as zf
 from zfabric.testing import LocalCluster
@@ -25,21 +24,12 @@ def total(a) -> tuple:
     return float(a.sum()), zf.get_runtime_context().get_node_id()
 
 
-@pytest.fixture
-def driver_off():
-    if zf.is_initialized():
-        zf.shutdown()
-    yield
-    if zf.is_initialized():
-        zf.shutdown()
-
-
 def own_status(cluster, handle) -> dict:
     status = cluster.query(handle, "status")
     return next(n for n in status["nodes"] if n["NodeID"] == status["self"])
 
 
-def test_a_peer_pulls_an_object_spilled_on_its_holder(driver_off):
+def test_a_peer_pulls_an_object_spilled_on_its_holder(fresh):
     with LocalCluster(nodes=1, num_cpus=1) as cluster:
         maker = cluster.add_node(num_cpus=1, resources={"maker": 1},
                                  object_store_memory=40 * MiB)
