@@ -65,6 +65,17 @@ def wait_gone(pids, timeout=15.0) -> list[int]:
     return alive
 
 
+def describe(pids) -> list[tuple[int, str]]:
+    """Each pid with its command line, for a failure's message."""
+    out = []
+    for pid in pids:
+        try:
+            out.append((pid, " ".join(psutil.Process(pid).cmdline())))
+        except psutil.Error as e:
+            out.append((pid, repr(e)))
+    return out
+
+
 DRIVER = textwrap.dedent("""
     import json, sys, time, psutil
     import numpy as np
@@ -75,8 +86,12 @@ DRIVER = textwrap.dedent("""
     def forever():
         time.sleep(600)
     running = forever.remote()
-    time.sleep(0.5)
-    kids = [p.pid for p in psutil.Process().children(recursive=True)]
+    deadline = time.monotonic() + 60   # until the node, its zygote and both workers are up
+    while True:
+        kids = [p.pid for p in psutil.Process().children(recursive=True)]
+        if len(kids) >= 4 or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     print(json.dumps({**info, "pids": kids}), flush=True)
     time.sleep(600)
 """)
@@ -89,13 +104,15 @@ def test_driver_killed_with_sigkill_leaves_nothing_behind(temp_dir, reaper):
     line = proc.stdout.readline()
     info = json.loads(line)
     reaper.extend(info["pids"])
-    assert len(info["pids"]) >= 4   # node, zygote, two workers
+    assert len(info["pids"]) >= 4, info["pids"]   # node, zygote, two workers
     assert os.listdir(info["object_store_address"])
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert wait_gone(info["pids"]) == []
-    assert not os.path.exists(info["object_store_address"])
-    assert not os.path.exists(info["session_dir"])
+    left = wait_gone(info["pids"])
+    assert left == [], describe(left)
+    assert not os.path.exists(info["object_store_address"]), os.listdir(
+        info["object_store_address"])
+    assert not os.path.exists(info["session_dir"]), os.listdir(info["session_dir"])
 
 
 def test_shutdown_stops_every_process(temp_dir, reaper):
