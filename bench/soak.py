@@ -205,9 +205,15 @@ def report(totals: Totals, minutes: float, seed: int) -> str:
             med = statistics.median(times)
             ratio = f" ({med / base:.2f}x)" if base else ""
             lines.append(f"  {kind:<10} {len(times):>3} rounds  {med:6.1f} s{ratio}")
-    lines.append("peak memory per node (node + workers, resident):")
-    for node, rss in sorted(totals.peak_rss.items()):
-        lines.append(f"  {node[:12]}  {rss / 2**20:.0f} MiB")
+    peaks = sorted(totals.peak_rss.values())
+    if len(peaks) <= 2 * NODES:
+        lines.append("peak memory per node (node + workers, resident):")
+        for node, rss in sorted(totals.peak_rss.items()):
+            lines.append(f"  {node[:12]}  {rss / 2**20:.0f} MiB")
+    elif peaks:   # a new node joined after each node round: the spread, not every one
+        lines.append(f"peak memory per node (node + workers, resident), {len(peaks)} nodes: "
+                     f"min {peaks[0] / 2**20:.0f} MiB, median "
+                     f"{statistics.median(peaks) / 2**20:.0f} MiB, max {peaks[-1] / 2**20:.0f} MiB")
     lines += [f"  {p}" for p in totals.problems]
     return "\n".join(lines)
 
