@@ -139,6 +139,22 @@ def test_retry_exceptions(cluster, tmp_path):
     assert path.read_text() == "1"   # not retried: not a KeyError
 
 
+def test_a_worker_that_dies_mid_write_leaves_no_half_written_store_file(cluster):
+    half = f".{'ab' * 20}."   # how a store file being written starts (then: the pid, .tmp)
+
+    @zf.remote(max_retries=0)
+    def dies_mid_write(half):
+        from zfabric.node import client
+        with open(os.path.join(client.current().store_dir, f"{half}{os.getpid()}.tmp"), "wb") as f:
+            f.write(b"x" * 4096)
+        os._exit(3)
+
+    with pytest.raises(WorkerCrashedError, match="exit code 3"):
+        zf.get(dies_mid_write.remote(half), timeout=30)
+    # the node removed it when it saw the worker go, before it failed the task
+    assert [n for n in os.listdir(cluster["object_store_address"]) if n.startswith(half)] == []
+
+
 def test_default_max_retries_is_three(cluster, tmp_path):
     counter = tmp_path / "attempts"
 

@@ -162,3 +162,15 @@ def test_empty_store_file_is_corrupt(store_dir):
     os.truncate(store.path_of(store_dir, oid), 0)
     with pytest.raises(CorruptObjectError):
         store.read(store_dir, oid)
+
+
+def test_remove_partials_removes_only_what_that_writer_left(store_dir):
+    oid = b"\x01" * 20
+    store.write(store_dir, oid, serialization.serialize(np.arange(10)))   # sealed: stays
+    mine = [f".{'ab' * 20}.4242.tmp", f".{'cd' * 20}.4242.tmp"]
+    theirs = [f".{'ef' * 20}.14242.tmp", f".{'ab' * 20}.pull.tmp"]
+    for name in mine + theirs:
+        open(os.path.join(store_dir, name), "wb").close()
+    assert store.remove_partials(store_dir, 4242) == 2
+    assert sorted(os.listdir(store_dir)) == sorted([oid.hex()] + theirs)
+    assert store.remove_partials(os.path.join(store_dir, "gone"), 4242) == 0

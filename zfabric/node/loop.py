@@ -76,7 +76,9 @@ class NodeLoop:
         self.processes = Processes(self.poller, self.dispatch, ipc_endpoint=ipc_endpoint,
                                    session_dir=session_dir, worker_output=worker_output,
                                    stop_grace=stop_grace, restart_backoff=zygote_backoff[0],
-                                   restart_backoff_max=zygote_backoff[1])
+                                   restart_backoff_max=zygote_backoff[1],
+                                   on_worker_gone=lambda pid: store.remove_partials(store_dir,
+                                                                                    pid))
         self.running = False
         self.stop_reason = ""
         self.malformed = 0

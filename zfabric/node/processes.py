@@ -67,7 +67,7 @@ class Processes:
     def __init__(self, poller: zmq.Poller, dispatch, *, ipc_endpoint: str, session_dir: str,
                  worker_output: str | None, stop_grace: float,
                  restart_backoff: float = 0.1, restart_backoff_max: float = 5.0,
-                 clock=time.monotonic):
+                 clock=time.monotonic, on_worker_gone=None):
         self.poller = poller
         self.dispatch = dispatch              # dispatch(event): to the fabric, now
         self.ipc_endpoint = ipc_endpoint
@@ -76,6 +76,7 @@ class Processes:
         self.restart_backoff = restart_backoff
         self.restart_backoff_max = restart_backoff_max
         self.clock = clock                    # the backoff's clock (monotonic seconds)
+        self.on_worker_gone = on_worker_gone  # (pid) a worker is gone: clear up after it
         self.cancel_dir = os.path.join(session_dir, "cancel")
         os.makedirs(self.cancel_dir, exist_ok=True)
         self.zygote: _Zygote | None = None    # the one that forks our workers
@@ -203,11 +204,14 @@ class Processes:
     def _on_exited(self, pid: int, exitcode: int) -> None:
         wid = self._wid_of.pop(pid, None)
         if wid is not None and self._pids.pop(wid, None) is not None:
-            self._forget(wid)
+            self._forget(wid, pid)
             self.dispatch(ev.WorkerExited(wid, exitcode))
 
-    def _forget(self, wid: str) -> None:
-        """Close a gone worker's pidfd and remove its cancel file."""
+    def _forget(self, wid: str, pid: int) -> None:
+        """Close a gone worker's pidfd, remove its cancel file, and let the
+        node clear up what it left (half-written store files)."""
+        if self.on_worker_gone is not None:
+            self.on_worker_gone(pid)
         _close(self._pidfds.pop(wid, -1))
         try:
             os.unlink(os.path.join(self.cancel_dir, wid))
@@ -235,7 +239,7 @@ class Processes:
         for wid in doomed:
             pid = self._pids.pop(wid)
             self._wid_of.pop(pid, None)
-            self._forget(wid)
+            self._forget(wid, pid)
         self.dispatch(ev.ZygoteDied(exitcode, len(doomed), 0.0 if self.spare else delay))
         for wid in doomed:   # (their replacements' spawns make the spare or a new one fork)
             self.dispatch(ev.WorkerExited(wid, -signal.SIGKILL))

@@ -3,7 +3,9 @@
 The store dir is `/dev/shm/zfabric-{node_id}` (tmpfs: the files *are* shared
 memory). Writers (drivers putting, workers returning) create
 `.{hex}.{pid}.tmp`, write the serialized layout (serialization.py), and
-rename it to `{hex}`: a reader never sees a half-written object. Readers
+rename it to `{hex}`: a reader never sees a half-written object (a writer
+that dies mid-write leaves its `.tmp`; the node removes it when it sees the
+worker go, `remove_partials`). Readers
 mmap the file read-only and unpickle with buffers pointing into the map,
 so numpy arrays come back as zero-copy read-only views.
 
@@ -51,6 +53,25 @@ def write(store_dir: str, oid: bytes, ser: serialization.Serialized) -> int:
     os.close(fd)
     os.rename(tmp, final)
     return ser.size
+
+
+def remove_partials(store_dir: str, pid: int) -> int:
+    """Remove the half-written files (`.{hex}.{pid}.tmp`) a writer left when it
+    died mid-write; how many there were."""
+    suffix = f".{pid}.tmp"
+    try:
+        names = os.listdir(store_dir)
+    except FileNotFoundError:
+        return 0
+    removed = 0
+    for name in names:
+        if name.startswith(".") and name.endswith(suffix):
+            try:
+                os.unlink(os.path.join(store_dir, name))
+                removed += 1
+            except FileNotFoundError:
+                pass
+    return removed
 
 
 def map_object(store_dir: str, oid: bytes) -> memoryview:
