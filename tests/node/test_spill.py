@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 
 import zfabric as zf
-from zfabric.config import Config
 from zfabric.core import events as ev
 from zfabric.exceptions import ObjectStoreFullError
 from zfabric.node import client as client_mod
@@ -47,14 +46,6 @@ def wait_until(condition, what: str, timeout: float = 20.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"not within {timeout} s: {what}")
         time.sleep(0.05)
-
-
-@pytest.fixture
-def fresh_init():
-    if zf.is_initialized():
-        zf.shutdown()
-    yield
-    zf.shutdown()
 
 
 def test_the_spiller_moves_bytes_and_reports_every_outcome(tmp_path):
@@ -105,7 +96,7 @@ def test_the_spiller_moves_bytes_and_reports_every_outcome(tmp_path):
     assert not spill_dir.exists()
 
 
-def test_forty_puts_over_capacity_spill_and_come_back(fresh_init):
+def test_forty_puts_over_capacity_spill_and_come_back(fresh):
     info = zf.init(num_cpus=1, object_store_memory=200 * MiB)
     spill_dir = os.path.join(info["session_dir"], "spill")
     refs = [zf.put(array(i)) for i in range(40)]       # 320 MiB, all alive
@@ -122,7 +113,7 @@ def test_forty_puts_over_capacity_spill_and_come_back(fresh_init):
                "nothing left in the books")
 
 
-def test_a_full_disk_gives_a_clear_error_and_the_node_keeps_working(fresh_init, monkeypatch):
+def test_a_full_disk_gives_a_clear_error_and_the_node_keeps_working(fresh, monkeypatch):
     disk = tempfile.mkdtemp(prefix="zfabric-tiny-disk-")
     mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1M", "tmpfs", disk],
                              capture_output=True).returncode == 0
@@ -165,10 +156,10 @@ def _cli(env: dict, *args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=60)
 
 
-def test_status_json_and_memory_show_spilled_bytes(fresh_init, tmp_path, monkeypatch):
+def test_status_json_and_memory_show_spilled_bytes(fresh, tmp_path, monkeypatch):
     monkeypatch.setenv("ZFABRIC_TEMP_DIR", str(tmp_path))   # the CLI finds the node there
     env = dict(os.environ)
-    with LocalCluster(nodes=1, num_cpus=1, object_store_memory=40 * MiB) as cluster:
+    with LocalCluster(nodes=1, num_cpus=1, object_store_memory=40 * MiB):
         zf.init(address="auto")
         refs = [zf.put(array(i)) for i in range(8)]     # 64 MiB in a 40 MiB store
         wait_until(lambda: own_status()["spilled_objects"] >= 3, "3 objects spilled")
