@@ -45,7 +45,9 @@ def init(address: str | None = None, *, num_cpus: float | None = None,
     log_to_driver: an embedded node's workers print to this process's
     stdout/stderr; with False they write worker-{id}.log in the session dir
     (as the workers of a node started with `zfabric start` always do).
-    cluster_key: accepted for the API; cluster authentication is not built yet.
+    cluster_key: the path of the cluster key file, to join a cluster on other
+    machines (default: ZFABRIC_CLUSTER_KEY, else the key of a node of that
+    cluster on this machine). AuthenticationError if the cluster refuses it.
     """
     with _lock:
         if _state["client"] is not None:
@@ -56,6 +58,11 @@ def init(address: str | None = None, *, num_cpus: float | None = None,
         if client_mod.current_or_none() is not None:
             raise RuntimeError("zf.init() cannot be called inside a task")
         config = Config.from_env()
+        if cluster_key is not None:
+            if not isinstance(cluster_key, (str, os.PathLike)):
+                raise TypeError(f"cluster_key must be the path of a key file, got "
+                                f"{type(cluster_key).__name__}")
+            config = config.replace(cluster_key=os.path.abspath(cluster_key))
         if num_cpus is not None:
             _check_number("num_cpus", num_cpus)
         resources = _check_resources(resources or {})
@@ -67,16 +74,8 @@ def init(address: str | None = None, *, num_cpus: float | None = None,
         proc = None
         info = None if address is None else _find_node(config, address)
         if info is None:   # an embedded node: alone, or joining the cluster at `address`
-            try:
-                proc, info = node_mod.spawn_node(
-                    config, num_cpus=float(num_cpus if num_cpus is not None else os.cpu_count() or 1),
-                    resources=resources, object_store_memory=object_store_memory,
-                    host=_embedded_host(config.host, address), port=config.port, embedded=True,
-                    log_to_driver=log_to_driver, join=[address] if address else [])
-            except node_mod.NodeStartError as e:
-                if address:
-                    raise ConnectionError(f"could not join the cluster at {address}: {e}") from None
-                raise RuntimeError(f"could not start a zfabric node: {e}") from None
+            proc, info = _start_embedded(config, address, num_cpus, resources,
+                                         object_store_memory, log_to_driver)
         elif num_cpus is not None or resources or object_store_memory is not None:
             raise ValueError("num_cpus, resources and object_store_memory describe a new "
                              "node; they cannot be given when attaching to one (address=...)")
@@ -90,19 +89,35 @@ def init(address: str | None = None, *, num_cpus: float | None = None,
         return dict(_state["info"])
 
 
+def _start_embedded(config: Config, address: str | None, num_cpus, resources: dict,
+                    object_store_memory, log_to_driver: bool):
+    """Start this driver's own node, alone or joining the cluster at `address`
+    (AuthenticationError / ConnectionError before anything starts if that
+    cluster does not admit us). Returns (process, info)."""
+    if address:
+        config = node_mod.prepare_join(config, address)
+    try:
+        return node_mod.spawn_node(
+            config, num_cpus=float(num_cpus if num_cpus is not None else os.cpu_count() or 1),
+            resources=resources, object_store_memory=object_store_memory,
+            host=_embedded_host(config.host, address), port=config.port, embedded=True,
+            log_to_driver=log_to_driver, join=[address] if address else [])
+    except node_mod.NodeStartError as e:
+        if address:
+            raise ConnectionError(f"could not join the cluster at {address}: {e}") from None
+        raise RuntimeError(f"could not start a zfabric node: {e}") from None
+
+
 def _embedded_host(host: str, address: str | None) -> str:
     """Where an embedded node listens: ZFABRIC_HOST, except that a node joining
-    a cluster on another machine must be reachable from it, so a loopback
-    host then becomes every interface (it advertises its routable address)."""
-    if address and _is_loopback(host):
+    a cluster on another machine must be reachable from it: a loopback host
+    then becomes this machine's address on the route to that cluster (one
+    interface, not every one)."""
+    if address and node_mod.is_loopback(host):
         remote = address.removeprefix("tcp://").rpartition(":")[0].strip("[]")
-        if not _is_loopback(remote):
-            return "0.0.0.0"
+        if not node_mod.is_loopback(remote):
+            return node_mod.route_address(remote)
     return host
-
-
-def _is_loopback(host: str) -> bool:
-    return host in ("localhost", "::1") or host.startswith("127.")
 
 
 def _find_node(config: Config, address: str) -> dict | None:

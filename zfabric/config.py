@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import tempfile
 from dataclasses import dataclass, fields
 
 ENV_PREFIX = "ZFABRIC_"
@@ -21,8 +22,10 @@ ADDRESS_ENV = "ZFABRIC_ADDRESS"
 @dataclass(frozen=True)
 class Config:
     # -- where things live ---------------------------------------------------
-    # Root of session dirs (sockets, logs, node records).
-    temp_dir: str = "/tmp/zfabric-sessions"
+    # Root of session dirs (sockets, logs, node records, keys); empty: one per
+    # user, {tmp}/zfabric-sessions-{uid}. Mode 0700, so that no other local
+    # user can reach a node's ipc socket.
+    temp_dir: str = ""
     # tmpfs under which each node makes its store dir `zfabric-{node_id}`.
     store_root: str = "/dev/shm"
 
@@ -81,6 +84,11 @@ class Config:
     zygote_restart_backoff_max: float = 5.0
 
     # -- network -------------------------------------------------------------
+    # The cluster key file (see docs/security.md): TCP between nodes is
+    # authenticated and encrypted with it. Empty: a first node writes a new key
+    # to cluster.key in its session dir; a joining node looks for the key of a
+    # node of the same cluster on this machine.
+    cluster_key: str = ""
     host: str = "127.0.0.1"
     port: int = 0
     # Port of the object socket (chunk pulls); 0 picks a free one.
@@ -127,6 +135,11 @@ class Config:
     pull_window: int = 8
     # A chunk not answered in this long: ask another holder.
     chunk_timeout: float = 10.0
+
+    def __post_init__(self):
+        if not self.temp_dir:   # the user's own, decided when the config is made
+            object.__setattr__(self, "temp_dir", os.path.join(
+                tempfile.gettempdir(), f"zfabric-sessions-{os.getuid()}"))
 
     @classmethod
     def from_env(cls, environ=None, **overrides) -> "Config":

@@ -185,7 +185,7 @@ def test_init_with_the_address_of_a_node_elsewhere_joins_with_an_embedded_node(f
     try:
         with LocalCluster(nodes=2, num_cpus=1,
                           config=fast_config().replace(temp_dir=elsewhere)) as cluster:
-            info = zf.init(address=cluster.address, num_cpus=1)
+            info = zf.init(address=cluster.address, num_cpus=1, cluster_key=cluster.key_path)
             assert info["node_id"] not in {h.node_id for h in cluster.nodes}
             assert len([n for n in zf.nodes() if n["Alive"]]) == 3
             ran_on = zf.get([node_after.remote(0.2) for _ in range(9)])

@@ -110,6 +110,7 @@ class Topology:
     bridge: str
     hosts: dict[str, Host] = field(default_factory=dict)
     namespaces: list[str] = field(default_factory=list)   # created so far
+    key: str = ""   # the cluster key file the first node wrote (copied to every joining host)
     drivers: list[subprocess.Popen] = field(default_factory=list)
 
     def cut(self, host: Host) -> None:
@@ -223,7 +224,7 @@ def read_records(temp_dir: str) -> list[dict]:
 def start_node(topo: Topology, host: Host, *, join: str | None = None,
                resources: dict | None = None) -> None:
     cmd = [sys.executable, "-m", "zfabric.node", "start"]
-    cmd += ["--address", join] if join else ["--head"]
+    cmd += ["--address", join, "--cluster-key", copy_key(topo, host)] if join else ["--head"]
     cmd += ["--host", host.ip, "--port", "0", "--num-cpus", "1",
             "--object-store-memory", str(256 << 20)]
     if resources:
@@ -242,8 +243,20 @@ def start_node(topo: Topology, host: Host, *, join: str | None = None,
     m = re.fullmatch(rf"address: tcp://{re.escape(host.ip)}:(\d+)", first)
     assert m, f"node in {host.ns} printed {first!r} first, expected address: tcp://{host.ip}:PORT"
     host.address = f"tcp://{host.ip}:{m.group(1)}"
+    if not join:
+        topo.key = host.record["cluster_key"]
     assert len(records) == 1, f"{host.temp_dir}/nodes holds {len(records)} records: {records}"
     assert host.record["address"] == host.address, host.record
+
+
+def copy_key(topo: Topology, host: Host) -> str:
+    """The cluster key, copied to `host` as a user copies it to another machine."""
+    path = os.path.join(host.temp_dir, "cluster.key")
+    if not os.path.exists(path):
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with open(topo.key, "rb") as src, os.fdopen(fd, "wb") as dst:
+            dst.write(src.read())
+    return path
 
 
 def stop_nodes(hosts: list[Host]) -> list[str]:

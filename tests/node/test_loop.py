@@ -37,14 +37,16 @@ MSG = p.FreeObjects(NODE_ID, [b"o" * 20])
 @pytest.fixture
 def loop(tmp_path):
     ctx = sockets.context()
-    router, _ = sockets.node_router(ctx, [f"ipc://{tmp_path}/node.sock"])
-    object_router, object_ep = sockets.object_router(ctx, "127.0.0.1")
+    router = sockets.client_router(ctx, f"ipc://{tmp_path}/node.sock")
+    peer_router, _ = sockets.peer_router(ctx, "127.0.0.1", 0, None)
+    object_router, object_ep = sockets.object_router(ctx, "127.0.0.1", 0, None)
     info = {"node_id": NODE_ID.hex(), "pid": 1, "address": "tcp://127.0.0.1:1",
             "object_address": object_ep, "host": "127.0.0.1", "port": 1}
     fabric = build_fabric(Config(temp_dir=str(tmp_path)), node_id=NODE_ID,
                           resources={"CPU": 0}, store_capacity=1 << 20, info=info,
                           seeds=[], now=0.0)
-    node_loop = NodeLoop(fabric, router, ctx=ctx, object_router=object_router,
+    node_loop = NodeLoop(fabric, ctx=ctx, client_router=router, peer_router=peer_router,
+                         object_router=object_router, key=None, gate=None, watches=[],
                          node_id=NODE_ID, ipc_endpoint=f"ipc://{tmp_path}/node.sock",
                          session_dir=str(tmp_path), store_dir=str(tmp_path / "store"),
                          spill_dir=str(tmp_path / "spill"), spill_copy_chunk=1 << 20,
@@ -52,8 +54,8 @@ def loop(tmp_path):
     yield node_loop
     node_loop.stop_workers()
     node_loop.close()
-    router.close(0)
-    object_router.close(0)
+    for sock in (router, peer_router, object_router):
+        sock.close(0)
     ctx.term()
 
 

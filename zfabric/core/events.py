@@ -102,6 +102,16 @@ class PeerMessage:
 
 
 @dataclass(frozen=True, slots=True)
+class MessageRejected:
+    """The shell dropped what arrived from `source` before it became a message:
+    `what` is "malformed" (it failed to decode) or "unauthenticated" (refused
+    at the CURVE/ZAP handshake); the fabric counts it and logs it once per source."""
+    source: str
+    what: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class PeerUnreachable:
     """No socket to a peer's address could be made (e.g. the address is
     malformed): the `dropped` messages queued for it are lost."""

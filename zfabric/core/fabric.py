@@ -47,12 +47,13 @@ from .workers import workers_for
 from .transfer import ChunkRequest, PullDone, PullFailed, Transfers
 
 JOIN_RETRY = 0.5   # seconds between join attempts while no seed has answered
+REJECTED_LOGGED = 1_000   # sources of rejected messages remembered (each is logged once)
 # The scheduler's effects the fabric carries out itself (the rest go to the loop).
 _OWN_EFFECTS = frozenset({fx.Fetch, fx.CancelFetch, fx.Publish, fx.DeleteObject, fx.FreeCopies})
 
 
 _ZYGOTE_EVENTS = frozenset({ev.ZygoteStarted, ev.ZygoteDied, ev.ZygoteStartFailed})
-STATIC_KEYS = ("address", "object_address", "host", "port", "pid")
+STATIC_KEYS = ("address", "object_address", "host", "port", "pid", "auth")
 
 
 def build(config, *, node_id: bytes, resources: dict, store_capacity: int, info: dict,
@@ -60,7 +61,7 @@ def build(config, *, node_id: bytes, resources: dict, store_capacity: int, info:
     """A node's state machines wired as the node runs them (node/node.py and
     testing/sim/ both build theirs here). `config`: a zfabric Config;
     `info`: the node's record (addresses, dirs, pid); `resources` includes CPU."""
-    static = {k: info[k] for k in STATIC_KEYS}
+    static = {k: info[k] for k in STATIC_KEYS if k in info}
     scheduler = Scheduler(
         node_id=node_id, resources=dict(resources), store_capacity=store_capacity,
         num_workers=workers_for(resources.get("CPU", 0)), max_workers=config.max_workers,
@@ -111,7 +112,10 @@ class Fabric:
         self._out: list = []
         self._now = 0.0
         self.stats = {"peer_unreachable": 0, "peer_send_blocked": 0, "peer_messages_dropped": 0,
-                      "zygote_restarts": 0, "zygote_deaths": 0, "zygote_start_failures": 0}
+                      "zygote_restarts": 0, "zygote_deaths": 0, "zygote_start_failures": 0,
+                      "rejected_malformed": 0, "rejected_unauthenticated": 0,
+                      "rejected_nonsense": 0}
+        self._rejected_logged: set = set()   # (source, what) already logged
         self._warned_peers: set[str] = set()   # addresses warned of, until heard from again
         self.views = ClusterView(self.node_id, scheduler, membership, gcs, self.stats)
 
@@ -161,6 +165,8 @@ class Fabric:
             self._on_peer_send_failed(event)
         elif kind in _ZYGOTE_EVENTS:
             self._on_zygote(event)
+        elif kind is ev.MessageRejected:
+            self._on_rejected(event.source, event.what, event.reason)
         else:
             self._events.append(event)
         self._run_events()
@@ -457,6 +463,20 @@ class Fabric:
         self._out.append(fx.Log("error", (
             f"cannot start the worker fork server (zygote): {event.reason}; "
             f"trying again in {event.retry_in:g} s (no new workers until then)")))
+
+    def _on_rejected(self, source: str, what: str, reason: str) -> None:
+        """Count what was dropped before (or instead of) being handled; log it
+        once per source (at most REJECTED_LOGGED sources are remembered)."""
+        key = "rejected_" + what
+        self.stats[key] = self.stats.get(key, 0) + 1
+        if (source, what) in self._rejected_logged:
+            return
+        if len(self._rejected_logged) >= REJECTED_LOGGED:
+            self._rejected_logged.clear()
+        self._rejected_logged.add((source, what))
+        self._out.append(fx.Log("warning", (
+            f"dropped a {what} message from {source}: {reason} "
+            f"({self.stats[key]} {what} so far; not logged again for this source)")))
 
     def _heard_from(self, node_id: bytes) -> None:
         member = self.membership.members.get(node_id)

@@ -97,4 +97,6 @@ class ClusterView:
                 "NodeManagerPort": static.get("port", 0),
                 "Resources": dict(view.get("total", {})),
                 "ObjectStoreAddress": static.get("object_address", ""),
-                "Address": static.get("address", member.address)}
+                "Address": static.get("address", member.address),
+                # "curve": TCP is authenticated and encrypted; "none": --insecure-no-auth
+                "auth": static.get("auth", "curve")}

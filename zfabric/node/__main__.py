@@ -18,9 +18,13 @@ import sys
 import time
 
 from ..config import ADDRESS_ENV, Config
+from ..exceptions import AuthenticationError
 from . import node as node_mod
 
 DEFAULT_PORT = 7380
+INSECURE_WARNING = ("WARNING: this cluster runs with --insecure-no-auth: its TCP ports are "
+                    "neither authenticated nor encrypted, and anyone who reaches them can "
+                    "run code on it")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -47,7 +51,13 @@ def build_parser() -> argparse.ArgumentParser:
     dash = start.add_mutually_exclusive_group()
     dash.add_argument("--dashboard-port", type=int, default=None, metavar="P")
     dash.add_argument("--no-dashboard", action="store_true")
-    start.add_argument("--cluster-key", default=None, metavar="FILE")
+    start.add_argument("--cluster-key", default=None, metavar="FILE",
+                       help="the cluster key file (a first node creates it if missing; "
+                            "default: a new key in the session dir, or, to join, the key of "
+                            "a node of that cluster on this machine)")
+    start.add_argument("--insecure-no-auth", action="store_true",
+                       help="no authentication or encryption on TCP: anyone who reaches the "
+                            "ports can run code as you (only on a network you trust)")
     start.add_argument("--block", action="store_true", help="stay in the foreground")
 
     status = sub.add_parser("status", help="show the cluster's nodes")
@@ -72,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--join", action="append", default=[], metavar="ADDRESS")
     serve.add_argument("--worker-logs", action="store_true",
                        help="workers write worker-{id}.log in the session dir")
+    serve.add_argument("--insecure-no-auth", action="store_true")
     return parser
 
 
@@ -96,6 +107,10 @@ def parse_resources(text: str) -> dict:
 
 def cmd_start(args) -> int:
     config = Config.from_env()
+    if args.cluster_key:
+        if args.insecure_no_auth:
+            raise UsageError("--cluster-key and --insecure-no-auth contradict each other")
+        config = config.replace(cluster_key=os.path.abspath(args.cluster_key))
     join = []
     if not args.head:
         address = args.address or os.environ.get(ADDRESS_ENV)
@@ -115,15 +130,24 @@ def cmd_start(args) -> int:
     resources = parse_resources(args.resources)
     num_cpus = args.num_cpus if args.num_cpus is not None else float(os.cpu_count() or 1)
     try:
+        if join:
+            config = node_mod.prepare_join(config, join[0], args.insecure_no_auth)
         proc, info = node_mod.spawn_node(
             config, num_cpus=num_cpus, resources=resources,
             object_store_memory=args.object_store_memory, host=args.host, port=args.port,
-            embedded=False, join=join)
-    except node_mod.NodeStartError as e:
+            embedded=False, join=join, insecure=args.insecure_no_auth)
+    except (node_mod.NodeStartError, AuthenticationError, ConnectionError) as e:
         raise UsageError(str(e)) from None
     print(f"address: {info['address']}")
+    if info["cluster_key"]:
+        print(f"cluster key: {info['cluster_key']} (whoever can read it can run code on "
+              "this cluster; copy it to the machines that join, mode 0600)")
+        how = f"--address {info['address']} --cluster-key {info['cluster_key']}"
+    else:
+        print(INSECURE_WARNING, file=sys.stderr)
+        how = f"--address {info['address']} --insecure-no-auth"
     print(f"To add a node to this cluster, run on the machine that joins:\n"
-          f"  python -m zfabric.node start --address {info['address']}")
+          f"  python -m zfabric.node start {how}")
     if info["host"].startswith("127.") or info["host"] in ("localhost", "::1"):
         print(f"  (this node listens on {info['host']} only: for other machines, start it "
               "with --host 0.0.0.0 or this machine's address)")
@@ -198,6 +222,9 @@ def cmd_status(args) -> int:
         for demand in s.get("pending_demand", []):
             print(f"  pending demand no live node can meet: {demand}")
     print(f"cluster: {alive} node(s) alive of {len(rows)}, {used_cpu:g}/{tot_cpu:g} CPUs in use")
+    insecure = [s["NodeID"][:12] for s in rows if s["Alive"] and s.get("auth") == "none"]
+    if insecure:
+        print(f"{INSECURE_WARNING} (node(s) {', '.join(insecure)})")
     return 0
 
 
@@ -265,7 +292,8 @@ def cmd_serve(args) -> int:
                           object_store_memory=args.object_store_memory, host=args.host,
                           port=args.port, ready_fd=args.ready_fd,
                           embedded_driver_pid=args.embedded_driver_pid,
-                          worker_logs=args.worker_logs, join=args.join)
+                          worker_logs=args.worker_logs, join=args.join,
+                          insecure=args.insecure_no_auth)
 
 
 COMMANDS = {"start": cmd_start, "status": cmd_status, "stop": cmd_stop,

@@ -1,6 +1,9 @@
 """The node's poll loop: bytes and time in, effects out.
 
-    scheduler ROUTER (ipc + tcp) --decode--> ClientMessage / PeerMessage -----+
+    client ROUTER (ipc) --decode--> ClientMessage -----------------------------+
+    peer ROUTER (tcp, CURVE) --decode--> PeerMessage --------------------------+
+    ZAP gate, handshake watches --> MessageRejected (unauthenticated) ----------+
+    a frame that does not decode --> MessageRejected (malformed) ---------------+
     pulls.py: pull DEALERs --chunk written--> ChunkArrived / ChunkFailed -----+
     processes.py: zygote reports, pidfds --> WorkerExited / ClientGone / -----+--> Fabric.handle
                   ZygoteStarted / ZygoteDied / ZygoteStartFailed -----------+        |
@@ -15,10 +18,16 @@
         ObjectRestored / RestoreFailed)
       SpawnWorker / StopWorker / KillWorker / InterruptWorker / WatchClient -> processes.py
       StopNode -> leave the loop                   Log -> the node's log
-    object ROUTER: PullChunk --> objserver.py answers from the store (stateless, no event)
+    object ROUTER (tcp, CURVE): PullChunk --> objserver.py answers from the store
+                                               (stateless, no event)
+
+Roles come from the socket, never from what a sender says: a message on the
+client ROUTER is a local client's (it came through the session dir's ipc
+socket); one on the peer ROUTER is a node's that proved it holds the cluster
+key (auth.py), and its routing id must be a node id.
 
 Owns the poller, the signal wake-up pipe, the timer (one Tick every
-`tick_interval`), decoding what arrives on the scheduler ROUTER, the client
+`tick_interval`), decoding what arrives on the two ROUTERs, the client
 batcher (what one loop turn owes each local client, sent as one frame), and
 the table from effect type to handler. It never reads the fabric's state:
 it asks `Fabric.ready()`, `joining()` and `expects_chunk()`. node.py's
@@ -26,7 +35,8 @@ it asks `Fabric.ready()`, `joining()` and `expects_chunk()`. node.py's
 
 Single-threaded: only this loop touches the node's state. An unexpected
 exception stops the node loudly (the caller logs it and cleans up); a
-malformed message is counted and dropped.
+malformed message is dropped and handed to the fabric as MessageRejected,
+which counts it and logs it once per sender.
 """
 from __future__ import annotations
 
@@ -49,28 +59,34 @@ from .pulls import Pulls
 from .spiller import Spiller
 
 log = logging.getLogger("zfabric.node")
-RECV_BATCH = 512   # messages taken from the scheduler ROUTER per wake-up
+RECV_BATCH = 512   # messages taken from a ROUTER per wake-up
+_CLIENT_SUFFIXES = (sockets.TX_SUFFIX, sockets.RX_SUFFIX)
+_PEER_SUFFIXES = (sockets.PEER_SUFFIX, sockets.JOIN_SUFFIX)
 
 
 class NodeLoop:
-    def __init__(self, fabric, router: zmq.Socket, *, ctx: zmq.Context,
-                 object_router: zmq.Socket, node_id: bytes, ipc_endpoint: str,
+    def __init__(self, fabric, *, ctx: zmq.Context, client_router: zmq.Socket,
+                 peer_router: zmq.Socket, object_router: zmq.Socket, key, gate, watches: list,
+                 node_id: bytes, ipc_endpoint: str,
                  session_dir: str, store_dir: str, spill_dir: str, spill_copy_chunk: int,
                  tick_interval: float,
                  worker_output: str | None, stop_grace: float,
                  zygote_backoff: tuple[float, float] = (0.1, 5.0),
                  embedded_driver_pid: int | None = None, on_ready=None):
         self.fabric = fabric
-        self.router = router
+        self.router = client_router
+        self.peer_router = peer_router
         self.object_router = object_router
+        self.gate = gate          # auth.Gate (None: no authentication)
+        self.watches = watches    # auth.HandshakeWatch per CURVE server socket
         self.store_dir = store_dir
         self.tick_interval = tick_interval
         self.embedded_driver_pid = embedded_driver_pid
         self.on_ready = on_ready   # called once, when the pre-started workers are up
         self.poller = zmq.Poller()
         self.clients = Batcher()    # local client id -> what this turn owes it
-        self.peers = Peers(ctx, node_id)
-        self.pulls = Pulls(ctx, self.poller, store_dir)
+        self.peers = Peers(ctx, node_id, key)
+        self.pulls = Pulls(ctx, self.poller, store_dir, key)
         self.objects = ObjectServer(object_router, store_dir, spill_dir)
         self.spiller = Spiller(store_dir, spill_dir, chunk=spill_copy_chunk)
         self.processes = Processes(self.poller, self.dispatch, ipc_endpoint=ipc_endpoint,
@@ -81,7 +97,6 @@ class NodeLoop:
                                                                                     pid))
         self.running = False
         self.stop_reason = ""
-        self.malformed = 0
         self._draining = False
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.effect_handlers = self._effect_table()
@@ -136,7 +151,10 @@ class NodeLoop:
     def _listen(self) -> int:
         """Register the sockets and signals; returns the previous wake-up fd."""
         self.poller.register(self.router, zmq.POLLIN)
+        self.poller.register(self.peer_router, zmq.POLLIN)
         self.poller.register(self.object_router, zmq.POLLIN)
+        for sock in self._auth_sockets():
+            self.poller.register(sock, zmq.POLLIN)
         self.poller.register(self._wake_r, zmq.POLLIN)
         self.poller.register(self.spiller.fileno(), zmq.POLLIN)
         old_wakeup = signal.set_wakeup_fd(self._wake_w)
@@ -158,7 +176,9 @@ class NodeLoop:
     def _poll(self, timeout: float) -> None:
         for sock, _ in self.poller.poll(int(timeout * 1000) + 1):
             if sock is self.router:
-                self._drain_router()
+                self._drain_router(sock, peer=False)
+            elif sock is self.peer_router:
+                self._drain_router(sock, peer=True)
             elif sock is self.object_router:
                 self.objects.serve()
             elif sock in self.pulls:
@@ -168,6 +188,8 @@ class NodeLoop:
             elif sock == self.spiller.fileno():
                 for event in self.spiller.take_events():
                     self.dispatch(event)
+            elif sock in self._auth_sockets():
+                self._take_auth_failures()
             else:
                 self.processes.on_readable(sock)
             if not self.running:
@@ -190,27 +212,29 @@ class NodeLoop:
 
     # -- what arrives -----------------------------------------------------------------
 
-    def _drain_router(self) -> None:
+    def _drain_router(self, sock: zmq.Socket, peer: bool) -> None:
         self._draining = True
         try:
-            self._drain_router_batch()
+            self._drain_router_batch(sock, peer)
         finally:
             self._draining = False
             self._flush_sends()
 
-    def _drain_router_batch(self) -> None:
-        router, fabric = self.router, self.fabric
+    def _drain_router_batch(self, sock: zmq.Socket, peer: bool) -> None:
+        fabric = self.fabric
         now = time.monotonic()
-        peer_suffixes = (sockets.PEER_SUFFIX[0], sockets.JOIN_SUFFIX[0])
+        suffixes = _PEER_SUFFIXES if peer else _CLIENT_SUFFIXES
         for _ in range(RECV_BATCH):
             try:
-                frames = router.recv_multipart(zmq.NOBLOCK)
+                frames = sock.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return
             ident = frames[0]
-            sender = ident[:-1]   # strip sockets.TX_SUFFIX / RX_SUFFIX / PEER_SUFFIX
+            sender = ident[:-1]   # the routing id without its suffix (see sockets.py)
+            if ident[-1:] not in suffixes or (peer and len(sender) != ids.NODE_ID_SIZE):
+                self._reject(ident.hex()[:16], "malformed", "not a zfabric routing id")
+                continue
             inner = self._decode(sender, frames)
-            peer = ident[-1] in peer_suffixes
             for msg in inner:
                 event = ev.PeerMessage(sender, msg) if peer else ev.ClientMessage(sender, msg)
                 self.execute(fabric.handle(event, now))
@@ -219,7 +243,7 @@ class NodeLoop:
 
     def _decode(self, sender: bytes, frames: list) -> tuple | list:
         """The messages in one frame from `sender` (several, in order, for a Batch);
-        none if it is malformed (counted and logged)."""
+        none if it is malformed (handed to the fabric to count and log)."""
         try:
             if len(frames) != 2:
                 raise p.ProtocolError(f"expected one frame, got {len(frames) - 1}")
@@ -228,9 +252,25 @@ class NodeLoop:
                 return (msg,)
             return [p.decode(m) for m in msg.messages]
         except p.ProtocolError as e:
-            self.malformed += 1
-            log.warning("dropped a malformed message from %s: %s", ids.short(sender), e)
+            self._reject(ids.short(sender), "malformed", str(e))
             return ()
+
+    def _reject(self, source: str, what: str, reason: str) -> None:
+        self.execute(self.fabric.handle(ev.MessageRejected(source, what, reason),
+                                        time.monotonic()))
+
+    def _auth_sockets(self) -> list:
+        socks = [w.socket for w in self.watches]
+        return socks + [self.gate.socket] if self.gate is not None else socks
+
+    def _take_auth_failures(self) -> None:
+        """Answer the ZAP requests; count every refused handshake."""
+        failures = self.gate.serve() if self.gate is not None else []
+        for watch in self.watches:
+            failures += watch.take()
+        for source, reason in failures:
+            self._reject(source, "unauthenticated", reason)
+        self._flush_sends()
 
     def _receive_chunks(self, sock: zmq.Socket) -> None:
         fabric = self.fabric
@@ -326,6 +366,8 @@ class NodeLoop:
         self.peers.close()
         self.pulls.close()
         self.objects.close()
+        for watch in self.watches:
+            watch.close()
         self.spiller.close()
         os.close(self._wake_r)
         os.close(self._wake_w)

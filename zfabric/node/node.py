@@ -23,6 +23,7 @@ import logging
 import os
 import select
 import shutil
+import stat
 import subprocess
 import sys
 import time
@@ -32,8 +33,9 @@ import zmq
 
 from ..config import SPILL_DIR_NAME, Config
 from ..core.fabric import build as build_fabric
+from ..exceptions import AuthenticationError
 from ..ids import new_node_id
-from . import sockets, store
+from . import auth, sockets, store
 from .loop import NodeLoop
 
 log = logging.getLogger("zfabric.node")
@@ -61,9 +63,15 @@ def node_records_dir(config: Config) -> str:
 def spawn_node(config: Config, *, num_cpus: float, resources: dict,
                object_store_memory: int | None, host: str, port: int,
                embedded: bool, log_to_driver: bool = True, join: list[str] = (),
+               insecure: bool = False,
                timeout: float | None = None) -> tuple[subprocess.Popen, dict]:
     """Start a node process and wait until it answers (and has joined the
-    cluster at `join`, if given). Returns (process, info)."""
+    cluster at `join`, if given). Returns (process, info).
+
+    The node authenticates TCP with the key file `config.cluster_key` (see
+    auth.py; for a join, `prepare_join` finds and checks it first), unless
+    `insecure`: then its TCP sockets are plain (--insecure-no-auth)."""
+    private_dir(config.temp_dir)   # refused here, in one line, if another user owns it
     r, w = os.pipe()
     cmd = [sys.executable, "-m", "zfabric.node", "_serve", "--ready-fd", str(w),
            "--config", config.to_json(), "--num-cpus", repr(float(num_cpus)),
@@ -76,6 +84,8 @@ def spawn_node(config: Config, *, num_cpus: float, resources: dict,
         cmd += ["--embedded-driver-pid", str(os.getpid())]
     if not (embedded and log_to_driver):
         cmd += ["--worker-logs"]
+    if insecure:
+        cmd += ["--insecure-no-auth"]
     devnull = subprocess.DEVNULL
     env = dict(os.environ)
     if embedded:  # workers import what the driver can (functions pickled by reference)
@@ -128,19 +138,22 @@ def _read_line(fd: int, timeout: float, proc: subprocess.Popen) -> str:
 
 def serve(config: Config, *, num_cpus: float, resources: dict, object_store_memory: int | None,
           host: str, port: int, ready_fd: int | None, embedded_driver_pid: int | None,
-          worker_logs: bool = False, join: list[str] = ()) -> int:
+          worker_logs: bool = False, join: list[str] = (), insecure: bool = False) -> int:
     """Be a node until stopped; returns the process's exit code."""
     node = _NodeProcess(config, ready_fd)
     try:
-        info = node.listen(host, port)
+        key, key_path = node_key(config, node.session_dir, host, join, insecure)
+        info = node.listen(host, port, key)
+        info.update(cluster_key=key_path, auth="curve" if key is not None else "none")
         info.update(embedded=bool(embedded_driver_pid), num_cpus=num_cpus, resources=resources,
                     store_capacity=object_store_memory or default_store_capacity(config))
         fabric = build_fabric(config, node_id=node.node_id,
                               resources={"CPU": num_cpus, **resources},
                               store_capacity=info["store_capacity"], info=info,
                               seeds=list(join), now=time.monotonic())
-        loop = NodeLoop(fabric, node.router, ctx=node.ctx, object_router=node.object_router,
-                        node_id=node.node_id, ipc_endpoint=info["ipc"],
+        loop = NodeLoop(fabric, ctx=node.ctx, client_router=node.router,
+                        peer_router=node.peer_router, object_router=node.object_router,
+                        key=key, gate=node.gate, watches=node.watches, node_id=node.node_id, ipc_endpoint=info["ipc"],
                         session_dir=node.session_dir, store_dir=node.store_dir,
                         spill_dir=info["spill_dir"], spill_copy_chunk=config.spill_copy_chunk,
                         tick_interval=config.gossip_interval / 2,
@@ -179,7 +192,8 @@ class _NodeProcess:
         self.store_dir = os.path.join(config.store_root, f"zfabric-{self.node_id.hex()}")
         self.spill_dir = (os.path.join(config.spill_dir, f"zfabric-spill-{self.node_id.hex()}")
                           if config.spill_dir else os.path.join(self.session_dir, SPILL_DIR_NAME))
-        os.makedirs(self.session_dir, mode=0o700)
+        private_dir(config.temp_dir)
+        os.mkdir(self.session_dir, mode=0o700)
         logging.basicConfig(filename=os.path.join(self.session_dir, "node.log"),
                             level=logging.INFO,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -188,26 +202,33 @@ class _NodeProcess:
         gc.set_threshold(50_000, 20, 20)
         self.answer = _Answer(ready_fd)
         self.ctx = sockets.context()
-        self.router = self.object_router = None
+        self.router = self.peer_router = self.object_router = self.gate = None
+        self.watches: list = []
         self.record_path = None
         self.clean_exit = False
 
-    def listen(self, host: str, port: int) -> dict:
+    def listen(self, host: str, port: int, key: auth.ClusterKey | None) -> dict:
         """Make the store dir and bind the ROUTERs; returns the node's record so far."""
         store.create_dir(self.store_dir)
+        if key is not None:   # the ZAP handler first: libzmq admits everyone while none is bound
+            self.gate = auth.Gate(self.ctx, key)
         ipc = f"ipc://{self.session_dir}/node.sock"
+        self.router = sockets.client_router(self.ctx, ipc)
         try:
-            self.router, bound = sockets.node_router(self.ctx, [ipc, f"tcp://{host}:{port}"])
+            self.peer_router, peer_ep = sockets.peer_router(self.ctx, host, port, key)
         except zmq.ZMQError as e:
             raise NodeStartError(f"cannot listen on {host}:{port}: {e.strerror}") from None
-        tcp_port = int(bound[1].rsplit(":", 1)[1])
         object_port = self.config.object_port
         try:
-            self.object_router, object_ep = sockets.object_router(self.ctx, host, object_port)
+            self.object_router, object_ep = sockets.object_router(self.ctx, host, object_port, key)
         except zmq.ZMQError as e:
             raise NodeStartError(f"cannot listen on {host}:{object_port} "
                                  f"for objects: {e.strerror}") from None
+        tcp_port = int(peer_ep.rsplit(":", 1)[1])
         object_port = int(object_ep.rsplit(":", 1)[1])
+        if key is not None:
+            self.watches = [auth.HandshakeWatch(self.peer_router, f"tcp port {tcp_port}"),
+                            auth.HandshakeWatch(self.object_router, f"tcp port {object_port}")]
         shown = advertised_host(host)
         return {"node_id": self.node_id.hex(), "pid": os.getpid(),
                 "address": f"tcp://{shown}:{tcp_port}",
@@ -221,7 +242,7 @@ class _NodeProcess:
         with open(os.path.join(self.session_dir, "node.json"), "w") as f:
             json.dump(info, f)
         if not embedded:
-            os.makedirs(node_records_dir(self.config), mode=0o700, exist_ok=True)
+            private_dir(node_records_dir(self.config))
             self.record_path = os.path.join(node_records_dir(self.config),
                                             f"{self.node_id.hex()}.json")
             with open(self.record_path, "w") as f:
@@ -246,10 +267,11 @@ class _NodeProcess:
     def clean_up(self) -> None:
         """Close the ROUTERs and the context; remove the store dir, the node record
         and (after a clean exit) the session dir."""
-        if self.router is not None:
-            self.router.close(0)
-        if self.object_router is not None:
-            self.object_router.close(0)
+        for watch in self.watches:
+            watch.close()
+        for sock in (self.router, self.peer_router, self.object_router, self.gate):
+            if sock is not None:
+                sock.close(0)
         self.ctx.term()
         store.remove_dir(self.store_dir)
         store.remove_dir(self.spill_dir)   # (the loop's spiller removes it too, when it ran)
@@ -260,6 +282,111 @@ class _NodeProcess:
                 pass
         if self.clean_exit:
             shutil.rmtree(self.session_dir, ignore_errors=True)
+
+
+# -- who may talk to a node ------------------------------------------------------------------
+
+def node_key(config: Config, session_dir: str, host: str, join, insecure: bool
+             ) -> tuple[auth.ClusterKey | None, str]:
+    """The key a starting node authenticates TCP with, and its file ("" for none).
+
+    A first node uses `config.cluster_key` (made there if missing) or makes a
+    new key in its session dir; a joining node needs an existing file (its
+    starter found and checked it: `prepare_join`). No key with `insecure`
+    (warned loudly), or where libzmq has no CURVE and the node stays on
+    loopback; off loopback that is refused."""
+    if insecure:
+        log.warning("INSECURE: --insecure-no-auth: TCP is neither authenticated nor "
+                    "encrypted; anyone who reaches %s can run code as this user", host)
+        return None, ""
+    if not auth.curve_available():
+        if join or not is_loopback(host):
+            raise NodeStartError(
+                "this libzmq has no CURVE support (zmq.has('curve') is False), which a cluster "
+                "across machines needs to authenticate and encrypt its links; install pyzmq's "
+                "wheel (it bundles a libzmq with CURVE), or pass --insecure-no-auth on a "
+                "network you trust")
+        log.warning("libzmq has no CURVE support: this node's loopback TCP port is not "
+                    "authenticated")
+        return None, ""
+    path = config.cluster_key or os.path.join(session_dir, auth.KEY_FILE_NAME)
+    try:
+        if join:
+            key = auth.read(path)
+            log.info("joining with the cluster key %s (%s)", path, key.fingerprint)
+        else:
+            key, created = auth.load_or_create(path)
+            log.info("%s the cluster key %s (%s)", "created" if created else "using",
+                     path, key.fingerprint)
+    except AuthenticationError as e:
+        raise NodeStartError(str(e)) from None
+    except OSError as e:
+        raise NodeStartError(f"cannot create the cluster key {path}: {e.strerror}") from None
+    return key, os.path.abspath(path)
+
+
+def prepare_join(config: Config, address: str, insecure: bool = False) -> Config:
+    """Before a node is started to join the cluster at `address`: the config it
+    needs (with the key file found), once a handshake showed that cluster admits
+    it. AuthenticationError (no key, or one it refuses) or ConnectionError
+    (nothing answers) otherwise: nothing was started, nothing changed."""
+    ctx = zmq.Context()
+    try:
+        if insecure:
+            try:
+                auth.probe(ctx, address, None, timeout=config.join_timeout)
+            except AuthenticationError:
+                raise AuthenticationError(
+                    f"the cluster at {address} requires a cluster key: leave out "
+                    "--insecure-no-auth and pass --cluster-key FILE") from None
+            return config
+        if config.cluster_key:
+            auth.probe(ctx, address, auth.read(config.cluster_key), timeout=config.join_timeout)
+            return config
+        found = auth.find_key_for(ctx, address, find_local_nodes(config))
+        if found:
+            return config.replace(cluster_key=found)
+        auth.probe(ctx, address, None, timeout=config.join_timeout)
+        raise AuthenticationError(
+            f"the cluster at {address} runs without authentication: join it with "
+            f"`python -m zfabric.node start --address {address} --insecure-no-auth` "
+            "(then init(address='auto') attaches to that node)")
+    finally:
+        ctx.destroy(linger=0)
+
+
+def private_dir(path: str) -> None:
+    """Make `path` a dir only this user may enter (0700), or check that it is
+    one: a dir another user made (e.g. in /tmp) is refused, not used."""
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    except FileNotFoundError:
+        os.makedirs(path, 0o700, exist_ok=True)
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode):
+        raise NodeStartError(f"{path} is not a directory")
+    if st.st_uid != os.geteuid():
+        raise NodeStartError(f"{path} belongs to another user (uid {st.st_uid}); set "
+                             "ZFABRIC_TEMP_DIR to a directory of your own")
+    if st.st_mode & 0o077:
+        os.chmod(path, 0o700)
+
+
+def is_loopback(host: str) -> bool:
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
+def route_address(host: str) -> str:
+    """This machine's address on the route to `host` (where a peer there reaches us)."""
+    import socket
+    try:   # connecting a UDP socket sends nothing; it only picks the route
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect((host, 1))
+            return s.getsockname()[0]
+    except OSError:
+        return socket.gethostbyname(socket.gethostname())
 
 
 def check_address(address: str) -> str:
@@ -277,13 +404,7 @@ def advertised_host(host: str) -> str:
     (0.0.0.0, ::), this machine's address on its default route."""
     if host not in ("0.0.0.0", "::", "*", ""):
         return host
-    import socket
-    try:   # connecting a UDP socket sends nothing; it only picks the route
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            s.connect(("10.255.255.255", 1))
-            return s.getsockname()[0]
-    except OSError:
-        return socket.gethostbyname(socket.gethostname())
+    return route_address("10.255.255.255")
 
 
 class _Answer:
@@ -331,9 +452,10 @@ def find_local_nodes(config: Config) -> list[dict]:
 
 
 def pid_is_node(pid: int) -> bool:
-    """Is `pid` a live zfabric node process (not a recycled pid)?"""
+    """Is `pid` a live zfabric node process of this user (not a recycled pid)?"""
     try:
         proc = psutil.Process(pid)
-        return "zfabric.node" in " ".join(proc.cmdline()) and proc.status() != psutil.STATUS_ZOMBIE
+        return ("zfabric.node" in " ".join(proc.cmdline()) and proc.uids().real == os.getuid()
+                and proc.status() != psutil.STATUS_ZOMBIE)
     except (psutil.Error, ValueError):
         return False

@@ -55,8 +55,9 @@ class Batcher:
 class Peers:
     """The DEALERs to other nodes' scheduler ROUTERs, by address."""
 
-    def __init__(self, ctx: zmq.Context, node_id: bytes):
+    def __init__(self, ctx: zmq.Context, node_id: bytes, key=None):
         self.ctx = ctx
+        self.key = key   # the cluster key (auth.ClusterKey), None: no authentication
         self.node_id = node_id
         self.batcher = Batcher()
         self._socks: dict[str, zmq.Socket] = {}        # control address -> DEALER
@@ -74,7 +75,7 @@ class Peers:
             if sock is None:
                 try:
                     sock = self._socks[address] = sockets.peer_dealer(
-                        self.ctx, self.node_id, address)
+                        self.ctx, self.node_id, address, self.key)
                 except zmq.ZMQError as e:
                     failed.append(ev.PeerUnreachable(address, count, e.strerror))
                     continue
@@ -91,7 +92,7 @@ class Peers:
         try:
             if sock is None:
                 sock = self._join_socks[address] = sockets.peer_dealer(
-                    self.ctx, self.node_id, address, join=True)
+                    self.ctx, self.node_id, address, self.key, join=True)
             sock.send(p.encode(msg), zmq.NOBLOCK)
         except zmq.Again:
             return ev.PeerSendBlocked(address, 1)

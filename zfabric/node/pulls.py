@@ -30,8 +30,9 @@ RECV_BATCH = 512   # chunks taken from one holder per wake-up
 
 
 class Pulls:
-    def __init__(self, ctx: zmq.Context, poller: zmq.Poller, store_dir: str):
+    def __init__(self, ctx: zmq.Context, poller: zmq.Poller, store_dir: str, key=None):
         self.ctx = ctx
+        self.key = key   # the cluster key (auth.ClusterKey), None: no authentication
         self.poller = poller
         self.store_dir = store_dir
         self.malformed = 0
@@ -49,7 +50,7 @@ class Pulls:
         sock = self._socks.get(req.holder)
         if sock is None:
             try:
-                sock = sockets.pull_dealer(self.ctx, req.object_address)
+                sock = sockets.pull_dealer(self.ctx, req.object_address, self.key)
             except zmq.ZMQError as e:
                 return ev.ChunkFailed(req.holder, req.oid, f"cannot connect: {e.strerror}")
             self._socks[req.holder] = sock

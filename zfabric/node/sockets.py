@@ -1,10 +1,18 @@
 """Every ZeroMQ socket zfabric makes is made here.
 
-Settings live in one place so that authentication and encryption of the
-cluster (CURVE) can later be a change to this module alone:
-- ROUTERs set ROUTER_MANDATORY: a message to a peer that is gone raises
-  EHOSTUNREACH instead of vanishing, and the node turns that into an event.
-- The scheduler ROUTER sets ROUTER_HANDOVER: a peer that reconnects (after a
+Who may reach which socket:
+- Local clients (drivers, workers, the CLI) use the *client ROUTER*, bound on
+  ipc in the node's session dir (mode 0700: only its user gets in). It never
+  listens on a network; a message there is a client's, whatever routing id
+  the sender chose.
+- Other nodes use the *peer ROUTER* (scheduler messages) and the *object
+  ROUTER* (chunk pulls), both on TCP and both CURVE servers with the cluster
+  key; our DEALERs to them are CURVE clients with the same key (auth.py). A
+  process without the key never completes a handshake. With no key (a node
+  started with --insecure-no-auth), the TCP sockets are plain.
+- ROUTERs that send set ROUTER_MANDATORY: a message to a peer that is gone
+  raises EHOSTUNREACH instead of vanishing, and the node turns that into an event.
+- The client and peer ROUTERs set ROUTER_HANDOVER: a peer that reconnects (after a
   partition, its old TCP connection never closed on our side) takes over its
   routing id at once. Without it the ROUTER refuses the new connection while
   the stale one lingers, and everything the peer sends is lost until then.
@@ -19,8 +27,6 @@ cluster (CURVE) can later be a change to this module alone:
   a 1 GB transfer never delays a heartbeat. Pulls are credit-limited, so no
   unbounded stream ever hits one socket.
 - Linger is short: a process that exits does not wait on peers that are gone.
-
-Authenticating and encrypting TCP between nodes (CURVE) belongs here alone.
 """
 from __future__ import annotations
 
@@ -44,6 +50,29 @@ PEER_HWM = 1_000            # frames queued to one peer before sends are refused
 TCP_KEEPALIVE_IDLE_S = 10   # a silent dead TCP link is noticed by gossip first anyway
 
 
+ZAP_DOMAIN = b"zfabric"    # what our CURVE servers ask the ZAP handler (auth.Gate) about
+# `key` below is an auth.ClusterKey (its Z85 `public` and `secret`), or None: a
+# node started with --insecure-no-auth, whose TCP sockets are plain.
+
+
+def make_server(sock: zmq.Socket, key) -> None:
+    """A TCP socket that accepts connections: CURVE server, checked by the ZAP handler."""
+    if key is None:
+        return
+    sock.curve_server = True
+    sock.curve_secretkey = key.secret
+    sock.zap_domain = ZAP_DOMAIN
+
+
+def make_client(sock: zmq.Socket, key) -> None:
+    """A TCP socket that connects to another node: CURVE client with the cluster key."""
+    if key is None:
+        return
+    sock.curve_serverkey = key.public
+    sock.curve_publickey = key.public
+    sock.curve_secretkey = key.secret
+
+
 def context() -> zmq.Context:
     return zmq.Context()
 
@@ -55,25 +84,40 @@ def _common(sock: zmq.Socket) -> zmq.Socket:
     return sock
 
 
-def node_router(ctx: zmq.Context, endpoints: list[str]) -> tuple[zmq.Socket, list[str]]:
-    """The node's scheduler ROUTER, bound to each endpoint ("tcp://h:0" picks a port).
-
-    Returns the socket and the endpoints actually bound.
-    """
+def client_router(ctx: zmq.Context, ipc_endpoint: str) -> zmq.Socket:
+    """The node's ROUTER for local clients (drivers, workers, the CLI), bound on
+    ipc in the session dir: only the node's user can enter that dir, and nothing
+    that arrives here came over a network."""
     sock = _common(ctx.socket(zmq.ROUTER))
     sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
     sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
-    bound = []
     try:
-        for ep in endpoints:
-            if ep.startswith("tcp://") and ep.endswith(":0"):
-                ep = ep[:-2] + ":*"
-            sock.bind(ep)
-            bound.append(sock.getsockopt_string(zmq.LAST_ENDPOINT))
+        sock.bind(ipc_endpoint)
     except zmq.ZMQError:
         sock.close(0)
         raise
-    return sock, bound
+    return sock
+
+
+def peer_router(ctx: zmq.Context, host: str, port: int,
+                key) -> tuple[zmq.Socket, str]:
+    """The node's scheduler ROUTER for other nodes, on TCP (port 0 picks one): a
+    CURVE server that only holders of the cluster key get through. Returns it
+    and its endpoint."""
+    sock = _tcp(ctx.socket(zmq.ROUTER))   # receive-only: peers answer through their DEALERs
+    sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
+    return _bind_tcp(sock, host, port, key)
+
+
+def _bind_tcp(sock: zmq.Socket, host: str, port: int,
+              key) -> tuple[zmq.Socket, str]:
+    make_server(sock, key)
+    try:
+        sock.bind(f"tcp://{host}:{port or '*'}")
+    except zmq.ZMQError:
+        sock.close(0)
+        raise
+    return sock, sock.getsockopt_string(zmq.LAST_ENDPOINT)
 
 
 def client_dealer(ctx: zmq.Context, identity: bytes, endpoint: str) -> zmq.Socket:
@@ -98,7 +142,7 @@ def _tcp(sock: zmq.Socket) -> zmq.Socket:
     return sock
 
 
-def peer_dealer(ctx: zmq.Context, node_id: bytes, address: str,
+def peer_dealer(ctx: zmq.Context, node_id: bytes, address: str, key,
                 join: bool = False) -> zmq.Socket:
     """Our DEALER to another node's scheduler ROUTER (send-only: it answers
     through its own DEALER to us). A join goes out on a socket of its own
@@ -107,6 +151,7 @@ def peer_dealer(ctx: zmq.Context, node_id: bytes, address: str,
     identity would take the routing id from each other (ROUTER_HANDOVER)."""
     sock = _tcp(ctx.socket(zmq.DEALER))
     sock.setsockopt(zmq.IDENTITY, node_id + (JOIN_SUFFIX if join else PEER_SUFFIX))
+    make_client(sock, key)
     try:
         sock.connect(address)
     except zmq.ZMQError:
@@ -115,22 +160,40 @@ def peer_dealer(ctx: zmq.Context, node_id: bytes, address: str,
     return sock
 
 
-def object_router(ctx: zmq.Context, host: str, port: int = 0) -> tuple[zmq.Socket, str]:
-    """The node's object ROUTER, serving chunk pulls; returns it and its endpoint."""
+def object_router(ctx: zmq.Context, host: str, port: int,
+                  key) -> tuple[zmq.Socket, str]:
+    """The node's object ROUTER, serving chunk pulls (a CURVE server like the
+    scheduler's); returns it and its endpoint."""
     sock = _tcp(ctx.socket(zmq.ROUTER))
     sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
     sock.setsockopt(zmq.SNDHWM, 0)  # bounded by the pullers' credit windows
-    try:
-        sock.bind(f"tcp://{host}:{port or '*'}")
-    except zmq.ZMQError:
-        sock.close(0)
-        raise
-    return sock, sock.getsockopt_string(zmq.LAST_ENDPOINT)
+    return _bind_tcp(sock, host, port, key)
 
 
-def pull_dealer(ctx: zmq.Context, address: str) -> zmq.Socket:
+def pull_dealer(ctx: zmq.Context, address: str, key) -> zmq.Socket:
     """A DEALER to a holder's object ROUTER, for chunk requests and their answers."""
     sock = _tcp(ctx.socket(zmq.DEALER))
     sock.setsockopt(zmq.SNDHWM, 0)  # at most `window` requests per pull are in flight
+    make_client(sock, key)
     sock.connect(address)
+    return sock
+
+
+def zap_handler(ctx: zmq.Context, endpoint: str) -> zmq.Socket:
+    """The REP socket libzmq asks whether a CURVE client may in (auth.Gate answers)."""
+    sock = ctx.socket(zmq.REP)
+    sock.setsockopt(zmq.LINGER, 0)
+    try:
+        sock.bind(endpoint)
+    except zmq.ZMQError:
+        sock.close(0)
+        raise
+    return sock
+
+
+def probe_dealer(ctx: zmq.Context, key) -> zmq.Socket:
+    """A throwaway DEALER that only shakes hands with a node (auth.probe)."""
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    make_client(sock, key)
     return sock

@@ -9,6 +9,8 @@
 
 Each node is its own process (started like `zfabric start`), with its own
 ports, session dir and store dir, so objects really move between stores.
+The nodes share a cluster key the cluster writes to a temp dir of its own
+(`key_path`; Config.cluster_key if given), or none with `insecure=True`.
 Every process the cluster starts is stopped by PID when it closes, also when
 the test fails; a killed node's files are removed for it.
 """
@@ -18,12 +20,14 @@ import os
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass, field
 
 import psutil
 
 from ..config import Config
+from ..node import auth
 from ..node import node as node_mod
 from ..node import store
 from ..node.client import Client
@@ -42,9 +46,16 @@ class NodeHandle:
 class LocalCluster:
     def __init__(self, nodes: int = 1, *, num_cpus: float = 1, resources: dict | None = None,
                  object_store_memory: int | None = None, config: Config | None = None,
-                 host: str = "127.0.0.1", up_timeout: float = 30.0):
+                 host: str = "127.0.0.1", up_timeout: float = 30.0, insecure: bool = False):
         self.config = config or Config.from_env()
         self.host = host
+        self.insecure = insecure
+        self._key_dir = None
+        if not insecure and not self.config.cluster_key:   # one key for all its nodes
+            self._key_dir = tempfile.mkdtemp(prefix="zfabric-key-")
+            path = os.path.join(self._key_dir, auth.KEY_FILE_NAME)
+            auth.create(path)
+            self.config = self.config.replace(cluster_key=path)
         self.up_timeout = up_timeout
         self._handles: list[NodeHandle] = []
         try:
@@ -63,6 +74,11 @@ class LocalCluster:
         return list(self._handles)
 
     @property
+    def key_path(self) -> str | None:
+        """The cluster key file its nodes share (None with insecure=True)."""
+        return None if self.insecure else self.config.cluster_key
+
+    @property
     def address(self) -> str:
         """The address of the first node still started (what zf.init takes)."""
         if not self._handles:
@@ -78,7 +94,7 @@ class LocalCluster:
         proc, info = node_mod.spawn_node(
             self.config, num_cpus=num_cpus, resources=dict(resources or {}),
             object_store_memory=object_store_memory, host=self.host, port=0,
-            embedded=False, join=join)
+            embedded=False, join=join, insecure=self.insecure)
         handle = NodeHandle(info["node_id"], info["address"], info["pid"], info, proc)
         self._handles.append(handle)
         if wait:
@@ -210,6 +226,9 @@ class LocalCluster:
                 self.kill_node(h)
                 continue
             self._remove_files(h)
+        if self._key_dir is not None:
+            shutil.rmtree(self._key_dir, ignore_errors=True)
+            self._key_dir = None
 
     def __enter__(self) -> "LocalCluster":
         return self
