@@ -89,6 +89,8 @@ class FakeNode:
                                             "tcp://127.0.0.1:1", Config().to_json(),
                                             os.getpid())
         self.received: queue.Queue = queue.Queue()
+        self._outbox: queue.Queue = queue.Queue()   # frames push() sends the client
+        self._client_rx = b""
         self.errors: list[BaseException] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name="fake-node")
@@ -97,19 +99,28 @@ class FakeNode:
     def _run(self) -> None:
         try:
             while not self._stop.is_set():
+                while not self._outbox.empty():
+                    self.router.send_multipart([self._client_rx, self._outbox.get()])
+                    self._outbox.task_done()
                 if not self.router.poll(10):
                     continue
                 ident, frame = self.router.recv_multipart()
                 msg = p.decode(frame)
                 self.received.put(msg)
+                self._client_rx = ident[:-1] + sockets.RX_SUFFIX
                 if type(msg) is p.Hello:
                     out = self.before_welcome + [p.encode(self.welcome)]
                 else:
                     out = self.respond(msg)
                 for data in out:
-                    self.router.send_multipart([ident[:-1] + sockets.RX_SUFFIX, data])
+                    self.router.send_multipart([self._client_rx, data])
         except BaseException as e:   # shown by close(): a broken fake is the test's bug
             self.errors.append(e)
+
+    def push(self, data: bytes) -> None:
+        """Send a frame to the client (from the fake node's thread); return once sent."""
+        self._outbox.put(data)
+        self._outbox.join()
 
     def wait_for(self, kind: type, timeout: float = 10.0):
         """The next message of `kind` the client sent (others are skipped)."""
@@ -219,12 +230,27 @@ def test_a_reply_of_the_wrong_kind_does_not_answer_a_request(nodes, clients):
     def respond(msg):
         if type(msg) is not p.Request:
             return []
-        return [p.encode(p.PutReply(msg.req_id, "")), p.encode(p.Reply(msg.req_id, [1, 2], "")),
-                p.encode(p.Reply(msg.req_id, "again", ""))]
+        return [p.encode(p.PutReply(msg.req_id, "")),             # the wrong kind
+                p.encode(p.Reply(msg.req_id - 1, "again", "")),      # to one answered
+                p.encode(p.Reply(msg.req_id, [1, 2], ""))]
     client = clients(nodes(respond=respond))
     assert client.request("nodes", timeout=10) == [1, 2]
     assert client.request("nodes", timeout=10) == [1, 2]
-    assert client.unexpected == 4   # each time: the PutReply, and the second Reply
+    assert client.unexpected == 4
+
+
+def test_a_reply_after_its_request_gave_up_is_dropped(nodes, clients):
+    answered = []
+    node = nodes(respond=lambda msg: [p.encode(p.Reply(msg.req_id, "late", ""))]
+                 if type(msg) is p.Request and answered else [])
+    client = clients(node)
+    with pytest.raises(zf.exceptions.GetTimeoutError):
+        client.request("nodes", timeout=0.1)   # the node never answers this one
+    late = node.wait_for(p.Request)
+    node.push(p.encode(p.Reply(late.req_id, "too late", "")))
+    answered.append(True)
+    assert client.request("nodes", timeout=10) == "late"
+    assert client.unexpected == 1 and not client._replies
 
 
 def test_an_unusable_object_fails_only_the_get_that_asks_for_it(nodes, clients):

@@ -195,13 +195,14 @@ class Client:
 
     def _await_reply(self, req: int, timeout: float | None):
         try:
-            if not self._wait_for(lambda: req in self._replies, timeout):
-                raise GetTimeoutError(f"the node did not answer within {timeout} s")
+            self._wait_for(lambda: req in self._replies, timeout)
         finally:
-            with self._cond:   # a late reply is dropped, not kept forever
+            with self._cond:   # from now on a reply to req is dropped, not kept forever
                 self._awaiting.pop(req, None)
-        with self._cond:
-            return self._replies.pop(req)
+                reply = self._replies.pop(req, None)
+        if reply is None:
+            raise GetTimeoutError(f"the node did not answer within {timeout} s")
+        return reply
 
     # -- references -------------------------------------------------------------
 
