@@ -36,6 +36,7 @@ from ..protocol import ObjectState, TaskStatus
 from . import placement
 from . import resources as rs
 from .objects import peer_client
+from .rejects import peer_source
 from .placement import PeerView
 from .tasks import Task, TaskState
 
@@ -133,6 +134,8 @@ class Spillover:
         task.state = TaskState.SPILLED
         task.node = peer.node_id
         task.since = s.now
+        if peer.node_id not in task.tried:
+            task.tried += (peer.node_id,)
         task.attempts += 1
         peer.sent(task.demand)
         s.stats["spilled"] += 1
@@ -266,7 +269,7 @@ class Spillover:
         view.suspect = False   # heard of again
         self._release(node_id)
         if not view.update(info):
-            self.sched.out.log("warning", f"peer {ids.short(node_id)} gossiped a malformed view")
+            self.sched.out.nonsense(peer_source(node_id), "a malformed view in its gossip")
 
     def peer_suspect(self, node_id: bytes) -> None:
         view = self.peers.get(node_id)
@@ -319,6 +322,10 @@ class Spillover:
             # again while we were cut off): a Refuse would make the owner run it
             # elsewhere at the same time. Our TaskResult answers both.
             return
+        clash = self._clash(sender, msg)
+        if clash:
+            s.out.nonsense(peer_source(sender), clash)
+            return
         demand = rs.to_units(msg.resources)
         # From a peer we declared dead (we dropped its tasks then): refused until
         # it rejoins. It takes back what it sent us when it hears we hold it dead.
@@ -347,6 +354,19 @@ class Spillover:
             s.finish_failed(task, failure)
         else:
             s.ready(task)
+
+    def _clash(self, sender: bytes, msg: p.Spill) -> str:
+        """Why a Spill names a task or objects that are not the sender's to name, or ""."""
+        s = self.sched
+        held = s.tasks.get(msg.task_id)
+        if held is not None and held.remote_owner is None:
+            return "a Spill of a task id that is one of ours"
+        entries = s.objects.entries
+        for oid in ids.return_ids(msg.task_id, msg.num_returns):
+            entry = entries.get(oid)
+            if entry is not None and entry.owner_node != sender:
+                return "a Spill whose return ids are objects of another owner"
+        return ""
 
     def _accepts(self, msg: p.Spill, demand: dict[str, int]) -> bool:
         s = self.sched

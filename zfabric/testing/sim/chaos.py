@@ -51,7 +51,7 @@ from ...core.membership import GONE as _GONE, MemberState as _MemberState
 from ...protocol import ObjectState as _ObjectState
 from .fabric import FabricSim, Work
 from .links import LinkFaults
-from .scenario import FN, Scenario, SeedChooser, generate, oid_of, put_value, tid, value
+from .scenario import FN, FN_BLOB, Scenario, SeedChooser, generate, oid_of, put_value, tid, value
 
 # Lineage (core/lineage.py) rebuilds what a fault lost while its owner lives: an
 # ObjectLostError for an object a live driver holds is a failure. (False: accepted
@@ -281,7 +281,7 @@ class ChaosRun:
             if not set(dep_ids) <= driver.held:
                 return   # an argument it could not borrow (its lender had died)
             self.specs[task_id] = op
-            blob = b"" if driver.sent_code else b"code"
+            blob = b"" if driver.sent_code else FN_BLOB
             driver.sent_code = True
             for k, ret in enumerate(returns):   # (a failed argument fails it at once)
                 self._made(driver, oid_of([n, k], ()), task_id, k, ret)
