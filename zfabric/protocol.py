@@ -158,7 +158,7 @@ class Hello:
     worker_id: str | None  # set by workers: the id the node spawned them with
 
     def check(self) -> str:
-        if self.role not in ("driver", "worker", "tool") or not c.count(self.pid, c.MAX_PID):
+        if self.role not in ("driver", "worker", "tool") or not 0 < self.pid <= c.MAX_PID:
             return "bad role or pid"
         return "" if text(self.worker_id) else "worker id too long"
 

@@ -346,14 +346,14 @@ class Fabric:
         elif kind is p.GcsUpdate:
             forgotten = self.membership.forgotten
             for record in msg.records:
-                self.gcs.apply(record, skip=forgotten)
+                if record[1:2] != [self.node_id]:   # (ours come back after a restart: no harm)
+                    self.gcs.apply(record, skip=forgotten)
         else:
             self._events.append(event)
             return
         if self.membership.malformed + self.gcs.malformed != malformed:
             self._reject(peer_source(event.node_id), "nonsense",
-                         f"a {kind.__name__} with malformed rows or records (or ones "
-                         "about our own GCS shard)")
+                         f"a {kind.__name__} with malformed rows, records or vector")
 
     def _reject(self, source: str, what: str, reason: str) -> None:
         log = self.rejections.reject(source, what, reason)

@@ -177,6 +177,7 @@ class FabricSim:
         self.violations: list[str] = []
         self.nodes: list[SimNode] = []
         self._by_address: dict[str, SimNode] = {}
+        self.unroutable: list = []   # sends to addresses no node has (a hostile peer's)
         self.store_capacity = store_capacity
         self.resources = [dict(r) for r in nodes]
         for i, resources in enumerate(nodes):
@@ -441,7 +442,10 @@ class FabricSim:
             self._at(due, arrive)
 
     def _peer_send(self, node: SimNode, e) -> None:
-        dst = self._by_address[e.address]
+        dst = self._by_address.get(e.address)
+        if dst is None:   # (as the shell's PeerUnreachable: dropped)
+            self.unroutable.append(e)
+            return
         data = _p.encode(e.msg)
 
         def deliver():
@@ -534,7 +538,12 @@ class FabricSim:
     # -- the object sockets ---------------------------------------------------------------
 
     def _request_chunk(self, node: SimNode, e) -> None:
-        holder = self._by_address[e.object_address]
+        holder = self._by_address.get(e.object_address)
+        if holder is None:   # (an address a hostile peer gossiped: the pull fails there)
+            self.unroutable.append(e)
+            self._at(self.time, lambda: self._handle_if_current(
+                node, _ev.ChunkFailed(e.holder, e.oid, "no such object server")))
+            return
         if e.oid not in node.partial:
             node.partial[e.oid] = [e.size, None]
         data = _p.encode(_p.PullChunk(e.oid, e.offset, e.length))
