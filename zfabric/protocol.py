@@ -6,9 +6,11 @@ then its fields as a msgpack array in declared order. Payload fields
 inline object blobs and error records, all below the inline threshold
 (bulk object data moves through the store, never through these messages).
 
-`decode` checks the kind, the arity and every field's type before a
-message reaches the node; anything malformed raises `ProtocolError` (the node
-counts and drops it). Nothing here is ever unpickled: pickled user data rides
+`decode` checks the kind, the arity, every field's type and then the
+message's `check()` (built from protocol_checks.py: ids, bounds, finite
+amounts, addresses, code that hashes to its function id) before a message
+reaches the node; whatever the bytes, it returns a checked message or raises
+`ProtocolError`, nothing else (the node counts and drops it). Nothing here is ever unpickled: pickled user data rides
 in payload frames and is opened only by the process that runs or gets it.
 
 Who sends what (client = a driver or a worker on the node's machine):

@@ -432,6 +432,10 @@ class ChaosRun:
         if not sim.run_until(lambda: not busy(), bound):
             self.fail(f"tasks still held {bound:.1f} s after the gets: (node, count) {busy()}")
         self.failures += [f"sim: {v}" for v in sim.violations]
+        refused = [(n.index, {k: v for k, v in n.fabric.stats.items()
+                              if k.startswith("rejected_") and v}) for n in sim.nodes]
+        if any(counts for _, counts in refused):   # (every message here is an honest one)
+            self.fail(f"honest messages refused: (node, counts) {refused}")
 
     def play(self) -> "ChaosRun":
         """Run the scenario to the end, checking as it goes; failures in `failures`."""
