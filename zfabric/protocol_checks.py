@@ -30,8 +30,12 @@ STATUSES = range(3)            # protocol.TaskStatus values
 
 
 def ids_of(values, size: int, limit: int = MAX_IDS) -> bool:
-    return (type(values) is list and len(values) <= limit
-            and all(type(v) is bytes and len(v) == size for v in values))
+    if type(values) is not list or len(values) > limit:
+        return False
+    for v in values:   # (a loop: cheaper than all() for the one or two ids most lists hold)
+        if type(v) is not bytes or len(v) != size:
+            return False
+    return True
 
 
 def oids(values, limit: int = MAX_IDS) -> bool:
@@ -69,7 +73,10 @@ def count(x, limit: int) -> bool:
 
 
 def finite(*values) -> bool:
-    return all(type(v) in (int, float) and math.isfinite(v) for v in values)
+    for v in values:
+        if type(v) not in (int, float) or not math.isfinite(v):
+            return False
+    return True
 
 
 def amounts(d, *, nonneg: bool) -> bool:
@@ -118,12 +125,15 @@ def returns_problem(msg) -> str:
         return "bad status or too many returns"
     if len(msg.sizes) != n or len(msg.contained) != n or len(msg.payloads) < n:
         return "returns described inconsistently"
-    if not all(oids(c) for c in msg.contained):
-        return "contained must be lists of object ids"
-    if not all(type(x) is int and x >= 0 for x in msg.sizes):
-        return "bad sizes"
-    if not all(type(x) is int and x in STATES for x in msg.states):
-        return "bad states"
+    for contained in msg.contained:
+        if not oids(contained):
+            return "contained must be lists of object ids"
+    for x in msg.sizes:
+        if type(x) is not int or x < 0:
+            return "bad sizes"
+    for x in msg.states:
+        if type(x) is not int or not 0 <= x <= 3:
+            return "bad states"
     return ""
 
 
@@ -132,6 +142,7 @@ def deps_problem(msg) -> str:
     n = len(msg.dep_ids)
     if not oids(msg.dep_ids) or len(msg.dep_states) != n or len(msg.dep_payloads) != n:
         return "dependencies described inconsistently"
-    if not all(type(x) is int and x in STATES for x in msg.dep_states):
-        return "bad dependency states"
+    for x in msg.dep_states:
+        if type(x) is not int or not 0 <= x <= 3:
+            return "bad dependency states"
     return ""

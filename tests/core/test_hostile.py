@@ -199,9 +199,12 @@ def test_a_spill_cannot_take_over_our_objects():
     assert world.run_until_finished([plan], 5)
     spill = p.Spill(n1.node_id, "", plan.task_id, "f", FN, 1, {"CPU": 1}, 0, False, 0, False,
                     [], [], [], [], b"", b"", b"", [])
-    assert nonsense_after(world, 0, ev.PeerMessage(n1.node_id, spill)) == 1
+    world.sim.handle(0, ev.PeerMessage(n1.node_id, spill))   # refused (Refuse), not run
+    assert plan.task_id not in n0.scheduler.tasks
+    assert any(type(e.msg) is p.Refuse for e in n0.effects(fx.PeerSend))
     entry = n0.scheduler.objects.get(rid(1))
     assert entry.owner_node is None and entry.payload == b"v" + rid(1)
+    assert entry.holders == {DRIVER}
 
 
 def test_malformed_views_from_peers_do_not_break_queries():

@@ -322,16 +322,12 @@ class Spillover:
             # again while we were cut off): a Refuse would make the owner run it
             # elsewhere at the same time. Our TaskResult answers both.
             return
-        clash = self._clash(sender, msg)
-        if clash:
-            s.out.nonsense(peer_source(sender), clash)
-            return
         demand = rs.to_units(msg.resources)
         # From a peer we declared dead (we dropped its tasks then): refused until
         # it rejoins. It takes back what it sent us when it hears we hold it dead.
         address = view.address if view is not None else (
             msg.reply_to if sender in self.dead else "")
-        if view is None or not self._accepts(msg, demand):
+        if view is None or not self._accepts(msg, demand) or self._clash(sender, msg):
             s.stats["refused"] += 1
             if address:   # (without the code: the owner sends it with the next)
                 s.out.peer(address, p.Refuse(
@@ -355,18 +351,16 @@ class Spillover:
         else:
             s.ready(task)
 
-    def _clash(self, sender: bytes, msg: p.Spill) -> str:
-        """Why a Spill names a task or objects that are not the sender's to name, or ""."""
-        s = self.sched
-        held = s.tasks.get(msg.task_id)
-        if held is not None and held.remote_owner is None:
-            return "a Spill of a task id that is one of ours"
-        entries = s.objects.entries
+    def _clash(self, sender: bytes, msg: p.Spill) -> bool:
+        """Does a Spill name return ids of objects here that are not the sender's?
+        (Refused: they are not its to make. A hostile local client may have taken
+        an honest task's ids here first, so the sender is not blamed.)"""
+        entries = self.sched.objects.entries
         for oid in ids.return_ids(msg.task_id, msg.num_returns):
             entry = entries.get(oid)
             if entry is not None and entry.owner_node != sender:
-                return "a Spill whose return ids are objects of another owner"
-        return ""
+                return True
+        return False
 
     def _accepts(self, msg: p.Spill, demand: dict[str, int]) -> bool:
         s = self.sched
