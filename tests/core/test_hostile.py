@@ -45,7 +45,7 @@ def test_any_frame_decodes_to_a_checked_message_or_raises_protocol_error(data):
 
 
 @pytest.mark.parametrize("cls", list(p.MESSAGES.values()), ids=lambda c: c.__name__)
-@settings(HOSTILE, max_examples=40)
+@settings(HOSTILE, max_examples=25)
 @given(data=st.data())
 def test_every_message_the_strategies_build_round_trips(cls, data):
     msg = data.draw(hostile.message(cls, hostile.Known(task_ids=[tid(1)], node_ids=[MALLORY])))
