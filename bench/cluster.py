@@ -5,6 +5,24 @@
     python bench/cluster.py                  # every installed system
     python bench/cluster.py --quick          # smaller counts, a smoke run
     python bench/cluster.py --only zfabric,zmq --json bench/cluster.json
+    python bench/cluster.py --only zfabric,zfabric-insecure,zmq,zmq-curve --rounds 8
+    python bench/cluster.py --workloads transfer       # some workloads (transfer, spill, tiny)
+
+Systems: `zfabric` (nodes as started by default: every TCP socket between
+them CURVE-encrypted with the cluster key), `zfabric-insecure` (the same
+nodes started with --insecure-no-auth: plain TCP), `ray`, `zmq` (raw ZeroMQ,
+plain TCP) and `zmq-curve` (raw ZeroMQ, the sockets CURVE server and client
+with one key pair, as a cluster key; no ZAP handler).
+
+Rounds (`--rounds N`): every system of `--only` runs once a round, each in
+a fresh subprocess; even rounds in the order given, odd rounds in reverse
+(A B, B A, A B, ...), so that neither of two systems always runs first or
+always right after the other while the machine's load drifts. Each cell of
+the table is the median over the rounds; for each CURVE system measured
+with its plain twin (zfabric and zfabric-insecure, zmq-curve and zmq) a
+column gives the median over the rounds of the ratio of the two measured in
+the same round (with CURVE / without). The JSON keeps every round's figures
+and the load average before each subprocess.
 
 Workloads (each system in its own fresh subprocess, every process it leaves
 behind stopped by PID — see run.py):
@@ -37,8 +55,12 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import run as harness  # noqa: E402  (bench/run.py: child processes, cleanup, probes)
 
-SYSTEMS = ["zfabric", "ray", "zmq"]
-LABEL = {"zfabric": "zfabric", "ray": "Ray", "zmq": "raw ZeroMQ"}
+SYSTEMS = ["zfabric", "zfabric-insecure", "ray", "zmq", "zmq-curve"]
+LABEL = {"zfabric": "zfabric", "zfabric-insecure": "zfabric, no CURVE", "ray": "Ray",
+         "zmq": "raw ZeroMQ", "zmq-curve": "raw ZeroMQ, CURVE"}
+# (with CURVE, its plain twin): measured in the same rounds, their ratio gets a column
+TWINS = [("zfabric", "zfabric-insecure"), ("zmq-curve", "zmq")]
+RATIO_LABEL = {"zfabric": "zfabric: CURVE / none", "zmq-curve": "raw ZeroMQ: CURVE / none"}
 FULL = dict(mb=100, warm_reps=5, spill=[(60, 0.1), (40, 0.3)], tiny=3000)
 QUICK = dict(mb=20, warm_reps=2, spill=[(15, 0.1)], tiny=300)
 
@@ -47,11 +69,14 @@ QUICK = dict(mb=20, warm_reps=2, spill=[(15, 0.1)], tiny=300)
 # the workloads, one adapter per task system
 
 class ZfabricCluster:
+    def __init__(self, insecure: bool = False):
+        self.insecure = insecure      # plain TCP between the nodes (--insecure-no-auth)
+
     def start(self, nodes: list[dict]):
         import zfabric as zf
         from zfabric.testing import LocalCluster
         self.zf = zf
-        self.cluster = LocalCluster(nodes=0)
+        self.cluster = LocalCluster(nodes=0, insecure=self.insecure)
         for spec in nodes:
             self.cluster.add_node(**spec)
         zf.init(address=self.cluster.address)
@@ -164,13 +189,17 @@ def w_tiny(s, p):
     return {"tiny_rate": p["tiny"] / (time.perf_counter() - t)}
 
 
+WORKLOADS = {"transfer": w_transfer, "spill": w_spill, "tiny": w_tiny}
+
+
 def child_bench(system: str, out: str, params: dict) -> None:
-    result = {"system": system, "python": platform.python_version()}
-    if system == "zmq":
-        result.update(raw_zmq(params["mb"]))
+    result = {"system": system, "python": platform.python_version(),
+              "loadavg_before": os.getloadavg()}
+    if system in ("zmq", "zmq-curve"):
+        result.update(raw_zmq(params["mb"], curve=system == "zmq-curve"))
         harness.write_json(out, result)
         return
-    s = ZfabricCluster() if system == "zfabric" else RayCluster()
+    s = RayCluster() if system == "ray" else ZfabricCluster(system == "zfabric-insecure")
     nodes = [{"num_cpus": 1, "resources": {"a": 1}}, {"num_cpus": 1, "resources": {"b": 1}},
              {"num_cpus": 1}]
     t = time.perf_counter()
@@ -178,7 +207,9 @@ def child_bench(system: str, out: str, params: dict) -> None:
     result["start_s"] = time.perf_counter() - t
     result["version"] = s.version()
     try:
-        for name, fn in (("transfer", w_transfer), ("spill", w_spill), ("tiny", w_tiny)):
+        for name, fn in WORKLOADS.items():
+            if name not in params.get("workloads", WORKLOADS):
+                continue
             harness.log(f"  {system}: {name}")
             result.update(fn(s, params))
             harness.write_json(out, result)
@@ -190,14 +221,19 @@ def child_bench(system: str, out: str, params: dict) -> None:
 # --------------------------------------------------------------------------
 # raw ZeroMQ: the same bytes between two processes over loopback
 
-def _zmq_sink(port: int, size: int, reps: int, fresh: bool) -> None:
+def _zmq_sink(port: int, size: int, reps: int, fresh: bool, keys) -> None:
     """Land the bytes in one buffer of the receiving process: a new one each
     time (`fresh`: its pages are faulted in as the bytes land, as they are for
-    any new object), or one allocated and touched beforehand (the floor)."""
+    any new object), or one allocated and touched beforehand (the floor).
+    `keys` (public, secret): connect as a CURVE client, as zfabric's nodes do."""
     import numpy as np
     import zmq
     ctx = zmq.Context()
     pull = ctx.socket(zmq.PULL)
+    if keys:   # one key pair on both ends, like a cluster key
+        pull.curve_serverkey = keys[0]
+        pull.curve_publickey = keys[0]
+        pull.curve_secretkey = keys[1]
     pull.connect(f"tcp://127.0.0.1:{port}")
     done = ctx.socket(zmq.PUSH)
     done.connect(f"tcp://127.0.0.1:{port + 1}")
@@ -213,17 +249,19 @@ def _zmq_sink(port: int, size: int, reps: int, fresh: bool) -> None:
         del view
 
 
-def raw_zmq(mb: int, reps: int = 6) -> dict:
+def raw_zmq(mb: int, reps: int = 6, curve: bool = False) -> dict:
     out = {}
     for fresh, key in ((True, "transfer"), (False, "touched")):
-        t = _raw_zmq_run(mb, reps, fresh)
+        t = _raw_zmq_run(mb, reps, fresh, curve)
         out[f"{key}_first_s"], out[f"{key}_warm_s"] = t[0], statistics.median(t[1:])
     import zmq
     out["version"] = zmq.zmq_version()
     return out
 
 
-def _raw_zmq_run(mb: int, reps: int, fresh: bool) -> list:
+def _raw_zmq_run(mb: int, reps: int, fresh: bool, curve: bool) -> list:
+    """The sender's side (a CURVE server with a fresh key pair if `curve`; no
+    ZAP handler: any client that knows the server's key gets in)."""
     import multiprocessing
 
     import numpy as np
@@ -231,10 +269,14 @@ def _raw_zmq_run(mb: int, reps: int, fresh: bool) -> list:
     size, chunk = mb * 1_000_000, 4 << 20
     ctx = zmq.Context()
     push = ctx.socket(zmq.PUSH)
+    keys = zmq.curve_keypair() if curve else None
+    if keys:
+        push.curve_server = True
+        push.curve_secretkey = keys[1]
     port = push.bind_to_random_port("tcp://127.0.0.1", min_port=20000, max_port=60000)
     done = ctx.socket(zmq.PULL)
     done.bind(f"tcp://127.0.0.1:{port + 1}")
-    sink = multiprocessing.Process(target=_zmq_sink, args=(port, size, reps, fresh))
+    sink = multiprocessing.Process(target=_zmq_sink, args=(port, size, reps, fresh, keys))
     sink.start()
     data = memoryview(np.ones(size, dtype=np.uint8))
     times = []
@@ -258,20 +300,30 @@ def fmt_s(x):
     return "—" if x is None else (f"{x * 1000:.0f} ms" if x < 1 else f"{x:.2f} s")
 
 
-def markdown(results: dict, params: dict) -> str:
+def markdown(results: dict, params: dict, ratios: dict | None = None) -> str:
+    """The table: a column per system (medians over the rounds), then one per
+    pair of TWINS measured (the median of their same-round ratios)."""
     mb = params["mb"]
+    ratios = ratios or {}
     cols = [s for s in SYSTEMS if s in results]
-    lines = ["| workload | " + " | ".join(LABEL[s] for s in cols) + " |",
-             "|---|" + "---|" * len(cols)]
+    twins = [(a, b) for a, b in TWINS if a in ratios]
+    lines = ["| workload | " + " | ".join(LABEL[s] for s in cols)
+             + "".join(f" | {RATIO_LABEL[a]}" for a, _ in twins) + " |",
+             "|---|" + "---|" * (len(cols) + len(twins))]
 
-    def row(name, key, fmt):
+    def row(name, key, fmt, inverse=False):
+        """`inverse`: the row shows a rate derived from a time, so the ratio of
+        the rates is the inverse of the ratio of the times."""
         cells = [fmt(results[s].get(key)) if results[s].get(key) is not None else "—"
                  for s in cols]
+        for a, _ in twins:
+            r = ratios[a].get(key)
+            cells.append("—" if r is None else f"{1 / r if inverse else r:.2f}x")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
 
     row(f"{mb} MB argument from another node, first", "transfer_first_s", fmt_s)
     row(f"{mb} MB argument from another node, warm", "transfer_warm_s", fmt_s)
-    row("  (GB/s, warm)", "transfer_warm_s", lambda x: f"{mb / 1000 / x:.2f}")
+    row("  (GB/s, warm)", "transfer_warm_s", lambda x: f"{mb / 1000 / x:.2f}", inverse=True)
     row("  raw ZeroMQ into a buffer touched beforehand, warm", "touched_warm_s", fmt_s)
     for n, seconds in params["spill"]:
         row(f"spillover {n} x {seconds:g} s on 3 x 1 CPU: time", f"spill_{n}x{seconds:g}_s", fmt_s)
@@ -282,10 +334,59 @@ def markdown(results: dict, params: dict) -> str:
     return "\n".join(lines)
 
 
+def medians(runs: list) -> dict:
+    """Every number of a system's runs (None: that round failed) as its median
+    over the rounds; other fields as the first run has them."""
+    done = [r for r in runs if r]
+    out = dict(done[0]) if done else {}
+    for key, value in out.items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[key] = statistics.median(r[key] for r in done if r.get(key) is not None)
+    out["rounds"] = len(done)
+    return out
+
+
+def paired_ratios(with_: list, without: list) -> dict:
+    """For each figure, the median over rounds of with / without measured in
+    the same round (rounds where either failed are left out)."""
+    out = {}
+    pairs = [(a, b) for a, b in zip(with_, without) if a and b]
+    for key in (pairs[0][0] if pairs else {}):
+        got = [a[key] / b[key] for a, b in pairs
+               if isinstance(a.get(key), (int, float)) and not isinstance(a[key], bool)
+               and isinstance(b.get(key), (int, float)) and b[key]]
+        if got:
+            out[key] = statistics.median(got)
+    return out
+
+
+def run_one(system: str, params: dict, args, peer, work: str, tag: str) -> dict | None:
+    """One system's workloads in a fresh subprocess; its results, or None."""
+    python = peer if system == "ray" else sys.executable
+    out = os.path.join(work, f"{system}-{tag}.json")
+    log_path = os.path.join(work, f"{system}-{tag}.log")
+    harness.log(f"{system}: running ({tag}, load {os.getloadavg()[0]:.2f})")
+    rc, wall, timed_out, left = harness.run_child(
+        python, ["--child", system, "--out", out, "--params", json.dumps(params)],
+        args.timeout, harness.child_env("zfabric" if system != "ray" else "ray"),
+        log_path, script=os.path.abspath(__file__))
+    res = harness.read_json(out)
+    if rc != 0 or res is None:
+        harness.log(f"{system}: failed (rc {rc}{', timed out' if timed_out else ''})\n"
+                    + harness.tail(log_path))
+    if left:
+        harness.log(f"{system}: stopped leftover processes {left}")
+    return res
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--only", default=",".join(SYSTEMS))
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="run every system this many times, alternating the order")
+    ap.add_argument("--workloads", default=",".join(WORKLOADS),
+                    help="cluster workloads to run (raw ZeroMQ only ever moves the bytes)")
     ap.add_argument("--json", default=None)
     ap.add_argument("--peer-python", default=None, help="interpreter that has Ray")
     ap.add_argument("--timeout", type=float, default=600)
@@ -296,38 +397,48 @@ def main(argv=None) -> int:
     if args.child:
         child_bench(args.child, args.out, json.loads(args.params))
         return 0
-    params = QUICK if args.quick else FULL
+    params = dict(QUICK if args.quick else FULL,
+                  workloads=[w.strip() for w in args.workloads.split(",") if w.strip()])
     harness.become_subreaper()
     peer = args.peer_python or harness.default_peer_python()
-    results = {}
+    systems = [s.strip() for s in args.only.split(",") if s.strip()]
+    unknown = [s for s in systems if s not in SYSTEMS]
+    if unknown:
+        ap.error(f"unknown system {', '.join(unknown)} (known: {', '.join(SYSTEMS)})")
+    unknown = [w for w in params["workloads"] if w not in WORKLOADS]
+    if unknown:
+        ap.error(f"unknown workload {', '.join(unknown)} (known: {', '.join(WORKLOADS)})")
+    if args.rounds < 1:
+        ap.error("--rounds must be at least 1")
+    if "ray" in systems and not (peer and (harness.probe(peer, harness.child_env("ray"))
+                                           or {}).get("found", {}).get("ray")):
+        harness.log("ray: not installed (pip install -r bench/requirements-peers.txt)")
+        systems.remove("ray")
+    runs = {s: [] for s in systems}
+    order = []
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="zf-bench-") as work:
-        for system in [s.strip() for s in args.only.split(",") if s.strip()]:
-            python = peer if system == "ray" else sys.executable
-            if system == "ray" and not (python and (harness.probe(python, harness.child_env("ray"))
-                                                    or {}).get("found", {}).get("ray")):
-                harness.log("ray: not installed (pip install -r bench/requirements-peers.txt)")
-                continue
-            out = os.path.join(work, f"{system}.json")
-            log_path = os.path.join(work, f"{system}.log")
-            harness.log(f"{system}: running")
-            rc, wall, timed_out, left = harness.run_child(
-                python, ["--child", system, "--out", out, "--params", json.dumps(params)],
-                args.timeout, harness.child_env("zfabric" if system != "ray" else "ray"),
-                log_path, script=os.path.abspath(__file__))
-            res = harness.read_json(out)
-            if rc != 0 or res is None:
-                harness.log(f"{system}: failed (rc {rc}{', timed out' if timed_out else ''})\n"
-                            + harness.tail(log_path))
-            if left:
-                harness.log(f"{system}: stopped leftover processes {left}")
-            if res:
-                results[system] = res
+        for i in range(args.rounds):
+            order.append(systems if i % 2 == 0 else systems[::-1])
+            for system in order[-1]:
+                runs[system].append(run_one(system, params, args, peer, work, f"round{i + 1}"))
+    results = {s: medians(r) for s, r in runs.items() if any(r)}
+    ratios = {a: paired_ratios(runs[a], runs[b]) for a, b in TWINS
+              if any(runs.get(a, [])) and any(runs.get(b, []))}
+    load = {"before": load_before, "after": os.getloadavg()}
     if args.json:
-        harness.write_json(args.json, harness.portable({"params": params, "results": results}))
+        harness.write_json(args.json, harness.portable({
+            "params": params, "rounds": args.rounds, "order": order, "load": load,
+            "machine": {"cpu": harness.cpu_model(), "cores": os.cpu_count(),
+                        "python": platform.python_version()},
+            "results": results, "ratios": ratios, "runs": runs}))
+    versions = {LABEL[s].split(",")[0]: r.get("version", "?") for s, r in results.items()}
     print(f"{harness.cpu_model()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
-          + ", ".join(f"{LABEL[s]} {r.get('version', '?')}" for s, r in results.items()))
+          + ", ".join(f"{name} {v}" for name, v in versions.items())
+          + (f"; median of {args.rounds} rounds" if args.rounds > 1 else "")
+          + f"; load average {load['before'][0]:.2f} before, {load['after'][0]:.2f} after")
     print()
-    print(markdown(results, params))
+    print(markdown(results, params, ratios))
     return 0
 
 
