@@ -30,13 +30,17 @@ behind stopped by PID — see run.py):
   numpy array made by a task pinned to node A, and returns its last element;
   timed from submitting the consumer (the array is ready on A) to its result:
   the first time (connections cold), then warm (median of fresh arrays).
+  For zfabric also the CPU time its three node processes used meanwhile
+  (median of the warm ones): the pull, and with CURVE its encryption and
+  decryption, run there (in libzmq's I/O threads).
   Raw ZeroMQ: the same bytes pushed over loopback between two processes in
   4 MiB frames, received (recv_into) into a new buffer of the receiver, as
   any new object lands in new memory — no store, no task, no request round
   trips; and, as a floor, into one buffer touched beforehand.
 - spillover: N nodes x 1 CPU, all tasks submitted to the first node:
   efficiency = ideal time (tasks x duration / N) / measured time.
-- tiny tasks: no-op tasks on 3 nodes x 1 CPU submitted from one driver: tasks/s.
+- tiny tasks: no-op tasks on 3 nodes x 1 CPU submitted from one driver: tasks/s,
+  and for zfabric the CPU time of its three node processes a task.
 
 Progress goes to stderr; stdout is the markdown table for docs/benchmarks.md.
 """
@@ -90,6 +94,15 @@ class ZfabricCluster:
     def wait(self, refs):
         self.zf.wait(refs, num_returns=len(refs), fetch_local=False)
 
+    def node_cpu(self) -> float:
+        """CPU seconds the node processes (not their workers) have used so far."""
+        import psutil
+        total = 0.0
+        for handle in self.cluster.nodes:
+            t = psutil.Process(handle.pid).cpu_times()
+            total += t.user + t.system
+        return total
+
     def stop(self):
         self.zf.shutdown()
         self.cluster.shutdown()
@@ -119,6 +132,9 @@ class RayCluster:
 
     def wait(self, refs):
         self.ray.wait(refs, num_returns=len(refs), fetch_local=False)
+
+    def node_cpu(self):
+        return None     # Ray's object transfer runs in several processes per node
 
     def stop(self):
         self.ray.shutdown()
@@ -156,16 +172,21 @@ def noop():
 def w_transfer(s, p):
     maker = s.remote(make, resources={"a": 1})
     reader = s.remote(last, resources={"b": 1})
-    times = []
+    times, cpu = [], []
     for _ in range(1 + p["warm_reps"]):
         arr = maker.remote(p["mb"])
         s.wait([arr])
+        c = s.node_cpu()
         t = time.perf_counter()
         assert s.get(reader.remote(arr)) == 1 + p["mb"] * 1_000_000
         times.append(time.perf_counter() - t)
+        cpu.append(None if c is None else s.node_cpu() - c)
         del arr
         time.sleep(0.3)   # the copies' deletion is not part of the next measurement
-    return {"transfer_first_s": times[0], "transfer_warm_s": statistics.median(times[1:])}
+    out = {"transfer_first_s": times[0], "transfer_warm_s": statistics.median(times[1:])}
+    if cpu[-1] is not None:   # all three node processes, while the consumer ran
+        out["transfer_node_cpu_s"] = statistics.median(cpu[1:])
+    return out
 
 
 def w_spill(s, p):
@@ -184,9 +205,13 @@ def w_spill(s, p):
 def w_tiny(s, p):
     task = s.remote(noop)
     s.get([task.remote() for _ in range(300)])
+    c = s.node_cpu()
     t = time.perf_counter()
     s.get([task.remote() for _ in range(p["tiny"])])
-    return {"tiny_rate": p["tiny"] / (time.perf_counter() - t)}
+    out = {"tiny_rate": p["tiny"] / (time.perf_counter() - t)}
+    if c is not None:   # all three node processes, a task
+        out["tiny_node_cpu_s"] = (s.node_cpu() - c) / p["tiny"]
+    return out
 
 
 WORKLOADS = {"transfer": w_transfer, "spill": w_spill, "tiny": w_tiny}
@@ -319,17 +344,22 @@ def markdown(results: dict, params: dict, ratios: dict | None = None) -> str:
         for a, _ in twins:
             r = ratios[a].get(key)
             cells.append("—" if r is None else f"{1 / r if inverse else r:.2f}x")
+        if set(cells) == {"—"}:
+            return
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
 
     row(f"{mb} MB argument from another node, first", "transfer_first_s", fmt_s)
     row(f"{mb} MB argument from another node, warm", "transfer_warm_s", fmt_s)
     row("  (GB/s, warm)", "transfer_warm_s", lambda x: f"{mb / 1000 / x:.2f}", inverse=True)
+    row("  CPU time of the node processes, warm", "transfer_node_cpu_s", fmt_s)
     row("  raw ZeroMQ into a buffer touched beforehand, warm", "touched_warm_s", fmt_s)
     for n, seconds in params["spill"]:
         row(f"spillover {n} x {seconds:g} s on 3 x 1 CPU: time", f"spill_{n}x{seconds:g}_s", fmt_s)
         row(f"spillover {n} x {seconds:g} s: efficiency", f"spill_{n}x{seconds:g}_eff",
             lambda x: f"{x * 100:.0f}%")
     row("tiny tasks on 3 nodes (tasks/s)", "tiny_rate", lambda x: f"{x:,.0f}")
+    row("  CPU time of the node processes a task", "tiny_node_cpu_s",
+        lambda x: f"{x * 1e6:.0f} µs")
     row("3-node cluster start", "start_s", fmt_s)
     return "\n".join(lines)
 
