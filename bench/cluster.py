@@ -36,7 +36,9 @@ behind stopped by PID — see run.py):
   Raw ZeroMQ: the same bytes pushed over loopback between two processes in
   4 MiB frames, received (recv_into) into a new buffer of the receiver, as
   any new object lands in new memory — no store, no task, no request round
-  trips; and, as a floor, into one buffer touched beforehand.
+  trips; and, as a floor, into one buffer touched beforehand. zmq-curve
+  also times libsodium alone encrypting and decrypting the same bytes in
+  4 MiB messages (the cipher CURVE runs, no socket: `sodium_box`).
 - spillover: N nodes x 1 CPU, all tasks submitted to the first node:
   efficiency = ideal time (tasks x duration / N) / measured time.
 - tiny tasks: no-op tasks on 3 nodes x 1 CPU submitted from one driver: tasks/s,
@@ -281,7 +283,52 @@ def raw_zmq(mb: int, reps: int = 6, curve: bool = False) -> dict:
         out[f"{key}_first_s"], out[f"{key}_warm_s"] = t[0], statistics.median(t[1:])
     import zmq
     out["version"] = zmq.zmq_version()
+    if curve:
+        out.update(sodium_box(mb))
     return out
+
+
+def sodium_box(mb: int, reps: int = 5) -> dict:
+    """What CURVE's cipher alone costs: libsodium's crypto_box_easy_afternm and
+    crypto_box_open_easy_afternm (XSalsa20-Poly1305, what libzmq calls for each
+    message) over `mb` MB in 4 MiB messages, in this one thread, with no socket;
+    the median of `reps`. The libsodium that pyzmq's libzmq links (its wheel
+    bundles one), else the system's; {} if there is none."""
+    import ctypes
+    import ctypes.util
+    import glob
+
+    import numpy as np
+    import zmq
+    libs = os.path.join(os.path.dirname(os.path.dirname(zmq.__file__)), "pyzmq.libs")
+    found = glob.glob(os.path.join(libs, "libsodium*")) or [ctypes.util.find_library("sodium")]
+    if not found[0]:
+        return {}
+    lib = ctypes.CDLL(found[0])
+    if lib.sodium_init() < 0:
+        return {}
+    public, secret = ctypes.create_string_buffer(32), ctypes.create_string_buffer(32)
+    lib.crypto_box_keypair(public, secret)
+    shared, nonce = ctypes.create_string_buffer(32), ctypes.create_string_buffer(24)
+    lib.crypto_box_beforenm(shared, public, secret)
+    chunk, size = 4 << 20, mb * 1_000_000
+    lengths = [ctypes.c_ulonglong(min(chunk, size - off)) for off in range(0, size, chunk)]
+    plain, box = np.ones(chunk, np.uint8), np.empty(chunk + 16, np.uint8)
+    p_plain, p_box = plain.ctypes.data_as(ctypes.c_void_p), box.ctypes.data_as(ctypes.c_void_p)
+    seal, unseal = [], []
+    for _ in range(reps):
+        t = time.perf_counter()
+        for length in lengths:
+            lib.crypto_box_easy_afternm(p_box, p_plain, length, nonce, shared)
+        seal.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        for length in lengths:
+            rc = lib.crypto_box_open_easy_afternm(p_plain, p_box,
+                                                  ctypes.c_ulonglong(length.value + 16),
+                                                  nonce, shared)
+            assert rc == 0
+        unseal.append(time.perf_counter() - t)
+    return {"sodium_seal_s": statistics.median(seal), "sodium_open_s": statistics.median(unseal)}
 
 
 def _raw_zmq_run(mb: int, reps: int, fresh: bool, curve: bool) -> list:
@@ -353,6 +400,8 @@ def markdown(results: dict, params: dict, ratios: dict | None = None) -> str:
     row("  (GB/s, warm)", "transfer_warm_s", lambda x: f"{mb / 1000 / x:.2f}", inverse=True)
     row("  CPU time of the node processes, warm", "transfer_node_cpu_s", fmt_s)
     row("  raw ZeroMQ into a buffer touched beforehand, warm", "touched_warm_s", fmt_s)
+    row(f"  libsodium alone: encrypt {mb} MB (one thread)", "sodium_seal_s", fmt_s)
+    row(f"  libsodium alone: decrypt {mb} MB (one thread)", "sodium_open_s", fmt_s)
     for n, seconds in params["spill"]:
         row(f"spillover {n} x {seconds:g} s on 3 x 1 CPU: time", f"spill_{n}x{seconds:g}_s", fmt_s)
         row(f"spillover {n} x {seconds:g} s: efficiency", f"spill_{n}x{seconds:g}_eff",
