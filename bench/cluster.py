@@ -248,7 +248,7 @@ def child_bench(system: str, out: str, params: dict) -> None:
 # --------------------------------------------------------------------------
 # raw ZeroMQ: the same bytes between two processes over loopback
 
-def _zmq_sink(port: int, size: int, reps: int, fresh: bool, keys) -> None:
+def _zmq_sink(port: int, done_port: int, size: int, reps: int, fresh: bool, keys) -> None:
     """Land the bytes in one buffer of the receiving process: a new one each
     time (`fresh`: its pages are faulted in as the bytes land, as they are for
     any new object), or one allocated and touched beforehand (the floor).
@@ -263,7 +263,7 @@ def _zmq_sink(port: int, size: int, reps: int, fresh: bool, keys) -> None:
         pull.curve_secretkey = keys[1]
     pull.connect(f"tcp://127.0.0.1:{port}")
     done = ctx.socket(zmq.PUSH)
-    done.connect(f"tcp://127.0.0.1:{port + 1}")
+    done.connect(f"tcp://127.0.0.1:{done_port}")
     dest = np.ones(size, dtype=np.uint8)
     for _ in range(reps):
         if fresh:
@@ -349,8 +349,9 @@ def _raw_zmq_run(mb: int, reps: int, fresh: bool, curve: bool) -> list:
         push.curve_secretkey = keys[1]
     port = push.bind_to_random_port("tcp://127.0.0.1", min_port=20000, max_port=60000)
     done = ctx.socket(zmq.PULL)
-    done.bind(f"tcp://127.0.0.1:{port + 1}")
-    sink = multiprocessing.Process(target=_zmq_sink, args=(port, size, reps, fresh, keys))
+    done_port = done.bind_to_random_port("tcp://127.0.0.1", min_port=20000, max_port=60000)
+    sink = multiprocessing.Process(target=_zmq_sink,
+                                   args=(port, done_port, size, reps, fresh, keys))
     sink.start()
     data = memoryview(np.ones(size, dtype=np.uint8))
     times = []
