@@ -511,6 +511,7 @@ def main(argv=None) -> int:
     if args.json:
         harness.write_json(args.json, harness.portable({
             "params": params, "rounds": args.rounds, "order": order, "load": load,
+            "env": {k: v for k, v in os.environ.items() if k.startswith("ZFABRIC_")},
             "machine": {"cpu": harness.cpu_model(), "cores": os.cpu_count(),
                         "python": platform.python_version()},
             "results": results, "ratios": ratios, "runs": runs}))
