@@ -461,6 +461,25 @@ def run_one(system: str, params: dict, args, peer, work: str, tag: str) -> dict 
     return res
 
 
+def checked_systems(ap, args, params: dict, peer) -> list:
+    """The systems to run (`--only`, less Ray if `peer` cannot import it);
+    a usage error for a system, a workload or a round count that is not one."""
+    systems = [s.strip() for s in args.only.split(",") if s.strip()]
+    unknown = [s for s in systems if s not in SYSTEMS]
+    if unknown:
+        ap.error(f"unknown system {', '.join(unknown)} (known: {', '.join(SYSTEMS)})")
+    unknown = [w for w in params["workloads"] if w not in WORKLOADS]
+    if unknown:
+        ap.error(f"unknown workload {', '.join(unknown)} (known: {', '.join(WORKLOADS)})")
+    if args.rounds < 1:
+        ap.error("--rounds must be at least 1")
+    if "ray" in systems and not (peer and (harness.probe(peer, harness.child_env("ray"))
+                                           or {}).get("found", {}).get("ray")):
+        harness.log("ray: not installed (pip install -r bench/requirements-peers.txt)")
+        systems.remove("ray")
+    return systems
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true")
@@ -483,19 +502,7 @@ def main(argv=None) -> int:
                   workloads=[w.strip() for w in args.workloads.split(",") if w.strip()])
     harness.become_subreaper()
     peer = args.peer_python or harness.default_peer_python()
-    systems = [s.strip() for s in args.only.split(",") if s.strip()]
-    unknown = [s for s in systems if s not in SYSTEMS]
-    if unknown:
-        ap.error(f"unknown system {', '.join(unknown)} (known: {', '.join(SYSTEMS)})")
-    unknown = [w for w in params["workloads"] if w not in WORKLOADS]
-    if unknown:
-        ap.error(f"unknown workload {', '.join(unknown)} (known: {', '.join(WORKLOADS)})")
-    if args.rounds < 1:
-        ap.error("--rounds must be at least 1")
-    if "ray" in systems and not (peer and (harness.probe(peer, harness.child_env("ray"))
-                                           or {}).get("found", {}).get("ray")):
-        harness.log("ray: not installed (pip install -r bench/requirements-peers.txt)")
-        systems.remove("ray")
+    systems = checked_systems(ap, args, params, peer)
     runs = {s: [] for s in systems}
     order = []
     load_before = os.getloadavg()
