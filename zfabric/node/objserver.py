@@ -12,8 +12,10 @@ as it is: the holder stays stateless, and a peer's pull never makes it
 restore the object (and spill others to make room for it). The spill file
 was just written, so its pages are usually still in the page cache.
 Stateless like zguide's fileio3 server: each request is answered on its
-own, from the sealed file; the fabric never hears of it. The NodeLoop calls
-`serve` when the ROUTER is readable and `forget` when an object is deleted.
+own, from the sealed file; the fabric hears only of a request that is not
+a PullChunk (`on_malformed`: the loop turns it into MessageRejected). The
+NodeLoop calls `serve` when the ROUTER is readable and `forget` when an
+object is deleted.
 The pulling side is node/pulls.py.
 """
 from __future__ import annotations
@@ -33,11 +35,13 @@ MAP_CACHE = 32     # store files kept mapped (most recent)
 
 
 class ObjectServer:
-    def __init__(self, router: zmq.Socket, store_dir: str, spill_dir: str):
+    def __init__(self, router: zmq.Socket, store_dir: str, spill_dir: str, on_malformed=None):
         self.router = router
         self.store_dir = store_dir
         self.spill_dir = spill_dir
-        self.malformed = 0
+        # on_malformed(source, reason): a request that is not a PullChunk (the loop
+        # hands it to the fabric as MessageRejected, which counts it)
+        self.on_malformed = on_malformed or (lambda source, reason: None)
         self._maps: dict[bytes, memoryview] = {}   # oid -> mapped store file, most recent last
 
     def serve(self) -> None:
@@ -45,19 +49,18 @@ class ObjectServer:
         router = self.router
         for _ in range(RECV_BATCH):
             try:
-                ident, frame = router.recv_multipart(zmq.NOBLOCK)
+                frames = router.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return
-            except ValueError:   # not exactly [ident, request]
-                self.malformed += 1
-                continue
+            ident = frames[0]
             try:
-                req = p.decode(frame)
+                if len(frames) != 2:
+                    raise p.ProtocolError(f"expected one frame, got {len(frames) - 1}")
+                req = p.decode(frames[1])
                 if type(req) is not p.PullChunk:
                     raise p.ProtocolError(f"unexpected {type(req).__name__} on the object socket")
             except p.ProtocolError as e:
-                self.malformed += 1
-                log.warning("dropped a malformed pull request: %s", e)
+                self.on_malformed(f"puller {ident.hex()[:16]}", f"pull request: {e}")
                 continue
             try:
                 router.send_multipart([ident] + self._answer(req), zmq.NOBLOCK, copy=False)

@@ -197,3 +197,17 @@ def probe_dealer(ctx: zmq.Context, key) -> zmq.Socket:
     sock.setsockopt(zmq.LINGER, 0)
     make_client(sock, key)
     return sock
+
+
+def stranger(ctx: zmq.Context, socket_type: int, curve=None) -> zmq.Socket:
+    """A socket of any type as someone else would make it, to aim at a node's
+    ports (zfabric.testing.portfuzz): plain, or with `curve` = (the server's
+    public key, a key pair of its own) a CURVE client. Never used by a node."""
+    sock = ctx.socket(socket_type)
+    sock.setsockopt(zmq.LINGER, 0)
+    if curve is not None:
+        server_public, own = curve
+        sock.curve_serverkey = server_public
+        sock.curve_publickey = own.public
+        sock.curve_secretkey = own.secret
+    return sock
