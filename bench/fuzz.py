@@ -1,0 +1,195 @@
+#!/usr/bin/env python3
+"""Fuzz: hostile traffic at real nodes' TCP ports for N minutes.
+
+    python bench/fuzz.py --minutes 2 --seed 1          # bench/results/2026-11-30-fuzz.txt
+    python bench/fuzz.py --minutes 10 --nodes 3 --seed 7
+
+Starts a `LocalCluster` of `--nodes` nodes (1 CPU each, CURVE on) and fires
+volley after volley (`zfabric.testing.portfuzz`, drawn by hypothesis from
+`--seed`) at their scheduler and object ports, one node after the other: raw
+TCP (random bytes, ZMTP greetings garbled or cut short, connect-and-close)
+and ZeroMQ sockets of every type, each plain, as a CURVE client with a key
+pair of its own, and with the cluster key (whose frames reach the decoder).
+After each volley it waits until the node counted what it had to drop.
+
+Every minute it prints what it sent (by mode and by socket type), each
+node's rejected_* counters, and whether each node is alive and answers.
+At the end a driver runs tasks on the cluster (small ones and one with an
+8 MB argument) and checks their results.
+
+Exit code 1 on any failure: a node died or stopped answering, a volley was
+not counted within VOLLEY_TIMEOUT (a hang, or a drop nobody counted), a
+sender without the key got an answer, or a task gave a wrong result or
+none within GET_TIMEOUT. Every process it starts is stopped by PID (the
+cluster's).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections import Counter
+
+import numpy as np
+import psutil
+import zmq
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import seed as hypothesis_seed
+
+import zfabric as zf
+from zfabric.exceptions import GetTimeoutError
+from zfabric.node import auth
+from zfabric.testing import LocalCluster
+from zfabric.testing import portfuzz as pf
+
+VOLLEY_TIMEOUT = 60.0   # seconds for a node to count one volley
+GET_TIMEOUT = 60.0      # a final task that takes longer counts as hung
+
+
+class TimeUp(Exception):
+    """The run is over (raised out of hypothesis' loop to leave it)."""
+
+
+class Run:
+    def __init__(self, cluster: LocalCluster, minutes: float):
+        self.cluster = cluster
+        self.ctx = zmq.Context()
+        self.key = auth.read(cluster.key_path)
+        self.start = time.monotonic()
+        self.end = self.start + minutes * 60
+        self.next_minute = self.start + 60
+        self.volleys = 0
+        self.sent = Counter()          # (mode, kind) -> messages
+        self.answers = 0               # answers to holders of the key
+        self.failures: list[str] = []
+
+    def volley(self, shots: list) -> None:
+        if self.failures or time.monotonic() >= self.end:
+            raise TimeUp
+        handle = self.cluster.nodes[self.volleys % len(self.cluster.nodes)]
+        target = pf.Target(handle.info["address"], handle.info["object_address"], self.key)
+        try:
+            report = pf.fire(self.ctx, target, shots, lambda: self.stats(handle),
+                             timeout=VOLLEY_TIMEOUT)
+        except (GetTimeoutError, TimeoutError, ConnectionError) as e:
+            self.failures.append(f"node {handle.node_id[:12]} stopped answering: {e}")
+            raise TimeUp from None
+        self.volleys += 1
+        self.sent.update(report.sent)
+        self.answers += report.answers
+        if not report.settled:
+            self.failures.append(
+                f"volley {self.volleys} at node {handle.node_id[:12]}: counters grew by "
+                f"{({c: report.grew(c) for c in pf.COUNTERS})}, not {report.expected}")
+        for port, mode, kind, data in report.answered_unauthenticated:
+            self.failures.append(f"node {handle.node_id[:12]} answered a {mode} {kind} on "
+                                 f"its {port} port: {data!r}")
+        if time.monotonic() >= self.next_minute:
+            self.next_minute += 60
+            self.print_minute()
+        if self.failures:
+            raise TimeUp
+
+    def stats(self, handle) -> dict:
+        status = self.cluster.query(handle, "status")
+        return next(r for r in status["nodes"] if r["NodeID"] == status["self"])["stats"]
+
+    def alive(self, handle) -> str:
+        try:
+            if psutil.Process(handle.pid).status() == psutil.STATUS_ZOMBIE:
+                return "DEAD"
+        except psutil.NoSuchProcess:
+            return "DEAD"
+        try:
+            self.stats(handle)
+        except Exception as e:   # noqa: BLE001 -- whatever it was, the node does not answer
+            return f"NOT ANSWERING ({type(e).__name__})"
+        return "alive"
+
+    def print_minute(self) -> None:
+        minute = (time.monotonic() - self.start) / 60
+        print(f"\n== after {minute:.1f} min: {self.volleys} volleys")
+        for mode in ("raw",) + pf.MODES:
+            kinds = {k: n for (m, k), n in sorted(self.sent.items()) if m == mode}
+            print(f"  sent {mode:12} {sum(kinds.values()):7}  "
+                  + " ".join(f"{k}={n}" for k, n in kinds.items()))
+        print(f"  answers to holders of the key: {self.answers}")
+        for handle in self.cluster.nodes:
+            state = self.alive(handle)
+            counters = self.stats(handle) if state == "alive" else {}
+            print(f"  node {handle.node_id[:12]} pid {handle.pid}: {state}  "
+                  + " ".join(f"{c}={counters.get(c, '?')}" for c in pf.COUNTERS))
+            if state != "alive":
+                self.failures.append(f"node {handle.node_id[:12]} is {state}")
+        sys.stdout.flush()
+
+    def check_tasks(self) -> None:
+        """A driver runs tasks on the fuzzed cluster: right results, none hung."""
+        zf.init(address=self.cluster.address)
+        try:
+            @zf.remote
+            def square(x):
+                return x * x
+
+            @zf.remote
+            def total(a):
+                return int(a.sum())
+
+            big = np.arange(1_000_000, dtype=np.int64)   # 8 MB: through the store
+            small = zf.get([square.remote(i) for i in range(100)], timeout=GET_TIMEOUT)
+            sums = zf.get([total.remote(big), total.remote(zf.put(big))], timeout=GET_TIMEOUT)
+            ok = small == [i * i for i in range(100)] and sums == [int(big.sum())] * 2
+            print(f"\ntasks after fuzzing: {'right' if ok else 'WRONG'} "
+                  f"(100 small, 2 with an 8 MB argument)")
+            if not ok:
+                self.failures.append("a task gave a wrong result after fuzzing")
+        except GetTimeoutError as e:
+            self.failures.append(f"tasks hung after fuzzing: {e}")
+        finally:
+            zf.shutdown()
+
+    def close(self) -> None:
+        self.ctx.destroy(0)
+
+
+def fuzz(run: Run, seed: int, strategy) -> None:
+    """Draw volleys from `strategy` and fire them until the run is over."""
+    @hypothesis_seed(seed)
+    @settings(max_examples=10 ** 9, deadline=None, database=None, phases=[Phase.generate],
+              suppress_health_check=list(HealthCheck))
+    @given(strategy)
+    def one(shots):
+        run.volley(shots)
+
+    try:
+        one()
+    except TimeUp:
+        pass
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--minutes", type=float, default=2.0)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--nodes", type=int, default=1, choices=(1, 2, 3))
+    args = ap.parse_args(argv)
+    print(f"zfabric port fuzz: {args.nodes} node(s), {args.minutes:g} min, seed {args.seed}, "
+          f"zmq {zmq.zmq_version()}")
+    with LocalCluster(nodes=args.nodes, num_cpus=1) as cluster:
+        run = Run(cluster, args.minutes)
+        try:
+            fuzz(run, args.seed, pf.volleys())
+            run.print_minute()
+            if not any("DEAD" in f or "answering" in f for f in run.failures):
+                run.check_tasks()
+        finally:
+            run.close()
+    print(f"\n{run.volleys} volleys, {sum(run.sent.values())} messages and connections sent; "
+          f"{len(run.failures)} failure(s)")
+    for failure in run.failures:
+        print(f"  FAIL: {failure}")
+    return 1 if run.failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
