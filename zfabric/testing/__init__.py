@@ -7,6 +7,9 @@
 - `fakes`: `FakeWorker`, what a worker process does with the messages its
   node sends it, without time or transport (the simulator's workers, and the
   scheduler tests' in tests/harness).
+- `portfuzz`: hostile traffic at a real node's TCP ports (raw TCP, ZeroMQ
+  sockets of every type, with and without the cluster key) and what the
+  node counted of it (imports hypothesis: import it only in tests and bench).
 """
 from .cluster import LocalCluster, NodeHandle
 
