@@ -106,6 +106,20 @@ def test_with_the_cluster_key_garbage_reaches_the_decoder_and_is_counted(node, d
     assert report.grew("rejected_malformed") == report.expected["rejected_malformed"]
 
 
+BIG = 64 << 20
+
+
+@pytest.mark.parametrize("port", ["object", pytest.param("peer", marks=pytest.mark.xfail(
+    strict=True, reason="the peer ROUTER has no frame size limit (a peer's batch has no fixed "
+                        "size), and libzmq applies none before authentication either"))])
+def test_a_stranger_cannot_make_the_node_buffer_a_huge_handshake_frame(node, port):
+    # without a limit the node takes in all of it (and holds it until the
+    # handshake times out): memory anyone who reaches the port can fill
+    accepted = pf.oversize_accepted(node.target, port, claim=1 << 30, send=BIG)
+    node.assert_alive()
+    assert accepted < BIG, f"the {port} port took in {accepted >> 20} MiB before any handshake"
+
+
 def test_the_node_still_runs_tasks_afterwards(node, fresh):
     node.assert_alive()
     zf.init(address=node.cluster.address)

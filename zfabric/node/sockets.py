@@ -45,6 +45,11 @@ RX_SUFFIX = b"<"   # the client's receiving socket
 PEER_SUFFIX = b"^"  # another node's DEALER: its routing id is its node id + this
 JOIN_SUFFIX = b"+"  # a joining node's DEALER to the address it was given (see peer_dealer)
 
+# The largest frame the object ROUTER takes (pull requests are ~40 bytes). libzmq
+# applies it before authentication too: without it, a stranger's handshake frame
+# can claim any size, and the node buffers whatever it sends until the handshake
+# times out. (The peer ROUTER has no such bound: a peer's batch has no fixed size.)
+OBJECT_REQUEST_MAX = 64 * 1024
 PEER_HWM = 1_000            # frames queued to one peer before sends are refused (a frame
                             # carries everything due to that peer in one loop turn)
 TCP_KEEPALIVE_IDLE_S = 10   # a silent dead TCP link is noticed by gossip first anyway
@@ -167,6 +172,7 @@ def object_router(ctx: zmq.Context, host: str, port: int,
     sock = _tcp(ctx.socket(zmq.ROUTER))
     sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
     sock.setsockopt(zmq.SNDHWM, 0)  # bounded by the pullers' credit windows
+    sock.setsockopt(zmq.MAXMSGSIZE, OBJECT_REQUEST_MAX)
     return _bind_tcp(sock, host, port, key)
 
 

@@ -45,8 +45,9 @@ REACH_ROUTER = frozenset({"DEALER", "REQ", "ROUTER"})
 MODES = ("plain", "own key", "cluster key")
 UNAUTHENTICATED = ("plain", "own key")
 # raw TCP: random bytes (kept open), a whole ZMTP 3 greeting with a garbled
-# mechanism and tail, a greeting cut short then closed, connect and close
-RAW = ("bytes", "greeting", "truncated", "close")
+# mechanism and tail, a greeting cut short then closed, connect and close, a
+# CURVE greeting then a handshake frame that claims to be huge
+RAW = ("bytes", "greeting", "truncated", "close", "oversize")
 PORTS = ("peer", "object")
 SIGNATURE = b"\xff" + b"\0" * 8 + b"\x7f"
 CURVE_MECHANISM = b"CURVE".ljust(20, b"\0")
@@ -136,6 +137,8 @@ def _raw_reported(shot: Shot) -> bool:
     data = shot.messages[0][0]
     if shot.kind == "close":
         return True
+    if shot.kind == "oversize":   # refused (object port) or buffered: no event either way
+        return False
     if not data.startswith(b"\xff"):
         return False
     if len(data) > 10 and data[10] < 3:
@@ -286,9 +289,12 @@ class _Raw:
         host, port = target.endpoint(shot.port).removeprefix("tcp://").rsplit(":", 1)
         self.sock = socket.create_connection((host, int(port)), timeout=10)
         data = shot.messages[0][0] if shot.messages else b""
-        if data:
-            self.sock.sendall(data)
         report.sent[("raw", shot.kind)] += 1
+        try:
+            self.sock.sendall(data)
+        except OSError:   # dropped while we sent (a frame over the node's limit)
+            self.close()
+            return
         if shot.kind in ("truncated", "close"):
             self.close()
         else:
@@ -370,7 +376,33 @@ def raw_payload(kind: str) -> st.SearchStrategy:
         return greetings()
     if kind == "truncated":
         return greetings().flatmap(lambda g: st.integers(1, len(g) - 1).map(lambda n: g[:n]))
+    if kind == "oversize":
+        return st.builds(lambda size, junk: oversize_head(size) + junk,
+                         st.integers(1 << 16, 1 << 40), st.binary(max_size=4096))
     return st.just(b"")
+
+
+def oversize_head(size: int) -> bytes:
+    """A CURVE greeting, then the head of a handshake command frame of `size` bytes."""
+    greeting = SIGNATURE + bytes([3, 0]) + CURVE_MECHANISM + b"\0" * 32
+    return greeting + b"\x06" + size.to_bytes(8, "big")
+
+
+def oversize_accepted(target: Target, port: str, claim: int, send: int) -> int:
+    """Bytes of a `claim`-byte handshake frame a node took in before it dropped
+    the connection (up to `send`): a stranger's memory in the node."""
+    host, tcp_port = target.endpoint(port).removeprefix("tcp://").rsplit(":", 1)
+    sent = 0
+    with socket.create_connection((host, int(tcp_port)), timeout=10) as sock:
+        try:
+            sock.sendall(oversize_head(claim))
+            chunk = b"\0" * (1 << 20)
+            while sent < send:
+                sock.sendall(chunk)
+                sent += len(chunk)
+        except OSError:   # reset: refused
+            pass
+    return sent
 
 
 def _identity(draw, index: int) -> bytes:
