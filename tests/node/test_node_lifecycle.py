@@ -136,9 +136,10 @@ def test_shutdown_stops_every_process(temp_dir, reaper):
 
 # -- the CLI ------------------------------------------------------------------------------
 
-def cli(temp_dir, *args, timeout=60):
+def cli(temp_dir, *args, timeout=60, **environ):
     env = env_with(temp_dir)
     env["ZFABRIC_JOIN_TIMEOUT"] = "1.5"   # an unreachable --address fails fast
+    env.update(environ)
     return subprocess.run([sys.executable, "-m", "zfabric.node", *args], capture_output=True,
                           text=True, env=env, timeout=timeout)
 
@@ -390,13 +391,15 @@ def test_any_client_id_routes(temp_dir):
 
 
 def test_failed_start_leaves_no_files(temp_dir):
+    store_root = os.path.join(temp_dir, "shm")   # its own: other runs may use /dev/shm now
+    os.mkdir(store_root)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         s.listen()
-        before = set(os.listdir("/dev/shm"))
-        out = cli(temp_dir, "start", "--head", "--port", str(s.getsockname()[1]))
+        out = cli(temp_dir, "start", "--head", "--port", str(s.getsockname()[1]),
+                  ZFABRIC_STORE_ROOT=store_root)
     assert out.returncode != 0
-    assert set(os.listdir("/dev/shm")) - before == set()
+    assert os.listdir(store_root) == []
     assert [d for d in os.listdir(temp_dir) if d.startswith("session_")] == []
 
 

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import json
 import os
+import pathlib
+import shutil
 import signal
 import socket
 import stat
 import subprocess
 import sys
+import tempfile
 import time
 import traceback
 
@@ -300,7 +303,16 @@ def test_stop_signals_only_this_users_nodes(tmp_path):
         other.wait()
 
 
-def test_insecure_mode_is_explicit_and_loud(fresh, tmp_path):
+@pytest.fixture
+def short_tmp():
+    """A temp dir with a short path (an ipc socket path must fit in 107 bytes)."""
+    path = tempfile.mkdtemp(prefix="zfs-")
+    yield pathlib.Path(path)
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def test_insecure_mode_is_explicit_and_loud(fresh, short_tmp):
+    tmp_path = short_tmp
     env = dict(os.environ, ZFABRIC_TEMP_DIR=str(tmp_path / "t"))
     out = cli("start", "--head", "--port", "0", "--insecure-no-auth", env=env)
     assert out.returncode == 0, out.stderr

@@ -77,7 +77,11 @@ def generate() -> ClusterKey:
 
 def create(path: str) -> ClusterKey:
     """Write a new key to `path` (mode 0600, never over an existing file)."""
-    key = generate()
+    return write(path, generate())
+
+
+def write(path: str, key: ClusterKey) -> ClusterKey:
+    """Write `key` to a new file `path` (mode 0600, never over an existing file)."""
     text = ("# zfabric cluster key: whoever can read this file can run code on the cluster.\n"
             f"{MAGIC} {key.secret.decode()}\n")
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)

@@ -19,9 +19,18 @@ message it sends (and every `ref_flush_interval` when idle), tells the node
 the *net* change since the last report. The node applies a client's
 message before the reference changes that follow it, so an object handed
 to a task or nested in a result is never freed in between.
+
+Whatever the node socket delivers, the pump keeps going: a frame that does
+not decode (or a Batch holding one) is dropped and counted in `malformed`;
+a message that makes no sense here (news of an object we hold no ref to, a
+reply nobody waits for, a second Welcome, an Execute on a driver) is
+dropped and counted in `unexpected`. The first of each is logged. An
+object's entry that cannot be used (an unknown state, an error record that
+does not read) becomes the error of the get that asks for that object.
 """
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -30,17 +39,22 @@ from collections import deque
 import zmq
 
 from .. import protocol as p
+from .. import records
 from .. import ref as ref_mod
 from .. import serialization
 from ..config import Config
-from ..exceptions import GetTimeoutError, NodeDiedError, ObjectStoreFullError
+from ..exceptions import GetTimeoutError, NodeDiedError, ObjectStoreFullError, ZFabricError
 from ..ids import new_put_id, new_task_id, return_ids
 from ..protocol import ObjectState
 from ..ref import ObjectRef
 from . import sockets, store
 
+log = logging.getLogger("zfabric.client")
+
 _current: "Client | None" = None
 PUMP_SLICE = 1.0   # seconds a pump waits before checking the node is alive
+MAX_PID = 1 << 22  # above Linux's pid_max: a Welcome naming another pid is nonsense
+READY_STATES = (ObjectState.INLINE, ObjectState.STORE, ObjectState.ERROR)
 
 
 def current() -> "Client":
@@ -81,6 +95,10 @@ class Client:
         self._dirty: set[bytes] = set()
         self._subscribed: set[bytes] = set()
         self._replies: dict[int, object] = {}
+        self._awaiting: dict[int, type] = {}     # req id -> the reply kind it waits for
+        self.malformed = 0                       # frames from the node that did not decode
+        self.unexpected = 0                      # messages that made no sense here
+        self._warned: set[str] = set()
         self.executes: deque = deque()
         self._revoked: deque = deque()           # prefetched tasks dropped: tell the node
         self.fn_blobs: dict[bytes, bytes] = {}   # (workers) function code not yet loaded
@@ -103,7 +121,14 @@ class Client:
         self.node_id: bytes = w.node_id
         self.store_dir: str = w.store_dir
         self.node_pid: int = w.node_pid
-        self.config = Config.from_json(w.config)
+        try:
+            if not 0 <= w.node_pid < MAX_PID:
+                raise ValueError(f"node_pid {w.node_pid}")
+            self.config = Config.from_json(w.config)
+        except (ValueError, TypeError) as e:
+            self._close_sockets()
+            raise ConnectionError(f"the zfabric node at {endpoint} sent a bad Welcome "
+                                  f"({type(e).__name__}: {e})") from None
         self.inline_threshold = self.config.inline_threshold
         self._flusher = threading.Thread(target=self._flush_loop, daemon=True,
                                          name="zfabric-ref-flush")
@@ -154,20 +179,30 @@ class Client:
                         return
 
     def request(self, what: str, timeout: float | None = 30.0):
-        with self._cond:
-            self._req += 1
-            req = self._req
+        req = self._new_request(p.Reply)
         self.send(p.Request(req, what))
         msg = self._await_reply(req, timeout)
         if msg.error:
             raise ValueError(msg.error)
         return msg.data
 
-    def _await_reply(self, req: int, timeout: float | None):
-        if not self._wait_for(lambda: req in self._replies, timeout):
-            raise GetTimeoutError(f"the node did not answer within {timeout} s")
+    def _new_request(self, reply_kind: type) -> int:
+        """A request id; only a reply of `reply_kind` with it will be taken."""
         with self._cond:
-            return self._replies.pop(req)
+            self._req += 1
+            self._awaiting[self._req] = reply_kind
+            return self._req
+
+    def _await_reply(self, req: int, timeout: float | None):
+        try:
+            self._wait_for(lambda: req in self._replies, timeout)
+        finally:
+            with self._cond:   # from now on a reply to req is dropped, not kept forever
+                self._awaiting.pop(req, None)
+                reply = self._replies.pop(req, None)
+        if reply is None:
+            raise GetTimeoutError(f"the node did not answer within {timeout} s")
+        return reply
 
     # -- references -------------------------------------------------------------
 
@@ -229,25 +264,50 @@ class Client:
                 while self._revoked:
                     self.send(p.Revoked(self._revoked.popleft()))
                 return True
-            msg = p.decode(data)
+            messages = self._decode(data)
             with self._cond:
-                if type(msg) is p.Batch:
-                    for inner in msg.messages:
-                        self._on_message(p.decode(inner))
-                else:
+                for msg in messages:
                     self._on_message(msg)
                 self._cond.notify_all()
 
+    def _decode(self, data: bytes) -> list:
+        """The messages in one frame (several for a Batch); a frame, or a message
+        in a Batch, that does not decode is dropped and counted."""
+        try:
+            msg = p.decode(data)
+        except Exception as e:   # the decoder's verdict on bytes the node sent
+            self._reject("malformed", f"{type(e).__name__}: {e}")
+            return []
+        if type(msg) is not p.Batch:
+            return [msg]
+        messages = []
+        for inner in msg.messages:
+            try:
+                messages.append(p.decode(inner))
+            except Exception as e:
+                self._reject("malformed", f"in a Batch: {type(e).__name__}: {e}")
+        return messages
+
+    def _reject(self, what: str, reason: str) -> None:
+        """Count a dropped frame ("malformed") or message ("unexpected"); log the
+        first of each kind (a flood of them must not flood the log)."""
+        setattr(self, what, getattr(self, what) + 1)
+        if what not in self._warned:
+            self._warned.add(what)
+            log.warning("zfabric client %s dropped a message from its node (%s): %s "
+                        "(further ones are only counted, in Client.%s)",
+                        self.id.hex(), what, reason, what)
+        else:
+            log.debug("dropped a message from the node (%s): %s", what, reason)
+
     def _on_message(self, msg) -> None:
+        """Take one message from the node (caller holds _cond); never raises."""
         kind = type(msg)
         if kind is p.ObjectReady:
-            self._apply_ref_ops()
-            if msg.oid in self._counts:
-                self._ready[msg.oid] = (msg.state, msg.size, msg.payload)
-                if msg.state == ObjectState.ERROR:
-                    self._errors_seen += 1
-            self._subscribed.discard(msg.oid)
+            self._on_object_ready(msg)
         elif kind is p.Execute:
+            if self.role != "worker":
+                return self._reject("unexpected", f"an Execute of {msg.name}() on a {self.role}")
             if msg.fn_blob:  # kept apart: a Revoke may drop this Execute, not the code
                 self.fn_blobs[msg.fn_id] = msg.fn_blob
             self.executes.append(msg)
@@ -257,10 +317,34 @@ class Client:
                     self.executes.remove(ex)
                     self._revoked.append(msg.task_id)
                     break
+            else:   # started, done, or never ours: the node hears TaskDone from us
+                log.debug("a Revoke of task %s, which is not waiting here", msg.task_id.hex())
         elif kind is p.Reply or kind is p.PutReply:
+            if self._awaiting.get(msg.req_id) is not kind or msg.req_id in self._replies:
+                return self._reject("unexpected", f"a {kind.__name__} to no request "
+                                    f"({msg.req_id!r})")
             self._replies[msg.req_id] = msg
-        elif kind is p.Welcome:
+        elif kind is p.Welcome and self.welcome is None:
             self.welcome = msg
+        else:
+            self._reject("unexpected", f"a {kind.__name__}")
+
+    def _on_object_ready(self, msg: p.ObjectReady) -> None:
+        self._apply_ref_ops()
+        oid = msg.oid
+        self._subscribed.discard(oid)
+        if oid not in self._counts:
+            return   # we dropped our last ref meanwhile (or never had one)
+        if msg.state not in READY_STATES:
+            self._reject("unexpected", f"object {oid.hex()} in state {msg.state!r}")
+            record = records.system_error_record(
+                ZFabricError, f"the node sent object {oid.hex()} in an unknown "
+                f"state ({msg.state!r})")
+            self._ready[oid] = (ObjectState.ERROR, 0, record)
+        else:
+            self._ready[oid] = (ObjectState(msg.state), msg.size, msg.payload)
+        if self._ready[oid][0] == ObjectState.ERROR:
+            self._errors_seen += 1
 
     def node_alive(self) -> bool:
         pid = self.node_pid
@@ -369,7 +453,7 @@ class Client:
         for o in oids:  # fail at once if any failed
             entry = entries.get(o)
             if entry is not None and entry[0] == ObjectState.ERROR:
-                raise serialization.error_from_record(entry[2])
+                raise _error_of(o, entry[2])
         return [self._value(o, entries[o], deadline) for o in oids]
 
     def _value(self, oid: bytes, entry: tuple, deadline: float | None):
@@ -388,7 +472,7 @@ class Client:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             entry = self.wait_objects([oid], left)[oid]
             if entry[0] == ObjectState.ERROR:
-                raise serialization.error_from_record(entry[2])
+                raise _error_of(oid, entry[2])
 
     def materialize(self, oid: bytes, entry: tuple):
         state, _size, payload = entry
@@ -397,7 +481,7 @@ class Client:
         if state == ObjectState.STORE:
             return store.read(self.store_dir, oid)
         if state == ObjectState.ERROR:
-            raise serialization.error_from_record(payload)
+            raise _error_of(oid, payload)
         raise RuntimeError(f"object {oid.hex()} is not ready")
 
     def put(self, value) -> ObjectRef:
@@ -413,9 +497,7 @@ class Client:
             self.send(p.Put(oid, int(ObjectState.INLINE), len(blob), ser.contained, 0, blob))
             return ref
         size = store.write(self.store_dir, oid, ser)
-        with self._cond:
-            self._req += 1
-            req = self._req
+        req = self._new_request(p.PutReply)
         self.send(p.Put(oid, int(ObjectState.STORE), size, ser.contained, req, b""))
         reply = self._await_reply(req, None)
         if reply.error:
@@ -474,3 +556,13 @@ class Client:
         self.rx.close(sockets.LINGER_MS)
         self.tx.close(sockets.LINGER_MS)
         self.ctx.term()
+
+
+def _error_of(oid: bytes, record: bytes) -> BaseException:
+    """The exception a get of a failed object raises; a clear ZFabricError if
+    the node's error record for it does not read."""
+    try:
+        return serialization.error_from_record(record)
+    except Exception as e:   # the record is bytes from the node: any flaw is its
+        return ZFabricError(f"object {oid.hex()} failed, and its error record cannot "
+                            f"be read ({type(e).__name__}: {e})")

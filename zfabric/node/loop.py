@@ -19,8 +19,7 @@
       SpawnWorker / StopWorker / KillWorker / InterruptWorker / WatchClient -> processes.py
       StopNode -> leave the loop                   Log -> the node's log
     object ROUTER (tcp, CURVE): PullChunk --> objserver.py answers from the store
-                                               (stateless; a malformed request is
-                                               a MessageRejected (malformed))
+                                               (stateless, no event)
 
 Roles come from the socket, never from what a sender says: a message on the
 client ROUTER is a local client's (it came through the session dir's ipc
@@ -87,9 +86,12 @@ class NodeLoop:
         self.poller = zmq.Poller()
         self.clients = Batcher()    # local client id -> what this turn owes it
         self.peers = Peers(ctx, node_id, key)
-        self.pulls = Pulls(ctx, self.poller, store_dir, key)
-        self.objects = ObjectServer(object_router, store_dir, spill_dir, on_malformed=lambda
-                                    source, reason: self._reject(source, "malformed", reason))
+        self.pulls = Pulls(ctx, self.poller, store_dir, key,
+                           on_reject=lambda source, reason: self._reject(source, "malformed",
+                                                                         reason))
+        self.objects = ObjectServer(object_router, store_dir, spill_dir,
+                                    on_reject=lambda source, reason: self._reject(
+                                        source, "malformed", reason))
         self.spiller = Spiller(store_dir, spill_dir, chunk=spill_copy_chunk)
         self.processes = Processes(self.poller, self.dispatch, ipc_endpoint=ipc_endpoint,
                                    session_dir=session_dir, worker_output=worker_output,

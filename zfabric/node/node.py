@@ -213,7 +213,10 @@ class _NodeProcess:
         if key is not None:   # the ZAP handler first: libzmq admits everyone while none is bound
             self.gate = auth.Gate(self.ctx, key)
         ipc = f"ipc://{self.session_dir}/node.sock"
-        self.router = sockets.client_router(self.ctx, ipc)
+        try:
+            self.router = sockets.client_router(self.ctx, ipc)
+        except zmq.ZMQError as e:
+            raise NodeStartError(f"cannot listen on {ipc}: {e.strerror}") from None
         try:
             self.peer_router, peer_ep = sockets.peer_router(self.ctx, host, port, key)
         except zmq.ZMQError as e:
@@ -292,7 +295,9 @@ def node_key(config: Config, session_dir: str, host: str, join, insecure: bool
 
     A first node uses `config.cluster_key` (made there if missing) or makes a
     new key in its session dir; a joining node needs an existing file (its
-    starter found and checked it: `prepare_join`). No key with `insecure`
+    starter found and checked it: `prepare_join`) and keeps a copy in its
+    session dir, which its record names (so a later joiner on this machine
+    finds a key while this node lives, whatever became of the file given). No key with `insecure`
     (warned loudly), or where libzmq has no CURVE and the node stays on
     loopback; off loopback that is refused."""
     if insecure:
@@ -309,11 +314,13 @@ def node_key(config: Config, session_dir: str, host: str, join, insecure: bool
         log.warning("libzmq has no CURVE support: this node's loopback TCP port is not "
                     "authenticated")
         return None, ""
-    path = config.cluster_key or os.path.join(session_dir, auth.KEY_FILE_NAME)
+    own = os.path.join(session_dir, auth.KEY_FILE_NAME)
+    path = config.cluster_key or own
     try:
-        if join:
-            key = auth.read(path)
-            log.info("joining with the cluster key %s (%s)", path, key.fingerprint)
+        if join:   # a copy of our own: the file we were given may go with its node
+            key = auth.write(own, auth.read(path))
+            log.info("joining with the cluster key from %s (%s)", path, key.fingerprint)
+            path = own
         else:
             key, created = auth.load_or_create(path)
             log.info("%s the cluster key %s (%s)", "created" if created else "using",

@@ -10,11 +10,20 @@ every object being pulled (`.{hex}.pull.tmp`, see store.py). Which chunks
 to ask for, and when a pull is done or failed, is the fabric's business
 (core/transfer.py): this module only moves bytes, and asks the fabric
 (`expects`) before writing a chunk. The answering side is objserver.py.
+
+An answer that is not a Chunk (or whose data frame disagrees with its
+header) is counted in `malformed`; one we did not ask for (or no longer
+want: a chunk of a cancelled pull still on its way) in `unexpected`. Both
+are dropped; a malformed one is handed to `on_reject(source, reason)`
+(source: the holder's short node id), an unexpected one only logged at
+debug level (late chunks of a cancelled pull are normal). Nothing a holder sends is written unless the
+fabric expects exactly that chunk from exactly that holder.
 """
 from __future__ import annotations
 
 import logging
 import time
+from typing import Callable
 
 import zmq
 
@@ -30,12 +39,15 @@ RECV_BATCH = 512   # chunks taken from one holder per wake-up
 
 
 class Pulls:
-    def __init__(self, ctx: zmq.Context, poller: zmq.Poller, store_dir: str, key=None):
+    def __init__(self, ctx: zmq.Context, poller: zmq.Poller, store_dir: str, key=None,
+                 on_reject: Callable[[str, str], None] | None = None):
         self.ctx = ctx
         self.key = key   # the cluster key (auth.ClusterKey), None: no authentication
         self.poller = poller
         self.store_dir = store_dir
-        self.malformed = 0
+        self.on_reject = on_reject
+        self.malformed = 0    # answers that are not a well-formed Chunk
+        self.unexpected = 0   # well-formed chunks we did not ask for (or no longer want)
         self._socks: dict[bytes, zmq.Socket] = {}    # holder node id -> DEALER
         self._holder: dict[zmq.Socket, bytes] = {}   # pull DEALER -> holder node id
         self._partials: dict[bytes, int] = {}        # oid -> fd of the file being pulled into
@@ -76,16 +88,30 @@ class Pulls:
                 head, data = p.decode_chunk(frames)
             except p.ProtocolError as e:
                 self.malformed += 1
-                log.warning("dropped a malformed chunk from %s: %s", ids.short(holder), e)
+                self._reject(holder, f"a malformed chunk: {e}", logging.WARNING)
                 continue
-            if head.error:
+            if head.oid not in self._partials:
+                self.unexpected += 1
+                self._reject(holder, f"a chunk of {ids.short(head.oid)}, which we are "
+                             "not pulling", logging.DEBUG)
+            elif head.error:
                 yield ev.ChunkFailed(holder, head.oid, head.error)
-                continue
-            fd = self._partials.get(head.oid)
-            if fd is None or not expects(holder, head.oid, head.offset, head.length):
-                continue  # the pull was dropped meanwhile, or we did not ask this
-            store.write_at(fd, data, head.offset)
-            yield ev.ChunkArrived(holder, head.oid, head.offset, head.length)
+            elif not expects(holder, head.oid, head.offset, head.length):
+                self.unexpected += 1
+                self._reject(holder, f"a chunk of {ids.short(head.oid)} at {head.offset} "
+                             f"(+{head.length}) that we did not ask it for", logging.DEBUG)
+            else:
+                store.write_at(self._partials[head.oid], data, head.offset)
+                yield ev.ChunkArrived(holder, head.oid, head.offset, head.length)
+
+    def _reject(self, holder: bytes, reason: str, level: int) -> None:
+        """A malformed answer goes to `on_reject`; a chunk we no longer want (a
+        race with a cancelled or finished pull, not a fault) only to the debug log."""
+        source = ids.short(holder)
+        if self.on_reject is not None and level >= logging.WARNING:
+            self.on_reject(source, reason)
+        else:
+            log.log(level, "dropped %s from %s", reason, source)
 
     def seal(self, oid: bytes) -> None:
         """Every chunk is written: the object appears in the store, whole."""

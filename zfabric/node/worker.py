@@ -72,12 +72,15 @@ class Worker:
             del done, result  # refs inside the result die only after TaskDone is sent
 
     def _function(self, ex: p.Execute):
+        """The task's function. Code that does not load fails this task (the caller
+        gets the error) and stays in `fn_blobs`: the next task of it tries again."""
         fn = self.functions.get(ex.fn_id)
         if fn is None:
-            blob = self.client.fn_blobs.pop(ex.fn_id, None) or ex.fn_blob
+            blob = self.client.fn_blobs.get(ex.fn_id) or ex.fn_blob
             if not blob:
                 raise RuntimeError(f"the node sent {ex.name}() without its code")
             fn = self.functions[ex.fn_id] = cloudpickle.loads(blob)
+            self.client.fn_blobs.pop(ex.fn_id, None)
         return fn
 
     def _arguments(self, ex: p.Execute):
@@ -135,18 +138,23 @@ class Worker:
                 record = records.system_error_record(
                     TaskCancelledError, f"task {ex.name}() was cancelled", ex.name)
             else:
-                record = serialization.error_record(error, ex.name, _format_tb(error))
+                record = _error_record(error, ex.name)
             done = p.TaskDone(ex.task_id, int(status), retryable, [], [], [], start, end,
                               [record])
         return done, result
 
     def _retryable(self, ex: p.Execute, e: BaseException) -> bool:
+        """Does `e` match the task's retry_exceptions? A spec that does not load
+        or is not exception types matches nothing (the task fails as it is)."""
         if not ex.retry_blob:
             return False
-        spec = cloudpickle.loads(ex.retry_blob)
-        if spec is True:
-            return isinstance(e, Exception)
-        return isinstance(e, tuple(spec))
+        try:
+            spec = cloudpickle.loads(ex.retry_blob)
+            if spec is True:
+                return isinstance(e, Exception)
+            return isinstance(e, tuple(spec))
+        except Exception:   # bad retry_blob: built from user types the node passes on
+            return False
 
     def _store_results(self, ex: p.Execute, result):
         n = ex.num_returns
@@ -182,6 +190,16 @@ class Worker:
                 payloads.append(b"")
             contained.append(ser.contained)
         return states, sizes, contained, payloads
+
+
+def _error_record(e: BaseException, name: str) -> bytes:
+    """The error record of what a task raised; the bare type if the exception
+    cannot even describe itself (its __str__ raises), never an exception here."""
+    try:
+        return serialization.error_record(e, name, _format_tb(e))
+    except Exception as why:
+        return records.make(type(e).__name__, "<describing it raised "
+                            f"{type(why).__name__}>", function=name)
 
 
 def _format_tb(e: BaseException) -> str:
