@@ -77,10 +77,14 @@ class Run:
         self.volleys += 1
         self.sent.update(report.sent)
         self.answers += report.answers
+        grew = {c: report.grew(c) for c in pf.COUNTERS}
         if not report.settled:
-            self.failures.append(
-                f"volley {self.volleys} at node {handle.node_id[:12]}: counters grew by "
-                f"{({c: report.grew(c) for c in pf.COUNTERS})}, not {report.expected}")
+            self.failures.append(f"volley {self.volleys} at node {handle.node_id[:12]}: "
+                                 f"counters grew by {grew}, not {report.expected}")
+        elif grew["rejected_malformed"] > sum(
+                d["rejected_malformed"] for d in (report.expected, report.uncertain)):
+            self.failures.append(f"volley {self.volleys} at node {handle.node_id[:12]}: "
+                                 f"counted more malformed frames than it was sent ({grew})")
         for port, mode, kind, data in report.answered_unauthenticated:
             self.failures.append(f"node {handle.node_id[:12]} answered a {mode} {kind} on "
                                  f"its {port} port: {data!r}")
