@@ -11,21 +11,26 @@ TCP (random bytes, ZMTP greetings garbled or cut short, connect-and-close)
 and ZeroMQ sockets of every type, each plain, as a CURVE client with a key
 pair of its own, and with the cluster key (whose frames reach the decoder).
 After each volley it waits until the node counted what it had to drop.
+Meanwhile a driver (a subprocess of this script, `--workload`) runs tasks on
+the cluster round after round and checks every result.
 
 Every minute it prints what it sent (by mode and by socket type), each
 node's rejected_* counters, and whether each node is alive and answers.
-At the end a driver runs tasks on the cluster (small ones and one with an
-8 MB argument) and checks their results.
+At the end the workload reports its rounds, and a new driver runs tasks on
+the cluster (small ones and two with an 8 MB argument) and checks them.
 
 Exit code 1 on any failure: a node died or stopped answering, a volley was
 not counted within VOLLEY_TIMEOUT (a hang, or a drop nobody counted), a
 sender without the key got an answer, or a task gave a wrong result or
 none within GET_TIMEOUT. Every process it starts is stopped by PID (the
-cluster's).
+cluster's, and the workload's).
 """
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import subprocess
 import sys
 import time
 from collections import Counter
@@ -43,7 +48,8 @@ from zfabric.testing import LocalCluster
 from zfabric.testing import portfuzz as pf
 
 VOLLEY_TIMEOUT = 60.0   # seconds for a node to count one volley
-GET_TIMEOUT = 60.0      # a final task that takes longer counts as hung
+GET_TIMEOUT = 60.0      # a task that takes longer counts as hung
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 class TimeUp(Exception):
@@ -128,32 +134,92 @@ class Run:
         sys.stdout.flush()
 
     def check_tasks(self) -> None:
-        """A driver runs tasks on the fuzzed cluster: right results, none hung."""
+        """A new driver runs tasks on the fuzzed cluster: right results, none hung."""
         zf.init(address=self.cluster.address)
         try:
-            @zf.remote
-            def square(x):
-                return x * x
-
-            @zf.remote
-            def total(a):
-                return int(a.sum())
-
-            big = np.arange(1_000_000, dtype=np.int64)   # 8 MB: through the store
-            small = zf.get([square.remote(i) for i in range(100)], timeout=GET_TIMEOUT)
-            sums = zf.get([total.remote(big), total.remote(zf.put(big))], timeout=GET_TIMEOUT)
-            ok = small == [i * i for i in range(100)] and sums == [int(big.sum())] * 2
-            print(f"\ntasks after fuzzing: {'right' if ok else 'WRONG'} "
-                  f"(100 small, 2 with an 8 MB argument)")
-            if not ok:
-                self.failures.append("a task gave a wrong result after fuzzing")
+            rounds = tasks_round(0)
+            print(f"\ntasks after fuzzing: right ({rounds} small, 2 with an 8 MB argument)")
         except GetTimeoutError as e:
             self.failures.append(f"tasks hung after fuzzing: {e}")
+        except WrongResult as e:
+            self.failures.append(f"a task gave a wrong result after fuzzing: {e}")
         finally:
             zf.shutdown()
 
+    def check_workload(self, proc: subprocess.Popen) -> None:
+        """What the driver that ran tasks during the fuzzing saw."""
+        try:
+            out, err = proc.communicate(timeout=GET_TIMEOUT + 30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            self.failures.append("the workload driver hung")
+            return
+        try:
+            seen = json.loads(out.strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            self.failures.append(f"the workload driver failed (exit {proc.returncode}): "
+                                 f"{err.strip()[-500:]}")
+            return
+        print(f"\ntasks during fuzzing: {seen['rounds']} rounds of 20 small tasks and two "
+              f"with an 8 MB argument; {len(seen['failures'])} failure(s)")
+        self.failures += [f"workload: {f}" for f in seen["failures"]]
+
     def close(self) -> None:
         self.ctx.destroy(0)
+
+
+class WrongResult(Exception):
+    pass
+
+
+def tasks_round(i: int) -> int:
+    """Small tasks and two with an 8 MB argument (through the store); raises
+    WrongResult, or GetTimeoutError if one hangs. Returns how many small ones."""
+    @zf.remote
+    def square(x):
+        return x * x
+
+    @zf.remote
+    def total(a):
+        return int(a.sum())
+
+    n = 20 if i else 100
+    small = zf.get([square.remote(i + k) for k in range(n)], timeout=GET_TIMEOUT)
+    if small != [(i + k) ** 2 for k in range(n)]:
+        raise WrongResult(f"squares {small}")
+    big = np.arange(1_000_000, dtype=np.int64) + i
+    sums = zf.get([total.remote(big), total.remote(zf.put(big))], timeout=GET_TIMEOUT)
+    if sums != [int(big.sum())] * 2:
+        raise WrongResult(f"sums {sums}, not {int(big.sum())}")
+    return n
+
+
+def workload(address: str, seconds: float) -> int:
+    """Run rounds of tasks for `seconds` (a driver attached to `address`); print
+    what it saw as one JSON line."""
+    zf.init(address=address)
+    rounds, failures = 0, []
+    end = time.monotonic() + seconds
+    try:
+        while time.monotonic() < end and not failures:
+            try:
+                tasks_round(rounds + 1)
+                rounds += 1
+            except (WrongResult, GetTimeoutError) as e:
+                failures.append(f"round {rounds + 1}: {type(e).__name__}: {e}")
+    finally:
+        zf.shutdown()
+    print(json.dumps({"rounds": rounds, "failures": failures}))
+    return 0
+
+
+def start_workload(address: str, seconds: float) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        p for p in (REPO, os.environ.get("PYTHONPATH")) if p))
+    return subprocess.Popen([sys.executable, os.path.abspath(__file__), "--workload", address,
+                             "--minutes", str(seconds / 60)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
 def fuzz(run: Run, seed: int, strategy) -> None:
@@ -176,17 +242,25 @@ def main(argv=None) -> int:
     ap.add_argument("--minutes", type=float, default=2.0)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--nodes", type=int, default=1, choices=(1, 2, 3))
+    ap.add_argument("--workload", metavar="ADDRESS", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.workload:   # the driver that runs tasks while the fuzzing goes on
+        return workload(args.workload, args.minutes * 60)
     print(f"zfabric port fuzz: {args.nodes} node(s), {args.minutes:g} min, seed {args.seed}, "
           f"zmq {zmq.zmq_version()}")
     with LocalCluster(nodes=args.nodes, num_cpus=1) as cluster:
         run = Run(cluster, args.minutes)
+        driver = start_workload(cluster.address, args.minutes * 60)
         try:
             fuzz(run, args.seed, pf.volleys())
             run.print_minute()
+            run.check_workload(driver)
             if not any("DEAD" in f or "answering" in f for f in run.failures):
                 run.check_tasks()
         finally:
+            if driver.poll() is None:
+                driver.kill()
+                driver.wait()
             run.close()
     print(f"\n{run.volleys} volleys, {sum(run.sent.values())} messages and connections sent; "
           f"{len(run.failures)} failure(s)")
