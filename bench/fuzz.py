@@ -15,7 +15,8 @@ Meanwhile a driver (a subprocess of this script, `--workload`) runs tasks on
 the cluster round after round and checks every result.
 
 Every minute it prints what it sent (by mode and by socket type), each
-node's rejected_* counters, and whether each node is alive and answers.
+node's rejected_* counters, whether it is alive and answers, and its
+resident memory.
 At the end the workload reports its rounds, and a new driver runs tasks on
 the cluster (small ones and two with an 8 MB argument) and checks them.
 
@@ -127,7 +128,7 @@ class Run:
         for handle in self.cluster.nodes:
             state = self.alive(handle)
             counters = self.stats(handle) if state == "alive" else {}
-            print(f"  node {handle.node_id[:12]} pid {handle.pid}: {state}  "
+            print(f"  node {handle.node_id[:12]} pid {handle.pid}: {state}, {rss_mib(handle)}  "
                   + " ".join(f"{c}={counters.get(c, '?')}" for c in pf.COUNTERS))
             if state != "alive":
                 self.failures.append(f"node {handle.node_id[:12]} is {state}")
@@ -167,6 +168,14 @@ class Run:
 
     def close(self) -> None:
         self.ctx.destroy(0)
+
+
+def rss_mib(handle) -> str:
+    """The node process's resident memory (not its workers')."""
+    try:
+        return f"{psutil.Process(handle.pid).memory_info().rss / 2 ** 20:.0f} MiB"
+    except psutil.Error:
+        return "? MiB"
 
 
 class WrongResult(Exception):

@@ -17,6 +17,8 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 import zfabric as zf
+from zfabric import ids
+from zfabric import protocol as p
 from zfabric.node import auth
 from zfabric.testing import LocalCluster
 from zfabric.testing import portfuzz as pf
@@ -110,6 +112,25 @@ def assert_counted_what_did_not_decode(report: pf.Report) -> None:
     least = report.expected["rejected_malformed"]
     assert least <= report.grew("rejected_malformed") <= \
         least + report.uncertain["rejected_malformed"]
+
+
+
+def test_the_answer_check_is_not_blind():
+    """A node without authentication (insecure=True) answers a plain pull
+    request, and the report says so: "answered nobody" above means something."""
+    with LocalCluster(nodes=1, num_cpus=1, insecure=True) as cluster:
+        info = cluster.nodes[0].info
+        target = pf.Target(info["address"], info["object_address"], None)
+        pull = p.encode(p.PullChunk(ids.return_ids(ids.new_task_id(), 1)[0], 0, 10))
+        ctx = zmq.Context()
+        try:
+            report = pf.fire(ctx, target, [pf.Shot("object", "plain", "DEALER", [[pull]])],
+                             lambda: {}, timeout=30,
+                             until=lambda report: report.answered_unauthenticated)
+        finally:
+            ctx.destroy(0)
+    assert [(port, mode, kind) for port, mode, kind, _ in report.answered_unauthenticated] \
+        == [("object", "plain", "DEALER")]
 
 
 BIG = 64 << 20

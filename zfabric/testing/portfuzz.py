@@ -170,10 +170,11 @@ def _malformed(shot: Shot, frames: list[bytes]) -> bool:
 # -- firing ----------------------------------------------------------------------------
 
 def fire(ctx: zmq.Context, target: Target, shots: list[Shot], stats,
-         timeout: float = 30.0) -> Report:
+         timeout: float = 30.0, until=None) -> Report:
     """Open every shot's connection, send, listen; return once the node's
-    counters (`stats()`: its stats dict) grew by `expected(shots)` (then
-    GRACE more) or after `timeout`. Closes everything it opened."""
+    counters (`stats()`: its stats dict) grew by `expected(shots)` and
+    `until(report)` holds, if given (then GRACE more), or after `timeout`.
+    Closes everything it opened."""
     report = Report()
     report.expected, report.uncertain = expected(shots)
     report.before = _counters(stats())
@@ -185,7 +186,7 @@ def fire(ctx: zmq.Context, target: Target, shots: list[Shot], stats,
                 raws.append(_Raw(target, shot, report))
             else:
                 zsocks.append(_Zmq(ctx, target, shot, report))
-        _listen(zsocks, raws, report, stats, timeout)
+        _listen(zsocks, raws, report, stats, timeout, until or (lambda report: True))
     finally:
         for conn in zsocks + raws:
             conn.close()
@@ -196,7 +197,7 @@ def _counters(s: dict) -> dict:
     return {c: s.get(c, 0) for c in COUNTERS}
 
 
-def _listen(zsocks, raws, report: Report, stats, timeout: float) -> None:
+def _listen(zsocks, raws, report: Report, stats, timeout: float, until) -> None:
     poller = zmq.Poller()
     for z in zsocks:
         poller.register(z.sock, zmq.POLLIN)
@@ -217,7 +218,7 @@ def _listen(zsocks, raws, report: Report, stats, timeout: float) -> None:
             next_look = time.monotonic() + SETTLE_POLL
             report.after = _counters(stats())
             if not any(z.pending and z.must_land for z in zsocks) and all(
-                    report.grew(c) >= n for c, n in report.expected.items()):
+                    report.grew(c) >= n for c, n in report.expected.items()) and until(report):
                 report.settled = True
                 settle_at = time.monotonic() + GRACE
     report.after = _counters(stats())
