@@ -43,7 +43,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import seed as hypothesis_seed
 
 import zfabric as zf
-from zfabric.exceptions import GetTimeoutError
+from zfabric.exceptions import GetTimeoutError, NodeDiedError
 from zfabric.node import auth
 from zfabric.testing import LocalCluster
 from zfabric.testing import portfuzz as pf
@@ -78,7 +78,7 @@ class Run:
         try:
             report = pf.fire(self.ctx, target, shots, lambda: self.stats(handle),
                              timeout=VOLLEY_TIMEOUT)
-        except (GetTimeoutError, TimeoutError, ConnectionError) as e:
+        except (GetTimeoutError, NodeDiedError, ConnectionError) as e:
             self.failures.append(f"node {handle.node_id[:12]} stopped answering: {e}")
             raise TimeUp from None
         self.volleys += 1
