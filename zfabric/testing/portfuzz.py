@@ -172,9 +172,9 @@ def _malformed(shot: Shot, frames: list[bytes]) -> bool:
 def fire(ctx: zmq.Context, target: Target, shots: list[Shot], stats,
          timeout: float = 30.0, until=None) -> Report:
     """Open every shot's connection, send, listen; return once the node's
-    counters (`stats()`: its stats dict) grew by `expected(shots)` and
-    `until(report)` holds, if given (then GRACE more), or after `timeout`.
-    Closes everything it opened."""
+    counters (`stats()`: its stats dict) grew by `expected(shots)` -- or
+    once `until(report)` holds, if given -- (then GRACE more), or after
+    `timeout`. Closes everything it opened."""
     report = Report()
     report.expected, report.uncertain = expected(shots)
     report.before = _counters(stats())
@@ -186,7 +186,7 @@ def fire(ctx: zmq.Context, target: Target, shots: list[Shot], stats,
                 raws.append(_Raw(target, shot, report))
             else:
                 zsocks.append(_Zmq(ctx, target, shot, report))
-        _listen(zsocks, raws, report, stats, timeout, until or (lambda report: True))
+        _listen(zsocks, raws, report, stats, timeout, until or _counted)
     finally:
         for conn in zsocks + raws:
             conn.close()
@@ -217,11 +217,14 @@ def _listen(zsocks, raws, report: Report, stats, timeout: float, until) -> None:
         if settle_at is None and time.monotonic() >= next_look:
             next_look = time.monotonic() + SETTLE_POLL
             report.after = _counters(stats())
-            if not any(z.pending and z.must_land for z in zsocks) and all(
-                    report.grew(c) >= n for c, n in report.expected.items()) and until(report):
+            if not any(z.pending and z.must_land for z in zsocks) and until(report):
                 report.settled = True
                 settle_at = time.monotonic() + GRACE
     report.after = _counters(stats())
+
+
+def _counted(report: Report) -> bool:
+    return all(report.grew(c) >= n for c, n in report.expected.items())
 
 
 class _Zmq:
