@@ -5,7 +5,9 @@ One node (LocalCluster, CURVE on) serves the whole module; each test fires
 volleys drawn by hypothesis (zfabric.testing.portfuzz) at its scheduler and
 object ports, waits until the node counted what it had to drop, and checks
 what it counted, that it answered no one without the key, and that it is
-alive. The last test runs tasks on it afterwards.
+alive. Then: the answer check is shown to see answers (a node without
+authentication), a stranger's oversized handshake frame is refused, and
+the last test runs tasks on the fuzzed node.
 """
 from __future__ import annotations
 
