@@ -32,7 +32,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("public face", ("", "api", "testing/", "util/")),
     ("node", ("node/",)),
     ("core", ("core/",)),
-    ("wire", ("protocol", "ids", "config", "exceptions", "serialization", "records", "ref")),
+    ("wire", ("protocol", "protocol_checks", "ids", "config", "exceptions", "serialization", "records", "ref")),
 ]
 WHAT_EACH_LAYER_IS = {
     "public face": "what users and tests call: zf.init/remote/get..., zfabric.testing",

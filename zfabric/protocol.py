@@ -6,9 +6,11 @@ then its fields as a msgpack array in declared order. Payload fields
 inline object blobs and error records, all below the inline threshold
 (bulk object data moves through the store, never through these messages).
 
-`decode` checks the kind, the arity and every field's type before a
-message reaches the node; anything malformed raises `ProtocolError` (the node
-counts and drops it). Nothing here is ever unpickled: pickled user data rides
+`decode` checks the kind, the arity, every field's type and then the
+message's `check()` (built from protocol_checks.py: ids, bounds, finite
+amounts, addresses, code that hashes to its function id) before a message
+reaches the node; whatever the bytes, it returns a checked message or raises
+`ProtocolError`, nothing else (the node counts and drops it). Nothing here is ever unpickled: pickled user data rides
 in payload frames and is opened only by the process that runs or gets it.
 
 Who sends what (client = a driver or a worker on the node's machine):
@@ -32,7 +34,9 @@ from enum import IntEnum
 
 import msgpack
 
-from .ids import FUNCTION_ID_SIZE, NODE_ID_SIZE, OBJECT_ID_SIZE, TASK_ID_SIZE
+from . import protocol_checks as c
+from .ids import OBJECT_ID_SIZE, TASK_ID_SIZE
+from .protocol_checks import is_node_id, is_oid, is_tid, text
 
 NUM = (int, float)
 OPT_BYTES = (bytes, type(None))
@@ -84,6 +88,8 @@ def message(kind: int, frames: tuple[str, ...] = (), var_frames: str | None = No
         cls.CHECKS = tuple((i, n, t) for i, (n, t) in enumerate(zip(header, types))
                            if t is not ANY)
         cls.ARITY = len(names)
+        if "check" not in cls.__dict__:
+            raise RuntimeError(f"{cls.__name__}: every message checks its fields (check())")
         if kind in _REGISTRY:
             raise RuntimeError(f"message kind {kind} registered twice")
         _REGISTRY[kind] = cls
@@ -136,45 +142,13 @@ def decode(data: bytes):
         if type(last) is not list or not all(isinstance(b, bytes) for b in last):
             raise ProtocolError(f"{cls.__name__}.{cls.VAR_FRAMES}: expected a list of bytes")
     msg = cls(*values)
-    check = getattr(cls, "check", None)
-    if check is not None:
-        problem = check(msg)
-        if problem:
-            raise ProtocolError(f"{cls.__name__}: {problem}")
+    try:
+        problem = cls.check(msg)
+    except Exception as e:   # (a check must not raise; if one does, the message is refused)
+        problem = f"unreadable ({type(e).__name__})"
+    if problem:
+        raise ProtocolError(f"{cls.__name__}: {problem}")
     return msg
-
-
-MAX_RETURNS = 10_000
-
-
-def _ids(values, size: int) -> bool:
-    return all(type(v) is bytes and len(v) == size for v in values)
-
-
-def _oids(values) -> bool:
-    return _ids(values, OBJECT_ID_SIZE)
-
-
-def _tids(values) -> bool:
-    return _ids(values, TASK_ID_SIZE)
-
-
-def _returns_problem(msg) -> str:
-    """What is wrong with a task's returns as TaskDone and TaskResult describe them."""
-    n = len(msg.states)
-    if len(msg.sizes) != n or len(msg.contained) != n or len(msg.payloads) < n:
-        return "returns described inconsistently"
-    if not all(type(c) is list and _oids(c) for c in msg.contained):
-        return "contained must be lists of object ids"
-    if not all(type(x) is int and x >= 0 for x in msg.sizes + msg.states):
-        return "bad sizes or states"
-    return ""
-
-
-def _amounts(d: dict) -> bool:
-    """Resource name -> finite number (any sign: views may be estimates)."""
-    return all(type(k) is str and not isinstance(v, bool) and isinstance(v, NUM)
-               and v == v and abs(v) < 1e15 for k, v in d.items())
 
 
 # -- handshake ----------------------------------------------------------------
@@ -185,6 +159,11 @@ class Hello:
     pid: int
     worker_id: str | None  # set by workers: the id the node spawned them with
 
+    def check(self) -> str:
+        if self.role not in ("driver", "worker", "tool") or not 0 < self.pid <= c.MAX_PID:
+            return "bad role or pid"
+        return "" if text(self.worker_id) else "worker id too long"
+
 
 @message(2)
 class Welcome:
@@ -194,6 +173,13 @@ class Welcome:
     address: str
     config: str            # the node's Config as JSON
     node_pid: int
+
+    def check(self) -> str:
+        if not is_node_id(self.node_id) or not c.count(self.node_pid, c.MAX_PID):
+            return "bad node id or pid"
+        if not text(self.store_dir, self.session_dir, self.address) or len(self.config) > 1 << 20:
+            return "bad dirs, address or config"
+        return ""
 
 
 # -- tasks ----------------------------------------------------------------------
@@ -216,16 +202,13 @@ class Submit:
     retry_blob: bytes      # cloudpickled tuple of exception types, or empty
 
     def check(self) -> str:
-        if len(self.task_id) != TASK_ID_SIZE or not 0 <= self.num_returns <= MAX_RETURNS:
-            return "bad task id or num_returns"
-        if self.max_retries < -1 or self.depth < 0 or len(self.fn_id) != FUNCTION_ID_SIZE:
-            return "bad max_retries, depth or function id"
-        for k, v in self.resources.items():
-            if type(k) is not str or isinstance(v, bool) or not isinstance(v, NUM) or v < 0:
-                return "resources must map names to amounts >= 0"
-        if not (_oids(self.deps) and _oids(self.contained)):
+        if self.max_retries < -1 or not (self.parent == b"" or is_tid(self.parent)):
+            return "bad max_retries or parent"
+        if not c.amounts(self.resources, nonneg=True):
+            return "resources must map names to finite amounts >= 0"
+        if not (c.oids(self.deps) and c.oids(self.contained)):
             return "deps and contained must be object ids"
-        return ""
+        return c.spec_problem(self)
 
 
 @message(4, frames=("fn_blob", "args_blob", "retry_blob"), var_frames="dep_payloads")
@@ -242,6 +225,9 @@ class Execute:
     retry_blob: bytes
     dep_payloads: list
 
+    def check(self) -> str:
+        return c.deps_problem(self) or c.spec_problem(self)
+
 
 @message(5, var_frames="payloads")
 class TaskDone:
@@ -256,7 +242,9 @@ class TaskDone:
     payloads: list         # per return: inline blob, or b"" (STORE), or error record
 
     def check(self) -> str:
-        return _returns_problem(self)
+        if not is_tid(self.task_id) or not c.finite(self.start, self.end):
+            return "bad task id, start or end"
+        return c.returns_problem(self)
 
 
 @message(6)
@@ -274,21 +262,33 @@ class Revoke:
     """(node -> worker) Do not start this prefetched task; say Revoked if you had not."""
     task_id: bytes
 
+    def check(self) -> str:
+        return "" if is_tid(self.task_id) else "bad task id"
+
 
 @message(20)
 class Revoked:
     """(worker -> node) The prefetched task was dropped unstarted."""
     task_id: bytes
 
+    def check(self) -> str:
+        return "" if is_tid(self.task_id) else "bad task id"
+
 
 @message(7)
 class Blocked:
     task_id: bytes
 
+    def check(self) -> str:
+        return "" if is_tid(self.task_id) else "bad task id"
+
 
 @message(8)
 class Unblocked:
     task_id: bytes
+
+    def check(self) -> str:
+        return "" if is_tid(self.task_id) else "bad task id"
 
 
 # -- objects ----------------------------------------------------------------------
@@ -298,7 +298,7 @@ class Subscribe:
     ids: list
 
     def check(self) -> str:
-        return "" if _oids(self.ids) else "ids must be object ids"
+        return "" if c.oids(self.ids) else "ids must be object ids"
 
 
 @message(10, frames=("payload",))
@@ -307,6 +307,10 @@ class ObjectReady:
     state: int
     size: int
     payload: bytes         # inline blob or error record; empty for STORE
+
+    def check(self) -> str:
+        ok = is_oid(self.oid) and self.state in c.STATES and c.count(self.size, 1 << 62)
+        return "" if ok else "bad object id, state or size"
 
 
 @message(11, frames=("payload",))
@@ -319,15 +323,18 @@ class Put:
     payload: bytes
 
     def check(self) -> str:
-        if len(self.oid) != OBJECT_ID_SIZE or not _oids(self.contained) or self.size < 0:
+        if not is_oid(self.oid) or not c.oids(self.contained) or not c.count(self.size, 1 << 62):
             return "bad object id, contained ids or size"
-        return ""
+        return "" if self.state in c.STATES else "bad state"
 
 
 @message(12)
 class PutReply:
     req_id: int
     error: str             # "" on success
+
+    def check(self) -> str:
+        return "" if text(self.error) else "error too long"
 
 
 @message(13)
@@ -336,7 +343,7 @@ class Refs:
     decs: list
 
     def check(self) -> str:
-        return "" if _oids(self.incs) and _oids(self.decs) else "bad object ids"
+        return "" if c.oids(self.incs) and c.oids(self.decs) else "bad object ids"
 
 
 # -- queries and control -------------------------------------------------------------
@@ -346,6 +353,9 @@ class Request:
     req_id: int
     what: str              # "nodes" | "resources" | "timeline" | "status"
 
+    def check(self) -> str:
+        return "" if len(self.what) <= 100 else "bad query"
+
 
 @message(15)
 class Reply:
@@ -353,17 +363,26 @@ class Reply:
     data: object
     error: str
 
+    def check(self) -> str:
+        return "" if text(self.error) else "error too long"
+
 
 @message(16)
 class Shutdown:
     """Stop the node (its embedded driver leaving, or `zfabric stop`)."""
     reason: str
 
+    def check(self) -> str:
+        return "" if text(self.reason) else "reason too long"
+
 
 @message(17)
 class Goodbye:
     """A client detaches: drop its references and cancel its pending tasks."""
     reason: str
+
+    def check(self) -> str:
+        return "" if text(self.reason) else "reason too long"
 
 
 @message(18)
@@ -372,16 +391,13 @@ class Batch:
     messages: list
 
     def check(self) -> str:
-        if not all(type(m) is bytes and m[:1] != self.KIND_BYTE for m in self.messages):
+        if len(self.messages) > c.MAX_IDS or not all(
+                type(m) is bytes and m[:1] != self.KIND_BYTE for m in self.messages):
             return "a batch holds encoded messages (and no batches)"
         return ""
 
 
 # -- between nodes ---------------------------------------------------------------------
-
-def _node_ids(values) -> bool:
-    return type(values) is list and _ids(values, NODE_ID_SIZE)
-
 
 @message(21)
 class Gossip:
@@ -396,9 +412,11 @@ class Gossip:
     reply: bool
 
     def check(self) -> str:
-        if len(self.sender) != NODE_ID_SIZE or not all(type(r) is list for r in self.rows):
+        if not is_node_id(self.sender) or len(self.rows) > c.MAX_ROWS or not all(
+                type(r) is list for r in self.rows):
             return "bad sender or rows"
-        if not all(type(k) is bytes and type(v) is int for k, v in self.vector.items()):
+        if len(self.vector) > c.MAX_ROWS or not all(
+                is_node_id(k) and type(v) is int for k, v in self.vector.items()):
             return "vector must map shard ids to sequence numbers"
         return ""
 
@@ -408,6 +426,11 @@ class GcsUpdate:
     """GCS records (deltas or a snapshot of one shard each), see core/gcs.py."""
     sender: bytes
     records: list
+
+    def check(self) -> str:
+        if not is_node_id(self.sender) or len(self.records) > c.MAX_RECORDS:
+            return "bad sender or too many records"
+        return "" if all(type(r) is list for r in self.records) else "records must be lists"
 
 
 @message(23, frames=("fn_blob", "args_blob", "retry_blob"), var_frames="dep_payloads")
@@ -438,22 +461,20 @@ class Spill:
     dep_payloads: list
 
     def check(self) -> str:
-        if len(self.owner) != NODE_ID_SIZE or len(self.task_id) != TASK_ID_SIZE or len(self.fn_id) != FUNCTION_ID_SIZE:
-            return "bad owner, task or function id"
-        if not 0 <= self.num_returns <= MAX_RETURNS or self.depth < 0 or self.max_retries < -1:
-            return "bad num_returns, depth or max_retries"
-        for k, v in self.resources.items():
-            if type(k) is not str or isinstance(v, bool) or not isinstance(v, NUM) or v < 0:
-                return "resources must map names to amounts >= 0"
+        if not is_node_id(self.owner) or self.max_retries < -1:
+            return "bad owner or max_retries"
+        if not (self.reply_to == "" or c.is_address(self.reply_to)):
+            return "bad reply address"
+        if not c.amounts(self.resources, nonneg=True):
+            return "resources must map names to finite amounts >= 0"
         n = len(self.dep_ids)
-        if not _oids(self.dep_ids) or not (len(self.dep_states) == len(self.dep_sizes)
-                                              == len(self.dep_holders) == len(self.dep_payloads) == n):
+        if len(self.dep_sizes) != n or len(self.dep_holders) != n:
             return "dependencies described inconsistently"
-        if not all(type(x) is int and x >= 0 for x in self.dep_states + self.dep_sizes):
-            return "bad dependency states or sizes"
-        if not all(_node_ids(h) for h in self.dep_holders):
+        if not all(type(x) is int and x >= 0 for x in self.dep_sizes):
+            return "bad dependency sizes"
+        if not all(c.node_ids(h) for h in self.dep_holders):
             return "dependency holders must be lists of node ids"
-        return ""
+        return c.deps_problem(self) or c.spec_problem(self)
 
 
 @message(29)
@@ -465,7 +486,9 @@ class SpillCheck:
     task_ids: list
 
     def check(self) -> str:
-        return "" if _tids(self.task_ids) else f"task ids must be {TASK_ID_SIZE} bytes"
+        if not is_node_id(self.sender):
+            return "bad sender"
+        return "" if c.tids(self.task_ids) else f"task ids must be {TASK_ID_SIZE} bytes"
 
 
 @message(25)
@@ -476,9 +499,9 @@ class Refuse:
     available: dict
 
     def check(self) -> str:
-        if len(self.sender) != NODE_ID_SIZE or len(self.task_id) != TASK_ID_SIZE:
+        if not is_node_id(self.sender) or not is_tid(self.task_id):
             return "bad sender or task id"
-        if not _amounts(self.available):
+        if not c.amounts(self.available, nonneg=False):
             return "available must map resource names to numbers"
         return ""
 
@@ -498,9 +521,9 @@ class TaskResult:
     payloads: list
 
     def check(self) -> str:
-        if len(self.sender) != NODE_ID_SIZE or len(self.task_id) != TASK_ID_SIZE:
+        if not is_node_id(self.sender) or not is_tid(self.task_id):
             return "bad sender or task id"
-        return _returns_problem(self)
+        return c.returns_problem(self)
 
 
 @message(26)
@@ -510,7 +533,9 @@ class FreeObjects:
     ids: list
 
     def check(self) -> str:
-        return "" if _oids(self.ids) else "ids must be object ids"
+        if not is_node_id(self.sender):
+            return "bad sender"
+        return "" if c.oids(self.ids) else "ids must be object ids"
 
 
 MAX_CHUNK = 1 << 30
@@ -518,7 +543,7 @@ MAX_CHUNK = 1 << 30
 
 def _chunk_range_problem(msg) -> str:
     """What is wrong with the object range a PullChunk or Chunk names."""
-    if len(msg.oid) != OBJECT_ID_SIZE or msg.offset < 0 or not 0 <= msg.length <= MAX_CHUNK:
+    if not is_oid(msg.oid) or not c.count(msg.offset, 1 << 62) or not c.count(msg.length, MAX_CHUNK):
         return "bad object id, offset or length"
     return ""
 
@@ -543,7 +568,7 @@ class Chunk:
     error: str             # non-empty: the holder cannot serve it (no data frame)
 
     def check(self) -> str:
-        return _chunk_range_problem(self)
+        return _chunk_range_problem(self) or ("" if text(self.error) else "error too long")
 
 
 def encode_chunk(oid: bytes, offset: int, data, error: str = "") -> list:

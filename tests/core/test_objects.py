@@ -77,9 +77,10 @@ def test_put_inline_and_store_with_capacity():
     assert put_id(3) not in node.s.objects
     assert summary(node.put(put_id(4), state=STORE, size=30)) == [("delete", put_id(4)),
                                                                   ("log", "warning")]
-    assert summary(node.put(put_id(1), req_id=9)) == [("put_reply", 9, True)]   # exists
+    assert summary(node.put(put_id(1), req_id=9)) == [("nonsense",),
+                                                      ("put_reply", 9, True)]   # exists
     assert summary(node.send(DRIVER, p.Put(put_id(5), 3, 1, [], 10, b"x"))) == [
-        ("put_reply", 10, True)]                                               # bad state
+        ("nonsense",), ("put_reply", 10, True)]                                # bad state
     node.done("w1", 1)
     assert summary(node.refs(decs=[put_id(2)])) == [("delete", put_id(2))]
 

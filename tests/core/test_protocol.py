@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from zfabric import protocol as p
+from zfabric import ids, protocol as p
 
 
 def sample(cls):
@@ -21,7 +21,15 @@ def sample(cls):
             kwargs[name] = [b"x", b"yy"]
         elif name in ("oid",):
             kwargs[name] = b"\x02" * 20
-        elif name in ("sender", "owner", "task_id", "fn_id"):
+        elif name == "fn_id":
+            kwargs[name] = ids.function_id(b"payload-fn_blob")
+        elif name in ("status", "state"):
+            kwargs[name] = 1
+        elif name == "role":
+            kwargs[name] = "driver"
+        elif name == "reply_to":
+            kwargs[name] = "tcp://127.0.0.1:5"
+        elif name in ("sender", "owner", "task_id"):
             kwargs[name] = b"\x04" * 16
         elif name in ("deps", "contained", "ids", "incs", "decs", "dep_ids"):
             kwargs[name] = [[b"\x03" * 20]] if cls in (p.TaskDone, p.TaskResult) else [b"\x03" * 20]
@@ -29,6 +37,8 @@ def sample(cls):
             kwargs[name] = [b"\x08" * 16]
         elif name == "rows":
             kwargs[name] = [[b"\x05" * 16, "tcp://127.0.0.1:1", 0, 3, 0, {"queued": 1}]]
+        elif name == "records":
+            kwargs[name] = [["d", b"\x05" * 16, [[1, "t", "k", 1]]]]
         elif name == "vector":
             kwargs[name] = {b"\x05" * 16: 7}
         elif name in ("dep_states", "dep_sizes"):
@@ -41,7 +51,7 @@ def sample(cls):
             kwargs[name] = values[hint]
     if cls in (p.TaskDone, p.TaskResult):
         kwargs["payloads"] = [b"x"]
-    if cls is p.Spill:
+    if cls in (p.Spill, p.Execute):
         kwargs["dep_ids"] = [b"\x03" * 20, b"\x07" * 20]
     return cls(**kwargs)
 

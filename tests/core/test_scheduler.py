@@ -76,7 +76,7 @@ def test_wrong_number_of_returns_fails_the_task():
     node = Node()
     node.submit(1, num_returns=2)
     out = node.done("w1", 1, payloads=[b"only one"])
-    assert summary(out) == [("log", "warning"), ("ready", DRIVER, rid(1, 0), "ERROR"),
+    assert summary(out) == [("nonsense",), ("ready", DRIVER, rid(1, 0), "ERROR"),
                             ("ready", DRIVER, rid(1, 1), "ERROR")]
     assert isinstance(error_for(out, rid(1, 1)), ZFabricError)
 
@@ -88,11 +88,11 @@ def test_malformed_result_state_becomes_an_error():
     assert summary(out) == [("ready", DRIVER, rid(1), "ERROR")]
 
 
-def test_report_for_a_task_the_worker_is_not_running_is_ignored():
+def test_report_for_a_task_the_worker_is_not_running_is_refused():
     node = Node()
     node.submit(1)
-    assert summary(node.done("w1", 99)) == [("log", "warning")]
-    assert summary(node.done("w7", 1)) == [("log", "warning")]
+    assert summary(node.done("w1", 99)) == [("nonsense",)]
+    assert summary(node.done("w7", 1)) == [("nonsense",)]
     assert node.s.tasks[tid(1)].worker == "w1"
 
 
@@ -292,9 +292,9 @@ def test_cancel_finished_or_unknown_task_changes_nothing():
     node = Node()
     node.submit(1)
     node.done("w1", 1)
-    assert summary(node.cancel(1)) == []
+    assert summary(node.cancel(1)) == []                # (its return is still held)
     assert summary(node.cancel(1, force=True)) == []
-    assert summary(node.cancel(99)) == []
+    assert summary(node.cancel(99)) == [("nonsense",)]  # nobody knows that object
     assert node.s.objects.get(rid(1)).state == ObjectState.INLINE
 
 
@@ -381,7 +381,7 @@ def test_shutdown_stops_the_node():
 
 def test_unexpected_message_and_event():
     node = Node()
-    assert summary(node.send(DRIVER, p.Welcome(b"x", "", "", "", "{}", 0))) == [("log", "warning")]
+    assert summary(node.send(DRIVER, p.Welcome(b"x", "", "", "", "{}", 0))) == [("nonsense",)]
     with pytest.raises(TypeError):
         node.s.handle(object(), 0.0)
 

@@ -25,11 +25,11 @@ def test_start_spawns_one_worker_per_cpu_rounded_up():
     assert workers_for(0.5) == 1 and workers_for(4) == 4
 
 
-def test_unknown_or_repeated_worker_hello_is_ignored_with_a_warning():
+def test_unknown_or_repeated_worker_hello_is_refused():
     node = Node()
-    assert summary(node.send(b"w9", p.Hello("worker", 1, "w9"))) == [("log", "warning")]
-    assert summary(node.hello("w1")) == [("log", "warning")]          # already idle
-    assert summary(node.send(b"imposter", p.Hello("worker", 1, "w1"))) == [("log", "warning")]
+    assert summary(node.send(b"w9", p.Hello("worker", 1, "w9"))) == [("nonsense",)]
+    assert summary(node.hello("w1")) == [("nonsense",)]          # already idle
+    assert summary(node.send(b"imposter", p.Hello("worker", 1, "w1"))) == [("nonsense",)]
     assert len(node.s.pool.idle) == 1
 
 
@@ -94,7 +94,7 @@ def test_blocked_worker_lends_cpu_to_an_idle_worker_at_once():
 def test_blocked_and_unblocked_are_idempotent_and_checked():
     node = Node(cpus=1, max_workers=1)
     node.submit(1)
-    assert summary(node.send(b"w1", p.Blocked(tid(9)))) == []       # not its task
+    assert summary(node.send(b"w1", p.Blocked(tid(9)))) == [("nonsense",)]   # not its task
     assert node.cpu() == 0
     node.send(b"w1", p.Blocked(tid(1)))
     node.send(b"w1", p.Blocked(tid(1)))
@@ -102,7 +102,7 @@ def test_blocked_and_unblocked_are_idempotent_and_checked():
     node.send(b"w1", p.Unblocked(tid(1)))
     node.send(b"w1", p.Unblocked(tid(1)))
     assert node.cpu() == 0
-    assert summary(node.send(b"w9", p.Blocked(tid(1)))) == []       # not a worker
+    assert summary(node.send(b"w9", p.Blocked(tid(1)))) == [("nonsense",)]   # not a worker
 
 
 def test_task_ending_or_crashing_while_blocked_returns_only_what_it_holds():

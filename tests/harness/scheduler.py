@@ -109,6 +109,8 @@ def summary(effects: list) -> list[tuple]:
             pass  # GCS entries (locations, owned objects): tests/sim/
         elif kind is fx.Log:
             out.append(("log", e.level))
+        elif kind is fx.Nonsense:
+            out.append(("nonsense",))
         else:
             raise AssertionError(f"unexpected effect {e!r}")
     return out

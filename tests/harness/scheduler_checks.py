@@ -106,6 +106,8 @@ class CheckedModel(SchedulerModel):
                 seen.setdefault("published", []).append((e.table, e.key))
             elif kind is fx.Log:
                 seen["logs"].append(e.level)
+            elif kind is fx.Nonsense:   # (a refused message changes nothing: checked below)
+                seen.setdefault("nonsense", []).append(e.reason)
             else:
                 raise AssertionError(f"unexpected effect {e!r}")
         return seen

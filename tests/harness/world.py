@@ -22,15 +22,15 @@ from __future__ import annotations
 from hypothesis import HealthCheck
 from hypothesis import strategies as st
 
-from zfabric import protocol as p
+from zfabric import ids, protocol as p
 from zfabric.core import effects as fx
 from zfabric.core import resources as rs
 from zfabric.protocol import ObjectState
 from zfabric.testing.sim import FabricSim, Work
 
 DRIVER = b"driver-1"
-FN = b"F" * 16
 FN_BLOB = b"cloudpickled function"
+FN = ids.function_id(FN_BLOB)   # (content-addressed, as protocol.decode checks)
 INLINE, STORE, ERROR = int(ObjectState.INLINE), int(ObjectState.STORE), int(ObjectState.ERROR)
 MB = 1 << 20
 SIM = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow])

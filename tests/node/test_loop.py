@@ -85,7 +85,7 @@ def test_every_effect_that_leaves_the_fabric_has_a_handler(loop):
     """Effects documented "(scheduler -> fabric)" never reach the loop; every other
     one must have its handler, or the node would stop on the first one made."""
     internal = {t for t in effect_types() if (t.__doc__ or "").startswith("(scheduler -> fabric)")}
-    assert internal == {fx.Fetch, fx.CancelFetch, fx.Publish, fx.FreeCopies}
+    assert internal == {fx.Fetch, fx.CancelFetch, fx.Publish, fx.FreeCopies, fx.Nonsense}
     assert set(loop.effect_handlers) == effect_types() - internal
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from zfabric import protocol as p
+from zfabric import ids, protocol as p
 from zfabric.core import effects as fx
 from zfabric.core.tasks import TaskState
 
@@ -128,7 +128,7 @@ def test_a_refused_first_spill_does_not_lose_the_functions_code():
     world = World([{"CPU": 1}, {"CPU": 1}], seed=1)
     world.converge()
     sim = world.sim
-    g = b"G" * 16
+    g = ids.function_id(b"code of g")
     world.driver(1, b"drv-b")
     for n in (100, 101, 102):
         pl = Plan(n, {"CPU": 1}, 1.0, ["i"], [], 1, b"drv-b")

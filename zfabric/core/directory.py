@@ -34,6 +34,7 @@ from ..protocol import ObjectState
 from . import capacity
 from . import effects as fx
 from .objects import ObjectEntry, ObjectTable
+from .rejects import client_source
 
 # The states a worker or a peer may report for a return.
 _VALUE_STATES = (ObjectState.INLINE, ObjectState.STORE)
@@ -239,19 +240,23 @@ class ObjectDirectory:
     def put(self, client: bytes, msg: p.Put) -> None:
         table = self.table
         state = ObjectState(msg.state) if msg.state in _VALUE_STATES else None
-        error = ""
+        nonsense = ""
         if state is None:
-            error = "bad object state"
-        elif msg.oid in table and table.entries[msg.oid].ready:
-            error = "object already exists"
-        elif state == ObjectState.STORE and not self.make_room(msg.size):
-            error = self.full_message(msg.size)
+            nonsense = "a Put in a state other than INLINE or STORE"
+        elif not ids.is_put(msg.oid):
+            nonsense = "a Put of an object id that is not a put's"
+        elif msg.oid in table:   # (a pending one too: never sealed by a Put)
+            nonsense = "a Put of an object that exists"
+        error = nonsense or (self.full_message(msg.size) if state == ObjectState.STORE
+                             and not self.make_room(msg.size) else "")
         if error:
-            if state == ObjectState.STORE:
+            if nonsense:   # (its store file, if any, is not the client's to have deleted)
+                self._out.nonsense(client_source(client), nonsense)
+            elif state == ObjectState.STORE:
                 self._out.emit(fx.DeleteObject(msg.oid))
             if msg.req_id:
                 self._out.send(client, p.PutReply(msg.req_id, error))
-            else:
+            elif not nonsense:
                 self._out.log("warning", f"put refused: {error}")
             return
         entry = table.create(msg.oid, client)
@@ -285,9 +290,17 @@ class ObjectDirectory:
         for oid in msg.incs:
             table.incref(client, oid)
         freed: list = []
+        entries = table.entries
+        unheld = 0
         for oid in msg.decs:
+            entry = entries.get(oid)
+            if entry is not None and client not in entry.holders:
+                unheld += 1   # (one it never held: nothing to drop)
             freed += table.decref(client, oid)
         self.free(freed)
+        if unheld:
+            self._out.nonsense(client_source(client), f"a Refs dropping {unheld} "
+                                                      "object(s) it does not hold")
 
     def drop_client(self, client: bytes) -> None:
         """A client (or a peer, as its `peer_client`) is gone: drop its holds."""

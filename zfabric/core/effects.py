@@ -171,6 +171,14 @@ class AbortPull:
     oid: bytes
 
 
+@dataclass(frozen=True, slots=True)
+class Nonsense:
+    """(scheduler -> fabric) A well-formed message that makes no sense was
+    refused (nothing changed): counted, and warned of once per sender."""
+    source: str
+    reason: str
+
+
 class Outbox:
     """The effects one `handle()` call produces, in order. The scheduler shares
     one with the owners it composes, so their effects keep the order in which
@@ -193,6 +201,10 @@ class Outbox:
 
     def log(self, level: str, text: str) -> None:
         self.effects.append(Log(level, text))
+
+    def nonsense(self, source: str, reason: str) -> None:
+        """Refuse a message that makes no sense (see `Nonsense`)."""
+        self.effects.append(Nonsense(source, reason))
 
     def take(self) -> list:
         out, self.effects = self.effects, []

@@ -3,8 +3,9 @@
 The node loop turns every I/O outcome into one of these: a decoded message
 from a local client, a worker process that exited, the worker fork server
 (zygote) that started, died or could not start, a client process that
-went away, a timer tick, a send to a peer that failed. Small frozen
-records; no behaviour.
+went away, a timer tick, a send to a peer that failed, a message refused
+before it could be decoded or from a peer that failed the handshake
+(`MessageRejected`). Small frozen records; no behaviour.
 """
 from __future__ import annotations
 
@@ -92,6 +93,18 @@ class RestoreFailed:
     lost: bool
 
 
+@dataclass(frozen=True, slots=True)
+class MessageRejected:
+    """The shell refused a message: `what` is "malformed" (it failed
+    protocol.decode) or "unauthenticated" (refused at the CURVE/ZAP
+    handshake); the core refuses well-formed ones that make no sense itself
+    ("nonsense"). `source` names the sender as the shell knows it (an
+    address, a client or node id): warned of once, then only counted."""
+    source: str
+    what: str      # "malformed" | "unauthenticated" | "nonsense"
+    reason: str
+
+
 # -- between nodes ------------------------------------------------------------------
 
 @dataclass(frozen=True, slots=True)
@@ -99,16 +112,6 @@ class PeerMessage:
     """A decoded protocol message from another node."""
     node_id: bytes
     msg: object
-
-
-@dataclass(frozen=True, slots=True)
-class MessageRejected:
-    """The shell dropped what arrived from `source` before it became a message:
-    `what` is "malformed" (it failed to decode) or "unauthenticated" (refused
-    at the CURVE/ZAP handshake); the fabric counts it and logs it once per source."""
-    source: str
-    what: str
-    reason: str
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,6 +9,9 @@ and object pulls, behind one `handle(event, now) -> effects` (sans-I/O).
                           |                FreeObjects --> Scheduler
                           |-- ChunkArrived / ChunkFailed --> Transfers
                           |-- PeerUnreachable / PeerSendBlocked --> counted in `stats`, warned
+                          |-- MessageRejected (and the scheduler's Nonsense effects,
+                          |       a peer's forged sender, bad GCS records) --> Rejections:
+                          |       counted in `stats` (rejected_*), warned once per sender
                           |-- ZygoteStarted / ZygoteDied / ZygoteStartFailed --> counted
                           |       in `stats` (zygote_restarts ...), logged
                           '-- Tick --> Membership (gossip round, failure detection),
@@ -41,15 +44,16 @@ from . import effects as fx
 from . import events as ev
 from .gcs import Gcs
 from .membership import LIVE, Membership, MemberState
+from .rejects import Rejections, peer_source
 from .scheduler import Scheduler
 from .views import ClusterView
 from .workers import workers_for
 from .transfer import ChunkRequest, PullDone, PullFailed, Transfers
 
 JOIN_RETRY = 0.5   # seconds between join attempts while no seed has answered
-REJECTED_LOGGED = 1_000   # sources of rejected messages remembered (each is logged once)
 # The scheduler's effects the fabric carries out itself (the rest go to the loop).
-_OWN_EFFECTS = frozenset({fx.Fetch, fx.CancelFetch, fx.Publish, fx.DeleteObject, fx.FreeCopies})
+_OWN_EFFECTS = frozenset({fx.Fetch, fx.CancelFetch, fx.Publish, fx.DeleteObject, fx.FreeCopies,
+                          fx.Nonsense})
 
 
 _ZYGOTE_EVENTS = frozenset({ev.ZygoteStarted, ev.ZygoteDied, ev.ZygoteStartFailed})
@@ -112,11 +116,9 @@ class Fabric:
         self._out: list = []
         self._now = 0.0
         self.stats = {"peer_unreachable": 0, "peer_send_blocked": 0, "peer_messages_dropped": 0,
-                      "zygote_restarts": 0, "zygote_deaths": 0, "zygote_start_failures": 0,
-                      "rejected_malformed": 0, "rejected_unauthenticated": 0,
-                      "rejected_nonsense": 0}
-        self._rejected_logged: set = set()   # (source, what) already logged
+                      "zygote_restarts": 0, "zygote_deaths": 0, "zygote_start_failures": 0}
         self._warned_peers: set[str] = set()   # addresses warned of, until heard from again
+        self.rejections = Rejections(self.stats)
         self.views = ClusterView(self.node_id, scheduler, membership, gcs, self.stats)
 
     # -- entry points ---------------------------------------------------------------
@@ -161,12 +163,12 @@ class Fabric:
             self._transfer(self.transfers.on_error(event.holder, event.oid, event.error, now))
         elif kind is ev.Tick:
             self._on_tick()
+        elif kind is ev.MessageRejected:
+            self._reject(event.source, event.what, event.reason)
         elif kind is ev.PeerUnreachable or kind is ev.PeerSendBlocked:
             self._on_peer_send_failed(event)
         elif kind in _ZYGOTE_EVENTS:
             self._on_zygote(event)
-        elif kind is ev.MessageRejected:
-            self._on_rejected(event.source, event.what, event.reason)
         else:
             self._events.append(event)
         self._run_events()
@@ -199,6 +201,8 @@ class Fabric:
                 self._out.append(e)
             elif kind is fx.FreeCopies:
                 self._free_copies(e.oid, e.holders)
+            elif kind is fx.Nonsense:
+                self._reject(e.source, "nonsense", e.reason)
             else:
                 self._out.append(e)
 
@@ -331,15 +335,30 @@ class Fabric:
     def _on_peer_message(self, event: ev.PeerMessage) -> None:
         msg = event.msg
         kind = type(msg)
+        sender = getattr(msg, "sender", getattr(msg, "owner", event.node_id))
+        if sender != event.node_id:   # (every peer message names its sender)
+            self._reject(peer_source(event.node_id), "nonsense",
+                         f"a {kind.__name__} claiming to come from node {ids.short(sender)}")
+            return
+        malformed = self.membership.malformed + self.gcs.malformed
         if kind is p.Gossip:
-            if msg.sender == event.node_id:
-                self._on_gossip(msg.sender, msg)
+            self._on_gossip(msg.sender, msg)
         elif kind is p.GcsUpdate:
             forgotten = self.membership.forgotten
             for record in msg.records:
-                self.gcs.apply(record, skip=forgotten)
+                if record[1:2] != [self.node_id]:   # (ours come back after a restart: no harm)
+                    self.gcs.apply(record, skip=forgotten)
         else:
             self._events.append(event)
+            return
+        if self.membership.malformed + self.gcs.malformed != malformed:
+            self._reject(peer_source(event.node_id), "nonsense",
+                         f"a {kind.__name__} with malformed rows, records or vector")
+
+    def _reject(self, source: str, what: str, reason: str) -> None:
+        log = self.rejections.reject(source, what, reason)
+        if log is not None:
+            self._out.append(log)
 
     def _push_gcs(self) -> None:
         """Our shard's new writes go to every live peer at once (gossip repairs losses)."""
@@ -463,20 +482,6 @@ class Fabric:
         self._out.append(fx.Log("error", (
             f"cannot start the worker fork server (zygote): {event.reason}; "
             f"trying again in {event.retry_in:g} s (no new workers until then)")))
-
-    def _on_rejected(self, source: str, what: str, reason: str) -> None:
-        """Count what was dropped before (or instead of) being handled; log it
-        once per source (at most REJECTED_LOGGED sources are remembered)."""
-        key = "rejected_" + what
-        self.stats[key] = self.stats.get(key, 0) + 1
-        if (source, what) in self._rejected_logged:
-            return
-        if len(self._rejected_logged) >= REJECTED_LOGGED:
-            self._rejected_logged.clear()
-        self._rejected_logged.add((source, what))
-        self._out.append(fx.Log("warning", (
-            f"dropped a {what} message from {source}: {reason} "
-            f"({self.stats[key]} {what} so far; not logged again for this source)")))
 
     def _heard_from(self, node_id: bytes) -> None:
         member = self.membership.members.get(node_id)

@@ -40,10 +40,12 @@ from ..exceptions import (NodeDiedError, ObjectLostError, TaskCancelledError,
 from ..protocol import ObjectState, TaskStatus
 from . import effects as fx
 from . import events as ev
+from . import guards
 from . import resources as rs
 from .directory import ObjectDirectory
 from .lineage import Lineage, Rebuilder
 from .queues import ReadyQueues
+from .rejects import client_source, peer_source
 from .spill import Spillover
 from .tasks import Functions, Task, TaskState
 from .timeline import Timeline
@@ -124,9 +126,9 @@ class Scheduler:
         self.now = now
         kind = type(event)
         if kind is ev.ClientMessage:
-            self._dispatch(self._client_handlers, event.client, event.msg, "a client")
+            self._dispatch(self._client_handlers, event.client, event.msg, False)
         elif kind is ev.PeerMessage:
-            self._dispatch(self._peer_handlers, event.node_id, event.msg, "a peer")
+            self._dispatch(self._peer_handlers, event.node_id, event.msg, True)
         else:
             handler = self._event_handlers.get(kind)
             if handler is None:
@@ -135,10 +137,16 @@ class Scheduler:
         self._schedule()
         return self.out.take()
 
-    def _dispatch(self, handlers: dict, sender: bytes, msg, origin: str) -> None:
+    def _dispatch(self, handlers: dict, sender: bytes, msg, peer: bool) -> None:
+        """Run a message's handler, unless it makes no sense from this sender
+        (core/guards.py): then it is refused as nonsense, and nothing changes."""
         handler = handlers.get(type(msg))
         if handler is None:
-            self.out.log("warning", f"unexpected {type(msg).__name__} from {origin}")
+            why = f"a {type(msg).__name__}, which {'nodes' if peer else 'clients'} never send"
+        else:
+            why = (guards.peer_problem if peer else guards.client_problem)(self, sender, msg)
+        if why:
+            self.out.nonsense(peer_source(sender) if peer else client_source(sender), why)
         else:
             handler(sender, msg)
 
@@ -147,7 +155,8 @@ class Scheduler:
     def _on_hello(self, client: bytes, msg: p.Hello) -> None:
         if msg.role == "worker":
             if not self.pool.hello(msg.worker_id or "", client, self.now):
-                self.out.log("warning", f"unknown worker {msg.worker_id!r} said hello")
+                self.out.nonsense(client_source(client), f"a second Hello from worker "
+                                                         f"{msg.worker_id!r}")
                 return
         elif msg.role == "driver":
             self.drivers[client] = msg.pid
@@ -330,8 +339,7 @@ class Scheduler:
         worker = self.pool.of_client(client)
         task = worker.task if worker is not None else None
         if task is None or task.spec.task_id != msg.task_id:
-            self.out.log("warning", "a worker reported a task it was not running")
-            return
+            return   # (refused before: core/guards.py)
         for given_back in self.pool.task_ended(worker, task, self.now):
             self.retry_or_fail(given_back, None)
         spec = task.spec
@@ -340,7 +348,8 @@ class Scheduler:
         self.pool.record_run(spec.fn_id, max(0.0, msg.end - msg.start))
         if msg.status == TaskStatus.OK:
             if len(msg.states) != spec.num_returns or len(msg.payloads) != spec.num_returns:
-                self.out.log("warning", "a worker reported the wrong number of returns")
+                self.out.nonsense(client_source(client), "a TaskDone with the wrong number "
+                                                         "of returns")
                 self.finish_failed(task, records.system_error_record(
                     ZFabricError, "worker reported a malformed result", spec.name))
                 return

@@ -36,6 +36,7 @@ from ..protocol import ObjectState, TaskStatus
 from . import placement
 from . import resources as rs
 from .objects import peer_client
+from .rejects import peer_source
 from .placement import PeerView
 from .tasks import Task, TaskState
 
@@ -133,6 +134,8 @@ class Spillover:
         task.state = TaskState.SPILLED
         task.node = peer.node_id
         task.since = s.now
+        if peer.node_id not in task.tried:
+            task.tried += (peer.node_id,)
         task.attempts += 1
         peer.sent(task.demand)
         s.stats["spilled"] += 1
@@ -266,7 +269,7 @@ class Spillover:
         view.suspect = False   # heard of again
         self._release(node_id)
         if not view.update(info):
-            self.sched.out.log("warning", f"peer {ids.short(node_id)} gossiped a malformed view")
+            self.sched.out.nonsense(peer_source(node_id), "a malformed view in its gossip")
 
     def peer_suspect(self, node_id: bytes) -> None:
         view = self.peers.get(node_id)
@@ -324,7 +327,7 @@ class Spillover:
         # it rejoins. It takes back what it sent us when it hears we hold it dead.
         address = view.address if view is not None else (
             msg.reply_to if sender in self.dead else "")
-        if view is None or not self._accepts(msg, demand):
+        if view is None or not self._accepts(msg, demand) or self._clash(sender, msg):
             s.stats["refused"] += 1
             if address:   # (without the code: the owner sends it with the next)
                 s.out.peer(address, p.Refuse(
@@ -347,6 +350,17 @@ class Spillover:
             s.finish_failed(task, failure)
         else:
             s.ready(task)
+
+    def _clash(self, sender: bytes, msg: p.Spill) -> bool:
+        """Does a Spill name return ids of objects here that are not the sender's?
+        (Refused: they are not its to make. A hostile local client may have taken
+        an honest task's ids here first, so the sender is not blamed.)"""
+        entries = self.sched.objects.entries
+        for oid in ids.return_ids(msg.task_id, msg.num_returns):
+            entry = entries.get(oid)
+            if entry is not None and entry.owner_node != sender:
+                return True
+        return False
 
     def _accepts(self, msg: p.Spill, demand: dict[str, int]) -> bool:
         s = self.sched

@@ -33,7 +33,7 @@ class TaskState(IntEnum):
 class Task:
     __slots__ = ("spec", "owner", "demand", "shape", "state", "missing", "worker",
                  "attempts", "seq", "blocked", "cancelled", "returns", "children",
-                 "node", "remote_owner", "since")
+                 "node", "remote_owner", "since", "tried")
 
     def __init__(self, spec: p.Submit, owner: bytes, demand: dict, seq: int):
         self.spec = spec
@@ -52,6 +52,7 @@ class Task:
         self.node: bytes | None = None          # SPILLED: the peer running it
         self.remote_owner: bytes | None = None  # forwarded to us by this node
         self.since = 0.0                        # SPILLED: when it was forwarded
+        self.tried: tuple = ()                  # the peers it was ever forwarded to
 
     @property
     def name(self) -> str:
@@ -75,7 +76,9 @@ class Functions:
         return fn_id in self.code
 
     def add(self, fn_id: bytes, blob: bytes) -> None:
-        self.code[fn_id] = blob
+        """Keep a function's code. An id is the hash of its code (protocol.decode
+        refuses code that does not match): a second copy never replaces the first."""
+        self.code.setdefault(fn_id, blob)
 
     def for_receiver(self, known: set[bytes], fn_id: bytes) -> bytes:
         """The code to send along to a receiver that knows `known` (b"" if it has it)."""

@@ -5,7 +5,9 @@ The fabric answers a client's Request here, from what this node knows:
 membership (who is in the cluster, alive or not, and each peer's gossiped
 view), the GCS replica (each node's static record and timeline batches)
 and, for this node itself, the scheduler's live figures and the fabric's
-counters (peer sends that failed). Read only.
+counters (peer sends that failed, messages refused: `rejected_*`). Read
+only. What peers gossip or replicate is theirs to say and may be garbage:
+a malformed part of it is left out here, never an error for the asker.
 """
 from __future__ import annotations
 
@@ -40,9 +42,9 @@ class ClusterView:
             if m.state not in LIVE:
                 continue
             view = self._view(m)
-            for k, v in view.get("total", {}).items():
+            for k, v in _amounts(view.get("total")).items():
                 total[k] = total.get(k, 0.0) + v
-            for k, v in view.get("available", {}).items():
+            for k, v in _amounts(view.get("available")).items():
                 available[k] = available.get(k, 0.0) + v
         return {"total": total, "available": available}
 
@@ -74,7 +76,7 @@ class ClusterView:
             if shard != self.node_id:
                 by_node.setdefault(shard, []).extend(entries)
         for node, entries in by_node.items():
-            events += trace_events(node, entries)
+            events += trace_events(node, [e for e in entries if _is_timeline_entry(e)])
         return events
 
     def _members(self) -> list:
@@ -88,15 +90,32 @@ class ClusterView:
         return member.info
 
     def _node_record(self, member) -> dict:
-        static = self.gcs.get("node", member.node_id, shard=member.node_id) or member.info
+        static = self.gcs.get("node", member.node_id, shard=member.node_id)
+        if not isinstance(static, dict):
+            static = member.info
         view = self._view(member)
         # a suspected node is alive until declared dead (Ray's "Alive" is not dead)
         return {"NodeID": member.node_id.hex(), "Alive": member.state in LIVE,
                 "State": MemberState(member.state).name,
                 "NodeManagerAddress": static.get("host", ""),
                 "NodeManagerPort": static.get("port", 0),
-                "Resources": dict(view.get("total", {})),
+                "Resources": _amounts(view.get("total")),
                 "ObjectStoreAddress": static.get("object_address", ""),
                 "Address": static.get("address", member.address),
                 # "curve": TCP is authenticated and encrypted; "none": --insecure-no-auth
                 "auth": static.get("auth", "curve")}
+
+
+def _amounts(d) -> dict:
+    """A gossiped resource map, without what is not name -> number."""
+    if not isinstance(d, dict):
+        return {}
+    return {k: v for k, v in d.items()
+            if type(k) is str and type(v) in (int, float) and v == v}
+
+
+def _is_timeline_entry(e) -> bool:
+    """(name, task id, worker, start, end, status), as a peer's "tl" batch holds them."""
+    return (type(e) is list and len(e) == 6 and type(e[1]) is bytes
+            and all(type(x) in (int, float) for x in (e[3], e[4]))
+            and type(e[5]) is int)

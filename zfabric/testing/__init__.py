@@ -7,9 +7,13 @@
 - `fakes`: `FakeWorker`, what a worker process does with the messages its
   node sends it, without time or transport (the simulator's workers, and the
   scheduler tests' in tests/harness).
+- `hostile`: hypothesis strategies for every wire message and for hostile
+  frames (mutated, oversize, random), for fuzzing the core and the node's
+  ports. It imports hypothesis (a test dependency): import it from tests
+  and benchmarks only; nothing here imports it.
 - `portfuzz`: hostile traffic at a real node's TCP ports (raw TCP, ZeroMQ
   sockets of every type, with and without the cluster key) and what the
-  node counted of it (imports hypothesis: import it only in tests and bench).
+  node counted of it (imports hypothesis too).
 """
 from .cluster import LocalCluster, NodeHandle
 

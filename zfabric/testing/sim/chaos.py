@@ -51,7 +51,7 @@ from ...core.membership import GONE as _GONE, MemberState as _MemberState
 from ...protocol import ObjectState as _ObjectState
 from .fabric import FabricSim, Work
 from .links import LinkFaults
-from .scenario import FN, Scenario, SeedChooser, generate, oid_of, put_value, tid, value
+from .scenario import FN, FN_BLOB, Scenario, SeedChooser, generate, oid_of, put_value, tid, value
 
 # Lineage (core/lineage.py) rebuilds what a fault lost while its owner lives: an
 # ObjectLostError for an object a live driver holds is a failure. (False: accepted
@@ -281,7 +281,7 @@ class ChaosRun:
             if not set(dep_ids) <= driver.held:
                 return   # an argument it could not borrow (its lender had died)
             self.specs[task_id] = op
-            blob = b"" if driver.sent_code else b"code"
+            blob = b"" if driver.sent_code else FN_BLOB
             driver.sent_code = True
             for k, ret in enumerate(returns):   # (a failed argument fails it at once)
                 self._made(driver, oid_of([n, k], ()), task_id, k, ret)
@@ -432,6 +432,10 @@ class ChaosRun:
         if not sim.run_until(lambda: not busy(), bound):
             self.fail(f"tasks still held {bound:.1f} s after the gets: (node, count) {busy()}")
         self.failures += [f"sim: {v}" for v in sim.violations]
+        refused = [(n.index, {k: v for k, v in n.fabric.stats.items()
+                              if k.startswith("rejected_") and v}) for n in sim.nodes]
+        if any(counts for _, counts in refused):   # (every message here is an honest one)
+            self.fail(f"honest messages refused: (node, counts) {refused}")
 
     def play(self) -> "ChaosRun":
         """Run the scenario to the end, checking as it goes; failures in `failures`."""

@@ -172,11 +172,12 @@ class FabricSim:
         self.extra_delay: dict[tuple[int, int], float] = {}   # (src, dst) -> added seconds
         self.drop = None             # drop(src, dst, msg) -> True: that message is lost
         self.dropped: list[tuple[int, int, object]] = []
-        self.demands: dict[bytes, dict] = {}      # task id -> demand (from Submit / Spill)
+        self.demands: dict[tuple, dict] = {}      # (node, task id) -> demand (Submit / Spill)
         self.runs: list[Run] = []
         self.violations: list[str] = []
         self.nodes: list[SimNode] = []
         self._by_address: dict[str, SimNode] = {}
+        self.unroutable: list = []   # sends to addresses no node has (a hostile peer's)
         self.store_capacity = store_capacity
         self.resources = [dict(r) for r in nodes]
         for i, resources in enumerate(nodes):
@@ -257,7 +258,7 @@ class FabricSim:
         """A local client (driver) of node i sends `msg` (through encode/decode)."""
         msg = _p.decode(_p.encode(msg))
         if type(msg) is _p.Submit:
-            self.demands[msg.task_id] = _rs.to_units(msg.resources)
+            self.demands[(i, msg.task_id)] = _rs.to_units(msg.resources)
         self.handle(i, _ev.ClientMessage(client, msg))
 
     def start_node(self, i: int) -> None:
@@ -345,7 +346,7 @@ class FabricSim:
             assert blocked or pool.available.get(name, 0) >= 0, (node.index, name, pool.available)
         used: dict[str, int] = {}
         for run in node.running():
-            _rs.release(used, self.demands.get(run.task_id, {}))
+            _rs.release(used, self.demands.get((node.index, run.task_id), {}))
         for name, amount in used.items():
             assert amount <= pool.total.get(name, 0), \
                 f"node {node.index} runs {amount} of {name}, has {pool.total.get(name, 0)}"
@@ -441,7 +442,10 @@ class FabricSim:
             self._at(due, arrive)
 
     def _peer_send(self, node: SimNode, e) -> None:
-        dst = self._by_address[e.address]
+        dst = self._by_address.get(e.address)
+        if dst is None:   # (as the shell's PeerUnreachable: dropped)
+            self.unroutable.append(e)
+            return
         data = _p.encode(e.msg)
 
         def deliver():
@@ -452,7 +456,7 @@ class FabricSim:
                 self.dropped.append((node.index, dst.index, msg))
                 return
             if type(msg) is _p.Spill:
-                self.demands[msg.task_id] = _rs.to_units(msg.resources)
+                self.demands[(dst.index, msg.task_id)] = _rs.to_units(msg.resources)
             self.handle(dst.index, _ev.PeerMessage(node.node_id, msg))
         self._send_on_link("ctl", node, dst, self.rng.uniform(*self.latency)
                            + self.extra_delay.get((node.index, dst.index), 0.0), deliver)
@@ -534,7 +538,12 @@ class FabricSim:
     # -- the object sockets ---------------------------------------------------------------
 
     def _request_chunk(self, node: SimNode, e) -> None:
-        holder = self._by_address[e.object_address]
+        holder = self._by_address.get(e.object_address)
+        if holder is None:   # (an address a hostile peer gossiped: the pull fails there)
+            self.unroutable.append(e)
+            self._at(self.time, lambda: self._handle_if_current(
+                node, _ev.ChunkFailed(e.holder, e.oid, "no such object server")))
+            return
         if e.oid not in node.partial:
             node.partial[e.oid] = [e.size, None]
         data = _p.encode(_p.PullChunk(e.oid, e.offset, e.length))

@@ -47,7 +47,8 @@ from dataclasses import asdict, dataclass, field
 from ... import ids
 
 MB = 1 << 20
-FN = b"F" * 16
+FN_BLOB = b"code"
+FN = ids.function_id(FN_BLOB)   # a function's id is the hash of its code
 STORE_SIZES = (200_000, 5 * MB, 5 * MB, 50 * MB)
 DURATIONS = (0.02, 0.1, 0.3, 1.0)
 
@@ -58,7 +59,7 @@ def tid(n: int) -> bytes:
 
 def pid(n: int) -> bytes:
     """The object id of put n (not the return of any task)."""
-    return b"P" + n.to_bytes(ids.OBJECT_ID_SIZE - 1, "big")
+    return b"P" + n.to_bytes(ids.TASK_ID_SIZE - 1, "big") + ids.PUT_INDEX_FLAG.to_bytes(4, "big")
 
 
 def oid_of(key, puts) -> bytes:

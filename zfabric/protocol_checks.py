@@ -1,0 +1,148 @@
+"""What a field of a wire message may hold: the checks behind `protocol.decode`.
+
+Every message that arrives is hostile until checked: `protocol.decode` checks
+each field's type, and each message's `check()` (in protocol.py) uses these to
+check what the type does not say -- id lengths, sizes >= 0, known enum
+values, finite amounts, bounded strings and lists, addresses, and that a
+function's code hashes to its id. Nothing here raises: each returns True/False
+or a problem text ("" when fine). Limits are generous: far above anything a
+real driver, worker or node sends, low enough that a message within them
+cannot make the node use much more memory than the frame itself.
+"""
+from __future__ import annotations
+
+import math
+
+from .ids import FUNCTION_ID_SIZE, NODE_ID_SIZE, OBJECT_ID_SIZE, TASK_ID_SIZE, function_id
+
+MAX_RETURNS = 10_000           # returns of one task
+MAX_IDS = 1 << 22              # ids in one Subscribe, Refs, deps...: a get() of millions of refs
+MAX_TEXT = 1 << 16             # names, reasons, error texts, paths
+MAX_ROWS = 1 << 16             # membership rows in one Gossip, shards in a vector
+MAX_RECORDS = 1 << 16          # GCS records in one GcsUpdate
+MAX_RESOURCES = 1 << 10        # resource names in one demand or view
+MAX_AMOUNT = 1e15              # a resource amount (units of 1/10000 stay exact below this)
+MAX_PID = 1 << 31
+MAX_ADDRESS = 300
+
+STATES = range(4)              # protocol.ObjectState values
+STATUSES = range(3)            # protocol.TaskStatus values
+
+
+def ids_of(values, size: int, limit: int = MAX_IDS) -> bool:
+    if type(values) is not list or len(values) > limit:
+        return False
+    for v in values:   # (a loop: cheaper than all() for the one or two ids most lists hold)
+        if type(v) is not bytes or len(v) != size:
+            return False
+    return True
+
+
+def oids(values, limit: int = MAX_IDS) -> bool:
+    return ids_of(values, OBJECT_ID_SIZE, limit)
+
+
+def tids(values, limit: int = MAX_IDS) -> bool:
+    return ids_of(values, TASK_ID_SIZE, limit)
+
+
+def node_ids(values) -> bool:
+    return ids_of(values, NODE_ID_SIZE, MAX_ROWS)
+
+
+def is_tid(x) -> bool:
+    return type(x) is bytes and len(x) == TASK_ID_SIZE
+
+
+def is_oid(x) -> bool:
+    return type(x) is bytes and len(x) == OBJECT_ID_SIZE
+
+
+def is_node_id(x) -> bool:
+    return type(x) is bytes and len(x) == NODE_ID_SIZE
+
+
+def text(*values) -> bool:
+    """Strings (or None) no longer than MAX_TEXT."""
+    return all(v is None or (type(v) is str and len(v) <= MAX_TEXT) for v in values)
+
+
+def count(x, limit: int) -> bool:
+    """An int in [0, limit] (never a bool)."""
+    return type(x) is int and 0 <= x <= limit
+
+
+def finite(*values) -> bool:
+    for v in values:
+        if type(v) not in (int, float) or not math.isfinite(v):
+            return False
+    return True
+
+
+def amounts(d, *, nonneg: bool) -> bool:
+    """Resource name -> finite number (>= 0 if `nonneg`; a view may be an estimate)."""
+    if type(d) is not dict or len(d) > MAX_RESOURCES:
+        return False
+    for k, v in d.items():
+        if type(k) is not str or len(k) > MAX_TEXT or type(v) not in (int, float):
+            return False
+        if not (v == v and abs(v) < MAX_AMOUNT) or (nonneg and v < 0):
+            return False
+    return True
+
+
+def is_address(address) -> bool:
+    """tcp://HOST:PORT: anything else would make the node connect to garbage."""
+    if type(address) is not str or not address.startswith("tcp://") or len(address) > MAX_ADDRESS:
+        return False
+    host, sep, port = address[6:].rpartition(":")
+    return bool(sep and host and port.isdigit() and len(port) <= 5 and 0 < int(port) <= 65535
+                and not any(c.isspace() for c in host))
+
+
+def code_problem(fn_id: bytes, fn_blob: bytes) -> str:
+    """A function travels content-addressed: its code, when sent, hashes to its id."""
+    if len(fn_id) != FUNCTION_ID_SIZE:
+        return "bad function id"
+    if fn_blob and function_id(fn_blob) != fn_id:
+        return "function code does not match its id"
+    return ""
+
+
+def spec_problem(msg) -> str:
+    """What is wrong with the task fields Submit, Spill and Execute share."""
+    if not is_tid(msg.task_id) or not count(msg.num_returns, MAX_RETURNS):
+        return "bad task id or num_returns"
+    if not count(msg.depth, 1 << 62) or not text(msg.name):
+        return "bad depth or name"
+    return code_problem(msg.fn_id, msg.fn_blob)
+
+
+def returns_problem(msg) -> str:
+    """What is wrong with a task's returns as TaskDone and TaskResult describe them."""
+    n = len(msg.states)
+    if n > MAX_RETURNS or msg.status not in STATUSES:
+        return "bad status or too many returns"
+    if len(msg.sizes) != n or len(msg.contained) != n or len(msg.payloads) < n:
+        return "returns described inconsistently"
+    for contained in msg.contained:
+        if not oids(contained):
+            return "contained must be lists of object ids"
+    for x in msg.sizes:
+        if type(x) is not int or x < 0:
+            return "bad sizes"
+    for x in msg.states:
+        if type(x) is not int or not 0 <= x <= 3:
+            return "bad states"
+    return ""
+
+
+def deps_problem(msg) -> str:
+    """What is wrong with the arguments a Spill or an Execute carries."""
+    n = len(msg.dep_ids)
+    if not oids(msg.dep_ids) or len(msg.dep_states) != n or len(msg.dep_payloads) != n:
+        return "dependencies described inconsistently"
+    for x in msg.dep_states:
+        if type(x) is not int or not 0 <= x <= 3:
+            return "bad dependency states"
+    return ""
