@@ -9,7 +9,9 @@ volley after volley (`zfabric.testing.portfuzz`, drawn by hypothesis from
 `--seed`) at their scheduler and object ports, one node after the other: raw
 TCP (random bytes, ZMTP greetings garbled or cut short, connect-and-close)
 and ZeroMQ sockets of every type, each plain, as a CURVE client with a key
-pair of its own, and with the cluster key (whose frames reach the decoder).
+pair of its own, and with the cluster key (whose frames reach the decoder:
+random garbage, and `zfabric.testing.hostile`'s valid, mutated, oversize and
+bomb frames naming the cluster's nodes).
 After each volley it waits until the node counted what it had to drop.
 Meanwhile a driver (a subprocess of this script, `--workload`) runs tasks on
 the cluster round after round and checks every result.
@@ -41,11 +43,12 @@ import psutil
 import zmq
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import seed as hypothesis_seed
+from hypothesis import strategies as st
 
 import zfabric as zf
 from zfabric.exceptions import GetTimeoutError, NodeDiedError
 from zfabric.node import auth
-from zfabric.testing import LocalCluster
+from zfabric.testing import LocalCluster, hostile
 from zfabric.testing import portfuzz as pf
 
 VOLLEY_TIMEOUT = 60.0   # seconds for a node to count one volley
@@ -246,6 +249,14 @@ def fuzz(run: Run, seed: int, strategy) -> None:
         pass
 
 
+def frames(cluster: LocalCluster) -> st.SearchStrategy:
+    """What the ZeroMQ sockets send: garbage, and hostile.py's frames (valid
+    messages naming the cluster's nodes, mutated ones, oversize, bombs)."""
+    known = hostile.Known(node_ids=[bytes.fromhex(h.node_id) for h in cluster.nodes],
+                          addresses=[h.address for h in cluster.nodes])
+    return st.one_of(pf.garbage_frames(), hostile.frames(known))
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--minutes", type=float, default=2.0)
@@ -261,7 +272,7 @@ def main(argv=None) -> int:
         run = Run(cluster, args.minutes)
         driver = start_workload(cluster.address, args.minutes * 60)
         try:
-            fuzz(run, args.seed, pf.volleys())
+            fuzz(run, args.seed, pf.volleys(frame=frames(cluster)))
             run.print_minute()
             run.check_workload(driver)
             if not any("DEAD" in f or "answering" in f for f in run.failures):

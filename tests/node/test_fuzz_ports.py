@@ -21,8 +21,9 @@ from hypothesis import strategies as st
 import zfabric as zf
 from zfabric import ids
 from zfabric import protocol as p
-from zfabric.node import auth
+from zfabric.node import auth, sockets
 from zfabric.testing import LocalCluster
+from zfabric.testing import hostile
 from zfabric.testing import portfuzz as pf
 
 pytestmark = pytest.mark.timeout(60)
@@ -108,6 +109,41 @@ def test_with_the_cluster_key_garbage_reaches_the_decoder_and_is_counted(node, d
     # exactly what does not decode was counted (DEALER, REQ and ROUTER get
     # through; the other types fail ZMTP's socket-type check)
     assert_counted_what_did_not_decode(report)
+
+
+@FUZZ
+@given(data=st.data())
+def test_with_the_cluster_key_hostile_messages_leave_the_node_serving(node, data):
+    """hostile.py's frames from a key holder (valid messages naming this node,
+    mutated, oversize, msgpack bombs): what does not decode is counted, the
+    rest is handled or refused as nonsense, and the node lives on (the last
+    test runs tasks on it)."""
+    me = node.cluster.nodes[0]
+    known = hostile.Known(node_ids=[bytes.fromhex(me.node_id)], addresses=[me.address])
+    shots = data.draw(pf.volleys(frame=hostile.frames(known), modes=("cluster key",),
+                                 types=sorted(pf.REACH_ROUTER), raw=False, per_socket=8))
+    report = node.fire(shots)
+    assert report.sent
+    assert_counted_what_did_not_decode(report)
+
+
+def test_with_the_cluster_key_what_only_clients_send_is_refused_as_nonsense(node):
+    """A key holder's Submit, Shutdown and Goodbye on the peer port (only local
+    clients send those) are refused and counted as nonsense: nothing is
+    submitted, the node does not stop."""
+    blob = b"not even a pickle"
+    submit = p.Submit(ids.new_task_id(), "f", ids.function_id(blob), 1, {}, 0, False, 0, b"",
+                      [], [], blob, b"", b"")
+    frames = [[p.encode(m)] for m in (submit, p.Shutdown("fuzz"), p.Goodbye("fuzz"))]
+    before = node.stats()
+    shot = pf.Shot("peer", "cluster key", "DEALER", frames,
+                   ids.new_node_id() + sockets.PEER_SUFFIX)
+    report = pf.fire(node.ctx, node.target, [shot], node.stats,
+                     until=lambda r: r.grew("rejected_nonsense") >= len(frames))
+    node.assert_alive()
+    assert report.grew("rejected_nonsense") == len(frames)
+    assert report.grew("rejected_malformed") == 0
+    assert node.stats()["submitted"] == before["submitted"]
 
 
 def assert_counted_what_did_not_decode(report: pf.Report) -> None:
