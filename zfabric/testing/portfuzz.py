@@ -426,9 +426,9 @@ def _identity(draw, index: int) -> bytes:
     """A routing id, unique in its volley (two connections with one id would
     take it from each other: the node's ROUTER hands it over)."""
     how = draw(st.sampled_from(["peer", "join", "junk"]))
-    seed = draw(st.binary(max_size=8)) + index.to_bytes(2, "big")
     if how == "junk":
         return draw(st.binary(min_size=1, max_size=24)) + b"#" + index.to_bytes(2, "big")
+    seed = draw(st.binary(max_size=8)) + index.to_bytes(2, "big")
     sender = hashlib.blake2b(seed, digest_size=ids.NODE_ID_SIZE).digest()
     return sender + (sockets.PEER_SUFFIX if how == "peer" else sockets.JOIN_SUFFIX)
 
