@@ -23,6 +23,7 @@ from zfabric.core import events as ev
 from zfabric.core.fabric import build as build_fabric
 from zfabric.node import sockets
 from zfabric.node.loop import NodeLoop
+from zfabric.node.peers import Batcher
 from zfabric.testing.sim import FabricSim
 
 pytestmark = pytest.mark.timeout(60)
@@ -219,3 +220,30 @@ def test_fabric_counts_zygote_deaths_restarts_and_failed_starts_and_says_so():
             "on the next spawn, in 0 s at the earliest") in logged
     assert any(level == "error" and "Too many open files" in text and "0.2 s" in text
                for level, text in logged)
+
+
+# -- frame sizes to peers ---------------------------------------------------------------
+
+def test_a_turns_messages_to_a_peer_are_split_into_frames_under_the_batch_limit():
+    batcher = Batcher()
+    msgs = [p.FreeObjects(NODE_ID, [bytes([i]) * 20]) for i in range(10)]
+    for m in msgs:
+        batcher.put("peer", m)
+    size = len(p.encode(msgs[0]))
+    frames = batcher.take(max_bytes=3 * size)
+    assert [count for _, _, count in frames] == [3, 3, 3, 1]
+    decoded = []
+    for _, frame, _ in frames:
+        msg = p.decode(frame)
+        decoded += [p.decode(m) for m in msg.messages] if type(msg) is p.Batch else [msg]
+    assert decoded == msgs                       # all of them, in order
+
+
+def test_a_message_over_the_peer_frame_limit_is_dropped_and_reported(loop, monkeypatch):
+    monkeypatch.setattr(sockets, "PEER_FRAME_MAX", 1000)
+    monkeypatch.setattr(sockets, "PEER_BATCH_BYTES", 500)   # the small one in a frame of its own
+    big = p.FreeObjects(NODE_ID, [bytes([i]) * 20 for i in range(100)])   # > 2,000 bytes
+    loop.execute([fx.PeerSend("tcp://127.0.0.1:9", big), fx.PeerSend("tcp://127.0.0.1:9", MSG)])
+    loop._flush_sends()
+    assert loop.fabric.stats["peer_unreachable"] == 1        # the big one, not the small one
+    assert loop.fabric.stats["peer_messages_dropped"] == 1

@@ -14,7 +14,11 @@ queued per destination during one loop turn and sent as one frame each
 local clients too, so batching lives here alone.
 
 Sends never block. A send that fails is not retried here: it comes back
-from `flush` / `join_send` as an event for the fabric to count.
+from `flush` / `join_send` as an event for the fabric to count. A turn's
+messages to a peer are split into frames of at most `PEER_BATCH_BYTES`
+(sockets.py), and a single message over `PEER_FRAME_MAX` is not sent: the
+peer's ROUTER would drop our connection for it (its limit also bounds what
+a stranger can make a node buffer before the handshake fails).
 """
 from __future__ import annotations
 
@@ -45,11 +49,34 @@ class Batcher:
         """Drop what is queued for `to`."""
         self._queues.pop(to, None)
 
-    def take(self) -> list[tuple[object, bytes, int]]:
-        """Empty it: (destination, one frame, how many messages it holds) each."""
+    def take(self, max_bytes: int | None = None) -> list[tuple[object, bytes, int]]:
+        """Empty it: (destination, one frame, how many messages it holds) each; with
+        `max_bytes`, a destination's messages go in as many frames as keep each
+        under it (a single bigger message gets a frame of its own)."""
         queues, self._queues = self._queues, {}
-        return [(to, msgs[0] if len(msgs) == 1 else p.encode(p.Batch(msgs)), len(msgs))
-                for to, msgs in queues.items()]
+        if max_bytes is None:
+            return [(to, msgs[0] if len(msgs) == 1 else p.encode(p.Batch(msgs)), len(msgs))
+                    for to, msgs in queues.items()]
+        out = []
+        for to, msgs in queues.items():
+            for part in _split(msgs, max_bytes):
+                out.append((to, part[0] if len(part) == 1 else p.encode(p.Batch(part)),
+                            len(part)))
+        return out
+
+
+def _split(msgs: list[bytes], max_bytes: int) -> list[list[bytes]]:
+    """Consecutive runs of `msgs` of at most `max_bytes` each (order kept)."""
+    parts, part, size = [], [], 0
+    for m in msgs:
+        if part and size + len(m) > max_bytes:
+            parts.append(part)
+            part, size = [], 0
+        part.append(m)
+        size += len(m)
+    if part:
+        parts.append(part)
+    return parts
 
 
 class Peers:
@@ -70,7 +97,12 @@ class Peers:
     def flush(self) -> list:
         """Send what is queued; returns an event per peer whose frame was dropped."""
         failed = []
-        for address, frame, count in self.batcher.take():
+        for address, frame, count in self.batcher.take(sockets.PEER_BATCH_BYTES):
+            if len(frame) > sockets.PEER_FRAME_MAX:   # the peer would cut us off for it
+                failed.append(ev.PeerUnreachable(address, count, (
+                    f"a message of {len(frame)} bytes is over the "
+                    f"{sockets.PEER_FRAME_MAX}-byte limit of a peer's port")))
+                continue
             sock = self._socks.get(address)
             if sock is None:
                 try:

@@ -45,7 +45,14 @@ RX_SUFFIX = b"<"   # the client's receiving socket
 PEER_SUFFIX = b"^"  # another node's DEALER: its routing id is its node id + this
 JOIN_SUFFIX = b"+"  # a joining node's DEALER to the address it was given (see peer_dealer)
 
-OBJECT_REQUEST_MAX = 64 << 10   # bytes: a PullChunk is under 100; no peer sends more
+# The largest frame each TCP ROUTER takes. libzmq applies it before
+# authentication too: without it, a stranger's handshake frame can claim any
+# size, and the node buffers whatever it sends until the handshake times out.
+OBJECT_REQUEST_MAX = 64 << 10   # pull requests are ~40 bytes
+PEER_FRAME_MAX = 256 << 20      # a peer's frame: one message, or a batch split at
+PEER_BATCH_BYTES = 16 << 20     # ... this many bytes (peers.Batcher); a single message
+                                # over PEER_FRAME_MAX is not sent (peers.Peers.flush)
+HANDSHAKE_IVL_MS = 10_000       # a TCP handshake not done by then is dropped (libzmq: 30 s)
 PEER_HWM = 1_000            # frames queued to one peer before sends are refused (a frame
                             # carries everything due to that peer in one loop turn)
 TCP_KEEPALIVE_IDLE_S = 10   # a silent dead TCP link is noticed by gossip first anyway
@@ -107,12 +114,14 @@ def peer_router(ctx: zmq.Context, host: str, port: int,
     and its endpoint."""
     sock = _tcp(ctx.socket(zmq.ROUTER))   # receive-only: peers answer through their DEALERs
     sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
+    sock.setsockopt(zmq.MAXMSGSIZE, PEER_FRAME_MAX)
     return _bind_tcp(sock, host, port, key)
 
 
 def _bind_tcp(sock: zmq.Socket, host: str, port: int,
               key) -> tuple[zmq.Socket, str]:
     make_server(sock, key)
+    sock.setsockopt(zmq.HANDSHAKE_IVL, HANDSHAKE_IVL_MS)
     try:
         sock.bind(f"tcp://{host}:{port or '*'}")
     except zmq.ZMQError:
@@ -198,4 +207,18 @@ def probe_dealer(ctx: zmq.Context, key) -> zmq.Socket:
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     make_client(sock, key)
+    return sock
+
+
+def stranger(ctx: zmq.Context, socket_type: int, curve=None) -> zmq.Socket:
+    """A socket of any type as someone else would make it, to aim at a node's
+    ports (zfabric.testing.portfuzz): plain, or with `curve` = (the server's
+    public key, a key pair of its own) a CURVE client. Never used by a node."""
+    sock = ctx.socket(socket_type)
+    sock.setsockopt(zmq.LINGER, 0)
+    if curve is not None:
+        server_public, own = curve
+        sock.curve_serverkey = server_public
+        sock.curve_publickey = own.public
+        sock.curve_secretkey = own.secret
     return sock

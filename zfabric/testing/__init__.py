@@ -11,6 +11,9 @@
   frames (mutated, oversize, random), for fuzzing the core and the node's
   ports. It imports hypothesis (a test dependency): import it from tests
   and benchmarks only; nothing here imports it.
+- `portfuzz`: hostile traffic at a real node's TCP ports (raw TCP, ZeroMQ
+  sockets of every type, with and without the cluster key) and what the
+  node counted of it (imports hypothesis too).
 """
 from .cluster import LocalCluster, NodeHandle
 
