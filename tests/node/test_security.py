@@ -32,6 +32,8 @@ from zfabric.config import Config
 from zfabric.exceptions import AuthenticationError
 from zfabric.node import auth
 from zfabric.node import node as node_mod
+from zfabric.node.__main__ import main as cli_main   # (imported here: the child cannot read
+                                                     # a checkout that only root may enter)
 from zfabric.testing import LocalCluster
 
 pytestmark = pytest.mark.timeout(120)
@@ -154,8 +156,7 @@ def attacks(record: dict, server_public: str, oid_hex: str, marker: str) -> dict
         out["kill"] = "sent"
     except OSError as e:
         out["kill"] = type(e).__name__
-    from zfabric.node.__main__ import main
-    out["stop"] = main(["stop"])
+    out["stop"] = cli_main(["stop"])
     return out
 
 
