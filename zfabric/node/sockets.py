@@ -81,6 +81,16 @@ def make_client(sock: zmq.Socket, key) -> None:
     sock.curve_secretkey = key.secret
 
 
+def _attach(sock: zmq.Socket, bind_or_connect, endpoint: str) -> zmq.Socket:
+    """`sock.bind(endpoint)` or `sock.connect(endpoint)`; a socket that cannot is closed."""
+    try:
+        bind_or_connect(endpoint)
+    except zmq.ZMQError:
+        sock.close(0)
+        raise
+    return sock
+
+
 def context() -> zmq.Context:
     return zmq.Context()
 
@@ -99,12 +109,7 @@ def client_router(ctx: zmq.Context, ipc_endpoint: str) -> zmq.Socket:
     sock = _common(ctx.socket(zmq.ROUTER))
     sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
     sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
-    try:
-        sock.bind(ipc_endpoint)
-    except zmq.ZMQError:
-        sock.close(0)
-        raise
-    return sock
+    return _attach(sock, sock.bind, ipc_endpoint)
 
 
 def peer_router(ctx: zmq.Context, host: str, port: int,
@@ -122,11 +127,7 @@ def _bind_tcp(sock: zmq.Socket, host: str, port: int,
               key) -> tuple[zmq.Socket, str]:
     make_server(sock, key)
     sock.setsockopt(zmq.HANDSHAKE_IVL, HANDSHAKE_IVL_MS)
-    try:
-        sock.bind(f"tcp://{host}:{port or '*'}")
-    except zmq.ZMQError:
-        sock.close(0)
-        raise
+    _attach(sock, sock.bind, f"tcp://{host}:{port or '*'}")
     return sock, sock.getsockopt_string(zmq.LAST_ENDPOINT)
 
 
@@ -162,12 +163,7 @@ def peer_dealer(ctx: zmq.Context, node_id: bytes, address: str, key,
     sock = _tcp(ctx.socket(zmq.DEALER))
     sock.setsockopt(zmq.IDENTITY, node_id + (JOIN_SUFFIX if join else PEER_SUFFIX))
     make_client(sock, key)
-    try:
-        sock.connect(address)
-    except zmq.ZMQError:
-        sock.close(0)
-        raise
-    return sock
+    return _attach(sock, sock.connect, address)
 
 
 def object_router(ctx: zmq.Context, host: str, port: int,
@@ -194,12 +190,7 @@ def zap_handler(ctx: zmq.Context, endpoint: str) -> zmq.Socket:
     """The REP socket libzmq asks whether a CURVE client may in (auth.Gate answers)."""
     sock = ctx.socket(zmq.REP)
     sock.setsockopt(zmq.LINGER, 0)
-    try:
-        sock.bind(endpoint)
-    except zmq.ZMQError:
-        sock.close(0)
-        raise
-    return sock
+    return _attach(sock, sock.bind, endpoint)
 
 
 def probe_dealer(ctx: zmq.Context, key) -> zmq.Socket:
