@@ -105,8 +105,7 @@ class Run:
             raise TimeUp
 
     def stats(self, handle) -> dict:
-        status = self.cluster.query(handle, "status")
-        return next(r for r in status["nodes"] if r["NodeID"] == status["self"])["stats"]
+        return self.cluster.own_status(handle)["stats"]
 
     def alive(self, handle) -> str:
         try:

@@ -45,9 +45,7 @@ def chaos_seed() -> int:
 def node_stats(cluster: LocalCluster) -> dict[str, dict]:
     out = {}
     for handle in cluster.nodes:
-        status = cluster.query(handle, "status")
-        out[handle.node_id[:8]] = next(n for n in status["nodes"]
-                                       if n["NodeID"] == status["self"])["stats"]
+        out[handle.node_id[:8]] = cluster.own_status(handle)["stats"]
     return out
 
 

@@ -56,10 +56,6 @@ def seen_gone_within(ask, node_id: str, seconds: float) -> bool:
     return False
 
 
-def own_status(cluster, handle) -> dict:
-    status = cluster.query(handle, "status")
-    return next(n for n in status["nodes"] if n["NodeID"] == status["self"])
-
 
 def test_thirty_tasks_spill_over_three_one_cpu_nodes(three):
     start = time.monotonic()
@@ -119,7 +115,7 @@ def test_an_array_made_on_one_node_is_summed_on_another_and_freed_everywhere(fre
             time.sleep(0.05)
         assert {k: os.listdir(d) for k, d in stores.items()} == {k: [] for k in stores}
         for handle in cluster.nodes:
-            assert own_status(cluster, handle)["store_used"] == 0
+            assert cluster.own_status(handle)["store_used"] == 0
         zf.shutdown()
 
 
@@ -130,10 +126,10 @@ def test_a_task_that_fits_no_node_waits_as_pending_demand_until_one_joins(fresh)
         ready, _ = zf.wait([ref], timeout=0.5)
         assert ready == []
         first = cluster.nodes[0]
-        assert own_status(cluster, first)["pending_demand"] == [{"CPU": 1.0, "summer": 1.0}]
+        assert cluster.own_status(first)["pending_demand"] == [{"CPU": 1.0, "summer": 1.0}]
         cluster.add_node(num_cpus=1, resources={"summer": 1})
         assert zf.get(ref, timeout=10) == 10
-        assert own_status(cluster, first)["pending_demand"] == []
+        assert cluster.own_status(first)["pending_demand"] == []
         zf.shutdown()
 
 

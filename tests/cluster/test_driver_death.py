@@ -47,16 +47,12 @@ JOB = textwrap.dedent("""
 """)
 
 
-def own(cluster, handle) -> dict:
-    status = cluster.query(handle, "status")
-    return next(n for n in status["nodes"] if n["NodeID"] == status["self"])
-
 
 def leftovers(cluster) -> dict:
     """What each node still holds: tasks in any state, store bytes, store files."""
     out = {}
     for handle in cluster.nodes:
-        s = own(cluster, handle)
+        s = cluster.own_status(handle)
         held = {k: s[k] for k in ("tasks_queued", "tasks_running", "tasks_waiting",
                                   "tasks_spilled", "store_used") if s[k]}
         files = os.listdir(handle.info["store_dir"])
@@ -82,7 +78,7 @@ def test_a_killed_driver_leaves_no_task_and_no_object_on_any_node():
                                        else "")
             # every node runs one of its tasks (the first node, two CPUs' worth queued too)
             deadline = time.monotonic() + 20
-            while not all(own(cluster, h)["tasks_running"] for h in cluster.nodes):
+            while not all(cluster.own_status(h)["tasks_running"] for h in cluster.nodes):
                 assert time.monotonic() < deadline, leftovers(cluster)
                 time.sleep(0.05)
             held = leftovers(cluster)
@@ -130,7 +126,7 @@ def test_a_get_without_timeout_of_a_task_on_a_node_that_dies_raises():
         try:
             ref = sleep_there.remote(600)
             deadline = time.monotonic() + 20
-            while not own(cluster, there)["tasks_running"]:
+            while not cluster.own_status(there)["tasks_running"]:
                 assert time.monotonic() < deadline
                 time.sleep(0.05)
             cluster.kill_node(there)

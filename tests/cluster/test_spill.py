@@ -24,10 +24,6 @@ def total(a) -> tuple:
     return float(a.sum()), zf.get_runtime_context().get_node_id()
 
 
-def own_status(cluster, handle) -> dict:
-    status = cluster.query(handle, "status")
-    return next(n for n in status["nodes"] if n["NodeID"] == status["self"])
-
 
 def test_a_peer_pulls_an_object_spilled_on_its_holder(fresh):
     with LocalCluster(nodes=1, num_cpus=1) as cluster:
@@ -45,12 +41,12 @@ def test_a_peer_pulls_an_object_spilled_on_its_holder(fresh):
         assert zf.get(total.remote(refs[0])) == (0.0, summer.node_id)   # pulled from disk
         assert zf.get(total.remote(refs[1])) == (N * 1.0, summer.node_id)
         assert np.array_equal(zf.get(refs[2]), np.full(N, 2.0))          # the driver's node too
-        status = own_status(cluster, maker)
+        status = cluster.own_status(maker)
         assert status["spilled_objects"] >= 3
         assert status["stats"]["restored"] == 0                           # served from disk
         del refs
         deadline = time.monotonic() + 20
-        while os.listdir(spill_dir) or own_status(cluster, maker)["store_used"]:
+        while os.listdir(spill_dir) or cluster.own_status(maker)["store_used"]:
             assert time.monotonic() < deadline, "spilled results were not freed"
             time.sleep(0.05)
         zf.shutdown()

@@ -47,8 +47,7 @@ class Fuzzing:
                                 auth.read(cluster.key_path))
 
     def stats(self) -> dict:
-        status = self.cluster.query(self.cluster.nodes[0], "status")
-        return next(r for r in status["nodes"] if r["NodeID"] == status["self"])["stats"]
+        return self.cluster.own_status(self.cluster.nodes[0])["stats"]
 
     def fire(self, shots) -> pf.Report:
         report = pf.fire(self.ctx, self.target, shots, self.stats)

@@ -161,8 +161,7 @@ def attacks(record: dict, server_public: str, oid_hex: str, marker: str) -> dict
 
 
 def own_stats(cluster) -> dict:
-    status = cluster.query(cluster.nodes[0], "status")
-    return next(r for r in status["nodes"] if r["NodeID"] == status["self"])["stats"]
+    return cluster.own_status(cluster.nodes[0])["stats"]
 
 
 def test_another_local_user_cannot_run_code_read_objects_join_or_stop(node, tmp_path):

@@ -47,8 +47,7 @@ def square(x: int) -> int:
 
 
 def own_stats(cluster, handle) -> dict:
-    status = cluster.query(handle, "status")
-    return next(n for n in status["nodes"] if n["NodeID"] == status["self"])["stats"]
+    return cluster.own_status(handle)["stats"]
 
 
 def wait_for(what, timeout: float = 20.0):

@@ -5,6 +5,7 @@
         h = cluster.add_node(num_cpus=2, resources={"gpu": 1})
         cluster.kill_node(h)       # SIGKILL the node and its workers: no goodbye
         cluster.zygote_pid(h), cluster.child_pids(h)   # what runs under a node, to kill in tests
+        cluster.own_status(h)["stats"]                 # a node's own status row, its counters
         cluster.remove_node(h)     # graceful stop
 
 Each node is its own process (started like `zfabric start`), with its own
@@ -206,6 +207,11 @@ class LocalCluster:
             return client.request(what)
         finally:
             client.close()
+
+    def own_status(self, handle: NodeHandle) -> dict:
+        """That node's own row of its `status` (live figures, and `stats`: its counters)."""
+        status = self.query(handle, "status")
+        return next(n for n in status["nodes"] if n["NodeID"] == status["self"])
 
     # -- closing ---------------------------------------------------------------------
 
