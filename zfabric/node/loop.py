@@ -79,6 +79,8 @@ class NodeLoop:
         self.object_router = object_router
         self.gate = gate          # auth.Gate (None: no authentication)
         self.watches = watches    # auth.HandshakeWatch per CURVE server socket
+        self._auth_socks = frozenset([w.socket for w in watches]
+                                     + ([gate.socket] if gate is not None else []))
         self.store_dir = store_dir
         self.tick_interval = tick_interval
         self.embedded_driver_pid = embedded_driver_pid
@@ -157,7 +159,7 @@ class NodeLoop:
         self.poller.register(self.router, zmq.POLLIN)
         self.poller.register(self.peer_router, zmq.POLLIN)
         self.poller.register(self.object_router, zmq.POLLIN)
-        for sock in self._auth_sockets():
+        for sock in self._auth_socks:
             self.poller.register(sock, zmq.POLLIN)
         self.poller.register(self._wake_r, zmq.POLLIN)
         self.poller.register(self.spiller.fileno(), zmq.POLLIN)
@@ -192,7 +194,7 @@ class NodeLoop:
             elif sock == self.spiller.fileno():
                 for event in self.spiller.take_events():
                     self.dispatch(event)
-            elif sock in self._auth_sockets():
+            elif sock in self._auth_socks:
                 self._take_auth_failures()
             else:
                 self.processes.on_readable(sock)
@@ -262,10 +264,6 @@ class NodeLoop:
     def _reject(self, source: str, what: str, reason: str) -> None:
         self.execute(self.fabric.handle(ev.MessageRejected(source, what, reason),
                                         time.monotonic()))
-
-    def _auth_sockets(self) -> list:
-        socks = [w.socket for w in self.watches]
-        return socks + [self.gate.socket] if self.gate is not None else socks
 
     def _take_auth_failures(self) -> None:
         """Answer the ZAP requests; count every refused handshake."""
