@@ -56,6 +56,7 @@ def init(address: str | None = None, *, num_cpus: float | None = None,
     namespace: kept in the info and get_runtime_context(); no other effect.
     Ray's other init arguments are accepted with one warning each
     (zfabric.compat.NoEffectWarning); any other is a TypeError.
+    Returns the info dict; its keys also read as attributes (as on Ray's RayContext).
     """
     compat.accept_ray_init_kwargs(ray_kwargs)
     namespace = compat.check_namespace(namespace)
@@ -63,7 +64,7 @@ def init(address: str | None = None, *, num_cpus: float | None = None,
     with _lock:
         if _state["client"] is not None:
             if ignore_reinit_error:
-                return dict(_state["info"])
+                return compat.InitInfo(_state["info"])
             raise RuntimeError("zfabric is already initialized; call zf.shutdown() first "
                                "or pass ignore_reinit_error=True")
         if client_mod.current_or_none() is not None:
@@ -86,7 +87,7 @@ def init(address: str | None = None, *, num_cpus: float | None = None,
             "address": info["address"], "object_store_address": info["store_dir"],
             "session_dir": info["session_dir"], "dashboard_url": None, "namespace": namespace,
         })
-        return dict(_state["info"])
+        return compat.InitInfo(_state["info"])
 
 
 def _config_with_key(cluster_key) -> Config:

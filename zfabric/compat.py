@@ -8,6 +8,7 @@
     init(logging_level=, configure_logging=, logging_format=)
                          -> configure_logging: the driver's "zfabric" logger
     init(namespace=)     -> check_namespace: kept, with one warning
+    init() returns       -> InitInfo: a dict, also read as Ray's RayContext
     f.remote(...)        -> check_call: the arguments against the function's
                             signature, a TypeError at once (as a call would)
     get_actor, kill, method, @remote on a class, util.placement_group
@@ -104,6 +105,21 @@ def check_namespace(namespace) -> str | None:
     warn_once("namespace", "it groups jobs and named actors, which zfabric does not have; "
                            "it is kept in get_runtime_context().namespace", stacklevel=3)
     return namespace
+
+
+class InitInfo(dict):
+    """What init() returns: a dict of zfabric's keys that also reads as Ray's
+    RayContext: `.dashboard_url`, `.address_info`, any key as an attribute."""
+
+    def __getattr__(self, name: str):
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(f"init() info has no {name!r}") from None
+
+    @property
+    def address_info(self) -> dict:
+        return dict(self)
 
 
 # -- the driver's logging ---------------------------------------------------------------------

@@ -111,3 +111,20 @@ def test_namespace_is_kept_and_shutdown_restores_logging(fresh, no_warnings_yet)
     ray.shutdown()
     assert logger.level == level_before
     assert not any(isinstance(h, compat._DriverHandler) for h in logger.handlers)
+
+
+def test_init_returns_a_dict_that_reads_as_rays_context(cluster):
+    context = ray.init(ignore_reinit_error=True)
+    assert isinstance(context, dict) and context["node_id"] == cluster["node_id"]
+    assert context.node_id == cluster["node_id"]
+    assert context.address_info["session_dir"] == context.session_dir
+    assert "dashboard_url" in context and context.dashboard_url == context["dashboard_url"]
+    with pytest.raises(AttributeError):
+        context.no_such_key
+
+
+def test_the_page_on_moving_from_ray_names_every_argument_without_meaning():
+    from tests.harness.source import package_root
+    page = (package_root().parent / "docs" / "from-ray.md").read_text()
+    missing = [name for name in compat.RAY_INIT_WITHOUT_MEANING if f"`{name}`" not in page]
+    assert not missing, f"docs/from-ray.md does not name {missing}"

@@ -353,6 +353,7 @@ def test_gather_and_wait_over_as_future():
     async def main():
         refs = [sleep_then.remote(i, 0.01 * i) for i in range(6)]
         gathered = await asyncio.gather(*[r.as_future() for r in refs])
+        assert await asyncio.gather(*refs) == gathered   # refs are awaitables too
         done, pending = await asyncio.wait([r.as_future() for r in refs],
                                            return_when=asyncio.ALL_COMPLETED)
         return gathered, sorted(f.result() for f in done), pending
