@@ -221,6 +221,7 @@ def _check_resources(resources) -> dict:
 
 
 def _validate_options(options: dict) -> dict:
+    options = compat.accept_ray_task_options(options)
     unknown = set(options) - set(_OPTION_DEFAULTS)
     if unknown:
         raise ValueError(f"unknown option(s) {sorted(unknown)}; valid options are "

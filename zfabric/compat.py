@@ -9,14 +9,17 @@
                          -> configure_logging: the driver's "zfabric" logger
     init(namespace=)     -> check_namespace: kept, with one warning
     init() returns       -> InitInfo: a dict, also read as Ray's RayContext
+    @remote(...), .options(...)
+                         -> accept_ray_task_options: Ray's options without
+                            meaning here, the same way as init's
     f.remote(...)        -> check_call: the arguments against the function's
                             signature, a TypeError at once (as a call would)
     get_actor, kill, method, @remote on a class, util.placement_group
                          -> not_supported: one NotSupportedError line
 
 A warning is given once per process for each argument, however often
-`init` is called. The table below is the one place to say which of Ray's
-`init` arguments are accepted without meaning, and why.
+`init` is called. The tables below are the one place to say which of Ray's
+`init` arguments and task options are accepted without meaning, and why.
 """
 from __future__ import annotations
 
@@ -62,15 +65,25 @@ RAY_INIT_WITHOUT_MEANING: dict[str, tuple[object, str]] = {
     "_cgroup_path": (None, "zfabric does not use cgroups"),
 }
 
+# Ray 2.x's task options that mean nothing here, the same way.
+RAY_TASK_OPTIONS_WITHOUT_MEANING: dict[str, tuple[object, str]] = {
+    "memory": (None, "zfabric has no memory resource; use resources= for a custom one"),
+    "max_calls": (0, "a worker runs any number of tasks"),
+    "accelerator_type": (None, "zfabric does not know accelerator types; use resources="),
+    "label_selector": (None, "zfabric nodes have no labels; use resources="),
+    "enable_task_events": (True, "zfabric always keeps its timeline"),
+    "_metadata": (None, "zfabric has no task metadata"),
+}
+
 _warned: set[str] = set()
 
 
-def warn_once(argument: str, why: str, stacklevel: int = 3) -> None:
+def warn_once(argument: str, why: str, stacklevel: int = 3, where: str = "init") -> None:
     """One NoEffectWarning per argument and process."""
-    if argument in _warned:
+    if (where, argument) in _warned:
         return
-    _warned.add(argument)
-    warnings.warn(f"init({argument}=...) has no effect in zfabric: {why}",
+    _warned.add((where, argument))
+    warnings.warn(f"{where}({argument}=...) has no effect in zfabric: {why}",
                   NoEffectWarning, stacklevel=stacklevel + 1)
 
 
@@ -84,6 +97,21 @@ def accept_ray_init_kwargs(kwargs: dict) -> None:
         default, why = RAY_INIT_WITHOUT_MEANING[name]
         if not _is_default(value, default):
             warn_once(name, why)
+
+
+def accept_ray_task_options(options: dict) -> dict:
+    """The options without Ray's task options that mean nothing here (one
+    warning for each passed with another value than Ray's default)."""
+    if not any(k in RAY_TASK_OPTIONS_WITHOUT_MEANING for k in options):
+        return options
+    kept = {}
+    for name, value in options.items():
+        if name not in RAY_TASK_OPTIONS_WITHOUT_MEANING:
+            kept[name] = value
+        elif not _is_default(value, RAY_TASK_OPTIONS_WITHOUT_MEANING[name][0]):
+            warn_once(name, RAY_TASK_OPTIONS_WITHOUT_MEANING[name][1], stacklevel=4,
+                      where="remote")
+    return kept
 
 
 def _is_default(value, default) -> bool:

@@ -123,8 +123,30 @@ def test_init_returns_a_dict_that_reads_as_rays_context(cluster):
         context.no_such_key
 
 
+def test_rays_task_options_without_meaning_warn_once_each(cluster, no_warnings_yet):
+    def defined():
+        @ray.remote(max_calls=1, memory=2**30)
+        def f(x):
+            return x
+        return f
+
+    seen = caught(defined)
+    assert sorted(str(w.message).split("(")[1].split("=")[0] for w in seen) == [
+        "max_calls", "memory"]
+    assert all(w.filename == __file__ for w in seen)
+    f = defined()
+    assert caught(lambda: f.options(max_calls=1, num_cpus=0.5)) == []   # once each
+    assert caught(lambda: f.options(accelerator_type="A100", enable_task_events=True)) != []
+    assert caught(lambda: f.options(max_calls=0, _metadata=None)) == []   # Ray's defaults
+    assert ray.get(f.options(max_calls=1).remote(3)) == 3
+    with pytest.raises(ValueError, match="unknown option"):
+        f.options(max_call=1)
+
+
 def test_the_page_on_moving_from_ray_names_every_argument_without_meaning():
     from tests.harness.source import package_root
     page = (package_root().parent / "docs" / "from-ray.md").read_text()
-    missing = [name for name in compat.RAY_INIT_WITHOUT_MEANING if f"`{name}`" not in page]
+    missing = [name for table in (compat.RAY_INIT_WITHOUT_MEANING,
+                                  compat.RAY_TASK_OPTIONS_WITHOUT_MEANING)
+               for name in table if f"`{name}`" not in page]
     assert not missing, f"docs/from-ray.md does not name {missing}"
