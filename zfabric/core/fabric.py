@@ -86,12 +86,14 @@ def build(config, *, node_id: bytes, resources: dict, store_capacity: int, info:
                   Transfers(chunk_size=config.chunk_size, window=config.pull_window,
                             chunk_timeout=config.chunk_timeout),
                   static_info=static, seeds=list(seeds), join_timeout=config.join_timeout,
-                  tick_interval=config.tick_interval)
+                  tick_interval=config.tick_interval,
+                  memory_max_objects=config.memory_max_objects)
 
 
 class Fabric:
     def __init__(self, scheduler, membership, gcs, transfers, *, static_info: dict,
-                 seeds: list[str], join_timeout: float, tick_interval: float):
+                 seeds: list[str], join_timeout: float, tick_interval: float,
+                 memory_max_objects: int):
         self.scheduler = scheduler
         self.membership = membership
         self.gcs = gcs
@@ -119,7 +121,8 @@ class Fabric:
                       "zygote_restarts": 0, "zygote_deaths": 0, "zygote_start_failures": 0}
         self._warned_peers: set[str] = set()   # addresses warned of, until heard from again
         self.rejections = Rejections(self.stats)
-        self.views = ClusterView(self.node_id, scheduler, membership, gcs, self.stats)
+        self.views = ClusterView(self.node_id, scheduler, membership, gcs, self.stats,
+                                 memory_max_objects)
 
     # -- entry points ---------------------------------------------------------------
 

@@ -1,5 +1,5 @@
 """Ray-shaped records of the cluster, for `nodes()`, `cluster_resources()`,
-`available_resources()`, `status` and `timeline()`.
+`available_resources()`, `status`, `memory` (core/memview.py) and `timeline()`.
 
 The fabric answers a client's Request here, from what this node knows:
 membership (who is in the cluster, alive or not, and each peer's gossiped
@@ -11,19 +11,23 @@ a malformed part of it is left out here, never an error for the asker.
 """
 from __future__ import annotations
 
+from . import memview
 from .membership import LIVE, MemberState
 from .timeline import trace_events
 
 
 class ClusterView:
-    def __init__(self, node_id: bytes, scheduler, membership, gcs, fabric_stats: dict):
+    def __init__(self, node_id: bytes, scheduler, membership, gcs, fabric_stats: dict,
+                 memory_max_objects: int):
         self.node_id = node_id
+        self.memory_max_objects = memory_max_objects
         self.fabric_stats = fabric_stats
         self.scheduler = scheduler
         self.membership = membership
         self.gcs = gcs
         self._answers = {"nodes": self.nodes, "resources": self.resources,
-                         "status": self.status, "timeline": self.timeline}
+                         "status": self.status, "timeline": self.timeline,
+                         "memory": self.memory}
 
     def answer(self, what: str):
         """The data of a Request; ValueError for an unknown one."""
@@ -67,6 +71,9 @@ class ClusterView:
                            pending_demand=[])
             rows.append(row)
         return {"self": self.node_id.hex(), "nodes": rows}
+
+    def memory(self) -> dict:
+        return memview.listing(self.node_id, self.scheduler, self.gcs, self.memory_max_objects)
 
     def timeline(self) -> list[dict]:
         """Ours as it is now, the others' as replicated."""
