@@ -42,6 +42,7 @@ from .. import ids
 from .. import protocol as p
 from . import effects as fx
 from . import events as ev
+from . import resources as rs
 from .gcs import Gcs
 from .membership import LIVE, Membership, MemberState
 from .rejects import Rejections, peer_source
@@ -51,6 +52,9 @@ from .workers import workers_for
 from .transfer import ChunkRequest, PullDone, PullFailed, Transfers
 
 JOIN_RETRY = 0.5   # seconds between join attempts while no seed has answered
+# Resource shapes with queued tasks a heartbeat carries (the busiest): `status`
+# shows the cluster's pending demands, and a row stays small whatever the queue.
+GOSSIP_DEMANDS = 16
 # The scheduler's effects the fabric carries out itself (the rest go to the loop).
 _OWN_EFFECTS = frozenset({fx.Fetch, fx.CancelFetch, fx.Publish, fx.DeleteObject, fx.FreeCopies,
                           fx.Nonsense})
@@ -264,7 +268,8 @@ class Fabric:
             "queued": s.queues.count, "running": s.pool.running_count(),
             "store_used": s.objects.store_used, "store_capacity": s.objects.store_capacity,
             "spilled_bytes": s.objects.table.spilled_bytes,
-            "spilled_objects": s.objects.table.spilled_count})
+            "spilled_objects": s.objects.table.spilled_count,
+            "demands": [[rs.from_units(d), n] for d, n in s.queues.demands()[:GOSSIP_DEMANDS]]})
 
     def _publish_timeline(self) -> None:
         timeline = self.scheduler.timeline

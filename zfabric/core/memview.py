@@ -15,7 +15,7 @@ what this node knows, read only:
   (`detail` False).
 
 The largest `limit` records are kept (`total` says how many there were);
-`sort_records`, `group_by_node` and `pending_demands` are the pure helpers
+`merge`, `sort_records` and `group_by_node` are the pure helpers
 the command line and the dashboard share for showing them.
 """
 from __future__ import annotations
@@ -176,3 +176,4 @@ def group_by_node(records: list[dict]) -> dict[str, dict]:
                 g["spilled_objects"] += 1
                 g["spilled_bytes"] += r["size"]
     return dict(sorted(groups.items()))
+
