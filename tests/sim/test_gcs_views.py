@@ -8,6 +8,7 @@ import pytest
 
 from zfabric import protocol as p
 
+from tests.harness.trace import check_trace, process_names, thread_names
 from tests.harness.world import DRIVER, MB, World, rid, tid
 
 
@@ -27,17 +28,21 @@ def test_every_gcs_replica_has_every_node_and_the_owner_sees_the_peers_timeline(
         gcs.validate()
     owner = world.nodes[0].fabric
     timeline = owner.views.answer("timeline")
-    by_task = {e["args"]["task_id"]: e for e in timeline}
+    by_phase = check_trace(timeline)
+    tasks = [e for e in by_phase["X"] if e["cat"] == "task"]
+    by_task = {e["args"]["task_id"]: e for e in tasks}
+    processes, threads = process_names(timeline), thread_names(timeline)
     ran_on_peers = 0
     for pl in plans:
         (run,) = world.runs_of(pl)
         event = by_task[pl.task_id.hex()]
-        assert event["pid"] == f"node {world.nodes[run.node].node_id.hex()[:8]}"
-        assert event["tid"] == run.worker and event["args"]["status"] == "ok"
-        assert event["ts"] == pytest.approx(run.start * 1e6)
-        assert event["dur"] == pytest.approx((run.end - run.start) * 1e6)
+        assert processes[event["pid"]] == f"node {world.nodes[run.node].node_id.hex()}"
+        assert threads[(event["pid"], event["tid"])].split()[:2] == ["worker", run.worker]
+        assert event["args"]["worker"] == run.worker and event["args"]["status"] == "ok"
+        assert event["ts"] == pytest.approx(run.start * 1e6, abs=1)
+        assert event["dur"] == pytest.approx((run.end - run.start) * 1e6, abs=1)
         ran_on_peers += run.node != 0
-    assert ran_on_peers >= 5 and len(timeline) == len(plans)
+    assert ran_on_peers >= 5 and len(tasks) == len(plans)
     # the cluster queries see every node
     assert {r["NodeID"] for r in owner.views.answer("nodes")} == {n.node_id.hex() for n in world.nodes}
     assert all(r["Alive"] for r in owner.views.answer("nodes"))
@@ -62,3 +67,27 @@ def test_the_owner_records_its_store_objects_in_the_gcs_until_they_are_freed():
     world.sim.send(0, DRIVER, p.Refs([], [rid(1)]))
     world.sim.run(0.5)
     assert all(n.fabric.gcs.items("obj") == [] for n in world.nodes)
+
+
+def test_status_sums_the_pending_demands_every_node_gossips():
+    """`status` lists queued tasks by resource shape for the whole cluster: the
+    asker's own queue live, each peer's as its heartbeat carries it."""
+    world = World([{"CPU": 1}, {"CPU": 1}, {"CPU": 2}], seed=3)
+    world.converge()
+    plans = [world.submit(n, duration=5.0) for n in range(1, 13)]
+    plans += [world.submit(n, cpu=2, duration=5.0) for n in range(13, 16)]
+    world.sim.run(1.0)
+    status = world.nodes[0].fabric.views.answer("status")
+    per_node = [sum(d["tasks"] for d in row["demands"]) for row in status["nodes"]]
+    by_id = {n.node_id.hex(): n for n in world.nodes}
+    queued = [by_id[row["NodeID"]].fabric.scheduler.queues.count for row in status["nodes"]]
+    assert per_node == queued and sum(queued) > 0
+    cluster = {tuple(d["resources"].items()): d["tasks"] for d in status["demands"]}
+    for shape in ((("CPU", 1.0),), (("CPU", 2.0),)):
+        assert cluster.get(shape, 0) == sum(
+            d["tasks"] for row in status["nodes"] for d in row["demands"]
+            if tuple(d["resources"].items()) == shape)
+    assert sum(cluster.values()) == sum(queued)
+    assert world.run_until_finished(plans, 60)
+    world.sim.run(0.5)
+    assert world.nodes[0].fabric.views.answer("status")["demands"] == []

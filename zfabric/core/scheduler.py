@@ -154,7 +154,7 @@ class Scheduler:
 
     def _on_hello(self, client: bytes, msg: p.Hello) -> None:
         if msg.role == "worker":
-            if not self.pool.hello(msg.worker_id or "", client, self.now):
+            if not self.pool.hello(msg.worker_id or "", client, self.now, msg.pid):
                 self.out.nonsense(client_source(client), f"a second Hello from worker "
                                                          f"{msg.worker_id!r}")
                 return
@@ -344,7 +344,7 @@ class Scheduler:
             self.retry_or_fail(given_back, None)
         spec = task.spec
         self.timeline.record(spec.name, spec.task_id, worker.wid, msg.start, msg.end,
-                             int(msg.status))
+                             int(msg.status), msg.fetched, msg.stored, worker.pid)
         self.pool.record_run(spec.fn_id, max(0.0, msg.end - msg.start))
         if msg.status == TaskStatus.OK:
             if len(msg.states) != spec.num_returns or len(msg.payloads) != spec.num_returns:
@@ -565,6 +565,7 @@ class Scheduler:
                 "tasks_waiting": counts[TaskState.WAITING],
                 "tasks_spilled": counts[TaskState.SPILLED],
                 "pending_demand": [rs.from_units(d) for d in self.queues.pending_demand(totals)],
+                "demands": [[rs.from_units(d), n] for d, n in self.queues.demands()],
                 "workers": len(pool.workers), "idle_workers": len(pool.idle),
                 "objects": len(self.objects.entries),
                 "store_used": self.objects.store_used,

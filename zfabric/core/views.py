@@ -1,5 +1,5 @@
 """Ray-shaped records of the cluster, for `nodes()`, `cluster_resources()`,
-`available_resources()`, `status` and `timeline()`.
+`available_resources()`, `status`, `memory` (core/memview.py) and `timeline()`.
 
 The fabric answers a client's Request here, from what this node knows:
 membership (who is in the cluster, alive or not, and each peer's gossiped
@@ -11,19 +11,23 @@ a malformed part of it is left out here, never an error for the asker.
 """
 from __future__ import annotations
 
+from . import memview
 from .membership import LIVE, MemberState
 from .timeline import trace_events
 
 
 class ClusterView:
-    def __init__(self, node_id: bytes, scheduler, membership, gcs, fabric_stats: dict):
+    def __init__(self, node_id: bytes, scheduler, membership, gcs, fabric_stats: dict,
+                 memory_max_objects: int):
         self.node_id = node_id
+        self.memory_max_objects = memory_max_objects
         self.fabric_stats = fabric_stats
         self.scheduler = scheduler
         self.membership = membership
         self.gcs = gcs
         self._answers = {"nodes": self.nodes, "resources": self.resources,
-                         "status": self.status, "timeline": self.timeline}
+                         "status": self.status, "timeline": self.timeline,
+                         "memory": self.memory}
 
     def answer(self, what: str):
         """The data of a Request; ValueError for an unknown one."""
@@ -64,20 +68,22 @@ class ClusterView:
                            store_capacity=view.get("store_capacity", 0),
                            spilled_bytes=view.get("spilled_bytes", 0),
                            spilled_objects=view.get("spilled_objects", 0),
-                           pending_demand=[])
+                           pending_demand=[], demands=view.get("demands"))
+            row["demands"] = _demands(row.get("demands"))
             rows.append(row)
-        return {"self": self.node_id.hex(), "nodes": rows}
+        return {"self": self.node_id.hex(), "nodes": rows,
+                "demands": pending_demands([r["demands"] for r in rows if r["Alive"]])}
+
+    def memory(self) -> dict:
+        return memview.listing(self.node_id, self.scheduler, self.gcs, self.memory_max_objects)
 
     def timeline(self) -> list[dict]:
-        """Ours as it is now, the others' as replicated."""
-        events = self.scheduler.timeline.trace_events()
-        by_node: dict[bytes, list] = {}
+        """Ours as it is now, the others' as replicated (core/timeline.py)."""
+        by_node: dict[bytes, list] = {self.node_id: list(self.scheduler.timeline.entries)}
         for shard, _batch, entries in self.gcs.items("tl"):
-            if shard != self.node_id:
-                by_node.setdefault(shard, []).extend(entries)
-        for node, entries in by_node.items():
-            events += trace_events(node, [e for e in entries if _is_timeline_entry(e)])
-        return events
+            if shard != self.node_id and type(entries) is list:
+                by_node.setdefault(shard, []).extend(e for e in entries if _is_timeline_entry(e))
+        return trace_events(by_node)
 
     def _members(self) -> list:
         me = self.node_id
@@ -114,8 +120,32 @@ def _amounts(d) -> dict:
             if type(k) is str and type(v) in (int, float) and v == v}
 
 
+def pending_demands(per_node: list[list[dict]]) -> list[dict]:
+    """Nodes' queued tasks by resource shape ({"resources", "tasks"} records),
+    summed over the nodes: the busiest shape first."""
+    total: dict[tuple, int] = {}
+    for demands in per_node:
+        for d in demands:
+            key = tuple(sorted(d["resources"].items()))
+            total[key] = total.get(key, 0) + d["tasks"]
+    return [{"resources": dict(k), "tasks": n}
+            for k, n in sorted(total.items(), key=lambda kv: (-kv[1], kv[0]))]
+
+
+def _demands(d) -> list[dict]:
+    """A node's queued tasks by resource shape ([[shape, tasks], ...], as it gossips
+    them) as records {"resources", "tasks"}, without what is malformed."""
+    if type(d) is not list:
+        return []
+    return [{"resources": _amounts(x[0]), "tasks": x[1]} for x in d
+            if type(x) is list and len(x) == 2 and isinstance(x[0], dict)
+            and type(x[1]) is int and x[1] > 0]
+
+
 def _is_timeline_entry(e) -> bool:
-    """(name, task id, worker, start, end, status), as a peer's "tl" batch holds them."""
-    return (type(e) is list and len(e) == 6 and type(e[1]) is bytes
-            and all(type(x) in (int, float) for x in (e[3], e[4]))
-            and type(e[5]) is int)
+    """(name, task id, worker, start, end, status, fetched, stored, pid), as a peer's
+    "tl" batch holds them."""
+    return (type(e) is list and len(e) == 9 and type(e[0]) is str and type(e[1]) is bytes
+            and type(e[2]) is str and all(type(x) in (int, float) and x == x and abs(x) < 1e11
+                                          for x in (e[3], e[4], e[6], e[7]))
+            and type(e[5]) is int and type(e[8]) is int)
