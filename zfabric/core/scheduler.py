@@ -331,7 +331,8 @@ class Scheduler:
         states, payloads = self.objects.describe_for_worker(spec.deps)
         self.out.send(worker.client, p.Execute(
             spec.task_id, spec.name, spec.fn_id, spec.num_returns, spec.depth,
-            spec.deps, states, fn_blob, spec.args_blob, spec.retry_blob, payloads, spec.opts))
+            spec.deps, states, fn_blob, spec.args_blob, spec.retry_blob, payloads,
+            spec.opts if task.gpus is None else {**spec.opts, "gpus": task.gpus}))
 
     # -- a worker reports ---------------------------------------------------------
 
@@ -549,7 +550,7 @@ class Scheduler:
         """This node's resources, total and free, as gossip and `nodes()` show them."""
         pool = self.pool
         return {"total": rs.from_units(pool.total),
-                "available": rs.from_units({k: max(v, 0) for k, v in pool.available.items()})}
+                "available": rs.from_units(pool.free())}
 
     def status(self) -> dict:
         """This node's live figures, for `status` and `memory`."""
