@@ -121,8 +121,13 @@ class AuthenticationError(ZFabricError):
     """A peer or client does not hold the cluster key."""
 
 
+class TaskUnschedulableError(ZFabricError):
+    """The task's scheduling strategy names a node it cannot run on: hard node
+    affinity to a node that is dead, unknown, or can never hold the task."""
+
+
 # Names an error record can carry for errors zfabric itself raised (no user
 # exception to unpickle). Used by serialization.error_from_record.
 SYSTEM_ERRORS = {cls.__name__: cls for cls in (
     WorkerCrashedError, NodeDiedError, ObjectLostError, TaskCancelledError,
-    ObjectStoreFullError, GetTimeoutError)}
+    ObjectStoreFullError, GetTimeoutError, TaskUnschedulableError)}

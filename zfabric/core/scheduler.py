@@ -260,7 +260,7 @@ class Scheduler:
             if entry.state == ObjectState.PENDING and oid not in task.missing:
                 task.missing.add(oid)   # lost meanwhile, and being made again
                 self.objects.wait_for(entry, task.spec.task_id)
-        if task.missing:
+        if task.missing or self.spill.place(task):
             return
         remote = [entries[oid] for oid in task.spec.deps if not entries[oid].local]
         if not remote or (task.remote_owner is None
@@ -456,9 +456,11 @@ class Scheduler:
         self.pool.keep_prestarted()
 
     def _on_tick(self, event: ev.Tick) -> None:
-        """Check on tasks at peers; stop extra workers that have idled too long."""
+        """Check on tasks at peers, place parked ones; stop extra workers idle too long."""
         if self.spill.peers:
             self.spill.check_spilled()
+        if self.spill.parked:
+            self.spill.unpark()
         if self.queues.count:
             return
         for worker in self.pool.reap_idle(self.now):
