@@ -12,10 +12,11 @@
 __version__ = "0.1.0"
 
 from . import exceptions
-from .api import (available_resources, cancel, cluster_resources, get, get_runtime_context,
-                  init, is_initialized, nodes, put, remote, shutdown, timeline, wait)
+from .api import (available_resources, cancel, cluster_resources, get, get_gpu_ids,
+                  get_runtime_context, init, is_initialized, nodes, put, remote, shutdown,
+                  timeline, wait)
 from .ref import ObjectRef
 
 __all__ = ["init", "shutdown", "is_initialized", "remote", "get", "wait", "put", "cancel",
            "nodes", "cluster_resources", "available_resources", "timeline",
-           "get_runtime_context", "ObjectRef", "exceptions", "__version__"]
+           "get_runtime_context", "get_gpu_ids", "ObjectRef", "exceptions", "__version__"]

@@ -1,0 +1,1 @@
+"""zfabric.util: helpers beside the core API, under the names Ray users know."""
