@@ -66,16 +66,7 @@ def init(address: str | None = None, *, num_cpus: float | None = None,
                 raise TypeError(f"cluster_key must be the path of a key file, got "
                                 f"{type(cluster_key).__name__}")
             config = config.replace(cluster_key=os.path.abspath(cluster_key))
-        if num_cpus is not None:
-            _check_number("num_cpus", num_cpus)
-        resources = _check_resources(resources or {})
-        if num_gpus is not None:
-            _check_gpus("num_gpus", num_gpus, whole=True)
-            resources["GPU"] = float(num_gpus)
-        if object_store_memory is not None and (
-                not isinstance(object_store_memory, numbers.Integral)
-                or isinstance(object_store_memory, bool) or object_store_memory <= 0):
-            raise ValueError(f"object_store_memory must be a positive int, got {object_store_memory!r}")
+        resources = _node_resources(num_cpus, num_gpus, resources, object_store_memory)
         address = address if address is not None else os.environ.get(ADDRESS_ENV) or None
         proc = None
         info = None if address is None else _find_node(config, address)
@@ -93,6 +84,22 @@ def init(address: str | None = None, *, num_cpus: float | None = None,
             "session_dir": info["session_dir"], "dashboard_url": None,
         })
         return dict(_state["info"])
+
+
+def _node_resources(num_cpus, num_gpus, resources, object_store_memory) -> dict:
+    """Check what init() says a new node offers; its resources, "GPU" included."""
+    if num_cpus is not None:
+        _check_number("num_cpus", num_cpus)
+    resources = _check_resources(resources or {})
+    if num_gpus is not None:
+        _check_gpus("num_gpus", num_gpus, whole=True)
+        if num_gpus:
+            resources["GPU"] = float(num_gpus)
+    if object_store_memory is not None and (
+            not isinstance(object_store_memory, numbers.Integral)
+            or isinstance(object_store_memory, bool) or object_store_memory <= 0):
+        raise ValueError(f"object_store_memory must be a positive int, got {object_store_memory!r}")
+    return resources
 
 
 def _start_embedded(config: Config, address: str | None, num_cpus, resources: dict,
