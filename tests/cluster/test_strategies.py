@@ -64,10 +64,7 @@ def test_spread_uses_every_node_even_when_the_first_has_room(three):
 
 def test_affinity_to_a_node_that_died(three):
     victim = three.add_node(num_cpus=1)
-    try:
-        three.kill_node(victim)
-    finally:
-        pass
+    three.kill_node(victim)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         alive = {n["NodeID"]: n["Alive"] for n in zf.nodes()}
