@@ -183,3 +183,20 @@ def test_hard_affinity_waits_while_its_node_is_busy_then_runs_there():
     assert world.run_until_finished(plans, 30.0)
     for pl in plans:
         assert ran_on(world, pl) == [1]
+
+
+def test_hard_affinity_waits_while_its_node_backs_off_and_soft_goes_elsewhere():
+    """A peer that refused a task is left alone for a while: a hard-affinity task
+    for it is parked (not run elsewhere) and placed again on a tick after."""
+    world = warm([{"CPU": 2}] * 3)
+    owner = world.nodes[0].scheduler
+    view = owner.spill.peers[world.nodes[2].node_id]
+    view.refused_until = world.sim.now + 1.0
+    hard = [world.submit(n, opts=affinity(world, 2)) for n in (1, 2)]
+    soft = world.submit(3, opts=affinity(world, 2, soft=True))
+    world.sim.run(0.3)
+    assert [owner.tasks[pl.task_id] in owner.spill.parked for pl in hard] == [True, True]
+    assert all(world.runs_of(pl) == [] for pl in hard)
+    assert world.run_until_finished(hard + [soft], 10.0)
+    assert [ran_on(world, pl) for pl in hard] == [[2], [2]]
+    assert ran_on(world, soft) in ([0], [1])
