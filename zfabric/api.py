@@ -32,9 +32,9 @@ _state: dict = {"client": None, "proc": None, "info": None, "embedded": False}
 # -- init / shutdown ---------------------------------------------------------------------
 
 def init(address: str | None = None, *, num_cpus: float | None = None,
-         num_gpus: int | None = None, resources: dict | None = None, object_store_memory: int | None = None,
-         ignore_reinit_error: bool = False, cluster_key: str | None = None,
-         log_to_driver: bool = True) -> dict:
+         num_gpus: int | None = None, resources: dict | None = None,
+         object_store_memory: int | None = None, ignore_reinit_error: bool = False,
+         cluster_key: str | None = None, log_to_driver: bool = True) -> dict:
     """Connect this process to zfabric.
 
     address=None: start an embedded single-node cluster (it goes away at
@@ -74,8 +74,9 @@ def init(address: str | None = None, *, num_cpus: float | None = None,
             proc, info = _start_embedded(config, address, num_cpus, resources,
                                          object_store_memory, log_to_driver)
         elif num_cpus is not None or resources or object_store_memory is not None:
-            raise ValueError("num_cpus, num_gpus, resources and object_store_memory describe a new "
-                             "node; they cannot be given when attaching to one (address=...)")
+            raise ValueError("num_cpus, num_gpus, resources and object_store_memory describe "
+                             "a new node; they cannot be given when attaching to one "
+                             "(address=...)")
         client = client_mod.Client(info["ipc"], "driver", connect_timeout=config.node_start_timeout)
         client_mod.set_current(client)
         _state.update(client=client, proc=proc, embedded=proc is not None, info={
