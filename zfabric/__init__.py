@@ -12,8 +12,9 @@
 __version__ = "0.1.0"
 
 from . import exceptions, util
-from .api import (available_resources, cancel, cluster_resources, get, get_runtime_context,
-                  init, is_initialized, nodes, put, remote, shutdown, timeline, wait)
+from .api import (available_resources, cancel, cluster_resources, get, get_gpu_ids,
+                  get_runtime_context, init, is_initialized, nodes, put, remote, shutdown,
+                  timeline, wait)
 from .compat import get_actor, kill, method   # Ray's actor calls: NotSupportedError
 from .ref import ObjectRef
 
@@ -21,5 +22,5 @@ ObjectID = ObjectRef   # Ray's other name for it
 
 __all__ = ["init", "shutdown", "is_initialized", "remote", "get", "wait", "put", "cancel",
            "nodes", "cluster_resources", "available_resources", "timeline",
-           "get_runtime_context", "ObjectRef", "ObjectID", "exceptions", "util", "__version__",
-           "get_actor", "kill", "method"]
+           "get_runtime_context", "get_gpu_ids", "ObjectRef", "ObjectID", "exceptions", "util",
+           "__version__", "get_actor", "kill", "method"]

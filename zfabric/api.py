@@ -24,6 +24,7 @@ from .node import client as client_mod
 from .node import node as node_mod
 from .node import store as node_store
 from .ref import DepMarker, ObjectRef
+from .util import scheduling_strategies
 
 _lock = threading.RLock()
 _state: dict = {"client": None, "proc": None, "info": None, "embedded": False}
@@ -32,11 +33,11 @@ _state: dict = {"client": None, "proc": None, "info": None, "embedded": False}
 # -- init / shutdown ---------------------------------------------------------------------
 
 def init(address: str | None = None, *, num_cpus: float | None = None,
-         resources: dict | None = None, object_store_memory: int | None = None,
-         ignore_reinit_error: bool = False, cluster_key: str | None = None,
-         log_to_driver: bool = True, logging_level: int | str = logging.INFO,
-         logging_format: str | None = None, configure_logging: bool = True,
-         namespace: str | None = None, **ray_kwargs) -> dict:
+         num_gpus: int | None = None, resources: dict | None = None,
+         object_store_memory: int | None = None, ignore_reinit_error: bool = False,
+         cluster_key: str | None = None, log_to_driver: bool = True,
+         logging_level: int | str = logging.INFO, logging_format: str | None = None,
+         configure_logging: bool = True, namespace: str | None = None, **ray_kwargs) -> dict:
     """Connect this process to zfabric.
 
     address=None: start an embedded single-node cluster (it goes away at
@@ -48,6 +49,8 @@ def init(address: str | None = None, *, num_cpus: float | None = None,
     log_to_driver: an embedded node's workers print to this process's
     stdout/stderr; with False they write worker-{id}.log in the session dir
     (as the workers of a node started with `zfabric start` always do).
+    num_gpus: the GPUs this node offers (default 0), declared, not detected
+    (as with Ray): tasks that ask for `num_gpus` get ids 0..num_gpus-1.
     cluster_key: the path of the cluster key file, to join a cluster on other
     machines (default: ZFABRIC_CLUSTER_KEY, else the key of a node of that
     cluster on this machine). AuthenticationError if the cluster refuses it.
@@ -70,7 +73,7 @@ def init(address: str | None = None, *, num_cpus: float | None = None,
         if client_mod.current_or_none() is not None:
             raise RuntimeError("zf.init() cannot be called inside a task")
         config = _config_with_key(cluster_key)
-        resources = _check_node_args(num_cpus, resources, object_store_memory)
+        resources = _node_resources(num_cpus, num_gpus, resources, object_store_memory)
         address = address if address is not None else os.environ.get(ADDRESS_ENV) or None
         proc = None
         info = None if address is None else _find_node(config, address)
@@ -78,8 +81,9 @@ def init(address: str | None = None, *, num_cpus: float | None = None,
             proc, info = _start_embedded(config, address, num_cpus, resources,
                                          object_store_memory, log_to_driver)
         elif num_cpus is not None or resources or object_store_memory is not None:
-            raise ValueError("num_cpus, resources and object_store_memory describe a new "
-                             "node; they cannot be given when attaching to one (address=...)")
+            raise ValueError("num_cpus, num_gpus, resources and object_store_memory describe "
+                             "a new node; they cannot be given when attaching to one "
+                             "(address=...)")
         client = client_mod.Client(info["ipc"], "driver", connect_timeout=config.node_start_timeout)
         client_mod.set_current(client)
         _state.update(client=client, proc=proc, embedded=proc is not None, info={
@@ -100,15 +104,20 @@ def _config_with_key(cluster_key) -> Config:
     return config.replace(cluster_key=os.path.abspath(cluster_key))
 
 
-def _check_node_args(num_cpus, resources, object_store_memory) -> dict:
-    """Check what describes a new node; returns the resources, checked."""
+def _node_resources(num_cpus, num_gpus, resources, object_store_memory) -> dict:
+    """Check what init() says a new node offers; its resources, "GPU" included."""
     if num_cpus is not None:
         _check_number("num_cpus", num_cpus)
+    resources = _check_resources(resources or {})
+    if num_gpus is not None:
+        _check_gpus("num_gpus", num_gpus, whole=True)
+        if num_gpus:
+            resources["GPU"] = float(num_gpus)
     if object_store_memory is not None and (
             not isinstance(object_store_memory, numbers.Integral)
             or isinstance(object_store_memory, bool) or object_store_memory <= 0):
         raise ValueError(f"object_store_memory must be a positive int, got {object_store_memory!r}")
-    return _check_resources(resources or {})
+    return resources
 
 
 def _start_embedded(config: Config, address: str | None, num_cpus, resources: dict,
@@ -198,7 +207,8 @@ def _client() -> client_mod.Client:
 # -- options ---------------------------------------------------------------------------------
 
 _OPTION_DEFAULTS = {"num_cpus": 1, "num_returns": 1, "max_retries": 3,
-                    "retry_exceptions": False, "resources": None, "name": None}
+                    "retry_exceptions": False, "resources": None, "name": None,
+                    "num_gpus": 0, "scheduling_strategy": None}
 
 
 def _check_number(name: str, value) -> None:
@@ -214,10 +224,18 @@ def _check_resources(resources) -> dict:
     for k, v in resources.items():
         if not isinstance(k, str):
             raise ValueError(f"resource names must be str, got {k!r}")
-        if k == "CPU":
-            raise ValueError("use num_cpus=..., not resources={'CPU': ...}")
+        if k in ("CPU", "GPU"):
+            raise ValueError(f"use num_{k.lower()}s=..., not resources={{'{k}': ...}}")
         _check_number(f"resource {k!r}", v)
     return {k: float(v) for k, v in resources.items()}
+
+
+def _check_gpus(name: str, value, whole: bool = False) -> None:
+    """GPUs: a number >= 0, whole above 1 (a fraction shares one GPU), whole for a node."""
+    _check_number(name, value)
+    if (whole or value > 1) and value != int(value):
+        raise ValueError(f"{name} must be a whole number{'' if whole else ' when above 1'}, "
+                         f"got {value!r}")
 
 
 def _validate_options(options: dict) -> dict:
@@ -229,6 +247,10 @@ def _validate_options(options: dict) -> dict:
     out = dict(options)
     if "num_cpus" in out:
         _check_number("num_cpus", out["num_cpus"])
+    if "num_gpus" in out:
+        _check_gpus("num_gpus", out["num_gpus"])
+    if "scheduling_strategy" in out:
+        scheduling_strategies.task_opts(out["scheduling_strategy"])
     if "num_returns" in out:
         n = out["num_returns"]
         if isinstance(n, bool) or not isinstance(n, int) or n < 0:
@@ -266,6 +288,7 @@ class RemoteFunction:
         self._fn_id: bytes | None = None
         self._retry_blob: bytes | None = None
         self._resources: dict | None = None
+        self._task_opts: dict = {}
         self.__wrapped__ = function
         self.__name__ = getattr(function, "__name__", "task")
         self.__qualname__ = getattr(function, "__qualname__", self.__name__)
@@ -300,6 +323,9 @@ class RemoteFunction:
             res = dict(opts["resources"] or {})
             if opts["num_cpus"]:
                 res["CPU"] = float(opts["num_cpus"])
+            if opts["num_gpus"]:
+                res["GPU"] = float(opts["num_gpus"])
+            self._task_opts = scheduling_strategies.task_opts(opts["scheduling_strategy"])
             self._resources = res
             retry = opts["retry_exceptions"]
             self._retry_blob = (b"" if retry is False else
@@ -320,7 +346,8 @@ class RemoteFunction:
             name=self._name, fn_id=self._fn_id, fn_blob=self._blob,
             num_returns=opts["num_returns"], resources=self._resources,
             max_retries=opts["max_retries"], retry_exceptions=opts["retry_exceptions"] is not False,
-            retry_blob=self._retry_blob, deps=deps, contained=contained, args_blob=args_blob)
+            retry_blob=self._retry_blob, deps=deps, contained=contained, args_blob=args_blob,
+            opts=self._task_opts)
         del keep  # the refs to arguments put in the store live until Submit is sent
         n = opts["num_returns"]
         if n == 1:
@@ -574,3 +601,9 @@ def _driver_task_id(client) -> str:
 
 def get_runtime_context() -> RuntimeContext:
     return RuntimeContext(_client())
+
+
+def get_gpu_ids() -> list[int]:
+    """The ids of the GPUs given to the calling task (its `num_gpus`; they are also
+    in CUDA_VISIBLE_DEVICES); [] in the driver and in tasks without GPUs."""
+    return list(_client().current_gpus)

@@ -155,6 +155,11 @@ class AuthenticationError(ZFabricError):
     """A peer or client does not hold the cluster key."""
 
 
+class TaskUnschedulableError(ZFabricError):
+    """The task's scheduling strategy names a node it cannot run on: hard node
+    affinity to a node that is dead, unknown, or can never hold the task."""
+
+
 # Ray's names for the same errors, so that `except ray.exceptions.RayTaskError:`
 # runs unchanged after `import zfabric as ray`.
 RayError = ZFabricError
@@ -165,4 +170,4 @@ RayTaskError = TaskError
 # exception to unpickle). Used by serialization.error_from_record.
 SYSTEM_ERRORS = {cls.__name__: cls for cls in (
     WorkerCrashedError, NodeDiedError, ObjectLostError, TaskCancelledError,
-    ObjectStoreFullError, GetTimeoutError)}
+    ObjectStoreFullError, GetTimeoutError, TaskUnschedulableError)}

@@ -16,7 +16,11 @@ in payload frames and is opened only by the process that runs or gets it.
 
 Task options that travel with a task ride in `opts` (Submit, Spill,
 Execute): a dict left empty when a task has none, each key checked by
-`protocol_checks.TASK_OPTS`.
+`protocol_checks.TASK_OPTS`:
+
+    "strategy"  (Submit, Spill, Execute) the scheduling strategy: "SPREAD", or
+                {"node": node id, "soft": bool} for node affinity
+    "gpus"      (Execute only) the GPU ids the executing node gave the task
 
 Who sends what (client = a driver or a worker on the node's machine):
 
@@ -117,7 +121,7 @@ class Submit:
             return "resources must map names to finite amounts >= 0"
         if not (c.oids(self.deps) and c.oids(self.contained)):
             return "deps and contained must be object ids"
-        return c.spec_problem(self)
+        return c.spec_problem(self) or c.submitted_opts_problem(self.opts)
 
 
 @message(4, frames=("fn_blob", "args_blob", "retry_blob"), var_frames="dep_payloads",
@@ -390,7 +394,8 @@ class Spill:
             return "bad dependency sizes"
         if not all(c.node_ids(h) for h in self.dep_holders):
             return "dependency holders must be lists of node ids"
-        return c.deps_problem(self) or c.spec_problem(self)
+        return (c.deps_problem(self) or c.spec_problem(self)
+                or c.submitted_opts_problem(self.opts))
 
 
 @message(29)

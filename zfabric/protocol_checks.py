@@ -118,10 +118,35 @@ def spec_problem(msg) -> str:
     return code_problem(msg.fn_id, msg.fn_blob) or opts_problem(msg.opts)
 
 
+def gpu_ids(x) -> bool:
+    """opts["gpus"]: the GPU ids the executing node gave a task (Execute only)."""
+    return type(x) is list and 0 < len(x) <= MAX_RESOURCES and all(
+        count(i, MAX_RESOURCES) for i in x)
+
+
+def strategy(x) -> bool:
+    """opts["strategy"]: "SPREAD", or {"node": node id, "soft": bool} (node affinity).
+    ("DEFAULT" never travels: a task without the key has it.)"""
+    if x == "SPREAD":
+        return True
+    return (type(x) is dict and len(x) == 2 and is_node_id(x.get("node"))
+            and type(x.get("soft")) is bool)
+
+
 # Task options that travel with a task (Submit, Spill, Execute `opts`): each key
 # and the check of its value. An empty dict (no options) is the common case;
 # a key not named here is refused.
-TASK_OPTS: dict = {}
+TASK_OPTS: dict = {"gpus": gpu_ids, "strategy": strategy}
+# Keys only the executing node sets (in Execute): refused in a Submit or a Spill.
+EXECUTE_ONLY_OPTS = ("gpus",)
+
+
+def submitted_opts_problem(opts: dict) -> str:
+    """What is wrong with the `opts` of a Submit or a Spill, beyond `opts_problem`."""
+    for key in EXECUTE_ONLY_OPTS:
+        if key in opts:
+            return f"task option {key!r} is set by the executing node, never by a submitter"
+    return ""
 
 
 def opts_problem(opts: dict) -> str:

@@ -102,3 +102,67 @@ def test_a_peer_view_gives_back_what_its_tasks_took(sends, depth):
     assert not view.room({"CPU": 3 * rs.UNIT}, depth)   # never more than it has at once
     assert placement.queue_is_deep(5, {"CPU": 4 * rs.UNIT})
     assert not placement.queue_is_deep(4, {"CPU": 4 * rs.UNIT})
+
+
+# -- scheduling strategies ------------------------------------------------------------------
+
+HERE = b"\x00" * 16
+LOCAL = rs.to_units({"CPU": 2})
+
+
+def by_strategy(strategy, views, demand, *, turn=0, dead=(), nested=False, local=LOCAL):
+    return placement.by_strategy(
+        strategy, demand, 1.0, here=HERE, local_total=local,
+        peers={v.node_id: v for v in views}, dead=set(dead), depth=1, spread_turn=turn,
+        nested_refs=nested)
+
+
+@settings(max_examples=300)
+@given(views=peer_views(), demand=demands, turn=st.integers(0, 50), nested=st.booleans())
+def test_spread_turns_go_round_every_node_that_may_take_the_task(views, demand, turn, nested):
+    fit = sorted(([HERE] if rs.feasible(LOCAL, demand) else []) + (
+        [] if nested else [v.node_id for v in views if not v.suspect
+                           and v.refused_until <= 1.0 and v.room(demand, 1)]))
+    picked = []
+    for k in range(turn, turn + len(fit)):
+        verdict, view = by_strategy("SPREAD", views, demand, turn=k, nested=nested)
+        assert verdict in (placement.DEFAULT, placement.PEER)
+        picked.append(HERE if verdict == placement.DEFAULT else view.node_id)
+    assert sorted(picked) == fit   # each node once in as many turns as there are nodes
+
+
+@settings(max_examples=300)
+@given(views=peer_views(), demand=demands, pick=st.integers(0, 9), soft=st.booleans(),
+       nested=st.booleans(), dead=st.booleans())
+def test_node_affinity_goes_to_its_node_or_fails_only_when_hard(views, demand, pick, soft,
+                                                                nested, dead):
+    nodes = [HERE] + [v.node_id for v in views]
+    target = b"\x09" * 16 if pick >= len(nodes) else nodes[pick]
+    if dead and target != HERE:
+        views = [v for v in views if v.node_id != target]
+    verdict, detail = by_strategy({"node": target, "soft": soft}, views, demand,
+                                  dead=[target] if dead else [], nested=nested)
+    view = {v.node_id: v for v in views}.get(target)
+    if verdict == placement.PEER:
+        assert detail is view and not view.suspect and view.refused_until <= 1.0
+        assert rs.feasible(view.total, demand)
+        assert not soft or (rs.fits(view.available, demand) and not nested)
+    elif verdict == placement.FAIL:
+        assert not soft and (view is None and target != HERE
+                             or not rs.feasible(view.total if view else LOCAL, demand))
+        assert ("died" in detail) == (dead and target != HERE and view is None)
+    elif verdict == placement.PARK:
+        assert not soft and (view.suspect or view.refused_until > 1.0)
+    elif verdict == placement.HERE:
+        assert target == HERE and not soft and rs.feasible(LOCAL, demand)
+    else:
+        assert verdict == placement.DEFAULT and soft   # a hard one never goes the default way
+
+
+def test_hard_affinity_to_this_node_only_when_it_is_named_and_hard():
+    opts = {"strategy": {"node": HERE, "soft": False}}
+    assert placement.hard_affinity_to(opts, HERE)
+    assert not placement.hard_affinity_to(opts, b"\x01" * 16)
+    assert not placement.hard_affinity_to({"strategy": {"node": HERE, "soft": True}}, HERE)
+    assert not placement.hard_affinity_to({"strategy": "SPREAD"}, HERE)
+    assert not placement.hard_affinity_to({}, HERE)

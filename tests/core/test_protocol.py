@@ -77,6 +77,26 @@ def test_task_options_travel_checked_and_may_be_left_out(cls, monkeypatch):
             p.decode(p.encode(msg))
 
 
+@pytest.mark.parametrize("cls", [p.Submit, p.Spill, p.Execute], ids=lambda c: c.__name__)
+def test_strategy_and_gpu_ids_travel_checked_and_only_the_executing_node_sets_gpus(cls):
+    msg = sample(cls)
+    good = [{"strategy": "SPREAD"}, {"strategy": {"node": b"\x05" * 16, "soft": True}}]
+    bad = [{"strategy": "DEFAULT"}, {"strategy": "spread"}, {"strategy": {"node": b"x"}},
+           {"strategy": {"node": b"\x05" * 16, "soft": 1}}, {"gpus": []}, {"gpus": [-1]},
+           {"gpus": ["0"]}, {"gpus": [True]}]
+    if cls is p.Execute:
+        good.append({"gpus": [0, 3], "strategy": "SPREAD"})
+    else:
+        bad.append({"gpus": [0]})   # set by the executing node, never by a submitter
+    for opts in good:
+        msg.opts = opts
+        assert p.decode(p.encode(msg)).opts == opts
+    for opts in bad:
+        msg.opts = opts
+        with pytest.raises(p.ProtocolError):
+            p.decode(p.encode(msg))
+
+
 def test_wrong_field_type_is_refused():
     data = p.Cancel.KIND_BYTE + msgpack.packb(["not bytes", True, False])
     with pytest.raises(p.ProtocolError, match="oid"):

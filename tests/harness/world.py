@@ -111,7 +111,7 @@ class World:
 
     def submit(self, n: int, *, node: int = 0, client: bytes = DRIVER, deps=(), returns=("i",),
                cpu: float = 1, resources: dict | None = None, duration: float = 0.1,
-               max_retries: int = 3) -> Plan:
+               max_retries: int = 3, opts: dict | None = None) -> Plan:
         self.driver(node, client)
         demand = {"CPU": cpu} if cpu else {}
         demand.update(resources or {})
@@ -121,7 +121,7 @@ class World:
         self.fn_sent.add(node)
         self.sim.send(node, client, p.Submit(
             plan.task_id, "f", FN, len(plan.returns), demand, max_retries, False, 0, b"",
-            list(plan.deps), [], blob, b"args-%d" % n, b""))
+            list(plan.deps), [], blob, b"args-%d" % n, b"", opts or {}))
         return plan
 
     # -- what happened ------------------------------------------------------------------

@@ -204,7 +204,7 @@ def check_memory(temp_dir, record: dict, objects: int, used: int) -> None:
 
 def test_cli_start_attach_status_timeline_stop(temp_dir, reaper, tmp_path):
     out = cli(temp_dir, "start", "--head", "--port", "0", "--num-cpus", "2",
-              "--resources", '{"gpu": 1}')
+              "--resources", '{"gpu": 1}', "--num-gpus", "2")
     assert out.returncode == 0, out.stderr
     first = out.stdout.splitlines()[0]
     assert first.startswith("address: tcp://127.0.0.1:")
@@ -221,13 +221,13 @@ def test_cli_start_attach_status_timeline_stop(temp_dir, reaper, tmp_path):
         def sq(x):
             return x * x
         print(sum(zf.get([sq.remote(i) for i in range(10)])), zf.cluster_resources()["gpu"],
-              info["address"])
+              info["address"], zf.cluster_resources()["GPU"])
         zf.shutdown()
     """)
     run = subprocess.run([sys.executable, "-c", driver], capture_output=True, text=True,
                          env=env_with(temp_dir), timeout=60)
     assert run.returncode == 0, run.stderr
-    assert run.stdout.split() == ["285", "1.0", address]
+    assert run.stdout.split() == ["285", "1.0", address, "2.0"]
 
     env = env_with(temp_dir)
     env["ZFABRIC_ADDRESS"] = address   # the env var works like address=...
@@ -278,6 +278,9 @@ def test_cli_start_attach_status_timeline_stop(temp_dir, reaper, tmp_path):
     (["start", "--head", "--num-cpus", "x"], "invalid float"),
     (["start", "--head", "--resources", "{bad"], "not valid JSON"),
     (["start", "--head", "--resources", '{"CPU": 2}'], "--num-cpus"),
+    (["start", "--head", "--resources", '{"GPU": 2}'], "--num-gpus"),
+    (["start", "--head", "--num-gpus", "-1"], "--num-gpus must be >= 0"),
+    (["start", "--head", "--num-gpus", "1.5"], "invalid int"),
     (["start", "--head", "--port", "70000"], "between 0 and 65535"),
     (["start", "--address", "tcp://127.0.0.1:1"], "no zfabric node answered"),
     (["start", "--address", "localhost:7380"], "expected tcp://HOST:PORT"),

@@ -16,6 +16,16 @@ itself has sent there:
   free resources by its last gossip, then the fewest of our tasks there.
 - `accepts`: a peer received a forwarded task; take it, or refuse
   (spillback) so the owner places it elsewhere?
+- `by_strategy`: a ready task of ours carries a scheduling strategy (its
+  `opts["strategy"]`, set by `scheduling_strategy=`): where does it go?
+  "SPREAD": the nodes that can hold it take turns (`spread_turn`), this
+  one included, even when this one has room. Node affinity {"node": id,
+  "soft": bool}: to that node; when it is dead, unknown or can never hold
+  the task, a hard affinity fails the task (TaskUnschedulableError) and a
+  soft one goes the default way; while that peer is suspect or backing off
+  after a refusal (or, soft, has no room by its gossip), a hard one waits
+  (is parked) and a soft one goes the default way. Tasks without a strategy
+  ("DEFAULT") never come here.
 
 Amounts are in resource units (core/resources.py).
 """
@@ -123,3 +133,61 @@ def accepts(available: dict[str, int], total: dict[str, int], queued: int,
 def queue_is_deep(queued: int, cluster_total: dict[str, int]) -> bool:
     """Is there more work here than the whole cluster can start at once?"""
     return queued > cluster_total.get(rs.CPU, 0) // rs.UNIT
+
+
+# -- scheduling strategies -----------------------------------------------------------
+
+SPREAD = "SPREAD"
+DEFAULT, HERE, PEER, PARK, FAIL = "default", "here", "peer", "park", "fail"
+
+
+def hard_affinity_to(opts: dict, node_id: bytes) -> bool:
+    """Must a task with these `opts` run on `node_id` and nowhere else?"""
+    strategy = opts.get("strategy") if opts else None
+    return type(strategy) is dict and not strategy["soft"] and strategy["node"] == node_id
+
+
+def by_strategy(strategy, demand: dict[str, int], now: float, *, here: bytes,
+                local_total: dict[str, int], peers: dict, dead, depth: int,
+                spread_turn: int, nested_refs: bool) -> tuple[str, object]:
+    """Where a ready task of ours with a strategy goes: (verdict, detail), where
+    the verdict is DEFAULT (the usual way: queued here, spilled when busy), HERE
+    (queued here and kept here), PEER (detail: the PeerView to forward it to),
+    PARK (it waits; asked again on a tick) or FAIL (detail: why, for the error).
+    `nested_refs`: refs nested in its arguments are known here only, so SPREAD
+    and soft affinity keep it the default way."""
+    if strategy == SPREAD:
+        return _spread(demand, now, here, local_total, peers, depth, spread_turn, nested_refs)
+    node, soft = strategy["node"], strategy["soft"]
+    if node == here:
+        if rs.feasible(local_total, demand):
+            return (DEFAULT if soft else HERE), None
+        return (DEFAULT, None) if soft else (FAIL, "it can never fit on that node (its "
+                                             f"resources: {rs.from_units(local_total)})")
+    view = peers.get(node)
+    if view is None:
+        if soft:
+            return DEFAULT, None
+        return FAIL, ("that node died" if node in dead else "no such node is alive in "
+                      "this cluster")
+    if not rs.feasible(view.total, demand):
+        return (DEFAULT, None) if soft else (FAIL, "it can never fit on that node (its "
+                                             f"resources: {rs.from_units(view.total)})")
+    if soft and (nested_refs or not rs.fits(view.available, demand)):
+        return DEFAULT, None
+    if view.suspect or view.refused_until > now:
+        return (DEFAULT, None) if soft else (PARK, None)
+    return PEER, view
+
+
+def _spread(demand, now, here, local_total, peers, depth, turn, nested_refs):
+    """SPREAD: the nodes that can hold the task now take turns, this one too."""
+    nodes = [here] if rs.feasible(local_total, demand) else []
+    if not nested_refs:
+        nodes += [v.node_id for v in peers.values() if not v.suspect
+                  and v.refused_until <= now and v.room(demand, depth)]
+    if not nodes:
+        return DEFAULT, None
+    nodes.sort()
+    target = nodes[turn % len(nodes)]
+    return (DEFAULT, None) if target == here else (PEER, peers[target])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 UNIT = 10_000
 CPU = "CPU"
+GPU = "GPU"   # whole GPUs get ids (core/gpus.py)
 
 
 def to_units(amounts: dict) -> dict[str, int]:

@@ -260,7 +260,7 @@ class Scheduler:
             if entry.state == ObjectState.PENDING and oid not in task.missing:
                 task.missing.add(oid)   # lost meanwhile, and being made again
                 self.objects.wait_for(entry, task.spec.task_id)
-        if task.missing:
+        if task.missing or self.spill.place(task):
             return
         remote = [entries[oid] for oid in task.spec.deps if not entries[oid].local]
         if not remote or (task.remote_owner is None
@@ -331,7 +331,8 @@ class Scheduler:
         states, payloads = self.objects.describe_for_worker(spec.deps)
         self.out.send(worker.client, p.Execute(
             spec.task_id, spec.name, spec.fn_id, spec.num_returns, spec.depth,
-            spec.deps, states, fn_blob, spec.args_blob, spec.retry_blob, payloads, spec.opts))
+            spec.deps, states, fn_blob, spec.args_blob, spec.retry_blob, payloads,
+            spec.opts if task.gpus is None else {**spec.opts, "gpus": task.gpus}))
 
     # -- a worker reports ---------------------------------------------------------
 
@@ -455,9 +456,11 @@ class Scheduler:
         self.pool.keep_prestarted()
 
     def _on_tick(self, event: ev.Tick) -> None:
-        """Check on tasks at peers; stop extra workers that have idled too long."""
+        """Check on tasks at peers, place parked ones; stop extra workers idle too long."""
         if self.spill.peers:
             self.spill.check_spilled()
+        if self.spill.parked:
+            self.spill.unpark()
         if self.queues.count:
             return
         for worker in self.pool.reap_idle(self.now):
@@ -549,7 +552,7 @@ class Scheduler:
         """This node's resources, total and free, as gossip and `nodes()` show them."""
         pool = self.pool
         return {"total": rs.from_units(pool.total),
-                "available": rs.from_units({k: max(v, 0) for k, v in pool.available.items()})}
+                "available": rs.from_units(pool.free())}
 
     def status(self) -> dict:
         """This node's live figures, for `status` and `memory`."""

@@ -24,6 +24,15 @@ like a local one, held by `peer_client(owner)`. Locality: a task whose
 arguments are mostly in one peer's store goes there if that peer can start
 it now (`to_holder`), rather than pulling them here.
 
+A task with a scheduling strategy (SPREAD, node affinity: its
+`opts["strategy"]`) is placed by `place` when it is ready, as
+`placement.by_strategy` decides: forwarded to the peer it names or whose
+turn it is, failed (hard affinity to a node it cannot run on), parked until
+the next tick (hard affinity to a peer that is suspect or backing off), or
+left to the default way. A task with hard affinity to this node is never
+forwarded; one forwarded here with hard affinity to us is always accepted
+(if it can ever fit): it has nowhere else to go.
+
 The scheduler owns the tasks; spillover keeps the peers' books and tells
 the scheduler (its lifecycle methods) what came back.
 """
@@ -31,7 +40,7 @@ from __future__ import annotations
 
 from .. import protocol as p
 from .. import ids, records
-from ..exceptions import NodeDiedError, ZFabricError
+from ..exceptions import NodeDiedError, TaskUnschedulableError, ZFabricError
 from ..protocol import ObjectState, TaskStatus
 from . import placement
 from . import resources as rs
@@ -51,6 +60,9 @@ QUICK_SPILL_DEPTH = 16
 # it, and it runs again. Messages on one link are ordered, so a result
 # already on its way always arrives before the answer.
 SPILL_CHECK_AGE = 1.0
+# A peer takes every task of hard affinity to it that it can ever hold: the
+# owner may send it nowhere else (this is the queue depth per CPU it allows).
+HARD_AFFINITY_DEPTH = 1 << 40
 
 
 class Spillover:
@@ -65,6 +77,8 @@ class Spillover:
         self.peers: dict[bytes, PeerView] = {}
         self.dead: set[bytes] = set()       # peers we declared dead (PeerDown), until a PeerUp
         self.stale: dict[bytes, list] = {}  # peer -> copies it keeps for us in vain, to release
+        self.parked: list[Task] = []        # WAITING for the peer their strategy names
+        self.spread_turn = 0                # whose turn it is among the nodes (SPREAD)
 
     # -- owner side ---------------------------------------------------------------------
 
@@ -86,7 +100,8 @@ class Spillover:
                 if task is None or rs.fits(pool.available, task.demand):
                     break  # it starts here as soon as a worker is free
                 if task.remote_owner is not None or (
-                        task.spec.contained and rs.feasible(pool.total, task.demand)):
+                        task.spec.contained and rs.feasible(pool.total, task.demand)) \
+                        or placement.hard_affinity_to(task.spec.opts, self.node_id):
                     # forwarded to us: runs here or nowhere; refs nested in the
                     # arguments are known here only: a peer could not get them
                     kept.append(queues.pop(shape))
@@ -105,12 +120,48 @@ class Spillover:
     def to_holder(self, task: Task) -> bool:
         """Locality: send a ready task to the peer holding most of its argument
         bytes, if that peer can start it now. False: it stays with us."""
+        if placement.hard_affinity_to(task.spec.opts, self.node_id):
+            return False
         peer = placement.holder_with_room(self.peers.values(), task.demand, self.sched.now,
                                           self._arg_bytes(task), self.locality_min_bytes)
         if peer is None:
             return False
         self._forward(task, peer, start_now=True)
         return True
+
+    def place(self, task: Task) -> bool:
+        """A ready task of ours with a scheduling strategy: forward it, fail it or
+        park it as `placement.by_strategy` decides (True: done with it here), or
+        False: it goes the default way."""
+        strategy = task.spec.opts.get("strategy") if task.spec.opts else None
+        if strategy is None or task.remote_owner is not None or task.cancelled:
+            return False
+        s = self.sched
+        verdict, detail = placement.by_strategy(
+            strategy, task.demand, s.now, here=self.node_id, local_total=s.pool.total,
+            peers=self.peers, dead=self.dead, depth=self.spill_depth,
+            spread_turn=self.spread_turn, nested_refs=bool(task.spec.contained))
+        if strategy == placement.SPREAD:
+            self.spread_turn += 1
+        if verdict == placement.PEER:
+            self._forward(task, detail, start_now=strategy != placement.SPREAD
+                          and strategy["soft"])
+        elif verdict == placement.PARK:
+            self.parked.append(task)
+        elif verdict == placement.FAIL:
+            s.finish_failed(task, records.system_error_record(
+                TaskUnschedulableError, f"{task.name}() has hard affinity to node "
+                f"{strategy['node'].hex()}, but {detail}", task.name))
+        else:
+            return False
+        return True
+
+    def unpark(self) -> None:
+        """(each tick) Place the parked tasks again: their peer may be back, or dead."""
+        parked, self.parked = self.parked, []
+        for task in parked:
+            if task.state == TaskState.WAITING and not task.missing:
+                self.sched.ready(task)
 
     def _arg_bytes(self, task: Task) -> dict[bytes, int]:
         """Bytes of the task's STORE arguments held by each node (us included)."""
@@ -364,7 +415,8 @@ class Spillover:
 
     def _accepts(self, msg: p.Spill, demand: dict[str, int]) -> bool:
         s = self.sched
-        depth = (0 if msg.start_now else QUICK_SPILL_DEPTH if s.pool.quick(msg.fn_id)
+        depth = (HARD_AFFINITY_DEPTH if placement.hard_affinity_to(msg.opts, self.node_id)
+                 else 0 if msg.start_now else QUICK_SPILL_DEPTH if s.pool.quick(msg.fn_id)
                  else self.spill_depth)
         return (msg.task_id not in s.tasks and msg.fn_id in s.functions
                 and placement.accepts(s.pool.available, s.pool.total, s.queues.count,

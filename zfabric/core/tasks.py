@@ -33,7 +33,7 @@ class TaskState(IntEnum):
 class Task:
     __slots__ = ("spec", "owner", "demand", "shape", "state", "missing", "worker",
                  "attempts", "seq", "blocked", "cancelled", "returns", "children",
-                 "node", "remote_owner", "since", "tried")
+                 "node", "remote_owner", "since", "tried", "gpus")
 
     def __init__(self, spec: p.Submit, owner: bytes, demand: dict, seq: int):
         self.spec = spec
@@ -53,6 +53,7 @@ class Task:
         self.remote_owner: bytes | None = None  # forwarded to us by this node
         self.since = 0.0                        # SPILLED: when it was forwarded
         self.tried: tuple = ()                  # the peers it was ever forwarded to
+        self.gpus: list[int] | None = None      # RUNNING with a GPU demand: its GPU ids
 
     @property
     def name(self) -> str:

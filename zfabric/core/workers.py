@@ -10,6 +10,9 @@ and keeps the node's resource books (`total`, `available`):
   for `idle_worker_timeout` (`reap_idle`);
 - CPU lending: a task blocked in get/wait gives its CPU back (`block`) and
   takes it again when it wakes (`unblock`), so nested tasks cannot deadlock;
+- GPU ids: a task that demands "GPU" is given ids from the node's `GpuBook`
+  (core/gpus.py) when it starts (`task.gpus`) and keeps them until it ends,
+  blocked or not; the pool's "GPU" availability is the book's `capacity()`;
 - prefetch: when every worker is busy, a worker running a task of function
   F is sent its next task of the same resource shape at once if F is
   *quick*: it has run at least PREFETCH_MIN_RUNS times and its slowest
@@ -32,6 +35,7 @@ from enum import IntEnum
 from .. import protocol as p
 from . import effects as fx
 from . import resources as rs
+from .gpus import GpuBook
 from .tasks import Task, TaskState
 
 PREFETCH_MIN_RUNS = 3
@@ -71,6 +75,9 @@ class WorkerPool:
                  out: fx.Outbox, stats: dict):
         self.total = rs.to_units(resources)
         self.available = dict(self.total)
+        self.gpus = GpuBook(self.total.get(rs.GPU, 0))
+        if rs.GPU in self.total:
+            self.available[rs.GPU] = self.gpus.capacity()
         self.num_workers = num_workers
         self.max_workers = max_workers
         self.idle_worker_timeout = idle_worker_timeout
@@ -127,8 +134,7 @@ class WorkerPool:
         if task is not None:
             self._stats["workers_crashed"] += 1
             worker.task = None
-            rs.release(self.available, self._held(task))
-            task.blocked = False
+            self._release(task)
             task.worker = None
             task.state = TaskState.WAITING
         return worker, task
@@ -181,6 +187,10 @@ class WorkerPool:
     def start_task(self, task: Task, worker: Worker) -> None:
         """The task runs on the worker from now on: it holds its resources."""
         rs.acquire(self.available, task.demand)
+        gpu = task.demand.get(rs.GPU)
+        if gpu:
+            task.gpus = self.gpus.assign(gpu)
+            self.available[rs.GPU] = self.gpus.capacity()
         task.state = TaskState.RUNNING
         task.worker = worker.wid
         task.attempts += 1
@@ -190,8 +200,7 @@ class WorkerPool:
     def task_ended(self, worker: Worker, task: Task, now: float) -> list[Task]:
         """A worker's task ended: release what it held, start its prefetched
         task or make it idle. Returns the prefetched tasks it gives back."""
-        rs.release(self.available, self._held(task))
-        task.blocked = False
+        self._release(task)
         task.worker = None
         worker.task = None
         return self._next_or_idle(worker, now)
@@ -228,7 +237,7 @@ class WorkerPool:
         elif task.state == TaskState.RUNNING and worker.task is task:
             # we had started it when its predecessor ended; the worker had not
             task.attempts -= 1
-            rs.release(self.available, task.demand)
+            self._release(task)
             worker.task = None
             given_back = self._next_or_idle(worker, now)
         else:
@@ -236,6 +245,22 @@ class WorkerPool:
         task.worker = None
         task.state = TaskState.WAITING
         return given_back + [task]
+
+    def _release(self, task: Task) -> None:
+        """A running task ends or leaves its worker: what it held is free again."""
+        rs.release(self.available, self._held(task))
+        task.blocked = False
+        if task.gpus is not None:
+            self.gpus.release(task.gpus, task.demand[rs.GPU])
+            task.gpus = None
+            self.available[rs.GPU] = self.gpus.capacity()
+
+    def free(self) -> dict[str, int]:
+        """What is free, as views show it (all free GPU shares, not `capacity()`)."""
+        free = {k: max(v, 0) for k, v in self.available.items()}
+        if rs.GPU in free:
+            free[rs.GPU] = self.gpus.free_total()
+        return free
 
     @staticmethod
     def _held(task: Task) -> dict:
@@ -298,7 +323,8 @@ class WorkerPool:
         for worker in self.workers.values():
             running = worker.task
             if (running is None or worker.queue or running.blocked or worker.doomed
-                    or running.cancelled or not self.quick(running.spec.fn_id)):
+                    or running.cancelled or not self.quick(running.spec.fn_id)
+                    or running.gpus is not None):   # (GPU ids are given at start)
                 continue
             task = queues.pop(running.shape)
             if task is None:
@@ -315,7 +341,10 @@ class WorkerPool:
     # -- invariants -------------------------------------------------------------------
 
     def validate(self, tasks: dict[bytes, Task]) -> None:
+        self._validate_gpus(tasks)
         for name, total in self.total.items():
+            if name == rs.GPU:
+                continue
             running = sum(t.demand.get(name, 0) for t in tasks.values()
                           if t.state == TaskState.RUNNING
                           and not (t.blocked and name == rs.CPU))
@@ -332,3 +361,23 @@ class WorkerPool:
         for w in self.workers.values():
             assert all(t.state == TaskState.ASSIGNED and t.worker == w.wid for t in w.queue)
             assert self._by_client[w.client] is w
+
+    def _validate_gpus(self, tasks: dict[bytes, Task]) -> None:
+        """Each GPU id's share is free or held by running tasks, a whole one by one task."""
+        used = [0] * len(self.gpus)
+        whole: set[int] = set()
+        for t in tasks.values():
+            gpu = t.demand.get(rs.GPU, 0)
+            if t.state != TaskState.RUNNING or not gpu:
+                assert t.gpus is None, (t.state, t.gpus)
+                continue
+            assert t.gpus and len(set(t.gpus)) == len(t.gpus), t.gpus
+            for i in t.gpus:
+                assert i not in whole, ("a whole GPU given twice", i)
+                if gpu >= rs.UNIT:
+                    whole.add(i)
+                used[i] += min(gpu, rs.UNIT)
+        for i, free in enumerate(self.gpus.free):
+            assert free + used[i] == rs.UNIT and (i not in whole or free == 0), (i, free, used)
+        if rs.GPU in self.total:
+            assert self.available[rs.GPU] == self.gpus.capacity()

@@ -49,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--port", type=int, default=DEFAULT_PORT,
                        help=f"TCP port (default {DEFAULT_PORT}; 0 picks a free one)")
     start.add_argument("--num-cpus", type=float, default=None, help="CPUs to offer (default: all cores)")
+    start.add_argument("--num-gpus", type=int, default=0,
+                       help="GPUs to offer, declared, not detected (default 0)")
     start.add_argument("--resources", default="{}", help='custom resources as JSON, e.g. \'{"gpu": 1}\'')
     start.add_argument("--object-store-memory", type=int, default=None, metavar="BYTES",
                        help="object store capacity (default 30%% of RAM)")
@@ -105,8 +107,8 @@ def parse_resources(text: str) -> dict:
     if not isinstance(res, dict):
         raise UsageError("--resources must be a JSON object such as '{\"gpu\": 1}'")
     for k, v in res.items():
-        if k == "CPU":
-            raise UsageError("give CPUs with --num-cpus, not in --resources")
+        if k in ("CPU", "GPU"):
+            raise UsageError(f"give {k}s with --num-{k.lower()}s, not in --resources")
         if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
             raise UsageError(f"resource {k!r} must be a non-negative number, got {v!r}")
     return {k: float(v) for k, v in res.items()}
@@ -135,6 +137,10 @@ def cmd_start(args) -> int:
     if args.object_store_memory is not None and args.object_store_memory <= 0:
         raise UsageError("--object-store-memory must be a positive number of bytes")
     resources = parse_resources(args.resources)
+    if args.num_gpus < 0:
+        raise UsageError("--num-gpus must be >= 0")
+    if args.num_gpus:
+        resources["GPU"] = float(args.num_gpus)
     num_cpus = args.num_cpus if args.num_cpus is not None else float(os.cpu_count() or 1)
     try:
         if join:

@@ -109,6 +109,7 @@ class Client:
         # set by a worker while it runs a task
         self.current_task_id: bytes | None = None
         self.current_depth = 0
+        self.current_gpus: list[int] = []   # (workers) the running task's GPU ids
 
         self.welcome: p.Welcome | None = None
         self.rx.send(p.encode(p.Hello(role, os.getpid(), worker_id)))

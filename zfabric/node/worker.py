@@ -13,7 +13,9 @@ a late signal cannot hit the next task. A signal that comes before the task
 reaches its code (the node starts a prefetched task when the one before it
 ends) is noted, and the file read again as the code starts. Interrupting
 from a signal handler also breaks out of `time.sleep` and blocking I/O at
-once.
+once. A task given GPU ids (the Execute's opts["gpus"]) runs with them in
+CUDA_VISIBLE_DEVICES and `zf.get_gpu_ids()`; the variable is restored when
+it ends.
 """
 from __future__ import annotations
 
@@ -112,13 +114,14 @@ class Worker:
         client = self.client
         start = time.time()
         status, retryable, result = TaskStatus.OK, False, None
-        error = fetched = None
+        error = fetched = gpus_before = None
         try:
             fn = self._function(ex)
             args, kwargs = self._arguments(ex)
             fetched = time.time()
             client.current_task_id = ex.task_id
             client.current_depth = ex.depth
+            gpus_before = _use_gpus(client, ex.opts.get("gpus"))
             self.in_user_code = True
             try:
                 if self.signalled:   # a cancel may have come before the task started
@@ -137,6 +140,8 @@ class Worker:
             retryable = self._retryable(ex, e)
         finally:
             client.current_task_id = None
+            if client.current_gpus:
+                _use_gpus(client, None, gpus_before)
         end = time.time()
         fetched = end if fetched is None else fetched   # (it failed before it ran)
         if status == TaskStatus.OK:
@@ -205,6 +210,25 @@ class Worker:
                 payloads.append(b"")
             contained.append(ser.contained)
         return states, sizes, contained, payloads
+
+
+CUDA_VISIBLE = "CUDA_VISIBLE_DEVICES"
+
+
+def _use_gpus(client, gpus: list | None, before: str | None = None) -> str | None:
+    """Give the task its GPU ids (CUDA_VISIBLE_DEVICES, get_gpu_ids()) and return
+    the variable's value before; `gpus` None: put `before` back."""
+    old = os.environ.get(CUDA_VISIBLE)
+    if gpus:
+        os.environ[CUDA_VISIBLE] = ",".join(str(i) for i in gpus)
+        client.current_gpus = list(gpus)
+    elif client.current_gpus:
+        client.current_gpus = []
+        if before is None:
+            os.environ.pop(CUDA_VISIBLE, None)
+        else:
+            os.environ[CUDA_VISIBLE] = before
+    return old
 
 
 def _error_record(e: BaseException, name: str) -> bytes:
