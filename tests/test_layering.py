@@ -29,7 +29,7 @@ PACKAGE = "zfabric"
 # (layer name, module patterns): "x" is the module zfabric.x, "x/" the
 # package zfabric.x and everything in it, "" the package zfabric itself.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("public face", ("", "api", "compat", "testing/", "util/")),
+    ("public face", ("", "api", "compat", "options", "testing/", "util/")),
     ("node", ("node/",)),
     ("core", ("core/",)),
     ("wire", ("protocol", "protocol_checks", "protocol_codec", "ids", "config", "exceptions", "serialization", "records", "ref")),

@@ -18,6 +18,7 @@ import threading
 import cloudpickle
 
 from . import compat, serialization
+from . import options as opts_mod
 from .config import ADDRESS_ENV, Config
 from . import ids
 from .node import client as client_mod
@@ -107,10 +108,10 @@ def _config_with_key(cluster_key) -> Config:
 def _node_resources(num_cpus, num_gpus, resources, object_store_memory) -> dict:
     """Check what init() says a new node offers; its resources, "GPU" included."""
     if num_cpus is not None:
-        _check_number("num_cpus", num_cpus)
-    resources = _check_resources(resources or {})
+        opts_mod.check_number("num_cpus", num_cpus)
+    resources = opts_mod.check_resources(resources or {})
     if num_gpus is not None:
-        _check_gpus("num_gpus", num_gpus, whole=True)
+        opts_mod.check_gpus("num_gpus", num_gpus, whole=True)
         if num_gpus:
             resources["GPU"] = float(num_gpus)
     if object_store_memory is not None and (
@@ -204,75 +205,6 @@ def _client() -> client_mod.Client:
     return client_mod.current()
 
 
-# -- options ---------------------------------------------------------------------------------
-
-_OPTION_DEFAULTS = {"num_cpus": 1, "num_returns": 1, "max_retries": 3,
-                    "retry_exceptions": False, "resources": None, "name": None,
-                    "num_gpus": 0, "scheduling_strategy": None}
-
-
-def _check_number(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f"{name} must be a number, got {value!r}")
-    if value < 0:
-        raise ValueError(f"{name} must be >= 0, got {value!r}")
-
-
-def _check_resources(resources) -> dict:
-    if not isinstance(resources, dict):
-        raise ValueError(f"resources must be a dict of name -> amount, got {resources!r}")
-    for k, v in resources.items():
-        if not isinstance(k, str):
-            raise ValueError(f"resource names must be str, got {k!r}")
-        if k in ("CPU", "GPU"):
-            raise ValueError(f"use num_{k.lower()}s=..., not resources={{'{k}': ...}}")
-        _check_number(f"resource {k!r}", v)
-    return {k: float(v) for k, v in resources.items()}
-
-
-def _check_gpus(name: str, value, whole: bool = False) -> None:
-    """GPUs: a number >= 0, whole above 1 (a fraction shares one GPU), whole for a node."""
-    _check_number(name, value)
-    if (whole or value > 1) and value != int(value):
-        raise ValueError(f"{name} must be a whole number{'' if whole else ' when above 1'}, "
-                         f"got {value!r}")
-
-
-def _validate_options(options: dict) -> dict:
-    options = compat.accept_ray_task_options(options)
-    unknown = set(options) - set(_OPTION_DEFAULTS)
-    if unknown:
-        raise ValueError(f"unknown option(s) {sorted(unknown)}; valid options are "
-                         f"{sorted(_OPTION_DEFAULTS)}")
-    out = dict(options)
-    if "num_cpus" in out:
-        _check_number("num_cpus", out["num_cpus"])
-    if "num_gpus" in out:
-        _check_gpus("num_gpus", out["num_gpus"])
-    if "scheduling_strategy" in out:
-        scheduling_strategies.task_opts(out["scheduling_strategy"])
-    if "num_returns" in out:
-        n = out["num_returns"]
-        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-            raise ValueError(f"num_returns must be an int >= 0, got {n!r}")
-    if "max_retries" in out:
-        n = out["max_retries"]
-        if isinstance(n, bool) or not isinstance(n, int) or n < -1:
-            raise ValueError(f"max_retries must be an int >= -1 (-1: retry forever), got {n!r}")
-    if "retry_exceptions" in out:
-        r = out["retry_exceptions"]
-        if not isinstance(r, bool):
-            if not isinstance(r, (list, tuple)) or not all(
-                    isinstance(t, type) and issubclass(t, BaseException) for t in r):
-                raise ValueError("retry_exceptions must be True, False or a list of "
-                                 f"exception types, got {r!r}")
-    if out.get("resources") is not None:
-        out["resources"] = _check_resources(out["resources"])
-    if out.get("name") is not None and not isinstance(out["name"], str):
-        raise ValueError(f"name must be a str, got {out['name']!r}")
-    return out
-
-
 # -- remote functions ----------------------------------------------------------------------
 
 class RemoteFunction:
@@ -282,7 +214,7 @@ class RemoteFunction:
 
     def __init__(self, function, options: dict):
         self._function = function
-        self._options = {**_OPTION_DEFAULTS, **options}
+        self._options = {**opts_mod.OPTION_DEFAULTS, **options}
         self._name = self._options["name"] or getattr(function, "__qualname__", "task")
         self._blob: bytes | None = None
         self._fn_id: bytes | None = None
@@ -303,7 +235,7 @@ class RemoteFunction:
                         f"use {self.__name__}.remote(...)")
 
     def options(self, **options) -> "RemoteFunction":
-        options = _validate_options(options)
+        options = opts_mod.validate_options(options)
         derived = RemoteFunction(self._function, {**self._options, **options})
         derived._blob, derived._fn_id = self._blob, self._fn_id
         derived._signature = self._signature
@@ -432,7 +364,7 @@ def remote(*args, **options):
         return _make_remote(args[0], {})
     if args:
         raise TypeError("use @zf.remote or @zf.remote(option=value, ...)")
-    options = _validate_options(options)
+    options = opts_mod.validate_options(options)
     return lambda function: _make_remote(function, options)
 
 
