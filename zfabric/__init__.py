@@ -15,7 +15,8 @@ from . import exceptions
 from .api import (available_resources, cancel, cluster_resources, get, get_runtime_context,
                   init, is_initialized, nodes, put, remote, shutdown, timeline, wait)
 from .ref import ObjectRef
+from .util.completed import as_completed
 
 __all__ = ["init", "shutdown", "is_initialized", "remote", "get", "wait", "put", "cancel",
            "nodes", "cluster_resources", "available_resources", "timeline",
-           "get_runtime_context", "ObjectRef", "exceptions", "__version__"]
+           "get_runtime_context", "as_completed", "ObjectRef", "exceptions", "__version__"]
