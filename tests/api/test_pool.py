@@ -260,3 +260,13 @@ def test_executor_futures_complete_from_other_threads(cluster):
         for t in threads:
             t.join(60)
     assert sorted(out) == sorted((k * 100 + i) ** 2 for k in range(4) for i in range(20))
+
+
+def test_pool_and_executor_start_zfabric_when_it_is_not_running(fresh):
+    assert not zf.is_initialized()
+    with Pool(1) as p:
+        assert p.map(square, [3]) == [9]
+    assert zf.is_initialized()
+    zf.shutdown()
+    with Executor() as ex:
+        assert ex.submit(square, 4).result(30) == 16

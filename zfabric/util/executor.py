@@ -13,6 +13,7 @@ import concurrent.futures
 import threading
 import time
 
+from .. import api
 from . import calls
 from .dispatch import Dispatcher
 
@@ -35,7 +36,7 @@ class Executor(concurrent.futures.Executor):
     results in input order, `chunksize` items per task, `timeout` from the
     call (TimeoutError). `shutdown(wait=True, cancel_futures=False)`: no new
     calls after it; cancel_futures cancels the calls not sent yet; wait waits
-    for the rest. Tasks need `zf.init()` first (else RuntimeError at submit).
+    for the rest. Calls `zf.init()` first if zfabric is not initialized.
     """
 
     def __init__(self, max_workers: int | None = None):
@@ -44,6 +45,8 @@ class Executor(concurrent.futures.Executor):
                 raise TypeError(f"max_workers must be an int or None, got {max_workers!r}")
             if max_workers <= 0:
                 raise ValueError("max_workers must be greater than 0")
+        if not api.is_initialized():
+            api.init()
         self._max_workers = max_workers
         self._dispatcher = Dispatcher(max_workers)
         self._shutdown = False
