@@ -47,14 +47,25 @@ class Dispatcher:
         """A Future of remote_fn.remote(*args, **kwargs): sent now, or queued
         while `limit` calls are in flight. Errors of .remote() (bad arguments,
         zfabric not initialized) raise here when the call is sent at once."""
-        fut: Future = Future()
+        return self.submit_many(remote_fn, [args], kwargs)[0]
+
+    def submit_many(self, remote_fn, arglist: list, kwargs: dict | None = None) -> list:
+        """submit() of remote_fn for each args in arglist; the calls sent now are
+        watched with one message to the node, not one each."""
+        futures, sent = [], []
         with self._lock:
-            if not self._room(1):
-                self._queued.append((fut, remote_fn, args, kwargs))
-                return fut
-            fut.set_running_or_notify_cancel()
-            self._send(fut, remote_fn, args, kwargs, raise_errors=True)
-        return fut
+            try:
+                for args in arglist:
+                    fut: Future = Future()
+                    futures.append(fut)
+                    if not self._room(1):
+                        self._queued.append((fut, remote_fn, args, kwargs or {}))
+                        continue
+                    fut.set_running_or_notify_cancel()
+                    sent.append(self._send(fut, remote_fn, args, kwargs or {}))
+            finally:
+                self._watch(sent)
+        return futures
 
     def _room(self, n: int) -> bool:
         """Whether n more calls may go out now (caller holds _lock)."""
@@ -83,19 +94,20 @@ class Dispatcher:
                 self._changed.notify_all()
             self._send_queued()
 
-    def _send(self, fut: Future, remote_fn, args, kwargs, raise_errors: bool) -> None:
-        """Submit the task (caller holds _lock) and start the thread if none runs."""
-        try:
-            client = client_mod.current()
-            ref = remote_fn.remote(*args, **kwargs)
-        except Exception as e:
-            if raise_errors:
-                raise
-            fut.set_exception(e)
-            return
+    def _send(self, fut: Future, remote_fn, args, kwargs) -> bytes:
+        """Submit the task; its oid, in flight (caller holds _lock, then watches it)."""
+        client = client_mod.current()
+        ref = remote_fn.remote(*args, **kwargs)
         self._inflight[ref._id] = (fut, ref)
         self._client = client
-        client.watch([ref._id], self._sink)
+        return ref._id
+
+    def _watch(self, oids: list) -> None:
+        """Have the client tell us when oids are ready; start the completing
+        thread if none runs (caller holds _lock)."""
+        if not oids:
+            return
+        self._client.watch(oids, self._sink)
         self._changed.notify_all()
         if self._thread is None:
             self._thread = threading.Thread(target=self._complete_loop, daemon=True,
@@ -136,10 +148,16 @@ class Dispatcher:
 
     def _send_queued(self) -> None:
         with self._lock:
+            sent = []
             while self._queued and self._room(1):
                 fut, remote_fn, args, kwargs = self._queued.popleft()
-                if fut.set_running_or_notify_cancel():
-                    self._send(fut, remote_fn, args, kwargs, raise_errors=False)
+                if not fut.set_running_or_notify_cancel():
+                    continue
+                try:
+                    sent.append(self._send(fut, remote_fn, args, kwargs))
+                except Exception as e:   # e.g. zf.shutdown() meanwhile: its future says so
+                    fut.set_exception(e)
+            self._watch(sent)
 
     def _fail_all(self, error: BaseException) -> None:
         with self._lock:

@@ -70,8 +70,8 @@ class Executor(concurrent.futures.Executor):
         with self._shutdown_lock:
             if self._shutdown:
                 raise RuntimeError("cannot schedule new futures after shutdown")
-            futures = [self._dispatcher.submit(runner, (chunk,), {})
-                       for chunk in calls.chunks(zip(*iterables), chunksize)]
+            futures = self._dispatcher.submit_many(
+                runner, [(chunk,) for chunk in calls.chunks(zip(*iterables), chunksize)])
         return _results(futures, end)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:

@@ -186,13 +186,11 @@ class Pool:
             if not fut.cancelled() and fut.exception() is None:
                 self._note_cost(func, n, fut.result()[0])
 
-        futures = []
         with self._lock:
             self._check_running()
-            for chunk in chunks:
-                fut = self._dispatcher.submit(runner, (chunk,), {})
-                fut.add_done_callback(lambda f, n=len(chunk): note(f, n))
-                futures.append(fut)
+            futures = self._dispatcher.submit_many(runner, [(chunk,) for chunk in chunks])
+        for fut, chunk in zip(futures, chunks):
+            fut.add_done_callback(lambda f, n=len(chunk): note(f, n))
         return futures
 
     # -- life ------------------------------------------------------------------------------
