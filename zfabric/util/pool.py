@@ -26,7 +26,7 @@ RUN, CLOSE, TERMINATE = "RUN", "CLOSE", "TERMINATE"
 # A task costs ~0.3-1 ms of messages and scheduling (a stdlib pool's chunk ~0.1 ms):
 # a chunk of at least CHUNK_SECONDS of calls keeps that cost near a tenth or less.
 CHUNK_SECONDS = 0.005
-COSTS_KEPT = 256    # functions whose cost a call the pool remembers
+COSTS_KEPT = 256    # functions whose cost a call (and whose chunk task) a pool keeps
 
 
 class Pool:
@@ -75,6 +75,7 @@ class Pool:
                                                        tuple(initargs))
         self._dispatcher = Dispatcher(processes)
         self._costs: dict = {}    # id(func) -> (func, seconds a call), learned from chunks
+        self._runners: dict = {}  # (id(func), star) -> (func, its ChunkCall's RemoteFunction)
         self._state = RUN
         self._lock = threading.Lock()
 
@@ -87,7 +88,7 @@ class Pool:
     def apply_async(self, func, args=(), kwds={}, callback=None,
                     error_callback=None) -> results.ApplyResult:
         """An ApplyResult of func(*args, **kwds)."""
-        runner = calls.chunk_remote(func, star="apply", init=self._init)
+        runner = self._runner(func, "apply")
         with self._lock:
             self._check_running()
             fut = self._dispatcher.submit(runner, ([(tuple(args), dict(kwds))],), {})
@@ -124,7 +125,7 @@ class Pool:
     def _imap_chunks(self, func, iterable, chunksize: int) -> list:
         self._check_running()
         _check_chunksize(chunksize)
-        runner = calls.chunk_remote(func, init=self._init)
+        runner = self._runner(func, False)
         return self._submit(func, runner, list(calls.chunks(iterable, chunksize)))
 
     def _map(self, func, iterable, chunksize, star: bool) -> list:
@@ -133,20 +134,20 @@ class Pool:
         chunks = self._chunks(func, iterable, chunksize)
         if not chunks:
             return []
-        runner = calls.chunk_remote(func, star=star, init=self._init)
+        runner = self._runner(func, star)
         self._check_running()
         done = self._dispatcher.run_now(runner, [(chunk,) for chunk in chunks])
         if done is None:
             return results.MapResult(self._submit(func, runner, chunks)).get()
-        out = []
-        for chunk, (seconds, values) in zip(chunks, done):
+        for chunk, (seconds, _values) in zip(chunks, done):
             self._note_cost(func, len(chunk), seconds)
-            out.extend(values)
-        return out
+        if len(done) == 1:
+            return done[0][1]     # a list of its own, just deserialized
+        return [value for _seconds, values in done for value in values]
 
     def _map_async(self, func, iterable, chunksize, star, callback, error_callback):
         chunks = self._chunks(func, iterable, chunksize)
-        runner = calls.chunk_remote(func, star=star, init=self._init)
+        runner = self._runner(func, star)
         futures = self._submit(func, runner, chunks) if chunks else []
         return results.MapResult(futures, callback, error_callback)
 
@@ -158,6 +159,17 @@ class Pool:
             chunksize = max(1, self._chunksize(func, len(iterable)))
         _check_chunksize(chunksize)
         return list(calls.chunks(iterable, chunksize))
+
+    def _runner(self, func, star):
+        """The RemoteFunction that maps func over a chunk: made (and its code
+        pickled) once per function, not per call."""
+        key = (id(func), star)
+        known = self._runners.get(key)
+        if known is None or known[0] is not func:
+            if len(self._runners) >= COSTS_KEPT:
+                self._runners.pop(next(iter(self._runners)))
+            known = self._runners[key] = (func, calls.chunk_remote(func, star, self._init))
+        return known[1]
 
     def _chunksize(self, func, n: int) -> int:
         """The stdlib's len / (4 * processes), or larger chunks for a function whose
