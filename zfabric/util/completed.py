@@ -16,6 +16,7 @@ from collections import deque
 
 from .. import api
 from ..exceptions import GetTimeoutError
+from ..node import client as client_mod
 from ..ref import ObjectRef
 
 
@@ -61,7 +62,7 @@ class AsCompleted:
         self._timeout = timeout
         self._pending = {r._id: r for r in refs}   # input order; holds the refs alive
         self._sink: deque = deque()
-        self._client = api._client() if refs else None
+        self._client = client_mod.current() if refs else None
         if refs:
             self._client.watch(list(self._pending), self._sink)
 
@@ -86,9 +87,9 @@ class AsCompleted:
             if not pending:
                 raise StopIteration
             left = None if self._deadline is None else self._deadline - time.monotonic()
-            if left is not None and left <= 0 or not self._client.wait_watched(sink, left):
-                if sink:
+            if left is None or left > 0:
+                if self._client.wait_watched(sink, left) or sink:
                     continue
-                raise GetTimeoutError(
-                    f"as_completed timed out after {self._timeout} s: {len(pending)} of "
-                    "the refs are not ready (the iterator's .pending lists them)")
+            raise GetTimeoutError(
+                f"as_completed timed out after {self._timeout} s: {len(pending)} of "
+                "the refs are not ready (the iterator's .pending lists them)")

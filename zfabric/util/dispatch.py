@@ -19,7 +19,6 @@ flight, each of their futures gets the error: no caller is left hanging.
 """
 from __future__ import annotations
 
-import logging
 import threading
 from collections import deque
 from concurrent.futures import Future
@@ -27,7 +26,6 @@ from concurrent.futures import Future
 from .. import api
 from ..node import client as client_mod
 
-log = logging.getLogger("zfabric.util")
 LINGER = 2.0   # seconds the completing thread waits for new calls before it ends
 
 
@@ -37,7 +35,7 @@ class Dispatcher:
         self._lock = threading.Lock()
         self._queued: deque = deque()          # (future, remote_fn, args, kwargs) not sent yet
         self._inflight: dict[bytes, tuple] = {}   # oid -> (future, ref)
-        self._direct: dict[int, list] = {}        # run_now calls: id -> their refs
+        self._direct: dict[int, tuple] = {}       # run_now calls: id -> (slots, their refs)
         self._sink: deque = deque()
         self._client = None
         self._thread: threading.Thread | None = None
@@ -71,7 +69,7 @@ class Dispatcher:
         """Whether n more calls may go out now (caller holds _lock)."""
         if self.limit is None:
             return True
-        busy = len(self._inflight) + sum(len(refs) for refs in self._direct.values())
+        busy = len(self._inflight) + sum(slots for slots, _refs in self._direct.values())
         return busy + n <= self.limit
 
     def run_now(self, remote_fn, arglist: list) -> list | None:
@@ -83,7 +81,8 @@ class Dispatcher:
         with self._lock:
             if not self._room(len(arglist)):
                 return None
-            refs = self._direct[id(key)] = []
+            refs = []
+            self._direct[id(key)] = (len(arglist), refs)
         try:
             for args in arglist:
                 refs.append(remote_fn.remote(*args))
@@ -184,7 +183,7 @@ class Dispatcher:
         TaskCancelledError, or their result if they finish first)."""
         with self._lock:
             refs = [ref for _fut, ref in self._inflight.values()]
-            refs += [ref for direct in self._direct.values() for ref in direct]
+            refs += [ref for _slots, direct in self._direct.values() for ref in direct]
         for ref in refs:
             api.cancel(ref, force=True)
 

@@ -8,9 +8,10 @@ Chunking is what makes tiny calls cheap: a task costs a round trip through the
 node, a chunk of 1,250 calls costs one. map's default chunk size starts as the
 stdlib's (len / (4 * processes)); each chunk reports how long its calls took,
 and the next map of the same function makes its chunks larger (fewer tasks,
-as few as one) when the stdlib's would each hold less than CHUNK_SECONDS of work. The results and their errors follow
-multiprocessing's: the same methods, the same exception types, callbacks run
-on a background thread before `get()` returns.
+as few as one) when the stdlib's would each hold less than CHUNK_SECONDS of
+work. The results and their errors follow multiprocessing's: the same
+methods, the same exception types, callbacks run on a background thread
+before `get()` returns.
 """
 from __future__ import annotations
 
@@ -75,6 +76,7 @@ class Pool:
                                                        tuple(initargs))
         self._dispatcher = Dispatcher(processes)
         self._costs: dict = {}    # id(func) -> (func, seconds a call), learned from chunks
+        self._costs_lock = threading.Lock()   # written by the caller and the pool's thread
         self._runners: dict = {}  # (id(func), star) -> (func, its ChunkCall's RemoteFunction)
         self._state = RUN
         self._lock = threading.Lock()
@@ -185,12 +187,13 @@ class Pool:
     def _note_cost(self, func, n: int, seconds: float) -> None:
         """Remember how long func's calls took (a chunk of n of them: seconds)."""
         per_call = seconds / n
-        known = self._costs.get(id(func))
-        if known is not None and known[0] is func:
-            per_call = (known[1] + per_call) / 2
-        elif len(self._costs) >= COSTS_KEPT:
-            self._costs.pop(next(iter(self._costs)))
-        self._costs[id(func)] = (func, per_call)
+        with self._costs_lock:
+            known = self._costs.get(id(func))
+            if known is not None and known[0] is func:
+                per_call = (known[1] + per_call) / 2
+            elif len(self._costs) >= COSTS_KEPT:
+                self._costs.pop(next(iter(self._costs)))
+            self._costs[id(func)] = (func, per_call)
 
     def _submit(self, func, runner, chunks: list) -> list:
         """A future for each chunk (sent, or queued behind the pool's bound)."""

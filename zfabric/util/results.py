@@ -38,16 +38,15 @@ def _run_callback(callback, arg) -> None:
 class ApplyResult:
     """The result of apply_async: get(timeout), wait(timeout), ready(), successful()."""
 
-    def __init__(self, future, callback=None, error_callback=None, unwrap=True):
+    def __init__(self, future, callback=None, error_callback=None):
         self._event = threading.Event()
         self._callback, self._error_callback = callback, error_callback
-        self._unwrap = unwrap
         self._success, self._value = False, None
         future.add_done_callback(self._on_done)
 
     def _on_done(self, fut) -> None:
         ok, value = _outcome(fut)
-        self._set(ok, value[0] if ok and self._unwrap else value)
+        self._set(ok, value[0] if ok else value)   # a chunk of one call
 
     def _set(self, ok: bool, value) -> None:
         self._success, self._value = ok, value
