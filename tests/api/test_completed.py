@@ -21,7 +21,7 @@ def sleep_then(i: int, seconds: float) -> int:
 
 
 def test_refs_come_in_the_order_their_tasks_finish(cluster):
-    sleeps = [1.2, 0.1, 0.8, 0.45]          # 4 tasks on 4 CPUs: all start at once
+    sleeps = [1.5, 0.1, 1.0, 0.55]          # 4 tasks on 4 CPUs: all start at once
     refs = [sleep_then.remote(i, s) for i, s in enumerate(sleeps)]
     order = [zf.get(r) for r in zf.as_completed(refs)]
     assert order == [1, 3, 2, 0]
