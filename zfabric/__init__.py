@@ -17,10 +17,11 @@ from .api import (available_resources, cancel, cluster_resources, get, get_gpu_i
                   timeline, wait)
 from .compat import get_actor, kill, method   # Ray's actor calls: NotSupportedError
 from .ref import ObjectRef
+from .util.completed import as_completed
 
 ObjectID = ObjectRef   # Ray's other name for it
 
 __all__ = ["init", "shutdown", "is_initialized", "remote", "get", "wait", "put", "cancel",
            "nodes", "cluster_resources", "available_resources", "timeline",
-           "get_runtime_context", "get_gpu_ids", "ObjectRef", "ObjectID", "exceptions", "util",
-           "__version__", "get_actor", "kill", "method"]
+           "get_runtime_context", "get_gpu_ids", "as_completed", "ObjectRef", "ObjectID",
+           "exceptions", "util", "__version__", "get_actor", "kill", "method"]

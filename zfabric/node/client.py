@@ -94,6 +94,7 @@ class Client:
         self._reported: set[bytes] = set()
         self._dirty: set[bytes] = set()
         self._subscribed: set[bytes] = set()
+        self._watchers: dict[bytes, list] = {}   # oid -> sinks to tell when it is ready
         self._replies: dict[int, object] = {}
         self._awaiting: dict[int, type] = {}     # req id -> the reply kind it waits for
         self.malformed = 0                       # frames from the node that did not decode
@@ -225,6 +226,7 @@ class Client:
                 counts.pop(oid, None)
                 self._ready.pop(oid, None)
                 self._subscribed.discard(oid)
+                self._watchers.pop(oid, None)
             dirty.add(oid)
 
     # -- receiving -----------------------------------------------------------------
@@ -346,6 +348,8 @@ class Client:
             self._ready[oid] = (ObjectState(msg.state), msg.size, msg.payload)
         if self._ready[oid][0] == ObjectState.ERROR:
             self._errors_seen += 1
+        for sink in self._watchers.pop(oid, ()):
+            sink.append(oid)
 
     def node_alive(self) -> bool:
         pid = self.node_pid
@@ -438,6 +442,26 @@ class Client:
                     self._unblock()
         with self._cond:
             return {o for o in oids if o in ready}
+
+    def watch(self, oids: list[bytes], sink: deque) -> None:
+        """Append each oid to `sink` once it is ready (at once if it is), in O(1) an
+        arrival (zfabric.util's results as they come). Ends with the oid's last ref."""
+        self._subscribe_missing(oids)
+        with self._cond:
+            for o in oids:
+                if o in self._ready:
+                    sink.append(o)
+                else:
+                    self._watchers.setdefault(o, []).append(sink)
+
+    def wait_watched(self, sink: deque, timeout: float | None, block: bool = True) -> bool:
+        """Wait until `sink` (see watch) holds an oid; False if timeout passes first."""
+        blocked = not sink and block and self._block()
+        try:
+            return self._wait_for(lambda: bool(sink), timeout)
+        finally:
+            if blocked:
+                self._unblock()
 
     def _block(self) -> bool:
         if self.current_task_id is None:
