@@ -21,6 +21,7 @@ from .config import ADDRESS_ENV, Config
 from . import ids
 from .node import client as client_mod
 from .node import node as node_mod
+from .node import runtime_env as renv
 from .node import store as node_store
 from .ref import DepMarker, ObjectRef
 
@@ -33,7 +34,7 @@ _state: dict = {"client": None, "proc": None, "info": None, "embedded": False}
 def init(address: str | None = None, *, num_cpus: float | None = None,
          resources: dict | None = None, object_store_memory: int | None = None,
          ignore_reinit_error: bool = False, cluster_key: str | None = None,
-         log_to_driver: bool = True) -> dict:
+         log_to_driver: bool = True, runtime_env: dict | None = None) -> dict:
     """Connect this process to zfabric.
 
     address=None: start an embedded single-node cluster (it goes away at
@@ -48,6 +49,7 @@ def init(address: str | None = None, *, num_cpus: float | None = None,
     cluster_key: the path of the cluster key file, to join a cluster on other
     machines (default: ZFABRIC_CLUSTER_KEY, else the key of a node of that
     cluster on this machine). AuthenticationError if the cluster refuses it.
+    runtime_env: every task's env (working_dir...: docs/runtime-env.md).
     """
     with _lock:
         if _state["client"] is not None:
@@ -66,6 +68,7 @@ def init(address: str | None = None, *, num_cpus: float | None = None,
         if num_cpus is not None:
             _check_number("num_cpus", num_cpus)
         resources = _check_resources(resources or {})
+        env_spec = renv.check(runtime_env)
         if object_store_memory is not None and (
                 not isinstance(object_store_memory, numbers.Integral)
                 or isinstance(object_store_memory, bool) or object_store_memory <= 0):
@@ -86,7 +89,18 @@ def init(address: str | None = None, *, num_cpus: float | None = None,
             "address": info["address"], "object_store_address": info["store_dir"],
             "session_dir": info["session_dir"], "dashboard_url": None,
         })
+        _start_job_env(env_spec, client)
         return dict(_state["info"])
+
+
+def _start_job_env(spec, client) -> None:
+    """Pack and put the job's runtime_env; if that fails (a working_dir over the
+    size limit, a full store), disconnect: init() leaves nothing behind."""
+    try:
+        renv.start_job(spec, client)
+    except BaseException:
+        shutdown()
+        raise
 
 
 def _start_embedded(config: Config, address: str | None, num_cpus, resources: dict,
@@ -146,6 +160,7 @@ def shutdown() -> None:
         if client is None:
             return
         proc = _state["proc"]
+        renv.end_job()
         client.close(shutdown_node=proc is not None, reason="driver called shutdown()")
         client_mod.set_current(None)
         if proc is not None:
@@ -175,7 +190,8 @@ def _client() -> client_mod.Client:
 # -- options ---------------------------------------------------------------------------------
 
 _OPTION_DEFAULTS = {"num_cpus": 1, "num_returns": 1, "max_retries": 3,
-                    "retry_exceptions": False, "resources": None, "name": None}
+                    "retry_exceptions": False, "resources": None, "name": None,
+                    "runtime_env": None}
 
 
 def _check_number(name: str, value) -> None:
@@ -224,6 +240,8 @@ def _validate_options(options: dict) -> dict:
         out["resources"] = _check_resources(out["resources"])
     if out.get("name") is not None and not isinstance(out["name"], str):
         raise ValueError(f"name must be a str, got {out['name']!r}")
+    if "runtime_env" in out:
+        out["runtime_env"] = renv.check(out["runtime_env"])
     return out
 
 
@@ -281,12 +299,14 @@ class RemoteFunction:
         deps, contained, args_blob, keep = _serialize_args(self._name, self._function, args,
                                                            kwargs, client)
         opts = self._options
+        task_opts, env_deps, env_keep = renv.for_task(opts["runtime_env"], client)
         refs = client.submit(
             name=self._name, fn_id=self._fn_id, fn_blob=self._blob,
             num_returns=opts["num_returns"], resources=self._resources,
             max_retries=opts["max_retries"], retry_exceptions=opts["retry_exceptions"] is not False,
-            retry_blob=self._retry_blob, deps=deps, contained=contained, args_blob=args_blob)
-        del keep  # the refs to arguments put in the store live until Submit is sent
+            retry_blob=self._retry_blob, deps=deps + env_deps, contained=contained,
+            args_blob=args_blob, opts=task_opts)
+        del keep, env_keep  # the refs to arguments put in the store live until Submit is sent
         n = opts["num_returns"]
         if n == 1:
             return refs[0]
