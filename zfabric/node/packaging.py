@@ -100,11 +100,11 @@ class Rules:
             if r.dir_only and not is_dir:
                 continue
             pattern = r.segments
-            if pattern and pattern[-1] == "**":   # "x/**": what is inside x, not x
-                if _match(pattern, parts) and len(parts) > len(pattern) - 1:
-                    verdict = not r.negate
-                continue
-            if _match(pattern, parts):
+            if len(pattern) > 1 and pattern[-1] == "**":   # "x/**": inside x, not x itself
+                hit = any(_match(pattern[:-1], parts[:k]) for k in range(len(parts)))
+            else:
+                hit = _match(pattern, parts)
+            if hit:
                 verdict = not r.negate
         return verdict
 
@@ -132,7 +132,10 @@ class Entry:
 
 
 def _human(n: int) -> str:
-    return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n} bytes"
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n} bytes"
 
 
 def scan(root: str, rules: Rules, limit: int, label: str, prefix: str = "") -> list[Entry]:
@@ -175,7 +178,10 @@ def scan(root: str, rules: Rules, limit: int, label: str, prefix: str = "") -> l
             path = os.path.join(top, name)
             if rules.excluded(base + name, False):
                 continue
-            st = os.stat(path)
+            try:
+                st = os.stat(path)
+            except FileNotFoundError:   # a dangling symlink: nothing to ship
+                continue
             if stat.S_ISREG(st.st_mode):   # (sockets, fifos, devices: not content)
                 add(prefix + base + name, path, st, False)
     return entries
