@@ -1,6 +1,7 @@
 """runtime_env packages on their own (zfabric/node/packaging.py): .gitignore-style
 excludes (checked against git itself), deterministic packing, the size limit,
-and unpacking only what stays inside the package.
+and unpacking only what stays inside the package; and how a task's env is
+merged over its job's (node/runtime_env.merge).
 """
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ from hypothesis import strategies as st
 
 from zfabric.node import packaging
 from zfabric.node.packaging import PackageError, Rules
+from zfabric.node.runtime_env import merge
+from zfabric.protocol_checks import env_problem
 
 MiB = 1 << 20
 
@@ -216,3 +219,22 @@ def test_unsafe_packages_are_refused(tmp_path, members, why):
 def test_not_a_zip(tmp_path):
     with pytest.raises(PackageError, match="not a readable zip"):
         packaging.unpack(b"PK\x03\x04 nonsense", str(tmp_path / "out"), MiB)
+
+
+# -- merging a task's env over its job's -----------------------------------------------------
+
+SHA_A, SHA_B, SHA_C = "a" * 64, "b" * 64, "c" * 64
+OID_A, OID_B, OID_C = b"\x01" * 20, b"\x02" * 20, b"\x03" * 20
+
+
+def test_merge_task_keys_replace_env_vars_merge():
+    job = {"wd": SHA_A, "vars": {"X": "job", "Y": "job"}, "pkgs": {SHA_A: OID_A}}
+    task = {"wd": SHA_B, "vars": {"Y": "task"}, "pkgs": {SHA_B: OID_B}}
+    assert merge(job, task) == {"wd": SHA_B, "vars": {"X": "job", "Y": "task"},
+                                "pkgs": {SHA_B: OID_B}}
+    assert merge(job, {"mods": [SHA_C], "pkgs": {SHA_C: OID_C}}) == {
+        "wd": SHA_A, "mods": [SHA_C], "vars": job["vars"], "pkgs": {SHA_A: OID_A, SHA_C: OID_C}}
+    assert merge(job, {"mods": [], "pkgs": {}}) == {**job, "mods": []}
+    assert merge(None, task) == task and merge(job, None) == job and merge(None, None) == {}
+    for desc in (merge(job, task), merge(job, {"mods": [SHA_C], "pkgs": {SHA_C: OID_C}})):
+        assert env_problem(desc) == ""
