@@ -13,9 +13,11 @@ file); a linked directory already being walked is not walked again.
 Excludes are `.gitignore` lines (`Rules`): `*.log`, `build/` (directories
 only), `/top-only` (anchored at the package root), `a/b` (a slash inside:
 anchored), `**/x`, `x/**`, `a/**/b`, `!keep.log` (re-include; as in git, not
-below an excluded directory), blank lines and `#` comments. Segments are
-matched with `fnmatch` (`*` and `?` never cross a `/`). `__pycache__` and
-`.git` are always excluded (DEFAULT_EXCLUDES).
+below an excluded directory), blank lines and `#` comments. Segments use
+fnmatch's syntax (`*`, `?`, `[...]`, `[!...]`), never crossing a `/`; each
+line compiles to one regex of the whole path (tests/node/test_packaging.py
+checks the verdicts against `git check-ignore`). `__pycache__` and `.git` are
+always excluded (DEFAULT_EXCLUDES).
 
 `unpack` trusts nothing in the zip: every member must be a plain relative
 path (no absolute path, no `..`, no backslash, no NUL), a regular file or a
@@ -27,10 +29,10 @@ side (node/runtime_env.py) call it.
 """
 from __future__ import annotations
 
-import fnmatch
 import hashlib
 import io
 import os
+import re
 import stat
 import zipfile
 from dataclasses import dataclass
@@ -38,7 +40,11 @@ from dataclasses import dataclass
 DEFAULT_EXCLUDES = ("__pycache__/", ".git")
 ZIP_TIME = (1980, 1, 1, 0, 0, 0)    # the earliest time a zip can hold
 FILE_MODE, EXEC_MODE, DIR_MODE = 0o644, 0o755, 0o755
-COMPRESS_LEVEL = 1                  # deflate level: see docs/runtime-env.md (speed vs size)
+# Members are stored, not deflated: packing then costs what reading the files
+# costs (30 MiB of code and data: 0.65 s stored, 5.2 s at deflate level 1 on a
+# busy 2-core machine), and a package's name depends on its content alone, not
+# on the zlib version of the machine that packed it.
+COMPRESSION = zipfile.ZIP_STORED
 MAX_MEMBERS = 1 << 20               # members of one package (unpack refuses more)
 COPY_CHUNK = 1 << 20
 
@@ -53,7 +59,7 @@ class PackageError(ValueError):
 class _Rule:
     negate: bool
     dir_only: bool
-    segments: tuple[str, ...]   # anchored at the root; "**" matches any number of segments
+    regex: re.Pattern   # the whole /-separated path, anchored at the root
 
 
 def _rule(line: str) -> _Rule | None:
@@ -69,20 +75,52 @@ def _rule(line: str) -> _Rule | None:
     if not line:
         return None
     anchored = "/" in line          # a leading or middle slash anchors at the root
-    segments = tuple(s for s in line.split("/") if s)
-    if not anchored and segments != ("**",):
-        segments = ("**",) + segments
-    return _Rule(negate, dir_only, segments)
+    segments = [s for s in line.split("/") if s]
+    if not anchored and segments != ["**"]:
+        segments.insert(0, "**")
+    return _Rule(negate, dir_only, re.compile(_path_regex(segments)))
 
 
-def _match(pattern: tuple[str, ...], parts: tuple[str, ...]) -> bool:
-    if not pattern:
-        return not parts
-    head, rest = pattern[0], pattern[1:]
-    if head == "**":
-        return any(_match(rest, parts[i:]) for i in range(len(parts) + 1))
-    return bool(parts) and fnmatch.fnmatchcase(parts[0], head.replace("[^", "[!")) and \
-        _match(rest, parts[1:])
+def _path_regex(segments: list[str]) -> str:
+    """The regex of a path of segments: "**" is any number of whole segments
+    (at the end: at least one, "x/**" being what is inside x)."""
+    out = ""
+    for i, seg in enumerate(segments):
+        sep = "" if i == 0 or segments[i - 1] == "**" else "/"   # ("**" ends with its /)
+        if seg != "**":
+            out += sep + _segment_regex(seg)
+        elif i == len(segments) - 1:
+            out += sep + ".+"
+        else:
+            out += sep + "(?:[^/]+/)*"
+    return out + r"\Z"
+
+
+def _segment_regex(seg: str) -> str:
+    """fnmatch's syntax for one segment (`*`, `?`, `[...]`, `[!...]`), never crossing a /."""
+    out, i, n = [], 0, len(seg)
+    while i < n:
+        c = seg[i]
+        i += 1
+        if c == "*":
+            out.append("[^/]*")
+        elif c == "?":
+            out.append("[^/]")
+        elif c == "[":
+            j = i + (i < n and seg[i] in "!^")
+            j += j < n and seg[j] == "]"
+            while j < n and seg[j] != "]":
+                j += 1
+            if j >= n:                       # no closing bracket: a plain "["
+                out.append(re.escape(c))
+                continue
+            body, i = seg[i:j], j + 1
+            negate = body[:1] in ("!", "^")
+            body = re.sub(r"([\\\]^])", r"\\\1", body[negate:])
+            out.append(f"[{'^/' if negate else ''}{body}]")
+        else:
+            out.append(re.escape(c))
+    return "".join(out)
 
 
 class Rules:
@@ -94,17 +132,9 @@ class Rules:
 
     def matches(self, rel: str, is_dir: bool) -> bool:
         """Does the path itself match (last matching line wins), its parents aside?"""
-        parts = tuple(rel.split("/"))
         verdict = False
         for r in self.rules:
-            if r.dir_only and not is_dir:
-                continue
-            pattern = r.segments
-            if len(pattern) > 1 and pattern[-1] == "**":   # "x/**": inside x, not x itself
-                hit = any(_match(pattern[:-1], parts[:k]) for k in range(len(parts)))
-            else:
-                hit = _match(pattern, parts)
-            if hit:
+            if (is_dir or not r.dir_only) and r.regex.match(rel):
                 verdict = not r.negate
         return verdict
 
@@ -166,9 +196,9 @@ def scan(root: str, rules: Rules, limit: int, label: str, prefix: str = "") -> l
         base = os.path.relpath(top, root).replace(os.sep, "/")
         base = "" if base == "." else base + "/"
         kept = []
-        for name in sorted(dirs):
+        for name in sorted(dirs):   # (below excluded dirs nothing is walked: `matches`)
             real = os.path.realpath(os.path.join(top, name))
-            if rules.excluded(base + name, True) or real in seen:
+            if rules.matches(base + name, True) or real in seen:
                 continue
             seen.add(real)
             kept.append(name)
@@ -176,7 +206,7 @@ def scan(root: str, rules: Rules, limit: int, label: str, prefix: str = "") -> l
         dirs[:] = kept
         for name in sorted(files):
             path = os.path.join(top, name)
-            if rules.excluded(base + name, False):
+            if rules.matches(base + name, False):
                 continue
             try:
                 st = os.stat(path)
@@ -199,7 +229,7 @@ def signature(entries: list[Entry]) -> tuple:
 def pack(entries: list[Entry], limit: int, label: str = "package") -> bytes:
     """The deterministic zip of `entries` (PackageError if it passes `limit`)."""
     buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED, compresslevel=COMPRESS_LEVEL) as zf:
+    with zipfile.ZipFile(buf, "w", COMPRESSION) as zf:
         for e in sorted(entries, key=lambda e: e.rel):
             info = zipfile.ZipInfo(e.rel + ("/" if e.is_dir else ""), date_time=ZIP_TIME)
             info.create_system = 3
@@ -209,7 +239,7 @@ def pack(entries: list[Entry], limit: int, label: str = "package") -> bytes:
                 continue
             mode = EXEC_MODE if e.executable else FILE_MODE
             info.external_attr = (stat.S_IFREG | mode) << 16
-            info.compress_type = zipfile.ZIP_DEFLATED
+            info.compress_type = COMPRESSION
             with open(e.path, "rb") as src, zf.open(info, "w", force_zip64=True) as dst:
                 while chunk := src.read(COPY_CHUNK):
                     dst.write(chunk)
