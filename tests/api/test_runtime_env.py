@@ -65,9 +65,12 @@ def test_working_dir_is_shipped_and_is_the_cwd(fresh, tmp_path):
     assert out["listing"] == ["data.txt", "helper.py", "sub"]   # no x.log, no build/
 
     @zf.remote
-    def parent():   # a task's tasks run in its env
-        return zf.get(look.remote())
-    assert zf.get(parent.remote())["value"] == "A"
+    def parent():   # a task's tasks run in its env, merged with their own
+        return zf.get([look.remote(),
+                       look.options(runtime_env={"env_vars": {"ZF_C": "nested"}}).remote()])
+    inherited, merged = zf.get(parent.remote())
+    assert inherited["value"] == merged["value"] == "A" and inherited["cwd"] == out["cwd"]
+    assert (inherited["vars"]["ZF_C"], merged["vars"]["ZF_C"]) == (None, "nested")
     # several tasks at once on two workers: one unpacked dir, nothing half-made left
     outs = zf.get([look.remote() for _ in range(6)])
     assert {o["cwd"] for o in outs} == {out["cwd"]}

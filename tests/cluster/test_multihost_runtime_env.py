@@ -66,7 +66,13 @@ DRIVER = textwrap.dedent("""
         except ModuleNotFoundError as e:
             return str(e)
 
+    @zf.remote(num_cpus=1, resources={"c_only": 1})
+    def nested_on_c():
+        # a task's tasks inherit its env; this one is submitted on C
+        return zf.get([anywhere.remote(0.0) for _ in range(3)], timeout=60)
+
     out = {"c": zf.get(on_c.remote(), timeout=60),
+           "nested": zf.get(nested_on_c.remote(), timeout=60),
            "spread": zf.get([anywhere.remote(0.2) for _ in range(12)], timeout=60),
            "without": zf.get(try_import.options(runtime_env={"working_dir": EMPTY}).remote(),
                              timeout=60)}
@@ -114,4 +120,5 @@ def test_working_dir_reaches_a_node_in_another_namespace(cluster):
         assert [v for _, v in out["spread"]] == [42] * 12
         assert nodes == {a.node_id, b.node_id, c.node_id}, nodes
 
+        assert [v for _, v in out["nested"]] == [42] * 3, out["nested"]
         assert out["without"] == f"No module named '{HELPER}'", out["without"]

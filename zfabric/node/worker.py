@@ -45,7 +45,7 @@ class Worker:
         self.cancel_path = cancel_path
         self.functions: dict[tuple, object] = {}   # (fn_id, runtime env key) -> function
         self.env_blobs: dict[bytes, bytes] = {}    # code loaded inside a runtime env
-        self.env = task_env.TaskEnv(session_dir or os.path.dirname(cancel_path),
+        self.env = task_env.TaskEnv(session_dir or os.path.dirname(os.path.dirname(cancel_path)),
                                     client.store_dir, client.config.runtime_env_max_bytes,
                                     on_switch=self._forget_env)
         self.in_user_code = False
