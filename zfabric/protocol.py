@@ -16,7 +16,9 @@ in payload frames and is opened only by the process that runs or gets it.
 
 Task options that travel with a task ride in `opts` (Submit, Spill,
 Execute): a dict left empty when a task has none, each key checked by
-`protocol_checks.TASK_OPTS`.
+`protocol_checks.TASK_OPTS`:
+    "env"   a task's runtime_env: package hashes, their object ids, env vars
+            (node/runtime_env.py; protocol_checks.env_problem)
 
 Who sends what (client = a driver or a worker on the node's machine):
 
