@@ -217,3 +217,38 @@ def test_refused_in_init_before_anything_starts(fresh, tmp_path):
     with pytest.raises(ValueError, match="'pip' is not supported"):
         zf.init(num_cpus=1, runtime_env={"pip": ["numpy"]})
     assert not zf.is_initialized()
+
+
+def test_a_bad_package_fails_its_task_and_harms_nothing(fresh, tmp_path):
+    """A descriptor whose package does not hash to its name, or whose zip would
+    write outside its dir, fails that task with a clear error; the worker and
+    the next tasks carry on."""
+    import io
+    import zipfile
+
+    from zfabric.node import packaging
+    from zfabric.node import runtime_env as renv
+    info = zf.init(num_cpus=1)
+    client = zf.api._client()
+
+    def env_with(data: bytes, name: str):
+        ref = client.put(data, in_store=True)
+        spec = renv.check({"env_vars": {"ZF_A": "x"}})
+        spec._parts[client] = {"wd": name, "pkgs": {name: ref.binary()}}
+        return spec, ref
+
+    spec, keep = env_with(b"not the package", "ab" * 32)
+    with pytest.raises(TaskError, match="do not hash to its name"):
+        zf.get(look.options(runtime_env=spec).remote())
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("../escaped.py", "X = 1\n")
+    evil = buf.getvalue()
+    spec, keep2 = env_with(evil, packaging.digest(evil))
+    with pytest.raises(TaskError, match="leaves the package"):
+        zf.get(look.options(runtime_env=spec).remote())
+    assert not os.path.exists(os.path.join(info["session_dir"], "escaped.py"))
+    assert os.listdir(cache_dir(info)) == []   # (no half-unpacked dir left either)
+    good = project(tmp_path / "good", "good")
+    assert zf.get(look.options(runtime_env={"working_dir": good}).remote())["value"] == "good"
+    assert zf.get(look.remote())["vars"]["ZF_A"] is None
