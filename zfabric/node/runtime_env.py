@@ -211,14 +211,16 @@ class _Packages:
 
 
 _packages: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()   # client -> _Packages
+_packages_lock = threading.Lock()   # (two threads must not make two books for one client)
 _job: dict = {"client": None, "desc": None}
 
 
 def _packages_of(client) -> _Packages:
-    packages = _packages.get(client)
-    if packages is None:
-        packages = _packages[client] = _Packages()
-    return packages
+    with _packages_lock:
+        packages = _packages.get(client)
+        if packages is None:
+            packages = _packages[client] = _Packages()
+        return packages
 
 
 def _part(spec: EnvSpec, client) -> dict:
@@ -275,7 +277,8 @@ def end_job() -> None:
     client = _job["client"]
     _job.update(client=None, desc=None)
     if client is not None:
-        _packages.pop(client, None)
+        with _packages_lock:
+            _packages.pop(client, None)
 
 
 def job_env(client) -> dict | None:

@@ -80,9 +80,12 @@ class Worker:
         gets the error) and stays in `fn_blobs`: the next task of it tries again.
         Code loaded inside a runtime env is kept, to load it again in another env."""
         key = self.env.key
-        fn = self.functions.get((ex.fn_id, key)) or self.functions.get((ex.fn_id, None))
+        fn = self.functions.get((ex.fn_id, key))
+        if fn is None and key is not None:   # loaded outside any env: it imported none
+            fn = self.functions.get((ex.fn_id, None))
         if fn is None:
-            blob = self.client.fn_blobs.get(ex.fn_id) or ex.fn_blob or self.env_blobs.get(ex.fn_id)
+            blob = (self.client.fn_blobs.get(ex.fn_id) or ex.fn_blob
+                    or self.env_blobs.get(ex.fn_id))
             if not blob:
                 raise RuntimeError(f"the node sent {ex.name}() without its code")
             fn = self.functions[(ex.fn_id, key)] = cloudpickle.loads(blob)
