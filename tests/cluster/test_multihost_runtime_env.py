@@ -14,7 +14,8 @@ store over the veths.
   its cwd, and sees the env var; its cwd and the helper's file are in C's
   package cache (`{session}/runtime_env/{sha256}`), where nothing
   half-unpacked is left;
-- 12 tasks spread over A, B and C all import it;
+- 12 tasks spread over A, B and C all import it, and so do the tasks a task
+  on C submits (they inherit its env);
 - on C, a task whose own working_dir (an empty dir) replaces the job's cannot
   import it: the helper came only with the package, and left with its env.
 
