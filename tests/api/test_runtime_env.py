@@ -64,10 +64,12 @@ def test_working_dir_is_shipped_and_is_the_cwd(fresh, tmp_path):
     assert out["file"] == os.path.join(out["cwd"], "helper.py")
     assert out["listing"] == ["data.txt", "helper.py", "sub"]   # no x.log, no build/
 
+    nested = look.options(runtime_env={"env_vars": {"ZF_C": "nested"}})
+    zf.get(nested.remote())   # (packed here: the copy the task gets packs anew)
+
     @zf.remote
     def parent():   # a task's tasks run in its env, merged with their own
-        return zf.get([look.remote(),
-                       look.options(runtime_env={"env_vars": {"ZF_C": "nested"}}).remote()])
+        return zf.get([look.remote(), nested.remote()])
     inherited, merged = zf.get(parent.remote())
     assert inherited["value"] == merged["value"] == "A" and inherited["cwd"] == out["cwd"]
     assert (inherited["vars"]["ZF_C"], merged["vars"]["ZF_C"]) == (None, "nested")

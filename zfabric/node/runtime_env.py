@@ -59,6 +59,9 @@ class EnvSpec:
         self.excludes: tuple = excludes
         self._parts: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
+    def __reduce__(self):   # shipped inside a task (a remote function it calls): packed anew there
+        return (EnvSpec, (self.working_dir, self.py_modules, self.env_vars, self.excludes))
+
     def __repr__(self) -> str:
         return (f"EnvSpec(working_dir={self.working_dir!r}, py_modules={self.py_modules!r}, "
                 f"env_vars={self.env_vars!r}, excludes={self.excludes!r})")
