@@ -23,6 +23,7 @@ from .config import ADDRESS_ENV, Config
 from . import ids
 from .node import client as client_mod
 from .node import node as node_mod
+from .node import runtime_env as renv
 from .node import store as node_store
 from .ref import DepMarker, ObjectRef
 from .util import scheduling_strategies
@@ -38,7 +39,8 @@ def init(address: str | None = None, *, num_cpus: float | None = None,
          object_store_memory: int | None = None, ignore_reinit_error: bool = False,
          cluster_key: str | None = None, log_to_driver: bool = True,
          logging_level: int | str = logging.INFO, logging_format: str | None = None,
-         configure_logging: bool = True, namespace: str | None = None, **ray_kwargs) -> dict:
+         configure_logging: bool = True, namespace: str | None = None, runtime_env: dict | None = None,
+         **ray_kwargs) -> dict:
     """Connect this process to zfabric.
 
     address=None: start an embedded single-node cluster (it goes away at
@@ -61,6 +63,7 @@ def init(address: str | None = None, *, num_cpus: float | None = None,
     Ray's other init arguments are accepted with one warning each
     (zfabric.compat.NoEffectWarning); any other is a TypeError.
     Returns the info dict; its keys also read as attributes (as on Ray's RayContext).
+    runtime_env: every task's env (working_dir...: docs/runtime-env.md).
     """
     compat.accept_ray_init_kwargs(ray_kwargs)
     namespace = compat.check_namespace(namespace)
@@ -75,6 +78,7 @@ def init(address: str | None = None, *, num_cpus: float | None = None,
             raise RuntimeError("zf.init() cannot be called inside a task")
         config = _config_with_key(cluster_key)
         resources = _node_resources(num_cpus, num_gpus, resources, object_store_memory)
+        env_spec = renv.check(runtime_env)
         address = address if address is not None else os.environ.get(ADDRESS_ENV) or None
         proc = None
         info = None if address is None else _find_node(config, address)
@@ -92,6 +96,7 @@ def init(address: str | None = None, *, num_cpus: float | None = None,
             "address": info["address"], "object_store_address": info["store_dir"],
             "session_dir": info["session_dir"], "dashboard_url": None, "namespace": namespace,
         })
+        _start_job_env(env_spec, client)
         return compat.InitInfo(_state["info"])
 
 
@@ -119,6 +124,16 @@ def _node_resources(num_cpus, num_gpus, resources, object_store_memory) -> dict:
             or isinstance(object_store_memory, bool) or object_store_memory <= 0):
         raise ValueError(f"object_store_memory must be a positive int, got {object_store_memory!r}")
     return resources
+
+
+def _start_job_env(spec, client) -> None:
+    """Pack and put the job's runtime_env; if that fails (a working_dir over the
+    size limit, a full store), disconnect: init() leaves nothing behind."""
+    try:
+        renv.start_job(spec, client)
+    except BaseException:
+        shutdown()
+        raise
 
 
 def _start_embedded(config: Config, address: str | None, num_cpus, resources: dict,
@@ -178,6 +193,7 @@ def shutdown() -> None:
         if client is None:
             return
         proc = _state["proc"]
+        renv.end_job()
         client.close(shutdown_node=proc is not None, reason="driver called shutdown()")
         client_mod.set_current(None)
         if proc is not None:
@@ -274,13 +290,15 @@ class RemoteFunction:
         deps, contained, args_blob, keep = _serialize_args(self._name, self._function, args,
                                                            kwargs, client)
         opts = self._options
+        env_opts, env_deps, env_keep = renv.for_task(opts["runtime_env"], client)
         refs = client.submit(
             name=self._name, fn_id=self._fn_id, fn_blob=self._blob,
             num_returns=opts["num_returns"], resources=self._resources,
             max_retries=opts["max_retries"], retry_exceptions=opts["retry_exceptions"] is not False,
-            retry_blob=self._retry_blob, deps=deps, contained=contained, args_blob=args_blob,
-            opts=self._task_opts)
-        del keep  # the refs to arguments put in the store live until Submit is sent
+            retry_blob=self._retry_blob, deps=deps + env_deps if env_deps else deps,
+            contained=contained, args_blob=args_blob,
+            opts={**self._task_opts, **env_opts} if env_opts else self._task_opts)
+        del keep, env_keep  # the refs to arguments put in the store live until Submit is sent
         n = opts["num_returns"]
         if n == 1:
             return refs[0]

@@ -58,6 +58,13 @@ class Config:
     lineage_max_specs: int = 100_000
     lineage_max_bytes: int = 100 << 20
 
+    # -- runtime_env (docs/runtime-env.md) -------------------------------------------
+    # A working_dir or py_modules entry may hold at most this many bytes of files
+    # (after excludes): 100 MiB, Ray's limit for one package. A larger one is
+    # refused at init() / .remote() with its path and size; nodes refuse to
+    # unpack more than this from one package.
+    runtime_env_max_bytes: int = 100 << 20
+
     # -- node / workers ------------------------------------------------------
     # Seconds a caller waits for a node it started to answer.
     node_start_timeout: float = 30.0

@@ -9,11 +9,13 @@ from __future__ import annotations
 import numbers
 
 from . import compat
+from .node import runtime_env as renv
 from .util import scheduling_strategies
 
 OPTION_DEFAULTS = {"num_cpus": 1, "num_returns": 1, "max_retries": 3,
                     "retry_exceptions": False, "resources": None, "name": None,
-                    "num_gpus": 0, "scheduling_strategy": None}
+                    "num_gpus": 0, "scheduling_strategy": None,
+                    "runtime_env": None}
 
 
 def check_number(name: str, value) -> None:
@@ -75,4 +77,6 @@ def validate_options(options: dict) -> dict:
         out["resources"] = check_resources(out["resources"])
     if out.get("name") is not None and not isinstance(out["name"], str):
         raise ValueError(f"name must be a str, got {out['name']!r}")
+    if "runtime_env" in out:
+        out["runtime_env"] = renv.check(out["runtime_env"])
     return out

@@ -21,6 +21,8 @@ Execute): a dict left empty when a task has none, each key checked by
     "strategy"  (Submit, Spill, Execute) the scheduling strategy: "SPREAD", or
                 {"node": node id, "soft": bool} for node affinity
     "gpus"      (Execute only) the GPU ids the executing node gave the task
+    "env"       (Submit, Spill, Execute) the task's runtime_env: package hashes,
+                their object ids, env vars (node/runtime_env.py; env_problem)
 
 Who sends what (client = a driver or a worker on the node's machine):
 

@@ -133,10 +133,50 @@ def strategy(x) -> bool:
             and type(x.get("soft")) is bool)
 
 
+ENV_MAX_MODULES = 64           # runtime_env py_modules of one task
+ENV_MAX_VARS = 1024            # runtime_env env_vars of one task
+ENV_KEYS = frozenset(("wd", "mods", "vars", "pkgs"))
+
+
+def _is_sha(x) -> bool:
+    return type(x) is str and len(x) == 64 and all(c in "0123456789abcdef" for c in x)
+
+
+def env_problem(env) -> str:
+    """What is wrong with a runtime env descriptor (opts["env"], node/runtime_env.py):
+    package hashes are sha256 hex, each names its object in "pkgs", env vars are
+    bounded str -> str a process can set."""
+    if type(env) is not dict or not env.keys() <= ENV_KEYS:
+        return "env must be a dict of wd, mods, vars, pkgs"
+    pkgs = env.get("pkgs", {})
+    if type(pkgs) is not dict or len(pkgs) > ENV_MAX_MODULES + 1:
+        return "bad env packages"
+    for sha, oid in pkgs.items():
+        if not _is_sha(sha) or not is_oid(oid):
+            return "env packages must map sha256 hex to object ids"
+    mods = env.get("mods", [])
+    if type(mods) is not list or len(mods) > ENV_MAX_MODULES:
+        return "bad env modules"
+    named = ([env["wd"]] if "wd" in env else []) + mods
+    if not all(_is_sha(x) and x in pkgs for x in named):
+        return "env working dir and modules must be packages it names"
+    env_vars = env.get("vars", {})
+    if type(env_vars) is not dict or len(env_vars) > ENV_MAX_VARS:
+        return "bad env vars"
+    for k, v in env_vars.items():
+        if not (type(k) is str and type(v) is str and 0 < len(k) <= MAX_TEXT
+                and len(v) <= MAX_TEXT and "=" not in k and "\0" not in k + v):
+            return "env vars must be names (no '=', no NUL) to str values"
+    return ""
+
+
 # Task options that travel with a task (Submit, Spill, Execute `opts`): each key
 # and the check of its value. An empty dict (no options) is the common case;
 # a key not named here is refused.
-TASK_OPTS: dict = {"gpus": gpu_ids, "strategy": strategy}
+TASK_OPTS: dict = {
+    "gpus": gpu_ids, "strategy": strategy,
+    "env": lambda v: not env_problem(v),   # runtime_env (node/runtime_env.py)
+}
 # Keys only the executing node sets (in Execute): refused in a Submit or a Spill.
 EXECUTE_ONLY_OPTS = ("gpus",)
 

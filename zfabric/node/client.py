@@ -509,10 +509,13 @@ class Client:
             raise _error_of(oid, payload)
         raise RuntimeError(f"object {oid.hex()} is not ready")
 
-    def put(self, value) -> ObjectRef:
+    def put(self, value, in_store: bool = False) -> ObjectRef:
+        """Put a value; a small one travels inline unless `in_store` (then it is a
+        store file even when small: runtime_env packages, which every task of
+        an env names, need not ride in each task's messages)."""
         ser = serialization.serialize(value)
         oid = new_put_id()
-        if ser.size <= self.inline_threshold:
+        if ser.size <= self.inline_threshold and not in_store:
             blob = ser.to_bytes()
             ref = ObjectRef(oid, self)
             with self._cond:

@@ -77,6 +77,7 @@ class Processes:
         self.restart_backoff_max = restart_backoff_max
         self.clock = clock                    # the backoff's clock (monotonic seconds)
         self.on_worker_gone = on_worker_gone  # (pid) a worker is gone: clear up after it
+        self.session_dir = session_dir
         self.cancel_dir = os.path.join(session_dir, "cancel")
         os.makedirs(self.cancel_dir, exist_ok=True)
         self.zygote: _Zygote | None = None    # the one that forks our workers
@@ -136,7 +137,8 @@ class Processes:
     def _start_zygote(self) -> _Zygote | None:
         """Start a zygote; None (reported as ZygoteStartFailed) if it cannot be."""
         env = dict(os.environ)
-        env.update(ZFABRIC_NODE_ENDPOINT=self.ipc_endpoint, ZFABRIC_CANCEL_DIR=self.cancel_dir)
+        env.update(ZFABRIC_NODE_ENDPOINT=self.ipc_endpoint, ZFABRIC_CANCEL_DIR=self.cancel_dir,
+                   ZFABRIC_SESSION_DIR=self.session_dir)
         try:
             report_r, report_w = os.pipe2(os.O_CLOEXEC)
         except OSError as e:

@@ -34,7 +34,7 @@ from ..protocol import ObjectState, TaskStatus
 from ..exceptions import TaskCancelledError
 from ..ref import DepMarker
 from . import client as client_mod
-from . import store
+from . import store, task_env
 
 PR_SET_PDEATHSIG = 1
 
@@ -45,10 +45,14 @@ class _Interrupted(BaseException):
 
 
 class Worker:
-    def __init__(self, client: client_mod.Client, cancel_path: str):
+    def __init__(self, client: client_mod.Client, cancel_path: str, session_dir: str = ""):
         self.client = client
         self.cancel_path = cancel_path
-        self.functions: dict[bytes, object] = {}
+        self.functions: dict[tuple, object] = {}   # (fn_id, runtime env key) -> function
+        self.env_blobs: dict[bytes, bytes] = {}    # code loaded inside a runtime env
+        self.env = task_env.TaskEnv(session_dir or os.path.dirname(os.path.dirname(cancel_path)),
+                                    client.store_dir, client.config.runtime_env_max_bytes,
+                                    on_switch=self._forget_env)
         self.in_user_code = False
         self.signalled = False   # a cancel signal came while no task ran its code
 
@@ -83,30 +87,48 @@ class Worker:
 
     def _function(self, ex: p.Execute):
         """The task's function. Code that does not load fails this task (the caller
-        gets the error) and stays in `fn_blobs`: the next task of it tries again."""
-        fn = self.functions.get(ex.fn_id)
+        gets the error) and stays in `fn_blobs`: the next task of it tries again.
+        Code loaded inside a runtime env is kept, to load it again in another env."""
+        key = self.env.key
+        fn = self.functions.get((ex.fn_id, key))
+        if fn is None and key is not None:   # loaded outside any env: it imported none
+            fn = self.functions.get((ex.fn_id, None))
         if fn is None:
-            blob = self.client.fn_blobs.get(ex.fn_id) or ex.fn_blob
+            blob = (self.client.fn_blobs.get(ex.fn_id) or ex.fn_blob
+                    or self.env_blobs.get(ex.fn_id))
             if not blob:
                 raise RuntimeError(f"the node sent {ex.name}() without its code")
-            fn = self.functions[ex.fn_id] = cloudpickle.loads(blob)
+            fn = self.functions[(ex.fn_id, key)] = cloudpickle.loads(blob)
+            if key is not None:
+                self.env_blobs[ex.fn_id] = blob
             self.client.fn_blobs.pop(ex.fn_id, None)
         return fn
 
+    def _forget_env(self, key: tuple) -> None:
+        """The runtime env `key` left sys.path: its functions point at its modules."""
+        for k in [k for k in self.functions if k[1] == key]:
+            del self.functions[k]
+
     def _arguments(self, ex: p.Execute):
-        values = []
-        for oid, state, payload in zip(ex.dep_ids, ex.dep_states, ex.dep_payloads):
-            if state == ObjectState.INLINE:
-                values.append(serialization.deserialize(payload))
-            else:
-                values.append(store.read(self.client.store_dir, oid))
+        """The task's arguments, each dep read only where a DepMarker names it (a
+        task's runtime_env packages are deps no argument names)."""
         if not ex.args_blob:
             return (), {}
+
+        values: dict[int, object] = {}
+
+        def value(i: int):
+            if i not in values:
+                values[i] = (serialization.deserialize(ex.dep_payloads[i])
+                             if ex.dep_states[i] == ObjectState.INLINE
+                             else store.read(self.client.store_dir, ex.dep_ids[i]))
+            return values[i]
+
         args, kwargs = serialization.deserialize(ex.args_blob)
-        args = [values[a.index] if type(a) is DepMarker else a for a in args]
+        args = [value(a.index) if type(a) is DepMarker else a for a in args]
         for k, v in kwargs.items():
             if type(v) is DepMarker:
-                kwargs[k] = values[v.index]
+                kwargs[k] = value(v.index)
         return args, kwargs
 
     def run(self, ex: p.Execute) -> tuple[p.TaskDone, object]:
@@ -116,6 +138,7 @@ class Worker:
         status, retryable, result = TaskStatus.OK, False, None
         error = fetched = gpus_before = None
         try:
+            self.env.enter(ex)   # (before the code loads: it may import from the env)
             fn = self._function(ex)
             args, kwargs = self._arguments(ex)
             fetched = time.time()
@@ -142,6 +165,7 @@ class Worker:
             client.current_task_id = None
             if client.current_gpus:
                 _use_gpus(client, None, gpus_before)
+            self.env.leave()
         end = time.time()
         fetched = end if fetched is None else fetched   # (it failed before it ran)
         if status == TaskStatus.OK:
@@ -275,6 +299,6 @@ def main(zygote_pid: int | None = None) -> None:
     client = client_mod.Client(endpoint, "worker", identity=worker_id.encode(),
                                worker_id=worker_id)
     client_mod.set_current(client)
-    worker = Worker(client, cancel_path)
+    worker = Worker(client, cancel_path, os.environ.get("ZFABRIC_SESSION_DIR", ""))
     signal.signal(signal.SIGUSR1, worker.on_cancel_signal)
     worker.serve()
