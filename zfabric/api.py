@@ -39,8 +39,8 @@ def init(address: str | None = None, *, num_cpus: float | None = None,
          object_store_memory: int | None = None, ignore_reinit_error: bool = False,
          cluster_key: str | None = None, log_to_driver: bool = True,
          logging_level: int | str = logging.INFO, logging_format: str | None = None,
-         configure_logging: bool = True, namespace: str | None = None, runtime_env: dict | None = None,
-         **ray_kwargs) -> dict:
+         configure_logging: bool = True, namespace: str | None = None,
+         runtime_env: dict | None = None, **ray_kwargs) -> dict:
     """Connect this process to zfabric.
 
     address=None: start an embedded single-node cluster (it goes away at
@@ -62,8 +62,8 @@ def init(address: str | None = None, *, num_cpus: float | None = None,
     namespace: kept in the info and get_runtime_context(); no other effect.
     Ray's other init arguments are accepted with one warning each
     (zfabric.compat.NoEffectWarning); any other is a TypeError.
-    Returns the info dict; its keys also read as attributes (as on Ray's RayContext).
     runtime_env: every task's env (working_dir...: docs/runtime-env.md).
+    Returns the info dict; its keys also read as attributes (as on Ray's RayContext).
     """
     compat.accept_ray_init_kwargs(ray_kwargs)
     namespace = compat.check_namespace(namespace)
@@ -80,15 +80,8 @@ def init(address: str | None = None, *, num_cpus: float | None = None,
         resources = _node_resources(num_cpus, num_gpus, resources, object_store_memory)
         env_spec = renv.check(runtime_env)
         address = address if address is not None else os.environ.get(ADDRESS_ENV) or None
-        proc = None
-        info = None if address is None else _find_node(config, address)
-        if info is None:   # an embedded node: alone, or joining the cluster at `address`
-            proc, info = _start_embedded(config, address, num_cpus, resources,
-                                         object_store_memory, log_to_driver)
-        elif num_cpus is not None or resources or object_store_memory is not None:
-            raise ValueError("num_cpus, num_gpus, resources and object_store_memory describe "
-                             "a new node; they cannot be given when attaching to one "
-                             "(address=...)")
+        proc, info = _node_for(config, address, num_cpus, resources, object_store_memory,
+                               log_to_driver)
         client = client_mod.Client(info["ipc"], "driver", connect_timeout=config.node_start_timeout)
         client_mod.set_current(client)
         _state.update(client=client, proc=proc, embedded=proc is not None, info={
@@ -98,6 +91,21 @@ def init(address: str | None = None, *, num_cpus: float | None = None,
         })
         _start_job_env(env_spec, client)
         return compat.InitInfo(_state["info"])
+
+
+def _node_for(config: Config, address: str | None, num_cpus, resources: dict,
+              object_store_memory, log_to_driver: bool):
+    """(process or None, info): the node on this machine to attach to, or an
+    embedded one started for this driver (alone, or joining `address`)."""
+    info = None if address is None else _find_node(config, address)
+    if info is None:
+        return _start_embedded(config, address, num_cpus, resources, object_store_memory,
+                               log_to_driver)
+    if num_cpus is not None or resources or object_store_memory is not None:
+        raise ValueError("num_cpus, num_gpus, resources and object_store_memory describe "
+                         "a new node; they cannot be given when attaching to one "
+                         "(address=...)")
+    return None, info
 
 
 def _config_with_key(cluster_key) -> Config:
