@@ -79,4 +79,4 @@ def task_opts(strategy) -> dict:
                      f"NodeAffinitySchedulingStrategy(node_id, soft=...), got {strategy!r}")
 
 
-__all__ = ["NodeAffinitySchedulingStrategy", "task_opts", "DEFAULT", "SPREAD"]
+__all__ = ["NodeAffinitySchedulingStrategy", "DEFAULT", "SPREAD"]
