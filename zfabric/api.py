@@ -20,6 +20,7 @@ from . import serialization
 from .config import ADDRESS_ENV, Config
 from . import ids
 from .node import client as client_mod
+from .node import dashboard as node_dashboard
 from .node import node as node_mod
 from .node import store as node_store
 from .ref import DepMarker, ObjectRef
@@ -33,7 +34,8 @@ _state: dict = {"client": None, "proc": None, "info": None, "embedded": False}
 def init(address: str | None = None, *, num_cpus: float | None = None,
          resources: dict | None = None, object_store_memory: int | None = None,
          ignore_reinit_error: bool = False, cluster_key: str | None = None,
-         log_to_driver: bool = True) -> dict:
+         log_to_driver: bool = True, include_dashboard: bool | None = None,
+         dashboard_host: str = "127.0.0.1", dashboard_port: int | None = None) -> dict:
     """Connect this process to zfabric.
 
     address=None: start an embedded single-node cluster (it goes away at
@@ -48,6 +50,12 @@ def init(address: str | None = None, *, num_cpus: float | None = None,
     cluster_key: the path of the cluster key file, to join a cluster on other
     machines (default: ZFABRIC_CLUSTER_KEY, else the key of a node of that
     cluster on this machine). AuthenticationError if the cluster refuses it.
+
+    include_dashboard (None or True: yes; False: no), dashboard_host and
+    dashboard_port (None: 8265, or a free port when that is taken): the
+    embedded node's dashboard (docs/dashboard.md). The result's
+    "dashboard_url" is the dashboard of the node this process uses (None
+    without one).
     """
     with _lock:
         if _state["client"] is not None:
@@ -63,6 +71,7 @@ def init(address: str | None = None, *, num_cpus: float | None = None,
                 raise TypeError(f"cluster_key must be the path of a key file, got "
                                 f"{type(cluster_key).__name__}")
             config = config.replace(cluster_key=os.path.abspath(cluster_key))
+        dashboard = node_dashboard.options(include_dashboard, dashboard_host, dashboard_port)
         if num_cpus is not None:
             _check_number("num_cpus", num_cpus)
         resources = _check_resources(resources or {})
@@ -75,7 +84,7 @@ def init(address: str | None = None, *, num_cpus: float | None = None,
         info = None if address is None else _find_node(config, address)
         if info is None:   # an embedded node: alone, or joining the cluster at `address`
             proc, info = _start_embedded(config, address, num_cpus, resources,
-                                         object_store_memory, log_to_driver)
+                                         object_store_memory, log_to_driver, dashboard)
         elif num_cpus is not None or resources or object_store_memory is not None:
             raise ValueError("num_cpus, resources and object_store_memory describe a new "
                              "node; they cannot be given when attaching to one (address=...)")
@@ -84,13 +93,13 @@ def init(address: str | None = None, *, num_cpus: float | None = None,
         _state.update(client=client, proc=proc, embedded=proc is not None, info={
             "node_id": info["node_id"], "node_ip_address": info["host"],
             "address": info["address"], "object_store_address": info["store_dir"],
-            "session_dir": info["session_dir"], "dashboard_url": None,
+            "session_dir": info["session_dir"], "dashboard_url": info.get("dashboard_url"),
         })
         return dict(_state["info"])
 
 
 def _start_embedded(config: Config, address: str | None, num_cpus, resources: dict,
-                    object_store_memory, log_to_driver: bool):
+                    object_store_memory, log_to_driver: bool, dashboard: tuple | None):
     """Start this driver's own node, alone or joining the cluster at `address`
     (AuthenticationError / ConnectionError before anything starts if that
     cluster does not admit us). Returns (process, info)."""
@@ -101,7 +110,8 @@ def _start_embedded(config: Config, address: str | None, num_cpus, resources: di
             config, num_cpus=float(num_cpus if num_cpus is not None else os.cpu_count() or 1),
             resources=resources, object_store_memory=object_store_memory,
             host=_embedded_host(config.host, address), port=config.port, embedded=True,
-            log_to_driver=log_to_driver, join=[address] if address else [])
+            log_to_driver=log_to_driver, join=[address] if address else [],
+            dashboard=dashboard)
     except node_mod.NodeStartError as e:
         if address:
             raise ConnectionError(f"could not join the cluster at {address}: {e}") from None

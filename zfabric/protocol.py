@@ -351,7 +351,7 @@ class Refs:
 @message(14)
 class Request:
     req_id: int
-    what: str              # "nodes" | "resources" | "timeline" | "status"
+    what: str              # "nodes" | "resources" | "timeline" | "status" | "tasks" | "errors"
 
     def check(self) -> str:
         return "" if len(self.what) <= 100 else "bad query"

@@ -1,5 +1,6 @@
 """Ray-shaped records of the cluster, for `nodes()`, `cluster_resources()`,
-`available_resources()`, `status` and `timeline()`.
+`available_resources()`, `status` and `timeline()`; the dashboard's "tasks"
+and "errors" are answered by core/activity.py through `add_answers`.
 
 The fabric answers a client's Request here, from what this node knows:
 membership (who is in the cluster, alive or not, and each peer's gossiped
@@ -24,6 +25,10 @@ class ClusterView:
         self.gcs = gcs
         self._answers = {"nodes": self.nodes, "resources": self.resources,
                          "status": self.status, "timeline": self.timeline}
+
+    def add_answers(self, **handlers) -> None:
+        """More queries, answered by their owners (e.g. core/activity.py)."""
+        self._answers.update(handlers)
 
     def answer(self, what: str):
         """The data of a Request; ValueError for an unknown one."""

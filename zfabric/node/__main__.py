@@ -49,8 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--object-store-memory", type=int, default=None, metavar="BYTES",
                        help="object store capacity (default 30%% of RAM)")
     dash = start.add_mutually_exclusive_group()
-    dash.add_argument("--dashboard-port", type=int, default=None, metavar="P")
-    dash.add_argument("--no-dashboard", action="store_true")
+    dash.add_argument("--dashboard-port", type=int, default=None, metavar="P",
+                      help="the dashboard's port (default 8265, or a free port when that is "
+                           "taken; 0 picks a free one)")
+    dash.add_argument("--no-dashboard", action="store_true", help="serve no dashboard")
+    start.add_argument("--dashboard-host", default=None, metavar="H",
+                       help="address the dashboard listens on (default 127.0.0.1)")
     start.add_argument("--cluster-key", default=None, metavar="FILE",
                        help="the cluster key file (a first node creates it if missing; "
                             "default: a new key in the session dir, or, to join, the key of "
@@ -83,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--worker-logs", action="store_true",
                        help="workers write worker-{id}.log in the session dir")
     serve.add_argument("--insecure-no-auth", action="store_true")
+    serve.add_argument("--dashboard-host", default="127.0.0.1")
+    serve.add_argument("--dashboard-port", type=int, default=None)
+    serve.add_argument("--no-dashboard", action="store_true")
     return parser
 
 
@@ -127,6 +134,10 @@ def cmd_start(args) -> int:
         raise UsageError("--port must be between 0 and 65535")
     if args.object_store_memory is not None and args.object_store_memory <= 0:
         raise UsageError("--object-store-memory must be a positive number of bytes")
+    if args.dashboard_port is not None and not 0 <= args.dashboard_port <= 65535:
+        raise UsageError("--dashboard-port must be between 0 and 65535")
+    dashboard = None if args.no_dashboard else (
+        args.dashboard_host or config.dashboard_host, args.dashboard_port)
     resources = parse_resources(args.resources)
     num_cpus = args.num_cpus if args.num_cpus is not None else float(os.cpu_count() or 1)
     try:
@@ -135,10 +146,12 @@ def cmd_start(args) -> int:
         proc, info = node_mod.spawn_node(
             config, num_cpus=num_cpus, resources=resources,
             object_store_memory=args.object_store_memory, host=args.host, port=args.port,
-            embedded=False, join=join, insecure=args.insecure_no_auth)
+            embedded=False, join=join, insecure=args.insecure_no_auth, dashboard=dashboard)
     except (node_mod.NodeStartError, AuthenticationError, ConnectionError) as e:
         raise UsageError(str(e)) from None
     print(f"address: {info['address']}")
+    if info.get("dashboard_url"):
+        print(f"dashboard: {info['dashboard_url']}")
     if info["cluster_key"]:
         print(f"cluster key: {info['cluster_key']} (whoever can read it can run code on "
               "this cluster; copy it to the machines that join, mode 0600)")
@@ -293,7 +306,9 @@ def cmd_serve(args) -> int:
                           port=args.port, ready_fd=args.ready_fd,
                           embedded_driver_pid=args.embedded_driver_pid,
                           worker_logs=args.worker_logs, join=args.join,
-                          insecure=args.insecure_no_auth)
+                          insecure=args.insecure_no_auth,
+                          dashboard=None if args.no_dashboard
+                          else (args.dashboard_host, args.dashboard_port))
 
 
 COMMANDS = {"start": cmd_start, "status": cmd_status, "stop": cmd_stop,
