@@ -235,6 +235,9 @@ def cmd_status(args) -> int:
         for demand in s.get("pending_demand", []):
             print(f"  pending demand no live node can meet: {demand}")
     print(f"cluster: {alive} node(s) alive of {len(rows)}, {used_cpu:g}/{tot_cpu:g} CPUs in use")
+    for info in node_mod.find_local_nodes(Config.from_env()):
+        if info["node_id"] == status["self"] and info.get("dashboard_url"):
+            print(f"dashboard: {info['dashboard_url']}")
     insecure = [s["NodeID"][:12] for s in rows if s["Alive"] and s.get("auth") == "none"]
     if insecure:
         print(f"{INSECURE_WARNING} (node(s) {', '.join(insecure)})")

@@ -17,7 +17,13 @@ loop; threads that only read a snapshot keep it out.)
 Rules: GET (and HEAD) only, anything else 405; a Host header other than this
 server's own host:port, localhost:port or 127.0.0.1:port is refused with 403,
 so that a web page on another site cannot read it through DNS rebinding. It
-binds only the host it is given (127.0.0.1 by default).
+binds only the host it is given (127.0.0.1 by default). Every request must
+carry the dashboard's token (`?token=...`, 403 without it): a loopback port
+is open to every user of the machine, and what the page shows (function
+names, tracebacks) is no more theirs to read than the node's session dir.
+The token is in the URL the node's record holds (0600, in the user's 0700
+dir), which `init()` returns and `zfabric start`/`status` print; the page
+passes it on to the endpoints it polls.
 
     GET /               the page (dashboard.html, next to this module: no build step)
     GET /api/nodes      the cluster's nodes, as `zfabric status --json` shows them
@@ -34,15 +40,18 @@ closed after it.
 from __future__ import annotations
 
 import errno
+import hmac
 import http.server
 import json
 import logging
 import os
+import secrets
 import socket
 import socketserver
 import threading
 import time
 from collections import deque
+from urllib.parse import parse_qs
 
 from ..config import Config
 from .client import Client
@@ -70,7 +79,8 @@ class Dashboard:
                               default=config.dashboard_port, dashboard=self)
         shown = host if ":" not in host else f"[{host}]"
         self.port = self.server.server_address[1]
-        self.url = f"http://{shown}:{self.port}"
+        self.token = secrets.token_urlsafe(18)
+        self.url = f"http://{shown}:{self.port}/?token={self.token}"
         names = {host, shown, "localhost", "127.0.0.1", "[::1]"}
         self.allowed_hosts = {f"{h}:{self.port}".lower() for h in names}
         self._stop = threading.Event()
@@ -278,6 +288,11 @@ class _Server(http.server.ThreadingHTTPServer):
             self._slots.release()
             raise
 
+    def handle_error(self, request, client_address) -> None:
+        """A handler's exception goes to the node's log, not to stderr (an
+        embedded node shares the driver's terminal)."""
+        log.warning("dashboard: error answering %s", client_address, exc_info=True)
+
     def process_request_thread(self, request, client_address) -> None:
         try:
             super().process_request_thread(request, client_address)
@@ -290,7 +305,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     timeout = IO_TIMEOUT
 
     def do_GET(self) -> None:
-        if not self._host_ok():
+        if not self._host_ok() or not self._token_ok():
             return
         path = self.path.split("?", 1)[0]
         dash = self.server.dashboard
@@ -323,6 +338,19 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return True
         self._send(403, "text/plain; charset=utf-8",
                    b"refused: the Host header is not this dashboard's address\n")
+        return False
+
+    def _token_ok(self) -> bool:
+        query = self.path.split("?", 1)[1] if "?" in self.path else ""
+        try:
+            given = parse_qs(query, max_num_fields=10).get("token", [""])[0]
+        except ValueError:   # too many fields
+            given = ""
+        if hmac.compare_digest(given.encode(), self.server.dashboard.token.encode()):
+            return True
+        self._send(403, "text/plain; charset=utf-8",
+                   b"refused: open the dashboard's URL with its token, as zf.init() returns "
+                   b"it and `zfabric status` prints it\n")
         return False
 
     def _send(self, code: int, kind: str, body: bytes, allow: bool = False) -> None:
