@@ -44,6 +44,9 @@ class Config:
     # Bytes copied per sendfile call when spilling or restoring an object: one
     # call per 64 MiB keeps the copy in the kernel and the thread responsive.
     spill_copy_chunk: int = 64 << 20
+    # A node's answer to `memory` lists at most this many objects, the largest:
+    # one reply frame stays a few MiB however many objects a node keeps.
+    memory_max_objects: int = 10_000
 
     # The owner of a task keeps its spec (function id, arguments, options) while
     # one of its returns is alive, to run it again if every copy of a result is
@@ -103,6 +106,9 @@ class Config:
     # how many samples it keeps for the charts (600: ten minutes).
     dashboard_sample_interval: float = 1.0
     dashboard_history: int = 600
+    # The object listing (`memory`, every object the node knows) costs the loop
+    # more than the rest: the dashboard asks for it this often.
+    dashboard_memory_interval: float = 5.0
 
     # -- network -------------------------------------------------------------
     # The cluster key file (see docs/security.md): TCP between nodes is

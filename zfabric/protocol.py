@@ -351,7 +351,8 @@ class Refs:
 @message(14)
 class Request:
     req_id: int
-    what: str              # "nodes" | "resources" | "timeline" | "status" | "tasks" | "errors"
+    what: str              # "nodes" | "resources" | "timeline" | "status" | "memory"
+                           # | "tasks" | "errors" (the dashboard's: core/activity.py)
 
     def check(self) -> str:
         return "" if len(self.what) <= 100 else "bad query"

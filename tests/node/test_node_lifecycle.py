@@ -168,12 +168,13 @@ UNITS = {"B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "TiB": 1 << 40}
 
 
 def memory_lines(temp_dir) -> list[tuple[str, int, float, float]]:
-    """`zfabric memory`, one (node id prefix, objects, store used, capacity) per line;
-    sizes in bytes, as precise as printed (one decimal of the unit)."""
+    """`zfabric memory`'s summary (after the objects), one (node id prefix, objects,
+    store used, capacity) per line; sizes in bytes, as precise as printed (one
+    decimal of the unit)."""
     out = cli(temp_dir, "memory")
     assert out.returncode == 0, out.stderr
     rows = []
-    for line in out.stdout.splitlines():
+    for line in out.stdout.split("\n\n")[-1].splitlines():
         m = re.fullmatch(r"node ([0-9a-f]{12}): (\d+) objects, store ([\d.]+) (\w+) of "
                          r"([\d.]+) (\w+), 0 objects spilled to disk \(0 B\)", line)
         assert m, f"unexpected line from `zfabric memory`: {line!r}"

@@ -62,3 +62,27 @@ def test_the_owner_records_its_store_objects_in_the_gcs_until_they_are_freed():
     world.sim.send(0, DRIVER, p.Refs([], [rid(1)]))
     world.sim.run(0.5)
     assert all(n.fabric.gcs.items("obj") == [] for n in world.nodes)
+
+
+def test_status_sums_the_pending_demands_every_node_gossips():
+    """`status` lists queued tasks by resource shape for the whole cluster: the
+    asker's own queue live, each peer's as its heartbeat carries it."""
+    world = World([{"CPU": 1}, {"CPU": 1}, {"CPU": 2}], seed=3)
+    world.converge()
+    plans = [world.submit(n, duration=5.0) for n in range(1, 13)]
+    plans += [world.submit(n, cpu=2, duration=5.0) for n in range(13, 16)]
+    world.sim.run(1.0)
+    status = world.nodes[0].fabric.views.answer("status")
+    per_node = [sum(d["tasks"] for d in row["demands"]) for row in status["nodes"]]
+    by_id = {n.node_id.hex(): n for n in world.nodes}
+    queued = [by_id[row["NodeID"]].fabric.scheduler.queues.count for row in status["nodes"]]
+    assert per_node == queued and sum(queued) > 0
+    cluster = {tuple(d["resources"].items()): d["tasks"] for d in status["demands"]}
+    for shape in ((("CPU", 1.0),), (("CPU", 2.0),)):
+        assert cluster.get(shape, 0) == sum(
+            d["tasks"] for row in status["nodes"] for d in row["demands"]
+            if tuple(d["resources"].items()) == shape)
+    assert sum(cluster.values()) == sum(queued)
+    assert world.run_until_finished(plans, 60)
+    world.sim.run(0.5)
+    assert world.nodes[0].fabric.views.answer("status")["demands"] == []

@@ -43,6 +43,7 @@ from .. import ids
 from .. import protocol as p
 from . import effects as fx
 from . import events as ev
+from . import resources as rs
 from .activity import Activity
 from .gcs import Gcs
 from .membership import LIVE, Membership, MemberState
@@ -53,6 +54,9 @@ from .workers import workers_for
 from .transfer import ChunkRequest, PullDone, PullFailed, Transfers
 
 JOIN_RETRY = 0.5   # seconds between join attempts while no seed has answered
+# Resource shapes with queued tasks a heartbeat carries (the busiest): `status`
+# shows the cluster's pending demands, and a row stays small whatever the queue.
+GOSSIP_DEMANDS = 16
 # The scheduler's effects the fabric carries out itself (the rest go to the loop).
 _OWN_EFFECTS = frozenset({fx.Fetch, fx.CancelFetch, fx.Publish, fx.DeleteObject, fx.FreeCopies,
                           fx.Nonsense})
@@ -90,13 +94,15 @@ def build(config, *, node_id: bytes, resources: dict, store_capacity: int, info:
                             chunk_timeout=config.chunk_timeout),
                   static_info=static, seeds=list(seeds), join_timeout=config.join_timeout,
                   tick_interval=config.tick_interval,
-                  dashboard_stream_tasks=config.dashboard_stream_tasks)
+                  dashboard_stream_tasks=config.dashboard_stream_tasks,
+                  memory_max_objects=config.memory_max_objects)
 
 
 class Fabric:
     def __init__(self, scheduler, membership, gcs, transfers, *, static_info: dict,
                  seeds: list[str], join_timeout: float, tick_interval: float,
-                 dashboard_stream_tasks: int = 300):
+                 dashboard_stream_tasks: int,
+                 memory_max_objects: int):
         self.scheduler = scheduler
         self.membership = membership
         self.gcs = gcs
@@ -124,7 +130,8 @@ class Fabric:
                       "zygote_restarts": 0, "zygote_deaths": 0, "zygote_start_failures": 0}
         self._warned_peers: set[str] = set()   # addresses warned of, until heard from again
         self.rejections = Rejections(self.stats)
-        self.views = ClusterView(self.node_id, scheduler, membership, gcs, self.stats)
+        self.views = ClusterView(self.node_id, scheduler, membership, gcs, self.stats,
+                                 memory_max_objects)
         self.activity = Activity(self.node_id, scheduler, gcs, dashboard_stream_tasks)
         self.views.add_answers(errors=self.activity.errors, tasks=self._tasks_view)
 
@@ -269,7 +276,8 @@ class Fabric:
             "queued": s.queues.count, "running": s.pool.running_count(),
             "store_used": s.objects.store_used, "store_capacity": s.objects.store_capacity,
             "spilled_bytes": s.objects.table.spilled_bytes,
-            "spilled_objects": s.objects.table.spilled_count})
+            "spilled_objects": s.objects.table.spilled_count,
+            "demands": [[rs.from_units(d), n] for d, n in s.queues.demands()[:GOSSIP_DEMANDS]]})
 
     def _publish_timeline(self) -> None:
         timeline = self.scheduler.timeline

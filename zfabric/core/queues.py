@@ -26,6 +26,7 @@ class ReadyQueues:
     def __init__(self):
         self._heaps: dict[tuple, list] = {}   # shape -> heap of (-depth, seq, Task)
         self.count = 0                        # tasks QUEUED
+        self._counts: dict[tuple, int] = {}   # shape -> its tasks QUEUED (none: no key)
 
     def __len__(self) -> int:
         return self.count
@@ -37,10 +38,19 @@ class ReadyQueues:
             heap = self._heaps[task.shape] = []
         heapq.heappush(heap, (-task.spec.depth, task.seq, task))
         self.count += 1
+        self._counts[task.shape] = self._counts.get(task.shape, 0) + 1
 
     def discard(self, task: Task) -> None:
         """A queued task ends: uncount it (its entry goes when it reaches the head)."""
         self.count -= 1
+        self._uncount(task.shape)
+
+    def _uncount(self, shape: tuple) -> None:
+        left = self._counts[shape] - 1
+        if left:
+            self._counts[shape] = left
+        else:
+            del self._counts[shape]
 
     @staticmethod
     def _head(heap: list):
@@ -78,6 +88,7 @@ class ReadyQueues:
         task = heapq.heappop(heap)[2]
         task.state = TaskState.WAITING
         self.count -= 1
+        self._uncount(task.shape)
         return task
 
     def shapes(self) -> list[tuple]:
@@ -114,9 +125,19 @@ class ReadyQueues:
                 if not any(rs.feasible(t, dict(shape)) for t in totals)
                 and any(task.state == TaskState.QUEUED for _, _, task in heap)]
 
+    def demands(self) -> list[tuple[dict[str, int], int]]:
+        """(shape, tasks queued) of each shape with queued tasks, most tasks first."""
+        return [(dict(shape), n) for shape, n in
+                sorted(self._counts.items(), key=lambda kv: (-kv[1], kv[0]))]
+
     def validate(self, tasks: dict[bytes, Task]) -> None:
         queued = sum(1 for t in tasks.values() if t.state == TaskState.QUEUED)
         assert queued == self.count, (queued, self.count)
+        by_shape: dict[tuple, int] = {}
+        for t in tasks.values():
+            if t.state == TaskState.QUEUED:
+                by_shape[t.shape] = by_shape.get(t.shape, 0) + 1
+        assert by_shape == self._counts, (by_shape, self._counts)
         in_heaps = {id(e[2]) for heap in self._heaps.values() for e in heap
                     if e[2].state == TaskState.QUEUED}
         assert len(in_heaps) == self.count, "a queued task is missing from its heap"

@@ -569,6 +569,7 @@ class Scheduler:
                 "tasks_waiting": counts[TaskState.WAITING],
                 "tasks_spilled": counts[TaskState.SPILLED],
                 "pending_demand": [rs.from_units(d) for d in self.queues.pending_demand(totals)],
+                "demands": [[rs.from_units(d), n] for d, n in self.queues.demands()],
                 "workers": len(pool.workers), "idle_workers": len(pool.idle),
                 "objects": len(self.objects.entries),
                 "store_used": self.objects.store_used,

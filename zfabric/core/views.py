@@ -1,6 +1,7 @@
 """Ray-shaped records of the cluster, for `nodes()`, `cluster_resources()`,
-`available_resources()`, `status` and `timeline()`; the dashboard's "tasks"
-and "errors" are answered by core/activity.py through `add_answers`.
+`available_resources()`, `status`, `memory` (core/memview.py) and `timeline()`;
+the dashboard's "tasks" and "errors" are answered by core/activity.py through
+`add_answers`.
 
 The fabric answers a client's Request here, from what this node knows:
 membership (who is in the cluster, alive or not, and each peer's gossiped
@@ -12,19 +13,23 @@ a malformed part of it is left out here, never an error for the asker.
 """
 from __future__ import annotations
 
+from . import memview
 from .membership import LIVE, MemberState
 from .timeline import trace_events
 
 
 class ClusterView:
-    def __init__(self, node_id: bytes, scheduler, membership, gcs, fabric_stats: dict):
+    def __init__(self, node_id: bytes, scheduler, membership, gcs, fabric_stats: dict,
+                 memory_max_objects: int):
         self.node_id = node_id
+        self.memory_max_objects = memory_max_objects
         self.fabric_stats = fabric_stats
         self.scheduler = scheduler
         self.membership = membership
         self.gcs = gcs
         self._answers = {"nodes": self.nodes, "resources": self.resources,
-                         "status": self.status, "timeline": self.timeline}
+                         "status": self.status, "timeline": self.timeline,
+                         "memory": self.memory}
 
     def add_answers(self, **handlers) -> None:
         """More queries, answered by their owners (e.g. core/activity.py)."""
@@ -69,9 +74,14 @@ class ClusterView:
                            store_capacity=view.get("store_capacity", 0),
                            spilled_bytes=view.get("spilled_bytes", 0),
                            spilled_objects=view.get("spilled_objects", 0),
-                           pending_demand=[])
+                           pending_demand=[], demands=view.get("demands"))
+            row["demands"] = _demands(row.get("demands"))
             rows.append(row)
-        return {"self": self.node_id.hex(), "nodes": rows}
+        return {"self": self.node_id.hex(), "nodes": rows,
+                "demands": pending_demands([r["demands"] for r in rows if r["Alive"]])}
+
+    def memory(self) -> dict:
+        return memview.listing(self.node_id, self.scheduler, self.gcs, self.memory_max_objects)
 
     def timeline(self) -> list[dict]:
         """Ours as it is now, the others' as replicated."""
@@ -117,6 +127,28 @@ def _amounts(d) -> dict:
         return {}
     return {k: v for k, v in d.items()
             if type(k) is str and type(v) in (int, float) and v == v}
+
+
+def pending_demands(per_node: list[list[dict]]) -> list[dict]:
+    """Nodes' queued tasks by resource shape ({"resources", "tasks"} records),
+    summed over the nodes: the busiest shape first."""
+    total: dict[tuple, int] = {}
+    for demands in per_node:
+        for d in demands:
+            key = tuple(sorted(d["resources"].items()))
+            total[key] = total.get(key, 0) + d["tasks"]
+    return [{"resources": dict(k), "tasks": n}
+            for k, n in sorted(total.items(), key=lambda kv: (-kv[1], kv[0]))]
+
+
+def _demands(d) -> list[dict]:
+    """A node's queued tasks by resource shape ([[shape, tasks], ...], as it gossips
+    them) as records {"resources", "tasks"}, without what is malformed."""
+    if type(d) is not list:
+        return []
+    return [{"resources": _amounts(x[0]), "tasks": x[1]} for x in d
+            if type(x) is list and len(x) == 2 and isinstance(x[0], dict)
+            and type(x[1]) is int and x[1] > 0]
 
 
 def _is_timeline_entry(e) -> bool:

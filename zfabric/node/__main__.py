@@ -1,10 +1,11 @@
 """`python -m zfabric.node` (also the console script `zfabric`): start, stop and inspect nodes.
 
     start --head | --address tcp://H:P   start a node (daemonized unless --block)
-    status [--address tcp://H:P] [--json]  one line per node, then totals (--json: the records)
+    status [--address tcp://H:P] [--json]  one line per node, totals, pending demands
     stop                                 stop the nodes started from this machine
     timeline -o trace.json               Chrome trace of finished tasks
-    memory                               objects, store use and spilled bytes per node
+    memory [--json] [--sort-by size|node] [--group-by node]
+                                         objects: size, nodes, reference holders, spilled
 
 Errors print one line and exit non-zero; no tracebacks for user mistakes.
 """
@@ -18,8 +19,11 @@ import sys
 import time
 
 from ..config import ADDRESS_ENV, Config
-from ..exceptions import AuthenticationError
+from ..core.memview import SORT_KEYS
+from ..exceptions import AuthenticationError, ZFabricError
 from . import node as node_mod
+from . import report
+from .report import fmt_bytes as _fmt_bytes
 
 DEFAULT_PORT = 7380
 INSECURE_WARNING = ("WARNING: this cluster runs with --insecure-no-auth: its TCP ports are "
@@ -73,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     timeline.add_argument("--address", default=None)
     memory = sub.add_parser("memory", help="show objects and store use")
     memory.add_argument("--address", default=None)
+    memory.add_argument("--json", action="store_true", help="print the records as JSON")
+    memory.add_argument("--sort-by", choices=SORT_KEYS, default="size")
+    memory.add_argument("--group-by", choices=["node"], default=None)
 
     serve = sub.add_parser("_serve")  # the node process itself (started by spawn_node)
     serve.add_argument("--ready-fd", type=int, default=None)
@@ -177,7 +184,11 @@ def cmd_start(args) -> int:
 
 
 def _tool_client(address: str | None):
-    from .client import Client
+    return _connect(_local_nodes(address)[0])
+
+
+def _local_nodes(address: str | None) -> list[dict]:
+    """Records of the nodes started from this machine (the one at `address`)."""
     config = Config.from_env()
     nodes = node_mod.find_local_nodes(config)
     address = address or os.environ.get(ADDRESS_ENV)
@@ -188,18 +199,15 @@ def _tool_client(address: str | None):
     if not nodes:
         raise UsageError("no zfabric node is running on this machine "
                          "(start one with `python -m zfabric.node start --head`)")
+    return nodes
+
+
+def _connect(record: dict):
+    from .client import Client
     try:
-        return Client(nodes[0]["ipc"], "tool", connect_timeout=5.0)
+        return Client(record["ipc"], "tool", connect_timeout=5.0)
     except ConnectionError as e:
         raise UsageError(str(e)) from None
-
-
-def _fmt_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
 
 
 def cmd_status(args) -> int:
@@ -235,6 +243,7 @@ def cmd_status(args) -> int:
         for demand in s.get("pending_demand", []):
             print(f"  pending demand no live node can meet: {demand}")
     print(f"cluster: {alive} node(s) alive of {len(rows)}, {used_cpu:g}/{tot_cpu:g} CPUs in use")
+    print("\n".join(report.demand_lines(status)))
     for info in node_mod.find_local_nodes(Config.from_env()):
         if info["node_id"] == status["self"] and info.get("dashboard_url"):
             print(f"dashboard: {info['dashboard_url']}")
@@ -286,20 +295,36 @@ def cmd_timeline(args) -> int:
 
 
 def cmd_memory(args) -> int:
-    client = _tool_client(args.address)
+    """Every node of the cluster started from this machine lists what it knows
+    in full; other machines' objects come as the first node's GCS shows them."""
+    records = _local_nodes(args.address)
+    client = _connect(records[0])
     try:
-        status = client.request("status")
+        status, answers = client.request("status"), [client.request("memory")]
     finally:
         client.close()
-    for s in status["nodes"]:
-        if not s["Alive"]:
-            continue
-        objects = f"{s['objects']} objects, " if "objects" in s else ""
-        print(f"node {s['NodeID'][:12]}: {objects}store "
-              f"{_fmt_bytes(s['store_used'])} of {_fmt_bytes(s['store_capacity'])}, "
-              f"{s.get('spilled_objects', 0)} objects spilled to disk "
-              f"({_fmt_bytes(s.get('spilled_bytes', 0))})")
+    alive = {s["NodeID"] for s in status["nodes"] if s["Alive"]} - {status["self"]}
+    for record in records[1:]:
+        if record["node_id"] in alive:
+            try:
+                answers.append(_ask(record, "memory"))
+            except (UsageError, ZFabricError, ValueError) as e:
+                print(f"zfabric: node {record['node_id'][:12]} did not answer: {e}",
+                      file=sys.stderr)
+    listing = report.memory_listing(answers, args.sort_by, args.group_by)
+    if args.json:
+        print(json.dumps(listing, indent=1))
+    else:
+        print("\n".join(report.memory_lines(listing, status)))
     return 0
+
+
+def _ask(record: dict, what: str):
+    client = _connect(record)
+    try:
+        return client.request(what, timeout=10.0)
+    finally:
+        client.close()
 
 
 def cmd_serve(args) -> int:

@@ -3,6 +3,7 @@
     browser --GET--> HTTP server (threads, here) --> the latest Snapshot (a lock)
                                                           ^ every dashboard_sample_interval
     sampler thread --Client "tool", Request status/tasks/errors--> NodeLoop (ipc)
+                   (and "memory", the object listing, every dashboard_memory_interval)
 
 The server gets its data as a *client* of its own node, through the same
 Request/Reply path as `zfabric status`: the loop stays the only owner of the
@@ -30,7 +31,7 @@ passes it on to the endpoints it polls.
     GET /api/tasks      counts by state and function, the recent task stream,
                         and the sampled history behind the charts
     GET /api/errors     recent task failures with their tracebacks
-    GET /api/objects    objects by size and node
+    GET /api/objects    objects by node (count, bytes, spilled) and the largest ones
     GET /metrics        this node's counters and gauges, Prometheus text format
 
 `Dashboard` is made by node.py's `serve` before the loop runs (it binds at
@@ -54,6 +55,7 @@ from collections import deque
 from urllib.parse import parse_qs
 
 from ..config import Config
+from ..core import memview
 from .client import Client
 
 log = logging.getLogger("zfabric.dashboard")
@@ -61,6 +63,7 @@ MAX_CONNECTIONS = 32     # HTTP connections served at once; more are closed at o
 IO_TIMEOUT = 10.0        # seconds a connection may take to send a request or read a reply
 REQUEST_TIMEOUT = 2.0    # seconds the sampler waits for its node (a missed sample: retried)
 QUERIES = ("status", "tasks", "errors")
+OBJECTS_SHOWN = 100      # the largest objects /api/objects lists
 PAGE = os.path.join(os.path.dirname(__file__), "dashboard.html")
 
 
@@ -86,6 +89,7 @@ class Dashboard:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._client: Client | None = None
+        self._memory_at = float("-inf")   # when the object listing was last asked for
 
     def start(self) -> None:
         for target, name in ((self.server.serve_forever, "dashboard-http"),
@@ -124,6 +128,11 @@ class Dashboard:
         if self._client is None:
             self._client = Client(self.ipc, "tool", connect_timeout=REQUEST_TIMEOUT)
         data = {what: self._client.request(what, timeout=REQUEST_TIMEOUT) for what in QUERIES}
+        now = time.monotonic()
+        if now - self._memory_at >= self.config.dashboard_memory_interval:
+            # the listing costs the loop more (every object): asked for less often
+            data["memory"] = self._client.request("memory", timeout=REQUEST_TIMEOUT)
+            self._memory_at = now
         self.snapshot.update(data, time.time())
 
 
@@ -155,6 +164,8 @@ class Snapshot:
                   "functions": {f["name"]: [f["running"], f["queued"], f["finished"],
                                             f["failed"]] for f in tasks["functions"]}}
         with self._lock:
+            if "memory" not in data and "memory" in self.data:
+                data["memory"] = self.data["memory"]   # (the last listing, until the next)
             self.data = data
             self.taken = now
             self.history.append(sample)
@@ -181,13 +192,23 @@ def api_errors(data: dict, taken: float, history: list) -> dict:
 
 
 def api_objects(data: dict, taken: float, history: list) -> dict:
-    """Objects by node: what each node's status says of its store."""
+    """Objects by node (from the node's `memory` listing, with each node's store
+    figures from `status`) and the largest objects."""
     status = data.get("status") or {"nodes": []}
-    return {"sampled_at": taken, "nodes": [
-        {"node_id": n["NodeID"], "alive": n["Alive"], "objects": n.get("objects"),
-         "store_used": n.get("store_used", 0), "store_capacity": n.get("store_capacity", 0),
-         "spilled_bytes": n.get("spilled_bytes", 0),
-         "spilled_objects": n.get("spilled_objects", 0)} for n in status["nodes"]]}
+    listing = data.get("memory") or {"total": 0, "objects": []}
+    groups = memview.group_by_node(listing["objects"])
+    nodes = []
+    for n in status["nodes"]:
+        g = groups.get(n["NodeID"], {})
+        nodes.append({"node_id": n["NodeID"], "alive": n["Alive"], "objects": g.get("count", 0),
+                      "bytes": g.get("bytes", 0), "store_used": n.get("store_used", 0),
+                      "store_capacity": n.get("store_capacity", 0),
+                      "spilled_bytes": n.get("spilled_bytes", 0),
+                      "spilled_objects": n.get("spilled_objects", 0)})
+    largest = [{k: r[k] for k in ("object_id", "size", "state", "owner", "nodes", "spilled")}
+               for r in memview.sort_records(listing["objects"], "size")[:OBJECTS_SHOWN]]
+    return {"sampled_at": taken, "total": listing["total"], "listed": len(listing["objects"]),
+            "nodes": nodes, "largest": largest}
 
 
 API = {"/api/nodes": api_nodes, "/api/tasks": api_tasks, "/api/errors": api_errors,
