@@ -17,6 +17,7 @@ import shutil
 import tempfile
 import time
 
+import numpy as np
 import pytest
 
 import zfabric as zf
@@ -72,6 +73,11 @@ def work(i):
 
 
 @zf.remote
+def make_array(n):
+    return np.ones(n, dtype=np.uint8)
+
+
+@zf.remote
 def fails(i):
     raise ValueError(f"input {i} is not allowed")
 
@@ -85,6 +91,27 @@ def live_cluster(fresh):
         yield cluster
 
 
+READ_PAGE = """
+const rows = sel => [...document.querySelectorAll(sel)];
+return {
+  sampled: document.body.dataset.sampledAt || "",
+  nodes: rows("#nodes tr").map(r => [r.dataset.node, r.dataset.alive, r.textContent]),
+  counts: Object.fromEntries(rows("#counts b").map(b => [b.id.slice(6), b.textContent])),
+  functions: Object.fromEntries(rows("#functions tr[data-function]").map(
+    r => [r.dataset.function, [...r.cells].map(c => c.textContent)])),
+  stream: rows("#stream rect").map(r => r.dataset.status),
+  errors: rows("#errors details").map(d => d.textContent),
+  open: rows("#errors details[open] pre").map(p => p.textContent),
+  open_text: rows("#errors details[open] pre").filter(p => p.offsetHeight > 0)
+    .map(p => p.innerText),
+  largest: rows("#largest tr[data-object]").map(r => r.dataset.object),
+  objects: Object.fromEntries(rows("#objects tr").map(r => [r.dataset.node,
+                                                          r.cells[1].textContent])),
+  lines: rows("#state-chart polyline").length,
+};
+"""
+
+
 def _screenshot(driver, name: str, tmp_path) -> str:
     folder = os.environ.get("ZF_SCREENSHOTS") or str(tmp_path)
     path = os.path.join(folder, name)
@@ -96,7 +123,6 @@ def _screenshot(driver, name: str, tmp_path) -> str:
 
 def test_dashboard_of_a_live_cluster(live_cluster, browser, tmp_path):
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
 
     info = zf.init(address=live_cluster.address)
     url = info["dashboard_url"]
@@ -105,44 +131,64 @@ def test_dashboard_of_a_live_cluster(live_cluster, browser, tmp_path):
     for ref in [fails.options(resources={"far": 0.5}).remote(i) for i in range(BAD)]:
         with pytest.raises(ValueError):
             zf.get(ref)
-    expected = wait_for_tasks(url, finished=OK, failed=BAD)
+    arrays = [make_array.options(resources={"far": 0.5}).remote(n)
+              for n in (6_000_000, 3_000_000, 2_000_000)]
+    zf.wait(arrays, num_returns=len(arrays))
+    arrays.append(zf.put(np.ones(4_000_000, dtype=np.uint8)))
+    expected = wait_for_tasks(url, finished=OK + 3, failed=BAD)
     ran_on = {r["node_id"] for r in expected["stream"]}
     far = {h.node_id for h in live_cluster.nodes[1:]}
     assert ran_on & far   # the stream shows runs of other nodes, replicated
 
     browser.get(url)
-    wait = WebDriverWait(browser, 30, poll_frequency=0.2)
 
-    def text(css):
-        return browser.find_element(By.CSS_SELECTOR, css).text
+    def page():
+        return browser.execute_script(READ_PAGE)   # one consistent reading of the DOM
+
+    def shows(pred, timeout=30.0):
+        """The page's reading once `pred` holds of it (after a refresh or more)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            seen = page()
+            if pred(seen):
+                return seen
+            assert time.monotonic() < deadline, f"after {timeout} s the page shows {seen}"
+            time.sleep(0.2)
 
     # the node table: three rows, alive, the cluster's own node ids
-    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#nodes tr")) == 3)
-    rows = browser.find_elements(By.CSS_SELECTOR, "#nodes tr")
-    assert {r.get_attribute("data-node") for r in rows} == {h.node_id for h in live_cluster.nodes}
-    assert [r.get_attribute("data-alive") for r in rows] == ["true"] * 3
-    assert all("alive" in r.text for r in rows)
+    seen = shows(lambda p: len(p["nodes"]) == 3)
+    assert {n[0] for n in seen["nodes"]} == {h.node_id for h in live_cluster.nodes}
+    assert [n[1] for n in seen["nodes"]] == ["true"] * 3
+    assert all("alive" in n[2] for n in seen["nodes"])
     # the counts: what the cluster ran
-    wait.until(lambda d: text("#count-finished") == str(OK) and text("#count-failed") == str(BAD))
-    functions = {r.get_attribute("data-function"): r.text.split()
-                 for r in browser.find_elements(By.CSS_SELECTOR, "#functions tr")}
+    seen = shows(lambda p: p["counts"].get("finished") == str(OK + 3)
+                 and p["counts"].get("failed") == str(BAD))
+    assert seen["counts"]["running"] == seen["counts"]["queued"] == "0"
+    functions = seen["functions"]
     assert functions["work"][4:7] == [str(OK), "0", "0"]
     assert functions["fails"][4:7] == ["0", str(BAD), "0"]
+    assert functions["make_array"][4:7] == ["3", "0", "0"]
     # the task stream draws every run; the errors carry their tracebacks
-    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#stream rect")) == OK + BAD)
-    assert len(browser.find_elements(By.CSS_SELECTOR, '#stream rect[data-status="failed"]')) \
-        == BAD
-    errors = browser.find_elements(By.CSS_SELECTOR, "#errors details")
-    assert len(errors) == BAD
-    assert all("ValueError" in e.text and "is not allowed" in e.text for e in errors)
+    seen = shows(lambda p: len(p["stream"]) == OK + BAD + 3 and len(p["errors"]) == BAD)
+    assert seen["stream"].count("failed") == BAD
+    assert all("ValueError" in e and "is not allowed" in e and "Traceback" in e
+               for e in seen["errors"])
     assert {e["node_id"] for e in get_json(url, "/api/errors")["errors"]} <= far
+    # objects: the four arrays, largest first, on the nodes that hold them
+    want = [ref.hex() for ref in (arrays[0], arrays[3], arrays[1], arrays[2])]
+    seen = shows(lambda p: p["largest"][:4] == want)
+    assert int(seen["objects"][live_cluster.nodes[0].node_id]) >= 1
+    assert sum(int(n) for n in seen["objects"].values()) >= 4
     # the state chart has its lines once two samples are in
-    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, '#state-chart polyline'))
+    shows(lambda p: p["lines"] > 0)
     _screenshot(browser, "dashboard.png", tmp_path)
 
-    errors[0].find_element(By.TAG_NAME, "summary").click()
-    pre = errors[0].find_element(By.TAG_NAME, "pre")
-    assert pre.is_displayed() and pre.text.startswith("Traceback (most recent call last):")
+    # a traceback opened stays open across the page's refreshes
+    browser.find_element(By.CSS_SELECTOR, "#errors details summary").click()
+    sampled = page()["sampled"]
+    seen = shows(lambda p: p["sampled"] != sampled)
+    assert seen["open"] == [seen["open_text"][0]] and seen["open_text"][0].startswith(
+        "Traceback (most recent call last):")
     browser.execute_script("document.getElementById('errors').scrollIntoView()")
     _screenshot(browser, "dashboard-errors.png", tmp_path)
     # no script error, no failed request, in the page's console

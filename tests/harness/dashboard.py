@@ -43,6 +43,17 @@ def get_json(url: str, path: str) -> dict:
     return json.loads(body)
 
 
+def wait_until(url: str, path: str, pred, timeout: float = 60.0) -> dict:
+    """The endpoint's answer once `pred(answer)` holds (a later sample)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        answer = get_json(url, path)
+        if pred(answer):
+            return answer
+        assert time.monotonic() < deadline, f"{path} after {timeout} s: {answer}"
+        time.sleep(0.2)
+
+
 def wait_for_tasks(url: str, finished: int, failed: int, timeout: float = 60.0) -> dict:
     """/api/tasks once its cluster-wide counts reach these numbers (they come
     with the next sample, after peers' counts reach this node by the GCS)."""

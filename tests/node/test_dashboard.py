@@ -15,12 +15,13 @@ import sys
 import tempfile
 import threading
 
+import numpy as np
 import psutil
 import pytest
 
 import zfabric as zf
 from tests.harness.dashboard import (get_json, parse_metrics, raw, request, split_url, value,
-                                     wait_for_tasks)
+                                     wait_for_tasks, wait_until)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -44,8 +45,10 @@ def run_workload(ok: int, bad: int) -> None:
 
 @pytest.fixture
 def node(fresh):
-    """An embedded node with its dashboard, after 12 tasks that finished and 3 that failed."""
+    """An embedded node with its dashboard, after 12 tasks that finished and 3 that
+    failed, holding two arrays in its store."""
     info = zf.init(num_cpus=2)
+    info["arrays"] = [zf.put(np.zeros(n, dtype=np.uint8)) for n in (3_000_000, 1_000_000)]
     run_workload(12, 3)
     wait_for_tasks(info["dashboard_url"], finished=12, failed=3)
     return info
@@ -83,9 +86,17 @@ def test_endpoints_answer_for_a_known_workload(node):
         assert "in broken" in e["traceback"] and e["message"] in e["traceback"]
         assert e["node_id"] == node["node_id"]
 
-    objects = get_json(url, "/api/objects")["nodes"]
-    assert [o["node_id"] for o in objects] == [node["node_id"]]
-    assert objects[0]["store_capacity"] > 0
+    big, small = (ref.hex() for ref in node["arrays"])
+    objects = wait_until(url, "/api/objects", lambda o: {big, small} <= {
+        r["object_id"] for r in o["largest"]})
+    [me] = objects["nodes"]
+    assert me["node_id"] == node["node_id"] and me["store_capacity"] > 0
+    assert me["objects"] >= 2 and me["bytes"] >= 4_000_000
+    assert me["store_used"] >= 4_000_000
+    first, second = objects["largest"][:2]
+    assert (first["object_id"], second["object_id"]) == (big, small)
+    assert first["size"] > 3_000_000 and first["nodes"] == [node["node_id"]]
+    assert first["state"] == "STORE" and first["spilled"] is False
 
 
 def test_metrics_parse_as_prometheus_text(node):
