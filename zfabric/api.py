@@ -35,7 +35,7 @@ def init(address: str | None = None, *, num_cpus: float | None = None,
          resources: dict | None = None, object_store_memory: int | None = None,
          ignore_reinit_error: bool = False, cluster_key: str | None = None,
          log_to_driver: bool = True, include_dashboard: bool | None = None,
-         dashboard_host: str = "127.0.0.1", dashboard_port: int | None = None) -> dict:
+         dashboard_host: str | None = None, dashboard_port: int | None = None) -> dict:
     """Connect this process to zfabric.
 
     address=None: start an embedded single-node cluster (it goes away at
@@ -50,12 +50,7 @@ def init(address: str | None = None, *, num_cpus: float | None = None,
     cluster_key: the path of the cluster key file, to join a cluster on other
     machines (default: ZFABRIC_CLUSTER_KEY, else the key of a node of that
     cluster on this machine). AuthenticationError if the cluster refuses it.
-
-    include_dashboard (None or True: yes; False: no), dashboard_host and
-    dashboard_port (None: 8265, or a free port when that is taken): the
-    embedded node's dashboard (docs/dashboard.md). The result's
-    "dashboard_url" is the dashboard of the node this process uses (None
-    without one).
+    include_dashboard, dashboard_host, dashboard_port: see docs/dashboard.md.
     """
     with _lock:
         if _state["client"] is not None:

@@ -231,7 +231,7 @@ def test_init_checks_its_dashboard_arguments(fresh):
     with pytest.raises(ValueError, match="dashboard_port"):
         zf.init(dashboard_port=70000)
     with pytest.raises(TypeError, match="dashboard_host"):
-        zf.init(dashboard_host=None)
+        zf.init(dashboard_host=5)
     assert not zf.is_initialized()
 
 

@@ -52,13 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--resources", default="{}", help='custom resources as JSON, e.g. \'{"gpu": 1}\'')
     start.add_argument("--object-store-memory", type=int, default=None, metavar="BYTES",
                        help="object store capacity (default 30%% of RAM)")
-    dash = start.add_mutually_exclusive_group()
-    dash.add_argument("--dashboard-port", type=int, default=None, metavar="P",
-                      help="the dashboard's port (default 8265, or a free port when that is "
-                           "taken; 0 picks a free one)")
-    dash.add_argument("--no-dashboard", action="store_true", help="serve no dashboard")
-    start.add_argument("--dashboard-host", default=None, metavar="H",
-                       help="address the dashboard listens on (default 127.0.0.1)")
+    _dashboard_arguments(start)
     start.add_argument("--cluster-key", default=None, metavar="FILE",
                        help="the cluster key file (a first node creates it if missing; "
                             "default: a new key in the session dir, or, to join, the key of "
@@ -94,10 +88,18 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--worker-logs", action="store_true",
                        help="workers write worker-{id}.log in the session dir")
     serve.add_argument("--insecure-no-auth", action="store_true")
-    serve.add_argument("--dashboard-host", default="127.0.0.1")
-    serve.add_argument("--dashboard-port", type=int, default=None)
-    serve.add_argument("--no-dashboard", action="store_true")
+    _dashboard_arguments(serve)
     return parser
+
+
+def _dashboard_arguments(parser) -> None:
+    dash = parser.add_mutually_exclusive_group()
+    dash.add_argument("--dashboard-port", type=int, default=None, metavar="P",
+                      help="the dashboard's port (default 8265, or a free port when that is "
+                           "taken; 0 picks a free one)")
+    dash.add_argument("--no-dashboard", action="store_true", help="serve no dashboard")
+    parser.add_argument("--dashboard-host", default=None, metavar="H",
+                        help="address the dashboard listens on (default 127.0.0.1)")
 
 
 class UsageError(Exception):
@@ -141,10 +143,7 @@ def cmd_start(args) -> int:
         raise UsageError("--port must be between 0 and 65535")
     if args.object_store_memory is not None and args.object_store_memory <= 0:
         raise UsageError("--object-store-memory must be a positive number of bytes")
-    if args.dashboard_port is not None and not 0 <= args.dashboard_port <= 65535:
-        raise UsageError("--dashboard-port must be between 0 and 65535")
-    dashboard = None if args.no_dashboard else (
-        args.dashboard_host or config.dashboard_host, args.dashboard_port)
+    dashboard = _dashboard_of(args)
     resources = parse_resources(args.resources)
     num_cpus = args.num_cpus if args.num_cpus is not None else float(os.cpu_count() or 1)
     try:
@@ -181,6 +180,13 @@ def cmd_start(args) -> int:
         signal.signal(signal.SIGTERM, forward)
         return proc.wait()
     return 0
+
+
+def _dashboard_of(args) -> tuple | None:
+    """spawn_node's `dashboard` from the flags: (host, port), or None."""
+    if args.dashboard_port is not None and not 0 <= args.dashboard_port <= 65535:
+        raise UsageError("--dashboard-port must be between 0 and 65535")
+    return None if args.no_dashboard else (args.dashboard_host or "", args.dashboard_port)
 
 
 def _tool_client(address: str | None):
@@ -335,8 +341,7 @@ def cmd_serve(args) -> int:
                           embedded_driver_pid=args.embedded_driver_pid,
                           worker_logs=args.worker_logs, join=args.join,
                           insecure=args.insecure_no_auth,
-                          dashboard=None if args.no_dashboard
-                          else (args.dashboard_host, args.dashboard_port))
+                          dashboard=_dashboard_of(args))
 
 
 COMMANDS = {"start": cmd_start, "status": cmd_status, "stop": cmd_stop,

@@ -90,12 +90,7 @@ def spawn_node(config: Config, *, num_cpus: float, resources: dict,
         cmd += ["--worker-logs"]
     if insecure:
         cmd += ["--insecure-no-auth"]
-    if dashboard is None:
-        cmd += ["--no-dashboard"]
-    else:
-        cmd += ["--dashboard-host", dashboard[0] or config.dashboard_host]
-        if dashboard[1] is not None:
-            cmd += ["--dashboard-port", str(int(dashboard[1]))]
+    cmd += _dashboard_flags(config, dashboard)
     devnull = subprocess.DEVNULL
     env = dict(os.environ)
     if embedded:  # workers import what the driver can (functions pickled by reference)
@@ -124,6 +119,14 @@ def spawn_node(config: Config, *, num_cpus: float, resources: dict,
             proc.wait()
         raise NodeStartError(info["error"])
     return proc, info
+
+
+def _dashboard_flags(config: Config, dashboard: tuple[str, int | None] | None) -> list[str]:
+    if dashboard is None:
+        return ["--no-dashboard"]
+    host, port = dashboard
+    return ["--dashboard-host", host or config.dashboard_host] + (
+        ["--dashboard-port", str(int(port))] if port is not None else [])
 
 
 def _read_line(fd: int, timeout: float, proc: subprocess.Popen) -> str:
@@ -257,7 +260,8 @@ class _NodeProcess:
         if where is None:
             return None
         try:
-            self.dashboard = Dashboard(self.config, host=where[0], port=where[1], ipc=ipc)
+            self.dashboard = Dashboard(self.config, host=where[0] or self.config.dashboard_host,
+                                       port=where[1], ipc=ipc)
         except DashboardError as e:
             raise NodeStartError(str(e)) from None
         return self.dashboard.url
