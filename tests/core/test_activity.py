@@ -128,3 +128,29 @@ def test_the_stream_is_the_newest_runs_of_each_node_oldest_first():
     stream = activity.tasks({})["stream"]
     assert [r["start"] for r in stream] == [float(i) for i in range(22, 30)]
     assert {r["worker"] for r in stream} == {"w0", "w1"}
+
+
+def test_the_stream_has_each_peers_newest_runs_as_they_come():
+    peer = Gcs(PEER)
+    mine = Gcs(ME)
+
+    def runs(batch: int) -> list:
+        return [["g", batch.to_bytes(16, "big"), "w3", float(batch), batch + 0.25, 0]]
+
+    for batch in range(1, 51):
+        peer.put("tl", str(batch), runs(batch))
+    for record in peer.updates_for({}):
+        mine.apply(record)
+    activity = Activity(ME, FakeScheduler(), mine, stream_per_node=8)
+    stream = activity.tasks({})["stream"]
+    assert [r["start"] for r in stream] == [float(b) for b in range(43, 51)]
+    assert {(r["node_id"], r["worker"], r["status"]) for r in stream} == {
+        (PEER.hex(), "w3", "finished")}
+    seen = mine.vector()
+    for batch in range(51, 54):   # new batches, and the oldest deleted, as a node does
+        peer.put("tl", str(batch), runs(batch))
+        peer.delete("tl", str(batch - 50))
+    for record in peer.updates_for(seen):
+        mine.apply(record)
+    stream = activity.tasks({})["stream"]
+    assert [r["start"] for r in stream] == [float(b) for b in range(46, 54)]

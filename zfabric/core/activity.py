@@ -74,6 +74,7 @@ class Activity:
         self._batches: deque = deque()             # (batch number, failures) in our shard
         self._kept = 0
         self._batch = 0
+        self._tl_newest: dict[bytes, int] = {}     # peer -> its newest "tl" batch seen
 
     # -- writing our shard ---------------------------------------------------------------
 
@@ -158,26 +159,40 @@ class Activity:
 
     def _stream(self) -> list[dict]:
         """The newest `stream_per_node` runs of each node, oldest first."""
-        keep = self.stream_per_node
-        per_node = {self.node_id: list(self.scheduler.timeline.entries)[-keep:]}
-        batches: dict[bytes, list] = {}
-        for shard, key, value in self.gcs.items("tl"):
-            if shard != self.node_id and type(key) is str and key.isdigit() \
-                    and type(value) is list:
-                batches.setdefault(shard, []).append((int(key), value))
-        for shard, found in batches.items():
-            found.sort(key=lambda kv: kv[0])
-            entries: list = []
-            for _n, value in reversed(found):
-                entries[:0] = [e for e in value if _is_run(e)]
-                if len(entries) >= keep:
-                    break
-            per_node[shard] = entries[-keep:]
+        per_node = {self.node_id: list(self.scheduler.timeline.entries)[-self.stream_per_node:]}
+        shards = [s for s in self.gcs.shards() if s != self.node_id]
+        for shard in list(self._tl_newest):
+            if shard not in shards:
+                del self._tl_newest[shard]
+        for shard in shards:
+            per_node[shard] = self._peer_runs(shard)
         out = [{"node_id": node.hex(), "function": e[0], "task_id": e[1].hex(),
                 "worker": e[2], "start": e[3], "end": e[4], "status": ENDED[e[5]]}
                for node, entries in per_node.items() for e in entries]
         out.sort(key=lambda r: r["start"])
         return out
+
+    def _peer_runs(self, shard: bytes) -> list:
+        """A peer's newest runs, from its "tl" batches. Their keys are consecutive
+        batch numbers, so after one scan per peer only the newest few are read:
+        scanning every batch of every node each second would cost the loop."""
+        gcs, keep = self.gcs, self.stream_per_node
+        newest = self._tl_newest.get(shard, 0)
+        if shard not in self._tl_newest or (newest and gcs.get("tl", str(newest), shard) is None):
+            newest = max((int(k) for s, k, _v in gcs.items("tl")
+                          if s == shard and type(k) is str and k.isdigit() and len(k) < 19),
+                         default=0)
+        while gcs.get("tl", str(newest + 1), shard) is not None:
+            newest += 1
+        self._tl_newest[shard] = newest
+        entries: list = []
+        while len(entries) < keep and newest > 0:
+            batch = gcs.get("tl", str(newest), shard)
+            if type(batch) is not list:
+                break
+            entries[:0] = [e for e in batch if _is_run(e)]
+            newest -= 1
+        return entries[-keep:]
 
 
 def _row(functions: dict, name: str) -> dict:

@@ -64,6 +64,8 @@ IO_TIMEOUT = 10.0        # seconds a connection may take to send a request or re
 REQUEST_TIMEOUT = 2.0    # seconds the sampler waits for its node (a missed sample: retried)
 QUERIES = ("status", "tasks", "errors")
 OBJECTS_SHOWN = 100      # the largest objects /api/objects lists
+HISTORY_FUNCTIONS = 20   # functions whose counts each history sample keeps (the busiest)
+POLL_INTERVAL = 0.1      # seconds the HTTP server takes to notice it is shut down
 PAGE = os.path.join(os.path.dirname(__file__), "dashboard.html")
 
 
@@ -92,21 +94,23 @@ class Dashboard:
         self._memory_at = float("-inf")   # when the object listing was last asked for
 
     def start(self) -> None:
-        for target, name in ((self.server.serve_forever, "dashboard-http"),
+        for target, name in ((lambda: self.server.serve_forever(POLL_INTERVAL), "dashboard-http"),
                              (self._sample_forever, "dashboard-sampler")):
             t = threading.Thread(target=target, name=name, daemon=True)
             t.start()
             self._threads.append(t)
 
     def close(self) -> None:
-        """Stop serving and sampling (the node is stopping: no reply may come)."""
+        """Stop serving and sampling. The node's loop has stopped: a request the
+        sampler is waiting on gets no answer, so it is not waited for (the
+        thread is a daemon, and its client is left to the process's exit)."""
         self._stop.set()
         if self._threads:
             self.server.shutdown()
         self.server.server_close()
         sampler = self._threads[1] if len(self._threads) > 1 else None
         if sampler is not None:
-            sampler.join(REQUEST_TIMEOUT + 1)
+            sampler.join(POLL_INTERVAL)
         if self._client is not None and (sampler is None or not sampler.is_alive()):
             self._client.close()
             self._client = None
@@ -160,9 +164,11 @@ class Snapshot:
 
     def update(self, data: dict, now: float) -> None:
         tasks = data["tasks"]
+        busiest = sorted(tasks["functions"], key=lambda f: -(f["finished"] + f["failed"]
+                                                             + f["running"] + f["queued"]))
         sample = {"time": now, "states": tasks["states"],
                   "functions": {f["name"]: [f["running"], f["queued"], f["finished"],
-                                            f["failed"]] for f in tasks["functions"]}}
+                                            f["failed"]] for f in busiest[:HISTORY_FUNCTIONS]}}
         with self._lock:
             if "memory" not in data and "memory" in self.data:
                 data["memory"] = self.data["memory"]   # (the last listing, until the next)
