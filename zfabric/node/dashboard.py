@@ -54,7 +54,10 @@ import time
 from collections import deque
 from urllib.parse import parse_qs
 
+import zmq
+
 from ..config import Config
+from ..exceptions import ZFabricError
 from ..core import memview
 from .client import Client
 
@@ -122,9 +125,9 @@ class Dashboard:
         while not self._stop.is_set():
             try:
                 self._sample()
-            except (ConnectionError, OSError, RuntimeError, ValueError) as e:
-                # the node is starting or stopping, or did not answer in time:
-                # the page shows the last sample and its age
+            except (ConnectionError, OSError, ValueError, ZFabricError, zmq.ZMQError) as e:
+                # the node is starting or stopping, or did not answer in time
+                # (GetTimeoutError): the page shows the last sample and its age
                 log.debug("dashboard sample failed: %s", e)
             self._stop.wait(interval)
 
