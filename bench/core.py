@@ -102,7 +102,7 @@ def run(tasks: int, cpus: int) -> float:
             msg = e.msg
             if type(msg) is p.Execute:      # a worker runs it and reports at once
                 inbox.append((e.to, p.TaskDone(msg.task_id, OK, False, [INLINE], [3], [[]],
-                                               0.0, 0.0, [b"val"])))
+                                               0.0, 0.0, 0.0, 0.0, [b"val"])))
             elif type(msg) is p.ObjectReady:  # the driver has its value; drops the ref
                 done += 1
                 inbox.append((DRIVER, p.Refs([], [msg.oid])))

@@ -42,7 +42,7 @@ def hot_messages() -> dict[str, bytes]:
     oid = ids.return_ids(tid, 1)[0]
     value = b"\x80\x05N."                      # pickle of None
     done = p.TaskDone(tid, int(p.TaskStatus.OK), False, [int(p.ObjectState.INLINE)], [len(value)],
-                      [[]], 1.0, 1.001, [value])
+                      [[]], 1.0, 1.001, 1.0, 1.001, [value])
     frames = {
         "Submit (function sent before)": p.Submit(tid, "noop", fn_id, 1, {"CPU": 1.0}, 3, False,
                                                   0, b"", [], [], b"", b"", b""),

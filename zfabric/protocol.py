@@ -237,13 +237,16 @@ class TaskDone:
     states: list           # ObjectState per return
     sizes: list
     contained: list        # list of lists of ObjectIDs, per return
-    start: float
-    end: float
+    start: float           # the worker took the task: its arguments are fetched from here
+    end: float             # the function returned (or raised)
+    fetched: float         # the arguments were fetched: the function ran from here to `end`
+    stored: float          # the results were stored (serialized, written) after `end`
     payloads: list         # per return: inline blob, or b"" (STORE), or error record
 
     def check(self) -> str:
-        if not is_tid(self.task_id) or not c.finite(self.start, self.end):
-            return "bad task id, start or end"
+        if not is_tid(self.task_id) or not c.finite(self.start, self.end, self.fetched,
+                                                    self.stored):
+            return "bad task id or times"
         return c.returns_problem(self)
 
 

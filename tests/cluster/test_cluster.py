@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import zfabric as zf
+from tests.harness.trace import check_trace, process_names
 from zfabric.config import Config
 from zfabric.testing import LocalCluster
 
@@ -199,13 +200,15 @@ def test_the_timeline_of_any_node_shows_the_tasks_of_all(three):
     tids = set()
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:   # the others' batches arrive within a tick or two
-        events = [e for e in zf.timeline() if e["name"].endswith("node_after")]
-        nodes = {e["pid"] for e in events}
+        trace = zf.timeline()
+        check_trace(trace)
+        events = [e for e in trace if e["name"].endswith("node_after")]
+        nodes = {process_names(trace)[e["pid"]] for e in events}
         tids = {e["args"]["task_id"] for e in events}
         if len(nodes) == len(set(ran_on)) and len(tids) >= 12:
             break
         time.sleep(0.05)
-    assert nodes == {f"node {n[:8]}" for n in set(ran_on)}
+    assert nodes == {f"node {n}" for n in set(ran_on)}
     assert len(tids) >= 12
 
 

@@ -26,7 +26,7 @@ class FakeScheduler:
 def fail(sched: FakeScheduler, i: int, message: str = "boom", tb: str = "Traceback...") -> None:
     tid = i.to_bytes(16, "big")
     record = records.make("ValueError", f"{message} {i}", traceback=tb, function="f")
-    sched.timeline.record("f", tid, "w1", float(i), float(i) + 0.5, 1)
+    sched.timeline.record("f", tid, "w1", float(i), float(i) + 0.5, 1, float(i), i + 0.5, 7)
     sched.errors.record("f", tid, "w1", float(i) + 0.5, record)
 
 
@@ -56,7 +56,7 @@ def test_published_counts_and_failures_reach_a_peer():
     gcs = Gcs(ME)
     activity = Activity(ME, sched, gcs, stream_per_node=10)
     for i in range(3):
-        sched.timeline.record("ok", i.to_bytes(16, "big"), "w1", float(i), i + 0.1, 0)
+        sched.timeline.record("ok", i.to_bytes(16, "big"), "w1", float(i), i + 0.1, 0, i, i, 7)
     fail(sched, 7)
     activity.publish()
     # a peer's replica of our shard, through the same records the wire carries
@@ -123,7 +123,8 @@ def test_what_a_peer_wrote_that_is_malformed_is_left_out(err, fn, tl):
 def test_the_stream_is_the_newest_runs_of_each_node_oldest_first():
     sched = FakeScheduler()
     for i in range(30):
-        sched.timeline.record("f", i.to_bytes(16, "big"), f"w{i % 2}", float(i), i + 0.5, 0)
+        sched.timeline.record("f", i.to_bytes(16, "big"), f"w{i % 2}", float(i), i + 0.5, 0,
+                              float(i), i + 0.5, 7)
     activity = Activity(ME, sched, Gcs(ME), stream_per_node=8)
     stream = activity.tasks({})["stream"]
     assert [r["start"] for r in stream] == [float(i) for i in range(22, 30)]
@@ -135,7 +136,8 @@ def test_the_stream_has_each_peers_newest_runs_as_they_come():
     mine = Gcs(ME)
 
     def runs(batch: int) -> list:
-        return [["g", batch.to_bytes(16, "big"), "w3", float(batch), batch + 0.25, 0]]
+        return [["g", batch.to_bytes(16, "big"), "w3", float(batch), batch + 0.25, 0,
+                 float(batch), batch + 0.25, 4242]]
 
     for batch in range(1, 51):
         peer.put("tl", str(batch), runs(batch))

@@ -73,9 +73,9 @@ def test_fields_past_their_bounds_are_refused():
         with pytest.raises(p.ProtocolError):
             p.decode(p.encode(p.Submit(**fields)))
     for bad in (p.Hello("root", 1, None), p.Hello("driver", 0, None),
-                p.TaskDone(tid(1), 0, False, [1], [1], [[]], nan, 1.0, [b"x"]),
-                p.TaskDone(tid(1), 7, False, [1], [1], [[]], 0.0, 1.0, [b"x"]),
-                p.TaskDone(tid(1), 0, False, [9], [1], [[]], 0.0, 1.0, [b"x"]),
+                p.TaskDone(tid(1), 0, False, [1], [1], [[]], nan, 1.0, 0.0, 1.0, [b"x"]),
+                p.TaskDone(tid(1), 7, False, [1], [1], [[]], 0.0, 1.0, 0.0, 1.0, [b"x"]),
+                p.TaskDone(tid(1), 0, False, [9], [1], [[]], 0.0, 1.0, 0.0, 1.0, [b"x"]),
                 p.GcsUpdate(b"short", []), p.SpillCheck(b"short", []),
                 p.FreeObjects(b"short", []), p.Gossip(MALLORY, [], {b"short": 1}, False),
                 p.Execute(tid(1), "f", FN, 1, 0, [rid(1)], [1], b"", b"", b"", []),
@@ -181,7 +181,7 @@ def test_a_client_cannot_seal_or_replace_what_is_not_its_own():
     task = n0.scheduler.tasks[plan.task_id]
     bad = [p.Put(rid(1), INLINE, 6, [], 0, b"forged"),          # a task's pending return
            p.Submit(plan.task_id, "f", FN, 1, {}, 0, False, 0, b"", [], [], b"", b"", b""),
-           p.TaskDone(plan.task_id, 0, False, [INLINE], [6], [[]], 0.0, 1.0, [b"forged"]),
+           p.TaskDone(plan.task_id, 0, False, [INLINE], [6], [[]], 0.0, 1.0, 0.0, 1.0, [b"forged"]),
            p.Blocked(plan.task_id), p.Revoked(plan.task_id), p.Hello("worker", 1, "w1"),
            p.Cancel(rid(99), False, False), p.Refs([], [rid(1)])]
     for msg in bad:
@@ -210,15 +210,20 @@ def test_a_spill_cannot_take_over_our_objects():
 def test_malformed_views_from_peers_do_not_break_queries():
     """Found by this suite: a peer's GCS "node" record or gossiped resources that
     are not maps, or timeline batches of garbage, made `status`, `nodes`,
-    `resources` and `timeline` raise out of Fabric.handle."""
+    `resources` and `timeline` raise out of Fabric.handle (and `memory` must not
+    either, whatever a peer's objects table holds)."""
     world = two_nodes()
     n0, n1 = world.nodes
     n1.fabric.gcs.put("node", n1.node_id, 7)
-    n1.fabric.gcs.put("tl", "1", [[1, 2], "x", None])
-    n1.fabric.membership.set_info({"total": [1, 2], "available": "x"})
+    n1.fabric.gcs.put("tl", "1", [[1, 2], "x", None, ["f", b"t", "w1", 0.0, float("inf"), 0,
+                                                       0.0, 1.0, 7]])
+    n1.fabric.gcs.put("tl", "2", "not a batch")
+    n1.fabric.gcs.put("obj", b"o" * 20, {"size": "big"})
+    n1.fabric.gcs.put("obj", "five", {"size": 1})
+    n1.fabric.membership.set_info({"total": [1, 2], "available": "x", "demands": [[1, 2], 3]})
     world.sim.run(0.5)
     assert n0.fabric.gcs.get("node", n1.node_id, shard=n1.node_id) == 7
-    for what in ("status", "nodes", "resources", "timeline"):
+    for what in ("status", "nodes", "resources", "timeline", "memory"):
         out = n0.fabric.handle(ev.ClientMessage(DRIVER, p.Request(1, what)), world.sim.time)
         (reply,) = [e.msg for e in out if type(e) is fx.Send]
         assert reply.error == "", (what, reply.error)

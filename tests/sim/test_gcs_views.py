@@ -8,6 +8,7 @@ import pytest
 
 from zfabric import protocol as p
 
+from tests.harness.trace import check_trace, process_names, thread_names
 from tests.harness.world import DRIVER, MB, World, rid, tid
 
 
@@ -27,17 +28,21 @@ def test_every_gcs_replica_has_every_node_and_the_owner_sees_the_peers_timeline(
         gcs.validate()
     owner = world.nodes[0].fabric
     timeline = owner.views.answer("timeline")
-    by_task = {e["args"]["task_id"]: e for e in timeline}
+    by_phase = check_trace(timeline)
+    tasks = [e for e in by_phase["X"] if e["cat"] == "task"]
+    by_task = {e["args"]["task_id"]: e for e in tasks}
+    processes, threads = process_names(timeline), thread_names(timeline)
     ran_on_peers = 0
     for pl in plans:
         (run,) = world.runs_of(pl)
         event = by_task[pl.task_id.hex()]
-        assert event["pid"] == f"node {world.nodes[run.node].node_id.hex()[:8]}"
-        assert event["tid"] == run.worker and event["args"]["status"] == "ok"
-        assert event["ts"] == pytest.approx(run.start * 1e6)
-        assert event["dur"] == pytest.approx((run.end - run.start) * 1e6)
+        assert processes[event["pid"]] == f"node {world.nodes[run.node].node_id.hex()}"
+        assert threads[(event["pid"], event["tid"])].split()[:2] == ["worker", run.worker]
+        assert event["args"]["worker"] == run.worker and event["args"]["status"] == "ok"
+        assert event["ts"] == pytest.approx(run.start * 1e6, abs=1)
+        assert event["dur"] == pytest.approx((run.end - run.start) * 1e6, abs=1)
         ran_on_peers += run.node != 0
-    assert ran_on_peers >= 5 and len(timeline) == len(plans)
+    assert ran_on_peers >= 5 and len(tasks) == len(plans)
     # the cluster queries see every node
     assert {r["NodeID"] for r in owner.views.answer("nodes")} == {n.node_id.hex() for n in world.nodes}
     assert all(r["Alive"] for r in owner.views.answer("nodes"))

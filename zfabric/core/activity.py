@@ -24,6 +24,7 @@ from collections import deque
 import msgpack
 
 from .tasks import TaskState
+from .timeline import is_entry
 
 ERRORS_PER_BATCH = 10     # failures published per scheduler tick (the rest stay local)
 MAX_FUNCTIONS = 1000      # names counted per node; more go to OTHER
@@ -225,7 +226,5 @@ def _is_error_entry(e) -> bool:
 
 
 def _is_run(e) -> bool:
-    """(name, task id, worker, start, end, status), as a "tl" batch holds them."""
-    return (type(e) is list and len(e) == 6 and type(e[0]) is str and type(e[1]) is bytes
-            and type(e[2]) is str and all(type(x) in (int, float) for x in (e[3], e[4]))
-            and type(e[5]) is int and 0 <= e[5] < 3)
+    """A peer's timeline entry (core/timeline.py) with a status we name."""
+    return is_entry(e) and 0 <= e[5] < len(ENDED)

@@ -80,7 +80,7 @@ class _Holders:
         worker = self.workers.get(client)
         if worker is not None:
             task = worker.task
-            return {"kind": "worker", "id": worker.wid,
+            return {"kind": "worker", "id": worker.wid, "pid": worker.pid,
                     "task": task.spec.task_id.hex() if task is not None else None,
                     "name": task.name if task is not None else ""}
         pid = self.drivers.get(client)
@@ -91,7 +91,7 @@ def _own_record(node_id: bytes, e: ObjectEntry, gcs, ref_holders: list) -> dict:
     me = node_id.hex()
     if e.state == ObjectState.STORE:
         here = [node_id] if (e.local or e.spilled) else []
-        nodes = _unique(here + list(e.remote) + _located(gcs, e.oid))
+        nodes = sorted(set(here + list(e.remote) + _located(gcs, e.oid)))
     else:   # an inline value or an error lives in the memory of the nodes that know it
         nodes = [node_id] if e.state != ObjectState.PENDING else []
     return {"object_id": e.oid.hex(), "size": e.size, "state": _STATES.get(int(e.state), "?"),
@@ -103,16 +103,12 @@ def _own_record(node_id: bytes, e: ObjectEntry, gcs, ref_holders: list) -> dict:
 
 def _gcs_record(node_id: bytes, owner: bytes, oid: bytes, size: int, gcs) -> dict:
     return {"object_id": oid.hex(), "size": size, "state": "STORE", "owner": owner.hex(),
-            "nodes": [n.hex() for n in _unique(_located(gcs, oid))], "spilled": None,
+            "nodes": [n.hex() for n in _located(gcs, oid)], "spilled": None,
             "spilled_on": None, "ref_holders": None, "detail": False}
 
 
 def _located(gcs, oid: bytes) -> list[bytes]:
     return sorted(n for n in gcs.lookup("loc", oid) if type(n) is bytes)
-
-
-def _unique(nodes: list[bytes]) -> list[bytes]:
-    return list(dict.fromkeys(nodes))
 
 
 def _is_size(v) -> bool:
@@ -137,9 +133,9 @@ def _merged(a: dict, b: dict) -> dict:
         a, b = b, a   # the first in full, the other adds what it knows
     out = dict(a)
     out["size"] = max(a["size"], b["size"])
-    out["nodes"] = list(dict.fromkeys(a["nodes"] + b["nodes"]))
+    out["nodes"] = sorted(set(a["nodes"] + b["nodes"]))
     if b["detail"]:
-        out["spilled_on"] = list(dict.fromkeys(a["spilled_on"] + b["spilled_on"]))
+        out["spilled_on"] = sorted(set(a["spilled_on"] + b["spilled_on"]))
         out["spilled"] = bool(out["spilled_on"])
         out["ref_holders"] = a["ref_holders"] + b["ref_holders"]
         if a["state"] == "PENDING":   # (a node that waits for it, another that has it)

@@ -156,7 +156,7 @@ class Scheduler:
 
     def _on_hello(self, client: bytes, msg: p.Hello) -> None:
         if msg.role == "worker":
-            if not self.pool.hello(msg.worker_id or "", client, self.now):
+            if not self.pool.hello(msg.worker_id or "", client, self.now, msg.pid):
                 self.out.nonsense(client_source(client), f"a second Hello from worker "
                                                          f"{msg.worker_id!r}")
                 return
@@ -346,7 +346,7 @@ class Scheduler:
             self.retry_or_fail(given_back, None)
         spec = task.spec
         self.timeline.record(spec.name, spec.task_id, worker.wid, msg.start, msg.end,
-                             int(msg.status))
+                             int(msg.status), msg.fetched, msg.stored, worker.pid)
         self.pool.record_run(spec.fn_id, max(0.0, msg.end - msg.start))
         if msg.status == TaskStatus.OK:
             if len(msg.states) != spec.num_returns or len(msg.payloads) != spec.num_returns:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from . import memview
 from .membership import LIVE, MemberState
-from .timeline import trace_events
+from .timeline import is_entry, trace_events
 
 
 class ClusterView:
@@ -84,15 +84,12 @@ class ClusterView:
         return memview.listing(self.node_id, self.scheduler, self.gcs, self.memory_max_objects)
 
     def timeline(self) -> list[dict]:
-        """Ours as it is now, the others' as replicated."""
-        events = self.scheduler.timeline.trace_events()
-        by_node: dict[bytes, list] = {}
+        """Ours as it is now, the others' as replicated (core/timeline.py)."""
+        by_node: dict[bytes, list] = {self.node_id: list(self.scheduler.timeline.entries)}
         for shard, _batch, entries in self.gcs.items("tl"):
-            if shard != self.node_id:
-                by_node.setdefault(shard, []).extend(entries)
-        for node, entries in by_node.items():
-            events += trace_events(node, [e for e in entries if _is_timeline_entry(e)])
-        return events
+            if shard != self.node_id and type(entries) is list:
+                by_node.setdefault(shard, []).extend(e for e in entries if is_entry(e))
+        return trace_events(by_node)
 
     def _members(self) -> list:
         me = self.node_id
@@ -150,9 +147,3 @@ def _demands(d) -> list[dict]:
             if type(x) is list and len(x) == 2 and isinstance(x[0], dict)
             and type(x[1]) is int and x[1] > 0]
 
-
-def _is_timeline_entry(e) -> bool:
-    """(name, task id, worker, start, end, status), as a peer's "tl" batch holds them."""
-    return (type(e) is list and len(e) == 6 and type(e[1]) is bytes
-            and all(type(x) in (int, float) for x in (e[3], e[4]))
-            and type(e[5]) is int)

@@ -45,7 +45,7 @@ class WorkerState(IntEnum):
 
 class Worker:
     __slots__ = ("wid", "client", "state", "task", "known_fns", "idle_since", "extra", "doomed",
-                 "queue")
+                 "queue", "pid")
 
     def __init__(self, wid: str, extra: bool):
         self.wid = wid
@@ -57,6 +57,7 @@ class Worker:
         self.extra = extra    # started for demand (stopped when idle), not pre-started
         self.doomed = False   # a kill was asked: never give it another task
         self.queue: deque[Task] = deque()   # prefetched (ASSIGNED) tasks, in order
+        self.pid = 0          # as its Hello says (0 until then)
 
 
 def workers_for(num_cpus: float) -> int:
@@ -98,13 +99,14 @@ class WorkerPool:
         self._stats["workers_started"] += 1
         self._out.emit(fx.SpawnWorker(wid))
 
-    def hello(self, worker_id: str, client: bytes, now: float) -> bool:
+    def hello(self, worker_id: str, client: bytes, now: float, pid: int = 0) -> bool:
         """A worker process we started is up; False if we know no such one."""
         worker = self.workers.get(worker_id)
         if worker is None or worker.client != client or worker.state != WorkerState.STARTING:
             return False
         worker.state = WorkerState.IDLE
         worker.idle_since = now
+        worker.pid = pid
         self.idle.append(worker)
         return True
 

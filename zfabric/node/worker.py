@@ -104,10 +104,11 @@ class Worker:
         client = self.client
         start = time.time()
         status, retryable, result = TaskStatus.OK, False, None
-        error = None
+        error = fetched = None
         try:
             fn = self._function(ex)
             args, kwargs = self._arguments(ex)
+            fetched = time.time()
             client.current_task_id = ex.task_id
             client.current_depth = ex.depth
             self.in_user_code = True
@@ -125,14 +126,16 @@ class Worker:
         finally:
             client.current_task_id = None
         end = time.time()
+        fetched = end if fetched is None else fetched   # (it failed before it ran)
         if status == TaskStatus.OK:
             try:
                 states, sizes, contained, payloads = self._store_results(ex, result)
             except BaseException as e:
                 status, error = TaskStatus.ERROR, e
+        stored = time.time()
         if status == TaskStatus.OK:
             done = p.TaskDone(ex.task_id, int(status), False, states, sizes, contained,
-                              start, end, payloads)
+                              start, end, fetched, stored, payloads)
         else:
             if status == TaskStatus.CANCELLED:
                 record = records.system_error_record(
@@ -140,7 +143,7 @@ class Worker:
             else:
                 record = _error_record(error, ex.name)
             done = p.TaskDone(ex.task_id, int(status), retryable, [], [], [], start, end,
-                              [record])
+                              fetched, stored, [record])
         return done, result
 
     def _retryable(self, ex: p.Execute, e: BaseException) -> bool:

@@ -127,15 +127,18 @@ class FakeWorker:
 
     @staticmethod
     def done(task_id: bytes, *, payloads=(), states=None, sizes=None, contained=None,
-             start: float = 1.0, end: float = 2.0) -> p.TaskDone:
+             start: float = 1.0, end: float = 2.0, fetched: float | None = None,
+             stored: float | None = None) -> p.TaskDone:
         """Task `task_id` returned: one (state, size, payload, contained ids) per return;
-        by default each INLINE, its size that of its payload, holding no refs."""
+        by default each INLINE, its size that of its payload, holding no refs; its
+        arguments fetched at `start` and results stored at `end` unless told."""
         payloads = list(payloads)
         states = [INLINE] * len(payloads) if states is None else list(states)
         sizes = [len(b) for b in payloads] if sizes is None else list(sizes)
         contained = [[] for _ in payloads] if contained is None else list(contained)
         return p.TaskDone(task_id, int(TaskStatus.OK), False, states, sizes, contained,
-                          start, end, payloads)
+                          start, end, start if fetched is None else fetched,
+                          end if stored is None else stored, payloads)
 
     @staticmethod
     def failed(task_id: bytes, record: bytes, *, retryable: bool = False,
@@ -143,7 +146,8 @@ class FakeWorker:
                end: float = 2.0) -> p.TaskDone:
         """Task `task_id` raised (or ended with another status than OK): `record`
         is its error record."""
-        return p.TaskDone(task_id, int(status), retryable, [], [], [], start, end, [record])
+        return p.TaskDone(task_id, int(status), retryable, [], [], [], start, end, start, end,
+                          [record])
 
     @staticmethod
     def cancelled(task_id: bytes, record: bytes | None = None, *, start: float = 1.0,
