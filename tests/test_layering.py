@@ -29,10 +29,10 @@ PACKAGE = "zfabric"
 # (layer name, module patterns): "x" is the module zfabric.x, "x/" the
 # package zfabric.x and everything in it, "" the package zfabric itself.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("public face", ("", "api", "testing/", "util/")),
+    ("public face", ("", "api", "compat", "testing/", "util/")),
     ("node", ("node/",)),
     ("core", ("core/",)),
-    ("wire", ("protocol", "protocol_checks", "ids", "config", "exceptions", "serialization", "records", "ref")),
+    ("wire", ("protocol", "protocol_checks", "protocol_codec", "ids", "config", "exceptions", "serialization", "records", "ref")),
 ]
 WHAT_EACH_LAYER_IS = {
     "public face": "what users and tests call: zf.init/remote/get..., zfabric.testing",
@@ -394,7 +394,8 @@ def external_imports_of(path: pathlib.Path) -> set[str]:
     return names
 
 
-@pytest.mark.parametrize("path", sorted((ROOT / "core").glob("*.py")) + [ROOT / "protocol.py"],
+@pytest.mark.parametrize("path", sorted((ROOT / "core").glob("*.py")) + [
+    ROOT / "protocol.py", ROOT / "protocol_codec.py", ROOT / "protocol_checks.py"],
                          ids=lambda p: p.name)
 def test_core_and_protocol_do_no_io(path):
     bad = external_imports_of(path) & FORBIDDEN_IN_CORE

@@ -9,6 +9,7 @@ from __future__ import annotations
 import atexit
 import inspect
 import json
+import logging
 import numbers
 import os
 import shutil
@@ -16,7 +17,7 @@ import threading
 
 import cloudpickle
 
-from . import serialization
+from . import compat, serialization
 from .config import ADDRESS_ENV, Config
 from . import ids
 from .node import client as client_mod
@@ -34,8 +35,11 @@ _state: dict = {"client": None, "proc": None, "info": None, "embedded": False}
 def init(address: str | None = None, *, num_cpus: float | None = None,
          resources: dict | None = None, object_store_memory: int | None = None,
          ignore_reinit_error: bool = False, cluster_key: str | None = None,
-         log_to_driver: bool = True, include_dashboard: bool | None = None,
-         dashboard_host: str | None = None, dashboard_port: int | None = None) -> dict:
+         log_to_driver: bool = True, logging_level: int | str = logging.INFO,
+         logging_format: str | None = None, configure_logging: bool = True,
+         namespace: str | None = None, include_dashboard: bool | None = None,
+         dashboard_host: str | None = None, dashboard_port: int | None = None,
+         **ray_kwargs) -> dict:
     """Connect this process to zfabric.
 
     address=None: start an embedded single-node cluster (it goes away at
@@ -50,30 +54,28 @@ def init(address: str | None = None, *, num_cpus: float | None = None,
     cluster_key: the path of the cluster key file, to join a cluster on other
     machines (default: ZFABRIC_CLUSTER_KEY, else the key of a node of that
     cluster on this machine). AuthenticationError if the cluster refuses it.
+    logging_level, logging_format: of this process's "zfabric" logger, unless
+    configure_logging=False (then zfabric leaves logging alone); until shutdown.
+    namespace: kept in the info and get_runtime_context(); no other effect.
     include_dashboard, dashboard_host, dashboard_port: see docs/dashboard.md.
+    Ray's other init arguments are accepted with one warning each
+    (zfabric.compat.NoEffectWarning); any other is a TypeError.
+    Returns the info dict; its keys also read as attributes (as on Ray's RayContext).
     """
+    compat.accept_ray_init_kwargs(ray_kwargs)
+    namespace = compat.check_namespace(namespace)
+    compat.configure_logging(configure_logging, logging_level, logging_format)
     with _lock:
         if _state["client"] is not None:
             if ignore_reinit_error:
-                return dict(_state["info"])
+                return compat.InitInfo(_state["info"])
             raise RuntimeError("zfabric is already initialized; call zf.shutdown() first "
                                "or pass ignore_reinit_error=True")
         if client_mod.current_or_none() is not None:
             raise RuntimeError("zf.init() cannot be called inside a task")
-        config = Config.from_env()
-        if cluster_key is not None:
-            if not isinstance(cluster_key, (str, os.PathLike)):
-                raise TypeError(f"cluster_key must be the path of a key file, got "
-                                f"{type(cluster_key).__name__}")
-            config = config.replace(cluster_key=os.path.abspath(cluster_key))
+        config = _config_with_key(cluster_key)
+        resources = _check_node_args(num_cpus, resources, object_store_memory)
         dashboard = node_dashboard.options(include_dashboard, dashboard_host, dashboard_port)
-        if num_cpus is not None:
-            _check_number("num_cpus", num_cpus)
-        resources = _check_resources(resources or {})
-        if object_store_memory is not None and (
-                not isinstance(object_store_memory, numbers.Integral)
-                or isinstance(object_store_memory, bool) or object_store_memory <= 0):
-            raise ValueError(f"object_store_memory must be a positive int, got {object_store_memory!r}")
         address = address if address is not None else os.environ.get(ADDRESS_ENV) or None
         proc = None
         info = None if address is None else _find_node(config, address)
@@ -89,8 +91,30 @@ def init(address: str | None = None, *, num_cpus: float | None = None,
             "node_id": info["node_id"], "node_ip_address": info["host"],
             "address": info["address"], "object_store_address": info["store_dir"],
             "session_dir": info["session_dir"], "dashboard_url": info.get("dashboard_url"),
+            "namespace": namespace,
         })
-        return dict(_state["info"])
+        return compat.InitInfo(_state["info"])
+
+
+def _config_with_key(cluster_key) -> Config:
+    config = Config.from_env()
+    if cluster_key is None:
+        return config
+    if not isinstance(cluster_key, (str, os.PathLike)):
+        raise TypeError(f"cluster_key must be the path of a key file, got "
+                        f"{type(cluster_key).__name__}")
+    return config.replace(cluster_key=os.path.abspath(cluster_key))
+
+
+def _check_node_args(num_cpus, resources, object_store_memory) -> dict:
+    """Check what describes a new node; returns the resources, checked."""
+    if num_cpus is not None:
+        _check_number("num_cpus", num_cpus)
+    if object_store_memory is not None and (
+            not isinstance(object_store_memory, numbers.Integral)
+            or isinstance(object_store_memory, bool) or object_store_memory <= 0):
+        raise ValueError(f"object_store_memory must be a positive int, got {object_store_memory!r}")
+    return _check_resources(resources or {})
 
 
 def _start_embedded(config: Config, address: str | None, num_cpus, resources: dict,
@@ -164,6 +188,7 @@ def shutdown() -> None:
             node_store.remove_dir(info["object_store_address"])
             shutil.rmtree(info["session_dir"], ignore_errors=True)
         _state.update(client=None, proc=None, info=None, embedded=False)
+        compat.restore_logging()
 
 
 def is_initialized() -> bool:
@@ -203,6 +228,7 @@ def _check_resources(resources) -> dict:
 
 
 def _validate_options(options: dict) -> dict:
+    options = compat.accept_ray_task_options(options)
     unknown = set(options) - set(_OPTION_DEFAULTS)
     if unknown:
         raise ValueError(f"unknown option(s) {sorted(unknown)}; valid options are "
@@ -237,6 +263,8 @@ def _validate_options(options: dict) -> dict:
 class RemoteFunction:
     """A function to run as a task: call `.remote(...)`, or `.options(...).remote(...)`."""
 
+    _signature = compat.NOT_READ   # read at the first .remote(); .options() shares it
+
     def __init__(self, function, options: dict):
         self._function = function
         self._options = {**_OPTION_DEFAULTS, **options}
@@ -251,6 +279,9 @@ class RemoteFunction:
         self.__doc__ = getattr(function, "__doc__", None)
         self.__module__ = getattr(function, "__module__", None)
 
+    def __getstate__(self) -> dict:   # shipped into a task: read the signature there
+        return {k: v for k, v in self.__dict__.items() if k != "_signature"}
+
     def __call__(self, *args, **kwargs):
         raise TypeError(f"remote function {self._name}() cannot be called directly; "
                         f"use {self.__name__}.remote(...)")
@@ -259,6 +290,7 @@ class RemoteFunction:
         options = _validate_options(options)
         derived = RemoteFunction(self._function, {**self._options, **options})
         derived._blob, derived._fn_id = self._blob, self._fn_id
+        derived._signature = self._signature
         return derived
 
     def _prepare(self) -> None:
@@ -281,7 +313,12 @@ class RemoteFunction:
                                 cloudpickle.dumps(True if retry is True else tuple(retry)))
 
     def remote(self, *args, **kwargs):
+        """Submit a call; its ObjectRef(s). The arguments are checked against
+        the function's signature first: TypeError at once if it cannot take them."""
         client = _client()
+        if self._signature is compat.NOT_READ:
+            self._signature = compat.signature_of(self._function)
+        compat.check_call(self._name, self._signature, args, kwargs)
         self._prepare()
         deps, contained, args_blob, keep = _serialize_args(self._name, self._function, args,
                                                            kwargs, client)
@@ -381,8 +418,7 @@ def remote(*args, **options):
 
 def _make_remote(function, options: dict) -> RemoteFunction:
     if inspect.isclass(function):
-        raise TypeError("zfabric runs tasks, not actors: @zf.remote takes a function, "
-                        f"not the class {function.__name__}")
+        raise compat.not_supported(compat.NO_ACTORS, f"@remote on the class {function.__name__}")
     if not callable(function):
         raise TypeError(f"@zf.remote takes a function, got {function!r}")
     return RemoteFunction(function, options)
@@ -514,6 +550,15 @@ class RuntimeContext:
         if self._client.role == "driver":
             return _driver_task_id(self._client)
         return None
+
+    def get_namespace(self) -> str | None:
+        """init(namespace=...) in the driver; None in tasks (it has no meaning here)."""
+        info = _state["info"] if self._client is _state["client"] else None
+        return info["namespace"] if info else None
+
+    @property
+    def namespace(self) -> str | None:
+        return self.get_namespace()
 
     @property
     def node_id(self) -> str:

@@ -4,9 +4,21 @@
 caller's side from the error record a worker sent (see `records.py`) and is *also* an instance of the original exception's
 class, so `except ValueError:` around `zf.get` works as it would around the
 call itself. `.cause` holds the original exception with its attributes;
-`.traceback_str` the remote traceback.
+`.traceback_str` the remote traceback. An exception that cannot travel
+(it does not pickle in the worker, or does not unpickle here) arrives as a
+`TaskError` whose `.cause` is an `UnserializableException` holding its type
+name, message and traceback as text. A cause class that refuses to be
+subclassed gives a plain `TaskError`, with one warning per class saying why.
+
+Code written for Ray catches `RayError` and `RayTaskError`: they are other
+names for `ZFabricError` and `TaskError`. `NotSupportedError` is what the
+Ray interfaces zfabric does not have (actors, placement groups) raise.
 """
 from __future__ import annotations
+
+import logging
+
+log = logging.getLogger("zfabric.exceptions")
 
 
 class ZFabricError(Exception):
@@ -46,7 +58,7 @@ class TaskError(ZFabricError):
         cause = self.cause
         if isinstance(cause, TaskError):  # a task re-raised another task's error
             return cause.as_instanceof_cause()
-        if cause is None:
+        if cause is None or isinstance(cause, UnserializableException):
             return self
         cause_cls = type(cause)
         derived = _derived_class(cause_cls)
@@ -87,10 +99,32 @@ def _derived_class(cause_cls: type) -> type | None:
             "__module__": cause_cls.__module__,
         })
         derived.__qualname__ = derived.__name__
-    except TypeError:  # layout conflict (e.g. some C exception types), or final class
+    except Exception as e:  # a layout conflict (some C types), a class that refuses subclasses
+        log.warning("%s from a task is raised as a plain TaskError, not also as a %s: "
+                    "its class cannot be subclassed (%s: %s)", cause_cls.__name__,
+                    cause_cls.__name__, type(e).__name__, e)
         derived = None
     _derived_cache[cause_cls] = derived
     return derived
+
+
+class UnserializableException(ZFabricError):
+    """The `.cause` of a TaskError whose exception could not travel to the caller:
+    its class name (`type_name`), `message` and `traceback_str`, as text."""
+
+    def __init__(self, type_name: str, message: str, traceback_str: str = "", why: str = ""):
+        self.type_name, self.message, self.traceback_str, self.why = (
+            type_name, message, traceback_str, why)
+        text = f"the task's exception {type_name}: {message} is not serializable"
+        super().__init__(text + (f" ({why})" if why else ""))
+
+    def __reduce__(self):
+        return (UnserializableException,
+                (self.type_name, self.message, self.traceback_str, self.why))
+
+
+class NotSupportedError(ZFabricError, NotImplementedError):
+    """A Ray interface zfabric does not have: actors, placement groups."""
 
 
 class GetTimeoutError(ZFabricError, TimeoutError):
@@ -119,6 +153,12 @@ class ObjectStoreFullError(ZFabricError):
 
 class AuthenticationError(ZFabricError):
     """A peer or client does not hold the cluster key."""
+
+
+# Ray's names for the same errors, so that `except ray.exceptions.RayTaskError:`
+# runs unchanged after `import zfabric as ray`.
+RayError = ZFabricError
+RayTaskError = TaskError
 
 
 # Names an error record can carry for errors zfabric itself raised (no user

@@ -6,12 +6,17 @@ then its fields as a msgpack array in declared order. Payload fields
 inline object blobs and error records, all below the inline threshold
 (bulk object data moves through the store, never through these messages).
 
-`decode` checks the kind, the arity, every field's type and then the
-message's `check()` (built from protocol_checks.py: ids, bounds, finite
-amounts, addresses, code that hashes to its function id) before a message
-reaches the node; whatever the bytes, it returns a checked message or raises
-`ProtocolError`, nothing else (the node counts and drops it). Nothing here is ever unpickled: pickled user data rides
+`decode` (protocol_codec.py, re-exported here) checks the kind, the arity,
+every field's type and then the message's `check()` (built from
+protocol_checks.py: ids, bounds, finite amounts, addresses, code that hashes
+to its function id) before a message reaches the node; whatever the bytes, it
+returns a checked message or raises `ProtocolError`, nothing else (the node
+counts and drops it). Nothing here is ever unpickled: pickled user data rides
 in payload frames and is opened only by the process that runs or gets it.
+
+Task options that travel with a task ride in `opts` (Submit, Spill,
+Execute): a dict left empty when a task has none, each key checked by
+`protocol_checks.TASK_OPTS`.
 
 Who sends what (client = a driver or a worker on the node's machine):
 
@@ -29,23 +34,14 @@ Who sends what (client = a driver or a worker on the node's machine):
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import field
 from enum import IntEnum
-
-import msgpack
 
 from . import protocol_checks as c
 from .ids import OBJECT_ID_SIZE, TASK_ID_SIZE
 from .protocol_checks import is_node_id, is_oid, is_tid, text
-
-NUM = (int, float)
-OPT_BYTES = (bytes, type(None))
-OPT_STR = (str, type(None))
-ANY = object  # any msgpack value (already safe once decoded)
-
-
-class ProtocolError(ValueError):
-    """A message that does not match its schema."""
+from .protocol_codec import (  # noqa: F401  (re-exported: the wire's one face)
+    ProtocolError, decode, encode, message, registry)
 
 
 class ObjectState(IntEnum):
@@ -61,94 +57,6 @@ class TaskStatus(IntEnum):
     OK = 0
     ERROR = 1
     CANCELLED = 2
-
-
-_REGISTRY: dict[int, type] = {}
-
-
-def message(kind: int, frames: tuple[str, ...] = (), var_frames: str | None = None):
-    """Class decorator: register a dataclass as wire message `kind`.
-
-    `frames` and `var_frames` name the bytes-like payload fields; they are
-    declared last, in that order, so a message is built positionally.
-    """
-    def wrap(cls):
-        cls = dataclass(slots=True)(cls)
-        names = [f.name for f in fields(cls)]
-        payload = list(frames) + ([var_frames] if var_frames else [])
-        header = tuple(n for n in names if n not in payload)
-        if list(header) + payload != names:
-            raise RuntimeError(f"{cls.__name__}: payload fields must come last")
-        cls.KIND_BYTE = bytes([kind])
-        cls.HEADER = header
-        cls.FRAMES = frames
-        cls.VAR_FRAMES = var_frames
-        hints = cls.__annotations__
-        types = (_TYPE_OF[hints[n]] for n in header)
-        cls.CHECKS = tuple((i, n, t) for i, (n, t) in enumerate(zip(header, types))
-                           if t is not ANY)
-        cls.ARITY = len(names)
-        if "check" not in cls.__dict__:
-            raise RuntimeError(f"{cls.__name__}: every message checks its fields (check())")
-        if kind in _REGISTRY:
-            raise RuntimeError(f"message kind {kind} registered twice")
-        _REGISTRY[kind] = cls
-        return cls
-    return wrap
-
-
-_TYPE_OF = {
-    "bytes": bytes, "str": str, "int": int, "float": NUM, "bool": bool,
-    "list": list, "dict": dict, "bytes | None": OPT_BYTES, "str | None": OPT_STR,
-    "object": ANY,
-}
-
-_packer = msgpack.Packer(use_bin_type=True)
-_pack = _packer.pack
-
-
-def encode(msg) -> bytes:
-    """A message as one frame: kind byte + msgpack array of its fields.
-
-    Payloads here are small (objects above the inline threshold never travel
-    in control messages), so one frame beats one zmq send call per field.
-    """
-    cls = type(msg)
-    return cls.KIND_BYTE + _pack([getattr(msg, n) for n in cls.__slots__])
-
-
-def decode(data: bytes):
-    """The message in one frame; ProtocolError if it does not match its schema."""
-    if len(data) < 2 or data[0] not in _REGISTRY:
-        raise ProtocolError(f"unknown message kind {bytes(data[:1])!r}")
-    cls = _REGISTRY[data[0]]
-    try:
-        values = msgpack.unpackb(memoryview(data)[1:], raw=False, use_list=True,
-                                 strict_map_key=False)
-    except Exception as e:
-        raise ProtocolError(f"{cls.__name__}: undecodable message ({e})") from None
-    if type(values) is not list or len(values) != cls.ARITY:
-        raise ProtocolError(f"{cls.__name__}: expected a list of {cls.ARITY} fields")
-    for i, name, want in cls.CHECKS:
-        if not isinstance(values[i], want):
-            raise ProtocolError(f"{cls.__name__}.{name}: expected {want}, "
-                                f"got {type(values[i]).__name__}")
-    nheader = len(cls.HEADER)
-    for i in range(nheader, nheader + len(cls.FRAMES)):
-        if not isinstance(values[i], bytes):
-            raise ProtocolError(f"{cls.__name__}.{cls.__slots__[i]}: expected bytes")
-    if cls.VAR_FRAMES is not None:
-        last = values[-1]
-        if type(last) is not list or not all(isinstance(b, bytes) for b in last):
-            raise ProtocolError(f"{cls.__name__}.{cls.VAR_FRAMES}: expected a list of bytes")
-    msg = cls(*values)
-    try:
-        problem = cls.check(msg)
-    except Exception as e:   # (a check must not raise; if one does, the message is refused)
-        problem = f"unreadable ({type(e).__name__})"
-    if problem:
-        raise ProtocolError(f"{cls.__name__}: {problem}")
-    return msg
 
 
 # -- handshake ----------------------------------------------------------------
@@ -184,7 +92,7 @@ class Welcome:
 
 # -- tasks ----------------------------------------------------------------------
 
-@message(3, frames=("fn_blob", "args_blob", "retry_blob"))
+@message(3, frames=("fn_blob", "args_blob", "retry_blob"), trailer=("opts",))
 class Submit:
     task_id: bytes
     name: str
@@ -200,6 +108,7 @@ class Submit:
     fn_blob: bytes         # cloudpickled function; empty if the node has fn_id
     args_blob: bytes
     retry_blob: bytes      # cloudpickled tuple of exception types, or empty
+    opts: dict = field(default_factory=dict)   # task options that travel (TASK_OPTS)
 
     def check(self) -> str:
         if self.max_retries < -1 or not (self.parent == b"" or is_tid(self.parent)):
@@ -211,7 +120,8 @@ class Submit:
         return c.spec_problem(self)
 
 
-@message(4, frames=("fn_blob", "args_blob", "retry_blob"), var_frames="dep_payloads")
+@message(4, frames=("fn_blob", "args_blob", "retry_blob"), var_frames="dep_payloads",
+         trailer=("opts",))
 class Execute:
     task_id: bytes
     name: str
@@ -224,6 +134,7 @@ class Execute:
     args_blob: bytes
     retry_blob: bytes
     dep_payloads: list
+    opts: dict = field(default_factory=dict)
 
     def check(self) -> str:
         return c.deps_problem(self) or c.spec_problem(self)
@@ -437,7 +348,8 @@ class GcsUpdate:
         return "" if all(type(r) is list for r in self.records) else "records must be lists"
 
 
-@message(23, frames=("fn_blob", "args_blob", "retry_blob"), var_frames="dep_payloads")
+@message(23, frames=("fn_blob", "args_blob", "retry_blob"), var_frames="dep_payloads",
+          trailer=("opts",))
 class Spill:
     """A ready task forwarded by its owner to run on the receiving node.
 
@@ -463,6 +375,7 @@ class Spill:
     args_blob: bytes
     retry_blob: bytes
     dep_payloads: list
+    opts: dict = field(default_factory=dict)
 
     def check(self) -> str:
         if not is_node_id(self.owner) or self.max_retries < -1:
@@ -597,4 +510,4 @@ def decode_chunk(frames: list):
     return head, data
 
 
-MESSAGES = dict(_REGISTRY)
+MESSAGES = registry()

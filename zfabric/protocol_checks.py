@@ -115,7 +115,24 @@ def spec_problem(msg) -> str:
         return "bad task id or num_returns"
     if not count(msg.depth, 1 << 62) or not text(msg.name):
         return "bad depth or name"
-    return code_problem(msg.fn_id, msg.fn_blob)
+    return code_problem(msg.fn_id, msg.fn_blob) or opts_problem(msg.opts)
+
+
+# Task options that travel with a task (Submit, Spill, Execute `opts`): each key
+# and the check of its value. An empty dict (no options) is the common case;
+# a key not named here is refused.
+TASK_OPTS: dict = {}
+
+
+def opts_problem(opts: dict) -> str:
+    """What is wrong with a task's `opts` ("" when fine)."""
+    for key, value in opts.items():
+        check = TASK_OPTS.get(key)
+        if check is None:
+            return f"unknown task option {str(key)[:40]!r}"
+        if not check(value):
+            return f"bad task option {key!r}"
+    return ""
 
 
 def returns_problem(msg) -> str:

@@ -7,6 +7,7 @@ side turns it back into an exception (`serialization.error_from_record`).
 
     {"type": exception class name, "message": str, "traceback": str,
      "function": the task's name, "exc": the cloudpickled exception or None,
+     "exc_error": why "exc" is None (the exception does not pickle), or "",
      "system": the zfabric exception class name for errors zfabric raises
                itself (else None), "context": ["an input of g() could not
                be computed", ...] (outermost last)}
@@ -20,11 +21,12 @@ import msgpack
 
 
 def make(type_name: str, message: str, *, traceback: str = "", function: str = "",
-         exc: bytes | None = None, system: str | None = None) -> bytes:
+         exc: bytes | None = None, system: str | None = None, exc_error: str = "") -> bytes:
     """An error record (`exc`: the pickled exception, already serialized)."""
     return msgpack.packb({
         "type": type_name, "message": message, "traceback": traceback,
-        "function": function, "exc": exc, "system": system, "context": [],
+        "function": function, "exc": exc, "exc_error": exc_error, "system": system,
+        "context": [],
     })
 
 

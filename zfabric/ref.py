@@ -111,9 +111,21 @@ class ObjectRef:
                          daemon=True).start()
         return fut
 
-    def __await__(self):
+    def as_future(self, loop=None):
+        """An asyncio.Future on `loop` (default: the running loop) that completes
+        with the object's value or its error; `asyncio.gather` and `asyncio.wait`
+        take it. RuntimeError if no loop is given and none is running."""
         import asyncio
-        return asyncio.wrap_future(self.future()).__await__()
+        if loop is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                raise RuntimeError("as_future() needs a running event loop, or "
+                                   "as_future(loop=...)") from None
+        return asyncio.wrap_future(self.future(), loop=loop)
+
+    def __await__(self):
+        return self.as_future().__await__()
 
 
 def _rebuild(oid: bytes) -> ObjectRef:

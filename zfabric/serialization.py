@@ -156,13 +156,14 @@ def error_record(exc: BaseException, function_name: str, tb_text: str | None = N
     """Describe an exception raised by a task, for `get` to re-raise elsewhere."""
     if tb_text is None:
         tb_text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    why = ""
     try:
         pickled = cloudpickle.dumps(exc)
         pickle.loads(pickled)  # an exception that cannot round-trip travels as text
-    except Exception:
-        pickled = None
+    except Exception as e:
+        pickled, why = None, f"it does not pickle and unpickle: {type(e).__name__}: {e}"
     return records.make(type(exc).__name__, str(exc), traceback=tb_text,
-                        function=function_name, exc=pickled)
+                        function=function_name, exc=pickled, exc_error=why)
 
 
 def error_from_record(record: bytes) -> BaseException:
@@ -176,17 +177,21 @@ def error_from_record(record: bytes) -> BaseException:
         if context:
             msg = f"{context[-1]}: {msg}"
         return cls(msg)
-    cause = None
+    tb_text = data.get("traceback", "")
     if data.get("exc") is not None:
         try:
             cause = pickle.loads(data["exc"])
-        except Exception:
-            cause = None
+        except Exception as e:
+            cause = exceptions.UnserializableException(
+                data["type"], data["message"], tb_text,
+                f"it does not unpickle here: {type(e).__name__}: {e}")
+    else:
+        cause = exceptions.UnserializableException(data["type"], data["message"], tb_text,
+                                                   data.get("exc_error") or "")
     message = data["message"]
     if context:
         message = "; ".join(reversed(context)) + f" ({data['type']}: {message})"
-    err = exceptions.TaskError(data.get("function", ""), data.get("traceback", ""),
-                               cause, data["type"], message)
+    err = exceptions.TaskError(data.get("function", ""), tb_text, cause, data["type"], message)
     return err.as_instanceof_cause()
 
 

@@ -41,7 +41,7 @@ def test_calling_remote_function_directly_is_a_type_error():
 
 
 def test_remote_rejects_classes():
-    with pytest.raises(TypeError, match="actors"):
+    with pytest.raises(NotImplementedError, match="no actors"):
         @zf.remote
         class A:
             pass
@@ -174,6 +174,10 @@ def test_unpicklable_exception_arrives_as_task_error_with_text(cluster):
     assert info.value.cause_type_name == "Local"
     assert "weird" in str(info.value)
     assert "raises_local" in info.value.traceback_str
+    cause = info.value.cause   # says so, with the type, message and traceback as text
+    assert isinstance(cause, ZFabricError) and "not serializable" in str(cause)
+    assert cause.type_name == "Local" and cause.message == "weird"
+    assert "raises_local" in cause.traceback_str
 
 
 def test_failed_argument_propagates_its_type(cluster):

@@ -47,6 +47,8 @@ def sample(cls):
             kwargs[name] = [[], [b"\x06" * 16]]
         elif name in ("states", "sizes"):
             kwargs[name] = [1]
+        elif name == "opts":
+            kwargs[name] = {}
         else:
             kwargs[name] = values[hint]
     if cls in (p.TaskDone, p.TaskResult):
@@ -60,6 +62,19 @@ def sample(cls):
 def test_every_message_round_trips(cls):
     msg = sample(cls)
     assert p.decode(p.encode(msg)) == msg
+
+
+@pytest.mark.parametrize("cls", [p.Submit, p.Execute, p.Spill], ids=lambda c: c.__name__)
+def test_task_options_travel_checked_and_may_be_left_out(cls, monkeypatch):
+    monkeypatch.setitem(p.c.TASK_OPTS, "colour", lambda v: v in ("red", "blue"))
+    msg = sample(cls)
+    assert msg.opts == {}                    # left out: no options
+    msg.opts = {"colour": "red"}
+    assert p.decode(p.encode(msg)).opts == {"colour": "red"}
+    for bad in ({"colour": "green"}, {"shape": "round"}):
+        msg.opts = bad
+        with pytest.raises(p.ProtocolError, match="task option"):
+            p.decode(p.encode(msg))
 
 
 def test_wrong_field_type_is_refused():

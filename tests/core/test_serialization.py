@@ -15,6 +15,7 @@ The same values through store files: tests/node/test_store.py.
 """
 from __future__ import annotations
 
+import logging
 import pickle
 import threading
 
@@ -174,11 +175,16 @@ def test_error_record_keeps_cause_attributes_and_traceback():
 
 @pytest.mark.parametrize("exc", [_caught(BadInit(1, 2)), _caught(HoldsLock("locked up"))],
                          ids=["unpicklable", "unserializable"])
-def test_exception_that_cannot_travel_becomes_plain_task_error(exc):
+def test_exception_that_cannot_travel_becomes_task_error_with_text_cause(exc):
     record = serialization.error_record(exc, "g")
     err = serialization.error_from_record(record)
     assert type(err) is TaskError
-    assert err.cause is None
+    cause = err.cause
+    assert type(cause) is exceptions.UnserializableException
+    assert isinstance(cause, exceptions.ZFabricError)
+    assert cause.type_name == type(exc).__name__ and cause.message == str(exc)
+    assert "_raise_from_user_function" in cause.traceback_str
+    assert "not serializable" in str(cause) and "does not pickle and unpickle" in str(cause)
     assert err.cause_type_name == type(exc).__name__
     assert str(exc) in err.message and str(exc) in str(err)
     assert type(exc).__name__ in str(err)
@@ -242,3 +248,54 @@ def test_task_error_pickle_keeps_the_original_type():
     first = serialization.error_from_record(serialization.error_record(ValueError("x"), "f"))
     back = pickle.loads(pickle.dumps(first))
     assert isinstance(back, TaskError) and isinstance(back, ValueError)
+
+
+def test_exception_that_does_not_unpickle_here_says_why():
+    record = records.make("Gone", "from a module this process lacks", traceback="tb text",
+                          function="f", exc=b"not a pickle")
+    err = serialization.error_from_record(record)
+    assert type(err) is TaskError
+    assert type(err.cause) is exceptions.UnserializableException
+    assert err.cause.type_name == "Gone" and err.cause.traceback_str == "tb text"
+    assert "does not unpickle here" in str(err.cause)
+    back = pickle.loads(pickle.dumps(err))   # the text cause travels on, as a re-raise would
+    assert type(back.cause) is exceptions.UnserializableException
+    assert back.cause.message == "from a module this process lacks"
+
+
+class Sealed(Exception):
+    """Refuses subclasses (what typing.final promises, enforced)."""
+
+    def __init_subclass__(cls, **kwargs):
+        raise RuntimeError(f"{Sealed.__name__} is final")
+
+
+class SealedByMeta(type):
+    def __new__(mcls, name, bases, namespace):
+        if any(isinstance(b, SealedByMeta) for b in bases):
+            raise TypeError("final class")
+        return super().__new__(mcls, name, bases, namespace)
+
+
+class SealedMetaError(Exception, metaclass=SealedByMeta):
+    pass
+
+
+@pytest.mark.parametrize("cls", [Sealed, SealedMetaError])
+def test_a_class_that_cannot_be_subclassed_gives_a_task_error_and_one_warning(cls, caplog):
+    exceptions._derived_cache.pop(cls, None)
+    with caplog.at_level(logging.WARNING, logger="zfabric.exceptions"):
+        for _ in range(3):
+            err = serialization.error_from_record(serialization.error_record(cls("no"), "f"))
+            assert type(err) is TaskError and type(err.cause) is cls
+            assert err.cause.args == ("no",)
+    warnings = [r.getMessage() for r in caplog.records if r.name == "zfabric.exceptions"]
+    assert len(warnings) == 1
+    assert cls.__name__ in warnings[0] and "cannot be subclassed" in warnings[0]
+
+
+def test_ray_names_for_the_errors():
+    assert exceptions.RayTaskError is TaskError
+    assert exceptions.RayError is exceptions.ZFabricError
+    err = serialization.error_from_record(serialization.error_record(ValueError("x"), "f"))
+    assert isinstance(err, exceptions.RayTaskError) and isinstance(err, exceptions.RayError)

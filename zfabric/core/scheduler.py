@@ -333,7 +333,7 @@ class Scheduler:
         states, payloads = self.objects.describe_for_worker(spec.deps)
         self.out.send(worker.client, p.Execute(
             spec.task_id, spec.name, spec.fn_id, spec.num_returns, spec.depth,
-            spec.deps, states, fn_blob, spec.args_blob, spec.retry_blob, payloads))
+            spec.deps, states, fn_blob, spec.args_blob, spec.retry_blob, payloads, spec.opts))
 
     # -- a worker reports ---------------------------------------------------------
 

@@ -146,7 +146,7 @@ class Spillover:
         s.out.peer(peer.address, p.Spill(
             self.node_id, self.address, spec.task_id, spec.name, spec.fn_id, spec.num_returns,
             spec.resources, retries, spec.retry_exceptions, spec.depth, start_now, spec.deps,
-            states, sizes, holders, fn_blob, spec.args_blob, spec.retry_blob, payloads))
+            states, sizes, holders, fn_blob, spec.args_blob, spec.retry_blob, payloads, spec.opts))
 
     def came_back(self, task: Task) -> PeerView | None:
         """A SPILLED task came back (result, refusal or death): give back its room."""
@@ -337,7 +337,7 @@ class Spillover:
         owner = peer_client(sender)
         spec = p.Submit(msg.task_id, msg.name, msg.fn_id, msg.num_returns, msg.resources,
                         msg.max_retries, msg.retry_exceptions, msg.depth, b"", [], [],
-                        b"", msg.args_blob, msg.retry_blob)
+                        b"", msg.args_blob, msg.retry_blob, msg.opts)
         task = s.admit(spec, owner, demand, owner_node=sender)
         task.remote_owner = sender
         failure = None

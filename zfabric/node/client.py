@@ -513,7 +513,8 @@ class Client:
 
     def submit(self, *, name: str, fn_id: bytes, fn_blob: bytes, num_returns: int,
                resources: dict, max_retries: int, retry_exceptions: bool,
-               retry_blob: bytes, deps: list, contained: list, args_blob: bytes) -> list[ObjectRef]:
+               retry_blob: bytes, deps: list, contained: list, args_blob: bytes,
+               opts: dict | None = None) -> list[ObjectRef]:
         tid = new_task_id()
         rids = return_ids(tid, num_returns)
         refs = [ObjectRef(oid, self) for oid in rids]
@@ -526,7 +527,7 @@ class Client:
         self.send(p.Submit(tid, name, fn_id, num_returns, resources, max_retries,
                            retry_exceptions, self.current_depth + (self.current_task_id is not None),
                            self.current_task_id or b"", deps, contained, fn_blob,
-                           args_blob, retry_blob))
+                           args_blob, retry_blob, opts or {}))
         return refs
 
     def cancel(self, oid: bytes, force: bool, recursive: bool) -> None:

@@ -9,8 +9,11 @@ environment. It dies with the zygote, which dies with its node
 SIGINT (Ctrl-C is for the driver). A non-force `zf.cancel` reaches it as
 SIGUSR1 after the node wrote the task id to `{session}/cancel/{worker_id}`:
 the handler interrupts the task only if that is the task it is running, so
-a late signal cannot hit the next task. Interrupting from a signal handler
-also breaks out of `time.sleep` and blocking I/O at once.
+a late signal cannot hit the next task. A signal that comes before the task
+reaches its code (the node starts a prefetched task when the one before it
+ends) is noted, and the file read again as the code starts. Interrupting
+from a signal handler also breaks out of `time.sleep` and blocking I/O at
+once.
 """
 from __future__ import annotations
 
@@ -45,21 +48,26 @@ class Worker:
         self.cancel_path = cancel_path
         self.functions: dict[bytes, object] = {}
         self.in_user_code = False
+        self.signalled = False   # a cancel signal came while no task ran its code
 
     # -- cancel -----------------------------------------------------------------
 
     def on_cancel_signal(self, signum, frame) -> None:
         task = self.client.current_task_id
         if not self.in_user_code or task is None:
+            self.signalled = True   # perhaps for the task about to start: see run()
             return
-        try:
-            with open(self.cancel_path) as f:
-                target = f.read().strip()
-        except OSError:
-            return
-        if target == task.hex():
+        if self._cancel_target() == task.hex():
             self.in_user_code = False
             raise _Interrupted()
+
+    def _cancel_target(self) -> str | None:
+        """The id (hex) of the task the node last asked this worker to cancel."""
+        try:
+            with open(self.cancel_path) as f:
+                return f.read().strip()
+        except OSError:
+            return None
 
     # -- running a task ------------------------------------------------------------------
 
@@ -113,6 +121,10 @@ class Worker:
             client.current_depth = ex.depth
             self.in_user_code = True
             try:
+                if self.signalled:   # a cancel may have come before the task started
+                    self.signalled = False
+                    if self._cancel_target() == ex.task_id.hex():
+                        raise _Interrupted()
                 result = fn(*args, **kwargs)
             finally:
                 self.in_user_code = False
