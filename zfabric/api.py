@@ -57,7 +57,6 @@ def init(address: str | None = None, *, num_cpus: float | None = None,
     logging_level, logging_format: of this process's "zfabric" logger, unless
     configure_logging=False (then zfabric leaves logging alone); until shutdown.
     namespace: kept in the info and get_runtime_context(); no other effect.
-    include_dashboard, dashboard_host, dashboard_port: see docs/dashboard.md.
     Ray's other init arguments are accepted with one warning each
     (zfabric.compat.NoEffectWarning); any other is a TypeError.
     Returns the info dict; its keys also read as attributes (as on Ray's RayContext).
@@ -90,9 +89,8 @@ def init(address: str | None = None, *, num_cpus: float | None = None,
         _state.update(client=client, proc=proc, embedded=proc is not None, info={
             "node_id": info["node_id"], "node_ip_address": info["host"],
             "address": info["address"], "object_store_address": info["store_dir"],
-            "session_dir": info["session_dir"], "dashboard_url": info.get("dashboard_url"),
-            "namespace": namespace,
-        })
+            "session_dir": info["session_dir"], "namespace": namespace,
+            "dashboard_url": info.get("dashboard_url")})
         return compat.InitInfo(_state["info"])
 
 
