@@ -22,6 +22,7 @@ from . import options as opts_mod
 from .config import ADDRESS_ENV, Config
 from . import ids
 from .node import client as client_mod
+from .node import dashboard as node_dashboard
 from .node import node as node_mod
 from .node import runtime_env as renv
 from .node import store as node_store
@@ -40,7 +41,9 @@ def init(address: str | None = None, *, num_cpus: float | None = None,
          cluster_key: str | None = None, log_to_driver: bool = True,
          logging_level: int | str = logging.INFO, logging_format: str | None = None,
          configure_logging: bool = True, namespace: str | None = None,
-         runtime_env: dict | None = None, **ray_kwargs) -> dict:
+         runtime_env: dict | None = None, include_dashboard: bool | None = None,
+         dashboard_host: str | None = None, dashboard_port: int | None = None,
+         **ray_kwargs) -> dict:
     """Connect this process to zfabric.
 
     address=None: start an embedded single-node cluster (it goes away at
@@ -79,28 +82,29 @@ def init(address: str | None = None, *, num_cpus: float | None = None,
         config = _config_with_key(cluster_key)
         resources = _node_resources(num_cpus, num_gpus, resources, object_store_memory)
         env_spec = renv.check(runtime_env)
+        dashboard = node_dashboard.options(include_dashboard, dashboard_host, dashboard_port)
         address = address if address is not None else os.environ.get(ADDRESS_ENV) or None
         proc, info = _node_for(config, address, num_cpus, resources, object_store_memory,
-                               log_to_driver)
+                               log_to_driver, dashboard)
         client = client_mod.Client(info["ipc"], "driver", connect_timeout=config.node_start_timeout)
         client_mod.set_current(client)
         _state.update(client=client, proc=proc, embedded=proc is not None, info={
             "node_id": info["node_id"], "node_ip_address": info["host"],
             "address": info["address"], "object_store_address": info["store_dir"],
-            "session_dir": info["session_dir"], "dashboard_url": None, "namespace": namespace,
-        })
+            "session_dir": info["session_dir"], "namespace": namespace,
+            "dashboard_url": info.get("dashboard_url")})
         _start_job_env(env_spec, client)
         return compat.InitInfo(_state["info"])
 
 
 def _node_for(config: Config, address: str | None, num_cpus, resources: dict,
-              object_store_memory, log_to_driver: bool):
+              object_store_memory, log_to_driver: bool, dashboard: tuple | None):
     """(process or None, info): the node on this machine to attach to, or an
     embedded one started for this driver (alone, or joining `address`)."""
     info = None if address is None else _find_node(config, address)
     if info is None:
         return _start_embedded(config, address, num_cpus, resources, object_store_memory,
-                               log_to_driver)
+                               log_to_driver, dashboard)
     if num_cpus is not None or resources or object_store_memory is not None:
         raise ValueError("num_cpus, num_gpus, resources and object_store_memory describe "
                          "a new node; they cannot be given when attaching to one "
@@ -145,7 +149,7 @@ def _start_job_env(spec, client) -> None:
 
 
 def _start_embedded(config: Config, address: str | None, num_cpus, resources: dict,
-                    object_store_memory, log_to_driver: bool):
+                    object_store_memory, log_to_driver: bool, dashboard: tuple | None):
     """Start this driver's own node, alone or joining the cluster at `address`
     (AuthenticationError / ConnectionError before anything starts if that
     cluster does not admit us). Returns (process, info)."""
@@ -156,7 +160,8 @@ def _start_embedded(config: Config, address: str | None, num_cpus, resources: di
             config, num_cpus=float(num_cpus if num_cpus is not None else os.cpu_count() or 1),
             resources=resources, object_store_memory=object_store_memory,
             host=_embedded_host(config.host, address), port=config.port, embedded=True,
-            log_to_driver=log_to_driver, join=[address] if address else [])
+            log_to_driver=log_to_driver, join=[address] if address else [],
+            dashboard=dashboard)
     except node_mod.NodeStartError as e:
         if address:
             raise ConnectionError(f"could not join the cluster at {address}: {e}") from None

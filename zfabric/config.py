@@ -93,6 +93,30 @@ class Config:
     zygote_restart_backoff: float = 0.1
     zygote_restart_backoff_max: float = 5.0
 
+    # The failures of tasks a node's workers ran that it keeps for the dashboard
+    # (function, worker, time, error type, message, traceback), the oldest
+    # dropped first; messages and tracebacks cut to error_text_max characters,
+    # so that a huge traceback cannot fill the GCS that carries them to peers.
+    error_log_capacity: int = 50
+    error_text_max: int = 4096
+
+    # -- dashboard (node/dashboard.py, docs/dashboard.md) ----------------------
+    # Every node serves a read-only dashboard on dashboard_host:dashboard_port
+    # (loopback by default). 8265, as Ray's: when another process holds the
+    # default port, the node takes a free one (several nodes on one machine); a
+    # port the user asked for that is taken stops the node with an error.
+    dashboard_host: str = "127.0.0.1"
+    dashboard_port: int = 8265
+    # The newest task runs per node the page's task stream shows.
+    dashboard_stream_tasks: int = 300
+    # How often the dashboard samples its node (one Request per query), and
+    # how many samples it keeps for the charts (600: ten minutes).
+    dashboard_sample_interval: float = 1.0
+    dashboard_history: int = 600
+    # The object listing (`memory`, every object the node knows) costs the loop
+    # more than the rest: the dashboard asks for it this often.
+    dashboard_memory_interval: float = 5.0
+
     # -- network -------------------------------------------------------------
     # The cluster key file (see docs/security.md): TCP between nodes is
     # authenticated and encrypted with it. Empty: a first node writes a new key

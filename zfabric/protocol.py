@@ -272,6 +272,7 @@ class Refs:
 class Request:
     req_id: int
     what: str              # "nodes" | "resources" | "timeline" | "status" | "memory"
+                           # | "tasks" | "errors" (the dashboard's: core/activity.py)
 
     def check(self) -> str:
         return "" if len(self.what) <= 100 else "bad query"

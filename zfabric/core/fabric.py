@@ -30,7 +30,8 @@ holds a copy in its store), "obj" (the STORE objects this node owns: size,
 creating task, the node that made it) and "tl" (the tasks this node ran, for the
 cluster's timeline: key = batch number, value = that tick's finished tasks;
 the oldest batches are deleted past `timeline_capacity` tasks, so one
-delta carries many tasks and the shard stays bounded). Gossip carries each
+delta carries many tasks and the shard stays bounded); "err" and "fn" (recent
+failures and counts by function, for the dashboard: core/activity.py). Gossip carries each
 node's live view (free resources, queue) in its membership row.
 """
 from __future__ import annotations
@@ -43,6 +44,7 @@ from .. import protocol as p
 from . import effects as fx
 from . import events as ev
 from . import resources as rs
+from .activity import Activity
 from .gcs import Gcs
 from .membership import LIVE, Membership, MemberState
 from .rejects import Rejections, peer_source
@@ -79,7 +81,8 @@ def build(config, *, node_id: bytes, resources: dict, store_capacity: int, info:
         node_info={**info, "config": config.to_json()},
         spill_depth=config.spill_depth, refuse_backoff=config.refuse_backoff,
         locality_min_bytes=config.locality_min_bytes,
-        lineage_max_specs=config.lineage_max_specs, lineage_max_bytes=config.lineage_max_bytes)
+        lineage_max_specs=config.lineage_max_specs, lineage_max_bytes=config.lineage_max_bytes,
+        errors=(config.error_log_capacity, config.error_text_max))
     membership = Membership(node_id, info["address"], static, now=now,
                             rng=random.Random(node_id), failure_timeout=config.failure_timeout,
                             gossip_interval=config.gossip_interval, fanout=config.gossip_fanout,
@@ -91,12 +94,14 @@ def build(config, *, node_id: bytes, resources: dict, store_capacity: int, info:
                             chunk_timeout=config.chunk_timeout),
                   static_info=static, seeds=list(seeds), join_timeout=config.join_timeout,
                   tick_interval=config.tick_interval,
+                  dashboard_stream_tasks=config.dashboard_stream_tasks,
                   memory_max_objects=config.memory_max_objects)
 
 
 class Fabric:
     def __init__(self, scheduler, membership, gcs, transfers, *, static_info: dict,
                  seeds: list[str], join_timeout: float, tick_interval: float,
+                 dashboard_stream_tasks: int,
                  memory_max_objects: int):
         self.scheduler = scheduler
         self.membership = membership
@@ -127,6 +132,8 @@ class Fabric:
         self.rejections = Rejections(self.stats)
         self.views = ClusterView(self.node_id, scheduler, membership, gcs, self.stats,
                                  memory_max_objects)
+        self.activity = Activity(self.node_id, scheduler, gcs, dashboard_stream_tasks)
+        self.views.add_answers(errors=self.activity.errors, tasks=self._tasks_view)
 
     # -- entry points ---------------------------------------------------------------
 
@@ -259,6 +266,7 @@ class Fabric:
         if now >= self._next_sched_tick:
             self._next_sched_tick = now + self.tick_interval
             self._events.append(ev.Tick())
+            self.activity.publish()
 
     def _publish_view(self) -> None:
         """Our live view goes out with our next heartbeat."""
@@ -418,6 +426,10 @@ class Fabric:
             self._out.append(fx.Send(client, p.Reply(msg.req_id, data, "")))
         except (KeyError, ValueError, TypeError) as e:
             self._out.append(fx.Send(client, p.Reply(msg.req_id, None, str(e))))
+
+    def _tasks_view(self) -> dict:
+        return self.activity.tasks({m.node_id: m.info for m in self.membership.members.values()
+                                    if m.node_id != self.node_id and m.state in LIVE})
 
     # -- leaving ---------------------------------------------------------------------------
 

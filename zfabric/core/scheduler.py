@@ -13,6 +13,7 @@ everything else, each in a module of its own:
                                         to make lost objects (Rebuilder)
     Spillover        core/spill.py      tasks sent to peers, and tasks peers send us
     Timeline         core/timeline.py   the tasks this node ran
+    TaskErrors       core/activity.py   the last failures of tasks this node ran
 
     clients --ClientMessage--> Scheduler --Send / SpawnWorker / ...--> loop
     fabric --PeerMessage, PeerUp/Down, ObjectFetched/FetchFailed, Tick--> Scheduler
@@ -42,6 +43,7 @@ from . import effects as fx
 from . import events as ev
 from . import guards
 from . import resources as rs
+from .activity import TaskErrors
 from .directory import ObjectDirectory
 from .lineage import Lineage, Rebuilder
 from .queues import ReadyQueues
@@ -59,7 +61,7 @@ class Scheduler:
                  prefetch_max_task_seconds: float = 0.0, node_info: dict | None = None,
                  spill_depth: int = 1, refuse_backoff: float = 0.2,
                  locality_min_bytes: int = 1 << 20, lineage_max_specs: int = 100_000,
-                 lineage_max_bytes: int = 100 << 20):
+                 lineage_max_bytes: int = 100 << 20, errors: tuple[int, int] = (50, 4096)):
         self.node_id = node_id
         self.node_info = dict(node_info or {})
         self.stats = {"submitted": 0, "finished": 0, "failed": 0, "cancelled": 0,
@@ -88,7 +90,7 @@ class Scheduler:
             self, node_id=node_id, address=self.node_info.get("address", ""),
             spill_depth=spill_depth, refuse_backoff=refuse_backoff,
             locality_min_bytes=locality_min_bytes)
-        self.timeline = Timeline(node_id, timeline_capacity)
+        self.timeline, self.errors = Timeline(node_id, timeline_capacity), TaskErrors(*errors)
         self._client_handlers = {
             p.Hello: self._on_hello, p.Submit: self._on_submit, p.TaskDone: self._on_task_done,
             p.Subscribe: self.objects.subscribe, p.Put: self.objects.put,
@@ -360,6 +362,8 @@ class Scheduler:
             task.cancelled = True
         record = msg.payloads[0] if msg.payloads else records.system_error_record(
             ZFabricError, "task failed without an error record", spec.name)
+        if msg.status == TaskStatus.ERROR:
+            self.errors.record(spec.name, spec.task_id, worker.wid, msg.end, record)
         self.retry_or_fail(task, record, retryable=msg.retryable)
 
     def _on_revoked(self, client: bytes, msg: p.Revoked) -> None:

@@ -88,3 +88,12 @@ def _task_events(pid: int, tid: int, node: bytes, entry) -> list[dict]:
 def _us(t: float) -> int:
     """Seconds as whole microseconds: spans nest exactly (no float rounding)."""
     return int(round(t * 1e6))
+
+
+def is_entry(e) -> bool:
+    """Is `e` a timeline entry (name, task id, worker, start, end, status, fetched,
+    stored, pid), as a peer's "tl" batch holds them (views.py, activity.py)?"""
+    return (type(e) is list and len(e) == 9 and type(e[0]) is str and type(e[1]) is bytes
+            and type(e[2]) is str and all(type(x) in (int, float) and x == x and abs(x) < 1e11
+                                          for x in (e[3], e[4], e[6], e[7]))
+            and type(e[5]) is int and type(e[8]) is int)

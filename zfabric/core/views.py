@@ -1,5 +1,7 @@
 """Ray-shaped records of the cluster, for `nodes()`, `cluster_resources()`,
-`available_resources()`, `status`, `memory` (core/memview.py) and `timeline()`.
+`available_resources()`, `status`, `memory` (core/memview.py) and `timeline()`;
+the dashboard's "tasks" and "errors" are answered by core/activity.py through
+`add_answers`.
 
 The fabric answers a client's Request here, from what this node knows:
 membership (who is in the cluster, alive or not, and each peer's gossiped
@@ -13,7 +15,7 @@ from __future__ import annotations
 
 from . import memview
 from .membership import LIVE, MemberState
-from .timeline import trace_events
+from .timeline import is_entry, trace_events
 
 
 class ClusterView:
@@ -28,6 +30,10 @@ class ClusterView:
         self._answers = {"nodes": self.nodes, "resources": self.resources,
                          "status": self.status, "timeline": self.timeline,
                          "memory": self.memory}
+
+    def add_answers(self, **handlers) -> None:
+        """More queries, answered by their owners (e.g. core/activity.py)."""
+        self._answers.update(handlers)
 
     def answer(self, what: str):
         """The data of a Request; ValueError for an unknown one."""
@@ -82,7 +88,7 @@ class ClusterView:
         by_node: dict[bytes, list] = {self.node_id: list(self.scheduler.timeline.entries)}
         for shard, _batch, entries in self.gcs.items("tl"):
             if shard != self.node_id and type(entries) is list:
-                by_node.setdefault(shard, []).extend(e for e in entries if _is_timeline_entry(e))
+                by_node.setdefault(shard, []).extend(e for e in entries if is_entry(e))
         return trace_events(by_node)
 
     def _members(self) -> list:
@@ -141,11 +147,3 @@ def _demands(d) -> list[dict]:
             if type(x) is list and len(x) == 2 and isinstance(x[0], dict)
             and type(x[1]) is int and x[1] > 0]
 
-
-def _is_timeline_entry(e) -> bool:
-    """(name, task id, worker, start, end, status, fetched, stored, pid), as a peer's
-    "tl" batch holds them."""
-    return (type(e) is list and len(e) == 9 and type(e[0]) is str and type(e[1]) is bytes
-            and type(e[2]) is str and all(type(x) in (int, float) and x == x and abs(x) < 1e11
-                                          for x in (e[3], e[4], e[6], e[7]))
-            and type(e[5]) is int and type(e[8]) is int)

@@ -54,9 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--resources", default="{}", help='custom resources as JSON, e.g. \'{"gpu": 1}\'')
     start.add_argument("--object-store-memory", type=int, default=None, metavar="BYTES",
                        help="object store capacity (default 30%% of RAM)")
-    dash = start.add_mutually_exclusive_group()
-    dash.add_argument("--dashboard-port", type=int, default=None, metavar="P")
-    dash.add_argument("--no-dashboard", action="store_true")
+    _dashboard_arguments(start)
     start.add_argument("--cluster-key", default=None, metavar="FILE",
                        help="the cluster key file (a first node creates it if missing; "
                             "default: a new key in the session dir, or, to join, the key of "
@@ -92,7 +90,18 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--worker-logs", action="store_true",
                        help="workers write worker-{id}.log in the session dir")
     serve.add_argument("--insecure-no-auth", action="store_true")
+    _dashboard_arguments(serve)
     return parser
+
+
+def _dashboard_arguments(parser) -> None:
+    dash = parser.add_mutually_exclusive_group()
+    dash.add_argument("--dashboard-port", type=int, default=None, metavar="P",
+                      help="the dashboard's port (default 8265, or a free port when that is "
+                           "taken; 0 picks a free one)")
+    dash.add_argument("--no-dashboard", action="store_true", help="serve no dashboard")
+    parser.add_argument("--dashboard-host", default=None, metavar="H",
+                        help="address the dashboard listens on (default 127.0.0.1)")
 
 
 class UsageError(Exception):
@@ -136,6 +145,7 @@ def cmd_start(args) -> int:
         raise UsageError("--port must be between 0 and 65535")
     if args.object_store_memory is not None and args.object_store_memory <= 0:
         raise UsageError("--object-store-memory must be a positive number of bytes")
+    dashboard = _dashboard_of(args)
     resources = parse_resources(args.resources)
     if args.num_gpus < 0:
         raise UsageError("--num-gpus must be >= 0")
@@ -148,10 +158,12 @@ def cmd_start(args) -> int:
         proc, info = node_mod.spawn_node(
             config, num_cpus=num_cpus, resources=resources,
             object_store_memory=args.object_store_memory, host=args.host, port=args.port,
-            embedded=False, join=join, insecure=args.insecure_no_auth)
+            embedded=False, join=join, insecure=args.insecure_no_auth, dashboard=dashboard)
     except (node_mod.NodeStartError, AuthenticationError, ConnectionError) as e:
         raise UsageError(str(e)) from None
     print(f"address: {info['address']}")
+    if info.get("dashboard_url"):
+        print(f"dashboard: {info['dashboard_url']}")
     if info["cluster_key"]:
         print(f"cluster key: {info['cluster_key']} (whoever can read it can run code on "
               "this cluster; copy it to the machines that join, mode 0600)")
@@ -174,6 +186,13 @@ def cmd_start(args) -> int:
         signal.signal(signal.SIGTERM, forward)
         return proc.wait()
     return 0
+
+
+def _dashboard_of(args) -> tuple | None:
+    """spawn_node's `dashboard` from the flags: (host, port), or None."""
+    if args.dashboard_port is not None and not 0 <= args.dashboard_port <= 65535:
+        raise UsageError("--dashboard-port must be between 0 and 65535")
+    return None if args.no_dashboard else (args.dashboard_host or "", args.dashboard_port)
 
 
 def _tool_client(address: str | None):
@@ -237,6 +256,9 @@ def cmd_status(args) -> int:
             print(f"  pending demand no live node can meet: {demand}")
     print(f"cluster: {alive} node(s) alive of {len(rows)}, {used_cpu:g}/{tot_cpu:g} CPUs in use")
     print("\n".join(report.demand_lines(status)))
+    for info in node_mod.find_local_nodes(Config.from_env()):
+        if info["node_id"] == status["self"] and info.get("dashboard_url"):
+            print(f"dashboard: {info['dashboard_url']}")
     insecure = [s["NodeID"][:12] for s in rows if s["Alive"] and s.get("auth") == "none"]
     if insecure:
         print(f"{INSECURE_WARNING} (node(s) {', '.join(insecure)})")
@@ -324,7 +346,8 @@ def cmd_serve(args) -> int:
                           port=args.port, ready_fd=args.ready_fd,
                           embedded_driver_pid=args.embedded_driver_pid,
                           worker_logs=args.worker_logs, join=args.join,
-                          insecure=args.insecure_no_auth)
+                          insecure=args.insecure_no_auth,
+                          dashboard=_dashboard_of(args))
 
 
 COMMANDS = {"start": cmd_start, "status": cmd_status, "stop": cmd_stop,

@@ -36,6 +36,7 @@ from ..core.fabric import build as build_fabric
 from ..exceptions import AuthenticationError
 from ..ids import new_node_id
 from . import auth, sockets, store
+from .dashboard import Dashboard, DashboardError
 from .loop import NodeLoop
 
 log = logging.getLogger("zfabric.node")
@@ -63,14 +64,17 @@ def node_records_dir(config: Config) -> str:
 def spawn_node(config: Config, *, num_cpus: float, resources: dict,
                object_store_memory: int | None, host: str, port: int,
                embedded: bool, log_to_driver: bool = True, join: list[str] = (),
-               insecure: bool = False,
+               insecure: bool = False, dashboard: tuple[str, int | None] | None = ("", None),
                timeout: float | None = None) -> tuple[subprocess.Popen, dict]:
     """Start a node process and wait until it answers (and has joined the
     cluster at `join`, if given). Returns (process, info).
 
     The node authenticates TCP with the key file `config.cluster_key` (see
     auth.py; for a join, `prepare_join` finds and checks it first), unless
-    `insecure`: then its TCP sockets are plain (--insecure-no-auth)."""
+    `insecure`: then its TCP sockets are plain (--insecure-no-auth).
+    `dashboard`: (host, port) the node's dashboard listens on (host "":
+    `config.dashboard_host`; port None: `config.dashboard_port`, or a free port
+    when that is taken); None: no dashboard."""
     private_dir(config.temp_dir)   # refused here, in one line, if another user owns it
     r, w = os.pipe()
     cmd = [sys.executable, "-m", "zfabric.node", "_serve", "--ready-fd", str(w),
@@ -86,6 +90,7 @@ def spawn_node(config: Config, *, num_cpus: float, resources: dict,
         cmd += ["--worker-logs"]
     if insecure:
         cmd += ["--insecure-no-auth"]
+    cmd += _dashboard_flags(config, dashboard)
     devnull = subprocess.DEVNULL
     env = dict(os.environ)
     if embedded:  # workers import what the driver can (functions pickled by reference)
@@ -116,6 +121,14 @@ def spawn_node(config: Config, *, num_cpus: float, resources: dict,
     return proc, info
 
 
+def _dashboard_flags(config: Config, dashboard: tuple[str, int | None] | None) -> list[str]:
+    if dashboard is None:
+        return ["--no-dashboard"]
+    host, port = dashboard
+    return ["--dashboard-host", host or config.dashboard_host] + (
+        ["--dashboard-port", str(int(port))] if port is not None else [])
+
+
 def _read_line(fd: int, timeout: float, proc: subprocess.Popen) -> str:
     buf = b""
     deadline = time.monotonic() + timeout
@@ -138,12 +151,14 @@ def _read_line(fd: int, timeout: float, proc: subprocess.Popen) -> str:
 
 def serve(config: Config, *, num_cpus: float, resources: dict, object_store_memory: int | None,
           host: str, port: int, ready_fd: int | None, embedded_driver_pid: int | None,
-          worker_logs: bool = False, join: list[str] = (), insecure: bool = False) -> int:
+          worker_logs: bool = False, join: list[str] = (), insecure: bool = False,
+          dashboard: tuple[str, int | None] | None = None) -> int:
     """Be a node until stopped; returns the process's exit code."""
     node = _NodeProcess(config, ready_fd)
     try:
         key, key_path = node_key(config, node.session_dir, host, join, insecure)
         info = node.listen(host, port, key)
+        info["dashboard_url"] = node.open_dashboard(dashboard, info["ipc"])
         info.update(cluster_key=key_path, auth="curve" if key is not None else "none")
         info.update(embedded=bool(embedded_driver_pid), num_cpus=num_cpus, resources=resources,
                     store_capacity=object_store_memory or default_store_capacity(config))
@@ -205,6 +220,7 @@ class _NodeProcess:
         self.router = self.peer_router = self.object_router = self.gate = None
         self.watches: list = []
         self.record_path = None
+        self.dashboard = None
         self.clean_exit = False
 
     def listen(self, host: str, port: int, key: auth.ClusterKey | None) -> dict:
@@ -239,6 +255,17 @@ class _NodeProcess:
                 "host": shown, "port": tcp_port, "ipc": ipc, "session_dir": self.session_dir,
                 "store_dir": self.store_dir, "spill_dir": self.spill_dir}
 
+    def open_dashboard(self, where: tuple[str, int | None] | None, ipc: str) -> str | None:
+        """Bind the dashboard's port (it serves once `run` starts); its URL, or None."""
+        if where is None:
+            return None
+        try:
+            self.dashboard = Dashboard(self.config, host=where[0] or self.config.dashboard_host,
+                                       port=where[1], ipc=ipc)
+        except DashboardError as e:
+            raise NodeStartError(str(e)) from None
+        return self.dashboard.url
+
     def write_records(self, info: dict, embedded: bool) -> None:
         """node.json in the session dir; for a node not embedded in a driver, also
         the record drivers and the CLI find it by."""
@@ -253,6 +280,8 @@ class _NodeProcess:
 
     def run(self, loop: NodeLoop, fabric) -> int:
         """Run the loop; on the way out say goodbye and stop every worker."""
+        if self.dashboard is not None:
+            self.dashboard.start()
         try:
             reason = loop.run()
             loop.say_goodbye(fabric.leave())
@@ -270,6 +299,8 @@ class _NodeProcess:
     def clean_up(self) -> None:
         """Close the ROUTERs and the context; remove the store dir, the node record
         and (after a clean exit) the session dir."""
+        if self.dashboard is not None:
+            self.dashboard.close()
         for watch in self.watches:
             watch.close()
         for sock in (self.router, self.peer_router, self.object_router, self.gate):

@@ -1,0 +1,402 @@
+"""The node's read-only web dashboard: one page, JSON endpoints, Prometheus /metrics.
+
+    browser --GET--> HTTP server (threads, here) --> the latest Snapshot (a lock)
+                                                          ^ every dashboard_sample_interval
+    sampler thread --Client "tool", Request status/tasks/errors--> NodeLoop (ipc)
+                   (and "memory", the object listing, every dashboard_memory_interval)
+
+The server gets its data as a *client* of its own node, through the same
+Request/Reply path as `zfabric status`: the loop stays the only owner of the
+node's state, and nothing here can change it (no Request changes anything).
+HTTP never reaches the loop: handlers read the last sample only, so however
+many clients ask, the loop answers one set of Requests per interval, and a
+slow or hostile HTTP client holds one of `MAX_CONNECTIONS` server threads for
+at most `IO_TIMEOUT` seconds, never the loop. (Answering HTTP from the poll
+loop on a raw socket would put parsing, and every client's pace, inside the
+loop; threads that only read a snapshot keep it out.)
+
+Rules: GET (and HEAD) only, anything else 405; a Host header other than this
+server's own host:port, localhost:port or 127.0.0.1:port is refused with 403,
+so that a web page on another site cannot read it through DNS rebinding. It
+binds only the host it is given (127.0.0.1 by default). Every request must
+carry the dashboard's token (`?token=...`, 403 without it): a loopback port
+is open to every user of the machine, and what the page shows (function
+names, tracebacks) is no more theirs to read than the node's session dir.
+The token is in the URL the node's record holds (0600, in the user's 0700
+dir), which `init()` returns and `zfabric start`/`status` print; the page
+passes it on to the endpoints it polls.
+
+    GET /               the page (dashboard.html, next to this module: no build step)
+    GET /api/nodes      the cluster's nodes, as `zfabric status --json` shows them
+    GET /api/tasks      counts by state and function, the recent task stream,
+                        and the sampled history behind the charts
+    GET /api/errors     recent task failures with their tracebacks
+    GET /api/objects    objects by node (count, bytes, spilled) and the largest ones
+    GET /metrics        this node's counters and gauges, Prometheus text format
+
+`Dashboard` is made by node.py's `serve` before the loop runs (it binds at
+once, so the URL goes into the node's record), started with the loop, and
+closed after it.
+"""
+from __future__ import annotations
+
+import errno
+import hmac
+import http.server
+import json
+import logging
+import os
+import secrets
+import socket
+import socketserver
+import threading
+import time
+from collections import deque
+from urllib.parse import parse_qs
+
+import zmq
+
+from ..config import Config
+from ..exceptions import ZFabricError
+from ..core import memview
+from .client import Client
+
+log = logging.getLogger("zfabric.dashboard")
+MAX_CONNECTIONS = 32     # HTTP connections served at once; more are closed at once
+IO_TIMEOUT = 10.0        # seconds a connection may take to send a request or read a reply
+REQUEST_TIMEOUT = 2.0    # seconds the sampler waits for its node (a missed sample: retried)
+QUERIES = ("status", "tasks", "errors")
+OBJECTS_SHOWN = 100      # the largest objects /api/objects lists
+HISTORY_FUNCTIONS = 20   # functions whose counts each history sample keeps (the busiest)
+POLL_INTERVAL = 0.1      # seconds the HTTP server takes to notice it is shut down
+PAGE = os.path.join(os.path.dirname(__file__), "dashboard.html")
+
+
+class DashboardError(RuntimeError):
+    """The dashboard could not listen where it was asked to (one line)."""
+
+
+class Dashboard:
+    """The HTTP server and the sampler of one node."""
+
+    def __init__(self, config: Config, *, host: str, port: int | None, ipc: str):
+        self.config = config
+        self.ipc = ipc
+        self.snapshot = Snapshot(config.dashboard_history)
+        self.server = _Server(host, port, fallback=port is None,
+                              default=config.dashboard_port, dashboard=self)
+        shown = host if ":" not in host else f"[{host}]"
+        self.port = self.server.server_address[1]
+        self.token = secrets.token_urlsafe(18)
+        self.url = f"http://{shown}:{self.port}/?token={self.token}"
+        names = {host, shown, "localhost", "127.0.0.1", "[::1]"}
+        self.allowed_hosts = {f"{h}:{self.port}".lower() for h in names}
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._client: Client | None = None
+        self._memory_at = float("-inf")   # when the object listing was last asked for
+
+    def start(self) -> None:
+        for target, name in ((lambda: self.server.serve_forever(POLL_INTERVAL), "dashboard-http"),
+                             (self._sample_forever, "dashboard-sampler")):
+            t = threading.Thread(target=target, name=name, daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def close(self) -> None:
+        """Stop serving and sampling. The node's loop has stopped: a request the
+        sampler is waiting on gets no answer, so it is not waited for (the
+        thread is a daemon, and its client is left to the process's exit)."""
+        self._stop.set()
+        if self._threads:
+            self.server.shutdown()
+        self.server.server_close()
+        sampler = self._threads[1] if len(self._threads) > 1 else None
+        if sampler is not None:
+            sampler.join(POLL_INTERVAL)
+        if self._client is not None and (sampler is None or not sampler.is_alive()):
+            self._client.close()
+            self._client = None
+
+    # -- sampling its node ------------------------------------------------------------
+
+    def _sample_forever(self) -> None:
+        interval = self.config.dashboard_sample_interval
+        while not self._stop.is_set():
+            try:
+                self._sample()
+            except (ConnectionError, OSError, ValueError, ZFabricError, zmq.ZMQError) as e:
+                # the node is starting or stopping, or did not answer in time
+                # (GetTimeoutError): the page shows the last sample and its age
+                log.debug("dashboard sample failed: %s", e)
+            self._stop.wait(interval)
+
+    def _sample(self) -> None:
+        if self._client is None:
+            self._client = Client(self.ipc, "tool", connect_timeout=REQUEST_TIMEOUT)
+        data = {what: self._client.request(what, timeout=REQUEST_TIMEOUT) for what in QUERIES}
+        now = time.monotonic()
+        if now - self._memory_at >= self.config.dashboard_memory_interval:
+            # the listing costs the loop more (every object): asked for less often
+            data["memory"] = self._client.request("memory", timeout=REQUEST_TIMEOUT)
+            self._memory_at = now
+        self.snapshot.update(data, time.time())
+
+
+def options(include, host, port) -> tuple | None:
+    """init()'s include_dashboard, dashboard_host and dashboard_port, checked:
+    spawn_node's `dashboard` ((host, port), or None for none)."""
+    if include is not None and not isinstance(include, bool):
+        raise TypeError(f"include_dashboard must be None, True or False, got {include!r}")
+    if host is not None and (not isinstance(host, str) or not host):
+        raise TypeError(f"dashboard_host must be a host name or address, got {host!r}")
+    if port is not None and (not isinstance(port, int) or isinstance(port, bool)
+                             or not 0 <= port <= 65535):
+        raise ValueError(f"dashboard_port must be None or a port (0-65535), got {port!r}")
+    return None if include is False else (host or "", port)   # "": config.dashboard_host
+
+
+class Snapshot:
+    """The node's answers at the last sample, and a history of counts for the charts."""
+
+    def __init__(self, history: int):
+        self._lock = threading.Lock()
+        self.data: dict = {}
+        self.taken = 0.0
+        self.history: deque = deque(maxlen=history)
+
+    def update(self, data: dict, now: float) -> None:
+        tasks = data["tasks"]
+        busiest = sorted(tasks["functions"], key=lambda f: -(f["finished"] + f["failed"]
+                                                             + f["running"] + f["queued"]))
+        sample = {"time": now, "states": tasks["states"],
+                  "functions": {f["name"]: [f["running"], f["queued"], f["finished"],
+                                            f["failed"]] for f in busiest[:HISTORY_FUNCTIONS]}}
+        with self._lock:
+            if "memory" not in data and "memory" in self.data:
+                data["memory"] = self.data["memory"]   # (the last listing, until the next)
+            self.data = data
+            self.taken = now
+            self.history.append(sample)
+
+    def get(self) -> tuple[dict, float, list]:
+        with self._lock:
+            return self.data, self.taken, list(self.history)
+
+
+# -- what each endpoint answers -------------------------------------------------------
+
+def api_nodes(data: dict, taken: float, history: list) -> dict:
+    status = data.get("status") or {"self": "", "nodes": []}
+    return {"sampled_at": taken, "self": status["self"], "nodes": status["nodes"]}
+
+
+def api_tasks(data: dict, taken: float, history: list) -> dict:
+    tasks = data.get("tasks") or {"states": {}, "functions": [], "stream": []}
+    return {"sampled_at": taken, **tasks, "history": history}
+
+
+def api_errors(data: dict, taken: float, history: list) -> dict:
+    return {"sampled_at": taken, "errors": data.get("errors") or []}
+
+
+def api_objects(data: dict, taken: float, history: list) -> dict:
+    """Objects by node (from the node's `memory` listing, with each node's store
+    figures from `status`) and the largest objects."""
+    status = data.get("status") or {"nodes": []}
+    listing = data.get("memory") or {"total": 0, "objects": []}
+    groups = memview.group_by_node(listing["objects"])
+    nodes = []
+    for n in status["nodes"]:
+        g = groups.get(n["NodeID"], {})
+        nodes.append({"node_id": n["NodeID"], "alive": n["Alive"], "objects": g.get("count", 0),
+                      "bytes": g.get("bytes", 0), "store_used": n.get("store_used", 0),
+                      "store_capacity": n.get("store_capacity", 0),
+                      "spilled_bytes": n.get("spilled_bytes", 0),
+                      "spilled_objects": n.get("spilled_objects", 0)})
+    largest = [{k: r[k] for k in ("object_id", "size", "state", "owner", "nodes", "spilled")}
+               for r in memview.sort_records(listing["objects"], "size")[:OBJECTS_SHOWN]]
+    return {"sampled_at": taken, "total": listing["total"], "listed": len(listing["objects"]),
+            "nodes": nodes, "largest": largest}
+
+
+API = {"/api/nodes": api_nodes, "/api/tasks": api_tasks, "/api/errors": api_errors,
+       "/api/objects": api_objects}
+
+
+def metrics(data: dict) -> str:
+    """This node's counters and gauges in Prometheus' text format (version 0.0.4)."""
+    status = data.get("status")
+    if not status:
+        return ""
+    me = next((n for n in status["nodes"] if n["NodeID"] == status["self"]), None)
+    if me is None:
+        return ""
+    out: list[str] = []
+
+    def metric(name: str, kind: str, help_text: str, samples) -> None:
+        out.append(f"# HELP zfabric_{name} {help_text}")
+        out.append(f"# TYPE zfabric_{name} {kind}")
+        for labels, value in samples:
+            label = ",".join(f'{k}="{_label(v)}"' for k, v in labels.items())
+            out.append(f"zfabric_{name}{{{label}}} {float(value):g}" if label
+                       else f"zfabric_{name} {float(value):g}")
+
+    for key, value in sorted(me.get("stats", {}).items()):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            metric(f"{_name(key)}_total", "counter", f"the node's {key} counter", [({}, value)])
+    metric("resources_total", "gauge", "resources this node offers",
+           [({"resource": k}, v) for k, v in sorted(me.get("Resources", {}).items())])
+    metric("resources_available", "gauge", "resources free on this node",
+           [({"resource": k}, v) for k, v in sorted(me.get("available", {}).items())])
+    for key, help_text in GAUGES:
+        if isinstance(me.get(key), (int, float)):
+            metric(key, "gauge", help_text, [({}, me[key])])
+    alive = sum(1 for n in status["nodes"] if n["Alive"])
+    metric("cluster_nodes_alive", "gauge", "nodes this node sees alive", [({}, alive)])
+    return "\n".join(out) + "\n"
+
+
+GAUGES = (("tasks_queued", "tasks queued or sent to a busy worker on this node"),
+          ("tasks_running", "tasks running on this node's workers"),
+          ("tasks_waiting", "tasks waiting for their arguments"),
+          ("tasks_spilled", "tasks forwarded to peers"),
+          ("workers", "worker processes"), ("idle_workers", "idle worker processes"),
+          ("objects", "objects this node knows"),
+          ("store_used", "bytes in the object store"),
+          ("store_capacity", "object store capacity in bytes"),
+          ("spilled_bytes", "bytes spilled to disk"),
+          ("spilled_objects", "objects spilled to disk"))
+
+
+def _name(key: str) -> str:
+    return "".join(c if c.isalnum() or c == "_" else "_" for c in key)
+
+
+def _label(value) -> str:
+    return str(value).replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+# -- HTTP -----------------------------------------------------------------------------
+
+class _Server(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+    block_on_close = False
+
+    def __init__(self, host: str, port: int | None, *, fallback: bool, default: int,
+                 dashboard: Dashboard):
+        self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.dashboard = dashboard
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        super().__init__((host, default if port is None else port), _Handler,
+                         bind_and_activate=False)
+        try:
+            self._bind()
+        except OSError as e:
+            if not (fallback and e.errno == errno.EADDRINUSE):
+                self.server_close()
+                raise DashboardError(f"cannot serve the dashboard on {host}:"
+                                     f"{self.server_address[1]}: {e.strerror}") from None
+            self.socket.close()
+            self.socket = socket.socket(self.address_family, self.socket_type)
+            self.server_address = (host, 0)
+            self._bind()
+
+    def _bind(self) -> None:
+        # TCPServer's, not HTTPServer's server_bind: that one asks DNS for a name (getfqdn)
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = self.server_address[:2]
+        self.server_activate()
+
+    def process_request(self, request, client_address) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)   # too many at once: this one waits for nobody
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def handle_error(self, request, client_address) -> None:
+        """A handler's exception goes to the node's log, not to stderr (an
+        embedded node shares the driver's terminal)."""
+        log.warning("dashboard: error answering %s", client_address, exc_info=True)
+
+    def process_request_thread(self, request, client_address) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    server_version = "zfabric-dashboard"
+    timeout = IO_TIMEOUT
+
+    def do_GET(self) -> None:
+        if not self._host_ok() or not self._token_ok():
+            return
+        path = self.path.split("?", 1)[0]
+        dash = self.server.dashboard
+        data, taken, history = dash.snapshot.get()
+        if path in ("/", "/index.html"):
+            with open(PAGE, "rb") as f:
+                self._send(200, "text/html; charset=utf-8", f.read())
+        elif path in API:
+            body = json.dumps(API[path](data, taken, history)).encode()
+            self._send(200, "application/json", body)
+        elif path == "/metrics":
+            self._send(200, "text/plain; version=0.0.4; charset=utf-8", metrics(data).encode())
+        else:
+            self._send(404, "text/plain; charset=utf-8", b"not found\n")
+
+    def do_HEAD(self) -> None:
+        self.do_GET()
+
+    def _refuse_method(self) -> None:
+        if self._host_ok():
+            self._send(405, "text/plain; charset=utf-8",
+                       b"the dashboard is read-only: GET only\n", allow=True)
+
+    do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_TRACE = do_CONNECT = \
+        _refuse_method
+
+    def _host_ok(self) -> bool:
+        host = (self.headers.get("Host") or "").strip().lower()
+        if host in self.server.dashboard.allowed_hosts:
+            return True
+        self._send(403, "text/plain; charset=utf-8",
+                   b"refused: the Host header is not this dashboard's address\n")
+        return False
+
+    def _token_ok(self) -> bool:
+        query = self.path.split("?", 1)[1] if "?" in self.path else ""
+        try:
+            given = parse_qs(query, max_num_fields=10).get("token", [""])[0]
+        except ValueError:   # too many fields
+            given = ""
+        if hmac.compare_digest(given.encode(), self.server.dashboard.token.encode()):
+            return True
+        self._send(403, "text/plain; charset=utf-8",
+                   b"refused: open the dashboard's URL with its token, as zf.init() returns "
+                   b"it and `zfabric status` prints it\n")
+        return False
+
+    def _send(self, code: int, kind: str, body: bytes, allow: bool = False) -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.send_header("X-Content-Type-Options", "nosniff")
+        self.send_header("Content-Security-Policy",
+                         "default-src 'self'; script-src 'unsafe-inline'; "
+                         "style-src 'unsafe-inline'; img-src 'self' data:")
+        if allow:
+            self.send_header("Allow", "GET, HEAD")
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def log_message(self, format: str, *args) -> None:   # to the node's log, not stderr
+        log.debug("%s %s", self.address_string(), format % args)
