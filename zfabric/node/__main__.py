@@ -123,6 +123,22 @@ def parse_resources(text: str) -> dict:
     return {k: float(v) for k, v in res.items()}
 
 
+def _node_resources_of(args) -> dict:
+    """Check `start`'s flags for the new node (UsageError for a bad one); its resources."""
+    if args.num_cpus is not None and args.num_cpus < 0:
+        raise UsageError("--num-cpus must be >= 0")
+    if not 0 <= args.port <= 65535:
+        raise UsageError("--port must be between 0 and 65535")
+    if args.object_store_memory is not None and args.object_store_memory <= 0:
+        raise UsageError("--object-store-memory must be a positive number of bytes")
+    resources = parse_resources(args.resources)
+    if args.num_gpus < 0:
+        raise UsageError("--num-gpus must be >= 0")
+    if args.num_gpus:
+        resources["GPU"] = float(args.num_gpus)
+    return resources
+
+
 def cmd_start(args) -> int:
     config = Config.from_env()
     if args.cluster_key:
@@ -139,18 +155,8 @@ def cmd_start(args) -> int:
             join = [node_mod.check_address(address)]
         except ValueError as e:
             raise UsageError(str(e)) from None
-    if args.num_cpus is not None and args.num_cpus < 0:
-        raise UsageError("--num-cpus must be >= 0")
-    if not 0 <= args.port <= 65535:
-        raise UsageError("--port must be between 0 and 65535")
-    if args.object_store_memory is not None and args.object_store_memory <= 0:
-        raise UsageError("--object-store-memory must be a positive number of bytes")
+    resources = _node_resources_of(args)
     dashboard = _dashboard_of(args)
-    resources = parse_resources(args.resources)
-    if args.num_gpus < 0:
-        raise UsageError("--num-gpus must be >= 0")
-    if args.num_gpus:
-        resources["GPU"] = float(args.num_gpus)
     num_cpus = args.num_cpus if args.num_cpus is not None else float(os.cpu_count() or 1)
     try:
         if join:
