@@ -20,12 +20,13 @@ from . import serialization
 from .config import ADDRESS_ENV, Config
 from . import ids
 from .node import client as client_mod
+from .node import loglisten
 from .node import node as node_mod
 from .node import store as node_store
 from .ref import DepMarker, ObjectRef
 
 _lock = threading.RLock()
-_state: dict = {"client": None, "proc": None, "info": None, "embedded": False}
+_state: dict = {"client": None, "proc": None, "info": None, "embedded": False, "logs": None}
 
 
 # -- init / shutdown ---------------------------------------------------------------------
@@ -42,9 +43,11 @@ def init(address: str | None = None, *, num_cpus: float | None = None,
     or else start an embedded node that joins the cluster at H:P
     (ConnectionError if nobody answers there within `join_timeout`).
 
-    log_to_driver: an embedded node's workers print to this process's
-    stdout/stderr; with False they write worker-{id}.log in the session dir
-    (as the workers of a node started with `zfabric start` always do).
+    log_to_driver: what this driver's tasks print (on any node) appears in
+    this process's stdout/stderr, prefixed "(function pid=.. node=..)", lines
+    repeated across workers folded (ZFABRIC_DEDUP_LOGS=0: not); with False,
+    nothing does. Either way every worker's output stays in its node's
+    session dir, logs/worker-{id}.out and .err.
     cluster_key: the path of the cluster key file, to join a cluster on other
     machines (default: ZFABRIC_CLUSTER_KEY, else the key of a node of that
     cluster on this machine). AuthenticationError if the cluster refuses it.
@@ -75,13 +78,14 @@ def init(address: str | None = None, *, num_cpus: float | None = None,
         info = None if address is None else _find_node(config, address)
         if info is None:   # an embedded node: alone, or joining the cluster at `address`
             proc, info = _start_embedded(config, address, num_cpus, resources,
-                                         object_store_memory, log_to_driver)
+                                         object_store_memory)
         elif num_cpus is not None or resources or object_store_memory is not None:
             raise ValueError("num_cpus, resources and object_store_memory describe a new "
                              "node; they cannot be given when attaching to one (address=...)")
         client = client_mod.Client(info["ipc"], "driver", connect_timeout=config.node_start_timeout)
         client_mod.set_current(client)
-        _state.update(client=client, proc=proc, embedded=proc is not None, info={
+        logs = loglisten.start(client, info["ipc"], config) if log_to_driver else None
+        _state.update(client=client, proc=proc, embedded=proc is not None, logs=logs, info={
             "node_id": info["node_id"], "node_ip_address": info["host"],
             "address": info["address"], "object_store_address": info["store_dir"],
             "session_dir": info["session_dir"], "dashboard_url": None,
@@ -90,7 +94,7 @@ def init(address: str | None = None, *, num_cpus: float | None = None,
 
 
 def _start_embedded(config: Config, address: str | None, num_cpus, resources: dict,
-                    object_store_memory, log_to_driver: bool):
+                    object_store_memory):
     """Start this driver's own node, alone or joining the cluster at `address`
     (AuthenticationError / ConnectionError before anything starts if that
     cluster does not admit us). Returns (process, info)."""
@@ -101,7 +105,7 @@ def _start_embedded(config: Config, address: str | None, num_cpus, resources: di
             config, num_cpus=float(num_cpus if num_cpus is not None else os.cpu_count() or 1),
             resources=resources, object_store_memory=object_store_memory,
             host=_embedded_host(config.host, address), port=config.port, embedded=True,
-            log_to_driver=log_to_driver, join=[address] if address else [])
+            join=[address] if address else [])
     except node_mod.NodeStartError as e:
         if address:
             raise ConnectionError(f"could not join the cluster at {address}: {e}") from None
@@ -146,6 +150,8 @@ def shutdown() -> None:
         if client is None:
             return
         proc = _state["proc"]
+        if _state["logs"] is not None:
+            _state["logs"].close()
         client.close(shutdown_node=proc is not None, reason="driver called shutdown()")
         client_mod.set_current(None)
         if proc is not None:
@@ -158,7 +164,7 @@ def shutdown() -> None:
             info = _state["info"]
             node_store.remove_dir(info["object_store_address"])
             shutil.rmtree(info["session_dir"], ignore_errors=True)
-        _state.update(client=None, proc=None, info=None, embedded=False)
+        _state.update(client=None, proc=None, info=None, embedded=False, logs=None)
 
 
 def is_initialized() -> bool:

@@ -8,6 +8,8 @@ and object pulls, behind one `handle(event, now) -> effects` (sans-I/O).
                           |                Spill, TaskResult, Refuse, Cancel,
                           |                FreeObjects --> Scheduler
                           |-- ChunkArrived / ChunkFailed --> Transfers
+                          |-- WorkerOutput, LogLines (peer), Listen (client),
+                          |       ClientGone --> LogRouter (task output to drivers)
                           |-- PeerUnreachable / PeerSendBlocked --> counted in `stats`, warned
                           |-- MessageRejected (and the scheduler's Nonsense effects,
                           |       a peer's forged sender, bad GCS records) --> Rejections:
@@ -43,8 +45,9 @@ from .. import protocol as p
 from . import effects as fx
 from . import events as ev
 from .gcs import Gcs
+from .logroute import LogRouter
 from .membership import LIVE, Membership, MemberState
-from .rejects import Rejections, peer_source
+from .rejects import Rejections, client_source, peer_source
 from .scheduler import Scheduler
 from .views import ClusterView
 from .workers import workers_for
@@ -57,6 +60,7 @@ _OWN_EFFECTS = frozenset({fx.Fetch, fx.CancelFetch, fx.Publish, fx.DeleteObject,
 
 
 _ZYGOTE_EVENTS = frozenset({ev.ZygoteStarted, ev.ZygoteDied, ev.ZygoteStartFailed})
+_OWN_CLIENT_MESSAGES = frozenset({p.Request, p.Listen})   # the rest go to the scheduler
 STATIC_KEYS = ("address", "object_address", "host", "port", "pid", "auth")
 
 
@@ -120,6 +124,7 @@ class Fabric:
         self._warned_peers: set[str] = set()   # addresses warned of, until heard from again
         self.rejections = Rejections(self.stats)
         self.views = ClusterView(self.node_id, scheduler, membership, gcs, self.stats)
+        self.logs = LogRouter(self.node_id, self._live_address, self.stats)
 
     # -- entry points ---------------------------------------------------------------
 
@@ -136,7 +141,7 @@ class Fabric:
     def handle(self, event, now: float) -> list:
         self._now = now
         kind = type(event)
-        if kind is ev.ClientMessage and type(event.msg) is not p.Request:
+        if kind is ev.ClientMessage and type(event.msg) not in _OWN_CLIENT_MESSAGES:
             # the hot path (submits, results, refs): straight to the scheduler,
             # and its effects straight out unless one is meant for us
             effects = self.scheduler.handle(event, now)
@@ -154,8 +159,13 @@ class Fabric:
             if self._warned_peers:
                 self._heard_from(event.node_id)
             self._on_peer_message(event)
-        elif kind is ev.ClientMessage and type(event.msg) is p.Request:
-            self._on_query(event.client, event.msg)
+        elif kind is ev.ClientMessage:
+            if type(event.msg) is p.Request:
+                self._on_query(event.client, event.msg)
+            else:
+                self._on_listen(event.client, event.msg)
+        elif kind is ev.WorkerOutput:
+            self._out += self.logs.output(event.runs)
         elif kind is ev.ChunkArrived:
             self._transfer(self.transfers.on_chunk(event.holder, event.oid, event.offset,
                                                    event.length, now))
@@ -170,6 +180,8 @@ class Fabric:
         elif kind in _ZYGOTE_EVENTS:
             self._on_zygote(event)
         else:
+            if kind is ev.ClientGone:
+                self.logs.client_gone(event.client)
             self._events.append(event)
         self._run_events()
         self._push_gcs()
@@ -343,6 +355,9 @@ class Fabric:
         malformed = self.membership.malformed + self.gcs.malformed
         if kind is p.Gossip:
             self._on_gossip(msg.sender, msg)
+        elif kind is p.LogLines:
+            self._out += self.logs.from_peer(msg)
+            return
         elif kind is p.GcsUpdate:
             forgotten = self.membership.forgotten
             for record in msg.records:
@@ -378,6 +393,21 @@ class Fabric:
             member = self.membership.members.get(node)
             if member is not None and member.state in LIVE:
                 self._out.append(fx.PeerSend(member.address, p.FreeObjects(self.node_id, [oid])))
+
+    # -- task output ---------------------------------------------------------------------
+
+    def _on_listen(self, client: bytes, msg: p.Listen) -> None:
+        """A driver's log listener: only for a driver attached here."""
+        if ids.job_node(msg.job) != self.node_id or \
+                ids.job_client(msg.job) not in self.scheduler.drivers:
+            self._reject(client_source(client), "nonsense",
+                         "a Listen for a job of no driver attached here")
+            return
+        self._out += self.logs.listen(client, msg)
+
+    def _live_address(self, node_id: bytes) -> str | None:
+        member = self.membership.members.get(node_id)
+        return member.address if member is not None and member.state in LIVE else None
 
     # -- pulls ---------------------------------------------------------------------------
 

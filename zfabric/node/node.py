@@ -31,11 +31,12 @@ import time
 import psutil
 import zmq
 
-from ..config import SPILL_DIR_NAME, Config
+from ..config import LOG_DIR_NAME, SPILL_DIR_NAME, Config
 from ..core.fabric import build as build_fabric
 from ..exceptions import AuthenticationError
 from ..ids import new_node_id
 from . import auth, sockets, store
+from .logmon import LogMonitor
 from .loop import NodeLoop
 
 log = logging.getLogger("zfabric.node")
@@ -62,7 +63,7 @@ def node_records_dir(config: Config) -> str:
 
 def spawn_node(config: Config, *, num_cpus: float, resources: dict,
                object_store_memory: int | None, host: str, port: int,
-               embedded: bool, log_to_driver: bool = True, join: list[str] = (),
+               embedded: bool, join: list[str] = (),
                insecure: bool = False,
                timeout: float | None = None) -> tuple[subprocess.Popen, dict]:
     """Start a node process and wait until it answers (and has joined the
@@ -82,8 +83,6 @@ def spawn_node(config: Config, *, num_cpus: float, resources: dict,
         cmd += ["--object-store-memory", str(int(object_store_memory))]
     if embedded:
         cmd += ["--embedded-driver-pid", str(os.getpid())]
-    if not (embedded and log_to_driver):
-        cmd += ["--worker-logs"]
     if insecure:
         cmd += ["--insecure-no-auth"]
     devnull = subprocess.DEVNULL
@@ -138,7 +137,7 @@ def _read_line(fd: int, timeout: float, proc: subprocess.Popen) -> str:
 
 def serve(config: Config, *, num_cpus: float, resources: dict, object_store_memory: int | None,
           host: str, port: int, ready_fd: int | None, embedded_driver_pid: int | None,
-          worker_logs: bool = False, join: list[str] = (), insecure: bool = False) -> int:
+          join: list[str] = (), insecure: bool = False) -> int:
     """Be a node until stopped; returns the process's exit code."""
     node = _NodeProcess(config, ready_fd)
     try:
@@ -157,7 +156,8 @@ def serve(config: Config, *, num_cpus: float, resources: dict, object_store_memo
                         session_dir=node.session_dir, store_dir=node.store_dir,
                         spill_dir=info["spill_dir"], spill_copy_chunk=config.spill_copy_chunk,
                         tick_interval=config.gossip_interval / 2,
-                        worker_output=node.session_dir if worker_logs else None,
+                        logs=LogMonitor(os.path.join(node.session_dir, LOG_DIR_NAME),
+                                        config.log_read_bytes, config.log_max_behind),
                         stop_grace=config.stop_grace,
                         zygote_backoff=(config.zygote_restart_backoff,
                                         config.zygote_restart_backoff_max),

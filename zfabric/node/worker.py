@@ -11,6 +11,11 @@ SIGUSR1 after the node wrote the task id to `{session}/cancel/{worker_id}`:
 the handler interrupts the task only if that is the task it is running, so
 a late signal cannot hit the next task. Interrupting from a signal handler
 also breaks out of `time.sleep` and blocking I/O at once.
+
+Its stdout and stderr are files the node reads (node/logmon.py). Before a
+task of another job or function than the last, it writes a marker line to
+both, which names the task its lines belong to; after each task it flushes
+them, so the node reads a task's lines before it forwards its result.
 """
 from __future__ import annotations
 
@@ -29,7 +34,7 @@ from ..protocol import ObjectState, TaskStatus
 from ..exceptions import TaskCancelledError
 from ..ref import DepMarker
 from . import client as client_mod
-from . import store
+from . import logmon, store
 
 PR_SET_PDEATHSIG = 1
 
@@ -45,6 +50,7 @@ class Worker:
         self.cancel_path = cancel_path
         self.functions: dict[bytes, object] = {}
         self.in_user_code = False
+        self.marked = None   # (job, name) the last marker named; None: no job
 
     # -- cancel -----------------------------------------------------------------
 
@@ -108,6 +114,9 @@ class Worker:
         try:
             fn = self._function(ex)
             args, kwargs = self._arguments(ex)
+            job = client.job = ex.opts.get("job", b"") if ex.opts else b""
+            if ((job, ex.name) if job else None) != self.marked:
+                self._mark(job, ex.name)
             client.current_task_id = ex.task_id
             client.current_depth = ex.depth
             self.in_user_code = True
@@ -124,6 +133,8 @@ class Worker:
             retryable = self._retryable(ex, e)
         finally:
             client.current_task_id = None
+            if client.job:
+                _flush_std()
         end = time.time()
         if status == TaskStatus.OK:
             try:
@@ -142,6 +153,17 @@ class Worker:
             done = p.TaskDone(ex.task_id, int(status), retryable, [], [], [], start, end,
                               [record])
         return done, result
+
+    def _mark(self, job: bytes, name: str) -> None:
+        """The lines that follow on stdout and stderr are this task's (logmon.py)."""
+        _flush_std()
+        line = logmon.marker(os.getpid(), job, name)
+        for fd in (1, 2):
+            try:
+                os.write(fd, line)
+            except OSError:
+                pass
+        self.marked = (job, name) if job else None
 
     def _retryable(self, ex: p.Execute, e: BaseException) -> bool:
         """Does `e` match the task's retry_exceptions? A spec that does not load
@@ -190,6 +212,15 @@ class Worker:
                 payloads.append(b"")
             contained.append(ser.contained)
         return states, sizes, contained, payloads
+
+
+def _flush_std() -> None:
+    """Push what the task printed (still in Python's buffers) to the files."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:   # (a task may have replaced or closed them)
+            pass
 
 
 def _error_record(e: BaseException, name: str) -> bytes:

@@ -1,0 +1,194 @@
+"""Reading what workers print: the node's shell for task output in the driver.
+
+    zygote._child: a worker's fds 1 and 2 --> {session}/logs/worker-{id}.out, .err
+    worker (Worker.run): before a task of another job or function than the
+    last, a marker line on both: MARKER pid job-hex name
+    NodeLoop --SpawnWorker--> add(wid): the files, made and opened for reading
+    NodeLoop --every tick, a worker's TaskDone (its lines before its result),
+        its exit, a listener leaving--> read_*() --> runs --> ev.WorkerOutput
+        --> Fabric (core/logroute.py) --> the job's driver
+
+Owns the read end of every worker's two log files (kept whole in the session
+dir: the full logs) and where each stands: the bytes of a line not ended
+yet, and the task (job, function name, pid) its last marker named, to which
+the lines after it belong. Lines before any marker, or of a task without a
+job (its driver asked for none), are only read past. C-level output lands
+in the same files and is attributed the same way.
+
+Bounded: at most `read_bytes` of each file per read; a file more than
+`max_behind` bytes behind is skipped ahead to its last `read_bytes` (its
+markers still read), and the lines skipped are counted (`dropped`) for the
+driver to be told. A line longer than MAX_LINE is cut. A task that prints
+nothing costs nothing here but two reads at end of file when it ends.
+"""
+from __future__ import annotations
+
+import os
+
+MARKER = b"::zfabric-task:: "
+MAX_LINE = 16 << 10     # longer lines are cut into pieces of this size
+SKIP_CHUNK = 1 << 20    # bytes read at once while skipping ahead
+STREAMS = ((1, "out"), (2, "err"))
+
+
+def marker(pid: int, job: bytes, name: str) -> bytes:
+    """The line a worker writes to both files before a task of `job` and `name`."""
+    return b"%s%d %s %s\n" % (MARKER, pid, job.hex().encode() or b"-",
+                              name.replace("\n", " ").encode("utf-8", "replace"))
+
+
+class _Stream:
+    """One log file of one worker, and where its reading stands."""
+    __slots__ = ("fd", "number", "carry", "job", "name", "pid", "dropped")
+
+    def __init__(self, fd: int, number: int):
+        self.fd = fd
+        self.number = number
+        self.carry = b""        # the start of a line not ended yet
+        self.job = b""          # the task the lines belong to (from the last marker)
+        self.name = ""
+        self.pid = 0
+        self.dropped = 0        # lines skipped, not yet reported
+
+
+class LogMonitor:
+    def __init__(self, log_dir: str, read_bytes: int, max_behind: int):
+        self.log_dir = log_dir
+        self.read_bytes = read_bytes
+        self.max_behind = max(max_behind, read_bytes)
+        os.makedirs(log_dir, mode=0o700, exist_ok=True)
+        self._workers: dict[bytes, tuple[_Stream, _Stream]] = {}   # worker id -> out, err
+
+    def path(self, wid: str, stream: str) -> str:
+        return os.path.join(self.log_dir, f"worker-{wid}.{stream}")
+
+    def add(self, wid: str) -> None:
+        """A worker is about to start: make its files and open them for reading."""
+        key = wid.encode()
+        self._close(key)
+        streams = []
+        for number, ext in STREAMS:
+            fd = os.open(self.path(wid, ext), os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            streams.append(_Stream(fd, number))
+        self._workers[key] = tuple(streams)
+
+    def remove(self, wid: str) -> list:
+        """A worker exited: what it printed last; its files stay."""
+        key = wid.encode()
+        runs = self.read_worker(key)
+        for s in self._workers.get(key, ()):
+            if s.carry:   # its last line, without a newline
+                self._lines(s, s.carry, runs, True)
+                s.carry = b""
+        self._close(key)
+        return runs
+
+    def read_worker(self, key: bytes) -> list:
+        """What one worker (its client id) printed since the last read."""
+        streams = self._workers.get(key)
+        if streams is None:
+            return []
+        runs: list = []
+        for s in streams:
+            self._read(s, runs)
+        return runs
+
+    def read_all(self) -> list:
+        runs: list = []
+        for streams in self._workers.values():
+            for s in streams:
+                self._read(s, runs)
+        return runs
+
+    def close(self) -> None:
+        for key in list(self._workers):
+            self._close(key)
+
+    def _close(self, key: bytes) -> None:
+        for s in self._workers.pop(key, ()):
+            os.close(s.fd)
+
+    # -- reading -------------------------------------------------------------------------
+
+    def _read(self, s: _Stream, runs: list) -> None:
+        try:
+            data = os.read(s.fd, self.read_bytes)
+            if len(data) == self.read_bytes:
+                behind = os.fstat(s.fd).st_size - os.lseek(s.fd, 0, os.SEEK_CUR)
+                if behind > self.max_behind:
+                    self._skip(s, data, behind - self.read_bytes, runs)
+                    return
+        except OSError:   # (a file removed under us reads as nothing more)
+            return
+        if data:
+            self._feed(s, data, runs, True)
+
+    def _skip(self, s: _Stream, data: bytes, skip: int, runs: list) -> None:
+        """Read past `skip` bytes after `data`, keeping only their markers and the
+        count of their lines; the rest of the file is read as usual later."""
+        self._feed(s, data, runs, False)
+        while skip > 0:
+            data = os.read(s.fd, min(skip, SKIP_CHUNK))
+            if not data:
+                break
+            skip -= len(data)
+            self._feed(s, data, runs, False)
+        if s.carry:   # the line cut by the skip
+            self._lines(s, s.carry, runs, False)
+            s.carry = b""
+        self._report_dropped(s, runs)
+
+    def _feed(self, s: _Stream, data: bytes, runs: list, keep: bool) -> None:
+        """New bytes of a file: its complete lines, split at markers."""
+        if s.carry:
+            data = s.carry + data
+        end = data.rfind(b"\n") + 1
+        s.carry = data[end:]
+        if len(s.carry) > MAX_LINE:   # too long a line: cut it here
+            end, s.carry = len(data), b""
+        if not end:
+            return
+        body = data[:end] if end < len(data) else data
+        pos = 0
+        while True:
+            i = body.find(MARKER, pos)
+            if i < 0:
+                if pos < len(body):
+                    self._lines(s, body[pos:] if pos else body, runs, keep)
+                return
+            if i > pos:   # (a line without its newline just before a marker: a line still)
+                self._lines(s, body[pos:i], runs, keep)
+            j = body.find(b"\n", i)
+            j = len(body) if j < 0 else j
+            self._marker(s, body[i + len(MARKER):j], runs)
+            pos = j + 1
+
+    def _marker(self, s: _Stream, text: bytes, runs: list) -> None:
+        self._report_dropped(s, runs)
+        try:
+            pid, job, name = text.decode("utf-8", "replace").split(" ", 2)
+            s.pid, s.job, s.name = int(pid), (b"" if job == "-" else bytes.fromhex(job)), name
+        except ValueError:   # a user's line that merely looks like one: not ours
+            pass
+
+    def _lines(self, s: _Stream, chunk: bytes, runs: list, keep: bool) -> None:
+        if not s.job:
+            return
+        if not keep:
+            s.dropped += chunk.count(b"\n") + (not chunk.endswith(b"\n"))
+            return
+        lines = chunk.decode("utf-8", "replace").split("\n")
+        if chunk.endswith(b"\n"):
+            lines.pop()
+        last = runs[-1] if runs else None
+        if last is not None and last[0] == s.job and last[1] == s.name and \
+                last[2] == s.pid and last[3] == s.number and not s.dropped:
+            last[4].extend(lines)
+        else:
+            runs.append([s.job, s.name, s.pid, s.number, lines, s.dropped])
+            s.dropped = 0
+
+    def _report_dropped(self, s: _Stream, runs: list) -> None:
+        if s.dropped and s.job:
+            runs.append([s.job, s.name, s.pid, s.number, [], s.dropped])
+        s.dropped = 0
