@@ -84,7 +84,12 @@ def init(address: str | None = None, *, num_cpus: float | None = None,
                              "node; they cannot be given when attaching to one (address=...)")
         client = client_mod.Client(info["ipc"], "driver", connect_timeout=config.node_start_timeout)
         client_mod.set_current(client)
-        logs = loglisten.start(client, info["ipc"], config) if log_to_driver else None
+        try:
+            logs = loglisten.start(client, info["ipc"], config) if log_to_driver else None
+        except BaseException:
+            client.close(shutdown_node=proc is not None, reason="init failed")
+            client_mod.set_current(None)
+            raise
         _state.update(client=client, proc=proc, embedded=proc is not None, logs=logs, info={
             "node_id": info["node_id"], "node_ip_address": info["host"],
             "address": info["address"], "object_store_address": info["store_dir"],

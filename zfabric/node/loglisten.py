@@ -116,7 +116,7 @@ class LogListener:
         now = time.monotonic()
         shown = []
         for name, pid, stream, lines, dropped in msg.output:
-            source = (node, pid, name)
+            source = (node, pid, name.rpartition(".<locals>.")[2])   # (a nested def: its name)
             if dropped:
                 shown.append((source, stream, f"[zfabric: {dropped} lines dropped: the task "
                                               "printed faster than its lines travel; all are "

@@ -75,7 +75,7 @@ class LogMonitor:
     def remove(self, wid: str) -> list:
         """A worker exited: what it printed last; its files stay."""
         key = wid.encode()
-        runs = self.read_worker(key)
+        runs = self.read_worker(key, drain=True)
         for s in self._workers.get(key, ()):
             if s.carry:   # its last line, without a newline
                 self._lines(s, s.carry, runs, True)
@@ -83,21 +83,24 @@ class LogMonitor:
         self._close(key)
         return runs
 
-    def read_worker(self, key: bytes) -> list:
-        """What one worker (its client id) printed since the last read."""
+    def read_worker(self, key: bytes, drain: bool = True) -> list:
+        """What one worker (its client id) printed since the last read; with
+        `drain`, to the end of its files (skipping ahead if far behind)."""
         streams = self._workers.get(key)
         if streams is None:
             return []
         runs: list = []
         for s in streams:
-            self._read(s, runs)
+            self._read(s, runs, drain)
         return runs
 
-    def read_all(self) -> list:
+    def read_all(self, drain: bool = False) -> list:
+        """What every worker printed since the last read: at most `read_bytes` of
+        each file (a tick's share), or with `drain` all of it."""
         runs: list = []
         for streams in self._workers.values():
             for s in streams:
-                self._read(s, runs)
+                self._read(s, runs, drain)
         return runs
 
     def close(self) -> None:
@@ -110,18 +113,22 @@ class LogMonitor:
 
     # -- reading -------------------------------------------------------------------------
 
-    def _read(self, s: _Stream, runs: list) -> None:
-        try:
-            data = os.read(s.fd, self.read_bytes)
-            if len(data) == self.read_bytes:
-                behind = os.fstat(s.fd).st_size - os.lseek(s.fd, 0, os.SEEK_CUR)
-                if behind > self.max_behind:
-                    self._skip(s, data, behind - self.read_bytes, runs)
+    def _read(self, s: _Stream, runs: list, drain: bool) -> None:
+        size = self.read_bytes
+        try:   # (a drain is bounded too: a writer faster than us cannot keep us here)
+            for _ in range(self.max_behind // size + 2):
+                data = os.read(s.fd, size)
+                if len(data) == size:
+                    behind = os.fstat(s.fd).st_size - os.lseek(s.fd, 0, os.SEEK_CUR)
+                    if behind > self.max_behind:
+                        self._skip(s, data, behind - size, runs)
+                        continue   # (its last read_bytes follow)
+                if data:
+                    self._feed(s, data, runs, True)
+                if not drain or len(data) < size:
                     return
         except OSError:   # (a file removed under us reads as nothing more)
             return
-        if data:
-            self._feed(s, data, runs, True)
 
     def _skip(self, s: _Stream, data: bytes, skip: int, runs: list) -> None:
         """Read past `skip` bytes after `data`, keeping only their markers and the

@@ -252,7 +252,7 @@ class NodeLoop:
                     if type(msg) is p.TaskDone:   # what the task printed goes first
                         self._worker_output(self.logs.read_worker(sender))
                     elif type(msg) is p.Listen:
-                        self._worker_output(self.logs.read_all())
+                        self._worker_output(self.logs.read_all(drain=True))
                     event = ev.ClientMessage(sender, msg)
                 self.execute(fabric.handle(event, now))
                 if not self.running:
