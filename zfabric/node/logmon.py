@@ -187,6 +187,9 @@ class LogMonitor:
         lines = chunk.decode("utf-8", "replace").split("\n")
         if chunk.endswith(b"\n"):
             lines.pop()
+        if len(chunk) > MAX_LINE:   # (a line that came whole can be too long too)
+            lines = [line[i:i + MAX_LINE] for line in lines
+                     for i in range(0, max(len(line), 1), MAX_LINE)]
         last = runs[-1] if runs else None
         if last is not None and last[0] == s.job and last[1] == s.name and \
                 last[2] == s.pid and last[3] == s.number and not s.dropped:
