@@ -84,18 +84,23 @@ def init(address: str | None = None, *, num_cpus: float | None = None,
                              "node; they cannot be given when attaching to one (address=...)")
         client = client_mod.Client(info["ipc"], "driver", connect_timeout=config.node_start_timeout)
         client_mod.set_current(client)
-        try:
-            logs = loglisten.start(client, info["ipc"], config) if log_to_driver else None
-        except BaseException:
-            client.close(shutdown_node=proc is not None, reason="init failed")
-            client_mod.set_current(None)
-            raise
+        logs = _listen(client, info["ipc"], config, proc) if log_to_driver else None
         _state.update(client=client, proc=proc, embedded=proc is not None, logs=logs, info={
             "node_id": info["node_id"], "node_ip_address": info["host"],
             "address": info["address"], "object_store_address": info["store_dir"],
             "session_dir": info["session_dir"], "dashboard_url": None,
         })
         return dict(_state["info"])
+
+
+def _listen(client, endpoint: str, config: Config, proc):
+    """The driver's log listener (node/loglisten.py); if it cannot start, init fails whole."""
+    try:
+        return loglisten.start(client, endpoint, config)
+    except BaseException:
+        client.close(shutdown_node=proc is not None, reason="init failed")
+        client_mod.set_current(None)
+        raise
 
 
 def _start_embedded(config: Config, address: str | None, num_cpus, resources: dict,
