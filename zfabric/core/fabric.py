@@ -458,6 +458,10 @@ class Fabric:
         """Joined the cluster, and no worker is still starting (the pre-started ones are up)."""
         return self.joined and not self.scheduler.pool.starting_count()
 
+    def has_peers(self) -> bool:
+        """Is any other node alive (might a result or a line go to another node)?"""
+        return bool(self.membership.peers(LIVE))
+
     def joining(self) -> bool:
         """Is a join still under way (JoinSends may still go out)?"""
         return not self.joined

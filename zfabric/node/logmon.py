@@ -4,8 +4,9 @@
     worker (Worker.run): before a task of another job or function than the
     last, a marker line on both: MARKER pid job-hex name
     NodeLoop --SpawnWorker--> add(wid): the files, made and opened for reading
-    NodeLoop --every tick, a worker's TaskDone (its lines before its result),
-        its exit, a listener leaving--> read_*() --> runs --> ev.WorkerOutput
+    NodeLoop --every tick, a worker's TaskDone (its lines before its result;
+        while the node has peers), its exit, a listener leaving--> read_*()
+        --> runs --> ev.WorkerOutput
         --> Fabric (core/logroute.py) --> the job's driver
 
 Owns the read end of every worker's two log files (kept whole in the session
@@ -19,7 +20,7 @@ Bounded: at most `read_bytes` of each file per read; a file more than
 `max_behind` bytes behind is skipped ahead to its last `read_bytes` (its
 markers still read), and the lines skipped are counted (`dropped`) for the
 driver to be told. A line longer than MAX_LINE is cut. A task that prints
-nothing costs nothing here but two reads at end of file when it ends.
+nothing costs nothing here (with peers: two reads at end of file when it ends).
 """
 from __future__ import annotations
 

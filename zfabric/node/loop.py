@@ -98,6 +98,9 @@ class NodeLoop:
                                         source, "malformed", reason))
         self.spiller = Spiller(store_dir, spill_dir, chunk=spill_copy_chunk)
         self.logs = logs          # logmon.LogMonitor: the workers' log files
+        # read a worker's files at its TaskDone (its lines ahead of its result on the
+        # links to other nodes): only while there are other nodes (asked every tick)
+        self._read_at_done = False
         self.processes = Processes(self.poller, self._process_event, ipc_endpoint=ipc_endpoint,
                                    session_dir=session_dir, log_dir=logs.log_dir,
                                    stop_grace=stop_grace, restart_backoff=zygote_backoff[0],
@@ -152,6 +155,7 @@ class NodeLoop:
                     next_tick = now + self.tick_interval
                     self.processes.on_tick()
                     self._worker_output(self.logs.read_all())
+                    self._read_at_done = self.fabric.has_peers()
                     self.execute(self.fabric.handle(ev.Tick(), now))
                     self._flush_sends()
         finally:
@@ -249,7 +253,7 @@ class NodeLoop:
                 if peer:
                     event = ev.PeerMessage(sender, msg)
                 else:
-                    if type(msg) is p.TaskDone:   # what the task printed goes first
+                    if type(msg) is p.TaskDone and self._read_at_done:   # its lines first
                         self._worker_output(self.logs.read_worker(sender))
                     elif type(msg) is p.Listen:
                         self._worker_output(self.logs.read_all(drain=True))
