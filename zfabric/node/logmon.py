@@ -40,7 +40,7 @@ def marker(pid: int, job: bytes, name: str) -> bytes:
 
 class _Stream:
     """One log file of one worker, and where its reading stands."""
-    __slots__ = ("fd", "number", "carry", "job", "name", "pid", "dropped")
+    __slots__ = ("fd", "number", "carry", "job", "name", "pid", "dropped", "cut")
 
     def __init__(self, fd: int, number: int):
         self.fd = fd
@@ -50,6 +50,7 @@ class _Stream:
         self.name = ""
         self.pid = 0
         self.dropped = 0        # lines skipped, not yet reported
+        self.cut = False        # a skip ended inside a line (counted): read past its rest
 
 
 class LogMonitor:
@@ -141,13 +142,18 @@ class LogMonitor:
                 break
             skip -= len(data)
             self._feed(s, data, runs, False)
-        if s.carry:   # the line cut by the skip
+        if s.carry:   # the line cut by the skip: counted, its rest read past
             self._lines(s, s.carry, runs, False)
-            s.carry = b""
+            s.carry, s.cut = b"", True
         self._report_dropped(s, runs)
 
     def _feed(self, s: _Stream, data: bytes, runs: list, keep: bool) -> None:
         """New bytes of a file: its complete lines, split at markers."""
+        if s.cut:   # the rest of a line a skip counted already
+            i = data.find(b"\n")
+            if i < 0:
+                return
+            data, s.cut = data[i + 1:], False
         if s.carry:
             data = s.carry + data
         end = data.rfind(b"\n") + 1
