@@ -24,8 +24,10 @@ nothing costs nothing here (with peers: two reads at end of file when it ends).
 """
 from __future__ import annotations
 
+import logging
 import os
 
+log = logging.getLogger("zfabric.node")
 MARKER = b"::zfabric-task:: "
 MAX_LINE = 16 << 10     # longer lines are cut into pieces of this size
 SKIP_CHUNK = 1 << 20    # bytes read at once while skipping ahead
@@ -69,9 +71,15 @@ class LogMonitor:
         key = wid.encode()
         self._close(key)
         streams = []
-        for number, ext in STREAMS:
-            fd = os.open(self.path(wid, ext), os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            streams.append(_Stream(fd, number))
+        try:
+            for number, ext in STREAMS:
+                fd = os.open(self.path(wid, ext), os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                streams.append(_Stream(fd, number))
+        except OSError as e:   # (out of fds, a full disk: its output is not passed on)
+            log.warning("cannot read the output of worker %s: %s", wid, e)
+            for s in streams:
+                os.close(s.fd)
+            return
         self._workers[key] = tuple(streams)
 
     def remove(self, wid: str) -> list:

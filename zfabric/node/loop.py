@@ -8,8 +8,9 @@
     processes.py: zygote reports, pidfds --> WorkerExited / ClientGone / -----+--> Fabric.handle
                   ZygoteStarted / ZygoteDied / ZygoteStartFailed -----------+        |
     peers.py: a peer send that failed --> PeerUnreachable / PeerSendBlocked --+        |
-    logmon.py: workers' log files (every tick; a worker's at its TaskDone and
-               exit; all when a listener leaves) --> WorkerOutput -----------+        |
+    logmon.py: workers' log files (every tick; a worker's at its TaskDone while
+               there are peers, and at its exit; all when a listener leaves)
+               --> WorkerOutput ---------------------------------------------+        |
     timer -----> processes.on_tick (a held-back zygote restart), then Tick ---+        |
     effects <--------------------------------------------------------------------------'
       one handler per effect type (NodeLoop.effect_handlers):

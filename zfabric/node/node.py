@@ -21,6 +21,7 @@ import gc
 import json
 import logging
 import os
+import resource
 import select
 import shutil
 import stat
@@ -197,6 +198,7 @@ class _NodeProcess:
         logging.basicConfig(filename=os.path.join(self.session_dir, "node.log"),
                             level=logging.INFO,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        _raise_fd_limit()   # (per worker: a pidfd and two log files, node/logmon.py)
         # The loop allocates many short-lived, acyclic records per task; the default
         # gen-0 threshold (700) ran a collection every few tasks.
         gc.set_threshold(50_000, 20, 20)
@@ -285,6 +287,17 @@ class _NodeProcess:
                 pass
         if self.clean_exit:
             shutil.rmtree(self.session_dir, ignore_errors=True)
+
+
+def _raise_fd_limit(want: int = 1 << 16) -> None:
+    """Open files: up to `want` (at most the hard limit), for max_workers workers."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = want if hard == resource.RLIM_INFINITY else min(want, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):
+            pass
 
 
 # -- who may talk to a node ------------------------------------------------------------------
