@@ -23,6 +23,7 @@ from .config import ADDRESS_ENV, Config
 from . import ids
 from .node import client as client_mod
 from .node import dashboard as node_dashboard
+from .node import loglisten
 from .node import node as node_mod
 from .node import runtime_env as renv
 from .node import store as node_store
@@ -30,7 +31,7 @@ from .ref import DepMarker, ObjectRef
 from .util import scheduling_strategies
 
 _lock = threading.RLock()
-_state: dict = {"client": None, "proc": None, "info": None, "embedded": False}
+_state: dict = {"client": None, "proc": None, "info": None, "embedded": False, "logs": None}
 
 
 # -- init / shutdown ---------------------------------------------------------------------
@@ -52,9 +53,11 @@ def init(address: str | None = None, *, num_cpus: float | None = None,
     or else start an embedded node that joins the cluster at H:P
     (ConnectionError if nobody answers there within `join_timeout`).
 
-    log_to_driver: an embedded node's workers print to this process's
-    stdout/stderr; with False they write worker-{id}.log in the session dir
-    (as the workers of a node started with `zfabric start` always do).
+    log_to_driver: what this driver's tasks print (on any node) appears in
+    this process's stdout/stderr, prefixed "(function pid=.. node=..)", lines
+    repeated across workers folded (ZFABRIC_DEDUP_LOGS=0: not); with False,
+    nothing does. Either way every worker's output stays in its node's
+    session dir, logs/worker-{id}.out and .err.
     num_gpus: the GPUs this node offers (default 0), declared, not detected
     (as with Ray): tasks that ask for `num_gpus` get ids 0..num_gpus-1.
     cluster_key: the path of the cluster key file, to join a cluster on other
@@ -85,10 +88,11 @@ def init(address: str | None = None, *, num_cpus: float | None = None,
         dashboard = node_dashboard.options(include_dashboard, dashboard_host, dashboard_port)
         address = address if address is not None else os.environ.get(ADDRESS_ENV) or None
         proc, info = _node_for(config, address, num_cpus, resources, object_store_memory,
-                               log_to_driver, dashboard)
+                               dashboard)
         client = client_mod.Client(info["ipc"], "driver", connect_timeout=config.node_start_timeout)
         client_mod.set_current(client)
-        _state.update(client=client, proc=proc, embedded=proc is not None, info={
+        logs = _listen(client, info["ipc"], config, proc) if log_to_driver else None
+        _state.update(client=client, proc=proc, embedded=proc is not None, logs=logs, info={
             "node_id": info["node_id"], "node_ip_address": info["host"],
             "address": info["address"], "object_store_address": info["store_dir"],
             "session_dir": info["session_dir"], "namespace": namespace,
@@ -98,13 +102,13 @@ def init(address: str | None = None, *, num_cpus: float | None = None,
 
 
 def _node_for(config: Config, address: str | None, num_cpus, resources: dict,
-              object_store_memory, log_to_driver: bool, dashboard: tuple | None):
+              object_store_memory, dashboard: tuple | None):
     """(process or None, info): the node on this machine to attach to, or an
     embedded one started for this driver (alone, or joining `address`)."""
     info = None if address is None else _find_node(config, address)
     if info is None:
         return _start_embedded(config, address, num_cpus, resources, object_store_memory,
-                               log_to_driver, dashboard)
+                               dashboard)
     if num_cpus is not None or resources or object_store_memory is not None:
         raise ValueError("num_cpus, num_gpus, resources and object_store_memory describe "
                          "a new node; they cannot be given when attaching to one "
@@ -148,8 +152,18 @@ def _start_job_env(spec, client) -> None:
         raise
 
 
+def _listen(client, endpoint: str, config: Config, proc):
+    """The driver's log listener (node/loglisten.py); if it cannot start, init fails whole."""
+    try:
+        return loglisten.start(client, endpoint, config)
+    except BaseException:
+        client.close(shutdown_node=proc is not None, reason="init failed")
+        client_mod.set_current(None)
+        raise
+
+
 def _start_embedded(config: Config, address: str | None, num_cpus, resources: dict,
-                    object_store_memory, log_to_driver: bool, dashboard: tuple | None):
+                    object_store_memory, dashboard: tuple | None):
     """Start this driver's own node, alone or joining the cluster at `address`
     (AuthenticationError / ConnectionError before anything starts if that
     cluster does not admit us). Returns (process, info)."""
@@ -160,8 +174,7 @@ def _start_embedded(config: Config, address: str | None, num_cpus, resources: di
             config, num_cpus=float(num_cpus if num_cpus is not None else os.cpu_count() or 1),
             resources=resources, object_store_memory=object_store_memory,
             host=_embedded_host(config.host, address), port=config.port, embedded=True,
-            log_to_driver=log_to_driver, join=[address] if address else [],
-            dashboard=dashboard)
+            join=[address] if address else [], dashboard=dashboard)
     except node_mod.NodeStartError as e:
         if address:
             raise ConnectionError(f"could not join the cluster at {address}: {e}") from None
@@ -207,6 +220,8 @@ def shutdown() -> None:
             return
         proc = _state["proc"]
         renv.end_job()
+        if _state["logs"] is not None:
+            _state["logs"].close()
         client.close(shutdown_node=proc is not None, reason="driver called shutdown()")
         client_mod.set_current(None)
         if proc is not None:
@@ -219,7 +234,7 @@ def shutdown() -> None:
             info = _state["info"]
             node_store.remove_dir(info["object_store_address"])
             shutil.rmtree(info["session_dir"], ignore_errors=True)
-        _state.update(client=None, proc=None, info=None, embedded=False)
+        _state.update(client=None, proc=None, info=None, embedded=False, logs=None)
         compat.restore_logging()
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, fields
 
 ENV_PREFIX = "ZFABRIC_"
 SPILL_DIR_NAME = "spill"   # a node's spill dir in its session dir (Config.spill_dir empty)
+LOG_DIR_NAME = "logs"      # its workers' stdout/stderr files, in its session dir
 ADDRESS_ENV = "ZFABRIC_ADDRESS"
 
 
@@ -117,6 +118,21 @@ class Config:
     # more than the rest: the dashboard asks for it this often.
     dashboard_memory_interval: float = 5.0
 
+    # -- task output in the driver (node/logmon.py, node/loglisten.py) ------------
+    # Each worker's stdout and stderr go to files in {session}/logs; the node
+    # reads at most this many new bytes of each per read (every tick, 50 ms:
+    # ~5 MB/s per worker stream reaches the driver).
+    log_read_bytes: int = 256 << 10
+    # A file more than this many bytes behind is skipped ahead to its last
+    # log_read_bytes; the driver is told how many lines it missed (the file
+    # keeps them): a task that prints without pause cannot flood the cluster.
+    log_max_behind: int = 4 << 20
+    # The driver folds a line that several workers print within this many
+    # seconds into one, with a count ("[repeated 7x across cluster]");
+    # ZFABRIC_DEDUP_LOGS=0 prints every line.
+    dedup_logs: bool = True
+    log_dedup_window: float = 5.0
+
     # -- network -------------------------------------------------------------
     # The cluster key file (see docs/security.md): TCP between nodes is
     # authenticated and encrypted with it. Empty: a first node writes a new key
@@ -199,6 +215,14 @@ class Config:
 
 def _parse(f: dataclasses.Field, raw: str):
     kind = type(f.default)
+    if kind is bool:   # (bool("0") is True)
+        value = raw.strip().lower()
+        if value in ("1", "true", "yes", "on"):
+            return True
+        if value in ("0", "false", "no", "off", ""):
+            return False
+        raise ValueError(f"environment variable {ENV_PREFIX}{f.name.upper()}={raw!r} "
+                         "is not a valid bool (1/0, true/false, yes/no, on/off)")
     try:
         return kind(raw)
     except ValueError:

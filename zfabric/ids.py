@@ -8,6 +8,8 @@
   0x80000000 | n, so an object's creating task is always its first 16 bytes.
 - A NodeID is 16 random bytes.
 - A function id is the 16-byte BLAKE2b digest of the function's serialized code.
+- A job id is 24 bytes: the node id of a driver's node and the driver's
+  8-byte client id there (`job_id`); it names where its tasks' output goes.
 Nothing else in zfabric builds or slices an id by hand (logs show `short(id)`).
 
 Hex forms are what users see (`ObjectRef.hex()`, `nodes()[i]["NodeID"]`) and
@@ -24,6 +26,8 @@ TASK_ID_SIZE = 16
 OBJECT_ID_SIZE = 20
 NODE_ID_SIZE = 16
 FUNCTION_ID_SIZE = 16
+CLIENT_ID_SIZE = 8           # a driver's client id: b"d" + 7 random bytes (node/client.py)
+JOB_ID_SIZE = NODE_ID_SIZE + CLIENT_ID_SIZE
 PUT_INDEX_FLAG = 0x80000000
 
 _lock = threading.Lock()
@@ -81,6 +85,22 @@ def function_id(code: bytes) -> bytes:
 
 def new_node_id() -> bytes:
     return os.urandom(NODE_ID_SIZE)
+
+
+def job_id(node_id: bytes, client_id: bytes) -> bytes:
+    """A job: the driver whose tasks (and their nested tasks) these are, named
+    by its node and its client id there. Task output goes to it."""
+    return node_id + client_id
+
+
+def job_node(job: bytes) -> bytes:
+    """The node a job's driver is attached to."""
+    return job[:NODE_ID_SIZE]
+
+
+def job_client(job: bytes) -> bytes:
+    """A job's driver, as its node knows it (its client id)."""
+    return job[NODE_ID_SIZE:]
 
 
 def short(raw: bytes) -> str:

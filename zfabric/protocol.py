@@ -23,6 +23,9 @@ Execute): a dict left empty when a task has none, each key checked by
     "gpus"      (Execute only) the GPU ids the executing node gave the task
     "env"       (Submit, Spill, Execute) the task's runtime_env: package hashes,
                 their object ids, env vars (node/runtime_env.py; env_problem)
+    "job"       (Submit, Spill, Execute) bytes, `ids.job_id`: the driver whose job
+                the task is, where its output goes (set by the submitting client;
+                a nested task inherits its parent's)
 
 Who sends what (client = a driver or a worker on the node's machine):
 
@@ -32,8 +35,10 @@ Who sends what (client = a driver or a worker on the node's machine):
                      a Batch of them when several are due at once
     node -> node     Gossip (membership rows + GCS version vector; a join is a Gossip
                      asking for a reply), GcsUpdate, Spill, Refuse (spillback),
-                     SpillCheck, TaskResult, Cancel, FreeObjects -- each over the sender's DEALER
-                     to the receiver's scheduler ROUTER
+                     SpillCheck, TaskResult, Cancel, FreeObjects, LogLines -- each over
+                     the sender's DEALER to the receiver's scheduler ROUTER
+    listener <-> node  a driver's log listener (node/loglisten.py): Listen ->,
+                     <- LogLines (its job's task output)
     puller -> holder PullChunk, on the holder's object ROUTER; the answer is a Chunk
                      header frame followed by the raw bytes as a second frame
                      (`encode_chunk` / `decode_chunk`): bulk data is never packed
@@ -460,6 +465,36 @@ class FreeObjects:
         if not is_node_id(self.sender):
             return "bad sender"
         return "" if c.oids(self.ids) else "ids must be object ids"
+
+
+@message(30)
+class LogLines:
+    """Lines tasks printed, on their way to the driver whose job they are:
+    from the node that ran them to the driver's node (peer), and from there
+    to the driver's log listener. `output`: runs of lines, each [name, pid,
+    stream (1 stdout, 2 stderr), lines, dropped]; `dropped`: lines of that
+    worker skipped just before these (it printed faster than they travel).
+    With no output: the node's answer to a Listen."""
+    sender: bytes          # the node whose worker printed them
+    job: bytes
+    output: list
+
+    def check(self) -> str:
+        if not is_node_id(self.sender) or not c.is_job(self.job):
+            return "bad sender or job"
+        return c.output_problem(self.output)
+
+
+@message(31)
+class Listen:
+    """(a driver's log listener -> its node) Send me the output of `job`'s
+    tasks (`on`), or no more (`on` False). Answered by a LogLines without
+    output; to `on` False, after every line the node had read for the job."""
+    job: bytes
+    on: bool
+
+    def check(self) -> str:
+        return "" if c.is_job(self.job) else "bad job"
 
 
 MAX_CHUNK = 1 << 30

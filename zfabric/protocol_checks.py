@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import math
 
-from .ids import FUNCTION_ID_SIZE, NODE_ID_SIZE, OBJECT_ID_SIZE, TASK_ID_SIZE, function_id
+from .ids import (FUNCTION_ID_SIZE, JOB_ID_SIZE, NODE_ID_SIZE, OBJECT_ID_SIZE, TASK_ID_SIZE,
+                  function_id)
 
 MAX_RETURNS = 10_000           # returns of one task
 MAX_IDS = 1 << 22              # ids in one Subscribe, Refs, deps...: a get() of millions of refs
@@ -24,6 +25,7 @@ MAX_RESOURCES = 1 << 10        # resource names in one demand or view
 MAX_AMOUNT = 1e15              # a resource amount (units of 1/10000 stay exact below this)
 MAX_PID = 1 << 31
 MAX_ADDRESS = 300
+MAX_LOG_LINES = 1 << 16        # lines of task output in one LogLines
 
 STATES = range(4)              # protocol.ObjectState values
 STATUSES = range(3)            # protocol.TaskStatus values
@@ -60,6 +62,10 @@ def is_oid(x) -> bool:
 
 def is_node_id(x) -> bool:
     return type(x) is bytes and len(x) == NODE_ID_SIZE
+
+
+def is_job(x) -> bool:
+    return type(x) is bytes and len(x) == JOB_ID_SIZE
 
 
 def text(*values) -> bool:
@@ -176,6 +182,7 @@ def env_problem(env) -> str:
 TASK_OPTS: dict = {
     "gpus": gpu_ids, "strategy": strategy,
     "env": lambda v: not env_problem(v),   # runtime_env (node/runtime_env.py)
+    "job": is_job,   # the driver the task's output goes to (ids.job_id); nested tasks inherit it
 }
 # Keys only the executing node sets (in Execute): refused in a Submit or a Spill.
 EXECUTE_ONLY_OPTS = ("gpus",)
@@ -197,6 +204,29 @@ def opts_problem(opts: dict) -> str:
             return f"unknown task option {str(key)[:40]!r}"
         if not check(value):
             return f"bad task option {key!r}"
+    return ""
+
+
+def output_problem(output) -> str:
+    """What is wrong with the runs of task output a LogLines carries: each
+    [name, pid, stream (1 stdout, 2 stderr), lines, dropped]."""
+    if type(output) is not list or len(output) > MAX_LOG_LINES:
+        return "output must be a list of runs"
+    total = 0
+    for run in output:
+        if type(run) is not list or len(run) != 5:
+            return "a run of output is [name, pid, stream, lines, dropped]"
+        name, pid, stream, lines, dropped = run
+        if not (type(name) is str and len(name) <= MAX_TEXT and count(pid, MAX_PID)
+                and type(stream) is int and stream in (1, 2) and count(dropped, 1 << 62)
+                and type(lines) is list):
+            return "bad name, pid, stream or dropped count in a run of output"
+        total += len(lines)
+        if total > MAX_LOG_LINES:
+            return "too many lines"
+        for line in lines:
+            if type(line) is not str or len(line) > MAX_TEXT:
+                return "lines must be strings"
     return ""
 
 

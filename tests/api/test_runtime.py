@@ -62,33 +62,6 @@ def test_custom_resources_gate_tasks(fresh):
         zf.get(r, timeout=0.5)     # infeasible: it waits, it does not fail
 
 
-def test_task_output_reaches_the_driver(fresh, capfd):
-    zf.init(num_cpus=1)
-
-    @zf.remote
-    def say():
-        print("hello from a task")
-
-    zf.get(say.remote())
-    time.sleep(0.2)
-    assert "hello from a task" in capfd.readouterr().out
-
-
-def test_log_to_driver_false_sends_task_output_to_log_files(fresh, capfd):
-    info = zf.init(num_cpus=1, log_to_driver=False)
-
-    @zf.remote
-    def say():
-        print("quiet please")
-
-    zf.get(say.remote())
-    time.sleep(0.2)
-    logs = [f for f in os.listdir(info["session_dir"]) if f.startswith("worker-")]
-    text = "".join(open(os.path.join(info["session_dir"], f)).read() for f in logs)
-    assert "quiet please" in text
-    assert "quiet please" not in capfd.readouterr().out
-
-
 def test_an_embedded_node_joining_another_machine_listens_where_it_can_be_reached():
     """...on the one interface that routes to that machine, never on every one."""
     from zfabric.api import _embedded_host

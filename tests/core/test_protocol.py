@@ -49,6 +49,10 @@ def sample(cls):
             kwargs[name] = [1]
         elif name == "opts":
             kwargs[name] = {}
+        elif name == "job":
+            kwargs[name] = ids.job_id(b"\x09" * 16, b"d" * 8)
+        elif name == "output":
+            kwargs[name] = [["f", 12, 1, ["a line", ""], 0], ["f", 12, 2, [], 3]]
         else:
             kwargs[name] = values[hint]
     if cls in (p.TaskDone, p.TaskResult):

@@ -312,12 +312,12 @@ def logs_on_failure(topo: Topology):
 
 
 def node_logs(topo: Topology) -> str:
-    """The node.log of every session still on disk (for failure messages)."""
+    """The node.log and workers' stderr of every session still on disk (for failure messages)."""
     out = []
     for h in topo.hosts.values():
         for root, _, files in os.walk(h.temp_dir):
             for name in files:
-                if name.endswith(".log"):
+                if name.endswith((".log", ".err")):
                     path = os.path.join(root, name)
                     with open(path, errors="replace") as f:
                         tail = f.read()[-4000:]

@@ -22,6 +22,7 @@ from zfabric.core import effects as fx
 from zfabric.core import events as ev
 from zfabric.core.fabric import build as build_fabric
 from zfabric.node import sockets
+from zfabric.node.logmon import LogMonitor
 from zfabric.node.loop import NodeLoop
 from zfabric.node.peers import Batcher
 from zfabric.testing.sim import FabricSim
@@ -51,7 +52,8 @@ def loop(tmp_path):
                          node_id=NODE_ID, ipc_endpoint=f"ipc://{tmp_path}/node.sock",
                          session_dir=str(tmp_path), store_dir=str(tmp_path / "store"),
                          spill_dir=str(tmp_path / "spill"), spill_copy_chunk=1 << 20,
-                         tick_interval=0.05, worker_output=None, stop_grace=1.0)
+                         tick_interval=0.05, stop_grace=1.0,
+                         logs=LogMonitor(str(tmp_path / "logs"), 1 << 16, 1 << 20))
     yield node_loop
     node_loop.stop_workers()
     node_loop.close()

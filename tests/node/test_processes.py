@@ -37,7 +37,7 @@ def shell(tmp_path):
     poller = zmq.Poller()
     clock = Clock()
     procs = Processes(poller, events.append, ipc_endpoint=f"ipc://{tmp_path}/none.sock",
-                      session_dir=str(tmp_path), worker_output=str(tmp_path), stop_grace=1.0,
+                      session_dir=str(tmp_path), log_dir=str(tmp_path), stop_grace=1.0,
                       restart_backoff=30.0, restart_backoff_max=45.0, clock=clock)
     yield procs, events, poller, clock
     procs.stop_all()

@@ -191,3 +191,11 @@ class DeclaredDead:
     our copies; we may still hear it while it cannot hear us (a one-way cut)."""
     node_id: bytes
     dead: bool
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerOutput:
+    """Lines workers printed, read from their log files (node/logmon.py): runs
+    of (job, name, pid, stream, lines, dropped), in the order they were printed
+    on each stream (see core/logroute.py)."""
+    runs: tuple

@@ -8,6 +8,8 @@ and object pulls, behind one `handle(event, now) -> effects` (sans-I/O).
                           |                Spill, TaskResult, Refuse, Cancel,
                           |                FreeObjects --> Scheduler
                           |-- ChunkArrived / ChunkFailed --> Transfers
+                          |-- WorkerOutput, LogLines (peer), Listen (client),
+                          |       ClientGone --> LogRouter (task output to drivers)
                           |-- PeerUnreachable / PeerSendBlocked --> counted in `stats`, warned
                           |-- MessageRejected (and the scheduler's Nonsense effects,
                           |       a peer's forged sender, bad GCS records) --> Rejections:
@@ -46,8 +48,9 @@ from . import events as ev
 from . import resources as rs
 from .activity import Activity
 from .gcs import Gcs
+from .logroute import LogRouter
 from .membership import LIVE, Membership, MemberState
-from .rejects import Rejections, peer_source
+from .rejects import Rejections, client_source, peer_source
 from .scheduler import Scheduler
 from .views import ClusterView
 from .workers import workers_for
@@ -63,6 +66,7 @@ _OWN_EFFECTS = frozenset({fx.Fetch, fx.CancelFetch, fx.Publish, fx.DeleteObject,
 
 
 _ZYGOTE_EVENTS = frozenset({ev.ZygoteStarted, ev.ZygoteDied, ev.ZygoteStartFailed})
+_OWN_CLIENT_MESSAGES = frozenset({p.Request, p.Listen})   # the rest go to the scheduler
 STATIC_KEYS = ("address", "object_address", "host", "port", "pid", "auth")
 
 
@@ -134,6 +138,7 @@ class Fabric:
                                  memory_max_objects)
         self.activity = Activity(self.node_id, scheduler, gcs, dashboard_stream_tasks)
         self.views.add_answers(errors=self.activity.errors, tasks=self._tasks_view)
+        self.logs = LogRouter(self.node_id, self._live_address, self.stats)
 
     # -- entry points ---------------------------------------------------------------
 
@@ -150,7 +155,7 @@ class Fabric:
     def handle(self, event, now: float) -> list:
         self._now = now
         kind = type(event)
-        if kind is ev.ClientMessage and type(event.msg) is not p.Request:
+        if kind is ev.ClientMessage and type(event.msg) not in _OWN_CLIENT_MESSAGES:
             # the hot path (submits, results, refs): straight to the scheduler,
             # and its effects straight out unless one is meant for us
             effects = self.scheduler.handle(event, now)
@@ -168,8 +173,13 @@ class Fabric:
             if self._warned_peers:
                 self._heard_from(event.node_id)
             self._on_peer_message(event)
-        elif kind is ev.ClientMessage and type(event.msg) is p.Request:
-            self._on_query(event.client, event.msg)
+        elif kind is ev.ClientMessage:
+            if type(event.msg) is p.Request:
+                self._on_query(event.client, event.msg)
+            else:
+                self._on_listen(event.client, event.msg)
+        elif kind is ev.WorkerOutput:
+            self._out += self.logs.output(event.runs)
         elif kind is ev.ChunkArrived:
             self._transfer(self.transfers.on_chunk(event.holder, event.oid, event.offset,
                                                    event.length, now))
@@ -184,6 +194,8 @@ class Fabric:
         elif kind in _ZYGOTE_EVENTS:
             self._on_zygote(event)
         else:
+            if kind is ev.ClientGone:
+                self.logs.client_gone(event.client)
             self._events.append(event)
         self._run_events()
         self._push_gcs()
@@ -359,6 +371,9 @@ class Fabric:
         malformed = self.membership.malformed + self.gcs.malformed
         if kind is p.Gossip:
             self._on_gossip(msg.sender, msg)
+        elif kind is p.LogLines:
+            self._out += self.logs.from_peer(msg)
+            return
         elif kind is p.GcsUpdate:
             forgotten = self.membership.forgotten
             for record in msg.records:
@@ -394,6 +409,21 @@ class Fabric:
             member = self.membership.members.get(node)
             if member is not None and member.state in LIVE:
                 self._out.append(fx.PeerSend(member.address, p.FreeObjects(self.node_id, [oid])))
+
+    # -- task output ---------------------------------------------------------------------
+
+    def _on_listen(self, client: bytes, msg: p.Listen) -> None:
+        """A driver's log listener: only for a driver attached here."""
+        if ids.job_node(msg.job) != self.node_id or \
+                ids.job_client(msg.job) not in self.scheduler.drivers:
+            self._reject(client_source(client), "nonsense",
+                         "a Listen for a job of no driver attached here")
+            return
+        self._out += self.logs.listen(client, msg)
+
+    def _live_address(self, node_id: bytes) -> str | None:
+        member = self.membership.members.get(node_id)
+        return member.address if member is not None and member.state in LIVE else None
 
     # -- pulls ---------------------------------------------------------------------------
 
@@ -447,6 +477,10 @@ class Fabric:
     def ready(self) -> bool:
         """Joined the cluster, and no worker is still starting (the pre-started ones are up)."""
         return self.joined and not self.scheduler.pool.starting_count()
+
+    def has_peers(self) -> bool:
+        """Is any other node alive (might a result or a line go to another node)?"""
+        return bool(self.membership.peers(LIVE))
 
     def joining(self) -> bool:
         """Is a join still under way (JoinSends may still go out)?"""

@@ -87,8 +87,6 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=0)
     serve.add_argument("--embedded-driver-pid", type=int, default=None)
     serve.add_argument("--join", action="append", default=[], metavar="ADDRESS")
-    serve.add_argument("--worker-logs", action="store_true",
-                       help="workers write worker-{id}.log in the session dir")
     serve.add_argument("--insecure-no-auth", action="store_true")
     _dashboard_arguments(serve)
     return parser
@@ -351,8 +349,7 @@ def cmd_serve(args) -> int:
                           object_store_memory=args.object_store_memory, host=args.host,
                           port=args.port, ready_fd=args.ready_fd,
                           embedded_driver_pid=args.embedded_driver_pid,
-                          worker_logs=args.worker_logs, join=args.join,
-                          insecure=args.insecure_no_auth,
+                          join=args.join, insecure=args.insecure_no_auth,
                           dashboard=_dashboard_of(args))
 
 

@@ -111,6 +111,9 @@ class Client:
         self.current_task_id: bytes | None = None
         self.current_depth = 0
         self.current_gpus: list[int] = []   # (workers) the running task's GPU ids
+        # the job (ids.job_id) the tasks this process submits belong to: where their
+        # output goes. A driver's own (api.init), a task's (Worker.run); b"": none
+        self.job = b""
 
         self.welcome: p.Welcome | None = None
         self.rx.send(p.encode(p.Hello(role, os.getpid(), worker_id)))
@@ -552,6 +555,9 @@ class Client:
             fn_blob = b""
         else:
             self.sent_functions.add(fn_id)
+        job = self.job
+        if job:
+            opts = {**opts, "job": job} if opts else {"job": job}
         self.send(p.Submit(tid, name, fn_id, num_returns, resources, max_retries,
                            retry_exceptions, self.current_depth + (self.current_task_id is not None),
                            self.current_task_id or b"", deps, contained, fn_blob,

@@ -8,6 +8,9 @@
     processes.py: zygote reports, pidfds --> WorkerExited / ClientGone / -----+--> Fabric.handle
                   ZygoteStarted / ZygoteDied / ZygoteStartFailed -----------+        |
     peers.py: a peer send that failed --> PeerUnreachable / PeerSendBlocked --+        |
+    logmon.py: workers' log files (every tick; a worker's at its TaskDone while
+               there are peers, and at its exit; all when a listener leaves)
+               --> WorkerOutput ---------------------------------------------+        |
     timer -----> processes.on_tick (a held-back zygote restart), then Tick ---+        |
     effects <--------------------------------------------------------------------------'
       one handler per effect type (NodeLoop.effect_handlers):
@@ -16,7 +19,8 @@
       SpillObject / RestoreObject / DeleteSpilled -> spiller.py (a thread; its outcomes
         come back through a pipe the poller watches: ObjectSpilled / SpillFailed /
         ObjectRestored / RestoreFailed)
-      SpawnWorker / StopWorker / KillWorker / InterruptWorker / WatchClient -> processes.py
+      SpawnWorker (its log files first: logmon.py) / StopWorker / KillWorker /
+        InterruptWorker / WatchClient -> processes.py
       StopNode -> leave the loop                   Log -> the node's log
     object ROUTER (tcp, CURVE): PullChunk --> objserver.py answers from the store
                                                (stateless, no event)
@@ -69,8 +73,7 @@ class NodeLoop:
                  peer_router: zmq.Socket, object_router: zmq.Socket, key, gate, watches: list,
                  node_id: bytes, ipc_endpoint: str,
                  session_dir: str, store_dir: str, spill_dir: str, spill_copy_chunk: int,
-                 tick_interval: float,
-                 worker_output: str | None, stop_grace: float,
+                 tick_interval: float, logs, stop_grace: float,
                  zygote_backoff: tuple[float, float] = (0.1, 5.0),
                  embedded_driver_pid: int | None = None, on_ready=None):
         self.fabric = fabric
@@ -95,8 +98,12 @@ class NodeLoop:
                                     on_reject=lambda source, reason: self._reject(
                                         source, "malformed", reason))
         self.spiller = Spiller(store_dir, spill_dir, chunk=spill_copy_chunk)
-        self.processes = Processes(self.poller, self.dispatch, ipc_endpoint=ipc_endpoint,
-                                   session_dir=session_dir, worker_output=worker_output,
+        self.logs = logs          # logmon.LogMonitor: the workers' log files
+        # read a worker's files at its TaskDone (its lines ahead of its result on the
+        # links to other nodes): only while there are other nodes (asked every tick)
+        self._read_at_done = False
+        self.processes = Processes(self.poller, self._process_event, ipc_endpoint=ipc_endpoint,
+                                   session_dir=session_dir, log_dir=logs.log_dir,
                                    stop_grace=stop_grace, restart_backoff=zygote_backoff[0],
                                    restart_backoff_max=zygote_backoff[1],
                                    on_worker_gone=lambda pid: store.remove_partials(store_dir,
@@ -122,7 +129,7 @@ class NodeLoop:
             fx.SpillObject: lambda e: self.spiller.spill(e.oid),
             fx.RestoreObject: lambda e: self.spiller.restore(e.oid),
             fx.DeleteSpilled: self._delete_spilled,
-            fx.SpawnWorker: lambda e: processes.spawn(e.worker_id),
+            fx.SpawnWorker: self._spawn_worker,
             fx.StopWorker: lambda e: processes.stop(e.worker_id),
             fx.KillWorker: lambda e: processes.kill(e.worker_id),
             fx.InterruptWorker: lambda e: processes.interrupt(e.worker_id, e.task_id),
@@ -148,6 +155,8 @@ class NodeLoop:
                 if now >= next_tick:
                     next_tick = now + self.tick_interval
                     self.processes.on_tick()
+                    self._worker_output(self.logs.read_all())
+                    self._read_at_done = self.fabric.has_peers()
                     self.execute(self.fabric.handle(ev.Tick(), now))
                     self._flush_sends()
         finally:
@@ -242,7 +251,14 @@ class NodeLoop:
                 continue
             inner = self._decode(sender, frames)
             for msg in inner:
-                event = ev.PeerMessage(sender, msg) if peer else ev.ClientMessage(sender, msg)
+                if peer:
+                    event = ev.PeerMessage(sender, msg)
+                else:
+                    if type(msg) is p.TaskDone and self._read_at_done:   # its lines first
+                        self._worker_output(self.logs.read_worker(sender))
+                    elif type(msg) is p.Listen:
+                        self._worker_output(self.logs.read_all(drain=True))
+                    event = ev.ClientMessage(sender, msg)
                 self.execute(fabric.handle(event, now))
                 if not self.running:
                     return
@@ -280,6 +296,16 @@ class NodeLoop:
             self.execute(fabric.handle(event, time.monotonic()))
         self._flush_sends()
 
+    def _worker_output(self, runs: list) -> None:
+        if runs:
+            self.execute(self.fabric.handle(ev.WorkerOutput(tuple(runs)), time.monotonic()))
+
+    def _process_event(self, event) -> None:
+        """An event from processes.py; a worker that exited: its last lines first."""
+        if type(event) is ev.WorkerExited:
+            self._worker_output(self.logs.remove(event.worker_id))
+        self.dispatch(event)
+
     def dispatch(self, event) -> None:
         """Hand an event to the fabric now and carry out its effects."""
         self.execute(self.fabric.handle(event, time.monotonic()))
@@ -295,6 +321,10 @@ class NodeLoop:
             if handler is None:   # the fabric made what no shell carries out: a bug
                 raise TypeError(f"unknown effect {effect!r}")
             handler(effect)
+
+    def _spawn_worker(self, e: fx.SpawnWorker) -> None:
+        self.logs.add(e.worker_id)
+        self.processes.spawn(e.worker_id)
 
     def _join_send(self, e: fx.JoinSend) -> None:
         failed = self.peers.join_send(e.address, e.msg)
@@ -371,5 +401,6 @@ class NodeLoop:
         for watch in self.watches:
             watch.close()
         self.spiller.close()
+        self.logs.close()
         os.close(self._wake_r)
         os.close(self._wake_w)

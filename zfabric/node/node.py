@@ -21,6 +21,7 @@ import gc
 import json
 import logging
 import os
+import resource
 import select
 import shutil
 import stat
@@ -31,12 +32,13 @@ import time
 import psutil
 import zmq
 
-from ..config import SPILL_DIR_NAME, Config
+from ..config import LOG_DIR_NAME, SPILL_DIR_NAME, Config
 from ..core.fabric import build as build_fabric
 from ..exceptions import AuthenticationError
 from ..ids import new_node_id
 from . import auth, sockets, store
 from .dashboard import Dashboard, DashboardError
+from .logmon import LogMonitor
 from .loop import NodeLoop
 
 log = logging.getLogger("zfabric.node")
@@ -63,7 +65,7 @@ def node_records_dir(config: Config) -> str:
 
 def spawn_node(config: Config, *, num_cpus: float, resources: dict,
                object_store_memory: int | None, host: str, port: int,
-               embedded: bool, log_to_driver: bool = True, join: list[str] = (),
+               embedded: bool, join: list[str] = (),
                insecure: bool = False, dashboard: tuple[str, int | None] | None = ("", None),
                timeout: float | None = None) -> tuple[subprocess.Popen, dict]:
     """Start a node process and wait until it answers (and has joined the
@@ -86,8 +88,6 @@ def spawn_node(config: Config, *, num_cpus: float, resources: dict,
         cmd += ["--object-store-memory", str(int(object_store_memory))]
     if embedded:
         cmd += ["--embedded-driver-pid", str(os.getpid())]
-    if not (embedded and log_to_driver):
-        cmd += ["--worker-logs"]
     if insecure:
         cmd += ["--insecure-no-auth"]
     cmd += _dashboard_flags(config, dashboard)
@@ -151,7 +151,7 @@ def _read_line(fd: int, timeout: float, proc: subprocess.Popen) -> str:
 
 def serve(config: Config, *, num_cpus: float, resources: dict, object_store_memory: int | None,
           host: str, port: int, ready_fd: int | None, embedded_driver_pid: int | None,
-          worker_logs: bool = False, join: list[str] = (), insecure: bool = False,
+          join: list[str] = (), insecure: bool = False,
           dashboard: tuple[str, int | None] | None = None) -> int:
     """Be a node until stopped; returns the process's exit code."""
     node = _NodeProcess(config, ready_fd)
@@ -172,7 +172,8 @@ def serve(config: Config, *, num_cpus: float, resources: dict, object_store_memo
                         session_dir=node.session_dir, store_dir=node.store_dir,
                         spill_dir=info["spill_dir"], spill_copy_chunk=config.spill_copy_chunk,
                         tick_interval=config.gossip_interval / 2,
-                        worker_output=node.session_dir if worker_logs else None,
+                        logs=LogMonitor(os.path.join(node.session_dir, LOG_DIR_NAME),
+                                        config.log_read_bytes, config.log_max_behind),
                         stop_grace=config.stop_grace,
                         zygote_backoff=(config.zygote_restart_backoff,
                                         config.zygote_restart_backoff_max),
@@ -212,6 +213,7 @@ class _NodeProcess:
         logging.basicConfig(filename=os.path.join(self.session_dir, "node.log"),
                             level=logging.INFO,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        _raise_fd_limit()   # (per worker: a pidfd and two log files, node/logmon.py)
         # The loop allocates many short-lived, acyclic records per task; the default
         # gen-0 threshold (700) ran a collection every few tasks.
         gc.set_threshold(50_000, 20, 20)
@@ -316,6 +318,17 @@ class _NodeProcess:
                 pass
         if self.clean_exit:
             shutil.rmtree(self.session_dir, ignore_errors=True)
+
+
+def _raise_fd_limit(want: int = 1 << 16) -> None:
+    """Open files: up to `want` (at most the hard limit), for max_workers workers."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = want if hard == resource.RLIM_INFINITY else min(want, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):
+            pass
 
 
 # -- who may talk to a node ------------------------------------------------------------------

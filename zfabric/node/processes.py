@@ -65,13 +65,13 @@ class _Zygote:
 
 class Processes:
     def __init__(self, poller: zmq.Poller, dispatch, *, ipc_endpoint: str, session_dir: str,
-                 worker_output: str | None, stop_grace: float,
+                 log_dir: str, stop_grace: float,
                  restart_backoff: float = 0.1, restart_backoff_max: float = 5.0,
                  clock=time.monotonic, on_worker_gone=None):
         self.poller = poller
         self.dispatch = dispatch              # dispatch(event): to the fabric, now
         self.ipc_endpoint = ipc_endpoint
-        self.worker_output = worker_output    # None: inherit the node's stdout/stderr
+        self.log_dir = log_dir                # workers write their stdout/stderr there
         self.stop_grace = stop_grace
         self.restart_backoff = restart_backoff
         self.restart_backoff_max = restart_backoff_max
@@ -146,7 +146,7 @@ class Processes:
         try:
             popen = subprocess.Popen(
                 [sys.executable, "-m", "zfabric.node.zygote", str(report_w),
-                 self.worker_output or ""],
+                 self.log_dir],
                 env=env, stdin=subprocess.PIPE, pass_fds=(report_w,), close_fds=True)
         except OSError as e:
             os.close(report_r)

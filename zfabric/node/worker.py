@@ -16,6 +16,11 @@ from a signal handler also breaks out of `time.sleep` and blocking I/O at
 once. A task given GPU ids (the Execute's opts["gpus"]) runs with them in
 CUDA_VISIBLE_DEVICES and `zf.get_gpu_ids()`; the variable is restored when
 it ends.
+
+Its stdout and stderr are files the node reads (node/logmon.py). Before a
+task of another job or function than the last, it writes a marker line to
+both, which names the task its lines belong to; after each task it flushes
+them, so the node reads a task's lines before it forwards its result.
 """
 from __future__ import annotations
 
@@ -34,7 +39,7 @@ from ..protocol import ObjectState, TaskStatus
 from ..exceptions import TaskCancelledError
 from ..ref import DepMarker
 from . import client as client_mod
-from . import store, task_env
+from . import logmon, store, task_env
 
 PR_SET_PDEATHSIG = 1
 
@@ -55,6 +60,7 @@ class Worker:
                                     on_switch=self._forget_env)
         self.in_user_code = False
         self.signalled = False   # a cancel signal came while no task ran its code
+        self.marked = None   # (job, name) the last marker named; None: no job
 
     # -- cancel -----------------------------------------------------------------
 
@@ -142,6 +148,9 @@ class Worker:
             fn = self._function(ex)
             args, kwargs = self._arguments(ex)
             fetched = time.time()
+            job = client.job = ex.opts.get("job", b"") if ex.opts else b""
+            if ((job, ex.name) if job else None) != self.marked:
+                self._mark(job, ex.name)
             client.current_task_id = ex.task_id
             client.current_depth = ex.depth
             gpus_before = _use_gpus(client, ex.opts.get("gpus"))
@@ -166,6 +175,8 @@ class Worker:
             if client.current_gpus:
                 _use_gpus(client, None, gpus_before)
             self.env.leave()
+            if client.job:
+                _flush_std()
         end = time.time()
         fetched = end if fetched is None else fetched   # (it failed before it ran)
         if status == TaskStatus.OK:
@@ -186,6 +197,17 @@ class Worker:
             done = p.TaskDone(ex.task_id, int(status), retryable, [], [], [], start, end,
                               fetched, stored, [record])
         return done, result
+
+    def _mark(self, job: bytes, name: str) -> None:
+        """The lines that follow on stdout and stderr are this task's (logmon.py)."""
+        _flush_std()
+        line = logmon.marker(os.getpid(), job, name)
+        for fd in (1, 2):
+            try:
+                os.write(fd, line)
+            except OSError:
+                pass
+        self.marked = (job, name) if job else None
 
     def _retryable(self, ex: p.Execute, e: BaseException) -> bool:
         """Does `e` match the task's retry_exceptions? A spec that does not load
@@ -253,6 +275,15 @@ def _use_gpus(client, gpus: list | None, before: str | None = None) -> str | Non
         else:
             os.environ[CUDA_VISIBLE] = before
     return old
+
+
+def _flush_std() -> None:
+    """Push what the task printed (still in Python's buffers) to the files."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:   # (a task may have replaced or closed them)
+            pass
 
 
 def _error_record(e: BaseException, name: str) -> bytes:

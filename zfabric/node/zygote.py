@@ -9,8 +9,9 @@ Starting a Python worker from scratch costs ~150 ms of CPU (interpreter,
 zmq, cloudpickle, numpy); forking a process that has already imported them
 costs ~2 ms, so `init(num_cpus=8)` is ready at once and a crashed worker is
 replaced before the retry is dispatched. The zygote imports modules but
-never creates a zmq context, so children start clean. Workers inherit the
-zygote's stdout/stderr (the node's), or write to `worker-{id}.log` files.
+never creates a zmq context, so children start clean. A worker's stdout and
+stderr (fds 1 and 2, so C-level output too) go to `worker-{id}.out` and
+`.err` in the node's log dir, which the node reads (node/logmon.py).
 
 Each child reseeds numpy's global RNG: forked children would otherwise all
 draw the same "random" numbers.
@@ -51,11 +52,10 @@ def _child(worker_id: str, report_fd: int, wake_r: int, wake_w: int, log_dir: st
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
     os.close(devnull)
-    if log_dir:
-        out = os.open(os.path.join(log_dir, f"worker-{worker_id}.log"),
+    for fd, ext in ((1, "out"), (2, "err")):
+        out = os.open(os.path.join(log_dir, f"worker-{worker_id}.{ext}"),
                       os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        os.dup2(out, 1)
-        os.dup2(out, 2)
+        os.dup2(out, fd)
         os.close(out)
     import numpy
     numpy.random.seed()
@@ -66,7 +66,7 @@ def _child(worker_id: str, report_fd: int, wake_r: int, wake_w: int, log_dir: st
 
 def main() -> None:
     report_fd = int(sys.argv[1])
-    log_dir = sys.argv[2] if len(sys.argv) > 2 else ""
+    log_dir = sys.argv[2]
     _die_with_parent(signal.SIGKILL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _preload()

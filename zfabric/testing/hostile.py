@@ -175,6 +175,11 @@ def _fields(cls, known: Known, covered: set) -> dict:
             lambda inner: st.one_of(st.lists(inner, max_size=3),
                                     st.dictionaries(TEXT, inner, max_size=3)), max_leaves=6),
         "messages": st.lists(st.builds(lambda t: p.encode(p.Blocked(t)), tid), max_size=3),
+        "job": st.builds(ids.job_id, nid, st.binary(min_size=ids.CLIENT_ID_SIZE,
+                                                    max_size=ids.CLIENT_ID_SIZE)),
+        "output": st.lists(st.tuples(TEXT, st.integers(1, 1 << 20), st.sampled_from([1, 2]),
+                                     st.lists(TEXT, max_size=3), st.integers(0, 5)
+                                     ).map(list), max_size=3),
     }
     by_type = {"bytes": BLOB, "str": TEXT, "bool": st.booleans(), "int": st.integers(0, 100),
                "float": st.floats(0, 100), "list": st.just([]), "dict": st.just({})}
