@@ -92,13 +92,18 @@ def init(address: str | None = None, *, num_cpus: float | None = None,
         client = client_mod.Client(info["ipc"], "driver", connect_timeout=config.node_start_timeout)
         client_mod.set_current(client)
         logs = _listen(client, info["ipc"], config, proc) if log_to_driver else None
-        _state.update(client=client, proc=proc, embedded=proc is not None, logs=logs, info={
-            "node_id": info["node_id"], "node_ip_address": info["host"],
-            "address": info["address"], "object_store_address": info["store_dir"],
-            "session_dir": info["session_dir"], "namespace": namespace,
-            "dashboard_url": info.get("dashboard_url")})
+        _state.update(client=client, proc=proc, embedded=proc is not None, logs=logs,
+                      info=_info_of(info, namespace))
         _start_job_env(env_spec, client)
         return compat.InitInfo(_state["info"])
+
+
+def _info_of(info: dict, namespace: str | None) -> dict:
+    """What init() returns, from the node's record."""
+    return {"node_id": info["node_id"], "node_ip_address": info["host"],
+            "address": info["address"], "object_store_address": info["store_dir"],
+            "session_dir": info["session_dir"], "namespace": namespace,
+            "dashboard_url": info.get("dashboard_url")}
 
 
 def _node_for(config: Config, address: str | None, num_cpus, resources: dict,

@@ -195,5 +195,15 @@ def error_from_record(record: bytes) -> BaseException:
     return err.as_instanceof_cause()
 
 
+def error_of_object(oid: bytes, record: bytes) -> BaseException:
+    """The exception a get of a failed object raises: its record's, or a clear
+    ZFabricError if the record (bytes from the node: any flaw is its) does not read."""
+    try:
+        return error_from_record(record)
+    except Exception as e:
+        return exceptions.ZFabricError(f"object {oid.hex()} failed, and its error record "
+                                       f"cannot be read ({type(e).__name__}: {e})")
+
+
 __all__ = ["Serialized", "serialize", "dumps", "deserialize", "parse_header",
-           "error_record", "error_from_record", "note_ref", "CorruptObjectError"]
+           "error_record", "error_from_record", "error_of_object", "note_ref", "CorruptObjectError"]

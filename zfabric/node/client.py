@@ -107,14 +107,13 @@ class Client:
         self._req = 0
         self._errors_seen = 0
         self.sent_functions: set[bytes] = set()
-        # set by a worker while it runs a task
+        # set by a worker while it runs a task (and its GPU ids); `job` (ids.job_id):
+        # where the output of tasks this process submits goes: a driver's own
+        # (api.init), a task's (Worker.run), or b"": none
         self.current_task_id: bytes | None = None
         self.current_depth = 0
-        self.current_gpus: list[int] = []   # (workers) the running task's GPU ids
-        # the job (ids.job_id) the tasks this process submits belong to: where their
-        # output goes. A driver's own (api.init), a task's (Worker.run); b"": none
+        self.current_gpus: list[int] = []
         self.job = b""
-
         self.welcome: p.Welcome | None = None
         self.rx.send(p.encode(p.Hello(role, os.getpid(), worker_id)))
         if not self._wait_for(lambda: self.welcome is not None, connect_timeout,
@@ -481,7 +480,7 @@ class Client:
         for o in oids:  # fail at once if any failed
             entry = entries.get(o)
             if entry is not None and entry[0] == ObjectState.ERROR:
-                raise _error_of(o, entry[2])
+                raise serialization.error_of_object(o, entry[2])
         return [self._value(o, entries[o], deadline) for o in oids]
 
     def _value(self, oid: bytes, entry: tuple, deadline: float | None):
@@ -500,7 +499,7 @@ class Client:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             entry = self.wait_objects([oid], left)[oid]
             if entry[0] == ObjectState.ERROR:
-                raise _error_of(oid, entry[2])
+                raise serialization.error_of_object(oid, entry[2])
 
     def materialize(self, oid: bytes, entry: tuple):
         state, _size, payload = entry
@@ -509,7 +508,7 @@ class Client:
         if state == ObjectState.STORE:
             return store.read(self.store_dir, oid)
         if state == ObjectState.ERROR:
-            raise _error_of(oid, payload)
+            raise serialization.error_of_object(oid, payload)
         raise RuntimeError(f"object {oid.hex()} is not ready")
 
     def put(self, value, in_store: bool = False) -> ObjectRef:
@@ -591,13 +590,3 @@ class Client:
         self.rx.close(sockets.LINGER_MS)
         self.tx.close(sockets.LINGER_MS)
         self.ctx.term()
-
-
-def _error_of(oid: bytes, record: bytes) -> BaseException:
-    """The exception a get of a failed object raises; a clear ZFabricError if
-    the node's error record for it does not read."""
-    try:
-        return serialization.error_from_record(record)
-    except Exception as e:   # the record is bytes from the node: any flaw is its
-        return ZFabricError(f"object {oid.hex()} failed, and its error record cannot "
-                            f"be read ({type(e).__name__}: {e})")
