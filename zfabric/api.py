@@ -459,16 +459,24 @@ def get(refs, *, timeout: float | None = None):
     return values[0] if single else values
 
 
-def wait(refs, *, num_returns: int = 1, timeout: float | None = None,
-         fetch_local: bool = True) -> tuple[list, list]:
-    """(ready, not_ready) once num_returns refs are ready or timeout passes."""
+def check_refs(refs, caller: str) -> list:
+    """`refs` as a list, checked as zf.wait checks it (TypeError, ValueError)."""
     if type(refs) is ObjectRef or not isinstance(refs, (list, tuple)):
-        raise TypeError(f"wait() takes a list of ObjectRefs, got {type(refs).__name__}")
+        raise TypeError(f"{caller}() takes a list of ObjectRefs, got {type(refs).__name__}")
     refs = list(refs)
     for r in refs:
         if type(r) is not ObjectRef:
-            raise TypeError(f"wait() takes a list of ObjectRefs; the list holds a "
+            raise TypeError(f"{caller}() takes a list of ObjectRefs; the list holds a "
                             f"{type(r).__name__}")
+    if len({r._id for r in refs}) != len(refs):
+        raise ValueError(f"{caller}() got the same ObjectRef more than once")
+    return refs
+
+
+def wait(refs, *, num_returns: int = 1, timeout: float | None = None,
+         fetch_local: bool = True) -> tuple[list, list]:
+    """(ready, not_ready) once num_returns refs are ready or timeout passes."""
+    refs = check_refs(refs, "wait")
     if isinstance(num_returns, bool) or not isinstance(num_returns, int):
         raise TypeError(f"num_returns must be an int, got {num_returns!r}")
     if num_returns <= 0:
@@ -479,10 +487,7 @@ def wait(refs, *, num_returns: int = 1, timeout: float | None = None,
     if num_returns > len(refs):
         raise ValueError(f"num_returns ({num_returns}) is larger than the number of "
                          f"ObjectRefs ({len(refs)})")
-    oids = [r._id for r in refs]
-    if len(set(oids)) != len(oids):
-        raise ValueError("wait() got the same ObjectRef more than once")
-    ready_ids = _client().wait_some(oids, num_returns, timeout)
+    ready_ids = _client().wait_some([r._id for r in refs], num_returns, timeout)
     ready, not_ready = [], []
     for r in refs:
         (ready if r._id in ready_ids and len(ready) < num_returns else not_ready).append(r)

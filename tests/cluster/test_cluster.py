@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import zfabric as zf
+from tests.harness.functions import attach_to
 from tests.harness.trace import check_trace, process_names
 from zfabric.config import Config
 from zfabric.testing import LocalCluster
@@ -30,11 +31,7 @@ def three_nodes():
 @pytest.fixture
 def three(three_nodes):
     """Three 1-CPU nodes (kept across the module), this driver attached to the first."""
-    if zf.is_initialized() and zf.nodes()[0]["Address"] != three_nodes.address:
-        zf.shutdown()
-    if not zf.is_initialized():
-        zf.init(address=three_nodes.address)
-    return three_nodes
+    return attach_to(three_nodes)
 
 
 @zf.remote

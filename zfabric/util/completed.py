@@ -38,25 +38,11 @@ def as_completed(refs, timeout: float | None = None) -> "AsCompleted":
     return AsCompleted(refs, timeout)
 
 
-def check_refs(refs, caller: str) -> list:
-    """`refs` as a list, checked as zf.wait checks it (TypeError, ValueError)."""
-    if type(refs) is ObjectRef or not isinstance(refs, (list, tuple)):
-        raise TypeError(f"{caller}() takes a list of ObjectRefs, got {type(refs).__name__}")
-    refs = list(refs)
-    for r in refs:
-        if type(r) is not ObjectRef:
-            raise TypeError(f"{caller}() takes a list of ObjectRefs; the list holds a "
-                            f"{type(r).__name__}")
-    if len({r._id for r in refs}) != len(refs):
-        raise ValueError(f"{caller}() got the same ObjectRef more than once")
-    return refs
-
-
 class AsCompleted:
     """The iterator `as_completed` returns; `.pending` holds the refs not yet yielded."""
 
     def __init__(self, refs, timeout: float | None):
-        refs = check_refs(refs, "as_completed")
+        refs = api.check_refs(refs, "as_completed")
         api._check_timeout(timeout)
         self._deadline = None if timeout is None else time.monotonic() + timeout
         self._timeout = timeout
