@@ -77,6 +77,12 @@ class Config:
     # least 3 times and its slowest recent run took under this long; longer
     # tasks wait for an idle worker, so a slow task never holds a quick one back.
     prefetch_max_task_seconds: float = 0.005
+    # How deep: a busy worker running a quick function is kept up to this much
+    # queued work (queued tasks x that function's slowest recent run), at least
+    # one task and at most `prefetch_max_depth`. A deeper queue lets the worker
+    # and the node handle several tasks per wake-up (tiny tasks: 16 deep).
+    prefetch_queue_seconds: float = 0.002
+    prefetch_max_depth: int = 16
     # Hard cap on worker processes per node, whatever the demand.
     max_workers: int = 512
     # How often a client flushes reference-count changes when it is idle.

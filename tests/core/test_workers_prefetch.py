@@ -6,11 +6,13 @@ validate() after every step).
 """
 from __future__ import annotations
 
+import dataclasses
+
 from zfabric import protocol as p
 from zfabric.core.tasks import TaskState
 from zfabric.exceptions import TaskCancelledError
 
-from tests.harness.scheduler import INLINE, Node, error_for, num, only, rid, summary, tid
+from tests.harness.scheduler import DRIVER, INLINE, Node, submit_msg, error_for, num, only, rid, summary, tid
 
 
 def quick_done(node: Node, wid: str, n: int, took: float = 0.0001) -> list:
@@ -115,3 +117,41 @@ def test_worker_death_requeues_prefetched_tasks_without_charging_them():
     assert task3.attempts <= 1 and task3.state in (TaskState.QUEUED, TaskState.ASSIGNED,
                                                    TaskState.RUNNING)
     assert num(task3.spec.task_id) == 3
+
+
+def deep_node(queue_seconds: float = 0.002, max_depth: int = 16) -> Node:
+    node = prefetching_node()
+    node.s.pool.prefetch_queue_seconds = queue_seconds
+    node.s.pool.prefetch_max_depth = max_depth
+    return node
+
+
+def test_tiny_tasks_are_prefetched_up_to_the_depth_and_run_in_order():
+    node = deep_node(max_depth=4)
+    node.submit(1)                                   # runs on w1
+    sent = [summary(node.submit(n)) for n in range(2, 8)]
+    assert sent[:4] == [[("execute", "w1", n)] for n in (2, 3, 4, 5)]
+    assert sent[4:] == [[], []]                      # 6 and 7 wait at the node
+    assert [t.spec.task_id for t in node.s.pool.workers["w1"].queue] == [tid(n) for n in (2, 3, 4, 5)]
+    for n in range(1, 7):                            # as each ends, the next runs
+        quick_done(node, "w1", n)
+        assert node.s.tasks[tid(n + 1)].state == TaskState.RUNNING
+    quick_done(node, "w1", 7)
+    assert not node.s.tasks and node.cpu() == 1.0
+    assert node.s.stats["prefetched"] == 6
+
+
+def test_the_queue_holds_at_most_its_seconds_of_work():
+    node = deep_node(queue_seconds=0.00025)          # FN's slowest run: 0.0001 s
+    node.submit(1)
+    sent = [summary(node.submit(n)) for n in range(2, 7)]
+    # one task always; a second (0.0001 s queued) and a third (0.0002 s) fit; not a fourth
+    assert sent == [[("execute", "w1", 2)], [("execute", "w1", 3)], [("execute", "w1", 4)], [], []]
+
+
+def test_nothing_queues_behind_a_prefetched_task_of_a_function_not_known_quick():
+    node = deep_node()
+    node.submit(1)
+    node.send(DRIVER, dataclasses.replace(submit_msg(2), fn_id=b"G" * 16))  # unknown: may be slow
+    assert summary(node.submit(3)) == []             # would wait behind G's task
+    assert [t.spec.task_id for t in node.s.pool.workers["w1"].queue] == [tid(2)]

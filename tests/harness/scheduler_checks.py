@@ -12,8 +12,8 @@ from zfabric.protocol import ObjectState
 from zfabric.core.tasks import TaskState
 from zfabric.core.workers import PREFETCH_MIN_RUNS, WorkerState
 
-from .scheduler_model import (ERROR, FUNCTIONS, INLINE, STORE, WATCHER, MTask, MWorker,
-                              SchedulerModel, record_of)
+from .scheduler_model import (ERROR, FUNCTIONS, INLINE, PREFETCH_DEPTH, PREFETCH_QUEUE, STORE,
+                              WATCHER, MTask, MWorker, SchedulerModel, record_of)
 
 
 class CheckedModel(SchedulerModel):
@@ -130,11 +130,17 @@ class CheckedModel(SchedulerModel):
         else:                   # prefetched behind the running task
             running = self.tasks[w.nrun]
             assert self.prefetch > 0, "prefetch while disabled"
-            assert not w.nqueue and not running.blocked and not running.cancel_flag
+            assert not running.blocked and not running.cancel_flag
             assert rs.shape(running.demand) == rs.shape(t.demand), "prefetch of another shape"
-            runs, peak = self.fn_times.get(running.fn_id, (0, 0.0))
-            assert runs >= PREFETCH_MIN_RUNS and peak < self.prefetch, (
-                "prefetch behind a function not known to be quick", runs, peak)
+            ahead = [running] + [self.tasks[q] for q in w.nqueue]
+            for task in ahead:
+                runs, peak = self.fn_times.get(task.fn_id, (0, 0.0))
+                assert runs >= PREFETCH_MIN_RUNS and peak < self.prefetch, (
+                    "prefetch behind a function not known to be quick", runs, peak)
+            if w.nqueue:   # a second or later: within the depth and the queue's seconds
+                assert len(w.nqueue) < PREFETCH_DEPTH, ("prefetched too deep", w.nqueue)
+                work = sum(self.fn_times[q.fn_id][1] for q in ahead[1:])
+                assert work < PREFETCH_QUEUE * self.prefetch, ("too much work queued", work)
             w.nqueue.append(t.tid)
             t.assigned_to = wid
         expected_blob = b"" if w.fake.knows(t.fn_id) else FUNCTIONS[t.fn_id]

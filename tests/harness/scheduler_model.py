@@ -26,6 +26,9 @@ from zfabric.testing.fakes import FakeWorker
 
 NODE_ID = b"N" * 16
 WATCHER = b"watcher"
+# a busy worker queues tasks behind quick ones up to PREFETCH_QUEUE x the quick
+# limit of work, at most PREFETCH_DEPTH of them (core/workers.py)
+PREFETCH_QUEUE, PREFETCH_DEPTH = 1.5, 3
 FUNCTIONS = {b"fn-A".ljust(16, b"."): b"code of A", b"fn-B".ljust(16, b"."): b"code of B"}
 INLINE, STORE, ERROR = int(ObjectState.INLINE), int(ObjectState.STORE), int(ObjectState.ERROR)
 MAX_TASKS = 40
@@ -112,7 +115,9 @@ class SchedulerModel:
         self.s = Scheduler(node_id=NODE_ID, resources=resources, store_capacity=capacity,
                            num_workers=self.num_workers, max_workers=self.max_workers,
                            idle_worker_timeout=idle_timeout, timeline_capacity=50,
-                           prefetch_max_task_seconds=prefetch)
+                           prefetch_max_task_seconds=prefetch,
+                           prefetch_queue_seconds=PREFETCH_QUEUE * prefetch,
+                           prefetch_max_depth=PREFETCH_DEPTH)
         self.now = 0.0
         self.in_use: dict[str, int] = {}
         self.workers: dict[str, MWorker] = {}      # spawned and not yet exited

@@ -82,6 +82,8 @@ def build(config, *, node_id: bytes, resources: dict, store_capacity: int, info:
         idle_worker_timeout=config.idle_worker_timeout,
         timeline_capacity=config.timeline_capacity,
         prefetch_max_task_seconds=config.prefetch_max_task_seconds,
+        prefetch_queue_seconds=config.prefetch_queue_seconds,
+        prefetch_max_depth=config.prefetch_max_depth,
         node_info={**info, "config": config.to_json()},
         spill_depth=config.spill_depth, refuse_backoff=config.refuse_backoff,
         locality_min_bytes=config.locality_min_bytes,

@@ -58,7 +58,8 @@ class Scheduler:
     def __init__(self, *, node_id: bytes, resources: dict[str, float],
                  store_capacity: int, num_workers: int, max_workers: int,
                  idle_worker_timeout: float, timeline_capacity: int,
-                 prefetch_max_task_seconds: float = 0.0, node_info: dict | None = None,
+                 prefetch_max_task_seconds: float = 0.0, prefetch_queue_seconds: float = 0.0,
+                 prefetch_max_depth: int = 1, node_info: dict | None = None,
                  spill_depth: int = 1, refuse_backoff: float = 0.2,
                  locality_min_bytes: int = 1 << 20, lineage_max_specs: int = 100_000,
                  lineage_max_bytes: int = 100 << 20, errors: tuple[int, int] = (50, 4096)):
@@ -77,7 +78,9 @@ class Scheduler:
         self.pool = WorkerPool(
             resources=resources, num_workers=num_workers, max_workers=max_workers,
             idle_worker_timeout=idle_worker_timeout,
-            prefetch_max_task_seconds=prefetch_max_task_seconds, out=self.out, stats=self.stats)
+            prefetch_max_task_seconds=prefetch_max_task_seconds,
+            prefetch_queue=(prefetch_queue_seconds, prefetch_max_depth),
+            out=self.out, stats=self.stats)
         self.lineage = Lineage(lineage_max_specs, lineage_max_bytes)
         self.rebuilds = Rebuilder(self, self.lineage)
         self.objects = ObjectDirectory(

@@ -14,14 +14,17 @@ and keeps the node's resource books (`total`, `available`):
   (core/gpus.py) when it starts (`task.gpus`) and keeps them until it ends,
   blocked or not; the pool's "GPU" availability is the book's `capacity()`;
 - prefetch: when every worker is busy, a worker running a task of function
-  F is sent its next task of the same resource shape at once if F is
+  F is sent its next tasks of the same resource shape at once if F is
   *quick*: it has run at least PREFETCH_MIN_RUNS times and its slowest
   recent run took under `prefetch_max_task_seconds` (a prefetched task
   cannot move to another worker that frees up first, so it must only ever
-  wait behind quick tasks). That task is ASSIGNED: it holds no resources
-  until the running one ends, when the resources pass to it. A worker that
-  blocks is sent Revoke for its prefetched tasks; it answers Revoked for
-  each it had not started.
+  wait behind quick tasks). One task always; more only behind quick tasks
+  whose slowest recent runs add up to under `prefetch_queue_seconds`, and
+  at most `prefetch_max_depth` -- so a worker running tiny tasks takes a
+  run of them per wake-up, and the node sends them in one frame. Those tasks
+  are ASSIGNED: they hold no resources until the running one ends, when
+  the resources pass to the next. A worker that blocks is sent Revoke for
+  its prefetched tasks; it answers Revoked for each it had not started.
 
 Tasks the pool gives back (prefetched behind a worker that died or is being
 killed) are returned to the caller, which queues or fails them.
@@ -72,7 +75,7 @@ def workers_for(num_cpus: float) -> int:
 class WorkerPool:
     def __init__(self, *, resources: dict[str, float], num_workers: int, max_workers: int,
                  idle_worker_timeout: float, prefetch_max_task_seconds: float,
-                 out: fx.Outbox, stats: dict):
+                 out: fx.Outbox, stats: dict, prefetch_queue: tuple[float, int] = (0.0, 1)):
         self.total = rs.to_units(resources)
         self.available = dict(self.total)
         self.gpus = GpuBook(self.total.get(rs.GPU, 0))
@@ -82,6 +85,7 @@ class WorkerPool:
         self.max_workers = max_workers
         self.idle_worker_timeout = idle_worker_timeout
         self.prefetch_max_task_seconds = prefetch_max_task_seconds
+        self.prefetch_queue_seconds, self.prefetch_max_depth = prefetch_queue
         self.workers: dict[str, Worker] = {}
         self.idle: list[Worker] = []
         self._by_client: dict[bytes, Worker] = {}
@@ -315,6 +319,22 @@ class WorkerPool:
         return (times is not None and times[0] >= PREFETCH_MIN_RUNS
                 and times[1] < self.prefetch_max_task_seconds)
 
+    def _room_behind(self, worker: Worker) -> bool:
+        """May a busy worker take one more task? Always a first one (behind its
+        quick running task); more only behind quick tasks whose slowest recent
+        runs add up to less than `prefetch_queue_seconds`."""
+        queue = worker.queue
+        if not queue:
+            return True
+        if len(queue) >= self.prefetch_max_depth:
+            return False
+        work = 0.0
+        for task in queue:
+            if not self.quick(task.spec.fn_id):
+                return False
+            work += self._fn_times[task.spec.fn_id][1]
+        return work < self.prefetch_queue_seconds
+
     def prefetch(self, queues) -> list[tuple[Task, Worker]]:
         """Assign queued quick tasks to busy workers; the caller sends them."""
         assigned = []
@@ -322,18 +342,19 @@ class WorkerPool:
             return assigned
         for worker in self.workers.values():
             running = worker.task
-            if (running is None or worker.queue or running.blocked or worker.doomed
+            if (running is None or running.blocked or worker.doomed
                     or running.cancelled or not self.quick(running.spec.fn_id)
                     or running.gpus is not None):   # (GPU ids are given at start)
                 continue
-            task = queues.pop(running.shape)
-            if task is None:
-                continue
-            task.state = TaskState.ASSIGNED
-            task.worker = worker.wid
-            worker.queue.append(task)
-            self._stats["prefetched"] += 1
-            assigned.append((task, worker))
+            while self._room_behind(worker):
+                task = queues.pop(running.shape)
+                if task is None:
+                    break
+                task.state = TaskState.ASSIGNED
+                task.worker = worker.wid
+                worker.queue.append(task)
+                self._stats["prefetched"] += 1
+                assigned.append((task, worker))
             if not queues.count:
                 break
         return assigned
