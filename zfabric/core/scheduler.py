@@ -54,6 +54,13 @@ from .timeline import Timeline
 from .workers import WorkerPool
 
 
+# The scheduler's counters (`Scheduler.stats`, in the node's status record).
+STATS = ("submitted", "finished", "failed", "cancelled", "retried", "prefetched",
+         "workers_started", "workers_crashed", "spilled", "refused", "accepted", "fetches",
+         "rebuilt", "sealed_twice", "dropped_by_peer", "stale_results", "evicted",
+         "spilled_objects", "restored", "spill_failures")
+
+
 class Scheduler:
     def __init__(self, *, node_id: bytes, resources: dict[str, float],
                  store_capacity: int, num_workers: int, max_workers: int,
@@ -65,11 +72,7 @@ class Scheduler:
                  lineage_max_bytes: int = 100 << 20, errors: tuple[int, int] = (50, 4096)):
         self.node_id = node_id
         self.node_info = dict(node_info or {})
-        self.stats = {"submitted": 0, "finished": 0, "failed": 0, "cancelled": 0,
-                      "retried": 0, "prefetched": 0, "workers_started": 0, "workers_crashed": 0,
-                      "spilled": 0, "refused": 0, "accepted": 0, "fetches": 0,
-                      "rebuilt": 0, "sealed_twice": 0, "dropped_by_peer": 0, "stale_results": 0,
-                      "evicted": 0, "spilled_objects": 0, "restored": 0, "spill_failures": 0}
+        self.stats = dict.fromkeys(STATS, 0)
         self.out = fx.Outbox()
         self.tasks: dict[bytes, Task] = {}
         self.functions = Functions()
