@@ -39,8 +39,20 @@ def test_ref_dropped_while_pending_frees_the_result_when_sealed():
     node.submit(1)
     node.refs(decs=[rid(1)])
     out = node.done("w1", 1, payloads=[b""], states=[STORE], sizes=[10])
-    assert summary(out) == [("ready", DRIVER, rid(1), "STORE"), ("delete", rid(1))]
+    assert summary(out) == [("delete", rid(1))]        # not sent to the driver that dropped it
     assert node.s.objects.store_used == 0
+
+
+def test_a_dropped_result_that_a_task_still_needs_is_not_pushed_to_its_submitter():
+    # r = f.remote(r) in a loop: the driver drops each ref as it submits the next
+    node = Node(cpus=1)
+    node.submit(1)
+    node.submit(2, deps=[rid(1)])
+    node.refs(decs=[rid(1)])
+    out = node.done("w1", 1)
+    assert [s for s in summary(out) if s[0] == "ready"] == []
+    assert ("execute", "w1", 2) in summary(out)        # the dependent runs with the value
+    assert summary(node.done("w1", 2))[0][:3] == ("ready", DRIVER, rid(2))
 
 
 def test_result_over_store_capacity_spills_what_nobody_pinned():

@@ -19,7 +19,8 @@ resources are in use) and after every step checks them against the scheduler:
   stopping or being killed, and a busy one is sent only a prefetch (same
   shape, behind a quick function, not blocked, one at a time);
 - every task ends exactly once: when it leaves the task table each return is
-  sealed (one ObjectReady to its owner, which is subscribed to its returns),
+  sealed (one ObjectReady to its owner for each return it still holds: it is
+  subscribed to them; none for a return it dropped),
   never before, and with the outcome the last report calls for (a result, the
   task's own error, TaskCancelledError, WorkerCrashedError, an argument's error);
 - nothing a client holds or a pending task needs is ever freed; every store
@@ -285,6 +286,7 @@ class SchedulerMachine(CheckedModel, RuleBasedStateMachine):
         reach = self.closure(roots, True)
         before = self.before_cancel(reach)
         c = self.drivers.pop(client)
+        self.gone_held = set(c.held)
         c.held.clear()
         self.dead.add(client)
         event = ev.ClientMessage(client, p.Goodbye("bye")) if goodbye else ev.ClientGone(client)
@@ -370,7 +372,8 @@ class SchedulerMachine(CheckedModel, RuleBasedStateMachine):
         assert not live, f"{len(live)} tasks never ended"
         for t in self.tasks.values():
             if t.owner not in self.dead:
-                assert all(self.ready_count[oid] == 1 for oid in t.returns)
+                assert all(self.ready_count[oid] == (oid not in self.unpushed)
+                           for oid in t.returns)
         assert not self.watch_pending
         # every reference goes: the object table must empty out
         for client in sorted(self.drivers):

@@ -285,13 +285,27 @@ class CheckedModel(SchedulerModel):
         if owner_silent:
             assert all(m is None for m in msgs)
             return
-        assert all(m is not None for m in msgs), "a return of an ended task was not sealed"
+        # the owner is told of each return it still holds, and of no other (an owner
+        # going away now: of those it held, as its tasks are cancelled before its refs go)
+        holder = self.clients().get(t.owner)
+        held = self.gone_held if t.owner == gone else holder.held if holder else set()
+        for oid, m in zip(t.returns, msgs):
+            assert (m is not None) == (oid in held), (
+                "a held return of an ended task was not sealed" if oid in held
+                else "a dropped return sent to its owner")
+            if m is None:
+                self.unpushed.add(oid)
         if not msgs:
             return
         if kind == "ok":
             reported, sizes = self.reported
             accepted = 0
-            for m, state, size in zip(msgs, reported, sizes):
+            for oid, m, state, size in zip(t.returns, msgs, reported, sizes):
+                if m is None:   # dropped: the node's entry, if something still pins it
+                    entry = self.s.objects.get(oid)
+                    if entry is None:
+                        continue
+                    m = p.ObjectReady(oid, int(entry.state), entry.size, entry.payload)
                 if m.state == ERROR:
                     rec = record_of(m.payload)
                     assert state == STORE and rec["system"] == "ObjectStoreFullError", rec
@@ -303,6 +317,9 @@ class CheckedModel(SchedulerModel):
                     assert m.state == state
                     if state == STORE:
                         accepted += size
+            return
+        msgs = [m for m in msgs if m is not None]
+        if not msgs:
             return
         assert all(m.state == ERROR for m in msgs)
         payload = msgs[0].payload

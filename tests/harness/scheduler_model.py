@@ -132,6 +132,8 @@ class SchedulerModel:
         self.puts: list[bytes] = []
         self.watch_pending: set[bytes] = set()
         self.deleted: set[bytes] = set()
+        self.unpushed: set[bytes] = set()          # returns their owner dropped before they ended
+        self.gone_held: set[bytes] = set()         # what a driver going away held
         self.next_id = 0
         self.next_driver = 0
         self.broken = True

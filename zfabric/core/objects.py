@@ -142,6 +142,8 @@ class ObjectTable:
         held = self.held_by.get(client)
         if held is not None:
             held.discard(oid)
+        if entry.push_to == client:   # it dropped the ref: it will not get the value
+            entry.push_to = None
         return self.release_if_unused(entry)
 
     def pin(self, oid: bytes) -> None:
