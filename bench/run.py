@@ -45,9 +45,11 @@ ALIASES = {"zf": "zfabric", "pool": "processpool", "concurrent.futures": "proces
            "processpoolexecutor": "processpool", "distributed": "dask"}
 
 FULL = dict(tasks=5000, rtt=1000, rtt_warmup=100, chain=1000, big_mb=100, big_reps=3,
-            big_gets=3, tiny_gets=200, small_ops=2000, startup_reps=3, idle_wait=2.0)
+            big_gets=3, tiny_gets=200, small_ops=2000, startup_reps=3, idle_wait=2.0,
+            import_reps=7)
 QUICK = dict(tasks=500, rtt=200, rtt_warmup=20, chain=100, big_mb=10, big_reps=2,
-             big_gets=2, tiny_gets=50, small_ops=200, startup_reps=1, idle_wait=1.0)
+             big_gets=2, tiny_gets=50, small_ops=200, startup_reps=1, idle_wait=1.0,
+             import_reps=3)
 
 
 # --------------------------------------------------------------------------
@@ -407,6 +409,17 @@ def child_bench(system, out, params):
     return 0
 
 
+def child_baselines(out, params):
+    """The floors of the issue's targets (bench/baselines.py), with this
+    interpreter: raw ZeroMQ ipc round trip, numpy copy, fresh-interpreter imports."""
+    sys.path.insert(0, HERE)
+    import baselines
+    res = baselines.measure_all(params, log=log, env=dict(os.environ))
+    res["python"] = platform.python_version()
+    write_json(out, res)
+    return 0
+
+
 # --------------------------------------------------------------------------
 # orchestration: subprocesses, PID tracking and cleanup
 
@@ -600,6 +613,25 @@ def bench_system(system, python, params, timeout, workdir):
     log(f"[{system}] done in {time.perf_counter() - t:.1f}s"
         + (f", stopped leftovers {left}" if left else ""))
     return out
+
+
+def run_baselines(params, timeout, workdir):
+    """bench/baselines.py in a fresh subprocess of this interpreter, with the
+    checkout on PYTHONPATH (its `import zfabric` is this checkout's)."""
+    path = os.path.join(workdir, "baselines.json")
+    log_path = os.path.join(workdir, "baselines.log")
+    log("[baselines] raw ZeroMQ ipc round trip, numpy copy, imports ...")
+    rc, wall, timed_out, left = run_child(
+        sys.executable, ["--child", "baselines", "--out", path, "--params", json.dumps(params)],
+        timeout, child_env("zfabric"), log_path)
+    res = read_json(path) or {"errors": {}}
+    res.update(rc=rc, wall_s=wall, timed_out=timed_out, leftovers=left)
+    if rc != 0 or timed_out:
+        res["errors"]["run"] = "timeout" if timed_out else f"exit {rc}"
+        log(f"[baselines] failed:\n{tail(log_path)}")
+    else:
+        log(f"[baselines] done in {wall:.1f}s")
+    return res
 
 
 # --------------------------------------------------------------------------
@@ -805,7 +837,10 @@ def main(argv=None):
     ap.add_argument("--timeout", type=float,
                     help="seconds per system's workload subprocess (default 150, quick 60)")
     ap.add_argument("--keep-logs", action="store_true", help="keep the children's logs")
-    ap.add_argument("--child", choices=["startup", "bench"], help=argparse.SUPPRESS)
+    ap.add_argument("--no-baselines", action="store_true",
+                    help="skip the raw ZeroMQ / numpy copy / import baselines (and the "
+                         "Targets table's rows that need them)")
+    ap.add_argument("--child", choices=["startup", "bench", "baselines"], help=argparse.SUPPRESS)
     ap.add_argument("--system", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
     ap.add_argument("--params", help=argparse.SUPPRESS)
@@ -815,7 +850,11 @@ def main(argv=None):
         return child_startup(a.system, a.out)
     if a.child == "bench":
         return child_bench(a.system, a.out, json.loads(a.params))
+    if a.child == "baselines":
+        return child_baselines(a.out, json.loads(a.params))
 
+    sys.path.insert(0, HERE)
+    import targets                                # bench/targets.py: the Targets table
     t_start = time.perf_counter()
     mode = "quick" if a.quick else "full"
     params = dict(QUICK if a.quick else FULL)
@@ -852,15 +891,21 @@ def main(argv=None):
         res["name"] = s
         results[s] = res
 
+    base = None if a.no_baselines else run_baselines(params, timeout, workdir)
+
     facts = machine_facts(results, probes)
     facts["loadavg_before"], facts["cpu_busy_percent_before"] = round(load, 2), busy
+    facts["loadavg_after"] = round(os.getloadavg()[0], 2)
     stamp = time.strftime("%Y-%m-%d")
     table = markdown(results, run_order, params, facts, mode, stamp)
+    target_rows = targets.evaluate(results, base, params)
+    table += "\n\n" + targets.markdown(target_rows, base, params)
     total = time.perf_counter() - t_start
     if a.json:
         write_json(a.json, portable({"mode": mode, "params": params, "machine": facts,
                                      "peer_python": peer_python, "total_s": total,
-                                     "systems": results, "markdown": table}))
+                                     "systems": results, "baselines": base,
+                                     "targets": target_rows, "markdown": table}))
         log(f"wrote {a.json}")
     if not a.keep_logs:
         for f in os.listdir(workdir):
