@@ -9,7 +9,9 @@
 Each system runs in its own fresh subprocess (one more fresh subprocess per
 startup measurement), with a timeout; every process a system leaves behind is
 stopped by PID. Progress goes to stderr; stdout is only the markdown result
-(machine line, table, notes) ready to paste into docs/benchmarks.md.
+(machine line, table, notes, then the Targets table of issue #11 with the
+baselines measured in the same run: bench/baselines.py, bench/targets.py)
+ready to paste into docs/benchmarks.md.
 
 The module imports nothing but the standard library at top level, so a child
 measuring startup counts the system's whole import (numpy included).
