@@ -21,16 +21,18 @@ least that of one node", is read here as 4x1 against 1x2: four one-CPU nodes
 against one node with both of the machine's cores (its best one-node
 figure); 4x1 against 1x1 (the same CPUs per node) is shown too.
 
-Idle nodes (`--parts idle`): a fresh subprocess starts `--idle-nodes` nodes
-(default 16) with num_cpus=0 (a node with no CPUs starts no worker and no
-fork server), waits `--settle` seconds, then measures over `--window`
-seconds the CPU time (psutil, user + system) of the node processes, and of
-every process under them, as % of one core; then each node process's
+Idle nodes (`--parts idle`): for each count of `--idle-nodes` (default
+1,4,16), one after the other in a fresh subprocess, a cluster of that many
+nodes with num_cpus=0 (a node with no CPUs starts no worker and no fork
+server), waits `--settle` seconds, then measures over `--window` seconds the
+CPU time (psutil, user + system) of the node processes, and of every
+process under them, as % of one core; then each node process's
 memory: RSS, USS and PSS (`memory_full_info`: USS is what the node alone
-holds, PSS shares the pages it shares with the others). Then the same with
-workers: as many nodes of 1 CPU each, a driver runs one task pinned to each
-node (a custom resource per node) so that every node has its worker and its
-fork server, and leaves (`zf.shutdown()`); settle, window, memory again.
+holds, PSS shares the pages it shares with the others). Then, for the
+largest count only, the same with workers: as many nodes of 1 CPU each, a
+driver runs one task pinned to each node (a custom resource per node) so
+that every node has its worker and its fork server, and leaves
+(`zf.shutdown()`); settle, window, memory again.
 Targets: node processes of 16 idle nodes < 10% of one core together;
 < 40 MB per idle node without workers (RSS of the node process).
 
@@ -62,9 +64,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import run as harness  # noqa: E402  (bench/run.py: child processes, cleanup, JSON)
 
-FULL = dict(configs="1x1,1x2,2x1,4x1", tasks=4000, warmup=1000, idle_nodes=16,
+FULL = dict(configs="1x1,1x2,2x1,4x1", tasks=4000, warmup=1000, idle_nodes="1,4,16",
             settle=10.0, window=25.0, profile_seconds=15.0)
-QUICK = dict(configs="1x1,2x1,4x1", tasks=500, warmup=200, idle_nodes=4,
+QUICK = dict(configs="1x1,2x1,4x1", tasks=500, warmup=200, idle_nodes="1,4",
              settle=3.0, window=5.0, profile_seconds=5.0)
 IDLE_CPU_TARGET = 10.0        # % of one core, node processes of 16 idle nodes together
 IDLE_RSS_TARGET = 40.0        # MB per idle node without workers
@@ -290,15 +292,21 @@ def idle_phase(cluster, p, profile_dir=None) -> dict:
 
 def child_idle(out: str, p: dict) -> None:
     import zfabric as zf
-    n = p["idle_nodes"]
-    res = {"nodes": n, "python": platform.python_version(), "loadavg_before": os.getloadavg()[0]}
-    harness.log(f"idle: {n} nodes, num_cpus=0")
-    cluster, res["start_no_workers"] = start_cluster(n, 0)
-    try:
-        res["no_workers"] = idle_phase(cluster, p, p.get("profile_dir"))
-        harness.write_json(out, res)
-    finally:
-        cluster.shutdown()
+    counts = sorted(p["idle_nodes"])
+    n = counts[-1]
+    res = {"nodes": n, "counts": {}, "python": platform.python_version(),
+           "loadavg_before": os.getloadavg()[0]}
+    for k in counts:
+        harness.log(f"idle: {k} nodes, num_cpus=0")
+        cluster, start = start_cluster(k, 0)
+        try:
+            phase = idle_phase(cluster, p, p.get("profile_dir") if k == n else None)
+            phase["start"] = start
+            res["counts"][str(k)] = phase
+            harness.write_json(out, res)
+        finally:
+            cluster.shutdown()
+    res["no_workers"], res["start_no_workers"] = res["counts"][str(n)], start
     harness.log(f"idle: {n} nodes, num_cpus=1, a worker each")
     cluster, res["start_workers"] = start_cluster(n, 1, per_node_resource=True)
     try:
@@ -376,6 +384,40 @@ def throughput_summary(runs: dict, configs) -> dict:
     return {"configs": out, "ratios": ratios}
 
 
+def _per_node(ph):
+    d = spread([x["node_pct"] for x in ph["cpu"]["per_node"]])
+    return f"{d['min']:.2f}% / {d['median']:.2f}% / {d['max']:.2f}%"
+
+
+def _mb(ph, key):
+    return f"{ph[key]['median']:.1f} MB ({ph[key]['max']:.1f})"
+
+
+def _by_thread(ph, kind):
+    pct = ph["threads"]["pct_by_thread"]
+    return f"{sum(v for k, v in pct.items() if k.startswith(kind)):.1f}%"
+
+
+IDLE_ROWS = [  # the idle table: (row, phase -> cell)
+    ("CPU of the node processes, together", lambda ph: f"{ph['cpu']['nodes_pct']:.1f}% of a core"),
+    ("  per node: min / median / max", _per_node),
+    ("  of which the main thread (the loop)", lambda ph: _by_thread(ph, "main")),
+    ("  of which libzmq's I/O threads", lambda ph: _by_thread(ph, "ZMQ")),
+    ("  of which other (Python) threads", lambda ph: _by_thread(ph, "other")),
+    ("wake-ups a second per node (voluntary context switches, median)",
+     lambda ph: f"{ph['threads']['wakeups_per_s_per_node']:.0f}"),
+    ("CPU of nodes and every process under them",
+     lambda ph: f"{ph['cpu']['with_children_pct']:.1f}% of a core"),
+    ("processes under each node", lambda ph: f"{ph['memory'][0]['children']}"),
+    ("RSS of a node process: median (max)", lambda ph: _mb(ph, "rss")),
+    ("USS of a node process: median (max)", lambda ph: _mb(ph, "uss")),
+    ("PSS of a node process: median (max)", lambda ph: _mb(ph, "pss")),
+    ("RSS of a node with everything under it: median (max)",
+     lambda ph: _mb(ph, "rss_with_children")),
+    ("RSS of all, summed", lambda ph: f"{ph['rss_with_children']['sum']:.0f} MB"),
+]
+
+
 def markdown(params, thr, idle) -> str:
     lines = []
     if thr and thr["configs"]:
@@ -422,26 +464,20 @@ def markdown(params, thr, idle) -> str:
                 return fn(ph) if ph else "—"
             except (KeyError, TypeError):
                 return "—"
-        rows = [
-            ("CPU of the node processes, together", lambda ph: f"{ph['cpu']['nodes_pct']:.1f}% of a core"),
-            ("  per node: min / median / max", lambda ph: " / ".join(
-                f"{v:.2f}%" for v in (lambda s: (s["min"], s["median"], s["max"]))(
-                    spread([x["node_pct"] for x in ph["cpu"]["per_node"]])))),
-            ("  of which the main thread (the loop)", lambda ph: f"{ph['threads']['pct_by_thread'].get('main', 0):.1f}%"),
-            ("  of which libzmq's I/O threads", lambda ph: "{:.1f}%".format(sum(
-                v for k, v in ph["threads"]["pct_by_thread"].items() if k.startswith("ZMQ")))),
-            ("  of which other (Python) threads", lambda ph: f"{ph['threads']['pct_by_thread'].get('other threads', 0):.1f}%"),
-            ("wake-ups a second per node (voluntary context switches, median)", lambda ph: f"{ph['threads']['wakeups_per_s_per_node']:.0f}"),
-            ("CPU of nodes and every process under them", lambda ph: f"{ph['cpu']['with_children_pct']:.1f}% of a core"),
-            ("processes under each node", lambda ph: f"{ph['memory'][0]['children']}"),
-            ("RSS of a node process: median (max)", lambda ph: f"{ph['rss']['median']:.1f} MB ({ph['rss']['max']:.1f})"),
-            ("USS of a node process: median (max)", lambda ph: f"{ph['uss']['median']:.1f} MB ({ph['uss']['max']:.1f})"),
-            ("PSS of a node process: median (max)", lambda ph: f"{ph['pss']['median']:.1f} MB ({ph['pss']['max']:.1f})"),
-            ("RSS of a node with everything under it: median", lambda ph: f"{ph['rss_with_children']['median']:.1f} MB"),
-            ("RSS of all, summed", lambda ph: f"{ph['rss_with_children']['sum']:.0f} MB"),
-        ]
-        for name, fn in rows:
+        for name, fn in IDLE_ROWS:
             lines.append(f"| {name} | {cell(phases[0], fn)} | {cell(phases[1], fn)} |")
+        sweep = idle.get("counts", {})
+        if len(sweep) > 1:
+            lines += ["", "Idle nodes without workers, by number of nodes (each count a fresh "
+                      "cluster, same settle and window):", "",
+                      "| nodes | CPU of the node processes together | per node (median) | "
+                      "wake-ups a second per node | RSS per node (median) | cluster start |",
+                      "|---|---|---|---|---|---|"]
+            for k, ph in sorted(sweep.items(), key=lambda kv: int(kv[0])):
+                per = spread([x["node_pct"] for x in ph["cpu"]["per_node"]])["median"]
+                lines.append(f"| {k} | {ph['cpu']['nodes_pct']:.1f}% | {per:.2f}% | "
+                             f"{ph['threads']['wakeups_per_s_per_node']:.0f} | "
+                             f"{ph['rss']['median']:.1f} MB | {ph['start']['start_s']:.1f} s |")
         st = idle.get("start_no_workers")
         if st:
             lines += ["", f"Starting the {idle['nodes']} nodes one after the other (each "
@@ -487,7 +523,8 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=3, help="throughput rounds (alternating)")
     ap.add_argument("--tasks", type=int, help="tasks timed per config (default 4,000)")
     ap.add_argument("--warmup", type=int, help="warm-up tasks per config (default 1,000)")
-    ap.add_argument("--idle-nodes", type=int, help="idle nodes (default 16)")
+    ap.add_argument("--idle-nodes", help="counts of idle nodes, the largest also with "
+                    "workers and profiled (default 1,4,16)")
     ap.add_argument("--settle", type=float, help="seconds before the idle window (default 10)")
     ap.add_argument("--window", type=float, help="idle window in seconds (default 25)")
     ap.add_argument("--profile", metavar="DIR", help="py-spy 3 idle nodes into DIR")
@@ -519,6 +556,12 @@ def main(argv=None) -> int:
     if a.plot and "throughput" not in parts:
         ap.error("--plot needs the throughput part")
     configs = parse_configs(params["configs"])
+    try:
+        params["idle_nodes"] = sorted({int(x) for x in str(params["idle_nodes"]).split(",")})
+    except ValueError:
+        ap.error("--idle-nodes: a comma list of numbers of nodes, e.g. 1,4,16")
+    if params["idle_nodes"][0] < 1:
+        ap.error("--idle-nodes: at least one node")
     harness.become_subreaper()
     load = {"before": os.getloadavg()}
     runs = {label(c): [] for c in configs}
