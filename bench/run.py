@@ -636,6 +636,43 @@ def run_baselines(params, timeout, workdir):
     return res
 
 
+# the targets of several nodes: bench/cluster.py and bench/scale.py, run as they are
+OTHER_SCRIPTS = {  # name -> (arguments, --quick arguments added)
+    "cluster": (["--only", "zfabric,zfabric-insecure,zmq,zmq-curve", "--workloads", "transfer"],
+                ["--quick"]),
+    "scale": (["--idle-nodes", "16", "--configs", "1x2,4x1"],
+              ["--rounds", "1", "--tasks", "1000", "--warmup", "300", "--settle", "3",
+               "--window", "8"]),
+}
+
+
+def run_other_scripts(mode, peer_python, workdir):
+    """`--all-targets`: cluster.py and scale.py, each a subprocess of this
+    interpreter with its own cleanup (and this one's after it); their JSON."""
+    out = []
+    for name, (args, quick) in OTHER_SCRIPTS.items():
+        path = os.path.join(workdir, f"{name}.json")
+        log_path = os.path.join(workdir, f"{name}.log")
+        argv = args + (quick if mode == "quick" else []) + ["--json", path]
+        if name == "cluster":
+            argv += ["--peer-python", peer_python]
+        log(f"[{name}] bench/{name}.py {' '.join(argv[:-2])} ...")
+        rc, wall, timed_out, left = run_child(
+            sys.executable, argv, 1800, child_env("zfabric"), log_path,
+            script=os.path.join(HERE, f"{name}.py"))
+        res = read_json(path)
+        if res is None or rc != 0:
+            log(f"[{name}] failed ({'timeout' if timed_out else f'exit {rc}'}):\n"
+                + tail(log_path))
+        else:
+            log(f"[{name}] done in {wall:.1f}s")
+        if res is not None:
+            res["subprocess"] = {"rc": rc, "wall_s": wall, "timed_out": timed_out,
+                                 "leftovers": left}
+        out.append(res)
+    return out
+
+
 # --------------------------------------------------------------------------
 # report
 
@@ -842,6 +879,10 @@ def main(argv=None):
     ap.add_argument("--no-baselines", action="store_true",
                     help="skip the raw ZeroMQ / numpy copy / import baselines (and the "
                          "Targets table's rows that need them)")
+    ap.add_argument("--all-targets", action="store_true",
+                    help="also run bench/cluster.py (100 MB between nodes, zfabric and raw "
+                         "ZeroMQ, with CURVE and without) and bench/scale.py (tiny tasks on "
+                         "1 x 2 and 4 x 1, 16 idle nodes) in this run, for their targets")
     ap.add_argument("--child", choices=["startup", "bench", "baselines"], help=argparse.SUPPRESS)
     ap.add_argument("--system", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
@@ -894,19 +935,23 @@ def main(argv=None):
         results[s] = res
 
     base = None if a.no_baselines else run_baselines(params, timeout, workdir)
+    cluster = scale = None
+    if a.all_targets:
+        cluster, scale = run_other_scripts(mode, peer_python, workdir)
 
     facts = machine_facts(results, probes)
     facts["loadavg_before"], facts["cpu_busy_percent_before"] = round(load, 2), busy
     facts["loadavg_after"] = round(os.getloadavg()[0], 2)
     stamp = time.strftime("%Y-%m-%d")
     table = markdown(results, run_order, params, facts, mode, stamp)
-    target_rows = targets.evaluate(results, base, params)
-    table += "\n\n" + targets.markdown(target_rows, base, params)
+    target_rows = targets.evaluate(results, base, params, cluster, scale)
+    table += "\n\n" + targets.markdown(target_rows, base, params, scale, cluster)
     total = time.perf_counter() - t_start
     if a.json:
         write_json(a.json, portable({"mode": mode, "params": params, "machine": facts,
                                      "peer_python": peer_python, "total_s": total,
                                      "systems": results, "baselines": base,
+                                     "cluster": cluster, "scale": scale,
                                      "targets": target_rows, "markdown": table}))
         log(f"wrote {a.json}")
     if not a.keep_logs:

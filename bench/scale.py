@@ -30,8 +30,9 @@ process under them, as % of one core; then each node process's
 memory: RSS, USS and PSS (`memory_full_info`: USS is what the node alone
 holds, PSS shares the pages it shares with the others). Then, for the
 largest count only, the same with workers: as many nodes of 1 CPU each, a
-driver runs one task pinned to each node (a custom resource per node) so
-that every node has its worker and its fork server, and leaves
+driver runs one task pinned to each node (a custom resource per node: a
+node starts its num_cpus workers at once, the task makes sure each is up
+and has run something), and leaves
 (`zf.shutdown()`); settle, window, memory again.
 Targets: node processes of 16 idle nodes < 10% of one core together;
 < 40 MB per idle node without workers (RSS of the node process).
