@@ -232,13 +232,23 @@ def child_throughput(out: str, p: dict) -> None:
                    per_node_cpu_pct=[(n["node_pct"], n["under_pct"]) for n in cpu["per_node"]])
         zf.shutdown()
     finally:
-        cluster.shutdown()
+        close(cluster)
     res["loadavg_after"] = os.getloadavg()[0]
     harness.write_json(out, res)
 
 
 # --------------------------------------------------------------------------
 # child: idle nodes, without workers then with
+
+def close(cluster) -> None:
+    """Shut the cluster down, then check that its nodes left no store or
+    session dir behind (a node's own cleanup); any left is named on stderr."""
+    dirs = [d for h in cluster.nodes for d in (h.info["store_dir"], h.info["session_dir"])]
+    cluster.shutdown()
+    left = [d for d in dirs if os.path.exists(d)]
+    if left:
+        harness.log(f"warning: the cluster left {len(left)} dirs behind: {left}")
+
 
 def start_cluster(n, cpus, per_node_resource=False):
     from zfabric.testing import LocalCluster
@@ -253,7 +263,7 @@ def start_cluster(n, cpus, per_node_resource=False):
             adds.append(time.perf_counter() - t)
             harness.log(f"  node {i + 1}/{n} up in {adds[-1]:.2f}s")
     except BaseException:
-        cluster.shutdown()
+        close(cluster)
         raise
     return cluster, {"start_s": time.perf_counter() - t0, "add_node_s": adds}
 
@@ -306,7 +316,7 @@ def child_idle(out: str, p: dict) -> None:
             res["counts"][str(k)] = phase
             harness.write_json(out, res)
         finally:
-            cluster.shutdown()
+            close(cluster)
     res["no_workers"], res["start_no_workers"] = res["counts"][str(n)], start
     harness.log(f"idle: {n} nodes, num_cpus=1, a worker each")
     cluster, res["start_workers"] = start_cluster(n, 1, per_node_resource=True)
@@ -318,7 +328,7 @@ def child_idle(out: str, p: dict) -> None:
         zf.shutdown()
         res["workers"] = idle_phase(cluster, p)
     finally:
-        cluster.shutdown()
+        close(cluster)
     res["loadavg_after"] = os.getloadavg()[0]
     harness.write_json(out, res)
 
