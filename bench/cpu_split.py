@@ -19,7 +19,12 @@ the wall time (tasks/s).
 `--profile DIR`: py-spy samples the node, every worker and the driver
 during the timed tasks (not the warm-up) and DIR gets each one's raw
 collapsed stacks, plus `summary.txt`: per process the top functions by self
-time (and by total time). Sampling costs the machine CPU, so the CPU split
+time (and by total time). py-spy counts a thread as running when it is not
+in a wait it recognizes: on a loaded machine that includes time spent
+runnable but off the CPU and waiting for the GIL after a call that released
+it, which lands on `Socket.send` and `Poller.poll`; `--gil` keeps only the
+samples holding the GIL (Python code running; C code that releases the GIL,
+such as a zmq send, is then not counted). Sampling costs the machine CPU, so the CPU split
 of a profiled round is higher than of a plain one: profile for where, and
 measure without --profile for how much.
 
@@ -111,7 +116,7 @@ def child(out_path: str, params: dict, profile_dir: str | None) -> int:
             pids = {"driver": os.getpid()}
             pids.update({"node": p.pid for p in roles["node"]})
             pids.update({f"worker-{i + 1}": p.pid for i, p in enumerate(roles["worker"])})
-            profs = pyspy.start(pids, out_dir=profile_dir)
+            profs = pyspy.start(pids, out_dir=profile_dir, gil=params.get("gil", False))
             time.sleep(1.0)                     # py-spy attached before the clock starts
         before = snapshot(roles)
         t = time.perf_counter()
@@ -127,7 +132,10 @@ def child(out_path: str, params: dict, profile_dir: str | None) -> int:
             res["profile"] = {k: {kk: vv for kk, vv in v.items() if kk != "raw"}
                               for k, v in summaries.items()}
             with open(os.path.join(profile_dir, "summary.txt"), "w") as fh:
-                fh.write(f"py-spy, {params['tasks']:,} no-op tasks on zf.init(num_cpus="
+                fh.write(("py-spy --gil (only samples holding the GIL)" if params.get("gil")
+                          else "py-spy (samples of threads py-spy takes for running: also a "
+                          "wait for the GIL or the CPU, and some waits in poll)")
+                         + f", {params['tasks']:,} no-op tasks on zf.init(num_cpus="
                          f"{params['num_cpus']}), {wall:.2f} s\n\n")
                 fh.write(pyspy.text(summaries))
         if processes()["worker"] != roles["worker"]:
@@ -195,6 +203,8 @@ def main(argv=None) -> int:
     ap.add_argument("--num-cpus", type=int, help="the embedded node's CPUs (default 2)")
     ap.add_argument("--rounds", type=int, default=1, help="fresh subprocesses, medians")
     ap.add_argument("--profile", metavar="DIR", help="py-spy every process into DIR")
+    ap.add_argument("--gil", action="store_true",
+                    help="with --profile: only samples holding the GIL (Python running)")
     ap.add_argument("--json", metavar="PATH", help="write every round's figures here")
     ap.add_argument("--timeout", type=float, default=600, help="seconds a round may take")
     ap.add_argument("--child", help=argparse.SUPPRESS)
@@ -212,6 +222,7 @@ def main(argv=None) -> int:
         if not pyspy.available():
             ap.error("--profile needs py-spy (pip install py-spy)")
         params["profile_dir"] = os.path.abspath(a.profile)
+        params["gil"] = a.gil
     harness.become_subreaper()
     runs = []
     load = [os.getloadavg()[0]]

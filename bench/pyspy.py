@@ -50,12 +50,12 @@ def start(pids: dict, out_dir: str, seconds: float | None = None, rate: int = 10
     for name, pid in pids.items():
         raw = os.path.join(out_dir, f"{name}.raw.txt")
         logp = os.path.join(out_dir, f"{name}.pyspy.log")
-        with open(logp, "w") as log:
+        with open(logp, "w") as log:        # (cwd out_dir: its log names no path)
             proc = subprocess.Popen(
                 [exe, "record", "--pid", str(pid), "--duration",
                  str(3600 if seconds is None else max(1, round(seconds))),
                  "--rate", str(rate), "--format", "raw", "--function", "--nonblocking",
-                 "-o", raw] + (["--gil"] if gil else []),
+                 "-o", os.path.basename(raw)] + (["--gil"] if gil else []), cwd=out_dir,
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         profs[name] = (proc, raw, logp)
     return profs
@@ -84,6 +84,8 @@ def finish(profs: dict, stop: bool = False, timeout: float = 60.0, top: int = 15
         if not os.path.exists(raw):
             with open(logp, errors="replace") as fh:
                 summary["error"] = fh.read().strip().splitlines()[-1:] or ["no output"]
+        else:
+            os.unlink(logp)                  # kept only when py-spy wrote nothing
         summary["raw"] = raw
         out[name] = summary
     return out

@@ -508,7 +508,8 @@ def plot(path: str, thr: dict, runs: dict, machine: str) -> None:
     for cpus, cs in sorted(groups.items()):
         cs.sort(key=lambda c: c["nodes"])
         xs, ys = [c["nodes"] for c in cs], [c["rate"] for c in cs]
-        ax.plot(xs, ys, marker="o", label=f"{cpus:g} CPU per node (median)")
+        ax.plot(xs, ys, marker="o",
+                label=f"{cpus:g} CPU{'' if cpus == 1 else 's'} per node (median of rounds)")
         for c in cs:
             ax.scatter([c["nodes"]] * len(c["rates"]), c["rates"], s=12, alpha=0.35,
                        color=ax.lines[-1].get_color())
@@ -542,6 +543,8 @@ def main(argv=None) -> int:
     ap.add_argument("--profile-seconds", type=float, help="py-spy window (default 15)")
     ap.add_argument("--json", metavar="PATH", help="write every figure here")
     ap.add_argument("--plot", metavar="PNG", help="draw tasks/s against nodes here")
+    ap.add_argument("--replot", metavar="JSON",
+                    help="only draw --plot again from the --json of an earlier run")
     ap.add_argument("--timeout", type=float, default=600, help="seconds per subprocess")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
@@ -550,6 +553,17 @@ def main(argv=None) -> int:
     if a.child:
         p = json.loads(a.params)
         (child_throughput if a.child == "throughput" else child_idle)(a.out, p)
+        return 0
+    if a.replot:
+        if not a.plot:
+            ap.error("--replot needs --plot PNG")
+        with open(a.replot) as fh:
+            old = json.load(fh)
+        m = old["machine"]
+        plot(a.plot, old["throughput"], old["throughput_runs"],
+             f"{m['cpu']}, {m['cores']} cores, Python {m['python']}; load average "
+             f"{old['load']['before'][0]:.2f} before, {old['load']['after'][0]:.2f} after · "
+             f"`bench/scale.py` · {old.get('date', '')}".rstrip(" ·"))
         return 0
     params = dict(QUICK if a.quick else FULL, rounds=a.rounds)
     for k in ("configs", "tasks", "warmup", "idle_nodes", "settle", "window",
@@ -599,7 +613,7 @@ def main(argv=None) -> int:
         harness.log(f"wrote {a.plot}")
     if a.json:
         harness.write_json(a.json, harness.portable({
-            "params": params, "order": order, "load": load,
+            "params": params, "order": order, "load": load, "date": time.strftime("%Y-%m-%d"),
             "machine": {"cpu": harness.cpu_model(), "cores": os.cpu_count(),
                         "python": platform.python_version()},
             "throughput": thr, "throughput_runs": runs, "idle": idle, "markdown": table}))
