@@ -24,7 +24,8 @@ in a wait it recognizes: on a loaded machine that includes time spent
 runnable but off the CPU and waiting for the GIL after a call that released
 it, which lands on `Socket.send` and `Poller.poll`; `--gil` keeps only the
 samples holding the GIL (Python code running; C code that releases the GIL,
-such as a zmq send, is then not counted). Sampling costs the machine CPU, so the CPU split
+such as a zmq send, is then not counted): its sample counts come close to
+the CPU time psutil measures, so read that one for where the CPU goes. Sampling costs the machine CPU, so the CPU split
 of a profiled round is higher than of a plain one: profile for where, and
 measure without --profile for how much.
 
