@@ -46,6 +46,10 @@ CPU on. The idle table also splits the node processes' CPU by thread (the
 loop's main thread, libzmq's I/O threads, other Python threads) and counts
 their wake-ups (voluntary context switches).
 
+The nodes take their config from the environment as any node does
+(`ZFABRIC_GOSSIP_INTERVAL=1.0 python bench/scale.py --parts idle` tries a
+slower gossip); the JSON records every ZFABRIC_* variable set.
+
 Only zfabric runs here (no peer system: Ray's figures for several nodes are
 bench/cluster.py's). stdout: markdown tables; progress on stderr. Every
 process a subprocess leaves behind is stopped by PID (run.py's run_child).
@@ -318,6 +322,9 @@ def child_idle(out: str, p: dict) -> None:
         finally:
             close(cluster)
     res["no_workers"], res["start_no_workers"] = res["counts"][str(n)], start
+    if p.get("no_workers_phase"):
+        harness.write_json(out, res)
+        return
     harness.log(f"idle: {n} nodes, num_cpus=1, a worker each")
     cluster, res["start_workers"] = start_cluster(n, 1, per_node_resource=True)
     try:
@@ -539,6 +546,8 @@ def main(argv=None) -> int:
                     "workers and profiled (default 1,4,16)")
     ap.add_argument("--settle", type=float, help="seconds before the idle window (default 10)")
     ap.add_argument("--window", type=float, help="idle window in seconds (default 25)")
+    ap.add_argument("--no-workers", action="store_true",
+                    help="idle: skip the phase with a worker on each node")
     ap.add_argument("--profile", metavar="DIR", help="py-spy 3 idle nodes into DIR")
     ap.add_argument("--profile-seconds", type=float, help="py-spy window (default 15)")
     ap.add_argument("--json", metavar="PATH", help="write every figure here")
@@ -565,7 +574,7 @@ def main(argv=None) -> int:
              f"{old['load']['before'][0]:.2f} before, {old['load']['after'][0]:.2f} after · "
              f"`bench/scale.py` · {old.get('date', '')}".rstrip(" ·"))
         return 0
-    params = dict(QUICK if a.quick else FULL, rounds=a.rounds)
+    params = dict(QUICK if a.quick else FULL, rounds=a.rounds, no_workers_phase=a.no_workers)
     for k in ("configs", "tasks", "warmup", "idle_nodes", "settle", "window",
               "profile_seconds"):
         if getattr(a, k) is not None:
@@ -614,6 +623,7 @@ def main(argv=None) -> int:
     if a.json:
         harness.write_json(a.json, harness.portable({
             "params": params, "order": order, "load": load, "date": time.strftime("%Y-%m-%d"),
+            "env": {k: v for k, v in os.environ.items() if k.startswith("ZFABRIC_")},
             "machine": {"cpu": harness.cpu_model(), "cores": os.cpu_count(),
                         "python": platform.python_version()},
             "throughput": thr, "throughput_runs": runs, "idle": idle, "markdown": table}))
