@@ -640,7 +640,7 @@ def run_baselines(params, timeout, workdir):
 OTHER_SCRIPTS = {  # name -> (arguments, --quick arguments added)
     "cluster": (["--only", "zfabric,zfabric-insecure,zmq,zmq-curve", "--workloads", "transfer"],
                 ["--quick"]),
-    "scale": (["--idle-nodes", "16", "--configs", "1x2,4x1"],
+    "scale": (["--idle-nodes", "16", "--configs", "1x2,4x1", "--no-workers"],
               ["--rounds", "1", "--tasks", "1000", "--warmup", "300", "--settle", "3",
                "--window", "8"]),
 }

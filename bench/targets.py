@@ -62,7 +62,8 @@ TARGETS = [
 
 MEASURED_BY = {"cluster": "`run.py --all-targets` (runs `bench/cluster.py --only "
                           "zfabric,zfabric-insecure,zmq,zmq-curve --workloads transfer`)",
-               "scale": "`run.py --all-targets` (runs `bench/scale.py --idle-nodes 16`)"}
+               "scale": "`run.py --all-targets` (runs `bench/scale.py --idle-nodes 16 "
+                        "--configs 1x2,4x1 --no-workers`)"}
 ELSEWHERE = [  # targets no run of run.py judges, and what measures them
     ("Scale in simulation: O(log N) convergence; per-node control traffic sublinear in N",
      "`bench/scale_sim.py`"),
