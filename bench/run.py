@@ -9,7 +9,9 @@
 Each system runs in its own fresh subprocess (one more fresh subprocess per
 startup measurement), with a timeout; every process a system leaves behind is
 stopped by PID. Progress goes to stderr; stdout is only the markdown result
-(machine line, table, notes) ready to paste into docs/benchmarks.md.
+(machine line, table, notes, then the Targets table of issue #11 with the
+baselines measured in the same run: bench/baselines.py, bench/targets.py)
+ready to paste into docs/benchmarks.md.
 
 The module imports nothing but the standard library at top level, so a child
 measuring startup counts the system's whole import (numpy included).
@@ -45,9 +47,11 @@ ALIASES = {"zf": "zfabric", "pool": "processpool", "concurrent.futures": "proces
            "processpoolexecutor": "processpool", "distributed": "dask"}
 
 FULL = dict(tasks=5000, rtt=1000, rtt_warmup=100, chain=1000, big_mb=100, big_reps=3,
-            big_gets=3, tiny_gets=200, small_ops=2000, startup_reps=3, idle_wait=2.0)
+            big_gets=3, tiny_gets=200, small_ops=2000, startup_reps=3, idle_wait=2.0,
+            import_reps=7)
 QUICK = dict(tasks=500, rtt=200, rtt_warmup=20, chain=100, big_mb=10, big_reps=2,
-             big_gets=2, tiny_gets=50, small_ops=200, startup_reps=1, idle_wait=1.0)
+             big_gets=2, tiny_gets=50, small_ops=200, startup_reps=1, idle_wait=1.0,
+             import_reps=3)
 
 
 # --------------------------------------------------------------------------
@@ -407,6 +411,17 @@ def child_bench(system, out, params):
     return 0
 
 
+def child_baselines(out, params):
+    """The floors of the issue's targets (bench/baselines.py), with this
+    interpreter: raw ZeroMQ ipc round trip, numpy copy, fresh-interpreter imports."""
+    sys.path.insert(0, HERE)
+    import baselines
+    res = baselines.measure_all(params, log=log, env=dict(os.environ))
+    res["python"] = platform.python_version()
+    write_json(out, res)
+    return 0
+
+
 # --------------------------------------------------------------------------
 # orchestration: subprocesses, PID tracking and cleanup
 
@@ -599,6 +614,62 @@ def bench_system(system, python, params, timeout, workdir):
         log(f"[{system}] bench run failed ({why}):\n{tail(out['log'])}")
     log(f"[{system}] done in {time.perf_counter() - t:.1f}s"
         + (f", stopped leftovers {left}" if left else ""))
+    return out
+
+
+def run_baselines(params, timeout, workdir):
+    """bench/baselines.py in a fresh subprocess of this interpreter, with the
+    checkout on PYTHONPATH (its `import zfabric` is this checkout's)."""
+    path = os.path.join(workdir, "baselines.json")
+    log_path = os.path.join(workdir, "baselines.log")
+    log("[baselines] raw ZeroMQ ipc round trip, numpy copy, imports ...")
+    rc, wall, timed_out, left = run_child(
+        sys.executable, ["--child", "baselines", "--out", path, "--params", json.dumps(params)],
+        timeout, child_env("zfabric"), log_path)
+    res = read_json(path) or {"errors": {}}
+    res.update(rc=rc, wall_s=wall, timed_out=timed_out, leftovers=left)
+    if rc != 0 or timed_out:
+        res["errors"]["run"] = "timeout" if timed_out else f"exit {rc}"
+        log(f"[baselines] failed:\n{tail(log_path)}")
+    else:
+        log(f"[baselines] done in {wall:.1f}s")
+    return res
+
+
+# the targets of several nodes: bench/cluster.py and bench/scale.py, run as they are
+OTHER_SCRIPTS = {  # name -> (arguments, --quick arguments added)
+    "cluster": (["--only", "zfabric,zfabric-insecure,zmq,zmq-curve", "--workloads", "transfer"],
+                ["--quick"]),
+    "scale": (["--idle-nodes", "16", "--configs", "1x2,4x1", "--no-workers"],
+              ["--rounds", "1", "--tasks", "1000", "--warmup", "300", "--settle", "3",
+               "--window", "8"]),
+}
+
+
+def run_other_scripts(mode, peer_python, workdir):
+    """`--all-targets`: cluster.py and scale.py, each a subprocess of this
+    interpreter with its own cleanup (and this one's after it); their JSON."""
+    out = []
+    for name, (args, quick) in OTHER_SCRIPTS.items():
+        path = os.path.join(workdir, f"{name}.json")
+        log_path = os.path.join(workdir, f"{name}.log")
+        argv = args + (quick if mode == "quick" else []) + ["--json", path]
+        if name == "cluster":
+            argv += ["--peer-python", peer_python]
+        log(f"[{name}] bench/{name}.py {' '.join(argv[:-2])} ...")
+        rc, wall, timed_out, left = run_child(
+            sys.executable, argv, 1800, child_env("zfabric"), log_path,
+            script=os.path.join(HERE, f"{name}.py"))
+        res = read_json(path)
+        if res is None or rc != 0:
+            log(f"[{name}] failed ({'timeout' if timed_out else f'exit {rc}'}):\n"
+                + tail(log_path))
+        else:
+            log(f"[{name}] done in {wall:.1f}s")
+        if res is not None:
+            res["subprocess"] = {"rc": rc, "wall_s": wall, "timed_out": timed_out,
+                                 "leftovers": left}
+        out.append(res)
     return out
 
 
@@ -805,7 +876,14 @@ def main(argv=None):
     ap.add_argument("--timeout", type=float,
                     help="seconds per system's workload subprocess (default 150, quick 60)")
     ap.add_argument("--keep-logs", action="store_true", help="keep the children's logs")
-    ap.add_argument("--child", choices=["startup", "bench"], help=argparse.SUPPRESS)
+    ap.add_argument("--no-baselines", action="store_true",
+                    help="skip the raw ZeroMQ / numpy copy / import baselines (and the "
+                         "Targets table's rows that need them)")
+    ap.add_argument("--all-targets", action="store_true",
+                    help="also run bench/cluster.py (100 MB between nodes, zfabric and raw "
+                         "ZeroMQ, with CURVE and without) and bench/scale.py (tiny tasks on "
+                         "1 x 2 and 4 x 1, 16 idle nodes) in this run, for their targets")
+    ap.add_argument("--child", choices=["startup", "bench", "baselines"], help=argparse.SUPPRESS)
     ap.add_argument("--system", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
     ap.add_argument("--params", help=argparse.SUPPRESS)
@@ -815,7 +893,11 @@ def main(argv=None):
         return child_startup(a.system, a.out)
     if a.child == "bench":
         return child_bench(a.system, a.out, json.loads(a.params))
+    if a.child == "baselines":
+        return child_baselines(a.out, json.loads(a.params))
 
+    sys.path.insert(0, HERE)
+    import targets                                # bench/targets.py: the Targets table
     t_start = time.perf_counter()
     mode = "quick" if a.quick else "full"
     params = dict(QUICK if a.quick else FULL)
@@ -852,15 +934,25 @@ def main(argv=None):
         res["name"] = s
         results[s] = res
 
+    base = None if a.no_baselines else run_baselines(params, timeout, workdir)
+    cluster = scale = None
+    if a.all_targets:
+        cluster, scale = run_other_scripts(mode, peer_python, workdir)
+
     facts = machine_facts(results, probes)
     facts["loadavg_before"], facts["cpu_busy_percent_before"] = round(load, 2), busy
+    facts["loadavg_after"] = round(os.getloadavg()[0], 2)
     stamp = time.strftime("%Y-%m-%d")
     table = markdown(results, run_order, params, facts, mode, stamp)
+    target_rows = targets.evaluate(results, base, params, cluster, scale)
+    table += "\n\n" + targets.markdown(target_rows, base, params, scale, cluster)
     total = time.perf_counter() - t_start
     if a.json:
         write_json(a.json, portable({"mode": mode, "params": params, "machine": facts,
                                      "peer_python": peer_python, "total_s": total,
-                                     "systems": results, "markdown": table}))
+                                     "systems": results, "baselines": base,
+                                     "cluster": cluster, "scale": scale,
+                                     "targets": target_rows, "markdown": table}))
         log(f"wrote {a.json}")
     if not a.keep_logs:
         for f in os.listdir(workdir):
