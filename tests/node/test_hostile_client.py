@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
-import queue
 import random
-import threading
 
 import cloudpickle
 import msgpack
@@ -33,12 +31,13 @@ from zfabric import ids, serialization
 from zfabric import protocol as p
 from zfabric.config import Config
 from zfabric.exceptions import TaskError, ZFabricError
-from zfabric.node import sockets
 from zfabric.node.client import Client
 from zfabric.node.worker import Worker
 from zfabric.protocol import ObjectState, TaskStatus
 from zfabric.ref import ObjectRef
 from zfabric.serialization import CorruptObjectError
+
+from tests.harness.fake_node import FakeNode
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -72,93 +71,6 @@ def _task(fn_blob: bytes, args=(), retry_blob: bytes = b"", args_blob: bytes = b
     args_blob = args_blob or serialization.dumps((list(args), {}))
     return p.Execute(ids.new_task_id(), "f", fn_id, 1, 0, [], [], fn_blob, args_blob,
                      retry_blob, [])
-
-
-class FakeNode:
-    """A node's scheduler ROUTER played by a thread. It answers a Hello with
-    `before_welcome` frames and then `welcome`; any other message from the
-    client with the frames `respond(msg)` returns, sent to the client's rx."""
-
-    def __init__(self, tmp_path, respond=lambda msg: [], before_welcome=(), welcome=None):
-        self.ctx = sockets.context()
-        self.endpoint = f"ipc://{tmp_path}/node.sock"
-        self.router = sockets.client_router(self.ctx, self.endpoint)
-        self.respond = respond
-        self.before_welcome = list(before_welcome)
-        self.welcome = welcome or p.Welcome(ids.new_node_id(), str(tmp_path), str(tmp_path),
-                                            "tcp://127.0.0.1:1", Config().to_json(),
-                                            os.getpid())
-        self.received: queue.Queue = queue.Queue()
-        self._outbox: queue.Queue = queue.Queue()   # frames push() sends the client
-        self._client_rx = b""
-        self.errors: list[BaseException] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True, name="fake-node")
-        self._thread.start()
-
-    def _run(self) -> None:
-        try:
-            while not self._stop.is_set():
-                while not self._outbox.empty():
-                    self.router.send_multipart([self._client_rx, self._outbox.get()])
-                    self._outbox.task_done()
-                if not self.router.poll(10):
-                    continue
-                ident, frame = self.router.recv_multipart()
-                msg = p.decode(frame)
-                self.received.put(msg)
-                self._client_rx = ident[:-1] + sockets.RX_SUFFIX
-                if type(msg) is p.Hello:
-                    out = self.before_welcome + [p.encode(self.welcome)]
-                else:
-                    out = self.respond(msg)
-                for data in out:
-                    self.router.send_multipart([self._client_rx, data])
-        except BaseException as e:   # shown by close(): a broken fake is the test's bug
-            self.errors.append(e)
-
-    def push(self, data: bytes) -> None:
-        """Send a frame to the client (from the fake node's thread); return once sent."""
-        self._outbox.put(data)
-        self._outbox.join()
-
-    def wait_for(self, kind: type, timeout: float = 10.0):
-        """The next message of `kind` the client sent (others are skipped)."""
-        while True:
-            msg = self.received.get(timeout=timeout)
-            if type(msg) is kind:
-                return msg
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.router.close(0)
-        self.ctx.term()
-        assert not self.errors, self.errors
-
-
-@pytest.fixture
-def nodes(tmp_path):
-    made = []
-
-    def start(**kw) -> FakeNode:
-        made.append(FakeNode(tmp_path, **kw))
-        return made[-1]
-    yield start
-    for node in made:
-        node.close()
-
-
-@pytest.fixture
-def clients():
-    made = []
-
-    def connect(node: FakeNode, role: str = "driver", **kw) -> Client:
-        made.append(Client(node.endpoint, role, connect_timeout=10, **kw))
-        return made[-1]
-    yield connect
-    for client in made:
-        client.close()
 
 
 def _answer_subscribe(frames_for):

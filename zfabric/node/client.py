@@ -47,7 +47,7 @@ from ..exceptions import GetTimeoutError, NodeDiedError, ObjectStoreFullError, Z
 from ..ids import new_put_id, new_task_id, return_ids
 from ..protocol import ObjectState
 from ..ref import ObjectRef
-from . import sockets, store
+from . import pids, sockets, store
 
 log = logging.getLogger("zfabric.client")
 
@@ -86,8 +86,7 @@ class Client:
         self.tx = sockets.client_dealer(self.ctx, self.id + sockets.TX_SUFFIX, endpoint)
         self._send_lock = threading.Lock()
         self._cond = threading.Condition(threading.Lock())
-        self._pumping = False
-        self._closed = False
+        self._pumping = self._closed = False
         # state guarded by _cond
         self._ready: dict[bytes, tuple] = {}     # oid -> (state, size, payload)
         self._counts: dict[bytes, int] = {}
@@ -104,6 +103,7 @@ class Client:
         self._revoked: deque = deque()           # prefetched tasks dropped: tell the node
         self.fn_blobs: dict[bytes, bytes] = {}   # (workers) function code not yet loaded
         self._ref_ops: deque = deque()           # (+1 | -1, oid), appended lock-free
+        self._held, self._held_keep = [], []     # (workers) TaskDones not sent yet; results
         self._req = 0
         self._errors_seen = 0
         self.sent_functions: set[bytes] = set()
@@ -145,9 +145,26 @@ class Client:
         with self._send_lock:
             if self._closed:
                 raise RuntimeError("zfabric client is closed (zf.shutdown() was called)")
+            if self._held:   # (workers) finished tasks are reported first
+                self._send_held()
             self.tx.send(data)
             if self._ref_ops or self._dirty:
                 self._send_ref_changes()
+
+    def report(self, done: p.TaskDone, keep, hold: bool) -> None:
+        """(workers) Send a finished task's TaskDone, or with `hold` keep it (and `keep`,
+        its result) to go in one frame with the next, before anything else we send."""
+        data = p.encode(done)
+        with self._send_lock:
+            self._held.append(data)
+            self._held_keep.append(keep)
+            if not hold:
+                self._send_held()
+
+    def _send_held(self) -> None:
+        held = self._held
+        self.tx.send(held[0] if len(held) == 1 else p.encode(p.Batch(held)))
+        self._held, self._held_keep = [], []   # (refs inside the results may die now)
 
     def _send_ref_changes(self) -> None:
         """Tell the node the net reference changes (caller holds _send_lock)."""
@@ -173,11 +190,13 @@ class Client:
         interval = self.config.ref_flush_interval
         while not self._closed:
             time.sleep(interval)
-            if self._ref_ops or self._dirty:
+            if self._ref_ops or self._dirty or self._held:
                 with self._send_lock:
                     if self._closed:
                         return
                     try:
+                        if self._held:   # (workers) at most this late, whatever runs
+                            self._send_held()
                         self._send_ref_changes()
                     except zmq.ZMQError:
                         return
@@ -286,11 +305,8 @@ class Client:
         if type(msg) is not p.Batch:
             return [msg]
         messages = []
-        for inner in msg.messages:
-            try:
-                messages.append(p.decode(inner))
-            except Exception as e:
-                self._reject("malformed", f"in a Batch: {type(e).__name__}: {e}")
+        for inner in msg.messages:   # (a Batch holds no Batch: its check says so)
+            messages += self._decode(inner)
         return messages
 
     def _reject(self, what: str, reason: str) -> None:
@@ -354,20 +370,9 @@ class Client:
             sink.append(oid)
 
     def node_alive(self) -> bool:
-        pid = self.node_pid
-        if not pid:
-            return True
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        try:  # a zombie child (embedded node not yet reaped) is dead too
-            with open(f"/proc/{pid}/stat", "rb") as f:
-                return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
-        except OSError:
-            return False
+        """Is our node's process running? (A zombie, an embedded node its driver has
+        not reaped yet, is not.)"""
+        return not self.node_pid or pids.alive(self.node_pid)
 
     # -- objects ----------------------------------------------------------------------
 

@@ -48,6 +48,7 @@ import time
 import zmq
 
 from ..core import events as ev
+from .pids import alive
 
 
 class _Zygote:
@@ -315,9 +316,9 @@ class Processes:
             _send(self._pidfds.get(wid, -1), pid, signal.SIGTERM)
         deadline = time.monotonic() + self.stop_grace
         for wid, pid in pids.items():
-            while _alive(pid) and time.monotonic() < deadline:
+            while alive(pid) and time.monotonic() < deadline:
                 time.sleep(0.01)
-            if _alive(pid):
+            if alive(pid):
                 _send(self._pidfds.get(wid, -1), pid, signal.SIGKILL)
         self._pids.clear()
         self._held.clear()
@@ -349,12 +350,3 @@ def _send(pidfd: int, pid: int | None, sig: int) -> None:
 def _close(fd: int) -> None:
     if fd >= 0:
         os.close(fd)
-
-
-def _alive(pid: int) -> bool:
-    """Is `pid` still running (not a zombie)? Workers are the zygote's children."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
-    except OSError:
-        return False

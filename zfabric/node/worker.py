@@ -3,6 +3,11 @@
     node --Execute--> worker: map arguments, run the function, store results
     node <--TaskDone-- worker (small results inline, large ones in the store)
 
+Tiny tasks come in runs: the node sends a worker running a quick function
+its next tasks before it finishes (core/workers.py, prefetch), and while
+more of them wait here the worker holds its TaskDones a moment to send
+them in one frame (`serve_one`); anything else it sends goes after them.
+
 Forked by the node's zygote (node/zygote.py) with its identity in the
 environment. It dies with the zygote, which dies with its node
 (PR_SET_PDEATHSIG) and ignores
@@ -61,6 +66,8 @@ class Worker:
         self.in_user_code = False
         self.signalled = False   # a cancel signal came while no task ran its code
         self.marked = None   # (job, name) the last marker named; None: no job
+        self.held = 0        # reports held (serve_one), since monotonic `held_since`
+        self.held_since = 0.0
 
     # -- cancel -----------------------------------------------------------------
 
@@ -84,12 +91,27 @@ class Worker:
     # -- running a task ------------------------------------------------------------------
 
     def serve(self) -> None:
-        client = self.client
         while True:
-            ex = client.next_execute()
-            done, result = self.run(ex)
-            client.send(done)
-            del done, result  # refs inside the result die only after TaskDone is sent
+            self.serve_one()
+
+    def serve_one(self) -> None:
+        """Run the next task and report it. With more tasks here already (the node
+        prefetched them: quick ones), the report is held to go in one frame with
+        the next ones: at most `prefetch_max_depth` reports, held at most
+        `prefetch_queue_seconds` (and the client's flush interval, whatever runs)."""
+        client = self.client
+        done, result = self.run(client.next_execute())
+        now = time.monotonic()
+        if not self.held:
+            self.held_since = now
+        self.held += 1
+        config = client.config
+        hold = (bool(client.executes) and self.held < config.prefetch_max_depth
+                and now - self.held_since < config.prefetch_queue_seconds)
+        client.report(done, result, hold)
+        if not hold:
+            self.held = 0
+        del done, result  # refs inside the result die only after TaskDone is sent
 
     def _function(self, ex: p.Execute):
         """The task's function. Code that does not load fails this task (the caller

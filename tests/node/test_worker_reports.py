@@ -1,0 +1,96 @@
+"""node/worker.py: a worker with prefetched tasks waiting sends its reports
+(TaskDone) in runs, one frame for several, and never lets another message
+overtake a held report. A fake node (tests/harness/fake_node.py) sends the
+Executes and reads every frame the worker sends.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import cloudpickle
+import pytest
+
+from zfabric import ids, serialization
+from zfabric import protocol as p
+from zfabric.protocol import TaskStatus
+from zfabric.node import client as client_mod
+from zfabric.node.worker import Worker
+
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def _task(fn) -> p.Execute:
+    blob = cloudpickle.dumps(fn)
+    return p.Execute(ids.new_task_id(), "f", ids.function_id(blob), 1, 0, [], [], blob,
+                     serialization.dumps(([], {})), b"", [])
+
+
+def _frames(node, count: int) -> list[list]:
+    """The next `count` frames the client sent, each as the list of its messages."""
+    out = []
+    while len(out) < count:
+        msg = node.received.get(timeout=10)
+        out.append([p.decode(m) for m in msg.messages] if type(msg) is p.Batch else [msg])
+    return out
+
+
+def _worker(nodes, clients, tmp_path, name: bytes):
+    node = nodes()
+    client = clients(node, role="worker", identity=name, worker_id=name.decode())
+    node.received.get(timeout=10)                     # its Hello
+    return node, client, Worker(client, str(tmp_path / "cancel"))
+
+
+def test_reports_of_a_run_of_prefetched_tasks_go_in_one_frame(nodes, clients, tmp_path):
+    node, client, worker = _worker(nodes, clients, tmp_path, b"w-run")
+    tasks = [_task(lambda: 7) for _ in range(6)]
+    node.push(p.encode(p.Batch([p.encode(t) for t in tasks])))   # all six here at once
+    for _ in tasks:
+        worker.serve_one()
+    frames = _frames(node, 1)
+    # held while more waited; the sixth, with none left, sent them all
+    assert [[m.task_id for m in f] for f in frames] == [[t.task_id for t in tasks]]
+    assert all(m.status == TaskStatus.OK and serialization.deserialize(m.payloads[0]) == 7
+               for m in frames[0])
+    assert worker.held == 0 and node.received.empty()
+
+
+def test_a_run_holds_at_most_prefetch_max_depth_reports(nodes, clients, tmp_path):
+    node, client, worker = _worker(nodes, clients, tmp_path, b"w-deep")
+    client.config = dataclasses.replace(client.config, prefetch_max_depth=4)
+    tasks = [_task(lambda: None) for _ in range(10)]
+    node.push(p.encode(p.Batch([p.encode(t) for t in tasks])))
+    for _ in tasks:
+        worker.serve_one()
+    assert [len(f) for f in _frames(node, 3)] == [4, 4, 2]
+
+
+def test_a_lone_task_is_reported_at_once(nodes, clients, tmp_path):
+    node, client, worker = _worker(nodes, clients, tmp_path, b"w-one")
+    task = _task(lambda: 1)
+    node.push(p.encode(task))
+    worker.serve_one()                               # nothing else waits: no holding
+    assert [[m.task_id for m in f] for f in _frames(node, 1)] == [[task.task_id]]
+
+
+def test_a_held_report_goes_before_what_the_next_task_sends(nodes, clients, tmp_path):
+    node, client, worker = _worker(nodes, clients, tmp_path, b"w-order")
+    first = _task(lambda: 1)
+
+    def puts():   # the next task sends a Put (a nested task would send a Submit)
+        client_mod.current().put(42)
+        return 2
+
+    second = _task(puts)
+    node.push(p.encode(p.Batch([p.encode(first), p.encode(second)])))
+    client_mod.set_current(client)
+    try:
+        worker.serve_one()                           # first: held (second waits)
+        assert node.received.empty()
+        worker.serve_one()
+    finally:
+        client_mod.set_current(None)
+    kinds = [[type(m).__name__ for m in f] for f in _frames(node, 3)]
+    assert kinds[:2] == [["TaskDone"], ["Put"]]     # the held report first
+    assert kinds[2] == ["TaskDone"]
