@@ -21,7 +21,8 @@ from zfabric.node.client import Client
 class FakeNode:
     """A node's scheduler ROUTER played by a thread. It answers a Hello with
     `before_welcome` frames and then `welcome`; any other message from the
-    client with the frames `respond(msg)` returns, sent to the client's rx."""
+    client with the frames `respond(msg)` returns, sent to the client's rx (each
+    message of a Batch in turn). `received` holds what each frame decoded to."""
 
     def __init__(self, tmp_path, respond=lambda msg: [], before_welcome=(), welcome=None):
         self.ctx = sockets.context()
@@ -55,7 +56,7 @@ class FakeNode:
                 if type(msg) is p.Hello:
                     out = self.before_welcome + [p.encode(self.welcome)]
                 else:
-                    out = self.respond(msg)
+                    out = [f for m in messages_of(msg) for f in self.respond(m)]
                 for data in out:
                     self.router.send_multipart([self._client_rx, data])
         except BaseException as e:   # shown by close(): a broken fake is the test's bug
@@ -67,11 +68,12 @@ class FakeNode:
         self._outbox.join()
 
     def wait_for(self, kind: type, timeout: float = 10.0):
-        """The next message of `kind` the client sent (others are skipped)."""
+        """The next message of `kind` the client sent (others are skipped; a
+        Batch's messages are looked at, and the rest of that frame dropped)."""
         while True:
-            msg = self.received.get(timeout=timeout)
-            if type(msg) is kind:
-                return msg
+            for msg in messages_of(self.received.get(timeout=timeout)):
+                if type(msg) is kind:
+                    return msg
 
     def close(self) -> None:
         self._stop.set()
@@ -103,3 +105,8 @@ def clients():
     yield connect
     for client in made:
         client.close()
+
+
+def messages_of(msg) -> list:
+    """The messages one decoded frame holds: several for a Batch."""
+    return [p.decode(m) for m in msg.messages] if type(msg) is p.Batch else [msg]

@@ -16,6 +16,8 @@ from zfabric.protocol import TaskStatus
 from zfabric.node import client as client_mod
 from zfabric.node.worker import Worker
 
+from tests.harness.fake_node import messages_of
+
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -31,7 +33,7 @@ def _frames(node, count: int) -> list[list]:
     out = []
     while len(out) < count:
         msg = node.received.get(timeout=10)
-        out.append([p.decode(m) for m in msg.messages] if type(msg) is p.Batch else [msg])
+        out.append(messages_of(msg))
     return out
 
 
@@ -91,6 +93,8 @@ def test_a_held_report_goes_before_what_the_next_task_sends(nodes, clients, tmp_
         worker.serve_one()
     finally:
         client_mod.set_current(None)
-    kinds = [[type(m).__name__ for m in f] for f in _frames(node, 3)]
-    assert kinds[:2] == [["TaskDone"], ["Put"]]     # the held report first
-    assert kinds[2] == ["TaskDone"]
+    sent = [m for f in _frames(node, 2) for m in f]  # the Put goes in the held report's frame
+    kinds = [type(m).__name__ for m in sent]
+    assert kinds[:3] == ["TaskDone", "Put", "TaskDone"], kinds   # the held report first
+    assert [m.task_id for m in sent if type(m) is p.TaskDone] == [first.task_id, second.task_id]
+    assert set(kinds[3:]) <= {"Refs"}                # (the put's ref, dropped as it returned)

@@ -145,11 +145,7 @@ class Client:
         with self._send_lock:
             if self._closed:
                 raise RuntimeError("zfabric client is closed (zf.shutdown() was called)")
-            if self._held:   # (workers) finished tasks are reported first
-                self._send_held()
-            self.tx.send(data)
-            if self._ref_ops or self._dirty:
-                self._send_ref_changes()
+            self._send_frame([data])
 
     def report(self, done: p.TaskDone, keep, hold: bool) -> None:
         """(workers) Send a finished task's TaskDone, or with `hold` keep it (and `keep`,
@@ -159,17 +155,25 @@ class Client:
             self._held.append(data)
             self._held_keep.append(keep)
             if not hold:
-                self._send_held()
+                self._send_frame([])
 
-    def _send_held(self) -> None:
-        held = self._held
-        self.tx.send(held[0] if len(held) == 1 else p.encode(p.Batch(held)))
+    def _send_frame(self, msgs: list) -> None:
+        """Send encoded `msgs` in one frame: after the reports held (workers), and
+        followed by the net reference changes, which the node applies after the
+        messages before them. Caller holds _send_lock."""
+        if self._held:
+            msgs = self._held + msgs
+        if self._ref_ops or self._dirty:
+            refs = self._ref_changes()
+            if refs is not None:
+                msgs.append(refs)
+        if msgs:
+            self.tx.send(msgs[0] if len(msgs) == 1 else p.encode(p.Batch(msgs)))
         self._held, self._held_keep = [], []   # (refs inside the results may die now)
 
-    def _send_ref_changes(self) -> None:
-        """Tell the node the net reference changes (caller holds _send_lock)."""
-        if not self._ref_ops and not self._dirty:
-            return
+    def _ref_changes(self) -> bytes | None:
+        """The net reference changes since the last report, encoded (caller holds
+        _send_lock); None if there are none."""
         with self._cond:
             self._apply_ref_ops()
             incs, decs = [], []
@@ -183,8 +187,7 @@ class Client:
                     decs.append(oid)
                     reported.discard(oid)
             self._dirty.clear()
-        if incs or decs:
-            self.tx.send(p.encode(p.Refs(incs, decs)))
+        return p.encode(p.Refs(incs, decs)) if incs or decs else None
 
     def _flush_loop(self) -> None:
         interval = self.config.ref_flush_interval
@@ -194,10 +197,8 @@ class Client:
                 with self._send_lock:
                     if self._closed:
                         return
-                    try:
-                        if self._held:   # (workers) at most this late, whatever runs
-                            self._send_held()
-                        self._send_ref_changes()
+                    try:   # (held reports too: at most this late, whatever runs)
+                        self._send_frame([])
                     except zmq.ZMQError:
                         return
 
