@@ -52,7 +52,7 @@ class WorkerState(IntEnum):
 
 class Worker:
     __slots__ = ("wid", "client", "state", "task", "known_fns", "idle_since", "extra", "doomed",
-                 "queue", "pid")
+                 "queue", "queued_fns", "pid")
 
     def __init__(self, wid: str, extra: bool):
         self.wid = wid
@@ -64,7 +64,33 @@ class Worker:
         self.extra = extra    # started for demand (stopped when idle), not pre-started
         self.doomed = False   # a kill was asked: never give it another task
         self.queue: deque[Task] = deque()   # prefetched (ASSIGNED) tasks, in order
+        self.queued_fns: dict[bytes, int] = {}   # their functions: fn_id -> how many
         self.pid = 0          # as its Hello says (0 until then)
+
+    def enqueue(self, task: Task) -> None:
+        self.queue.append(task)
+        fn = task.spec.fn_id
+        self.queued_fns[fn] = self.queued_fns.get(fn, 0) + 1
+
+    def unqueue(self, task: Task | None = None) -> Task:
+        """Take `task` (the first if None) off the queue."""
+        if task is None:
+            task = self.queue.popleft()
+        else:
+            self.queue.remove(task)
+        fn = task.spec.fn_id
+        left = self.queued_fns[fn] - 1
+        if left:
+            self.queued_fns[fn] = left
+        else:
+            del self.queued_fns[fn]
+        return task
+
+    def take_queue(self) -> list[Task]:
+        tasks = list(self.queue)
+        self.queue.clear()
+        self.queued_fns.clear()
+        return tasks
 
 
 def workers_for(num_cpus: float) -> int:
@@ -212,7 +238,7 @@ class WorkerPool:
     def _next_or_idle(self, worker: Worker, now: float) -> list[Task]:
         given_back = self.give_back(worker) if worker.doomed else []
         if worker.queue:  # its prefetched task starts now, on the resources just freed
-            nxt = worker.queue.popleft()
+            nxt = worker.unqueue()
             self.start_task(nxt, worker)
             if nxt.cancelled:
                 self._out.emit(fx.InterruptWorker(worker.wid, nxt.spec.task_id))
@@ -225,8 +251,7 @@ class WorkerPool:
 
     def give_back(self, worker: Worker) -> list[Task]:
         """Take a worker's prefetched tasks off it (they are WAITING again)."""
-        tasks = list(worker.queue)
-        worker.queue.clear()
+        tasks = worker.take_queue()
         for task in tasks:
             task.worker = None
             task.state = TaskState.WAITING
@@ -237,7 +262,7 @@ class WorkerPool:
         Returns the tasks to queue again (it, and any the worker gives back)."""
         given_back: list[Task] = []
         if task.state == TaskState.ASSIGNED:
-            worker.queue.remove(task)
+            worker.unqueue(task)
         elif task.state == TaskState.RUNNING and worker.task is task:
             # we had started it when its predecessor ended; the worker had not
             task.attempts -= 1
@@ -329,10 +354,10 @@ class WorkerPool:
         if len(queue) >= self.prefetch_max_depth:
             return False
         work = 0.0
-        for task in queue:
-            if not self.quick(task.spec.fn_id):
+        for fn_id, count in worker.queued_fns.items():
+            if not self.quick(fn_id):
                 return False
-            work += self._fn_times[task.spec.fn_id][1]
+            work += count * self._fn_times[fn_id][1]
         return work < self.prefetch_queue_seconds
 
     def prefetch(self, queues) -> list[tuple[Task, Worker]]:
@@ -340,9 +365,10 @@ class WorkerPool:
         assigned = []
         if self.prefetch_max_task_seconds <= 0:
             return assigned
+        depth = self.prefetch_max_depth
         for worker in self.workers.values():
             running = worker.task
-            if (running is None or running.blocked or worker.doomed
+            if (running is None or len(worker.queue) >= depth or running.blocked or worker.doomed
                     or running.cancelled or not self.quick(running.spec.fn_id)
                     or running.gpus is not None):   # (GPU ids are given at start)
                 continue
@@ -352,7 +378,7 @@ class WorkerPool:
                     break
                 task.state = TaskState.ASSIGNED
                 task.worker = worker.wid
-                worker.queue.append(task)
+                worker.enqueue(task)
                 self._stats["prefetched"] += 1
                 assigned.append((task, worker))
             if not queues.count:
@@ -381,6 +407,10 @@ class WorkerPool:
             assert w.state == WorkerState.IDLE and w.task is None and not w.queue
         for w in self.workers.values():
             assert all(t.state == TaskState.ASSIGNED and t.worker == w.wid for t in w.queue)
+            fns: dict[bytes, int] = {}
+            for t in w.queue:
+                fns[t.spec.fn_id] = fns.get(t.spec.fn_id, 0) + 1
+            assert w.queued_fns == fns, (w.queued_fns, fns)
             assert self._by_client[w.client] is w
 
     def _validate_gpus(self, tasks: dict[bytes, Task]) -> None:
