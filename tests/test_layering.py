@@ -16,7 +16,11 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import json
+import os
 import pathlib
+import subprocess
+import sys
 
 import pytest
 
@@ -417,3 +421,23 @@ def test_only_sockets_makes_sockets_and_nothing_below_imports_api(path):
         assert "import api" not in text and "from ..api" not in text, (
             f"{rel(path)} imports zfabric.api: api.py is the public face, on top of "
             "everything; nothing below it may call it. Use node/client.py instead.")
+
+
+# What a driver imports: the node's own modules are the node process's alone.
+NODE_ONLY = ("zfabric.node.node", "zfabric.node.loop", "zfabric.node.dashboard",
+             "zfabric.core.fabric", "zfabric.core.scheduler", "zfabric.node.packaging",
+             "http.server", "psutil", "asyncio", "multiprocessing")
+
+
+def test_import_zfabric_leaves_the_node_to_the_node_process():
+    """`import zfabric` (a driver) imports no module that only a node runs (its
+    state machines, loop, dashboard server, runtime_env packing): starting a
+    driver pays for the client, not for a node. Checked in a fresh interpreter."""
+    code = ("import json, sys, zfabric, zfabric.util; "
+            f"print(json.dumps([m for m in {NODE_ONLY!r} if m in sys.modules]))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, env={**os.environ, "PYTHONPATH": str(ROOT.parent)})
+    assert json.loads(out.stdout) == [], (
+        f"`import zfabric` imported {out.stdout.strip()}: import it where it is used "
+        "(inside the function), or from node/launch.py's side of the split, so that a "
+        "driver does not load the node's modules")

@@ -143,19 +143,6 @@ class Dashboard:
         self.snapshot.update(data, time.time())
 
 
-def options(include, host, port) -> tuple | None:
-    """init()'s include_dashboard, dashboard_host and dashboard_port, checked:
-    spawn_node's `dashboard` ((host, port), or None for none)."""
-    if include is not None and not isinstance(include, bool):
-        raise TypeError(f"include_dashboard must be None, True or False, got {include!r}")
-    if host is not None and (not isinstance(host, str) or not host):
-        raise TypeError(f"dashboard_host must be a host name or address, got {host!r}")
-    if port is not None and (not isinstance(port, int) or isinstance(port, bool)
-                             or not 0 <= port <= 65535):
-        raise ValueError(f"dashboard_port must be None or a port (0-65535), got {port!r}")
-    return None if include is False else (host or "", port)   # "": config.dashboard_host
-
-
 class Snapshot:
     """The node's answers at the last sample, and a history of counts for the charts."""
 
