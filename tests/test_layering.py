@@ -36,7 +36,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("public face", ("", "api", "compat", "options", "testing/", "util/")),
     ("node", ("node/",)),
     ("core", ("core/",)),
-    ("wire", ("protocol", "protocol_checks", "protocol_codec", "ids", "config", "exceptions", "serialization", "records", "ref")),
+    ("wire", ("protocol", "protocol_checks", "protocol_codec", "structs", "ids", "config", "exceptions", "serialization", "records", "ref")),
 ]
 WHAT_EACH_LAYER_IS = {
     "public face": "what users and tests call: zf.init/remote/get..., zfabric.testing",

@@ -8,7 +8,6 @@
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 import pathlib
 import re
@@ -80,7 +79,7 @@ def warnings_about(caplog, address: str) -> list[str]:
 
 def effect_types() -> set[type]:
     return {obj for obj in vars(fx).values()
-            if isinstance(obj, type) and dataclasses.is_dataclass(obj)
+            if isinstance(obj, type) and hasattr(obj, "_fields")
             and obj.__module__ == fx.__name__}
 
 
