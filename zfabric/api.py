@@ -230,7 +230,7 @@ def shutdown() -> None:
         client_mod.set_current(None)
         if proc is not None:
             try:
-                proc.wait(timeout=10)
+                node_mod.wait_exit(proc, timeout=10)
             except Exception:  # subprocess.TimeoutExpired: do not leave it behind
                 proc.kill()
                 proc.wait()

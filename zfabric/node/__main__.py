@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import signal
 import sys
@@ -345,13 +346,26 @@ def _ask(record: dict, what: str):
 
 def cmd_serve(args) -> int:
     config = Config.from_json(args.config)
+    zygote = None
+    if args.num_cpus > 0:   # its first zygote imports while the node does (two cores: at once)
+        from .processes import start_zygote
+        try:
+            zygote = start_zygote(config.zygote_preload)
+        except OSError:
+            pass   # the first spawn tries again, and reports it if it cannot
     from .node import serve   # (the node's own modules: only in the node process)
-    return serve(config, num_cpus=args.num_cpus, resources=json.loads(args.resources),
+    code = serve(config, num_cpus=args.num_cpus, resources=json.loads(args.resources),
                  object_store_memory=args.object_store_memory, host=args.host,
                  port=args.port, ready_fd=args.ready_fd,
                  embedded_driver_pid=args.embedded_driver_pid,
                  join=args.join, insecure=args.insecure_no_auth,
-                 dashboard=_dashboard_of(args))
+                 dashboard=_dashboard_of(args), zygote=zygote)
+    # It cleaned up after itself: exit now, not after tearing down every module
+    # (what a driver waiting in shutdown() would wait for).
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 COMMANDS = {"start": cmd_start, "status": cmd_status, "stop": cmd_stop,

@@ -94,6 +94,21 @@ def spawn_node(config: Config, *, num_cpus: float, resources: dict,
     return proc, info
 
 
+def wait_exit(proc: subprocess.Popen, timeout: float) -> int:
+    """proc.wait(timeout), woken by the process's exit through a pidfd (Popen.wait
+    with a timeout polls, up to 50 ms late); subprocess.TimeoutExpired if it lives on."""
+    try:
+        fd = os.pidfd_open(proc.pid)
+    except OSError:   # reaped already, or no pidfd here
+        return proc.wait(timeout)
+    try:
+        if not select.select([fd], [], [], timeout)[0]:
+            raise subprocess.TimeoutExpired(proc.args, timeout)
+    finally:
+        os.close(fd)
+    return proc.wait()
+
+
 def _dashboard_flags(config: Config, dashboard: tuple[str, int | None] | None) -> list[str]:
     if dashboard is None:
         return ["--no-dashboard"]
