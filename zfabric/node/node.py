@@ -21,7 +21,6 @@ import resource
 import shutil
 import time
 
-import psutil
 import zmq
 
 from ..config import LOG_DIR_NAME, SPILL_DIR_NAME, Config
@@ -39,7 +38,7 @@ log = logging.getLogger("zfabric.node")
 
 
 def default_store_capacity(config: Config) -> int:
-    ram = psutil.virtual_memory().total
+    ram = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")   # (psutil: 10 ms to import)
     try:
         shm_free = shutil.disk_usage(config.store_root).free
     except OSError:
@@ -52,9 +51,11 @@ def default_store_capacity(config: Config) -> int:
 def serve(config: Config, *, num_cpus: float, resources: dict, object_store_memory: int | None,
           host: str, port: int, ready_fd: int | None, embedded_driver_pid: int | None,
           join: list[str] = (), insecure: bool = False,
-          dashboard: tuple[str, int | None] | None = None) -> int:
-    """Be a node until stopped; returns the process's exit code."""
+          dashboard: tuple[str, int | None] | None = None, zygote=None) -> int:
+    """Be a node until stopped; returns the process's exit code. `zygote`: its
+    first worker fork server, already started (processes.start_zygote)."""
     node = _NodeProcess(config, ready_fd)
+    node.zygote = zygote
     try:
         key, key_path = node_key(config, node.session_dir, host, join, insecure)
         info = node.listen(host, port, key)
@@ -72,13 +73,18 @@ def serve(config: Config, *, num_cpus: float, resources: dict, object_store_memo
                         session_dir=node.session_dir, store_dir=node.store_dir,
                         spill_dir=info["spill_dir"], spill_copy_chunk=config.spill_copy_chunk,
                         tick_interval=config.gossip_interval / 2,
+                        idle_tick=(max(config.gossip_interval,
+                                       min(config.idle_gossip_interval,
+                                           config.failure_timeout / 6)), config.idle_after),
                         logs=LogMonitor(os.path.join(node.session_dir, LOG_DIR_NAME),
                                         config.log_read_bytes, config.log_max_behind),
                         stop_grace=config.stop_grace,
                         zygote_backoff=(config.zygote_restart_backoff,
                                         config.zygote_restart_backoff_max),
                         embedded_driver_pid=embedded_driver_pid,
-                        on_ready=lambda: node.answer(info))
+                        on_ready=lambda: node.answer(info),
+                        zygote=node.zygote, zygote_preload=config.zygote_preload)
+        node.zygote = None   # (the loop's now)
         node.write_records(info, embedded=bool(embedded_driver_pid))
         log.info("node %s up at %s (%s), %g CPUs", info["node_id"], info["address"],
                  info["ipc"], num_cpus)
@@ -123,6 +129,7 @@ class _NodeProcess:
         self.watches: list = []
         self.record_path = None
         self.dashboard = None
+        self.zygote = None   # started early, until the loop takes it (processes.start_zygote)
         self.clean_exit = False
 
     def listen(self, host: str, port: int, key: auth.ClusterKey | None) -> dict:
@@ -203,6 +210,8 @@ class _NodeProcess:
         and (after a clean exit) the session dir."""
         if self.dashboard is not None:
             self.dashboard.close()
+        if self.zygote is not None:
+            self.zygote.close()
         for watch in self.watches:
             watch.close()
         for sock in (self.router, self.peer_router, self.object_router, self.gate):
