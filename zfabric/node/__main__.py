@@ -348,7 +348,8 @@ def cmd_serve(args) -> int:
     config = Config.from_json(args.config)
     zygote = None
     if args.num_cpus > 0:   # its first zygote imports while the node does (two cores: at once)
-        from .processes import start_zygote
+        from .processes import raise_fd_limit, start_zygote
+        raise_fd_limit()   # (its workers inherit it)
         try:
             zygote = start_zygote(config.zygote_preload)
         except OSError:

@@ -17,7 +17,6 @@ import gc
 import json
 import logging
 import os
-import resource
 import shutil
 import time
 
@@ -33,6 +32,7 @@ from .launch import (NodeStartError, advertised_host, is_loopback, node_records_
                      private_dir)
 from .logmon import LogMonitor
 from .loop import NodeLoop
+from .processes import raise_fd_limit
 
 log = logging.getLogger("zfabric.node")
 
@@ -119,7 +119,7 @@ class _NodeProcess:
         logging.basicConfig(filename=os.path.join(self.session_dir, "node.log"),
                             level=logging.INFO,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        _raise_fd_limit()   # (per worker: a pidfd and two log files, node/logmon.py)
+        raise_fd_limit()   # (per worker: a pidfd and two log files, node/logmon.py)
         # The loop allocates many short-lived, acyclic records per task; the default
         # gen-0 threshold (700) ran a collection every few tasks.
         gc.set_threshold(50_000, 20, 20)
@@ -227,17 +227,6 @@ class _NodeProcess:
                 pass
         if self.clean_exit:
             shutil.rmtree(self.session_dir, ignore_errors=True)
-
-
-def _raise_fd_limit(want: int = 1 << 16) -> None:
-    """Open files: up to `want` (at most the hard limit), for max_workers workers."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = want if hard == resource.RLIM_INFINITY else min(want, hard)
-    if soft != resource.RLIM_INFINITY and soft < target:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-        except (ValueError, OSError):
-            pass
 
 
 # -- who may talk to a node ------------------------------------------------------------------

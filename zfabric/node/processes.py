@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -69,6 +70,18 @@ class _Zygote:
         self.popen.kill()
         self.popen.wait()
         self.popen.stdin.close()
+
+
+def raise_fd_limit(want: int = 1 << 16) -> None:
+    """Open files: up to `want` (at most the hard limit), for max_workers workers;
+    before the first zygote starts, so that its workers have it too."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = want if hard == resource.RLIM_INFINITY else min(want, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):
+            pass
 
 
 def start_zygote(preload: str = "") -> _Zygote:
