@@ -95,8 +95,9 @@ class Config:
     zygote_restart_backoff_max: float = 5.0
     # Modules each zygote imports besides the worker's own, comma-separated (e.g.
     # "numpy,pandas"): its workers start with them (a first task that uses them
-    # runs sooner; each worker holds more resident memory). Empty: a worker
-    # imports them at its first task that does (node/zygote.py).
+    # runs sooner; each worker holds more resident memory). Empty: none, except
+    # that a node init() starts for its driver preloads numpy if the driver
+    # imported it (node/launch.py, driver_preload); "," : none at all.
     zygote_preload: str = ""
 
     # The failures of tasks a node's workers ran that it keeps for the dashboard

@@ -26,6 +26,9 @@ import time
 from ..config import Config
 from ..exceptions import AuthenticationError
 
+DRIVER_PRELOAD = ("numpy",)   # (see driver_preload)
+
+
 class NodeStartError(RuntimeError):
     """A node could not start; the message is one line for the user."""
 
@@ -51,6 +54,8 @@ def spawn_node(config: Config, *, num_cpus: float, resources: dict,
     `config.dashboard_host`; port None: `config.dashboard_port`, or a free port
     when that is taken); None: no dashboard."""
     private_dir(config.temp_dir)   # refused here, in one line, if another user owns it
+    if embedded and not config.zygote_preload:
+        config = config.replace(zygote_preload=driver_preload())
     r, w = os.pipe()
     cmd = [sys.executable, "-m", "zfabric.node", "_serve", "--ready-fd", str(w),
            "--config", config.to_json(), "--num-cpus", repr(float(num_cpus)),
@@ -92,6 +97,14 @@ def spawn_node(config: Config, *, num_cpus: float, resources: dict,
             proc.wait()
         raise NodeStartError(info["error"])
     return proc, info
+
+
+def driver_preload() -> str:
+    """What the zygotes of a node this driver starts preload (config.zygote_preload):
+    the modules of DRIVER_PRELOAD this driver imported, which its tasks most
+    likely use too (they were pickled here): so each worker does not import
+    them at its first task."""
+    return ",".join(m for m in DRIVER_PRELOAD if m in sys.modules)
 
 
 def wait_exit(proc: subprocess.Popen, timeout: float) -> int:

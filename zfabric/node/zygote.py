@@ -19,8 +19,9 @@ The zygote needs nothing of the node to start (the node's endpoint and dirs
 come in the `setup` line), so a node starts its first zygote before its own
 imports (node/__main__.py): both import at once. It imports what every
 worker needs and no more: numpy, say, is imported by the first task of a
-worker that uses it (`ZFABRIC_ZYGOTE_PRELOAD=numpy` preloads it, and any
-other module, for every worker: faster first tasks, more memory per worker).
+worker that uses it, unless the zygote preloads it (config.zygote_preload,
+ZFABRIC_ZYGOTE_PRELOAD=numpy,...: faster first tasks, more memory per
+worker; a node init() starts preloads numpy if its driver imported it).
 Each child reseeds numpy's global RNG if the zygote imported numpy: forked
 children would otherwise all draw the same "random" numbers.
 """
