@@ -11,7 +11,9 @@
     NodeLoop --WatchClient--> pidfd --exit--> the caller's callback (ClientGone)
     NodeLoop --every Tick--> on_tick: a zygote whose restart was held back; the spare
 
-Owns the zygote that forks workers (started on the first spawn), the spare
+Owns the zygote that forks workers (started on the first spawn, or started
+early by node/__main__.py with `start_zygote`, before the node's imports, and
+handed in: it waits as the spare until the first spawn), the spare
 zygote a node keeps once its zygote died, each worker's pid and pidfd
 (known once the zygote reports it; signals go through the pidfd, so a
 recycled pid is never hit), the cancel dir (a worker interrupted by SIGUSR1
