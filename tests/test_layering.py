@@ -426,18 +426,30 @@ def test_only_sockets_makes_sockets_and_nothing_below_imports_api(path):
 # What a driver imports: the node's own modules are the node process's alone.
 NODE_ONLY = ("zfabric.node.node", "zfabric.node.loop", "zfabric.node.dashboard",
              "zfabric.core.fabric", "zfabric.core.scheduler", "zfabric.node.packaging",
-             "http.server", "psutil", "asyncio", "multiprocessing")
+             "http.server", "psutil", "asyncio")
+
+
+def _loaded_after(code: str, modules) -> list[str]:
+    """Which of `modules` a fresh interpreter has loaded after running `code`."""
+    code += f"; import json, sys; print(json.dumps([m for m in {tuple(modules)!r} " \
+            "if m in sys.modules]))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, env={**os.environ, "PYTHONPATH": str(ROOT.parent)})
+    return json.loads(out.stdout)
 
 
 def test_import_zfabric_leaves_the_node_to_the_node_process():
-    """`import zfabric` (a driver) imports no module that only a node runs (its
-    state machines, loop, dashboard server, runtime_env packing): starting a
-    driver pays for the client, not for a node. Checked in a fresh interpreter."""
-    code = ("import json, sys, zfabric, zfabric.util; "
-            f"print(json.dumps([m for m in {NODE_ONLY!r} if m in sys.modules]))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True, env={**os.environ, "PYTHONPATH": str(ROOT.parent)})
-    assert json.loads(out.stdout) == [], (
-        f"`import zfabric` imported {out.stdout.strip()}: import it where it is used "
+    """`import zfabric` and its API (a driver) import no module that only a node
+    runs (its state machines, loop, dashboard server, runtime_env packing):
+    starting a driver pays for the client, not for a node. And a node, which
+    imports the package too, does not load the driver's API. Checked in fresh
+    interpreters."""
+    loaded = _loaded_after("import zfabric; zfabric.init, zfabric.remote, zfabric.util",
+                           NODE_ONLY)
+    assert loaded == [], (
+        f"`import zfabric` imported {loaded}: import it where it is used "
         "(inside the function), or from node/launch.py's side of the split, so that a "
         "driver does not load the node's modules")
+    assert _loaded_after("import zfabric.node.node", ["zfabric.api", "zfabric.options"]) == [], (
+        "the node process loads the driver's API: zfabric/__init__.py loads it on first "
+        "use of a public name, so nothing the node imports may use one")

@@ -96,8 +96,8 @@ class Config:
     # Modules each zygote imports besides the worker's own, comma-separated (e.g.
     # "numpy,pandas"): its workers start with them (a first task that uses them
     # runs sooner; each worker holds more resident memory). Empty: none, except
-    # that a node init() starts for its driver preloads numpy if the driver
-    # imported it (node/launch.py, driver_preload); "," : none at all.
+    # that a node init() starts for its driver preloads zfabric's API and numpy
+    # if the driver imported them (node/launch.py, driver_preload); ",": none.
     zygote_preload: str = ""
 
     # The failures of tasks a node's workers ran that it keeps for the dashboard

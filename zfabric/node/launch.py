@@ -26,7 +26,10 @@ import time
 from ..config import Config
 from ..exceptions import AuthenticationError
 
-DRIVER_PRELOAD = ("numpy",)   # (see driver_preload)
+# (see driver_preload) zfabric.api: what tasks call (zf.get, zf.remote...); a node
+# process never imports it itself, and a node `zfabric start` started leaves it to
+# each worker's first task that uses it
+DRIVER_PRELOAD = ("zfabric.api", "numpy")
 
 
 class NodeStartError(RuntimeError):

@@ -21,7 +21,8 @@ imports (node/__main__.py): both import at once. It imports what every
 worker needs and no more: numpy, say, is imported by the first task of a
 worker that uses it, unless the zygote preloads it (config.zygote_preload,
 ZFABRIC_ZYGOTE_PRELOAD=numpy,...: faster first tasks, more memory per
-worker; a node init() starts preloads numpy if its driver imported it).
+worker; a node init() starts preloads what its driver imported of zfabric's
+API, which tasks call, and of numpy: launch.driver_preload).
 Each child reseeds numpy's global RNG if the zygote imported numpy: forked
 children would otherwise all draw the same "random" numbers.
 """
