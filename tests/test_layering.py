@@ -16,7 +16,11 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import json
+import os
 import pathlib
+import subprocess
+import sys
 
 import pytest
 
@@ -32,7 +36,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("public face", ("", "api", "compat", "options", "testing/", "util/")),
     ("node", ("node/",)),
     ("core", ("core/",)),
-    ("wire", ("protocol", "protocol_checks", "protocol_codec", "ids", "config", "exceptions", "serialization", "records", "ref")),
+    ("wire", ("protocol", "protocol_checks", "protocol_codec", "structs", "ids", "config", "exceptions", "serialization", "records", "ref")),
 ]
 WHAT_EACH_LAYER_IS = {
     "public face": "what users and tests call: zf.init/remote/get..., zfabric.testing",
@@ -417,3 +421,35 @@ def test_only_sockets_makes_sockets_and_nothing_below_imports_api(path):
         assert "import api" not in text and "from ..api" not in text, (
             f"{rel(path)} imports zfabric.api: api.py is the public face, on top of "
             "everything; nothing below it may call it. Use node/client.py instead.")
+
+
+# What a driver imports: the node's own modules are the node process's alone.
+NODE_ONLY = ("zfabric.node.node", "zfabric.node.loop", "zfabric.node.dashboard",
+             "zfabric.core.fabric", "zfabric.core.scheduler", "zfabric.node.packaging",
+             "http.server", "psutil", "asyncio")
+
+
+def _loaded_after(code: str, modules) -> list[str]:
+    """Which of `modules` a fresh interpreter has loaded after running `code`."""
+    code += f"; import json, sys; print(json.dumps([m for m in {tuple(modules)!r} " \
+            "if m in sys.modules]))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, env={**os.environ, "PYTHONPATH": str(ROOT.parent)})
+    return json.loads(out.stdout)
+
+
+def test_import_zfabric_leaves_the_node_to_the_node_process():
+    """`import zfabric` and its API (a driver) import no module that only a node
+    runs (its state machines, loop, dashboard server, runtime_env packing):
+    starting a driver pays for the client, not for a node. And a node, which
+    imports the package too, does not load the driver's API. Checked in fresh
+    interpreters."""
+    loaded = _loaded_after("import zfabric; zfabric.init, zfabric.remote, zfabric.util",
+                           NODE_ONLY)
+    assert loaded == [], (
+        f"`import zfabric` imported {loaded}: import it where it is used "
+        "(inside the function), or from node/launch.py's side of the split, so that a "
+        "driver does not load the node's modules")
+    assert _loaded_after("import zfabric.node.node", ["zfabric.api", "zfabric.options"]) == [], (
+        "the node process loads the driver's API: zfabric/__init__.py loads it on first "
+        "use of a public name, so nothing the node imports may use one")

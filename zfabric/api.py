@@ -22,9 +22,8 @@ from . import options as opts_mod
 from .config import ADDRESS_ENV, Config
 from . import ids
 from .node import client as client_mod
-from .node import dashboard as node_dashboard
 from .node import loglisten
-from .node import node as node_mod
+from .node import launch as node_mod
 from .node import runtime_env as renv
 from .node import store as node_store
 from .ref import DepMarker, ObjectRef
@@ -85,7 +84,7 @@ def init(address: str | None = None, *, num_cpus: float | None = None,
         config = _config_with_key(cluster_key)
         resources = _node_resources(num_cpus, num_gpus, resources, object_store_memory)
         env_spec = renv.check(runtime_env)
-        dashboard = node_dashboard.options(include_dashboard, dashboard_host, dashboard_port)
+        dashboard = node_mod.dashboard_options(include_dashboard, dashboard_host, dashboard_port)
         address = address if address is not None else os.environ.get(ADDRESS_ENV) or None
         proc, info = _node_for(config, address, num_cpus, resources, object_store_memory,
                                dashboard)
@@ -231,7 +230,7 @@ def shutdown() -> None:
         client_mod.set_current(None)
         if proc is not None:
             try:
-                proc.wait(timeout=10)
+                node_mod.wait_exit(proc, timeout=10)
             except Exception:  # subprocess.TimeoutExpired: do not leave it behind
                 proc.kill()
                 proc.wait()

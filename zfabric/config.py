@@ -99,6 +99,12 @@ class Config:
     # zygote that cannot start never becomes a hot loop.
     zygote_restart_backoff: float = 0.1
     zygote_restart_backoff_max: float = 5.0
+    # Modules each zygote imports besides the worker's own, comma-separated (e.g.
+    # "numpy,pandas"): its workers start with them (a first task that uses them
+    # runs sooner; each worker holds more resident memory). Empty: none, except
+    # that a node init() starts for its driver preloads zfabric's API and numpy
+    # if the driver imported them (node/launch.py, driver_preload); ",": none.
+    zygote_preload: str = ""
 
     # The failures of tasks a node's workers ran that it keeps for the dashboard
     # (function, worker, time, error type, message, traceback), the oldest
@@ -123,6 +129,11 @@ class Config:
     # The object listing (`memory`, every object the node knows) costs the loop
     # more than the rest: the dashboard asks for it this often.
     dashboard_memory_interval: float = 5.0
+    # The dashboard samples its node only while someone looks: until this many
+    # seconds after the last HTTP request (the page polls every few seconds, a
+    # Prometheus scrape counts too); then it lets go of its connection until
+    # the next request. An idle node's dashboard costs no CPU.
+    dashboard_idle_after: float = 30.0
 
     # -- task output in the driver (node/logmon.py, node/loglisten.py) ------------
     # Each worker's stdout and stderr go to files in {session}/logs; the node
@@ -158,6 +169,15 @@ class Config:
     gossip_interval: float = 0.1
     gossip_fanout: int = 3
     failure_timeout: float = 3.0
+    # A node with nothing to do -- no message but gossip, no worker output, no
+    # process or transfer event for `idle_after` seconds, not joining -- ticks,
+    # and so gossips, this often instead (at most failure_timeout/6: its peers
+    # still hear from it three times before they would suspect it): 16 idle
+    # nodes on one machine then use a few % of a core, not a third. Work does
+    # not wait for a tick (a message wakes the loop), and the first sign of it
+    # brings the short tick back at once.
+    idle_gossip_interval: float = 0.5
+    idle_after: float = 2.0
     # A node keeps probing the members it declared dead, and its seeds while it
     # sees no live peer, once every this many gossip rounds (one dead member per
     # probe, in turn): the slow rate at which a node cut off from some or all

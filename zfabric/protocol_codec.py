@@ -1,6 +1,6 @@
 """How a wire message becomes one frame and back: the codec behind protocol.py.
 
-A message is a slots dataclass registered with `@message(kind, ...)`: one kind
+A message is a `structs.struct` class registered with `@message(kind, ...)`: one kind
 byte, then its fields as a msgpack array in declared order. `decode` checks
 the kind, the arity and every field's type, then the message's own `check()`
 (built from protocol_checks.py), and returns a checked message or raises
@@ -9,9 +9,9 @@ are in protocol.py, which re-exports `encode`, `decode` and `ProtocolError`.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
-
 import msgpack
+
+from .structs import struct
 
 NUM = (int, float)
 OPT_BYTES = (bytes, type(None))
@@ -28,7 +28,8 @@ _REGISTRY: dict[int, type] = {}
 
 def message(kind: int, frames: tuple[str, ...] = (), var_frames: str | None = None,
             trailer: tuple[str, ...] = ()):
-    """Class decorator: register a dataclass as wire message `kind`.
+    """Class decorator: make `cls` a struct (structs.py) and register it as wire
+    message `kind`.
 
     `frames` and `var_frames` name the bytes-like payload fields; they are
     declared after the header fields, in that order, so a message is built
@@ -36,8 +37,8 @@ def message(kind: int, frames: tuple[str, ...] = (), var_frames: str | None = No
     the payloads (`opts`): a message that does not need them leaves them out.
     """
     def wrap(cls):
-        cls = dataclass(slots=True)(cls)
-        names = [f.name for f in fields(cls)]
+        cls = struct(cls)
+        names = list(cls._fields)
         payload = list(frames) + ([var_frames] if var_frames else [])
         header = tuple(n for n in names if n not in payload and n not in trailer)
         if list(header) + payload + list(trailer) != names:

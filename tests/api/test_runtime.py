@@ -65,7 +65,7 @@ def test_custom_resources_gate_tasks(fresh):
 def test_an_embedded_node_joining_another_machine_listens_where_it_can_be_reached():
     """...on the one interface that routes to that machine, never on every one."""
     from zfabric.api import _embedded_host
-    from zfabric.node.node import route_address
+    from zfabric.node.launch import route_address
     assert _embedded_host("127.0.0.1", None) == "127.0.0.1"                 # alone: loopback
     assert _embedded_host("127.0.0.1", "tcp://127.0.0.1:7380") == "127.0.0.1"
     assert _embedded_host("127.0.0.1", "tcp://localhost:7380") == "127.0.0.1"

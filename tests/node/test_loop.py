@@ -8,13 +8,14 @@
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 import pathlib
 import re
 import socket
+import time
 
 import pytest
+import zmq
 
 from zfabric import protocol as p
 from zfabric.config import Config
@@ -80,7 +81,7 @@ def warnings_about(caplog, address: str) -> list[str]:
 
 def effect_types() -> set[type]:
     return {obj for obj in vars(fx).values()
-            if isinstance(obj, type) and dataclasses.is_dataclass(obj)
+            if isinstance(obj, type) and hasattr(obj, "_fields")
             and obj.__module__ == fx.__name__}
 
 
@@ -249,3 +250,36 @@ def test_a_message_over_the_peer_frame_limit_is_dropped_and_reported(loop, monke
     loop._flush_sends()
     assert loop.fabric.stats["peer_unreachable"] == 1        # the big one, not the small one
     assert loop.fabric.stats["peer_messages_dropped"] == 1
+
+
+# -- the idle tick ------------------------------------------------------------------------
+
+def test_an_idle_node_ticks_slowly_and_the_first_sign_of_work_brings_the_short_tick_back(loop):
+    """Nothing to do for idle_after seconds: the loop ticks (and so gossips) every
+    idle interval, not every tick_interval; a client message, a process event or
+    worker output is work; gossip alone is not."""
+    loop.idle_tick = (0.5, 2.0)
+    loop.on_ready = None                           # its workers are up (none: CPU 0)
+    now = time.monotonic()
+    assert loop._next_tick(now) == 0.5             # nothing happened yet: idle
+    loop.dispatch(ev.ClientGone(b"c" * 8))         # an event from the process shell
+    assert loop._next_tick(time.monotonic()) == loop.tick_interval
+    assert loop._next_tick(time.monotonic() + 2.5) == 0.5
+    loop._worker_output([(b"j" * 16, "f", 1, 1, ["hello"], 0)])   # a worker printed
+    assert loop._next_tick(time.monotonic()) == loop.tick_interval
+
+    ctx = zmq.Context()
+    peer = ctx.socket(zmq.DEALER)
+    try:   # a peer's gossip arrives on the peer ROUTER: not work
+        loop._worked = float("-inf")
+        peer.setsockopt(zmq.IDENTITY, b"P" * 16 + sockets.PEER_SUFFIX)
+        peer.connect(loop.peer_router.getsockopt(zmq.LAST_ENDPOINT).decode())
+        peer.send(p.encode(p.Gossip(b"P" * 16, [], {}, False)))
+        assert loop.peer_router.poll(5000)
+        loop._drain_router(loop.peer_router, peer=True)
+        assert loop._next_tick(time.monotonic()) == 0.5
+    finally:
+        peer.close(0)
+        ctx.term()
+    loop.on_ready = lambda: None                   # still starting: never idle
+    assert loop._next_tick(time.monotonic()) == loop.tick_interval

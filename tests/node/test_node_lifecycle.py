@@ -467,3 +467,21 @@ def test_three_cli_nodes_form_one_cluster_that_runs_tasks_on_all(temp_dir, reape
     assert out.returncode == 0 and "stopped 3 node(s)" in out.stdout
     assert wait_gone([r["pid"] for r in records]) == []
     assert node_records(temp_dir) == []
+
+
+def test_workers_of_a_driver_that_imported_numpy_start_with_it(temp_dir):
+    """A node init() starts preloads numpy in its zygote if the driver imported it
+    (its tasks will most likely use it: no import at each worker's first task);
+    a driver without numpy gets workers without it (less memory each)."""
+    code = textwrap.dedent("""
+        import sys{imp}
+        import zfabric as zf
+        zf.init(num_cpus=1)
+        print("numpy in worker:", zf.get(zf.remote(lambda: "numpy" in sys.modules).remote()))
+        zf.shutdown()
+        """)
+    for imp, expect in (("", "False"), ("\nimport numpy", "True")):
+        out = subprocess.run([sys.executable, "-c", code.format(imp=imp)], env=env_with(temp_dir),
+                             capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.strip().splitlines()[-1] == f"numpy in worker: {expect}"

@@ -17,7 +17,7 @@ import pytest
 import zmq
 
 from zfabric.core import events as ev
-from zfabric.node.processes import Processes
+from zfabric.node.processes import Processes, start_zygote
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -177,3 +177,37 @@ def test_a_spawn_asked_of_a_zygote_that_just_died_is_reported_exited(shell, brok
     assert of(ev.ZygoteDied, events) == [ev.ZygoteDied(3, 2, 0.0)]
     assert of(ev.WorkerExited, events) == [ev.WorkerExited("w1", -signal.SIGKILL),
                                            ev.WorkerExited("w2", -signal.SIGKILL)]
+
+
+def _maps(pid: int) -> str:
+    with open(f"/proc/{pid}/maps") as f:
+        return f.read()
+
+
+@pytest.mark.parametrize("preload", ["", "numpy"])
+def test_a_zygote_started_ahead_forks_the_first_workers_with_what_it_preloads(tmp_path, preload):
+    """A node starts its first zygote before its own imports (node/__main__.py):
+    Processes adopts it, tells it where workers go (the setup line), and the
+    first spawn makes it fork, as a first start. Its workers hold the modules
+    every worker needs, numpy only when it is preloaded."""
+    events: list = []
+    poller = zmq.Poller()
+    early = start_zygote(preload)
+    procs = Processes(poller, events.append, ipc_endpoint=f"ipc://{tmp_path}/none.sock",
+                      session_dir=str(tmp_path), log_dir=str(tmp_path), stop_grace=1.0,
+                      zygote=early, preload=preload)
+    try:
+        assert events == [] and procs.zygote is None
+        procs.spawn("w1")
+        assert procs.zygote is early and events == [ev.ZygoteStarted(early.pid, restart=False)]
+        pump(procs, poller, events, lambda e: "w1" in procs._wid_of.values())
+        [pid] = [p for p, w in procs._wid_of.items() if w == "w1"]
+        maps = _maps(pid)
+        assert "_zmq" in maps                                  # what every worker needs
+        assert ("numpy" in maps) == (preload == "numpy")
+        deadline = time.monotonic() + 20   # its log files: where setup said (once it runs)
+        while not (tmp_path / "worker-w1.err").exists():
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+    finally:
+        procs.stop_all()

@@ -31,6 +31,7 @@ from zfabric import protocol as p
 from zfabric.config import Config
 from zfabric.exceptions import AuthenticationError
 from zfabric.node import auth
+from zfabric.node import launch
 from zfabric.node import node as node_mod
 from zfabric.node.__main__ import main as cli_main   # (imported here: the child cannot read
                                                      # a checkout that only root may enter)
@@ -256,7 +257,7 @@ def test_secret_files_are_private_and_the_key_is_in_no_command_line_or_log(node)
     secret = auth.read(cluster.key_path).secret.decode()
     assert stat.S_IMODE(os.stat(cluster.key_path).st_mode) == 0o600
     config = Config.from_env()
-    for path in (config.temp_dir, node_mod.node_records_dir(config), record["session_dir"],
+    for path in (config.temp_dir, launch.node_records_dir(config), record["session_dir"],
                  record["store_dir"]):
         assert stat.S_IMODE(os.stat(path).st_mode) == 0o700, path
         assert os.stat(path).st_uid == os.geteuid()
@@ -290,9 +291,9 @@ def test_stop_signals_only_this_users_nodes(tmp_path):
                              user=NOBODY, group=NOBODY)
     try:
         config = Config(temp_dir=str(tmp_path / "t"))
-        node_mod.private_dir(config.temp_dir)
-        node_mod.private_dir(node_mod.node_records_dir(config))
-        with open(os.path.join(node_mod.node_records_dir(config), "ab.json"), "w") as f:
+        launch.private_dir(config.temp_dir)
+        launch.private_dir(launch.node_records_dir(config))
+        with open(os.path.join(launch.node_records_dir(config), "ab.json"), "w") as f:
             json.dump({"pid": other.pid, "node_id": "ab", "store_dir": "/nonexistent/zfabric-x",
                        "session_dir": str(tmp_path / "none")}, f)
         out = cli("stop", env=dict(os.environ, ZFABRIC_TEMP_DIR=config.temp_dir))
@@ -336,9 +337,9 @@ def test_insecure_mode_is_explicit_and_loud(fresh, short_tmp):
 def test_without_curve_a_node_stays_on_loopback(monkeypatch, tmp_path):
     monkeypatch.setattr(auth, "curve_available", lambda: False)
     config = Config(temp_dir=str(tmp_path))
-    with pytest.raises(node_mod.NodeStartError, match="no CURVE support"):
+    with pytest.raises(launch.NodeStartError, match="no CURVE support"):
         node_mod.node_key(config, str(tmp_path), "10.1.2.3", [], insecure=False)
-    with pytest.raises(node_mod.NodeStartError, match="no CURVE support"):
+    with pytest.raises(launch.NodeStartError, match="no CURVE support"):
         node_mod.node_key(config, str(tmp_path), "127.0.0.1", ["tcp://10.1.2.3:7380"],
                           insecure=False)
     assert node_mod.node_key(config, str(tmp_path), "127.0.0.1", [], insecure=False) \

@@ -7,41 +7,41 @@ event, and returns them in order.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from ..structs import struct
 
 
-@dataclass(frozen=True, slots=True)
+@struct(frozen=True)
 class Send:
     """Send a protocol message to a local client (driver or worker)."""
     to: bytes
     msg: object
 
 
-@dataclass(frozen=True, slots=True)
+@struct(frozen=True)
 class SpawnWorker:
     worker_id: str
 
 
-@dataclass(frozen=True, slots=True)
+@struct(frozen=True)
 class StopWorker:
     """Ask an idle worker to exit (graceful)."""
     worker_id: str
 
 
-@dataclass(frozen=True, slots=True)
+@struct(frozen=True)
 class KillWorker:
     """SIGKILL a worker (force-cancel)."""
     worker_id: str
 
 
-@dataclass(frozen=True, slots=True)
+@struct(frozen=True)
 class InterruptWorker:
     """Interrupt `task_id` on a worker (non-force cancel), if it still runs it."""
     worker_id: str
     task_id: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@struct(frozen=True)
 class DeleteObject:
     """Remove an object's store file. `spilled`: a durable copy of it is on
     this node's disk now (the node still holds it: the GCS keeps its `loc`)."""
@@ -49,7 +49,7 @@ class DeleteObject:
     spilled: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@struct(frozen=True)
 class SpillObject:
     """Copy a store object to the node's spill dir, durably (off the loop);
     the outcome comes back as ObjectSpilled or SpillFailed."""
@@ -57,7 +57,7 @@ class SpillObject:
     size: int
 
 
-@dataclass(frozen=True, slots=True)
+@struct(frozen=True)
 class RestoreObject:
     """Copy a spilled object back into the store (off the loop); the outcome
     comes back as ObjectRestored or RestoreFailed."""
@@ -65,25 +65,25 @@ class RestoreObject:
     size: int
 
 
-@dataclass(frozen=True, slots=True)
+@struct(frozen=True)
 class DeleteSpilled:
     """Remove an object's spill file (after the copies asked before it)."""
     oid: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@struct(frozen=True)
 class WatchClient:
     """Start watching a driver's process so its death becomes ClientGone."""
     client: bytes
     pid: int
 
 
-@dataclass(frozen=True, slots=True)
+@struct(frozen=True)
 class StopNode:
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
+@struct(frozen=True)
 class Log:
     level: str
     text: str
@@ -91,14 +91,14 @@ class Log:
 
 # -- between nodes ------------------------------------------------------------------
 
-@dataclass(frozen=True, slots=True)
+@struct(frozen=True)
 class PeerSend:
     """Send a protocol message to another node's scheduler socket."""
     address: str
     msg: object
 
 
-@dataclass(frozen=True, slots=True)
+@struct(frozen=True)
 class JoinSend:
     """Send a message to a node known only by an address we were given (a
     join): from a socket of its own, so that the same node reached later by
@@ -107,14 +107,14 @@ class JoinSend:
     msg: object
 
 
-@dataclass(frozen=True, slots=True)
+@struct(frozen=True)
 class ForgetPeer:
     """A peer died or left: close the sockets to it (a later contact reopens them)."""
     node_id: bytes
     address: str
 
 
-@dataclass(frozen=True, slots=True)
+@struct(frozen=True)
 class Fetch:
     """(scheduler -> fabric) Pull a STORE object held elsewhere into our store."""
     oid: bytes
@@ -122,13 +122,13 @@ class Fetch:
     holders: tuple
 
 
-@dataclass(frozen=True, slots=True)
+@struct(frozen=True)
 class CancelFetch:
     """(scheduler -> fabric) Nobody needs the object being pulled any more."""
     oid: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@struct(frozen=True)
 class Publish:
     """(scheduler -> fabric) Write an entry of our GCS shard (value None: delete).
 
@@ -140,7 +140,7 @@ class Publish:
     value: object
 
 
-@dataclass(frozen=True, slots=True)
+@struct(frozen=True)
 class FreeCopies:
     """(scheduler -> fabric) We owned this object and freed it: other nodes'
     copies go too (`holders`: the ones we know of; the GCS may know more)."""
@@ -148,7 +148,7 @@ class FreeCopies:
     holders: tuple
 
 
-@dataclass(frozen=True, slots=True)
+@struct(frozen=True)
 class RequestChunk:
     """Ask a holder's object socket for bytes [offset, offset+length) of oid."""
     holder: bytes
@@ -159,19 +159,19 @@ class RequestChunk:
     size: int       # the object's whole size (the shell sizes its file)
 
 
-@dataclass(frozen=True, slots=True)
+@struct(frozen=True)
 class SealPull:
     """Every chunk of a pulled object is written: make it a store object."""
     oid: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@struct(frozen=True)
 class AbortPull:
     """Drop a pull's partial file."""
     oid: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@struct(frozen=True)
 class Nonsense:
     """(scheduler -> fabric) A well-formed message that makes no sense was
     refused (nothing changed): counted, and warned of once per sender."""

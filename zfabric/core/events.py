@@ -9,24 +9,24 @@ before it could be decoded or from a peer that failed the handshake
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from ..structs import struct
 
 
-@dataclass(frozen=True, slots=True)
+@struct(frozen=True)
 class ClientMessage:
     """A decoded protocol message from a local driver or worker."""
     client: bytes
     msg: object
 
 
-@dataclass(frozen=True, slots=True)
+@struct(frozen=True)
 class WorkerExited:
     """A worker process ended (crash, kill, or a stop we asked for)."""
     worker_id: str
     exitcode: int | None   # negative: killed by that signal
 
 
-@dataclass(frozen=True, slots=True)
+@struct(frozen=True)
 class ZygoteStarted:
     """A worker fork server (new, or the spare) is the one that forks workers
     now; `restart`: it replaces one that died."""
@@ -34,7 +34,7 @@ class ZygoteStarted:
     restart: bool
 
 
-@dataclass(frozen=True, slots=True)
+@struct(frozen=True)
 class ZygoteDied:
     """A worker fork server died. Each of the `workers` it had forked (or was
     asked to) was killed and comes next as a WorkerExited; the next spawn makes
@@ -46,7 +46,7 @@ class ZygoteDied:
     spare: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@struct(frozen=True)
 class ZygoteStartFailed:
     """No worker fork server could be started (`reason`); tried again in
     `retry_in` seconds, while the spawns asked for wait."""
@@ -54,37 +54,37 @@ class ZygoteStartFailed:
     retry_in: float
 
 
-@dataclass(frozen=True, slots=True)
+@struct(frozen=True)
 class ClientGone:
     """A driver's process is gone (its pid exited), without saying goodbye."""
     client: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@struct(frozen=True)
 class Tick:
     """Periodic housekeeping: idle workers, timeouts."""
 
 
-@dataclass(frozen=True, slots=True)
+@struct(frozen=True)
 class ObjectSpilled:
     """The spiller made a durable copy of a store object on disk."""
     oid: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@struct(frozen=True)
 class SpillFailed:
     """The spiller could not copy a store object to disk (a full disk, EIO...)."""
     oid: bytes
     error: str
 
 
-@dataclass(frozen=True, slots=True)
+@struct(frozen=True)
 class ObjectRestored:
     """The spiller copied a spilled object back into the store."""
     oid: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@struct(frozen=True)
 class RestoreFailed:
     """The spiller could not copy a spilled object back. `lost`: its spill
     file cannot be read (else the store had no room: it stays on disk)."""
@@ -93,7 +93,7 @@ class RestoreFailed:
     lost: bool
 
 
-@dataclass(frozen=True, slots=True)
+@struct(frozen=True)
 class MessageRejected:
     """The shell refused a message: `what` is "malformed" (it failed
     protocol.decode) or "unauthenticated" (refused at the CURVE/ZAP
@@ -107,14 +107,14 @@ class MessageRejected:
 
 # -- between nodes ------------------------------------------------------------------
 
-@dataclass(frozen=True, slots=True)
+@struct(frozen=True)
 class PeerMessage:
     """A decoded protocol message from another node."""
     node_id: bytes
     msg: object
 
 
-@dataclass(frozen=True, slots=True)
+@struct(frozen=True)
 class PeerUnreachable:
     """No socket to a peer's address could be made (e.g. the address is
     malformed): the `dropped` messages queued for it are lost."""
@@ -123,7 +123,7 @@ class PeerUnreachable:
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
+@struct(frozen=True)
 class PeerSendBlocked:
     """A peer's socket refused a send at its high-water mark (the peer is down
     or far behind): the `dropped` messages queued for it are lost."""
@@ -131,7 +131,7 @@ class PeerSendBlocked:
     dropped: int
 
 
-@dataclass(frozen=True, slots=True)
+@struct(frozen=True)
 class ChunkArrived:
     """The shell wrote a chunk of a pulled object at its offset."""
     holder: bytes
@@ -140,7 +140,7 @@ class ChunkArrived:
     length: int
 
 
-@dataclass(frozen=True, slots=True)
+@struct(frozen=True)
 class ChunkFailed:
     """A holder answered a chunk request with an error (or could not be asked)."""
     holder: bytes
@@ -148,20 +148,20 @@ class ChunkFailed:
     error: str
 
 
-@dataclass(frozen=True, slots=True)
+@struct(frozen=True)
 class ObjectFetched:
     """(fabric -> scheduler) A pulled object is sealed in our store."""
     oid: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@struct(frozen=True)
 class FetchFailed:
     """(fabric -> scheduler) No holder could serve the object."""
     oid: bytes
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
+@struct(frozen=True)
 class PeerUp:
     """(fabric -> scheduler) A peer joined, or its gossiped view changed."""
     node_id: bytes
@@ -169,21 +169,21 @@ class PeerUp:
     info: dict
 
 
-@dataclass(frozen=True, slots=True)
+@struct(frozen=True)
 class PeerSuspect:
     """(fabric -> scheduler) A peer has not been heard of for a while: send it
     nothing new until it is heard again (a PeerUp) or declared dead."""
     node_id: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@struct(frozen=True)
 class PeerDown:
     """(fabric -> scheduler) A peer died or left."""
     node_id: bytes
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
+@struct(frozen=True)
 class DeclaredDead:
     """(fabric -> scheduler) A peer's gossip holds this node DEAD (`dead`), or
     no longer does. While it does, that peer has dropped every task we had sent
@@ -193,7 +193,7 @@ class DeclaredDead:
     dead: bool
 
 
-@dataclass(frozen=True, slots=True)
+@struct(frozen=True)
 class WorkerOutput:
     """Lines workers printed, read from their log files (node/logmon.py): runs
     of (job, name, pid, stream, lines, dropped), in the order they were printed

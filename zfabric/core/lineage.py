@@ -30,10 +30,9 @@ hold their first value keeps that value; the second copy is dropped.
 """
 from __future__ import annotations
 
-import dataclasses
 from collections import deque
 
-from .. import ids, records
+from .. import ids, records, structs
 from .. import protocol as p
 from ..exceptions import ObjectLostError
 from ..protocol import ObjectState
@@ -339,7 +338,7 @@ class Rebuilder:
         """A new attempt of a finished task, through the normal path."""
         sched = self.sched
         sched.stats["rebuilt"] += 1
-        spec = dataclasses.replace(rec.spec, deps=list(rec.deps), contained=list(rec.contained))
+        spec = structs.replace(rec.spec, deps=list(rec.deps), contained=list(rec.contained))
         task = sched.admit(spec, rec.owner, rec.demand, returns=False)
         task.attempts = rec.attempts
         spec.contained = sched.objects.pin_known(spec.contained)

@@ -72,6 +72,10 @@ class LogFolder:
             out += self._let_go(len(seen) - self.max_kept)
         return out + self.expire(now)
 
+    def pending(self) -> bool:
+        """Is a line remembered (so that expire() may show something later)?"""
+        return bool(self._seen)
+
     def expire(self, now: float) -> list[tuple]:
         """The folded lines whose window ended: shown now, with their count."""
         out = []

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import signal
 import sys
@@ -21,7 +22,7 @@ import time
 from ..config import ADDRESS_ENV, Config
 from ..core.memview import SORT_KEYS
 from ..exceptions import AuthenticationError, ZFabricError
-from . import node as node_mod
+from . import launch
 from . import report
 from .report import fmt_bytes as _fmt_bytes
 
@@ -150,7 +151,7 @@ def cmd_start(args) -> int:
             raise UsageError("say --head to start the first node, "
                              "or --address tcp://HOST:PORT to join a cluster")
         try:
-            join = [node_mod.check_address(address)]
+            join = [launch.check_address(address)]
         except ValueError as e:
             raise UsageError(str(e)) from None
     resources = _node_resources_of(args)
@@ -158,12 +159,12 @@ def cmd_start(args) -> int:
     num_cpus = args.num_cpus if args.num_cpus is not None else float(os.cpu_count() or 1)
     try:
         if join:
-            config = node_mod.prepare_join(config, join[0], args.insecure_no_auth)
-        proc, info = node_mod.spawn_node(
+            config = launch.prepare_join(config, join[0], args.insecure_no_auth)
+        proc, info = launch.spawn_node(
             config, num_cpus=num_cpus, resources=resources,
             object_store_memory=args.object_store_memory, host=args.host, port=args.port,
             embedded=False, join=join, insecure=args.insecure_no_auth, dashboard=dashboard)
-    except (node_mod.NodeStartError, AuthenticationError, ConnectionError) as e:
+    except (launch.NodeStartError, AuthenticationError, ConnectionError) as e:
         raise UsageError(str(e)) from None
     print(f"address: {info['address']}")
     if info.get("dashboard_url"):
@@ -206,7 +207,7 @@ def _tool_client(address: str | None):
 def _local_nodes(address: str | None) -> list[dict]:
     """Records of the nodes started from this machine (the one at `address`)."""
     config = Config.from_env()
-    nodes = node_mod.find_local_nodes(config)
+    nodes = launch.find_local_nodes(config)
     address = address or os.environ.get(ADDRESS_ENV)
     if address and address != "auto":
         nodes = [n for n in nodes if n["address"] == address]
@@ -260,7 +261,7 @@ def cmd_status(args) -> int:
             print(f"  pending demand no live node can meet: {demand}")
     print(f"cluster: {alive} node(s) alive of {len(rows)}, {used_cpu:g}/{tot_cpu:g} CPUs in use")
     print("\n".join(report.demand_lines(status)))
-    for info in node_mod.find_local_nodes(Config.from_env()):
+    for info in launch.find_local_nodes(Config.from_env()):
         if info["node_id"] == status["self"] and info.get("dashboard_url"):
             print(f"dashboard: {info['dashboard_url']}")
     insecure = [s["NodeID"][:12] for s in rows if s["Alive"] and s.get("auth") == "none"]
@@ -271,7 +272,7 @@ def cmd_status(args) -> int:
 
 def cmd_stop(args) -> int:
     config = Config.from_env()
-    nodes = node_mod.find_local_nodes(config)
+    nodes = launch.find_local_nodes(config)
     for info in nodes:
         try:
             os.kill(info["pid"], signal.SIGTERM)
@@ -279,9 +280,9 @@ def cmd_stop(args) -> int:
             pass
     deadline = time.monotonic() + 10
     for info in nodes:
-        while node_mod.pid_is_node(info["pid"]) and time.monotonic() < deadline:
+        while launch.pid_is_node(info["pid"]) and time.monotonic() < deadline:
             time.sleep(0.05)
-        if node_mod.pid_is_node(info["pid"]):
+        if launch.pid_is_node(info["pid"]):
             os.kill(info["pid"], signal.SIGKILL)
         # a node that could not clean up after itself: do it for it
         from . import store
@@ -291,7 +292,7 @@ def cmd_stop(args) -> int:
         import shutil
         shutil.rmtree(info["session_dir"], ignore_errors=True)
         try:
-            os.unlink(os.path.join(node_mod.node_records_dir(config), f"{info['node_id']}.json"))
+            os.unlink(os.path.join(launch.node_records_dir(config), f"{info['node_id']}.json"))
         except FileNotFoundError:
             pass
     print(f"stopped {len(nodes)} node(s)")
@@ -345,12 +346,27 @@ def _ask(record: dict, what: str):
 
 def cmd_serve(args) -> int:
     config = Config.from_json(args.config)
-    return node_mod.serve(config, num_cpus=args.num_cpus, resources=json.loads(args.resources),
-                          object_store_memory=args.object_store_memory, host=args.host,
-                          port=args.port, ready_fd=args.ready_fd,
-                          embedded_driver_pid=args.embedded_driver_pid,
-                          join=args.join, insecure=args.insecure_no_auth,
-                          dashboard=_dashboard_of(args))
+    zygote = None
+    if args.num_cpus > 0:   # its first zygote imports while the node does (two cores: at once)
+        from .processes import raise_fd_limit, start_zygote
+        raise_fd_limit()   # (its workers inherit it)
+        try:
+            zygote = start_zygote(config.zygote_preload)
+        except OSError:
+            pass   # the first spawn tries again, and reports it if it cannot
+    from .node import serve   # (the node's own modules: only in the node process)
+    code = serve(config, num_cpus=args.num_cpus, resources=json.loads(args.resources),
+                 object_store_memory=args.object_store_memory, host=args.host,
+                 port=args.port, ready_fd=args.ready_fd,
+                 embedded_driver_pid=args.embedded_driver_pid,
+                 join=args.join, insecure=args.insecure_no_auth,
+                 dashboard=_dashboard_of(args), zygote=zygote)
+    # It cleaned up after itself: exit now, not after tearing down every module
+    # (what a driver waiting in shutdown() would wait for).
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 COMMANDS = {"start": cmd_start, "status": cmd_status, "stop": cmd_stop,

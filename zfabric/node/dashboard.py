@@ -4,6 +4,7 @@
                                                           ^ every dashboard_sample_interval
     sampler thread --Client "tool", Request status/tasks/errors--> NodeLoop (ipc)
                    (and "memory", the object listing, every dashboard_memory_interval)
+                   while someone looks: until dashboard_idle_after after the last request
 
 The server gets its data as a *client* of its own node, through the same
 Request/Reply path as `zfabric status`: the loop stays the only owner of the
@@ -11,7 +12,7 @@ node's state, and nothing here can change it (no Request changes anything).
 HTTP never reaches the loop: handlers read the last sample only, so however
 many clients ask, the loop answers one set of Requests per interval, and a
 slow or hostile HTTP client holds one of `MAX_CONNECTIONS` server threads for
-at most `IO_TIMEOUT` seconds, never the loop. (Answering HTTP from the poll
+at most `IO_TIMEOUT` seconds (dashboard_http.py), never the loop. (Answering HTTP from the poll
 loop on a raw socket would put parsing, and every client's pace, inside the
 loop; threads that only read a snapshot keep it out.)
 
@@ -34,6 +35,13 @@ passes it on to the endpoints it polls.
     GET /api/objects    objects by node (count, bytes, spilled) and the largest ones
     GET /metrics        this node's counters and gauges, Prometheus text format
 
+An idle node pays nothing for its dashboard: the sampler asks its node only
+while someone looks (a request within `dashboard_idle_after` seconds; it
+then closes its client, whose threads go with it, until the next request,
+which waits for a fresh sample if the last one is stale), so the charts'
+history covers the time the page was watched; the HTTP thread sleeps in
+select() until a connection or `close()` wakes it (no polling interval).
+
 `Dashboard` is made by node.py's `serve` before the loop runs (it binds at
 once, so the URL goes into the node's record), started with the loop, and
 closed after it.
@@ -41,18 +49,15 @@ closed after it.
 from __future__ import annotations
 
 import errno
-import hmac
-import http.server
 import json
 import logging
 import os
 import secrets
+import select
 import socket
-import socketserver
 import threading
 import time
 from collections import deque
-from urllib.parse import parse_qs
 
 import zmq
 
@@ -62,13 +67,12 @@ from ..core import memview
 from .client import Client
 
 log = logging.getLogger("zfabric.dashboard")
-MAX_CONNECTIONS = 32     # HTTP connections served at once; more are closed at once
-IO_TIMEOUT = 10.0        # seconds a connection may take to send a request or read a reply
 REQUEST_TIMEOUT = 2.0    # seconds the sampler waits for its node (a missed sample: retried)
 QUERIES = ("status", "tasks", "errors")
 OBJECTS_SHOWN = 100      # the largest objects /api/objects lists
 HISTORY_FUNCTIONS = 20   # functions whose counts each history sample keeps (the busiest)
-POLL_INTERVAL = 0.1      # seconds the HTTP server takes to notice it is shut down
+LISTEN_BACKLOG = 16      # connections the kernel queues before we accept them
+JOIN_TIMEOUT = 0.1       # seconds close() waits for the sampler (it may wait on its node)
 PAGE = os.path.join(os.path.dirname(__file__), "dashboard.html")
 
 
@@ -83,10 +87,10 @@ class Dashboard:
         self.config = config
         self.ipc = ipc
         self.snapshot = Snapshot(config.dashboard_history)
-        self.server = _Server(host, port, fallback=port is None,
-                              default=config.dashboard_port, dashboard=self)
+        self.socket = _listen(host, port, fallback=port is None, default=config.dashboard_port)
+        self.server = None   # made at the first connection (dashboard_http.py)
         shown = host if ":" not in host else f"[{host}]"
-        self.port = self.server.server_address[1]
+        self.port = self.socket.getsockname()[1]
         self.token = secrets.token_urlsafe(18)
         self.url = f"http://{shown}:{self.port}/?token={self.token}"
         names = {host, shown, "localhost", "127.0.0.1", "[::1]"}
@@ -95,9 +99,15 @@ class Dashboard:
         self._threads: list[threading.Thread] = []
         self._client: Client | None = None
         self._memory_at = float("-inf")   # when the object listing was last asked for
+        self._viewed = threading.Event()  # a request came in: the sampler wakes
+        self._last_view = float("-inf")   # (monotonic) when the last request came in
+        self._fresh = threading.Condition()   # notified at each sample
+        self._samples = 0
+        self._sampled_at = float("-inf")  # (monotonic) when the last sample was taken
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
 
     def start(self) -> None:
-        for target, name in ((lambda: self.server.serve_forever(POLL_INTERVAL), "dashboard-http"),
+        for target, name in ((self._serve, "dashboard-http"),
                              (self._sample_forever, "dashboard-sampler")):
             t = threading.Thread(target=target, name=name, daemon=True)
             t.start()
@@ -108,28 +118,86 @@ class Dashboard:
         sampler is waiting on gets no answer, so it is not waited for (the
         thread is a daemon, and its client is left to the process's exit)."""
         self._stop.set()
-        if self._threads:
-            self.server.shutdown()
-        self.server.server_close()
+        self._viewed.set()
+        os.write(self._wake_w, b"x")
+        for t in self._threads:
+            t.join(JOIN_TIMEOUT)
+        if self.server is not None:
+            self.server.server_close()
+        else:
+            self.socket.close()
         sampler = self._threads[1] if len(self._threads) > 1 else None
-        if sampler is not None:
-            sampler.join(POLL_INTERVAL)
-        if self._client is not None and (sampler is None or not sampler.is_alive()):
-            self._client.close()
-            self._client = None
+        if sampler is None or not sampler.is_alive():
+            self._drop_client()
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+
+    def _serve(self) -> None:
+        """Answer connections until close(): asleep in select() in between."""
+        listening = self.socket
+        while not self._stop.is_set():
+            ready, _, _ = select.select([listening, self._wake_r], [], [])
+            if listening in ready and not self._stop.is_set():
+                if self.server is None:
+                    from .dashboard_http import make_server
+                    self.server = make_server(listening, self)
+                # (what serve_forever does once the socket is readable: accept,
+                # then a thread per connection)
+                self.server._handle_request_noblock()
+
+    def viewed(self) -> None:
+        """A request came in (a handler's thread): keep sampling; if the last
+        sample is stale (nobody looked for a while), wait for a fresh one."""
+        now = time.monotonic()
+        self._last_view = now
+        self._viewed.set()
+        if now - self._sampled_at <= 2 * self.config.dashboard_sample_interval:
+            return
+        with self._fresh:
+            seen = self._samples
+            self._fresh.wait_for(lambda: self._samples != seen or self._stop.is_set(),
+                                 REQUEST_TIMEOUT)
+
+    def answer(self, path: str) -> tuple[int, str, bytes]:
+        """(status, content type, body) for a GET of `path` (a handler's thread, once
+        it checked the Host header and the token)."""
+        self.viewed()
+        data, taken, history = self.snapshot.get()
+        if path in ("/", "/index.html"):
+            with open(PAGE, "rb") as f:
+                return 200, "text/html; charset=utf-8", f.read()
+        if path in API:
+            return 200, "application/json", json.dumps(API[path](data, taken, history)).encode()
+        if path == "/metrics":
+            return 200, "text/plain; version=0.0.4; charset=utf-8", metrics(data).encode()
+        return 404, "text/plain; charset=utf-8", b"not found\n"
 
     # -- sampling its node ------------------------------------------------------------
 
     def _sample_forever(self) -> None:
         interval = self.config.dashboard_sample_interval
         while not self._stop.is_set():
+            if time.monotonic() - self._last_view > self.config.dashboard_idle_after:
+                self._drop_client()   # nobody looks: no client, no requests to the loop
+                self._viewed.clear()
+                if time.monotonic() - self._last_view > self.config.dashboard_idle_after:
+                    self._viewed.wait()
+                continue
             try:
                 self._sample()
             except (ConnectionError, OSError, ValueError, ZFabricError, zmq.ZMQError) as e:
                 # the node is starting or stopping, or did not answer in time
                 # (GetTimeoutError): the page shows the last sample and its age
                 log.debug("dashboard sample failed: %s", e)
+            with self._fresh:   # (a failed one too: a waiting request answers with what is)
+                self._samples += 1
+                self._fresh.notify_all()
             self._stop.wait(interval)
+
+    def _drop_client(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
 
     def _sample(self) -> None:
         if self._client is None:
@@ -141,19 +209,7 @@ class Dashboard:
             data["memory"] = self._client.request("memory", timeout=REQUEST_TIMEOUT)
             self._memory_at = now
         self.snapshot.update(data, time.time())
-
-
-def options(include, host, port) -> tuple | None:
-    """init()'s include_dashboard, dashboard_host and dashboard_port, checked:
-    spawn_node's `dashboard` ((host, port), or None for none)."""
-    if include is not None and not isinstance(include, bool):
-        raise TypeError(f"include_dashboard must be None, True or False, got {include!r}")
-    if host is not None and (not isinstance(host, str) or not host):
-        raise TypeError(f"dashboard_host must be a host name or address, got {host!r}")
-    if port is not None and (not isinstance(port, int) or isinstance(port, bool)
-                             or not 0 <= port <= 65535):
-        raise ValueError(f"dashboard_port must be None or a port (0-65535), got {port!r}")
-    return None if include is False else (host or "", port)   # "": config.dashboard_host
+        self._sampled_at = now
 
 
 class Snapshot:
@@ -277,126 +333,30 @@ def _label(value) -> str:
     return str(value).replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 
-# -- HTTP -----------------------------------------------------------------------------
+def _listen(host: str, port: int | None, *, fallback: bool, default: int) -> socket.socket:
+    """The dashboard's listening socket on host:port (None: `default`, or a free
+    port if that one is taken); DashboardError if it cannot listen there."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    want = default if port is None else port
 
-class _Server(http.server.ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = False
-
-    def __init__(self, host: str, port: int | None, *, fallback: bool, default: int,
-                 dashboard: Dashboard):
-        self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        self.dashboard = dashboard
-        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
-        super().__init__((host, default if port is None else port), _Handler,
-                         bind_and_activate=False)
+    def bind(p: int) -> socket.socket:
+        sock = socket.socket(family, socket.SOCK_STREAM)
         try:
-            self._bind()
-        except OSError as e:
-            if not (fallback and e.errno == errno.EADDRINUSE):
-                self.server_close()
-                raise DashboardError(f"cannot serve the dashboard on {host}:"
-                                     f"{self.server_address[1]}: {e.strerror}") from None
-            self.socket.close()
-            self.socket = socket.socket(self.address_family, self.socket_type)
-            self.server_address = (host, 0)
-            self._bind()
-
-    def _bind(self) -> None:
-        # TCPServer's, not HTTPServer's server_bind: that one asks DNS for a name (getfqdn)
-        socketserver.TCPServer.server_bind(self)
-        self.server_name, self.server_port = self.server_address[:2]
-        self.server_activate()
-
-    def process_request(self, request, client_address) -> None:
-        if not self._slots.acquire(blocking=False):
-            self.shutdown_request(request)   # too many at once: this one waits for nobody
-            return
-        try:
-            super().process_request(request, client_address)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)   # (as HTTPServer)
+            sock.bind((host, p))
+            sock.listen(LISTEN_BACKLOG)
         except BaseException:
-            self._slots.release()
+            sock.close()
             raise
+        return sock
 
-    def handle_error(self, request, client_address) -> None:
-        """A handler's exception goes to the node's log, not to stderr (an
-        embedded node shares the driver's terminal)."""
-        log.warning("dashboard: error answering %s", client_address, exc_info=True)
-
-    def process_request_thread(self, request, client_address) -> None:
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            self._slots.release()
-
-
-class _Handler(http.server.BaseHTTPRequestHandler):
-    server_version = "zfabric-dashboard"
-    timeout = IO_TIMEOUT
-
-    def do_GET(self) -> None:
-        if not self._host_ok() or not self._token_ok():
-            return
-        path = self.path.split("?", 1)[0]
-        dash = self.server.dashboard
-        data, taken, history = dash.snapshot.get()
-        if path in ("/", "/index.html"):
-            with open(PAGE, "rb") as f:
-                self._send(200, "text/html; charset=utf-8", f.read())
-        elif path in API:
-            body = json.dumps(API[path](data, taken, history)).encode()
-            self._send(200, "application/json", body)
-        elif path == "/metrics":
-            self._send(200, "text/plain; version=0.0.4; charset=utf-8", metrics(data).encode())
-        else:
-            self._send(404, "text/plain; charset=utf-8", b"not found\n")
-
-    def do_HEAD(self) -> None:
-        self.do_GET()
-
-    def _refuse_method(self) -> None:
-        if self._host_ok():
-            self._send(405, "text/plain; charset=utf-8",
-                       b"the dashboard is read-only: GET only\n", allow=True)
-
-    do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_TRACE = do_CONNECT = \
-        _refuse_method
-
-    def _host_ok(self) -> bool:
-        host = (self.headers.get("Host") or "").strip().lower()
-        if host in self.server.dashboard.allowed_hosts:
-            return True
-        self._send(403, "text/plain; charset=utf-8",
-                   b"refused: the Host header is not this dashboard's address\n")
-        return False
-
-    def _token_ok(self) -> bool:
-        query = self.path.split("?", 1)[1] if "?" in self.path else ""
-        try:
-            given = parse_qs(query, max_num_fields=10).get("token", [""])[0]
-        except ValueError:   # too many fields
-            given = ""
-        if hmac.compare_digest(given.encode(), self.server.dashboard.token.encode()):
-            return True
-        self._send(403, "text/plain; charset=utf-8",
-                   b"refused: open the dashboard's URL with its token, as zf.init() returns "
-                   b"it and `zfabric status` prints it\n")
-        return False
-
-    def _send(self, code: int, kind: str, body: bytes, allow: bool = False) -> None:
-        self.send_response(code)
-        self.send_header("Content-Type", kind)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Cache-Control", "no-store")
-        self.send_header("X-Content-Type-Options", "nosniff")
-        self.send_header("Content-Security-Policy",
-                         "default-src 'self'; script-src 'unsafe-inline'; "
-                         "style-src 'unsafe-inline'; img-src 'self' data:")
-        if allow:
-            self.send_header("Allow", "GET, HEAD")
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
-
-    def log_message(self, format: str, *args) -> None:   # to the node's log, not stderr
-        log.debug("%s %s", self.address_string(), format % args)
+    try:
+        return bind(want)
+    except OSError as e:
+        if fallback and e.errno == errno.EADDRINUSE:
+            try:
+                return bind(0)
+            except OSError as e2:
+                e = e2
+        raise DashboardError(f"cannot serve the dashboard on {host}:{want}: "
+                             f"{e.strerror}") from None

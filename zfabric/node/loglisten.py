@@ -37,7 +37,7 @@ from ..core.logfold import LogFolder
 from . import sockets
 
 log = logging.getLogger("zfabric.client")
-POLL_MS = 100          # how often the thread looks at the clock (folded lines' windows)
+POLL_MS = 100          # how often the thread looks at the clock while lines are folded
 ANSWER_TIMEOUT = 10.0  # seconds to wait for the node's answer to a Listen
 
 
@@ -51,9 +51,14 @@ class LogListener:
         self.sock = sockets.client_dealer(ctx, b"l" + os.urandom(7) + sockets.RX_SUFFIX,
                                           endpoint)
         self._stop = threading.Event()
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)   # (close: at once)
+        self._poller = zmq.Poller()
+        self._poller.register(self.sock, zmq.POLLIN)
+        self._poller.register(self._wake_r, zmq.POLLIN)
         self.sock.send(p.encode(p.Listen(job, True)))
         if not self._until_answer():
             self.sock.close(0)
+            self._close_pipe()
             raise ConnectionError("the zfabric node did not answer the driver's log listener")
         self.thread = threading.Thread(target=self._run, daemon=True, name="zfabric-logs")
         self.thread.start()
@@ -61,14 +66,24 @@ class LogListener:
     def close(self) -> None:
         """Print what the node still has for us, then stop."""
         self._stop.set()
+        os.write(self._wake_w, b"x")
         self.thread.join(ANSWER_TIMEOUT + 1)
+        if not self.thread.is_alive():
+            self._close_pipe()
+
+    def _close_pipe(self) -> None:
+        os.close(self._wake_r)
+        os.close(self._wake_w)
 
     # -- the thread -------------------------------------------------------------------
 
     def _run(self) -> None:
         try:
             while not self._stop.is_set():
-                if self.sock.poll(POLL_MS):
+                # asleep until a message or close(); while lines are folded, the
+                # clock is looked at every POLL_MS (their windows)
+                ready = dict(self._poller.poll(POLL_MS if self.fold.pending() else None))
+                if self.sock in ready:
                     self._take()
                 self._show(self.fold.expire(time.monotonic()))
             self.sock.send(p.encode(p.Listen(self.job, False)), zmq.NOBLOCK)

@@ -12,6 +12,7 @@
                there are peers, and at its exit; all when a listener leaves)
                --> WorkerOutput ---------------------------------------------+        |
     timer -----> processes.on_tick (a held-back zygote restart), then Tick ---+        |
+                 (every tick_interval; idle_tick[0] while idle: see _next_tick)
     effects <--------------------------------------------------------------------------'
       one handler per effect type (NodeLoop.effect_handlers):
       Send -> client Batcher -> scheduler ROUTER    PeerSend / JoinSend / ForgetPeer -> peers.py
@@ -74,8 +75,10 @@ class NodeLoop:
                  node_id: bytes, ipc_endpoint: str,
                  session_dir: str, store_dir: str, spill_dir: str, spill_copy_chunk: int,
                  tick_interval: float, logs, stop_grace: float,
+                 idle_tick: tuple[float, float] | None = None,
                  zygote_backoff: tuple[float, float] = (0.1, 5.0),
-                 embedded_driver_pid: int | None = None, on_ready=None):
+                 embedded_driver_pid: int | None = None, on_ready=None,
+                 zygote=None, zygote_preload: str = ""):
         self.fabric = fabric
         self.router = client_router
         self.peer_router = peer_router
@@ -86,6 +89,10 @@ class NodeLoop:
                                      + ([gate.socket] if gate is not None else []))
         self.store_dir = store_dir
         self.tick_interval = tick_interval
+        # (interval, after): tick every `interval` once `after` seconds passed with no
+        # work (_worked); None: always every tick_interval
+        self.idle_tick = idle_tick
+        self._worked = float("-inf")   # (monotonic) the last sign of work
         self.embedded_driver_pid = embedded_driver_pid
         self.on_ready = on_ready   # called once, when the pre-started workers are up
         self.poller = zmq.Poller()
@@ -107,7 +114,8 @@ class NodeLoop:
                                    stop_grace=stop_grace, restart_backoff=zygote_backoff[0],
                                    restart_backoff_max=zygote_backoff[1],
                                    on_worker_gone=lambda pid: store.remove_partials(store_dir,
-                                                                                    pid))
+                                                                                    pid),
+                                   preload=zygote_preload, zygote=zygote)
         self.running = False
         self.stop_reason = ""
         self._draining = False
@@ -153,15 +161,26 @@ class NodeLoop:
                 self._poll(max(0.0, next_tick - time.monotonic()))
                 now = time.monotonic()
                 if now >= next_tick:
-                    next_tick = now + self.tick_interval
                     self.processes.on_tick()
                     self._worker_output(self.logs.read_all())
                     self._read_at_done = self.fabric.has_peers()
                     self.execute(self.fabric.handle(ev.Tick(), now))
                     self._flush_sends()
+                    next_tick = now + self._next_tick(now)
+                elif next_tick - now > self.tick_interval and not self._idle(now):
+                    next_tick = now + self.tick_interval   # work came: the short tick again
         finally:
             signal.set_wakeup_fd(old_wakeup)
         return self.stop_reason
+
+    def _idle(self, now: float) -> bool:
+        """Nothing to do for a while: no sign of work for idle_tick[1] seconds, the
+        pre-started workers up and the node not joining."""
+        return (self.idle_tick is not None and now - self._worked > self.idle_tick[1]
+                and self.on_ready is None and not self.fabric.joining())
+
+    def _next_tick(self, now: float) -> float:
+        return self.idle_tick[0] if self._idle(now) else self.tick_interval
 
     def _listen(self) -> int:
         """Register the sockets and signals; returns the previous wake-up fd."""
@@ -228,6 +247,8 @@ class NodeLoop:
     # -- what arrives -----------------------------------------------------------------
 
     def _drain_router(self, sock: zmq.Socket, peer: bool) -> None:
+        if not peer:
+            self._worked = time.monotonic()   # (a peer's: unless it is only gossip, below)
         self._draining = True
         try:
             self._drain_router_batch(sock, peer)
@@ -252,6 +273,8 @@ class NodeLoop:
             inner = self._decode(sender, frames)
             for msg in inner:
                 if peer:
+                    if type(msg) is not p.Gossip:
+                        self._worked = now
                     event = ev.PeerMessage(sender, msg)
                 else:
                     if type(msg) is p.TaskDone and self._read_at_done:   # its lines first
@@ -291,6 +314,7 @@ class NodeLoop:
         self._flush_sends()
 
     def _receive_chunks(self, sock: zmq.Socket) -> None:
+        self._worked = time.monotonic()
         fabric = self.fabric
         for event in self.pulls.receive(sock, fabric.expects_chunk):
             self.execute(fabric.handle(event, time.monotonic()))
@@ -298,6 +322,7 @@ class NodeLoop:
 
     def _worker_output(self, runs: list) -> None:
         if runs:
+            self._worked = time.monotonic()
             self.execute(self.fabric.handle(ev.WorkerOutput(tuple(runs)), time.monotonic()))
 
     def _process_event(self, event) -> None:
@@ -308,6 +333,7 @@ class NodeLoop:
 
     def dispatch(self, event) -> None:
         """Hand an event to the fabric now and carry out its effects."""
+        self._worked = time.monotonic()
         self.execute(self.fabric.handle(event, time.monotonic()))
         if not self._draining:
             self._flush_sends()
@@ -333,6 +359,7 @@ class NodeLoop:
 
     def _forget_peer(self, e: fx.ForgetPeer) -> None:
         """It died or left: drop what we queued for it and close our sockets to it."""
+        self._worked = time.monotonic()
         self.peers.forget(e.address)
         self.pulls.forget(e.node_id)
 

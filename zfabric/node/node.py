@@ -1,11 +1,7 @@
-"""The node process's composition root, and how callers start one.
+"""The node process's composition root.
 
-`spawn_node(...)` (used by `zf.init()` for an embedded node and by
-`zfabric start`) runs `python -m zfabric.node _serve ...` and waits until the
-node has bound its sockets and its pre-started workers are up; it answers on
-a pipe with a JSON record
-(address, ipc endpoint, session and store dirs) or with the one-line reason
-it could not start.
+How callers start one and wait for it (`spawn_node`) is in launch.py: a
+driver imports that, never this module.
 
 `serve(...)` is the node itself: make the session and store dirs, bind the
 scheduler ROUTER on `ipc://{session}/node.sock` and `tcp://host:port` and the
@@ -21,15 +17,9 @@ import gc
 import json
 import logging
 import os
-import resource
-import select
 import shutil
-import stat
-import subprocess
-import sys
 import time
 
-import psutil
 import zmq
 
 from ..config import LOG_DIR_NAME, SPILL_DIR_NAME, Config
@@ -38,18 +28,17 @@ from ..exceptions import AuthenticationError
 from ..ids import new_node_id
 from . import auth, sockets, store
 from .dashboard import Dashboard, DashboardError
+from .launch import (NodeStartError, advertised_host, is_loopback, node_records_dir,
+                     private_dir)
 from .logmon import LogMonitor
 from .loop import NodeLoop
+from .processes import raise_fd_limit
 
 log = logging.getLogger("zfabric.node")
 
 
-class NodeStartError(RuntimeError):
-    """A node could not start; the message is one line for the user."""
-
-
 def default_store_capacity(config: Config) -> int:
-    ram = psutil.virtual_memory().total
+    ram = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")   # (psutil: 10 ms to import)
     try:
         shm_free = shutil.disk_usage(config.store_root).free
     except OSError:
@@ -57,104 +46,16 @@ def default_store_capacity(config: Config) -> int:
     return int(min(ram * config.object_store_fraction, shm_free * 0.9))
 
 
-def node_records_dir(config: Config) -> str:
-    return os.path.join(config.temp_dir, "nodes")
-
-
-# -- starting a node from another process ----------------------------------------------------
-
-def spawn_node(config: Config, *, num_cpus: float, resources: dict,
-               object_store_memory: int | None, host: str, port: int,
-               embedded: bool, join: list[str] = (),
-               insecure: bool = False, dashboard: tuple[str, int | None] | None = ("", None),
-               timeout: float | None = None) -> tuple[subprocess.Popen, dict]:
-    """Start a node process and wait until it answers (and has joined the
-    cluster at `join`, if given). Returns (process, info).
-
-    The node authenticates TCP with the key file `config.cluster_key` (see
-    auth.py; for a join, `prepare_join` finds and checks it first), unless
-    `insecure`: then its TCP sockets are plain (--insecure-no-auth).
-    `dashboard`: (host, port) the node's dashboard listens on (host "":
-    `config.dashboard_host`; port None: `config.dashboard_port`, or a free port
-    when that is taken); None: no dashboard."""
-    private_dir(config.temp_dir)   # refused here, in one line, if another user owns it
-    r, w = os.pipe()
-    cmd = [sys.executable, "-m", "zfabric.node", "_serve", "--ready-fd", str(w),
-           "--config", config.to_json(), "--num-cpus", repr(float(num_cpus)),
-           "--resources", json.dumps(resources), "--host", host, "--port", str(port)]
-    for address in join:
-        cmd += ["--join", address]
-    if object_store_memory is not None:
-        cmd += ["--object-store-memory", str(int(object_store_memory))]
-    if embedded:
-        cmd += ["--embedded-driver-pid", str(os.getpid())]
-    if insecure:
-        cmd += ["--insecure-no-auth"]
-    cmd += _dashboard_flags(config, dashboard)
-    devnull = subprocess.DEVNULL
-    env = dict(os.environ)
-    if embedded:  # workers import what the driver can (functions pickled by reference)
-        paths = [os.path.abspath(x or os.curdir) for x in sys.path if os.path.isdir(x or os.curdir)]
-        if env.get("PYTHONPATH"):
-            paths.append(env["PYTHONPATH"])
-        env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
-    try:
-        proc = subprocess.Popen(
-            cmd, pass_fds=(w,), stdin=devnull, env=env,
-            stdout=None if embedded else devnull, stderr=None if embedded else devnull,
-            start_new_session=not embedded)
-    finally:
-        os.close(w)
-    try:
-        line = _read_line(r, timeout or (config.node_start_timeout
-                                         + (config.join_timeout if join else 0)), proc)
-    finally:
-        os.close(r)
-    info = json.loads(line) if line else {"error": "the node process exited while starting"}
-    if "error" in info:
-        try:  # it removes its store and session dirs on the way out
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        raise NodeStartError(info["error"])
-    return proc, info
-
-
-def _dashboard_flags(config: Config, dashboard: tuple[str, int | None] | None) -> list[str]:
-    if dashboard is None:
-        return ["--no-dashboard"]
-    host, port = dashboard
-    return ["--dashboard-host", host or config.dashboard_host] + (
-        ["--dashboard-port", str(int(port))] if port is not None else [])
-
-
-def _read_line(fd: int, timeout: float, proc: subprocess.Popen) -> str:
-    buf = b""
-    deadline = time.monotonic() + timeout
-    while b"\n" not in buf:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            proc.kill()
-            proc.wait()
-            raise NodeStartError(f"the node did not start within {timeout:g} s")
-        ready, _, _ = select.select([fd], [], [], min(remaining, 0.5))
-        if ready:
-            chunk = os.read(fd, 65536)
-            if not chunk:
-                break
-            buf += chunk
-    return buf.decode().strip()
-
-
 # -- the node process ------------------------------------------------------------------------
 
 def serve(config: Config, *, num_cpus: float, resources: dict, object_store_memory: int | None,
           host: str, port: int, ready_fd: int | None, embedded_driver_pid: int | None,
           join: list[str] = (), insecure: bool = False,
-          dashboard: tuple[str, int | None] | None = None) -> int:
-    """Be a node until stopped; returns the process's exit code."""
+          dashboard: tuple[str, int | None] | None = None, zygote=None) -> int:
+    """Be a node until stopped; returns the process's exit code. `zygote`: its
+    first worker fork server, already started (processes.start_zygote)."""
     node = _NodeProcess(config, ready_fd)
+    node.zygote = zygote
     try:
         key, key_path = node_key(config, node.session_dir, host, join, insecure)
         info = node.listen(host, port, key)
@@ -172,13 +73,18 @@ def serve(config: Config, *, num_cpus: float, resources: dict, object_store_memo
                         session_dir=node.session_dir, store_dir=node.store_dir,
                         spill_dir=info["spill_dir"], spill_copy_chunk=config.spill_copy_chunk,
                         tick_interval=config.gossip_interval / 2,
+                        idle_tick=(max(config.gossip_interval,
+                                       min(config.idle_gossip_interval,
+                                           config.failure_timeout / 6)), config.idle_after),
                         logs=LogMonitor(os.path.join(node.session_dir, LOG_DIR_NAME),
                                         config.log_read_bytes, config.log_max_behind),
                         stop_grace=config.stop_grace,
                         zygote_backoff=(config.zygote_restart_backoff,
                                         config.zygote_restart_backoff_max),
                         embedded_driver_pid=embedded_driver_pid,
-                        on_ready=lambda: node.answer(info))
+                        on_ready=lambda: node.answer(info),
+                        zygote=node.zygote, zygote_preload=config.zygote_preload)
+        node.zygote = None   # (the loop's now)
         node.write_records(info, embedded=bool(embedded_driver_pid))
         log.info("node %s up at %s (%s), %g CPUs", info["node_id"], info["address"],
                  info["ipc"], num_cpus)
@@ -213,7 +119,7 @@ class _NodeProcess:
         logging.basicConfig(filename=os.path.join(self.session_dir, "node.log"),
                             level=logging.INFO,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        _raise_fd_limit()   # (per worker: a pidfd and two log files, node/logmon.py)
+        raise_fd_limit()   # (per worker: a pidfd and two log files, node/logmon.py)
         # The loop allocates many short-lived, acyclic records per task; the default
         # gen-0 threshold (700) ran a collection every few tasks.
         gc.set_threshold(50_000, 20, 20)
@@ -223,6 +129,7 @@ class _NodeProcess:
         self.watches: list = []
         self.record_path = None
         self.dashboard = None
+        self.zygote = None   # started early, until the loop takes it (processes.start_zygote)
         self.clean_exit = False
 
     def listen(self, host: str, port: int, key: auth.ClusterKey | None) -> dict:
@@ -303,6 +210,8 @@ class _NodeProcess:
         and (after a clean exit) the session dir."""
         if self.dashboard is not None:
             self.dashboard.close()
+        if self.zygote is not None:
+            self.zygote.close()
         for watch in self.watches:
             watch.close()
         for sock in (self.router, self.peer_router, self.object_router, self.gate):
@@ -318,17 +227,6 @@ class _NodeProcess:
                 pass
         if self.clean_exit:
             shutil.rmtree(self.session_dir, ignore_errors=True)
-
-
-def _raise_fd_limit(want: int = 1 << 16) -> None:
-    """Open files: up to `want` (at most the hard limit), for max_workers workers."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = want if hard == resource.RLIM_INFINITY else min(want, hard)
-    if soft != resource.RLIM_INFINITY and soft < target:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-        except (ValueError, OSError):
-            pass
 
 
 # -- who may talk to a node ------------------------------------------------------------------
@@ -376,88 +274,6 @@ def node_key(config: Config, session_dir: str, host: str, join, insecure: bool
     return key, os.path.abspath(path)
 
 
-def prepare_join(config: Config, address: str, insecure: bool = False) -> Config:
-    """Before a node is started to join the cluster at `address`: the config it
-    needs (with the key file found), once a handshake showed that cluster admits
-    it. AuthenticationError (no key, or one it refuses) or ConnectionError
-    (nothing answers) otherwise: nothing was started, nothing changed."""
-    ctx = zmq.Context()
-    try:
-        if insecure:
-            try:
-                auth.probe(ctx, address, None, timeout=config.join_timeout)
-            except AuthenticationError:
-                raise AuthenticationError(
-                    f"the cluster at {address} requires a cluster key: leave out "
-                    "--insecure-no-auth and pass --cluster-key FILE") from None
-            return config
-        if config.cluster_key:
-            auth.probe(ctx, address, auth.read(config.cluster_key), timeout=config.join_timeout)
-            return config
-        found = auth.find_key_for(ctx, address, find_local_nodes(config))
-        if found:
-            return config.replace(cluster_key=found)
-        auth.probe(ctx, address, None, timeout=config.join_timeout)
-        raise AuthenticationError(
-            f"the cluster at {address} runs without authentication: join it with "
-            f"`python -m zfabric.node start --address {address} --insecure-no-auth` "
-            "(then init(address='auto') attaches to that node)")
-    finally:
-        ctx.destroy(linger=0)
-
-
-def private_dir(path: str) -> None:
-    """Make `path` a dir only this user may enter (0700), or check that it is
-    one: a dir another user made (e.g. in /tmp) is refused, not used."""
-    try:
-        os.mkdir(path, 0o700)
-    except FileExistsError:
-        pass
-    except FileNotFoundError:
-        os.makedirs(path, 0o700, exist_ok=True)
-    st = os.lstat(path)
-    if not stat.S_ISDIR(st.st_mode):
-        raise NodeStartError(f"{path} is not a directory")
-    if st.st_uid != os.geteuid():
-        raise NodeStartError(f"{path} belongs to another user (uid {st.st_uid}); set "
-                             "ZFABRIC_TEMP_DIR to a directory of your own")
-    if st.st_mode & 0o077:
-        os.chmod(path, 0o700)
-
-
-def is_loopback(host: str) -> bool:
-    return host in ("localhost", "::1") or host.startswith("127.")
-
-
-def route_address(host: str) -> str:
-    """This machine's address on the route to `host` (where a peer there reaches us)."""
-    import socket
-    try:   # connecting a UDP socket sends nothing; it only picks the route
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            s.connect((host, 1))
-            return s.getsockname()[0]
-    except OSError:
-        return socket.gethostbyname(socket.gethostname())
-
-
-def check_address(address: str) -> str:
-    """A node address as `--address`, ZFABRIC_ADDRESS and init() take it:
-    tcp://HOST:PORT (ValueError otherwise)."""
-    host, sep, port = str(address).removeprefix("tcp://").rpartition(":")
-    if not str(address).startswith("tcp://") or not sep or not host or not port.isdigit() \
-            or not 0 < int(port) <= 65535:
-        raise ValueError(f"{address!r} is not a node address (expected tcp://HOST:PORT)")
-    return address
-
-
-def advertised_host(host: str) -> str:
-    """The address peers reach a node bound to `host` at: for a wildcard
-    (0.0.0.0, ::), this machine's address on its default route."""
-    if host not in ("0.0.0.0", "::", "*", ""):
-        return host
-    return route_address("10.255.255.255")
-
-
 class _Answer:
     """Tell the process that started us that we are up, or why not; once."""
 
@@ -473,40 +289,3 @@ class _Answer:
         except OSError:  # the starter is gone
             pass
         os.close(fd)
-
-
-def find_local_nodes(config: Config) -> list[dict]:
-    """Records of the live nodes `zfabric start` started on this machine."""
-    out = []
-    folder = node_records_dir(config)
-    try:
-        names = sorted(os.listdir(folder))
-    except FileNotFoundError:
-        return out
-    for name in names:
-        if not name.endswith(".json"):
-            continue
-        path = os.path.join(folder, name)
-        try:
-            with open(path) as f:
-                info = json.load(f)
-        except (OSError, ValueError):
-            continue
-        if pid_is_node(info.get("pid", 0)):
-            out.append(info)
-        else:  # a node killed without cleaning up: forget its record
-            try:
-                os.unlink(path)
-            except OSError:
-                pass
-    return out
-
-
-def pid_is_node(pid: int) -> bool:
-    """Is `pid` a live zfabric node process of this user (not a recycled pid)?"""
-    try:
-        proc = psutil.Process(pid)
-        return ("zfabric.node" in " ".join(proc.cmdline()) and proc.uids().real == os.getuid()
-                and proc.status() != psutil.STATUS_ZOMBIE)
-    except (psutil.Error, ValueError):
-        return False

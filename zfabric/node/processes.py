@@ -11,7 +11,9 @@
     NodeLoop --WatchClient--> pidfd --exit--> the caller's callback (ClientGone)
     NodeLoop --every Tick--> on_tick: a zygote whose restart was held back; the spare
 
-Owns the zygote that forks workers (started on the first spawn), the spare
+Owns the zygote that forks workers (started on the first spawn, or started
+early by node/__main__.py with `start_zygote`, before the node's imports, and
+handed in: it waits as the spare until the first spawn), the spare
 zygote a node keeps once its zygote died, each worker's pid and pidfd
 (known once the zygote reports it; signals go through the pidfd, so a
 recycled pid is never hit), the cancel dir (a worker interrupted by SIGUSR1
@@ -39,7 +41,9 @@ asked for meanwhile wait in `_held` and go out when `on_tick` starts one.
 """
 from __future__ import annotations
 
+import json
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -63,12 +67,49 @@ class _Zygote:
         self.buf = b""
         self.ready = False
 
+    def close(self) -> None:
+        """Kill it and let go of its pipes (one no Processes took: the node did not start)."""
+        os.close(self.report_r)
+        self.popen.kill()
+        self.popen.wait()
+        self.popen.stdin.close()
+
+
+def raise_fd_limit(want: int = 1 << 16) -> None:
+    """Open files: up to `want` (at most the hard limit), for max_workers workers;
+    before the first zygote starts, so that its workers have it too."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = want if hard == resource.RLIM_INFINITY else min(want, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):
+            pass
+
+
+def start_zygote(preload: str = "") -> _Zygote:
+    """Start a zygote (it needs nothing of the node until its setup line, so a
+    node starts its first one before its own imports); OSError if it cannot be.
+    `preload`: more modules for it to import, comma-separated (config.zygote_preload)."""
+    report_r, report_w = os.pipe2(os.O_CLOEXEC)
+    try:
+        popen = subprocess.Popen(
+            [sys.executable, "-m", "zfabric.node.zygote", str(report_w), preload],
+            stdin=subprocess.PIPE, pass_fds=(report_w,), close_fds=True)
+    except OSError:
+        os.close(report_r)
+        raise
+    finally:
+        os.close(report_w)
+    return _Zygote(popen, report_r)
+
 
 class Processes:
     def __init__(self, poller: zmq.Poller, dispatch, *, ipc_endpoint: str, session_dir: str,
                  log_dir: str, stop_grace: float,
                  restart_backoff: float = 0.1, restart_backoff_max: float = 5.0,
-                 clock=time.monotonic, on_worker_gone=None):
+                 clock=time.monotonic, on_worker_gone=None, preload: str = "",
+                 zygote: _Zygote | None = None):
         self.poller = poller
         self.dispatch = dispatch              # dispatch(event): to the fabric, now
         self.ipc_endpoint = ipc_endpoint
@@ -91,6 +132,12 @@ class Processes:
         self._not_before = 0.0        # monotonic time before which no zygote is started
         self._failures = 0            # own zygote deaths / failed starts since one forked
         self._actives = 0             # zygotes that forked for us (started or promoted)
+        self.preload = preload        # more modules each zygote imports (config.zygote_preload)
+        self._setup = ("setup " + json.dumps({"log_dir": log_dir, "env": {
+            "ZFABRIC_NODE_ENDPOINT": ipc_endpoint, "ZFABRIC_CANCEL_DIR": self.cancel_dir,
+            "ZFABRIC_SESSION_DIR": session_dir}}) + "\n").encode()
+        if zygote is not None:   # started before the node's imports: the first spawn takes it
+            self.spare = self._adopt(zygote)
 
     def on_readable(self, fd: int) -> None:
         self._fd_handlers[fd]()
@@ -137,26 +184,19 @@ class Processes:
 
     def _start_zygote(self) -> _Zygote | None:
         """Start a zygote; None (reported as ZygoteStartFailed) if it cannot be."""
-        env = dict(os.environ)
-        env.update(ZFABRIC_NODE_ENDPOINT=self.ipc_endpoint, ZFABRIC_CANCEL_DIR=self.cancel_dir,
-                   ZFABRIC_SESSION_DIR=self.session_dir)
         try:
-            report_r, report_w = os.pipe2(os.O_CLOEXEC)
+            return self._adopt(start_zygote(self.preload))
         except OSError as e:
             return self._start_failed(e)
+
+    def _adopt(self, zygote: _Zygote) -> _Zygote:
+        """Watch its report pipe; tell it where workers connect and write."""
+        self._fd_handlers[zygote.report_r] = lambda: self._on_zygote_report(zygote)
+        self.poller.register(zygote.report_r, zmq.POLLIN)
         try:
-            popen = subprocess.Popen(
-                [sys.executable, "-m", "zfabric.node.zygote", str(report_w),
-                 self.log_dir],
-                env=env, stdin=subprocess.PIPE, pass_fds=(report_w,), close_fds=True)
-        except OSError as e:
-            os.close(report_r)
-            return self._start_failed(e)
-        finally:
-            os.close(report_w)
-        zygote = _Zygote(popen, report_r)
-        self._fd_handlers[report_r] = lambda: self._on_zygote_report(zygote)
-        self.poller.register(report_r, zmq.POLLIN)
+            os.write(zygote.stdin, self._setup)
+        except OSError:
+            pass   # it died already: its report pipe's EOF says so
         return zygote
 
     def _start_failed(self, error: OSError) -> None:

@@ -37,13 +37,13 @@ mtime or mode changed.
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import types
 import weakref
 
 from ..protocol_checks import ENV_MAX_MODULES, ENV_MAX_VARS, MAX_TEXT
 from ..ref import ObjectRef
-from . import packaging, task_env
 
 KEYS = ("working_dir", "py_modules", "env_vars", "excludes")
 REFUSED = ("pip", "conda", "uv", "container", "image_uri")
@@ -195,6 +195,7 @@ class _Packages:
         self.lock = threading.Lock()
 
     def package(self, client, path: str, prefix: str, excludes: tuple, label: str) -> str:
+        from . import packaging   # (only for a working_dir or py_modules)
         limit = client.config.runtime_env_max_bytes
         rules = packaging.Rules(excludes)
         entries = packaging.scan(path, rules, limit, label, prefix)
@@ -287,7 +288,10 @@ def end_job() -> None:
 def job_env(client) -> dict | None:
     """The env a task submitted here runs in unless it names its own: the running
     task's in a worker, else the job's."""
-    current = task_env.current()
+    # (task_env holds the running task's env; only a worker imports it, so not loaded:
+    # no task runs in this process)
+    task_env = sys.modules.get(f"{__package__}.task_env")
+    current = task_env.current() if task_env is not None else None
     if current is not None:
         return current
     return _job["desc"] if _job["client"] is client else None

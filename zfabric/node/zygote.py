@@ -1,23 +1,35 @@
 """The worker fork server: one pre-imported process that forks workers on demand.
 
-    node --"spawn w7\\n"--> zygote (stdin)      zygote --fork--> worker w7
-    node <--"ready 4240\\n"-- zygote (report pipe; it has imported what workers need)
-    node <--"started w7 4242\\n"-- zygote (report pipe)
-    node <--"exited 4242 -11\\n"-- zygote (it reaps its children)
+    node --"setup {json}\n"--> zygote (stdin, first: the node's endpoint, dirs)
+    node --"spawn w7\n"--> zygote (stdin)      zygote --fork--> worker w7
+    node <--"ready 4240\n"-- zygote (report pipe; it has imported what workers need)
+    node <--"started w7 4242\n"-- zygote (report pipe)
+    node <--"exited 4242 -11\n"-- zygote (it reaps its children)
 
 Starting a Python worker from scratch costs ~150 ms of CPU (interpreter,
-zmq, cloudpickle, numpy); forking a process that has already imported them
-costs ~2 ms, so `init(num_cpus=8)` is ready at once and a crashed worker is
-replaced before the retry is dispatched. The zygote imports modules but
-never creates a zmq context, so children start clean. A worker's stdout and
-stderr (fds 1 and 2, so C-level output too) go to `worker-{id}.out` and
-`.err` in the node's log dir, which the node reads (node/logmon.py).
+zmq, cloudpickle, the worker's modules); forking a process that has already
+imported them costs ~2 ms, so `init(num_cpus=8)` is ready at once and a
+crashed worker is replaced before the retry is dispatched. The zygote imports
+modules but never creates a zmq context, so children start clean. A worker's
+stdout and stderr (fds 1 and 2, so C-level output too) go to
+`worker-{id}.out` and `.err` in the node's log dir, which the node reads
+(node/logmon.py).
 
-Each child reseeds numpy's global RNG: forked children would otherwise all
-draw the same "random" numbers.
+The zygote needs nothing of the node to start (the node's endpoint and dirs
+come in the `setup` line), so a node starts its first zygote before its own
+imports (node/__main__.py): both import at once. It imports what every
+worker needs and no more: numpy, say, is imported by the first task of a
+worker that uses it, unless the zygote preloads it (config.zygote_preload,
+ZFABRIC_ZYGOTE_PRELOAD=numpy,...: faster first tasks, more memory per
+worker; a node init() starts preloads what its driver imported of zfabric's
+API, which tasks call, and of numpy: launch.driver_preload).
+Each child reseeds numpy's global RNG if the zygote imported numpy: forked
+children would otherwise all draw the same "random" numbers.
 """
 from __future__ import annotations
 
+import importlib
+import json
 import os
 import select
 import signal
@@ -34,19 +46,26 @@ def _die_with_parent(sig: int) -> None:
         pass
 
 
-def _preload() -> None:
+def _preload(extra: list[str]) -> None:
     import cloudpickle  # noqa: F401
     import msgpack  # noqa: F401
-    import numpy  # noqa: F401
     import zmq  # noqa: F401
 
     from . import client, store, worker  # noqa: F401
+    for name in extra:   # (ZFABRIC_ZYGOTE_PRELOAD; one that fails to import: the worker's problem)
+        try:
+            importlib.import_module(name)
+        except Exception as e:
+            print(f"zfabric zygote: cannot preload {name}: {type(e).__name__}: {e}",
+                  file=sys.stderr)
 
 
 def _child(worker_id: str, report_fd: int, wake_r: int, wake_w: int, log_dir: str,
            zygote_pid: int) -> None:
     for fd in (report_fd, wake_r, wake_w):
         os.close(fd)
+    if not log_dir:   # (a spawn before the setup line: the node never sends one)
+        return
     signal.set_wakeup_fd(-1)
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     devnull = os.open(os.devnull, os.O_RDONLY)
@@ -57,8 +76,8 @@ def _child(worker_id: str, report_fd: int, wake_r: int, wake_w: int, log_dir: st
                       os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         os.dup2(out, fd)
         os.close(out)
-    import numpy
-    numpy.random.seed()
+    if "numpy" in sys.modules:
+        sys.modules["numpy"].random.seed()
     from . import worker
     os.environ["ZFABRIC_WORKER_ID"] = worker_id
     worker.main(zygote_pid=zygote_pid)   # (not getppid(): we may be orphaned already)
@@ -66,10 +85,11 @@ def _child(worker_id: str, report_fd: int, wake_r: int, wake_w: int, log_dir: st
 
 def main() -> None:
     report_fd = int(sys.argv[1])
-    log_dir = sys.argv[2]
+    preload = [m for m in sys.argv[2].split(",") if m] if len(sys.argv) > 2 else []
+    log_dir = ""   # (the setup line says where)
     _die_with_parent(signal.SIGKILL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _preload()
+    _preload(preload)
     os.write(report_fd, f"ready {os.getpid()}\n".encode())   # (a restart that got this far works)
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     signal.set_wakeup_fd(wake_w)
@@ -94,7 +114,11 @@ def main() -> None:
             while b"\n" in buf:
                 line, buf = buf.split(b"\n", 1)
                 cmd, _, arg = line.decode().partition(" ")
-                if cmd == "spawn":
+                if cmd == "setup":   # where workers connect and write (inherited at fork)
+                    setup = json.loads(arg)
+                    log_dir = setup["log_dir"]
+                    os.environ.update(setup["env"])
+                elif cmd == "spawn":
                     pid = os.fork()
                     if pid == 0:
                         try:

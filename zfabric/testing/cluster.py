@@ -29,7 +29,7 @@ import psutil
 
 from ..config import Config
 from ..node import auth
-from ..node import node as node_mod
+from ..node import launch
 from ..node import store
 from ..node.client import Client
 
@@ -92,7 +92,7 @@ class LocalCluster:
         """Start a node that joins the cluster (the first one starts it), through
         the first node's address or `join` (any address of a node of it)."""
         join = [join] if join else [self._handles[0].address] if self._handles else []
-        proc, info = node_mod.spawn_node(
+        proc, info = launch.spawn_node(
             self.config, num_cpus=num_cpus, resources=dict(resources or {}),
             object_store_memory=object_store_memory, host=self.host, port=0,
             embedded=False, join=join, insecure=self.insecure)
@@ -139,7 +139,7 @@ class LocalCluster:
         store.remove_dir(handle.info["store_dir"])
         shutil.rmtree(handle.info["session_dir"], ignore_errors=True)
         try:
-            os.unlink(os.path.join(node_mod.node_records_dir(self.config),
+            os.unlink(os.path.join(launch.node_records_dir(self.config),
                                    f"{handle.node_id}.json"))
         except FileNotFoundError:
             pass
