@@ -16,8 +16,10 @@ in the same run as the systems (also runnable alone for a look):
 - `import_*`: fresh interpreters timed from outside, exec to exit (median of
   `import_reps`, the commands in alternating order): `python -c pass`,
   `python -c "import zmq, cloudpickle, msgpack"` (zfabric's own dependencies
-  of its wire; the issue's floor) and `python -c "import zfabric"` (with the
-  environment the caller gives: run.py puts the checkout on PYTHONPATH).
+  of its wire; the issue's floor) and `python -c "import zfabric; zfabric.remote"`
+  (zfabric's public names load on first use: touching one loads what a driver
+  needs before `init`; with the environment the caller gives: run.py puts the
+  checkout on PYTHONPATH).
 
 Imports nothing but the standard library at top level; numpy and zmq are
 imported by the measurement that needs them.
@@ -36,7 +38,7 @@ import time
 IMPORTS = {  # key -> the -c program
     "import_pass": "pass",
     "import_deps": "import zmq, cloudpickle, msgpack",
-    "import_zfabric": "import zfabric",
+    "import_zfabric": "import zfabric; zfabric.remote",
 }
 FULL = dict(rtt=1000, rtt_warmup=100, big_mb=100, big_reps=3, import_reps=7)
 QUICK = dict(rtt=200, rtt_warmup=20, big_mb=10, big_reps=2, import_reps=3)

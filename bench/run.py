@@ -808,7 +808,9 @@ def markdown(results, order, params, facts, mode, stamp):
     notes = [
         "Each system ran in its own fresh subprocess: "
         + (", ".join(setup[s] for s in cols) or "none") + "."
-        + (" Ratios in parentheses compare zfabric with that column." if zf else ""),
+        + (" Ratios in parentheses compare zfabric with that column." if zf else "")
+        + (" zfabric was compiled to bytecode first, as a wheel's install does."
+           if facts.get("zfabric_bytecode_compiled") else ""),
         f"Startup is the median of {params['startup_reps']} fresh interpreter(s), timed inside "
         "the subprocess from before the system's `import` to the first task's result; the wall "
         "time also counts interpreter start, shutdown and exit.",
@@ -864,6 +866,15 @@ def parse_only(text):
     return names
 
 
+def compile_package() -> bool:
+    """Compile this checkout's zfabric to bytecode, as `pip install` of a wheel
+    does. An editable install under PYTHONDONTWRITEBYTECODE=1 never writes
+    .pyc files, so every process (driver, node, zygote) would compile the
+    package from source at start-up; the peers' site-packages are compiled."""
+    import compileall
+    return bool(compileall.compile_dir(os.path.join(REPO, "zfabric"), quiet=1))
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -883,6 +894,9 @@ def main(argv=None):
                     help="also run bench/cluster.py (100 MB between nodes, zfabric and raw "
                          "ZeroMQ, with CURVE and without) and bench/scale.py (tiny tasks on "
                          "1 x 2 and 4 x 1, 16 idle nodes) in this run, for their targets")
+    ap.add_argument("--no-compile", action="store_true",
+                    help="do not compile zfabric to bytecode first (as an editable install "
+                         "under PYTHONDONTWRITEBYTECODE runs: every process compiles it)")
     ap.add_argument("--child", choices=["startup", "bench", "baselines"], help=argparse.SUPPRESS)
     ap.add_argument("--system", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
@@ -906,6 +920,7 @@ def main(argv=None):
     peer_python = a.peer_python or default_peer_python()
     python_of = {s: (peer_python if s in ("ray", "dask") else sys.executable) for s in SYSTEMS}
     become_subreaper()
+    compiled = False if a.no_compile else compile_package()
 
     probes = {py: probe(py, child_env("zfabric")) for py in set(python_of[s] for s in order)}
     results, run_order = {}, []
@@ -942,6 +957,7 @@ def main(argv=None):
     facts = machine_facts(results, probes)
     facts["loadavg_before"], facts["cpu_busy_percent_before"] = round(load, 2), busy
     facts["loadavg_after"] = round(os.getloadavg()[0], 2)
+    facts["zfabric_bytecode_compiled"] = compiled
     stamp = time.strftime("%Y-%m-%d")
     table = markdown(results, run_order, params, facts, mode, stamp)
     target_rows = targets.evaluate(results, base, params, cluster, scale)

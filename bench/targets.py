@@ -71,7 +71,7 @@ ELSEWHERE = [  # targets no run of run.py judges, and what measures them
 
 LABEL = {"zfabric": "zfabric", "ray": "Ray", "processpool": "ProcessPool"}
 BASELINE_LABEL = {"zmq_rtt": "raw ZeroMQ ipc round trip", "numpy_copy": "numpy copy",
-                  "import_zfabric": '`python -c "import zfabric"`',
+                  "import_zfabric": '`python -c "import zfabric; zfabric.remote"`',
                   "import_deps": '`python -c "import zmq, cloudpickle, msgpack"`'}
 METRIC_LABEL = {"throughput": "tasks/s", "rtt": "round trip", "chain": "chain",
                 "startup_wall": "exec → exit", "big_put": "put", "big_get": "get {big_mb} MB",
