@@ -68,6 +68,9 @@ def _align(n: int) -> int:
     return (n + ALIGN - 1) & ~(ALIGN - 1)
 
 
+_NO_LIMIT = 1 << 62
+
+
 class _TooBig(Exception):
     """The pickle passed the limit it was given (serialize(value, limit))."""
 
@@ -80,25 +83,23 @@ class _Sink:
     def __init__(self, limit: int | None):
         self.pieces: list = []
         self.size = 0          # pickle bytes + out-of-band buffer bytes so far
-        self.limit = limit
+        self.limit = _NO_LIMIT if limit is None else limit
         self.buffers: list = []
 
     def write(self, data) -> int:
-        if type(data) is bytes or type(data) is bytearray:
-            n = len(data)
-        else:   # (a view of memory the pickler reuses: keep a copy)
-            data = bytes(data)
-            n = len(data)
-        self.size += n
-        if self.limit is not None and self.size > self.limit:
+        kind = type(data)
+        if kind is not bytes and kind is not bytearray:
+            data = bytes(data)   # (a view of memory the pickler reuses: keep a copy)
+        self.size += len(data)
+        if self.size > self.limit:
             raise _TooBig
         self.pieces.append(data)
-        return n
+        return len(data)
 
     def buffer(self, buf) -> None:
         raw = buf.raw()
         self.size += raw.nbytes
-        if self.limit is not None and self.size > self.limit:
+        if self.size > self.limit:
             raise _TooBig
         self.buffers.append(raw)
 
@@ -144,14 +145,17 @@ class Serialized:
         return out
 
     def to_bytes(self) -> bytes:
+        head = self.header()
         if not self.buffers:
-            return b"".join([self.header(), *self.pickle])
-        out = bytearray(self.size)
-        pos = 0
-        for piece in self.pieces():
-            mv = memoryview(piece).cast("B")
-            out[pos:pos + mv.nbytes] = mv
-            pos += mv.nbytes
+            return head + self.pickle[0] if len(self.pickle) == 1 else b"".join([head, *self.pickle])
+        out = bytearray(self.size)   # (zeros between the pieces: the alignment padding)
+        pos = len(head)
+        out[:pos] = head
+        for piece in self.pickle:
+            out[pos:pos + len(piece)] = piece
+            pos += len(piece)
+        for off, buf in zip(self.offsets, self.buffers):
+            out[off:off + buf.nbytes] = buf
         return bytes(out)
 
 
