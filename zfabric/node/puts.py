@@ -73,13 +73,17 @@ def serialize_args(margs: list, mkwargs: dict, threshold: int):
     pickle): an array, bytes or str known to be large by its length is not
     tried inline; another (a long list...) costs a pickle of at most
     `threshold` bytes of the whole before its own."""
-    items = [*enumerate(margs), *mkwargs.items()]
-    if not any(_known_large(v, threshold) for _, v in items):
+    for value in (margs if not mkwargs else [*margs, *mkwargs.values()]):
+        kind = type(value)
+        if (len(value) > threshold if kind in _SIZED else
+                kind.__name__ == "ndarray" and value.nbytes > threshold):
+            break
+    else:
         ser = serialization.serialize((margs, mkwargs), threshold)
         if ser is not None:
             return ser, {}
     large = {}
-    for key, value in items:
+    for key, value in [*enumerate(margs), *mkwargs.items()]:
         if type(value) is not DepMarker:
             ser = serialization.serialize(value)
             if ser.size > threshold:
@@ -87,14 +91,7 @@ def serialize_args(margs: list, mkwargs: dict, threshold: int):
     return None, large
 
 
-def _known_large(value, threshold: int) -> bool:
-    kind = type(value)
-    if kind in _SIZED:
-        return len(value) > threshold
-    return kind.__name__ == "ndarray" and kind.__module__ == "numpy" and value.nbytes > threshold
-
-
-_SIZED = frozenset((bytes, bytearray, str))
+_SIZED = frozenset((bytes, bytearray, str))   # (and numpy arrays: known large by length)
 
 
 def put_large(client, margs: list, mkwargs: dict, large: dict, mark, keep: list):
