@@ -147,7 +147,8 @@ class Serialized:
     def to_bytes(self) -> bytes:
         head = self.header()
         if not self.buffers:
-            return head + self.pickle[0] if len(self.pickle) == 1 else b"".join([head, *self.pickle])
+            pieces = self.pickle
+            return head + pieces[0] if len(pieces) == 1 else b"".join([head, *pieces])
         out = bytearray(self.size)   # (zeros between the pieces: the alignment padding)
         pos = len(head)
         out[:pos] = head
