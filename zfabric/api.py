@@ -24,6 +24,7 @@ from . import ids
 from .node import client as client_mod
 from .node import loglisten
 from .node import launch as node_mod
+from .node import puts as node_puts
 from .node import runtime_env as renv
 from .node import store as node_store
 from .ref import DepMarker, ObjectRef
@@ -363,27 +364,12 @@ def _serialize_args(name: str, function, args: tuple, kwargs: dict, client):
     margs = [mark(a) for a in args]
     mkwargs = {k: mark(v) for k, v in kwargs.items()}
     try:
-        ser = serialization.serialize((margs, mkwargs))
+        ser, large = node_puts.serialize_args(margs, mkwargs, client.inline_threshold)
     except Exception as e:
         raise _argument_error(name, function, args, kwargs, e) from None
-    if ser.size > client.inline_threshold:
-        # large arguments go to the store first and travel as ObjectRefs
-        for i, a in enumerate(margs):
-            if type(a) is not DepMarker and _size_of(a) > client.inline_threshold:
-                ref = client.put(a)
-                keep.append(ref)
-                margs[i] = mark(ref)
-        for k, v in mkwargs.items():
-            if type(v) is not DepMarker and _size_of(v) > client.inline_threshold:
-                ref = client.put(v)
-                keep.append(ref)
-                mkwargs[k] = mark(ref)
-        ser = serialization.serialize((margs, mkwargs))
+    if ser is None:   # large arguments go to the store, pickled once, and travel as refs
+        ser = node_puts.put_large(client, margs, mkwargs, large, mark, keep)
     return deps, ser.contained, ser.to_bytes(), keep
-
-
-def _size_of(value) -> int:
-    return serialization.serialize(value).size
 
 
 def _argument_error(name, function, args, kwargs, error) -> TypeError:

@@ -13,6 +13,13 @@ to `Config.inline_threshold`) and in a store file (`node/store.py`):
 `view` is a read-only mmap, numpy arrays come back as zero-copy read-only
 views of shared memory.
 
+The pickler writes into a `_Sink` that keeps what it is handed: a large
+bytes, bytearray or str inside the value is kept by reference, not copied,
+so a big value is copied once, into its store file (`store.write`), however
+it is pickled. `serialize(value, limit)` gives up (None) as soon as the
+pickle passes `limit` bytes: what it costs to find a value too big to
+travel inline is bounded by the limit, not by the value.
+
 While a value is serialized, every ObjectRef pickled inside it is noted
 (`ObjectRef.__reduce__` calls `note_ref`) so the node can keep those objects
 alive as long as the containing one: `Serialized.contained`.
@@ -41,6 +48,8 @@ HEADER_SIZE = _HEADER.size  # 32
 ALIGN = 64  # out-of-band buffers start on a cache line (what numpy's SIMD loops like)
 
 _SIMPLE = (type(None), bool, int, float, str, bytes)
+_SIZED = (str, bytes)
+_IN_PLACE = 1 << 16   # a bytes or str this long is pickled by reference (_Sink), not copied
 _local = threading.local()
 
 
@@ -59,15 +68,53 @@ def _align(n: int) -> int:
     return (n + ALIGN - 1) & ~(ALIGN - 1)
 
 
-class Serialized:
-    """A value's pickle stream, its out-of-band buffers and the refs inside it."""
-    __slots__ = ("pickle", "buffers", "contained", "offsets", "size")
+_NO_LIMIT = 1 << 62
 
-    def __init__(self, pickled: bytes, buffers: list, contained: list[bytes]):
-        self.pickle = pickled
+
+class _TooBig(Exception):
+    """The pickle passed the limit it was given (serialize(value, limit))."""
+
+
+class _Sink:
+    """The pickler's output: the pieces it writes, kept as they are (a large
+    bytes object inside the value is handed over whole, and not copied)."""
+    __slots__ = ("pieces", "size", "limit", "buffers")
+
+    def __init__(self, limit: int | None):
+        self.pieces: list = []
+        self.size = 0          # pickle bytes + out-of-band buffer bytes so far
+        self.limit = _NO_LIMIT if limit is None else limit
+        self.buffers: list = []
+
+    def write(self, data) -> int:
+        kind = type(data)
+        if kind is not bytes and kind is not bytearray:
+            data = bytes(data)   # (a view of memory the pickler reuses: keep a copy)
+        self.size += len(data)
+        if self.size > self.limit:
+            raise _TooBig
+        self.pieces.append(data)
+        return len(data)
+
+    def buffer(self, buf) -> None:
+        raw = buf.raw()
+        self.size += raw.nbytes
+        if self.size > self.limit:
+            raise _TooBig
+        self.buffers.append(raw)
+
+
+class Serialized:
+    """A value's pickle stream (a list of bytes-like pieces), its out-of-band
+    buffers and the refs inside it."""
+    __slots__ = ("pickle", "pickle_len", "buffers", "contained", "offsets", "size")
+
+    def __init__(self, pieces: list, buffers: list, contained: list[bytes]):
+        self.pickle = pieces
+        self.pickle_len = plen = sum(map(len, pieces))
         self.buffers = buffers
         self.contained = contained
-        pos = HEADER_SIZE + _ENTRY.size * len(buffers) + len(pickled)
+        pos = HEADER_SIZE + _ENTRY.size * len(buffers) + plen
         offsets = []
         for buf in buffers:
             pos = _align(pos)
@@ -80,42 +127,57 @@ class Serialized:
         table = b"".join(_ENTRY.pack(off, buf.nbytes)
                          for off, buf in zip(self.offsets, self.buffers))
         draft = _HEADER.pack(MAGIC, VERSION, 0, len(self.buffers), 0,
-                             len(self.pickle), self.size)
+                             self.pickle_len, self.size)
         crc = zlib.crc32(table, zlib.crc32(draft))
         return _HEADER.pack(MAGIC, VERSION, 0, len(self.buffers), crc,
-                            len(self.pickle), self.size) + table
+                            self.pickle_len, self.size) + table
 
-    def chunks(self):
-        """The blob as (offset, bytes-like) pieces, in order, gaps implied."""
-        head = self.header()
-        yield 0, head
-        yield len(head), self.pickle
+    def pieces(self) -> list:
+        """The whole blob as contiguous bytes-like pieces, in order: the header,
+        the pickle, then each buffer after the zero bytes that align it."""
+        out = [self.header(), *self.pickle]
+        pos = HEADER_SIZE + _ENTRY.size * len(self.buffers) + self.pickle_len
         for off, buf in zip(self.offsets, self.buffers):
-            yield off, buf
+            if off > pos:
+                out.append(bytes(off - pos))
+            out.append(buf)
+            pos = off + buf.nbytes
+        return out
 
     def to_bytes(self) -> bytes:
+        head = self.header()
         if not self.buffers:
-            return self.header() + self.pickle
-        out = bytearray(self.size)
-        for off, piece in self.chunks():
-            mv = memoryview(piece).cast("B")
-            out[off:off + mv.nbytes] = mv
+            pieces = self.pickle
+            return head + pieces[0] if len(pieces) == 1 else b"".join([head, *pieces])
+        out = bytearray(self.size)   # (zeros between the pieces: the alignment padding)
+        pos = len(head)
+        out[:pos] = head
+        for piece in self.pickle:
+            out[pos:pos + len(piece)] = piece
+            pos += len(piece)
+        for off, buf in zip(self.offsets, self.buffers):
+            out[off:off + buf.nbytes] = buf
         return bytes(out)
 
 
-def serialize(value) -> Serialized:
-    """Pickle `value` (cloudpickle, protocol 5, out-of-band buffers)."""
-    buffers: list = []
-    if type(value) in _SIMPLE:
-        return Serialized(pickle.dumps(value, 5), buffers, [])
+def serialize(value, limit: int | None = None) -> Serialized | None:
+    """Pickle `value` (cloudpickle, protocol 5, out-of-band buffers); None if
+    `limit` is given and the value's serialized size would pass it (found
+    after pickling at most about `limit` bytes)."""
+    if type(value) in _SIMPLE and (type(value) not in _SIZED or len(value) < _IN_PLACE):
+        ser = Serialized([pickle.dumps(value, 5)], [], [])
+        return None if limit is not None and ser.size > limit else ser
+    sink = _Sink(limit)
     outer = getattr(_local, "refs", None)
     _local.refs = refs = []
     try:
-        pickled = cloudpickle.dumps(value, protocol=5, buffer_callback=buffers.append)
+        cloudpickle.Pickler(sink, protocol=5, buffer_callback=sink.buffer).dump(value)
+    except _TooBig:
+        return None
     finally:
         _local.refs = outer
-    raw = [b.raw() for b in buffers]
-    return Serialized(pickled, raw, refs)
+    ser = Serialized(sink.pieces, sink.buffers, refs)
+    return None if limit is not None and ser.size > limit else ser
 
 
 def dumps(value) -> bytes:

@@ -41,6 +41,50 @@ def test_large_arguments_and_results_go_through_the_store(cluster):
     assert zf.get(total.remote(big.remote(3_000_000))) == (3_000_000.0, False)
 
 
+def test_a_large_argument_is_pickled_once_and_sent_without_a_round_trip(cluster, monkeypatch):
+    """Each large argument is pickled once, written to the store and announced
+    by a Put that leaves with the Submit: no PutReply is waited for."""
+    from zfabric import serialization
+    from zfabric.node import client as client_mod
+
+    @zf.remote
+    def sizes(a, b, c, big):
+        return [len(a), len(b), c, len(big)]
+
+    arrays = [np.ones(300_000), np.arange(200_000)]
+    seen = []
+
+    class Counting(serialization.cloudpickle.Pickler):
+        def reducer_override(self, obj):
+            if any(obj is a for a in arrays):
+                seen.append(id(obj))
+            return super().reducer_override(obj)
+
+    def no_call(*args):
+        raise AssertionError("a task's argument waited for the node's answer")
+
+    monkeypatch.setattr(serialization.cloudpickle, "Pickler", Counting)
+    monkeypatch.setattr(client_mod.Client, "call", no_call)
+    blob = b"z" * 500_000
+    ref = sizes.remote(arrays[0], blob, 7, big=arrays[1])
+    assert sorted(seen) == sorted(id(a) for a in arrays)   # once each
+    monkeypatch.undo()
+    assert zf.get(ref) == [300_000, 500_000, 7, 200_000]
+
+
+def test_a_large_argument_the_store_cannot_take_fails_its_task(fresh):
+    zf.init(num_cpus=1, object_store_memory=10_000_000)
+    ref = _total.remote(np.ones(1_500_000))   # 12 MB: more than the whole store
+    with pytest.raises(zf.exceptions.ObjectStoreFullError, match="larger than the whole store"):
+        zf.get(ref)
+    assert zf.get(_total.remote(np.ones(800_000))) == 800_000.0   # the node works
+
+
+@zf.remote
+def _total(a):
+    return float(a.sum())
+
+
 def test_objects_are_freed_when_refs_go(cluster):
     from tests.conftest import store_files
     ref = zf.put(np.ones(1_000_000))

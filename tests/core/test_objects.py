@@ -87,8 +87,13 @@ def test_put_inline_and_store_with_capacity():
     assert summary(out) == [("delete", put_id(3)), ("put_reply", 8, True)]
     assert "object store is full" in only(out, p.PutReply)[0].error
     assert put_id(3) not in node.s.objects
-    assert summary(node.put(put_id(4), state=STORE, size=30)) == [("delete", put_id(4)),
-                                                                  ("log", "warning")]
+    # a put that wants no answer (a task's argument, its Submit right behind it) becomes
+    # the error, and the task that names it raises it
+    assert summary(node.put(put_id(4), state=STORE, size=30)) == [("delete", put_id(4))]
+    assert node.s.objects.get(put_id(4)).state == p.ObjectState.ERROR
+    out = node.submit(2, deps=[put_id(4)])
+    assert summary(out) == [("ready", DRIVER, rid(2), "ERROR")]
+    assert isinstance(error_for(out, rid(2)), ObjectStoreFullError)
     assert summary(node.put(put_id(1), req_id=9)) == [("nonsense",),
                                                       ("put_reply", 9, True)]   # exists
     assert summary(node.send(DRIVER, p.Put(put_id(5), 3, 1, [], 10, b"x"))) == [

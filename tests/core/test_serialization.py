@@ -10,7 +10,10 @@ dtypes/shapes/objects"):
 - a blob whose header is damaged or that is cut short raises
   `CorruptObjectError`, never unpickles garbage;
 - error records keep the exception's type and attributes, or degrade to a
-  plain `TaskError` carrying type name, message and traceback text.
+  plain `TaskError` carrying type name, message and traceback text;
+- a large bytes, bytearray or str inside a value is kept by reference, not
+  copied, and `serialize(value, limit)` gives up (None) after pickling about
+  `limit` bytes of a value that is larger.
 The same values through store files: tests/node/test_store.py.
 """
 from __future__ import annotations
@@ -19,6 +22,7 @@ import logging
 import pickle
 import threading
 
+import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -110,6 +114,38 @@ def test_garbage_is_not_an_object():
                  pickle.dumps([1, 2, 3], 5)):
         with pytest.raises(CorruptObjectError):
             serialization.deserialize(blob)
+
+
+# -- large values: kept by reference, and a limit ----------------------------------------------
+
+class CountsReduces:
+    """Counts how often the pickler reduces one (and pickles as 200 bytes)."""
+    reduced = 0
+
+    def __reduce__(self):
+        CountsReduces.reduced += 1
+        return bytes, (bytes(range(200)),)   # a new object each time: not memoized
+
+
+def test_large_bytes_bytearray_and_str_are_kept_by_reference_not_copied():
+    big_b, big_ba, text = b"b" * 300_000, bytearray(b"a" * 300_000), "s" * 300_000
+    for value in (big_b, [1, big_b, big_ba], {"t": text, "n": [big_ba]}):
+        ser = serialization.serialize(value)
+        kept = {id(piece) for piece in ser.pickle}
+        assert id(big_b) in kept or value is not big_b and id(big_ba) in kept
+        assert_same(value, serialization.deserialize(ser.to_bytes()))
+        assert ser.pickle_len == sum(len(piece) for piece in ser.pickle)
+
+
+def test_a_limit_gives_up_after_pickling_about_that_much():
+    small = {"k": [1, 2.5, "x"]}
+    assert serialization.serialize(small, 1000).to_bytes() == serialization.dumps(small)
+    for big in (b"b" * 300_000, [b"b" * 300_000], [np.ones(40_000)], "s" * 300_000):
+        assert serialization.serialize(big, 100_000) is None
+        assert serialization.serialize(big, 1 << 30).size == serialization.serialize(big).size
+    CountsReduces.reduced = 0
+    assert serialization.serialize([CountsReduces() for _ in range(10_000)], 10_000) is None
+    assert CountsReduces.reduced < 1_000   # of 10,000: it stopped early
 
 
 # -- error records ------------------------------------------------------------------------

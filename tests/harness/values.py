@@ -161,7 +161,7 @@ def out_of_band(a: np.ndarray) -> bool:
 def check_layout(ser: serialization.Serialized) -> None:
     assert len(ser.offsets) == len(ser.buffers)
     table_end = serialization.HEADER_SIZE + 16 * len(ser.buffers)
-    end = table_end + len(ser.pickle)
+    end = table_end + ser.pickle_len
     for off, buf in zip(ser.offsets, ser.buffers):
         assert off % serialization.ALIGN == 0, ser.offsets
         assert off >= end  # no overlap with the pickle or the previous buffer
@@ -170,7 +170,7 @@ def check_layout(ser: serialization.Serialized) -> None:
     blob = ser.to_bytes()
     assert len(blob) == ser.size
     start, table, plen, total = serialization.parse_header(memoryview(blob))
-    assert (start, plen, total) == (table_end, len(ser.pickle), ser.size)
+    assert (start, plen, total) == (table_end, ser.pickle_len, ser.size)
     assert table == [(off, memoryview(b).nbytes) for off, b in zip(ser.offsets, ser.buffers)]
     for off, buf in zip(ser.offsets, ser.buffers):
         mv = memoryview(buf).cast("B")

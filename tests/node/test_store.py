@@ -96,6 +96,23 @@ def test_several_buffers_each_aligned(store_dir):
     assert_same(value, back)
 
 
+def test_many_pieces_and_short_writes_still_give_the_whole_object(store_dir, monkeypatch):
+    """More pieces than one pwritev takes (each large bytes is its own piece),
+    and a system that writes less than asked: every byte lands where it belongs."""
+    value = [bytes([i % 251]) * 70_000 for i in range(store._IOV_MAX + 50)]
+    value.append(np.arange(100_000, dtype=np.int64))
+    ser = serialization.serialize(value)
+    assert len(ser.pieces()) > store._IOV_MAX
+    _, back = _roundtrip_store(store_dir, ser)
+    assert_same(value, back)
+    real = os.pwritev
+    monkeypatch.setattr(os, "pwritev", lambda fd, bufs, off: real(fd, [bytes(memoryview(
+        bufs[0])[:1000])] if memoryview(bufs[0]).nbytes > 1000 else bufs[:3], off))
+    small = {"a": b"q" * 100_000, "b": np.ones(3000), "c": "text"}
+    _, back = _roundtrip_store(store_dir, serialization.serialize(small))
+    assert_same(small, back)
+
+
 # -- nested Python objects ---------------------------------------------------------------------
 
 @SETTINGS

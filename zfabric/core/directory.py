@@ -256,8 +256,11 @@ class ObjectDirectory:
                 self._out.emit(fx.DeleteObject(msg.oid))
             if msg.req_id:
                 self._out.send(client, p.PutReply(msg.req_id, error))
-            elif not nonsense:
-                self._out.log("warning", f"put refused: {error}")
+            elif not nonsense:   # a task's argument, its Submit next: the task raises it
+                entry = table.create(msg.oid, client)
+                table.seal(entry, ObjectState.ERROR, 0, records.system_error_record(
+                    ObjectStoreFullError, error), [])
+                self.object_ready(entry)
             return
         entry = table.create(msg.oid, client)
         payload = bytes(msg.payload) if state == ObjectState.INLINE else b""

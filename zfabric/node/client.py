@@ -43,11 +43,11 @@ from .. import records
 from .. import ref as ref_mod
 from .. import serialization
 from ..config import Config
-from ..exceptions import GetTimeoutError, NodeDiedError, ObjectStoreFullError, ZFabricError
-from ..ids import new_put_id, new_task_id, return_ids
+from ..exceptions import GetTimeoutError, NodeDiedError, ZFabricError
+from ..ids import new_task_id, return_ids
 from ..protocol import ObjectState
 from ..ref import ObjectRef
-from . import pids, sockets, store
+from . import pids, puts, sockets, store
 
 log = logging.getLogger("zfabric.client")
 
@@ -518,32 +518,24 @@ class Client:
         raise RuntimeError(f"object {oid.hex()} is not ready")
 
     def put(self, value, in_store: bool = False) -> ObjectRef:
-        """Put a value; a small one travels inline unless `in_store` (then it is a
-        store file even when small: runtime_env packages, which every task of
-        an env names, need not ride in each task's messages)."""
-        ser = serialization.serialize(value)
-        oid = new_put_id()
-        if ser.size <= self.inline_threshold and not in_store:
-            blob = ser.to_bytes()
-            ref = ObjectRef(oid, self)
-            with self._cond:
-                self._reported.add(oid)
-                self._apply_ref_ops()
-                self._ready[oid] = (ObjectState.INLINE, len(blob), blob)
-            self.send(p.Put(oid, int(ObjectState.INLINE), len(blob), ser.contained, 0, blob))
-            return ref
-        size = store.write(self.store_dir, oid, ser)
-        req = self._new_request(p.PutReply)
-        self.send(p.Put(oid, int(ObjectState.STORE), size, ser.contained, req, b""))
-        reply = self._await_reply(req, None)
-        if reply.error:
-            raise ObjectStoreFullError(reply.error)
-        ref = ObjectRef(oid, self)
+        """Put a value (node/puts.py)."""
+        return puts.put(self, value, in_store)
+
+    def hold(self, oid: bytes, entry: tuple | None) -> None:
+        """A new object of ours, announced by the next message we send: the node
+        counts us as its holder from that message on, so no ref change is
+        reported for it. `entry`: its (state, size, payload), if known."""
         with self._cond:
             self._reported.add(oid)
             self._apply_ref_ops()
-            self._ready[oid] = (ObjectState.STORE, size, b"")
-        return ref
+            if entry is not None:
+                self._ready[oid] = entry
+
+    def call(self, make, reply_kind: type, timeout: float | None):
+        """Send `make(req_id)` and wait for its reply of `reply_kind`."""
+        req = self._new_request(reply_kind)
+        self.send(make(req))
+        return self._await_reply(req, timeout)
 
     # -- tasks -----------------------------------------------------------------------------
 

@@ -16,7 +16,7 @@
     effects <--------------------------------------------------------------------------'
       one handler per effect type (NodeLoop.effect_handlers):
       Send -> client Batcher -> scheduler ROUTER    PeerSend / JoinSend / ForgetPeer -> peers.py
-      RequestChunk / SealPull / AbortPull -> pulls.py   DeleteObject -> store, objserver.py
+      RequestChunk / SealPull / AbortPull -> pulls.py   DeleteObject -> spiller.py, objserver.py
       SpillObject / RestoreObject / DeleteSpilled -> spiller.py (a thread; its outcomes
         come back through a pipe the poller watches: ObjectSpilled / SpillFailed /
         ObjectRestored / RestoreFailed)
@@ -370,7 +370,7 @@ class NodeLoop:
 
     def _delete_object(self, e: fx.DeleteObject) -> None:
         self.objects.forget(e.oid)
-        store.delete(self.store_dir, e.oid)
+        self.spiller.free(e.oid)   # (renamed now, its pages freed off the loop)
 
     def _delete_spilled(self, e: fx.DeleteSpilled) -> None:
         self.objects.forget(e.oid)
