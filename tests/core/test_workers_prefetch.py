@@ -6,9 +6,8 @@ validate() after every step).
 """
 from __future__ import annotations
 
-import dataclasses
-
 from zfabric import protocol as p
+from zfabric.structs import replace
 from zfabric.core.tasks import TaskState
 from zfabric.exceptions import TaskCancelledError
 
@@ -152,6 +151,6 @@ def test_the_queue_holds_at_most_its_seconds_of_work():
 def test_nothing_queues_behind_a_prefetched_task_of_a_function_not_known_quick():
     node = deep_node()
     node.submit(1)
-    node.send(DRIVER, dataclasses.replace(submit_msg(2), fn_id=b"G" * 16))  # unknown: may be slow
+    node.send(DRIVER, replace(submit_msg(2), fn_id=b"G" * 16))  # unknown: may be slow
     assert summary(node.submit(3)) == []             # would wait behind G's task
     assert [t.spec.task_id for t in node.s.pool.workers["w1"].queue] == [tid(2)]
