@@ -91,3 +91,19 @@ def test_status_sums_the_pending_demands_every_node_gossips():
     assert world.run_until_finished(plans, 60)
     world.sim.run(0.5)
     assert world.nodes[0].fabric.views.answer("status")["demands"] == []
+
+
+def test_a_node_is_never_alive_in_a_view_without_its_resources():
+    """A joining node's first rows carry its resources: from the moment a peer
+    holds it alive, "nodes" and "resources" there count what it has (a driver
+    attached to the seed right after a cluster started saw a peer with none)."""
+    world = World([{"CPU": 2}, {"CPU": 3}, {"CPU": 1, "gpu": 1}], seed=5)
+    seen_alive = set()
+    for _ in range(200):
+        world.sim.step()
+        for n in world.nodes:
+            for row in n.fabric.views.answer("nodes"):
+                if row["Alive"]:
+                    assert row["Resources"], (n.node_id.hex(), row)
+                    seen_alive.add((n.node_id.hex(), row["NodeID"]))
+    assert len(seen_alive) == 9          # every node came to see every node alive

@@ -89,7 +89,10 @@ def build(config, *, node_id: bytes, resources: dict, store_capacity: int, info:
         locality_min_bytes=config.locality_min_bytes,
         lineage_max_specs=config.lineage_max_specs, lineage_max_bytes=config.lineage_max_bytes,
         errors=(config.error_log_capacity, config.error_text_max))
-    membership = Membership(node_id, info["address"], static, now=now,
+    # our first rows (the join's) carry our resources: a peer never holds us
+    # alive with no view (the live view replaces this with our first heartbeat)
+    membership = Membership(node_id, info["address"], {**static, **scheduler.resource_view()},
+                            now=now,
                             rng=random.Random(node_id), failure_timeout=config.failure_timeout,
                             gossip_interval=config.gossip_interval, fanout=config.gossip_fanout,
                             dead_probe_rounds=config.dead_probe_rounds,
