@@ -86,13 +86,14 @@ def test_a_held_report_goes_before_what_the_next_task_sends(nodes, clients, tmp_
 
     second = _task(puts)
     node.push(p.encode(p.Batch([p.encode(first), p.encode(second)])))
-    client_mod.set_current(client)
+    before = client_mod.current_or_none()            # (a test module's embedded node's)
+    client_mod.set_current(client)                   # as a worker process's main() does
     try:
         worker.serve_one()                           # first: held (second waits)
         assert node.received.empty()
         worker.serve_one()
     finally:
-        client_mod.set_current(None)
+        client_mod.set_current(before)
     sent = [m for f in _frames(node, 2) for m in f]  # the Put goes in the held report's frame
     kinds = [type(m).__name__ for m in sent]
     assert kinds[:3] == ["TaskDone", "Put", "TaskDone"], kinds   # the held report first
