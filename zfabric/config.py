@@ -165,6 +165,11 @@ class Config:
     forget_left_after: float = 300.0
     # GCS deltas kept per shard for peers that fall behind (older: a snapshot).
     gcs_log_capacity: int = 10_000
+    # Each node's GCS shard lives on it and on this many nodes after it on a
+    # consistent-hash ring of the live members (core/ring.py): with up to
+    # gcs_replicas + 1 nodes every node holds every shard; beyond, a node holds
+    # gcs_replicas + 1 shards, whatever the cluster's size.
+    gcs_replicas: int = 3
 
     # -- cluster: spillover ------------------------------------------------------
     # Tasks forwarded to a peer beyond what it can run at once, per slot, while

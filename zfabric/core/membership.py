@@ -158,6 +158,14 @@ class Membership:
     def rows(self) -> list[list]:
         return [m.row() for m in self.members.values()]
 
+    def gossip_rows(self, target: bytes) -> list[list]:
+        """The rows this round's gossip to `target` carries."""
+        return self.rows()
+
+    def wants_reply(self, target: bytes) -> bool:
+        """Should this round's gossip to `target` ask for an answer at once?"""
+        return False
+
     def peers(self, states=LIVE) -> list[Member]:
         return [m for m in self.members.values() if m is not self.me and m.state in states]
 
