@@ -19,9 +19,9 @@ every shard on every node); `scaled` is the current one (config defaults).
     python bench/scale_sim.py --nodes 10,100,1000 --seed 1 \\
         --json bench/results/2026-11-30-scale-sim.json --plots docs/
 
-`--design baseline` at 1,000 nodes takes a long time (every gossip message
-carries 1,000 rows: ~10 s of CPU a round); the scaled design runs 1,000 nodes
-in a minute or two.
+The baseline at 1,000 nodes is too slow to simulate for long (every gossip
+message carries 1,000 rows: over 10 s of CPU and 1.4 GB a round), so beyond
+`--baseline-max` (300) only its steady traffic is measured, over 3 rounds.
 """
 from __future__ import annotations
 
@@ -47,24 +47,28 @@ VALUE_BYTES = 120      # about one timeline batch entry
 
 DESIGNS = {
     # every row in every gossip, every shard on every node
-    "baseline": dict(membership={**MEMBERSHIP, **getattr(CFG, "baseline_membership", {})},
-                     replicas=None),
-    "scaled": dict(membership=MEMBERSHIP, replicas=getattr(CFG, "gcs_replicas", None)),
+    "baseline": dict(membership={**MEMBERSHIP, "deltas_above": None}, replicas=None),
+    "scaled": dict(membership={**MEMBERSHIP, "deltas_above": CFG.gossip_deltas_above},
+                   replicas=CFG.gcs_replicas),
 }
 
 
-def membership_run(n: int, seed: int, design: dict, log) -> dict:
+def membership_run(n: int, seed: int, design: dict, log, converge: bool = True) -> dict:
     cfg = design["membership"]
     started = time.perf_counter()
     world = MembershipWorld(n, seed, **cfg)
-    for _ in range(5):
+    for _ in range(3 if converge else 1):
         world.step()
-    rounds = 20 if n < 1000 else 10
+    rounds = 20 if converge else 3
     world.traffic.reset(world.now)
     for _ in range(rounds):
         world.step()
     traffic = world.traffic.per_node("membership", len(world.running), world.now)
     log(f"  n={n} steady traffic {traffic['bytes_per_s']:.0f} B/s per node")
+    if not converge:
+        return {"steady_rounds": rounds, "traffic": traffic, "join_rounds": None,
+                "death_rounds": None, "partition_heal_rounds": None,
+                "cpu_seconds": round(time.perf_counter() - started, 1)}
 
     joined = world.join(0)
     join = world.run_until(lambda: world.all_hold(joined, ALIVE) and sum(
@@ -115,9 +119,12 @@ def gcs_run(n: int, seed: int, design: dict, log) -> dict:
     for _ in range(rounds):
         world.step()
     traffic = world.traffic.per_node("gcs", n, world.now)
+    world.stop_writing()
+    settled = world.run_until(world.agreed, 50)
     shards = sum(len(g.shards()) for g in world.gcs) / n
     log(f"  n={n} GCS {traffic['bytes_per_s']:.0f} B/s per node, {shards:.1f} shards a node")
     return {"traffic": traffic, "replicas": replicas, "shards_per_node": shards,
+            "rounds_to_agree_after_writes_stop": settled,
             "cpu_seconds": round(time.perf_counter() - started, 1)}
 
 
@@ -132,8 +139,9 @@ def plot(results: dict, out_dir: str) -> list[str]:
                                        ("partition_heal_rounds", "partition heal")]):
         for design, runs in results.items():
             ns = sorted(int(k) for k in runs)
-            ys = [runs[str(k)]["membership"][key] for k in ns]
-            ax.plot(ns, ys, marker="o", label=design)
+            pts = [(k, runs[str(k)]["membership"][key]) for k in ns
+                   if runs[str(k)]["membership"][key] is not None]
+            ax.plot([k for k, _ in pts], [y for _, y in pts], marker="o", label=design)
         ax.set_xscale("log")
         ax.set_title(f"{title}")
         ax.set_xlabel("nodes")
@@ -178,6 +186,9 @@ def main(argv=None) -> int:
     ap.add_argument("--json", help="write the raw results here")
     ap.add_argument("--merge", action="append", default=[],
                     help="results JSON of an earlier run to plot beside this one")
+    ap.add_argument("--baseline-max", type=int, default=300,
+                    help="largest N at which the baseline's convergence is simulated "
+                         "(beyond: its traffic only, over 3 rounds; ~10 s of CPU a round at 1,000)")
     ap.add_argument("--plots", help="directory for scaling-convergence.png, scaling-traffic.png")
     args = ap.parse_args(argv)
     sizes = [int(x) for x in args.nodes.split(",") if x]
@@ -195,8 +206,9 @@ def main(argv=None) -> int:
             raise SystemExit("this checkout has no scaled design (config.gcs_replicas)")
         for n in sizes:
             log(f"{design} n={n}")
+            converge = design != "baseline" or n <= args.baseline_max
             results.setdefault(design, {})[str(n)] = {
-                "membership": membership_run(n, args.seed, DESIGNS[design], log),
+                "membership": membership_run(n, args.seed, DESIGNS[design], log, converge),
                 "gcs": gcs_run(n, args.seed, DESIGNS[design], log)}
     out = {"machine": {"python": platform.python_version(), "platform": platform.platform()},
            "command": "python bench/scale_sim.py " + " ".join(argv or sys.argv[1:]),

@@ -157,6 +157,12 @@ class Config:
     # probe, in turn): the slow rate at which a node cut off from some or all
     # of its peers finds them again after the cut heals (10 rounds: 1 s).
     dead_probe_rounds: int = 10
+    # Above this many members (any state), a gossip carries a bounded few rows
+    # (changes, its heartbeat, a slice of the rest) instead of every row, and
+    # failure detection asks each gossip target for an answer instead of
+    # waiting for relayed heartbeats (core/gossip.py): every row in every
+    # message costs O(N) bytes, megabytes a second per node at 1,000 nodes.
+    gossip_deltas_above: int = 32
     # Seconds a joining node tries to reach the address it was given.
     join_timeout: float = 10.0
     # A node that left gracefully is listed (nodes(), status) and gossiped for

@@ -123,7 +123,7 @@ def test_replicas_converge_to_the_owners_state_after_loss_reordering_and_deaths(
     # every pair of ring neighbours talks at least once in 2r rounds
     for _ in range(4 * r + 4):
         world.step()
-    assert world.agreed()
+    assert world.agreed(states=True)
     for g in world.gcs:
         g.validate()
 

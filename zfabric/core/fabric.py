@@ -93,7 +93,8 @@ def build(config, *, node_id: bytes, resources: dict, store_capacity: int, info:
                             gossip_interval=config.gossip_interval, fanout=config.gossip_fanout,
                             dead_probe_rounds=config.dead_probe_rounds,
                             pause_threshold=config.failure_timeout / 4,
-                            forget_left_after=config.forget_left_after)
+                            forget_left_after=config.forget_left_after,
+                            deltas_above=config.gossip_deltas_above)
     return Fabric(scheduler, membership, Gcs(node_id, log_capacity=config.gcs_log_capacity),
                   Replication(node_id, config.gcs_replicas),
                   Transfers(chunk_size=config.chunk_size, window=config.pull_window,
@@ -309,6 +310,7 @@ class Fabric:
             self._timeline_kept -= n
 
     def _on_gossip(self, sender: bytes, msg: p.Gossip) -> None:
+        joining = sender not in self.membership.members   # a join: it gets every row
         changes = self.membership.merge(msg.rows, self._now)
         member = self.membership.members.get(sender)
         if member is None:   # (a sender without its own row: still take what it says)
@@ -323,9 +325,9 @@ class Fabric:
             # with a higher incarnation -- instead of waiting for our next slow
             # probe of the dead: after a partition heals, views agree in a few
             # messages, whichever side declared whom dead.
+            rows = self.membership.rows() if joining else self.membership.gossip_rows(sender)
             self._out.append(fx.PeerSend(member.address, p.Gossip(
-                self.node_id, self.membership.gossip_rows(sender),
-                self.replication.vector(self.gcs), False)))
+                self.node_id, rows, self.replication.vector(self.gcs), False)))
         self._apply_changes(changes)
         self._held_dead(sender, self.membership.holds_us_dead(msg.rows))
 
@@ -360,9 +362,10 @@ class Fabric:
                 self._events.append(ev.PeerUp(member.node_id, member.address, member.info))
         if not self.joined and self._seen:
             self.joined = True
-        if changes:
-            self.replication.set_live(m.node_id for m in self.membership.members.values()
-                                      if m.state in LIVE)
+        if changes and self.replication.set_live(
+                m.node_id for m in self.membership.members.values() if m.state in LIVE):
+            for shard in self.replication.strays(self.gcs):   # placed elsewhere now
+                self.gcs.drop_shard(shard)
 
     # -- GCS -----------------------------------------------------------------------------
 
@@ -381,10 +384,13 @@ class Fabric:
             self._out += self.logs.from_peer(msg)
             return
         elif kind is p.GcsUpdate:
-            forgotten = self.membership.forgotten
+            forgotten, keeps = self.membership.forgotten, self.replication.keeps
             for record in msg.records:
-                if record[1:2] != [self.node_id]:   # (ours come back after a restart: no harm)
-                    self.gcs.apply(record, skip=forgotten)
+                # (ours come back after a restart: no harm; a shard placed
+                # elsewhere: a sender whose ring is not ours yet)
+                shard = record[1] if len(record) > 1 else None
+                if shard != self.node_id and (type(shard) is not bytes or keeps(shard)):
+                    self.gcs.apply(record, skip=forgotten)   # (malformed: counted there)
         else:
             self._events.append(event)
             return

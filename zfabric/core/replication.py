@@ -21,9 +21,11 @@ only, and each round also gossips to one of its 2R ring neighbours -- the
 nodes that share shards with it -- so that a node that became a replica
 (a join, a death) catches up by the usual snapshot / delta anti-entropy.
 
-Views differ for a while after a change: a peer may send us a shard we do
-not replicate (we keep it, it does no harm) or skip one we do (the next
-exchange with a ring neighbour brings it). Pure: no clock, no I/O.
+A node drops the shards of live owners it no longer replicates (`strays`,
+after the ring changed) and ignores records of them (`keeps`); it keeps a
+dead owner's shard it holds, since its copy may be one of the last. Views
+differ for a while after a change: a peer may skip a shard we replicate
+(the next exchange with a ring neighbour brings it). Pure: no clock, no I/O.
 """
 from __future__ import annotations
 
@@ -70,6 +72,17 @@ class Replication:
     def replicates(self, node_id: bytes, shard: bytes) -> bool:
         """Does `node_id` hold `shard`, as our view of the ring has it?"""
         return self.full() or node_id in self.replica_set(shard)
+
+    def keeps(self, shard: bytes) -> bool:
+        """Do we keep `shard`: we replicate it, or its owner is not live in our
+        view (a dead owner's shard we hold may be one of its last copies)?"""
+        return self.full() or shard not in self.ring.members or \
+            self.node_id in self.replica_set(shard)
+
+    def strays(self, gcs: Gcs) -> list[bytes]:
+        """Shards we hold and no longer keep (a live owner's, placed elsewhere
+        since): the fabric drops them, their owner and replicas hold them."""
+        return [s for s in gcs.shards() if not self.keeps(s)]
 
     # -- what the fabric sends ------------------------------------------------------
 

@@ -245,7 +245,8 @@ class GcsWorld:
                     self._update(dst, src, records)
             else:
                 for record in payload:
-                    self.gcs[dst].apply(record)
+                    if self.repl[dst].keeps(record[1]):
+                        self.gcs[dst].apply(record)
         n = len(self.ids)
         for i in sorted(self.running):
             due = int(self.rounds * self.writes_per_round) - self._written[i]
@@ -271,34 +272,52 @@ class GcsWorld:
         self.traffic.count("gcs", src, len(msgpack.packb([self.ids[src], records])))
         self._inflight.append((src, dst, "records", records))
 
+    def run_until(self, condition, max_rounds: int) -> int | None:
+        """Rounds until condition() holds, or None after max_rounds."""
+        for k in range(max_rounds + 1):
+            if condition():
+                return k
+            if k < max_rounds:
+                self.step()
+        return None
+
     def kill(self, i: int) -> None:
         """Node i stops; every other node's ring drops it at once."""
         self.running.discard(i)
         live = [self.ids[j] for j in self.running]
         for j in self.running:
-            self.repl[j].set_live(live)
+            if self.repl[j].set_live(live):
+                for shard in self.repl[j].strays(self.gcs[j]):
+                    self.gcs[j].drop_shard(shard)
 
     def stop_writing(self) -> None:
         self.writes_per_round = 0.0
 
-    def agreed(self) -> bool:
-        """Every live replica of every shard (by the ring) holds its last state:
-        the owner's, or for a dead owner's shard the most advanced live copy."""
+    def agreed(self, states: bool = False) -> bool:
+        """Every live replica of every shard (by the ring) is at its last seq: the
+        owner's, or for a dead owner's shard the most advanced live copy's (a
+        replica at the owner's seq holds the owner's state: core/gcs.py); with
+        `states`, its entries are compared too."""
+        vectors = {i: self.gcs[i].vector() for i in self.running}
+        ring = self.repl[min(self.running)]
         for i, owner in enumerate(self.ids):
-            holders = self.repl[next(iter(self.running))].replica_set(owner)
-            live = [self.gcs[self.index[h]] for h in holders if self.index[h] in self.running]
+            holders = [self.index[h] for h in ring.replica_set(owner)
+                       if self.index[h] in self.running]
             if i in self.running:
-                want = self.gcs[i]
+                want = i
             else:
-                want = max((g for g in self.gcs if owner in g.vector() and
-                            self.index[g.node_id] in self.running),
-                           key=lambda g: g.vector()[owner], default=None)
-                if want is None:
+                known = [j for j in self.running if owner in vectors[j]]
+                if not known:
                     continue
-            seq = want.vector()[owner]
-            state = sorted(repr(e) for e in want.items("tl") if e[0] == owner)
-            for g in live:
-                if g.vector().get(owner) != seq or \
-                        sorted(repr(e) for e in g.items("tl") if e[0] == owner) != state:
+                want = max(known, key=lambda j: vectors[j][owner])
+            seq = vectors[want][owner]
+            if any(vectors[j].get(owner) != seq for j in holders):
+                return False
+            if states:
+                entries = self._entries(want, owner)
+                if any(self._entries(j, owner) != entries for j in holders):
                     return False
         return True
+
+    def _entries(self, i: int, shard: bytes) -> list:
+        return sorted(repr(e) for e in self.gcs[i].items("tl") if e[0] == shard)
