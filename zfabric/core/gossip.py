@@ -30,7 +30,8 @@ reaches a node any more: a row that shows a member we hold DEAD still
 beating at the same incarnation (it never heard of its death) has that
 member told at once (`take_tell`); and a DEAD verdict older than the
 heartbeat we know of a member is not ignored but checked (`doubt`): we ask
-the member ourselves, and declare it too unless it answers. (Below the
+the member ourselves, and declare it too unless it answers within a few
+rounds. (Below the
 threshold our heartbeat is fresh, so the older verdict is simply stale; here
 ours may be as old as the declarer's, and ignoring the verdict would leave a
 dead node alive in our view until our own walk reaches it, O(N) rounds.)
@@ -45,6 +46,9 @@ import math
 NEWS_REPEAT = 5
 # At most this many members told a round that they are held dead (take_tell).
 TELL_PER_ROUND = 3
+# A member declared dead by someone, whose heartbeat we know to be newer than
+# the verdict's, is declared by us too if it does not answer within this many rounds.
+DOUBT_ROUNDS = 4
 # MemberState values (core/membership.py owns the enum and sets states).
 _ALIVE, _SUSPECT, _DEAD = 0, 1, 2
 
@@ -100,11 +104,14 @@ class Deltas:
         the one we know. Below the threshold we heard it later than the declarer
         did; here we hear few heartbeats, so ours may be as stale: ask it
         ourselves, and declare it dead too if it has not beaten for
-        failure_timeout and does not answer within a quarter of it."""
+        failure_timeout and does not answer within DOUBT_ROUNDS rounds (at most
+        a quarter of failure_timeout): ample for an answer, since someone
+        already heard nothing from it for a whole failure_timeout."""
         if not self.active:
             return
         timeout = self.m.failure_timeout
-        since = max(heard, now - timeout + timeout / 4)
+        grace = min(timeout / 4, DOUBT_ROUNDS * self.m.gossip_interval)
+        since = max(heard, now - timeout + grace)
         self.probing[node_id] = min(self.probing.get(node_id, since), since)
 
     def still_beats(self, node_id: bytes) -> None:
