@@ -21,7 +21,8 @@ every shard on every node); `scaled` is the current one (config defaults).
 
 The baseline at 1,000 nodes is too slow to simulate for long (every gossip
 message carries 1,000 rows: over 10 s of CPU and 1.4 GB a round), so beyond
-`--baseline-max` (300) only its steady traffic is measured, over 3 rounds.
+`--baseline-max` (300) only its steady traffic is measured, over 3 rounds
+(membership and GCS each).
 """
 from __future__ import annotations
 
@@ -105,27 +106,50 @@ def membership_run(n: int, seed: int, design: dict, log, converge: bool = True) 
             "cpu_seconds": round(time.perf_counter() - started, 1)}
 
 
-def gcs_run(n: int, seed: int, design: dict, log) -> dict:
+def gcs_run(n: int, seed: int, design: dict, log, converge: bool = True) -> dict:
     started = time.perf_counter()
     interval = design["membership"]["gossip_interval"]
     replicas = design["replicas"] or n
     world = GcsWorld(n, seed, replicas=replicas, fanout=design["membership"]["fanout"],
                      interval=interval, writes_per_round=WRITES_PER_S * interval,
                      value_bytes=VALUE_BYTES)
-    for _ in range(5):
+    for _ in range(5 if converge else 2):
         world.step()
-    rounds = 20 if n < 1000 else 10
+    rounds = 20 if converge else 3
     world.traffic.reset(world.now)
     for _ in range(rounds):
         world.step()
     traffic = world.traffic.per_node("gcs", n, world.now)
     world.stop_writing()
-    settled = world.run_until(world.agreed, 50)
+    settled = world.run_until(world.agreed, 50) if converge else None
     shards = sum(len(g.shards()) for g in world.gcs) / n
     log(f"  n={n} GCS {traffic['bytes_per_s']:.0f} B/s per node, {shards:.1f} shards a node")
     return {"traffic": traffic, "replicas": replicas, "shards_per_node": shards,
             "rounds_to_agree_after_writes_stop": settled,
             "cpu_seconds": round(time.perf_counter() - started, 1)}
+
+
+def table(results: dict) -> str:
+    """The markdown table docs/scaling.md quotes."""
+    def n(x, fmt="{:,.0f}"):
+        return "--" if x is None else fmt.format(x)
+    lines = ["| design | nodes | join | crash (first verdict) | partition heal "
+             "| membership msgs/s | membership bytes/s | GCS msgs/s | GCS bytes/s "
+             "| shards a node |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for design, runs in results.items():
+        for k in sorted(runs, key=int):
+            mem, gcs = runs[k]["membership"], runs[k]["gcs"]
+            crash = n(mem["death_rounds"])
+            if mem.get("death_first_verdict_rounds") is not None:
+                crash += f" ({mem['death_first_verdict_rounds']})"
+            lines.append(" | ".join([
+                f"| {design}", f"{int(k):,}", n(mem["join_rounds"]), crash,
+                n(mem["partition_heal_rounds"]),
+                n(mem["traffic"]["messages_per_s"], "{:,.1f}"), n(mem["traffic"]["bytes_per_s"]),
+                n(gcs["traffic"]["messages_per_s"], "{:,.1f}"), n(gcs["traffic"]["bytes_per_s"]),
+                n(gcs["shards_per_node"], "{:,.0f}")]) + " |")
+    return "\n".join(lines)
 
 
 def plot(results: dict, out_dir: str) -> list[str]:
@@ -180,7 +204,8 @@ def plot(results: dict, out_dir: str) -> list[str]:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--nodes", default="10,100,1000")
+    ap.add_argument("--nodes", default="10,100,1000", help="sizes to run ('' to only "
+                    "plot and tabulate the --merge'd results)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--design", default="scaled", help="baseline, scaled or both")
     ap.add_argument("--json", help="write the raw results here")
@@ -188,7 +213,7 @@ def main(argv=None) -> int:
                     help="results JSON of an earlier run to plot beside this one")
     ap.add_argument("--baseline-max", type=int, default=300,
                     help="largest N at which the baseline's convergence is simulated "
-                         "(beyond: its traffic only, over 3 rounds; ~10 s of CPU a round at 1,000)")
+                         "(beyond: its steady traffic only, over 3 rounds)")
     ap.add_argument("--plots", help="directory for scaling-convergence.png, scaling-traffic.png")
     args = ap.parse_args(argv)
     sizes = [int(x) for x in args.nodes.split(",") if x]
@@ -209,19 +234,19 @@ def main(argv=None) -> int:
             converge = design != "baseline" or n <= args.baseline_max
             results.setdefault(design, {})[str(n)] = {
                 "membership": membership_run(n, args.seed, DESIGNS[design], log, converge),
-                "gcs": gcs_run(n, args.seed, DESIGNS[design], log)}
+                "gcs": gcs_run(n, args.seed, DESIGNS[design], log, converge)}
     out = {"machine": {"python": platform.python_version(), "platform": platform.platform()},
            "command": "python bench/scale_sim.py " + " ".join(argv or sys.argv[1:]),
            "seed": args.seed, "membership_config": MEMBERSHIP,
            "gcs_workload": {"writes_per_s": WRITES_PER_S, "value_bytes": VALUE_BYTES},
            "results": results}
-    if args.json:
+    if args.json and sizes:
         with open(args.json, "w") as f:
             json.dump(out, f, indent=1, sort_keys=True)
     if args.plots:
         for path in plot(results, args.plots):
             log(f"wrote {path}")
-    print(json.dumps(results, indent=1, sort_keys=True))
+    print(table(results))
     return 0
 
 
