@@ -407,10 +407,12 @@ class Fabric:
         """This round's gossip: to the membership's targets, and (replication
         partial) to one ring neighbour for the GCS shards we share."""
         m, vector = self.membership, self.replication.vector(self.gcs)
+        # (every row to every target: one message for all, as always below the threshold)
+        shared = None if m.delta.active else p.Gossip(self.node_id, m.rows(), vector, False)
         sent = set()
         for node_id, address in targets:
             sent.add(node_id)
-            self._out.append(fx.PeerSend(address, p.Gossip(
+            self._out.append(fx.PeerSend(address, shared or p.Gossip(
                 self.node_id, m.gossip_rows(node_id), vector, m.wants_reply(node_id))))
         neighbour = self.replication.ring_peer()
         member = m.members.get(neighbour) if neighbour not in sent else None
