@@ -7,7 +7,8 @@ sockets, no processes. For each N and each design it measures
 - gossip rounds until membership converges after a join (every node holds the
   newcomer ALIVE and it holds every node ALIVE), a crash (every node holds the
   dead one DEAD; failure detection included) and a partition into two halves
-  that heals (every node holds every node ALIVE again, from the heal);
+  for failure_timeout + 3 s that heals (every node holds every node ALIVE
+  again, counted from the heal);
 - control traffic per node in a steady cluster: messages/s and bytes/s
   (msgpack sizes of what a node sends) of membership gossip, and of GCS
   replication with every node writing its shard at a steady rate (pushes,
@@ -93,7 +94,10 @@ def membership_run(n: int, seed: int, design: dict, log, converge: bool = True) 
 
     half = set(sorted(world.running)[: len(world.running) // 2])
     world.partition(half)
-    split = world.run_until(lambda: world.split_seen(half), 400)
+    # cut for failure_timeout + 3 s (each side declares the other dead), then heal
+    cut_rounds = round((cfg["failure_timeout"] + 3.0) / cfg["gossip_interval"])
+    split = world.run_until(lambda: world.split_seen(half), cut_rounds)
+    world.run_until(lambda: False, cut_rounds - (split or cut_rounds))
     world.heal()
     heal = world.run_until(world.agreed, 600)
     log(f"  n={n} partition: split seen after {split}, healed after {heal} rounds")

@@ -40,6 +40,7 @@ Pure: time comes in as arguments.
 """
 from __future__ import annotations
 
+import heapq
 import math
 
 # Each news row goes out in about NEWS_REPEAT x log2(N) messages (SWIM's lambda log N).
@@ -179,7 +180,7 @@ class Deltas:
             rows.append(subject.row())
             picked.add(target)
         limit = NEWS_REPEAT * max(1, math.ceil(math.log2(len(m.members) + 1)))
-        for node_id in sorted(self.news, key=self.news.get)[: self.news_rows + 2]:
+        for node_id in heapq.nsmallest(self.news_rows + 2, self.news, key=self.news.get):
             if node_id in picked or len(rows) >= 2 + self.news_rows:
                 continue
             member = m.members.get(node_id)
