@@ -18,8 +18,8 @@ Above it, this module takes over two things:
   node, so silence alone proves nothing. Each gossip to a live target asks for
   an answer (`wants_reply`: the fabric's `reply`, answered with that peer's
   rows for us, which carry its heartbeat). A target whose (incarnation,
-  heartbeat) has not advanced since we first asked is asked again every
-  round; SUSPECT after failure_timeout/2, DEAD after failure_timeout, as
+  heartbeat) has not advanced since we first asked is asked again (up to
+  `fanout` such a round, in turn); SUSPECT after failure_timeout/2, DEAD after failure_timeout, as
   before; the verdict is news. Every live node asks `fanout` peers a round,
   so a crashed node is asked by about `fanout` nodes a round and declared by
   the first after failure_timeout, and everyone knows within O(log N) rounds.
@@ -120,17 +120,24 @@ class Deltas:
             self.tell[node_id] = None
 
     def asked(self, targets: list, now: float) -> list:
-        """This round's targets, plus the probes still unanswered (asked again)."""
+        """This round's targets, plus up to `fanout` of the probes still
+        unanswered, asked again (taken in turn: many are pending only while
+        peers are cut off, and asking all of them every round would multiply
+        the traffic just then)."""
         if not self.active:
             return targets
         ids = {t.node_id for t in targets}
         for t in targets:
             self.probing.setdefault(t.node_id, now)
-        members = self.m.members
+        members, again = self.m.members, []
         for node_id in self.probing:
+            if len(again) == self.m.fanout:
+                break
             if node_id not in ids:
-                targets.append(members[node_id])
-                ids.add(node_id)
+                again.append(node_id)
+        for node_id in again:   # to the back of the turn (insertion order)
+            self.probing[node_id] = self.probing.pop(node_id)
+            targets.append(members[node_id])
         return targets
 
     def take_tell(self) -> list:
