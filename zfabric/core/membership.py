@@ -39,6 +39,11 @@ Failure detection is gossip-style heartbeating with SWIM incarnations:
 - a gap longer than `pause_threshold` between our own ticks (we were
   paused) restarts the peers' silence clocks instead of counting against them.
 
+Above `deltas_above` members (config gossip_deltas_above) what a round
+sends and how silence is timed change: bounded delta rows and asking each
+target for an answer (core/gossip.py, `gossip_rows` / `wants_reply`); the
+rules above hold in both modes.
+
 A row (wire form, msgpack-safe) is [node_id, address, incarnation, heartbeat,
 state, info]. Pure: time and randomness come in as arguments; `now` must not
 decrease between calls.
