@@ -183,6 +183,12 @@ class Config:
     # probe, in turn): the slow rate at which a node cut off from some or all
     # of its peers finds them again after the cut heals (10 rounds: 1 s).
     dead_probe_rounds: int = 10
+    # Above this many members (any state), a gossip carries a bounded few rows
+    # (changes, its heartbeat, a slice of the rest) instead of every row, and
+    # failure detection asks each gossip target for an answer instead of
+    # waiting for relayed heartbeats (core/gossip.py): every row in every
+    # message costs O(N) bytes, megabytes a second per node at 1,000 nodes.
+    gossip_deltas_above: int = 32
     # Seconds a joining node tries to reach the address it was given.
     join_timeout: float = 10.0
     # A node that left gracefully is listed (nodes(), status) and gossiped for
@@ -191,6 +197,11 @@ class Config:
     forget_left_after: float = 300.0
     # GCS deltas kept per shard for peers that fall behind (older: a snapshot).
     gcs_log_capacity: int = 10_000
+    # Each node's GCS shard lives on it and on this many nodes after it on a
+    # consistent-hash ring of the live members (core/ring.py): with up to
+    # gcs_replicas + 1 nodes every node holds every shard; beyond, a node holds
+    # gcs_replicas + 1 shards, whatever the cluster's size.
+    gcs_replicas: int = 3
 
     # -- cluster: spillover ------------------------------------------------------
     # Tasks forwarded to a peer beyond what it can run at once, per slot, while

@@ -51,6 +51,7 @@ from .gcs import Gcs
 from .logroute import LogRouter
 from .membership import LIVE, Membership, MemberState
 from .rejects import Rejections, client_source, peer_source
+from .replication import Replication
 from .scheduler import Scheduler
 from .views import ClusterView
 from .workers import workers_for
@@ -97,8 +98,10 @@ def build(config, *, node_id: bytes, resources: dict, store_capacity: int, info:
                             gossip_interval=config.gossip_interval, fanout=config.gossip_fanout,
                             dead_probe_rounds=config.dead_probe_rounds,
                             pause_threshold=config.failure_timeout / 4,
-                            forget_left_after=config.forget_left_after)
+                            forget_left_after=config.forget_left_after,
+                            deltas_above=config.gossip_deltas_above)
     return Fabric(scheduler, membership, Gcs(node_id, log_capacity=config.gcs_log_capacity),
+                  Replication(node_id, config.gcs_replicas),
                   Transfers(chunk_size=config.chunk_size, window=config.pull_window,
                             chunk_timeout=config.chunk_timeout),
                   static_info=static, seeds=list(seeds), join_timeout=config.join_timeout,
@@ -108,13 +111,14 @@ def build(config, *, node_id: bytes, resources: dict, store_capacity: int, info:
 
 
 class Fabric:
-    def __init__(self, scheduler, membership, gcs, transfers, *, static_info: dict,
+    def __init__(self, scheduler, membership, gcs, replication, transfers, *, static_info: dict,
                  seeds: list[str], join_timeout: float, tick_interval: float,
                  dashboard_stream_tasks: int,
                  memory_max_objects: int):
         self.scheduler = scheduler
         self.membership = membership
         self.gcs = gcs
+        self.replication = replication   # which shards live where (core/replication.py)
         self.transfers = transfers
         self.node_id = scheduler.node_id
         self.static_info = static_info      # address, object_address, host, port, pid ...
@@ -249,7 +253,8 @@ class Fabric:
             return
         if self._now >= self._next_join:
             self._next_join = self._now + JOIN_RETRY
-            hello = p.Gossip(self.node_id, self.membership.rows(), self.gcs.wanted_vector(), True)
+            hello = p.Gossip(self.node_id, self.membership.rows(),
+                             self.replication.vector(self.gcs), True)
             for address in self.seeds:
                 self._out.append(fx.JoinSend(address, hello))
 
@@ -260,7 +265,7 @@ class Fabric:
         again after a cut that healed, whatever became of those members."""
         m = self.membership
         if self.joined and self.seeds and m.probe_round and m.alone():
-            hello = p.Gossip(self.node_id, m.rows(), self.gcs.wanted_vector(), True)
+            hello = p.Gossip(self.node_id, m.rows(), self.replication.vector(self.gcs), True)
             for address in self.seeds:
                 if address != m.me.address:
                     self._out.append(fx.JoinSend(address, hello))
@@ -270,9 +275,7 @@ class Fabric:
         self._publish_view()
         targets, changes = self.membership.tick(now)
         if targets:
-            msg = p.Gossip(self.node_id, self.membership.rows(), self.gcs.wanted_vector(), False)
-            for _node, address in targets:
-                self._out.append(fx.PeerSend(address, msg))
+            self._gossip(targets)
         self._apply_changes(changes)
         self._probe_seeds()
         for node_id in self.membership.take_forgotten():   # it left long ago
@@ -312,12 +315,13 @@ class Fabric:
             self._timeline_kept -= n
 
     def _on_gossip(self, sender: bytes, msg: p.Gossip) -> None:
+        joining = sender not in self.membership.members   # a join: it gets every row
         changes = self.membership.merge(msg.rows, self._now)
         member = self.membership.members.get(sender)
         if member is None:   # (a sender without its own row: still take what it says)
             self._apply_changes(changes)
             return
-        updates = self.gcs.updates_for(msg.vector)
+        updates = self.replication.updates_for(self.gcs, sender, msg.vector)
         if updates:
             self._out.append(fx.PeerSend(member.address, p.GcsUpdate(self.node_id, updates)))
         if msg.reply or self.membership.answers(sender):
@@ -326,8 +330,9 @@ class Fabric:
             # with a higher incarnation -- instead of waiting for our next slow
             # probe of the dead: after a partition heals, views agree in a few
             # messages, whichever side declared whom dead.
+            rows = self.membership.rows() if joining else self.membership.gossip_rows(sender)
             self._out.append(fx.PeerSend(member.address, p.Gossip(
-                self.node_id, self.membership.rows(), self.gcs.wanted_vector(), False)))
+                self.node_id, rows, self.replication.vector(self.gcs), False)))
         self._apply_changes(changes)
         self._held_dead(sender, self.membership.holds_us_dead(msg.rows))
 
@@ -362,6 +367,10 @@ class Fabric:
                 self._events.append(ev.PeerUp(member.node_id, member.address, member.info))
         if not self.joined and self._seen:
             self.joined = True
+        if changes and self.replication.set_live(
+                m.node_id for m in self.membership.members.values() if m.state in LIVE):
+            for shard in self.replication.strays(self.gcs):   # placed elsewhere now
+                self.gcs.drop_shard(shard)
 
     # -- GCS -----------------------------------------------------------------------------
 
@@ -380,10 +389,13 @@ class Fabric:
             self._out += self.logs.from_peer(msg)
             return
         elif kind is p.GcsUpdate:
-            forgotten = self.membership.forgotten
+            forgotten, keeps = self.membership.forgotten, self.replication.keeps
             for record in msg.records:
-                if record[1:2] != [self.node_id]:   # (ours come back after a restart: no harm)
-                    self.gcs.apply(record, skip=forgotten)
+                # (ours come back after a restart: no harm; a shard placed
+                # elsewhere: a sender whose ring is not ours yet)
+                shard = record[1] if len(record) > 1 else None
+                if shard != self.node_id and (type(shard) is not bytes or keeps(shard)):
+                    self.gcs.apply(record, skip=forgotten)   # (malformed: counted there)
         else:
             self._events.append(event)
             return
@@ -396,15 +408,33 @@ class Fabric:
         if log is not None:
             self._out.append(log)
 
+    def _gossip(self, targets: list) -> None:
+        """This round's gossip: to the membership's targets, and (replication
+        partial) to one ring neighbour for the GCS shards we share."""
+        m, vector = self.membership, self.replication.vector(self.gcs)
+        # (every row to every target: one message for all, as always below the threshold)
+        shared = None if m.delta.active else p.Gossip(self.node_id, m.rows(), vector, False)
+        sent = set()
+        for node_id, address in targets:
+            sent.add(node_id)
+            self._out.append(fx.PeerSend(address, shared or p.Gossip(
+                self.node_id, m.gossip_rows(node_id), vector, m.wants_reply(node_id))))
+        neighbour = self.replication.ring_peer()
+        member = m.members.get(neighbour) if neighbour not in sent else None
+        if member is not None and member.state in LIVE:
+            self._out.append(fx.PeerSend(member.address, p.Gossip(
+                self.node_id, m.gossip_rows(neighbour), vector, False)))
+
     def _push_gcs(self) -> None:
-        """Our shard's new writes go to every live peer at once (gossip repairs losses)."""
+        """Our shard's new writes go at once to its replicas: every live peer while
+        replication is full (core/replication.py); gossip repairs losses."""
         record = self.gcs.take_new()
         if not record:
             return
-        peers = self.membership.peers(LIVE)
-        if peers:
-            msg = p.GcsUpdate(self.node_id, [record])
-            for member in peers:
+        msg, members = p.GcsUpdate(self.node_id, [record]), self.membership.members
+        for node_id in self.replication.push_targets():
+            member = members.get(node_id)
+            if member is not None and member.state in LIVE:
                 self._out.append(fx.PeerSend(member.address, msg))
 
     def _free_copies(self, oid: bytes, holders: tuple) -> None:

@@ -137,8 +137,9 @@ class Gcs:
         self._pushed = self._own.seq
         return record
 
-    def updates_for(self, vector: dict) -> list[list]:
-        """The records a peer at `vector` lacks: one per shard we are ahead on.
+    def updates_for(self, vector: dict, only=None) -> list[list]:
+        """The records a peer at `vector` lacks: one per shard we are ahead on
+        (of the shards `only(shard)` accepts, if given: those the peer replicates).
 
         A shard missing from `vector` counts as 0. A negative entry -(a + 1)
         asks for a snapshot newer than a. At most max_batch deltas per shard;
@@ -151,6 +152,8 @@ class Gcs:
             return []
         records = []
         for shard, replica in self._replicas.items():
+            if only is not None and not only(shard):
+                continue
             theirs = vector.get(shard, 0)
             wants_snapshot = theirs < 0
             since = -theirs - 1 if wants_snapshot else theirs

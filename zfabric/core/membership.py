@@ -39,6 +39,11 @@ Failure detection is gossip-style heartbeating with SWIM incarnations:
 - a gap longer than `pause_threshold` between our own ticks (we were
   paused) restarts the peers' silence clocks instead of counting against them.
 
+Above `deltas_above` members (config gossip_deltas_above) what a round
+sends and how silence is timed change: bounded delta rows and asking each
+target for an answer (core/gossip.py, `gossip_rows` / `wants_reply`); the
+rules above hold in both modes.
+
 A row (wire form, msgpack-safe) is [node_id, address, incarnation, heartbeat,
 state, info]. Pure: time and randomness come in as arguments; `now` must not
 decrease between calls.
@@ -51,6 +56,7 @@ from enum import IntEnum
 
 from .. import ids
 from ..ids import NODE_ID_SIZE
+from .gossip import Deltas
 
 
 class MemberState(IntEnum):
@@ -105,9 +111,14 @@ class Membership:
     def __init__(self, node_id: bytes, address: str, info: dict, *, now: float,
                  rng: random.Random, failure_timeout: float = 3.0,
                  gossip_interval: float = 0.2, fanout: int = 3, dead_probe_rounds: int = 10,
-                 pause_threshold: float | None = None, forget_left_after: float | None = None):
+                 pause_threshold: float | None = None, forget_left_after: float | None = None,
+                 deltas_above: int | None = None, news_rows: int = 8, sync_rows: int = 4):
         assert len(node_id) == NODE_ID_SIZE and fanout >= 1 and dead_probe_rounds >= 1
         self.rng = rng
+        # Above this many members (any state, us included) gossip carries deltas
+        # and failure detection probes (core/gossip.py); None: never.
+        self.deltas_above = deltas_above
+        self.delta = Deltas(self, news_rows=news_rows, sync_rows=sync_rows)
         self.failure_timeout = failure_timeout
         # A caller that ticks often (the node: every few tens of ms) sets this:
         # a longer gap between two of our ticks means we were paused.
@@ -149,14 +160,25 @@ class Membership:
         self._next_info = dict(info)
 
     def leave(self) -> list:
-        """Mark ourselves LEFT (graceful stop); returns the rows to send to every peer."""
+        """Mark ourselves LEFT (graceful stop); returns the rows to send to every peer
+        (with deltas on, our own row: every peer gets it)."""
         self.me.state = LEFT
-        return self.rows()
+        return [self.me.row()] if self.delta.active else self.rows()
 
     # -- queries ------------------------------------------------------------
 
     def rows(self) -> list[list]:
         return [m.row() for m in self.members.values()]
+
+    def gossip_rows(self, target: bytes) -> list[list]:
+        """The rows a gossip to `target` carries: all of them, or with deltas on
+        (above `deltas_above` members) a bounded few (core/gossip.py)."""
+        return self.delta.rows_for(target) if self.delta.active else self.rows()
+
+    def wants_reply(self, target: bytes) -> bool:
+        """Should this round's gossip to `target` ask for an answer at once (with
+        deltas on: a probe of a live peer)?"""
+        return self.delta.wants_reply(target)
 
     def peers(self, states=LIVE) -> list[Member]:
         return [m for m in self.members.values() if m is not self.me and m.state in states]
@@ -192,6 +214,7 @@ class Membership:
         """Check timeouts; once per gossip_interval, also a round: the
         (node_id, address) of each peer to send rows() to."""
         self.probe_round = False
+        self.delta.update(now)
         changes = self._check_timeouts(now)
         if self.forget_left_after is not None:
             self._forget_left(now)
@@ -204,11 +227,12 @@ class Membership:
         self.me.heard = now
         if self._next_info is not None:
             self.me.info, self._next_info = self._next_info, None
-        targets = self._walk()
+        targets = self.delta.asked(self._walk(), now)
+        targets += [m for m in self.delta.take_tell() if m not in targets]
         self.probe_round = self.rounds % self.dead_probe_rounds == 0
         if self.probe_round:
             dead = self._walk_dead()
-            if dead is not None:
+            if dead is not None and dead not in targets:
                 targets.append(dead)
         return [(m.node_id, m.address) for m in targets], changes
 
@@ -235,7 +259,8 @@ class Membership:
 
     def _check_timeouts(self, now: float) -> list[Change]:
         stalled = now - self._checked
-        if self.pause_threshold is not None and stalled > self.pause_threshold:
+        paused = self.pause_threshold is not None and stalled > self.pause_threshold
+        if paused:
             # We were not running (a stopped process, a long pause): what we
             # could not hear meanwhile is not the peers' silence. Start their
             # clocks again rather than declare everyone dead at once.
@@ -243,6 +268,11 @@ class Membership:
                 m.heard = min(now, m.heard + stalled)
         self._checked = now
         changes = []
+        if self.delta.active:   # only the peers we asked are timed (core/gossip.py)
+            for m, dead in self.delta.check(now, stalled if paused else 0.0):
+                m.state = DEAD if dead else SUSPECT
+                changes.append(_change(m))
+            return changes
         for m in self.peers():
             silent = now - m.heard
             if silent > self.failure_timeout:
@@ -283,14 +313,20 @@ class Membership:
             m = self.members[node_id] = Member(node_id, address, incarnation, heartbeat,
                                                state, info, now)
             self._insert(node_id)
-            return _change(m) if state == ALIVE else None
+            if state != ALIVE:
+                return None
+            self.delta.changed(node_id)
+            return _change(m)
         if incarnation > m.incarnation:
             before = m.state
             m.address, m.incarnation, m.heartbeat = address, incarnation, heartbeat
             m.state, m.info, m.heard = state, info, now
+            self.delta.changed(node_id)
             return _change(m) if m.state != before else None
         if incarnation < m.incarnation:
             return None
+        if m.state == DEAD and state == ALIVE and heartbeat > m.heartbeat:
+            self.delta.still_beats(node_id)   # it never heard it died: tell it
         # Same incarnation. DEAD and LEFT are final; LEFT may still refine DEAD
         # (it stopped on purpose), so that all views end up agreeing.
         if m.state == LEFT or (m.state == DEAD and state != LEFT):
@@ -299,6 +335,8 @@ class Membership:
             # A verdict older than what we know: it was heard of after the
             # declarer's last news (the declarer was cut off, not it). It
             # refutes when the verdict reaches it; we need not drop it meanwhile.
+            # (With deltas on, what we know may be old too: we ask it ourselves.)
+            self.delta.doubt(node_id, m.heard, now)
             return None
         newer = heartbeat > m.heartbeat
         if newer:
@@ -307,6 +345,7 @@ class Membership:
             m.state = state
             if state == LEFT:
                 m.heard = now   # (for a LEFT member: when we learned it left)
+            self.delta.changed(node_id)
             return _change(m)
         if newer and m.state == SUSPECT:
             m.state = ALIVE   # evidence of life clears suspicion
@@ -325,6 +364,7 @@ class Membership:
             self._next_dead = _after_removal(self._next_dead, i, len(self._ring))
             self.forgotten.add(m.node_id)
             self._newly_forgotten.append(m.node_id)
+            self.delta.forget(m.node_id)
 
     def _insert(self, node_id: bytes) -> None:
         i = self.rng.randint(0, len(self._ring))
@@ -366,7 +406,7 @@ class Membership:
             assert isinstance(m.state, MemberState) and isinstance(m.address, str), m
             assert 0 <= m.incarnation <= MAX_COUNTER + 1 and 0 <= m.heartbeat, m
             assert isinstance(m.info, dict) and all(isinstance(k, str) for k in m.info), m
-            if m is not me and m.state in LIVE:
+            if m is not me and m.state in LIVE and not self.delta.active:
                 # As of the last timeout check; merges since then only advance `heard`.
                 assert self._checked - m.heard <= self.failure_timeout, m
                 if m.state == SUSPECT:
@@ -376,6 +416,7 @@ class Membership:
         assert 0 <= self._next < max(1, len(self._ring))
         assert 0 <= self._next_dead < max(1, len(self._ring))
         assert self.malformed >= 0
+        self.delta.validate()
 
 
 def _after_removal(index: int, removed: int, length: int) -> int:

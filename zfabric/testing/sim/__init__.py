@@ -15,6 +15,9 @@ replays exactly, and hypothesis can shrink it.
     fabric.py      FabricSim: N whole nodes (core.fabric.Fabric) with fake
                    workers and stores, talking through the wire protocol;
                    crashes and restarts of workers, zygotes, nodes, drivers
+    scale.py       MembershipWorld, GcsWorld: membership alone, the GCS alone,
+                   light enough for 1,000 nodes (bench/scale_sim.py), with
+                   the traffic each node sends
     scenario.py    Scenario: a cluster, its drivers' work and its faults as
                    data (JSON), generated from one seed or by hypothesis
     chaos.py       ChaosRun: plays a Scenario and checks values against a

@@ -400,7 +400,7 @@ class ChaosRun:
 
     def converged(self) -> bool:
         """Every live node sees every live node ALIVE and every other one gone; every
-        replica of a live node's GCS shard is at that node's version."""
+        replica (core/replication.py) of a live node's GCS shard is at that node's version."""
         live = [n for n in self.sim.nodes if n.alive]
         ids = {n.node_id for n in live}
         for n in live:
@@ -410,8 +410,9 @@ class ChaosRun:
                     return False
             if not ids <= set(n.fabric.membership.members):
                 return False
-            vector = n.fabric.gcs.vector()
-            if any(vector.get(m.node_id) != m.fabric.gcs.vector()[m.node_id] for m in live):
+            vector, repl = n.fabric.gcs.vector(), n.fabric.replication
+            if any(repl.replicates(n.node_id, m.node_id)
+                   and vector.get(m.node_id) != m.fabric.gcs.vector()[m.node_id] for m in live):
                 return False
         return True
 

@@ -21,9 +21,11 @@ class MembershipSim:
     """N `Membership` instances, numbered 0..N-1, gossiping over a `Network`.
 
     Each `step()` advances the clock by `step`, delivers the messages due
-    (merge; a message from a member the receiver holds DEAD is answered with
-    the receiver's rows at once, as the fabric does), then ticks every running node in index order and sends its
-    rows to the targets it names. After each step every running node is
+    (merge; a message that asks for an answer, or from a member the receiver
+    holds DEAD, is answered with the receiver's rows for it at once -- all of
+    them to a sender it did not know: a join -- as the fabric does), then
+    ticks every running node in index order and sends each target it names
+    `gossip_rows(target)`, asking for an answer if `wants_reply(target)`. After each step every running node is
     validated, and the Changes it reported are checked against its members:
     the last Change about a member states its current state, and a member
     never reported is DEAD or LEFT.
@@ -76,18 +78,23 @@ class MembershipSim:
         for src, dst, payload in self.net.deliver_due(now):
             i = self._by_address[dst]
             if i in self.running:
-                self._merge(i, msgpack.unpackb(payload))
+                rows, reply = msgpack.unpackb(payload)
                 node = self.nodes[i]
-                if node.answers(self.nodes[self._by_address[src]].me.node_id):
-                    self.net.send(dst, src, msgpack.packb(node.rows()), now)
+                sender = self.nodes[self._by_address[src]].me.node_id
+                joining = sender not in node.members
+                self._merge(i, rows)
+                if reply or node.answers(sender):
+                    back = node.rows() if joining else node.gossip_rows(sender)
+                    self.net.send(dst, src, msgpack.packb([back, False]), now)
         for i in sorted(self.running):
             node = self.nodes[i]
             targets, changes = node.tick(now)
             self._tell(i, changes)
-            if targets:
-                payload = msgpack.packb(node.rows())
-                for _, address in targets:
-                    self.net.send(node.me.address, address, payload, now)
+            full = None if node.delta.active else msgpack.packb([node.rows(), False])
+            for node_id, address in targets:
+                payload = full or msgpack.packb([node.gossip_rows(node_id),
+                                                 node.wants_reply(node_id)])
+                self.net.send(node.me.address, address, payload, now)
         self._record()
         self.check()
 
@@ -114,7 +121,7 @@ class MembershipSim:
     def leave(self, i: int) -> None:
         """Node i stops gracefully: its leave() rows go to every live peer it knows."""
         node = self.nodes[i]
-        payload = msgpack.packb(node.leave())
+        payload = msgpack.packb([node.leave(), False])
         for m in node.peers():
             self.net.send(node.me.address, m.address, payload, self.now)
         self.running.discard(i)

@@ -1,0 +1,222 @@
+"""Delta gossip and probing: how membership gossips once the cluster is large.
+
+A `Membership` (core/membership.py) owns one `Deltas` and is its only caller.
+Up to `deltas_above` members it is idle and membership works as it always
+has: every round every row goes to `fanout` peers, and each peer's silence
+clock runs on whatever news of its heartbeat arrives, directly or relayed.
+That costs O(N) bytes a message: at 1,000 nodes, megabytes a second per node.
+Above it, this module takes over two things:
+
+- **What a round sends** (`rows_for(target)`): our own row (our heartbeat),
+  the target's row as we hold it (so a member we suspect or hold dead reads
+  it and refutes), up to `news_rows` *news* rows -- members whose state or
+  incarnation changed in our view, each sent in about 3 log2(N) messages, the
+  least sent first (SWIM's piggybacking) -- and `sync_rows` rows taken in turn
+  from all we know (slow anti-entropy: every row reaches every peer again,
+  so a news row lost everywhere is not lost for good). Bounded whatever N.
+- **Failure detection** (`check(now)`): a heartbeat no longer reaches every
+  node, so silence alone proves nothing. Each gossip to a live target asks for
+  an answer (`wants_reply`: the fabric's `reply`, answered with that peer's
+  rows for us, which carry its heartbeat). A target whose (incarnation,
+  heartbeat) has not advanced since we first asked is asked again (up to
+  `fanout` such a round, in turn); SUSPECT after failure_timeout/2, DEAD after failure_timeout, as
+  before; the verdict is news. Every live node asks `fanout` peers a round,
+  so a crashed node is asked by about `fanout` nodes a round and declared by
+  the first after failure_timeout, and everyone knows within O(log N) rounds.
+
+Partitions heal by the same rules as below the threshold (probing the dead,
+answering the dead, refutation), with two changes, since no full table
+reaches a node any more: a row that shows a member we hold DEAD still
+beating at the same incarnation (it never heard of its death) has that
+member told at once (`take_tell`); and a DEAD verdict older than the
+heartbeat we know of a member is not ignored but checked (`doubt`): we ask
+the member ourselves, and declare it too unless it answers within a few
+rounds. (Below the
+threshold our heartbeat is fresh, so the older verdict is simply stale; here
+ours may be as old as the declarer's, and ignoring the verdict would leave a
+dead node alive in our view until our own walk reaches it, O(N) rounds.)
+
+Pure: time comes in as arguments.
+"""
+from __future__ import annotations
+
+import heapq
+import math
+
+# Each news row goes out in about NEWS_REPEAT x log2(N) messages (SWIM's lambda log N).
+NEWS_REPEAT = 5
+# At most this many members told a round that they are held dead (take_tell).
+TELL_PER_ROUND = 3
+# A member declared dead by someone, whose heartbeat we know to be newer than
+# the verdict's, is declared by us too if it does not answer within this many rounds.
+DOUBT_ROUNDS = 4
+# MemberState values (core/membership.py owns the enum and sets states).
+_ALIVE, _SUSPECT, _DEAD = 0, 1, 2
+
+
+class Deltas:
+    def __init__(self, membership, *, news_rows: int, sync_rows: int):
+        self.m = membership
+        self.news_rows = news_rows
+        self.sync_rows = sync_rows
+        self.active = False
+        self.news: dict[bytes, int] = {}        # member -> messages it went out in
+        self.probing: dict[bytes, float] = {}   # live peer -> when we first asked it
+        self.tell: dict[bytes, None] = {}       # members held DEAD that still beat
+        self._sync = 0                          # cursor into the gossip cycle
+
+    # -- the mode ---------------------------------------------------------------------
+
+    def update(self, now: float) -> None:
+        """Switch on above `deltas_above` members, off at or below it."""
+        m = self.m
+        active = m.deltas_above is not None and len(m.members) > m.deltas_above
+        if active == self.active:
+            return
+        self.active = active
+        if active:
+            for peer in m.peers():
+                if peer.state == _SUSPECT:   # keep its countdown going
+                    self.probing[peer.node_id] = peer.heard
+        else:
+            # Back to silence clocks: the peers we did not ask start theirs now.
+            for peer in m.peers():
+                if peer.state == _ALIVE:
+                    peer.heard = now
+            self.news.clear()
+            self.probing.clear()
+            self.tell.clear()
+
+    # -- stimuli from Membership --------------------------------------------------------
+
+    def changed(self, node_id: bytes) -> None:
+        """A member's state or incarnation changed in our view: news."""
+        if self.active:
+            self.news[node_id] = 0
+
+    def forget(self, node_id: bytes) -> None:
+        """A member is forgotten (it left long ago)."""
+        self.news.pop(node_id, None)
+        self.probing.pop(node_id, None)
+        self.tell.pop(node_id, None)
+
+    def doubt(self, node_id: bytes, heard: float, now: float) -> None:
+        """Someone declared a live member of ours DEAD, at a heartbeat older than
+        the one we know. Below the threshold we heard it later than the declarer
+        did; here we hear few heartbeats, so ours may be as stale: ask it
+        ourselves, and declare it dead too if it has not beaten for
+        failure_timeout and does not answer within DOUBT_ROUNDS rounds (at most
+        a quarter of failure_timeout): ample for an answer, since someone
+        already heard nothing from it for a whole failure_timeout."""
+        if not self.active:
+            return
+        timeout = self.m.failure_timeout
+        grace = min(timeout / 4, DOUBT_ROUNDS * self.m.gossip_interval)
+        since = max(heard, now - timeout + grace)
+        self.probing[node_id] = min(self.probing.get(node_id, since), since)
+
+    def still_beats(self, node_id: bytes) -> None:
+        if self.active:
+            self.tell[node_id] = None
+
+    def asked(self, targets: list, now: float) -> list:
+        """This round's targets, plus up to `fanout` of the probes still
+        unanswered, asked again (taken in turn: many are pending only while
+        peers are cut off, and asking all of them every round would multiply
+        the traffic just then)."""
+        if not self.active:
+            return targets
+        ids = {t.node_id for t in targets}
+        for t in targets:
+            self.probing.setdefault(t.node_id, now)
+        members, again = self.m.members, []
+        for node_id in self.probing:
+            if len(again) == self.m.fanout:
+                break
+            if node_id not in ids:
+                again.append(node_id)
+        for node_id in again:   # to the back of the turn (insertion order)
+            self.probing[node_id] = self.probing.pop(node_id)
+            targets.append(members[node_id])
+        return targets
+
+    def take_tell(self) -> list:
+        """Up to TELL_PER_ROUND members we hold DEAD that still beat."""
+        out = []
+        while self.tell and len(out) < TELL_PER_ROUND:
+            node_id = next(iter(self.tell))
+            del self.tell[node_id]
+            member = self.m.members.get(node_id)
+            if member is not None and member.state == _DEAD:
+                out.append(member)
+        return out
+
+    def check(self, now: float, stalled: float) -> list:
+        """Timeouts of the peers we asked: [(member, dead)], dead False for a
+        suspicion (our opinion only: not news). The caller sets the states."""
+        members, timeout = self.m.members, self.m.failure_timeout
+        out = []
+        for node_id, since in list(self.probing.items()):
+            peer = members.get(node_id)
+            if peer is None or peer.state not in (_ALIVE, _SUSPECT) or peer.heard > since:
+                del self.probing[node_id]
+                continue
+            if stalled:
+                since = self.probing[node_id] = min(now, since + stalled)
+            silent = now - since
+            if silent > timeout:
+                del self.probing[node_id]
+                self.changed(node_id)
+                out.append((peer, True))
+            elif silent > timeout / 2 and peer.state == _ALIVE:
+                out.append((peer, False))
+        return out
+
+    # -- what a round sends ---------------------------------------------------------------
+
+    def wants_reply(self, target: bytes) -> bool:
+        return self.active and target in self.probing
+
+    def rows_for(self, target: bytes) -> list[list]:
+        m = self.m
+        me = m.me
+        rows = [me.row()]
+        picked = {me.node_id}
+        subject = m.members.get(target)
+        if subject is not None and subject is not me:
+            rows.append(subject.row())
+            picked.add(target)
+        limit = NEWS_REPEAT * max(1, math.ceil(math.log2(len(m.members) + 1)))
+        for node_id in heapq.nsmallest(self.news_rows + 2, self.news, key=self.news.get):
+            if node_id in picked or len(rows) >= 2 + self.news_rows:
+                continue
+            member = m.members.get(node_id)
+            sent = self.news[node_id] + 1
+            if member is None or sent >= limit:
+                del self.news[node_id]
+            else:
+                self.news[node_id] = sent
+            if member is not None:
+                rows.append(member.row())
+                picked.add(node_id)
+        ring = m._ring
+        for _ in range(min(self.sync_rows, len(ring))):
+            self._sync = (self._sync + 1) % len(ring)
+            node_id = ring[self._sync]
+            if node_id not in picked:
+                rows.append(m.members[node_id].row())
+                picked.add(node_id)
+        return rows
+
+    # -- invariants -----------------------------------------------------------------------
+
+    def validate(self) -> None:
+        m = self.m
+        if not self.active:
+            assert not self.probing and not self.news and not self.tell
+            return
+        for node_id in self.probing:
+            assert node_id in m.members and m.members[node_id] is not m.me
+        for peer in m.peers():
+            if peer.state == _SUSPECT:   # one we asked and are still waiting for
+                assert peer.node_id in self.probing, peer
