@@ -55,17 +55,22 @@ DESIGNS = {
 }
 
 
+def steady_traffic(world, kind: str, warm: int, rounds: int) -> dict:
+    """Traffic per node of `kind` over `rounds` rounds, after `warm` rounds."""
+    for _ in range(warm):
+        world.step()
+    world.traffic.reset(world.now)
+    for _ in range(rounds):
+        world.step()
+    return world.traffic.per_node(kind, len(world.running), world.now)
+
+
 def membership_run(n: int, seed: int, design: dict, log, converge: bool = True) -> dict:
     cfg = design["membership"]
     started = time.perf_counter()
     world = MembershipWorld(n, seed, **cfg)
-    for _ in range(3 if converge else 1):
-        world.step()
     rounds = 20 if converge else 3
-    world.traffic.reset(world.now)
-    for _ in range(rounds):
-        world.step()
-    traffic = world.traffic.per_node("membership", len(world.running), world.now)
+    traffic = steady_traffic(world, "membership", 3 if converge else 1, rounds)
     log(f"  n={n} steady traffic {traffic['bytes_per_s']:.0f} B/s per node")
     if not converge:
         return {"steady_rounds": rounds, "traffic": traffic, "join_rounds": None,
@@ -117,13 +122,8 @@ def gcs_run(n: int, seed: int, design: dict, log, converge: bool = True) -> dict
     world = GcsWorld(n, seed, replicas=replicas, fanout=design["membership"]["fanout"],
                      interval=interval, writes_per_round=WRITES_PER_S * interval,
                      value_bytes=VALUE_BYTES)
-    for _ in range(5 if converge else 2):
-        world.step()
     rounds = 20 if converge else 3
-    world.traffic.reset(world.now)
-    for _ in range(rounds):
-        world.step()
-    traffic = world.traffic.per_node("gcs", n, world.now)
+    traffic = steady_traffic(world, "gcs", 5 if converge else 2, rounds)
     world.stop_writing()
     settled = world.run_until(world.agreed, 50) if converge else None
     shards = sum(len(g.shards()) for g in world.gcs) / n

@@ -63,7 +63,23 @@ class Traffic:
                 "max_bytes_per_s": max(b.values(), default=0) / span}
 
 
-class MembershipWorld:
+class _Rounds:
+    """A world that moves in rounds (`step`)."""
+
+    def step(self) -> None:
+        raise NotImplementedError
+
+    def run_until(self, condition, max_rounds: int) -> int | None:
+        """Rounds until condition() holds, or None after max_rounds."""
+        for k in range(max_rounds + 1):
+            if condition():
+                return k
+            if k < max_rounds:
+                self.step()
+        return None
+
+
+class MembershipWorld(_Rounds):
     """N Membership instances gossiping in rounds, as core/fabric.py drives them.
 
     Each step is one gossip round (`gossip_interval`): the messages sent in the
@@ -139,15 +155,6 @@ class MembershipWorld:
                 self._send(i, self._by_address[address], rows, len(msgpack.packb(rows)),
                            node.wants_reply(node_id))
 
-    def run_until(self, condition, max_rounds: int) -> int | None:
-        """Rounds until condition() holds, or None after max_rounds."""
-        for k in range(max_rounds + 1):
-            if condition():
-                return k
-            if k < max_rounds:
-                self.step()
-        return None
-
     # -- events ------------------------------------------------------------------
 
     def join(self, via: int) -> int:
@@ -198,7 +205,7 @@ class MembershipWorld:
         return True
 
 
-class GcsWorld:
+class GcsWorld(_Rounds):
     """N Gcs replicas behind a fixed set of live members, as core/fabric.py moves
     records: each node writes `writes_per_round` deltas a round (values of about
     `value_bytes`), pushes them (GcsUpdate) to the push targets its Replication
@@ -273,15 +280,6 @@ class GcsWorld:
     def _update(self, src: int, dst: int, records: list) -> None:
         self.traffic.count("gcs", src, len(msgpack.packb([self.ids[src], records])))
         self._inflight.append((src, dst, "records", records))
-
-    def run_until(self, condition, max_rounds: int) -> int | None:
-        """Rounds until condition() holds, or None after max_rounds."""
-        for k in range(max_rounds + 1):
-            if condition():
-                return k
-            if k < max_rounds:
-                self.step()
-        return None
 
     def kill(self, i: int) -> None:
         """Node i stops; every other node's ring drops it at once."""
