@@ -55,7 +55,7 @@ def test_reports_of_a_run_of_prefetched_tasks_go_in_one_frame(nodes, clients, tm
     assert [[m.task_id for m in f] for f in frames] == [[t.task_id for t in tasks]]
     assert all(m.status == TaskStatus.OK and serialization.deserialize(m.payloads[0]) == 7
                for m in frames[0])
-    assert worker.held == 0 and node.received.empty()
+    assert not client._held and node.received.empty()   # nothing held back
 
 
 def test_a_run_holds_at_most_prefetch_max_depth_reports(nodes, clients, tmp_path):

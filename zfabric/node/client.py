@@ -103,7 +103,7 @@ class Client:
         self._revoked: deque = deque()           # prefetched tasks dropped: tell the node
         self.fn_blobs: dict[bytes, bytes] = {}   # (workers) function code not yet loaded
         self._ref_ops: deque = deque()           # (+1 | -1, oid), appended lock-free
-        self._held, self._held_keep = [], []     # (workers) TaskDones not sent yet; results
+        self._held, self._held_keep, self._held_since = [], [], 0.0   # (workers) Client.report
         self._req = 0
         self._errors_seen = 0
         self.sent_functions: set[bytes] = set()
@@ -147,14 +147,18 @@ class Client:
                 raise RuntimeError("zfabric client is closed (zf.shutdown() was called)")
             self._send_frame([data])
 
-    def report(self, done: p.TaskDone, keep, hold: bool) -> None:
-        """(workers) Send a finished task's TaskDone, or with `hold` keep it (and `keep`,
-        its result) to go in one frame with the next, before anything else we send."""
-        data = p.encode(done)
+    def report(self, done: p.TaskDone, keep) -> None:
+        """(workers) Send a finished task's TaskDone. While prefetched tasks wait here,
+        hold it and `keep` (its result) for one frame with the next ones, before
+        anything else we send: at most prefetch_max_depth, prefetch_queue_seconds."""
+        data, now, config = p.encode(done), time.monotonic(), self.config
         with self._send_lock:
+            if not self._held:
+                self._held_since = now
             self._held.append(data)
             self._held_keep.append(keep)
-            if not hold:
+            if not (self.executes and len(self._held) < config.prefetch_max_depth
+                    and now - self._held_since < config.prefetch_queue_seconds):
                 self._send_frame([])
 
     def _send_frame(self, msgs: list) -> None:

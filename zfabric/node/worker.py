@@ -66,8 +66,6 @@ class Worker:
         self.in_user_code = False
         self.signalled = False   # a cancel signal came while no task ran its code
         self.marked = None   # (job, name) the last marker named; None: no job
-        self.held = 0        # reports held (serve_one), since monotonic `held_since`
-        self.held_since = 0.0
 
     # -- cancel -----------------------------------------------------------------
 
@@ -96,21 +94,12 @@ class Worker:
 
     def serve_one(self) -> None:
         """Run the next task and report it. With more tasks here already (the node
-        prefetched them: quick ones), the report is held to go in one frame with
-        the next ones: at most `prefetch_max_depth` reports, held at most
-        `prefetch_queue_seconds` (and the client's flush interval, whatever runs)."""
+        prefetched them: quick ones), the client holds the report to send it in
+        one frame with the next ones (Client.report; its flush thread sends held
+        reports at most `ref_flush_interval` late, whatever runs)."""
         client = self.client
         done, result = self.run(client.next_execute())
-        now = time.monotonic()
-        if not self.held:
-            self.held_since = now
-        self.held += 1
-        config = client.config
-        hold = (bool(client.executes) and self.held < config.prefetch_max_depth
-                and now - self.held_since < config.prefetch_queue_seconds)
-        client.report(done, result, hold)
-        if not hold:
-            self.held = 0
+        client.report(done, result)
         del done, result  # refs inside the result die only after TaskDone is sent
 
     def _function(self, ex: p.Execute):
