@@ -199,7 +199,7 @@ class SchedulerMachine(CheckedModel, RuleBasedStateMachine):
         w = self.pick_worker(data, [w for w in self.workers.values()
                                     if w.fake.current is None and w.fake.local
                                     and not w.doomed])
-        w.fake.start_next()
+        self.start_next(w)
 
     @precondition(lambda self: self.s is not None
                   and any(w.fake.inbox for w in self.workers.values()))
@@ -419,7 +419,7 @@ class SchedulerMachine(CheckedModel, RuleBasedStateMachine):
                 return True
         for w in workers:
             if w.fake.current is None and w.fake.local:
-                w.fake.start_next()
+                self.start_next(w)
                 return True
         for w in workers:
             if w.fake.current is None:

@@ -186,9 +186,12 @@ class Node:
         it goes on with the next task it holds."""
         worker = self.worker(wid)
         if worker.current_id == tid(n):
-            worker.finish()
+            worker.finish(msg)
             worker.start_next()
-        return self.send(worker.client, msg)
+        out = self.send(worker.client, msg)
+        for revoked in worker.take_given_back():   # (pipelined tasks it could not start)
+            out += self.send(worker.client, revoked)
+        return out
 
     def send(self, client: bytes, msg) -> list:
         return self.handle(ev.ClientMessage(client, msg))

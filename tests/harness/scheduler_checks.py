@@ -15,6 +15,8 @@ from zfabric.core.workers import PREFETCH_MIN_RUNS, WorkerState
 from .scheduler_model import (ERROR, FUNCTIONS, INLINE, PREFETCH_DEPTH, PREFETCH_QUEUE, STORE,
                               WATCHER, MTask, MWorker, SchedulerModel, record_of)
 
+PENDING = int(ObjectState.PENDING)
+
 
 class CheckedModel(SchedulerModel):
     """The model, checked against the scheduler after every step."""
@@ -147,7 +149,12 @@ class CheckedModel(SchedulerModel):
         w.fake.take(ex)
         assert ex.dep_ids == t.spec_deps and ex.depth == t.depth
         assert ex.num_returns == len(t.returns)
-        assert all(s in (INLINE, STORE) for s in ex.dep_states), ex.dep_states
+        made_ahead = set()   # pipelined: PENDING arguments made by the tasks before it here
+        if w.nrun is not None and w.nrun != t.tid:
+            for tid in [w.nrun] + w.nqueue[:-1]:
+                made_ahead.update(self.tasks[tid].returns)
+        assert all(s in (INLINE, STORE) or (s == PENDING and oid in made_ahead)
+                   for oid, s in zip(ex.dep_ids, ex.dep_states)), (ex.dep_states, made_ahead)
         for oid, state, payload in zip(ex.dep_ids, ex.dep_states, ex.dep_payloads):
             entry = self.s.objects.get(oid)
             assert entry is not None and int(entry.state) == state
@@ -193,6 +200,8 @@ class CheckedModel(SchedulerModel):
                 assert tid in s.tasks
                 assert s.tasks[tid].state in (TaskState.QUEUED, TaskState.RUNNING,
                                               TaskState.ASSIGNED)
+            elif kind == "waiting":   # (given back before its argument was made)
+                assert tid in s.tasks
             else:
                 assert tid not in s.tasks, f"task expected to end ({kind}) is still there"
         for t in self.live_tasks():
@@ -221,11 +230,11 @@ class CheckedModel(SchedulerModel):
             if mw.doomed:
                 continue
             executing += local
-            if current is not None:
-                assert mw.nrun == current and mw.nqueue == local, books
-            else:   # between tasks: the node already counts the next one as running
-                assert mw.nrun == (local[0] if local else None), books
-                assert mw.nqueue == local[1:], books
+            # between tasks, the node already counts the next one as running; and it
+            # has not heard yet of the pipelined tasks the worker gave back
+            given = [r.task_id for r in mw.fake.given_back]
+            fake_seq = given + ([current] if current is not None else []) + local
+            assert ([mw.nrun] if mw.nrun is not None else []) + mw.nqueue == fake_seq, books
         assert len(executing) == len(set(executing)), "a task is on two workers at once"
         idle = {w.wid for w in s.pool.idle}
         assert len(idle) == len(s.pool.idle), "a worker is idle twice"

@@ -238,11 +238,16 @@ class SchedulerModel:
         w.nrun = None
         return t
 
-    def node_requeue_assigned(self, w: MWorker, expect: dict) -> None:
+    def node_requeue_assigned(self, w: MWorker, expect: dict, failing=()) -> None:
+        """The node takes a worker's prefetched tasks back (`failing`: returns of
+        the task it ran, which fails in this step)."""
+        failing = set(failing)
         for tid in w.nqueue:
             t = self.tasks[tid]
             t.assigned_to = None
-            expect[tid] = "cancelled" if t.cancel_flag else "requeue"
+            expect[tid] = self.back_again(t, failing)
+            if expect[tid] in (None, "cancelled"):   # (its dependents behind it fail too)
+                failing.update(t.returns)
         w.nqueue = []
 
     # -- what drivers and workers do (the rules and the teardown share these) ------------------
@@ -290,11 +295,12 @@ class SchedulerModel:
             self.node_start(w, nxt)
             if nxt.cancel_flag:
                 interrupts.append((w.wid, nxt.tid))
-        w.fake.finish()
+        w.fake.finish(msg)
         if start_next and not w.doomed:
             w.fake.start_next()
         self.step(ev.ClientMessage(w.c.client, msg), expect=expect,
                   store_reported=store_reported, interrupts=interrupts)
+        self.send_given_back(w)
         if w.c.held:       # the refs the task made die after it returns
             decs = sorted(w.c.held)
             w.c.held.clear()
@@ -306,20 +312,46 @@ class SchedulerModel:
         if not answer:
             return      # started already (or gone): nothing to say
         (revoked,) = answer
+        self.revoked(w, revoked)
+
+    def start_next(self, w: MWorker) -> None:
+        """The worker starts its next task (giving back the pipelined ones it cannot)."""
+        w.fake.start_next()
+        self.send_given_back(w)
+
+    def send_given_back(self, w: MWorker) -> None:
+        given_back = w.fake.given_back
+        while given_back:   # one at a time: the checks count those not sent yet
+            self.revoked(w, given_back.pop(0))
+
+    def back_again(self, t: MTask, failing: set = frozenset()) -> str | None:
+        """What the node does with a task a worker gave back: it fails a cancelled
+        one; one pipelined behind an argument that failed (or is `failing` in this
+        step) fails with it (None); one whose argument is being made again waits;
+        others are queued again."""
+        if t.cancel_flag:
+            return "cancelled"
+        states = {self.s.objects.get(oid).state for oid in t.spec_deps}
+        if ObjectState.ERROR in states or failing.intersection(t.spec_deps):
+            return None
+        return "waiting" if ObjectState.PENDING in states else "requeue"
+
+    def revoked(self, w: MWorker, revoked: p.Revoked) -> None:
+        """The worker says it dropped a task it had not started."""
         tid = revoked.task_id
         t = self.tasks[tid]
         expect, interrupts = {}, []
         if tid in w.nqueue:
             w.nqueue.remove(tid)
             t.assigned_to = None
-            expect[tid] = "cancelled" if t.cancel_flag else "requeue"
+            expect[tid] = self.back_again(t)
         elif w.nrun == tid:     # the node had started it when the task before it ended
             for name, amount in t.demand.items():
                 self.in_use[name] -= amount
             t.running_on = None
             t.attempts -= 1
             w.nrun = None
-            expect[tid] = "cancelled" if t.cancel_flag else "requeue"
+            expect[tid] = self.back_again(t)
             if w.doomed:        # a worker being killed gets nothing new
                 self.node_requeue_assigned(w, expect)
             elif w.nqueue:      # the next prefetched task takes its place
@@ -332,8 +364,7 @@ class SchedulerModel:
                   interrupts=interrupts)
 
     def worker_gone(self, w: MWorker) -> dict:
-        expect = {}
-        self.node_requeue_assigned(w, expect)
+        expect, failing = {}, ()
         if w.nrun is not None:
             t = self.node_release(w)
             if t.cancel_flag:
@@ -342,6 +373,9 @@ class SchedulerModel:
                 expect[t.tid] = "requeue"
             else:
                 expect[t.tid] = "crashed"
+            if expect[t.tid] != "requeue":   # what waits behind it for its returns fails
+                failing = t.returns
+        self.node_requeue_assigned(w, expect, failing)
         del self.workers[w.wid]
         w.c.held.clear()
         self.dead.add(w.c.client)

@@ -7,6 +7,7 @@ dependencies, finish, fail, retry, cancel -- and composes the owners of
 everything else, each in a module of its own:
 
     ReadyQueues      core/queues.py     ready tasks by resource shape
+    Dispatch         core/dispatch.py   tasks onto workers: started, prefetched, pipelined
     WorkerPool       core/workers.py    worker processes, resources, CPU lending, prefetch
     ObjectDirectory  core/directory.py  objects: put, subscribe, refs, pulls, frees
     Lineage          core/lineage.py    finished tasks' specs, and running them again
@@ -26,9 +27,10 @@ back unfinished (its worker or peer died, a peer refused it, a prefetch was
 revoked) goes through one decision, `retry_or_fail`: a cancelled task
 fails, otherwise it runs again while it has attempts left.
 
-After every event, `_schedule` starts what fits: queued tasks on idle
-workers (deepest first, then oldest), extra workers for demand, tasks that
-cannot start here to peers, quick tasks prefetched to busy workers.
+After every event, `Dispatch.schedule` starts what fits: queued tasks on
+idle workers (deepest first, then oldest), extra workers for demand, tasks
+that cannot start here to peers, quick tasks prefetched to busy workers,
+and waiting tasks pipelined behind the worker making their arguments.
 """
 from __future__ import annotations
 
@@ -45,6 +47,7 @@ from . import guards
 from . import resources as rs
 from .activity import TaskErrors
 from .directory import ObjectDirectory
+from .dispatch import Dispatch
 from .lineage import Lineage, Rebuilder
 from .queues import ReadyQueues
 from .rejects import client_source, peer_source
@@ -55,7 +58,7 @@ from .workers import WorkerPool
 
 
 # The scheduler's counters (`Scheduler.stats`, in the node's status record).
-STATS = ("submitted", "finished", "failed", "cancelled", "retried", "prefetched",
+STATS = ("submitted", "finished", "failed", "cancelled", "retried", "prefetched", "pipelined",
          "workers_started", "workers_crashed", "spilled", "refused", "accepted", "fetches",
          "rebuilt", "sealed_twice", "dropped_by_peer", "stale_results", "evicted",
          "spilled_objects", "restored", "spill_failures")
@@ -97,6 +100,7 @@ class Scheduler:
             spill_depth=spill_depth, refuse_backoff=refuse_backoff,
             locality_min_bytes=locality_min_bytes)
         self.timeline, self.errors = Timeline(node_id, timeline_capacity), TaskErrors(*errors)
+        self.dispatch = Dispatch(self)
         self._client_handlers = {
             p.Hello: self._on_hello, p.Submit: self._on_submit, p.TaskDone: self._on_task_done,
             p.Subscribe: self.objects.subscribe, p.Put: self.objects.put,
@@ -142,7 +146,7 @@ class Scheduler:
             if handler is None:
                 raise TypeError(f"unknown event {event!r}")
             handler(event)
-        self._schedule()
+        self.dispatch.schedule()
         return self.out.take()
 
     def _dispatch(self, handlers: dict, sender: bytes, msg, peer: bool) -> None:
@@ -226,6 +230,8 @@ class Scheduler:
             self.finish_failed(task, failure)
         elif not task.missing:
             self.ready(task)
+        else:
+            self.dispatch.pipeline(task)
 
     def pin_deps(self, task: Task) -> bytes | None:
         """Pin a new task's arguments; note those not ready. The first failure, if any."""
@@ -289,7 +295,11 @@ class Scheduler:
         """(ObjectDirectory hook) `entry` got its value: tasks waiting for it go on."""
         for tid in waiting:
             task = self.tasks.get(tid)
-            if task is None or task.state != TaskState.WAITING:
+            if task is None:
+                continue
+            if task.state != TaskState.WAITING:   # pipelined: its worker made the value
+                if entry.state != ObjectState.ERROR:   # (on an error, it gives it back)
+                    task.missing.discard(entry.oid)
                 continue
             if entry.state == ObjectState.ERROR:
                 self.finish_failed(task, self._dep_error(entry, task.name))
@@ -312,36 +322,6 @@ class Scheduler:
                      if t.state == TaskState.QUEUED and entry.oid in t.spec.deps]:
             self.finish_failed(task, self._dep_error(entry, task.name))
 
-    # -- dispatch -----------------------------------------------------------------
-
-    def _schedule(self) -> None:
-        queues, pool = self.queues, self.pool
-        if not queues.count:
-            return
-        while pool.idle:
-            task = queues.pick(pool.available)
-            if task is None:
-                break
-            worker = pool.idle_worker()
-            pool.start_task(task, worker)
-            self._send_execute(task, worker)
-        else:
-            pool.spawn_for_demand(queues)
-        if queues.count and self.spill.peers:
-            self.spill.spill()
-        if queues.count:
-            for task, worker in pool.prefetch(queues):
-                self._send_execute(task, worker)
-
-    def _send_execute(self, task: Task, worker) -> None:
-        spec = task.spec
-        fn_blob = self.functions.for_receiver(worker.known_fns, spec.fn_id)
-        states, payloads = self.objects.describe_for_worker(spec.deps)
-        self.out.send(worker.client, p.Execute(
-            spec.task_id, spec.name, spec.fn_id, spec.num_returns, spec.depth,
-            spec.deps, states, fn_blob, spec.args_blob, spec.retry_blob, payloads,
-            spec.opts if task.gpus is None else {**spec.opts, "gpus": task.gpus}))
-
     # -- a worker reports ---------------------------------------------------------
 
     def _on_task_done(self, client: bytes, msg: p.TaskDone) -> None:
@@ -354,7 +334,8 @@ class Scheduler:
         spec = task.spec
         self.timeline.record(spec.name, spec.task_id, worker.wid, msg.start, msg.end,
                              int(msg.status), msg.fetched, msg.stored, worker.pid)
-        self.pool.record_run(spec.fn_id, max(0.0, msg.end - msg.start))
+        self.pool.record_run(spec.fn_id, max(0.0, msg.end - msg.start),
+                             ObjectState.STORE in msg.states)
         if msg.status == TaskStatus.OK:
             if len(msg.states) != spec.num_returns or len(msg.payloads) != spec.num_returns:
                 self.out.nonsense(client_source(client), "a TaskDone with the wrong number "

@@ -7,7 +7,9 @@ changes its state:
                        or it is between owners
     QUEUED             core/queues.py: ready, in the queue of its resource shape
     RUNNING, ASSIGNED  core/workers.py: on a worker (ASSIGNED: prefetched
-                       behind the worker's current task)
+                       behind the worker's current task; a pipelined one,
+                       core/dispatch.py, still `missing` the arguments the
+                       tasks before it there are making)
     SPILLED            core/spill.py: a peer runs it for us
 
 When it ends it leaves the scheduler's task table (state None); its returns

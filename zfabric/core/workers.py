@@ -25,6 +25,9 @@ and keeps the node's resource books (`total`, `available`):
   are ASSIGNED: they hold no resources until the running one ends, when
   the resources pass to the next. A worker that blocks is sent Revoke for
   its prefetched tasks; it answers Revoked for each it had not started.
+  A waiting task may be prefetched the same way behind the tasks making its
+  arguments (`may_pipeline`, core/dispatch.py): the worker hands it their
+  values, or gives it back (Revoked) if one failed.
 
 Tasks the pool gives back (prefetched behind a worker that died or is being
 killed) are returned to the caller, which queues or fails them.
@@ -118,6 +121,7 @@ class WorkerPool:
         # fn_id -> [runs, peak run time] (the peak decays 1% a run, so one slow
         # outlier does not disable prefetch for good)
         self._fn_times: dict[bytes, list] = {}
+        self.stores: set[bytes] = set()   # functions whose last run returned a value in the store
         self._next_worker = 0
         self._out = out
         self._stats = stats
@@ -330,7 +334,13 @@ class WorkerPool:
 
     # -- prefetch ---------------------------------------------------------------------
 
-    def record_run(self, fn_id: bytes, took: float) -> None:
+    def record_run(self, fn_id: bytes, took: float, stored: bool = False) -> None:
+        """A task of `fn_id` ran for `took` seconds (`stored`: it returned a value
+        in the store)."""
+        if stored:
+            self.stores.add(fn_id)
+        elif self.stores:
+            self.stores.discard(fn_id)
         times = self._fn_times.get(fn_id)
         if times is None:
             self._fn_times[fn_id] = [1, took]
@@ -360,25 +370,37 @@ class WorkerPool:
             work += count * self._fn_times[fn_id][1]
         return work < self.prefetch_queue_seconds
 
+    def _takes_prefetch(self, worker: Worker) -> bool:
+        """Is a worker running a quick task that others may wait behind?"""
+        running = worker.task
+        return not (running is None or self.prefetch_max_task_seconds <= 0
+                    or len(worker.queue) >= self.prefetch_max_depth or running.blocked
+                    or worker.doomed or running.cancelled or not self.quick(running.spec.fn_id)
+                    or running.gpus is not None)   # (GPU ids are given at start)
+
+    def may_pipeline(self, worker: Worker, task: Task) -> bool:
+        """May a task wait on this busy worker, behind the ones making its
+        arguments (core/dispatch.py)? As a prefetched task may."""
+        return (self._takes_prefetch(worker) and task.shape == worker.task.shape
+                and self._room_behind(worker))
+
+    def assign(self, task: Task, worker: Worker) -> None:
+        """Prefetch a task to a busy worker: it starts when the ones before it end."""
+        task.state = TaskState.ASSIGNED
+        task.worker = worker.wid
+        worker.enqueue(task)
+
     def prefetch(self, queues) -> list[tuple[Task, Worker]]:
         """Assign queued quick tasks to busy workers; the caller sends them."""
         assigned = []
-        if self.prefetch_max_task_seconds <= 0:
-            return assigned
-        depth = self.prefetch_max_depth
         for worker in self.workers.values():
-            running = worker.task
-            if (running is None or len(worker.queue) >= depth or running.blocked or worker.doomed
-                    or running.cancelled or not self.quick(running.spec.fn_id)
-                    or running.gpus is not None):   # (GPU ids are given at start)
+            if not self._takes_prefetch(worker):
                 continue
             while self._room_behind(worker):
-                task = queues.pop(running.shape)
+                task = queues.pop(worker.task.shape)
                 if task is None:
                     break
-                task.state = TaskState.ASSIGNED
-                task.worker = worker.wid
-                worker.enqueue(task)
+                self.assign(task, worker)
                 self._stats["prefetched"] += 1
                 assigned.append((task, worker))
             if not queues.count:

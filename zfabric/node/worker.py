@@ -7,6 +7,10 @@ Tiny tasks come in runs: the node sends a worker running a quick function
 its next tasks before it finishes (core/workers.py, prefetch), and while
 more of them wait here the worker holds its TaskDones a moment to send
 them in one frame (`serve_one`); anything else it sends goes after them.
+A chain's next link may come before the link it waits for ends (pipelined,
+core/dispatch.py): its Execute says PENDING for the arguments this worker
+is making, and the worker hands it their values from `made` (the inline
+returns of its last tasks), or gives it back (Revoked) if one failed.
 
 Forked by the node's zygote (node/zygote.py) with its identity in the
 environment. It dies with the zygote, which dies with its node
@@ -66,6 +70,8 @@ class Worker:
         self.in_user_code = False
         self.signalled = False   # a cancel signal came while no task ran its code
         self.marked = None   # (job, name) the last marker named; None: no job
+        self.made: dict[bytes, bytes] = {}   # oid -> inline payload: _keep_made
+        self.made_kept = 2 * client.config.prefetch_max_depth
 
     # -- cancel -----------------------------------------------------------------
 
@@ -98,9 +104,37 @@ class Worker:
         one frame with the next ones (Client.report; its flush thread sends held
         reports at most `ref_flush_interval` late, whatever runs)."""
         client = self.client
-        done, result = self.run(client.next_execute())
+        ex = client.next_execute()
+        if not self._made_here(ex):
+            client.send(p.Revoked(ex.task_id))   # (after the report of the task that failed)
+            return
+        done, result = self.run(ex)
+        self._keep_made(ex, done)
         client.report(done, result)
         del done, result  # refs inside the result die only after TaskDone is sent
+
+    def _made_here(self, ex: p.Execute) -> bool:
+        """Did this worker make every argument the node sent as PENDING (a task
+        pipelined behind the ones making them, core/scheduler.py)? If one of
+        those failed (or was given back), the task goes back to the node."""
+        made = self.made
+        return all(oid in made for oid, state in zip(ex.dep_ids, ex.dep_states)
+                   if state == ObjectState.PENDING)
+
+    def _keep_made(self, ex: p.Execute, done: p.TaskDone) -> None:
+        """Remember the inline returns of a task for the tasks pipelined behind
+        it: those of the last 2 x prefetch_max_depth tasks (no more can wait
+        here, or have been reported but not heard of by the node). A return in
+        the store is not kept: the node may refuse it for want of room, so a
+        task behind it goes back to the node, which knows."""
+        if done.status != TaskStatus.OK:
+            return
+        made = self.made
+        for i, (state, payload) in enumerate(zip(done.states, done.payloads)):
+            if state == ObjectState.INLINE:
+                made[ids.object_id(ex.task_id, i)] = payload
+        while len(made) > self.made_kept:
+            del made[next(iter(made))]
 
     def _function(self, ex: p.Execute):
         """The task's function. Code that does not load fails this task (the caller
@@ -136,9 +170,13 @@ class Worker:
 
         def value(i: int):
             if i not in values:
-                values[i] = (serialization.deserialize(ex.dep_payloads[i])
-                             if ex.dep_states[i] == ObjectState.INLINE
-                             else store.read(self.client.store_dir, ex.dep_ids[i]))
+                state = ex.dep_states[i]
+                if state == ObjectState.STORE:
+                    values[i] = store.read(self.client.store_dir, ex.dep_ids[i])
+                else:   # (PENDING: made here, inline: _made_here)
+                    values[i] = serialization.deserialize(
+                        ex.dep_payloads[i] if state == ObjectState.INLINE
+                        else self.made[ex.dep_ids[i]])
             return values[i]
 
         args, kwargs = serialization.deserialize(ex.args_blob)

@@ -14,7 +14,12 @@ What it does, as node/worker.py does:
   worker answers Revoked; one already started (or unknown) gets no answer;
 - `has_code(execute)`: the function's code came with this Execute or an
   earlier one (the node sends it once per worker);
-- `finish()` ends the current task, `start_next()` starts the next local one;
+- `finish(report)` ends the current task, `start_next()` starts the next local one;
+- a task pipelined behind the tasks making its arguments (their states say
+  PENDING) starts only if this worker made them all: `finish` remembers the
+  inline returns of each task it reports OK. Otherwise the worker gives the task
+  back: `start_next` (and `take`) skip it and leave a Revoked in `given_back`,
+  which whoever drives the worker sends after the report before it;
 - messages may wait in `inbox` (`deliver`) until the worker reads them (`read`).
 
 Every message a worker sends (Hello, TaskDone, Blocked, Unblocked, Revoked)
@@ -24,12 +29,13 @@ from __future__ import annotations
 
 from collections import deque
 
+from .. import ids, records
 from .. import protocol as p
-from .. import records
 from ..exceptions import TaskCancelledError
 from ..protocol import ObjectState, TaskStatus
 
 INLINE = int(ObjectState.INLINE)
+PENDING = int(ObjectState.PENDING)
 
 
 class FakeWorker:
@@ -41,6 +47,8 @@ class FakeWorker:
         self.local: deque[p.Execute] = deque()  # received, not started (prefetched)
         self.inbox: deque = deque()             # delivered, not read yet
         self.known_fns: set[bytes] = set()      # functions whose code it was sent
+        self.made: set[bytes] = set()           # inline returns of tasks it reported OK
+        self.given_back: list[p.Revoked] = []   # pipelined tasks it could not start
 
     @property
     def current_id(self) -> bytes | None:
@@ -62,13 +70,13 @@ class FakeWorker:
 
     def take(self, ex: p.Execute) -> bool:
         """An Execute arrives: True if it starts now (the worker was idle), False
-        if it waits in `local` behind the task running or those waiting already."""
+        if it waits in `local` behind the task running or those waiting already
+        (or was given back: see `start_next`)."""
         if ex.fn_blob:
             self.known_fns.add(ex.fn_id)
-        if self.current is None and not self.local:
-            self.current = ex
-            return True
         self.local.append(ex)
+        if self.current is None and len(self.local) == 1:
+            return self.start_next() is ex
         return False
 
     def revoke(self, task_id: bytes) -> p.Revoked | None:
@@ -100,18 +108,36 @@ class FakeWorker:
         """Read the oldest message delivered; returns what the worker answers."""
         return self.receive(self.inbox.popleft())
 
-    def finish(self) -> p.Execute:
-        """The current task ends (its report is built with `done` / `failed` /
-        `cancelled`); the worker is between tasks until `start_next`."""
+    def finish(self, report: p.TaskDone | None = None) -> p.Execute:
+        """The current task ends, reported by `report` (built with `done` / `failed`
+        / `cancelled`; None: as if OK); the worker is between tasks until
+        `start_next`."""
         ex, self.current = self.current, None
         assert ex is not None, f"{self.wid} runs nothing"
+        if report is None:
+            self.made.update(ids.return_ids(ex.task_id, ex.num_returns))
+        elif report.status == TaskStatus.OK:   # (inline ones only, as node/worker.py)
+            self.made.update(oid for oid, state in zip(ids.return_ids(ex.task_id, ex.num_returns),
+                                                       report.states) if state == INLINE)
         return ex
 
     def start_next(self) -> p.Execute | None:
-        """Between tasks: start the next Execute waiting in `local`, if any."""
-        if self.current is None and self.local:
-            self.current = self.local.popleft()
+        """Between tasks: start the next Execute waiting in `local`, if any. One
+        whose PENDING arguments this worker did not make is given back instead
+        (a Revoked in `given_back`), and the next one tried."""
+        while self.current is None and self.local:
+            ex = self.local.popleft()
+            if all(oid in self.made for oid, state in zip(ex.dep_ids, ex.dep_states)
+                   if state == PENDING):
+                self.current = ex
+            else:
+                self.given_back.append(p.Revoked(ex.task_id))
         return self.current
+
+    def take_given_back(self) -> list[p.Revoked]:
+        """The Revoked messages of tasks given back since last asked."""
+        out, self.given_back = self.given_back, []
+        return out
 
     # -- what it sends ----------------------------------------------------------------------
 

@@ -488,6 +488,7 @@ class FabricSim:
                                        f"{msg.fn_id!r} (task {msg.task_id.hex()})")
             if worker.take(msg):
                 self._worker_start(node, worker, msg)
+            self._give_back(node, worker)
         elif kind is _p.Revoke:
             for answer in worker.receive(msg):
                 self._at(self.time + self.ipc_latency, lambda m=answer:
@@ -513,7 +514,7 @@ class FabricSim:
             return
         run.end = self.time
         worker.run = None
-        ex = worker.finish()
+        ex = worker.current
         if work.status == _TaskStatus.OK:
             states, sizes, payloads = [], [], []
             for k, (state, size, payload) in enumerate(work.results):
@@ -531,9 +532,18 @@ class FabricSim:
         else:
             done = worker.failed(ex.task_id, work.error, status=int(work.status),
                                  start=run.start, end=run.end)
+        worker.finish(done)
         self._from_worker(node, worker, done)
         if worker.local and worker.alive and worker.current is None:
-            self._worker_start(node, worker, worker.start_next())
+            nxt = worker.start_next()
+            self._give_back(node, worker)
+            if nxt is not None:
+                self._worker_start(node, worker, nxt)
+
+    def _give_back(self, node: SimNode, worker: SimWorker) -> None:
+        """Send the Revoked of each pipelined task the worker could not start."""
+        for msg in worker.take_given_back():
+            self._from_worker(node, worker, msg)
 
     # -- the object sockets ---------------------------------------------------------------
 
