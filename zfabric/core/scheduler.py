@@ -139,6 +139,8 @@ class Scheduler:
         kind = type(event)
         if kind is ev.ClientMessage:
             self._dispatch(self._client_handlers, event.client, event.msg, False)
+            if type(event.msg) is p.Refs:   # (frees objects: starts nothing)
+                return self.out.take()
         elif kind is ev.PeerMessage:
             self._dispatch(self._peer_handlers, event.node_id, event.msg, True)
         else:
