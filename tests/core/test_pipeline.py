@@ -38,6 +38,10 @@ def on(node: Node, n: int) -> str:
     return node.s.tasks[tid(n)].worker
 
 
+def executes(effects: list) -> list:
+    return [e for e in summary(effects) if e[0] == "execute"]
+
+
 def execute_of(effects: list, n: int) -> p.Execute:
     (ex,) = [m for m in only(effects, p.Execute) if m.task_id == tid(n)]
     return ex
@@ -61,18 +65,20 @@ def test_a_chain_is_sent_to_the_worker_making_its_first_link():
     assert not node.s.tasks and node.cpu() == 1.0
 
 
-def test_links_submitted_later_follow_once_their_maker_is_sent():
+def test_a_chain_longer_than_the_queue_keeps_streaming_to_its_worker():
     node = pipelining_node(depth=2)
     node.submit(1)
     node.submit(2, deps=[rid(1)])
     node.submit(3, deps=[rid(2)])
     assert summary(node.submit(4, deps=[rid(3)])) == []     # the worker's queue is full
-    quick_done(node, "w1", 1)
-    quick_done(node, "w1", 2)
-    out = quick_done(node, "w1", 3)      # 3's value sealed: 4 is ready; 5 follows it
-    assert summary(node.submit(5, deps=[rid(4)])) == [("execute", "w1", 5)]
-    assert ("execute", "w1", 4) in summary(out)
-    assert execute_of(out, 4).dep_states == [INLINE]
+    node.submit(5, deps=[rid(4)])
+    out = quick_done(node, "w1", 1)      # room again: 4 follows 3, before 3 ends
+    assert executes(out) == [("execute", "w1", 4)]
+    assert execute_of(out, 4).dep_states == [PENDING]
+    assert executes(quick_done(node, "w1", 2)) == [("execute", "w1", 5)]
+    for n in (3, 4):
+        quick_done(node, "w1", n)
+    assert ("ready", DRIVER, rid(5), "INLINE") in summary(quick_done(node, "w1", 5))
 
 
 def test_a_failed_link_fails_the_tasks_pipelined_behind_it():

@@ -58,9 +58,10 @@ def test_reports_of_a_run_of_prefetched_tasks_go_in_one_frame(nodes, clients, tm
     assert not client._held and node.received.empty()   # nothing held back
 
 
-def test_a_run_holds_at_most_prefetch_max_depth_reports(nodes, clients, tmp_path):
+def test_a_run_holds_at_most_half_of_prefetch_max_depth_reports(nodes, clients, tmp_path):
+    """The node hears of the first half of a queue while the second half runs."""
     node, client, worker = _worker(nodes, clients, tmp_path, b"w-deep")
-    client.config = dataclasses.replace(client.config, prefetch_max_depth=4)
+    client.config = dataclasses.replace(client.config, prefetch_max_depth=8)
     tasks = [_task(lambda: None) for _ in range(10)]
     node.push(p.encode(p.Batch([p.encode(t) for t in tasks])))
     for _ in tasks:

@@ -71,6 +71,14 @@ class Dispatch:
                     if dependent is not None and dependent.state == TaskState.WAITING:
                         self.pipeline(dependent)
 
+    def top_up(self, worker) -> None:
+        """A task on `worker` ended, so there is room behind its queue again: the
+        tasks waiting for the last one there may follow it (a pipelined chain
+        keeps streaming to its worker while the worker runs)."""
+        tail = worker.queue[-1] if worker.queue else worker.task
+        if tail is not None:
+            self.pipeline_behind(tail)
+
     def pipeline(self, task: Task) -> None:
         """Prefetch a waiting task behind the tasks making its missing arguments,
         if one worker makes them all: that worker hands it their values itself

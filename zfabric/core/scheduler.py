@@ -346,6 +346,7 @@ class Scheduler:
                     ZFabricError, "worker reported a malformed result", spec.name))
                 return
             self.finish_ok(task, msg)
+            self.dispatch.top_up(worker)
             return
         if msg.status == TaskStatus.CANCELLED:
             task.cancelled = True

@@ -150,14 +150,16 @@ class Client:
     def report(self, done: p.TaskDone, keep) -> None:
         """(workers) Send a finished task's TaskDone. While prefetched tasks wait here,
         hold it and `keep` (its result) for one frame with the next ones, before
-        anything else we send: at most prefetch_max_depth, prefetch_queue_seconds."""
+        anything else we send: at most half of prefetch_max_depth (so the node
+        hears of them, and sends more, while the rest run here), and at most
+        prefetch_queue_seconds."""
         data, now, config = p.encode(done), time.monotonic(), self.config
         with self._send_lock:
             if not self._held:
                 self._held_since = now
             self._held.append(data)
             self._held_keep.append(keep)
-            if not (self.executes and len(self._held) < config.prefetch_max_depth
+            if not (self.executes and 2 * len(self._held) < config.prefetch_max_depth
                     and now - self._held_since < config.prefetch_queue_seconds):
                 self._send_frame([])
 
