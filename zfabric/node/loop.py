@@ -59,6 +59,7 @@ from ..core import events as ev
 from . import sockets, store
 from .objserver import ObjectServer
 from .peers import Batcher, Peers
+from .poller import Poller
 from .processes import Processes
 from .pulls import Pulls
 from .spiller import Spiller
@@ -95,7 +96,7 @@ class NodeLoop:
         self._worked = float("-inf")   # (monotonic) the last sign of work
         self.embedded_driver_pid = embedded_driver_pid
         self.on_ready = on_ready   # called once, when the pre-started workers are up
-        self.poller = zmq.Poller()
+        self.poller = Poller()
         self.clients = Batcher()    # local client id -> what this turn owes it
         self.peers = Peers(ctx, node_id, key)
         self.pulls = Pulls(ctx, self.poller, store_dir, key,
@@ -184,11 +185,11 @@ class NodeLoop:
 
     def _listen(self) -> int:
         """Register the sockets and signals; returns the previous wake-up fd."""
-        self.poller.register(self.router, zmq.POLLIN)
-        self.poller.register(self.peer_router, zmq.POLLIN)
-        self.poller.register(self.object_router, zmq.POLLIN)
+        self.poller.register(self.router, zmq.POLLIN)   # (busy: we send on it any time)
+        self.poller.register(self.peer_router, zmq.POLLIN, quiet=True)
+        self.poller.register(self.object_router, zmq.POLLIN, quiet=True)
         for sock in self._auth_socks:
-            self.poller.register(sock, zmq.POLLIN)
+            self.poller.register(sock, zmq.POLLIN, quiet=True)
         self.poller.register(self._wake_r, zmq.POLLIN)
         self.poller.register(self.spiller.fileno(), zmq.POLLIN)
         old_wakeup = signal.set_wakeup_fd(self._wake_w)
@@ -265,6 +266,7 @@ class NodeLoop:
                 frames = sock.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return
+            more = sock.get(zmq.EVENTS) & zmq.POLLIN   # (cheaper than a last zmq.Again)
             ident = frames[0]
             sender = ident[:-1]   # the routing id without its suffix (see sockets.py)
             if ident[-1:] not in suffixes or (peer and len(sender) != ids.NODE_ID_SIZE):
@@ -285,6 +287,8 @@ class NodeLoop:
                 self.execute(fabric.handle(event, now))
                 if not self.running:
                     return
+            if not more:
+                return
 
     def _decode(self, sender: bytes, frames: list) -> tuple | list:
         """The messages in one frame from `sender` (several, in order, for a Batch);
