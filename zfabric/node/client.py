@@ -314,7 +314,7 @@ class Client:
                 for msg in messages:
                     self._on_message(msg)
                 self._cond.notify_all()
-            if not rx.get(zmq.EVENTS) & zmq.POLLIN:
+            if not rx.get(sockets.EVENTS) & sockets.POLLIN:
                 break
             data = rx.recv(zmq.NOBLOCK)
         while self._revoked:

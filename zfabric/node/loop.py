@@ -68,6 +68,8 @@ log = logging.getLogger("zfabric.node")
 RECV_BATCH = 512   # messages taken from a ROUTER per wake-up
 _CLIENT_SUFFIXES = (sockets.TX_SUFFIX, sockets.RX_SUFFIX)
 _PEER_SUFFIXES = (sockets.PEER_SUFFIX, sockets.JOIN_SUFFIX)
+_NOBLOCK = int(zmq.NOBLOCK)
+_MORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
 
 
 class NodeLoop:
@@ -266,7 +268,7 @@ class NodeLoop:
                 frames = sock.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return
-            more = sock.get(zmq.EVENTS) & zmq.POLLIN   # (cheaper than a last zmq.Again)
+            more = sock.get(sockets.EVENTS) & sockets.POLLIN   # (cheaper than a last zmq.Again)
             ident = frames[0]
             sender = ident[:-1]   # the routing id without its suffix (see sockets.py)
             if ident[-1:] not in suffixes or (peer and len(sender) != ids.NODE_ID_SIZE):
@@ -403,10 +405,11 @@ class NodeLoop:
                 self.execute(self.fabric.handle(event, now))
 
     def _flush_clients(self) -> None:
-        send = self.router.send_multipart
+        send = self.router.send   # (two sends: send_multipart's flag enums cost more)
         for to, frame, count in self.clients.take():
             try:
-                send((to + sockets.RX_SUFFIX, frame), zmq.NOBLOCK)
+                send(to + sockets.RX_SUFFIX, _MORE_NOBLOCK)
+                send(frame, _NOBLOCK)
             except zmq.ZMQError as e:
                 if e.errno != zmq.EHOSTUNREACH:
                     raise

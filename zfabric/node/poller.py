@@ -32,6 +32,8 @@ import select
 
 import zmq
 
+from .sockets import EVENTS, POLLIN
+
 _READ = select.POLLIN | select.POLLPRI | select.POLLERR | select.POLLHUP
 
 
@@ -42,7 +44,8 @@ class Poller:
         self._socket_at: dict = {}        # fd -> zmq socket
         self._plain_at: dict = {}         # fd -> the fd or object registered
         self._busy: list = []             # sockets asked before every wait
-        self._again: list = []            # sockets returned last time: ask them again
+        self._quiet: set = set()          # sockets asked when their fd fires
+        self._again: list = []            # quiet sockets returned last time: ask again
 
     def register(self, what, flags: int = zmq.POLLIN, *, quiet: bool = False) -> None:
         """Watch a zmq socket, or an fd (an int or an object with fileno()), for input."""
@@ -51,9 +54,11 @@ class Poller:
         if isinstance(what, zmq.Socket):
             fd = what.get(zmq.FD)
             self._socket_at[fd] = what
-            if not quiet:
+            if quiet:
+                self._quiet.add(what)
+                self._again.append(what)   # (it may hold messages already)
+            else:
                 self._busy.append(what)
-            self._again.append(what)   # (it may hold messages already)
         else:
             fd = what if isinstance(what, int) else what.fileno()
             self._plain_at[fd] = what
@@ -68,26 +73,27 @@ class Poller:
         self._plain_at.pop(fd, None)
         sock = self._socket_at.pop(fd, None)
         if sock is not None:
+            self._quiet.discard(sock)
             self._busy = [s for s in self._busy if s is not sock]
             self._again = [s for s in self._again if s is not sock]
 
     def poll(self, timeout_ms: int | None = None) -> list:
-        """[(socket or fd as registered, zmq.POLLIN)] ready to read, waiting up to
+        """[(socket or fd as registered, POLLIN)] ready to read, waiting up to
         `timeout_ms` (None: for ever) if none is ready at once."""
         ready = []
-        found = set()
-        for sock in (self._busy + self._again) if self._again else self._busy:
-            if sock not in found and sock.get(zmq.EVENTS) & zmq.POLLIN:
-                found.add(sock)
-                ready.append((sock, zmq.POLLIN))
-        events = self._poll.poll(0 if ready else timeout_ms)
+        for sock in self._busy:
+            if sock.get(EVENTS) & POLLIN:
+                ready.append((sock, POLLIN))
+        for sock in self._again:
+            if sock.get(EVENTS) & POLLIN:
+                ready.append((sock, POLLIN))
         socket_at = self._socket_at
-        for fd, _ in events:
+        for fd, _ in self._poll.poll(0 if ready else timeout_ms):
             sock = socket_at.get(fd)
             if sock is None:
-                ready.append((self._plain_at.get(fd, fd), zmq.POLLIN))
-            elif sock not in found and sock.get(zmq.EVENTS) & zmq.POLLIN:
-                found.add(sock)
-                ready.append((sock, zmq.POLLIN))
-        self._again = [s for s, _ in ready if isinstance(s, zmq.Socket)]
+                ready.append((self._plain_at.get(fd, fd), POLLIN))
+            elif all(s is not sock for s, _ in ready) and sock.get(EVENTS) & POLLIN:
+                ready.append((sock, POLLIN))
+        quiet = self._quiet
+        self._again = [s for s, _ in ready if s in quiet] if quiet else []
         return ready

@@ -33,6 +33,11 @@ from __future__ import annotations
 import zmq
 
 LINGER_MS = 200
+# A socket's events as plain ints: `sock.get(EVENTS) & POLLIN` says a message is
+# waiting. (pyzmq's enum constants cost microseconds an `&`: these are on the
+# path of every message.)
+EVENTS = int(zmq.EVENTS)
+POLLIN = int(zmq.POLLIN)
 RECONNECT_IVL_MS = 10
 RECONNECT_IVL_MAX_MS = 1000
 
