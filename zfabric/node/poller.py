@@ -12,8 +12,8 @@ This one polls each socket's `ZMQ_FD` with the plain fds in one poll(2) and
 asks a socket for its events only when its fd says something happened, or
 when the socket may hold a message its fd will not announce again:
 
-- `ZMQ_FD` is readable when the socket has news to process, not while a
-  message waits. Once something processes that news (asking the events, a
+- `ZMQ_FD` is readable when the socket has news to process (most often: a
+  message came), not while a message waits. Once something processes that news (asking the events, a
   send, a receive), a message still waiting is announced by nothing. So a
   socket this returns as ready is asked again at the next call (its reader
   may not have taken everything: the loop reads at most `RECV_BATCH`), and
@@ -78,8 +78,11 @@ class Poller:
             self._again = [s for s in self._again if s is not sock]
 
     def poll(self, timeout_ms: int | None = None) -> list:
-        """[(socket or fd as registered, POLLIN)] ready to read, waiting up to
-        `timeout_ms` (None: for ever) if none is ready at once."""
+        """[(socket or fd as registered, POLLIN)] to read, waiting up to `timeout_ms`
+        (None: for ever) if none is ready at once. A socket whose fd fired is
+        returned without asking its events (a system call of its own): its
+        news is most often a message, and its reader's first receive processes
+        it; a reader must take zmq.Again as "nothing after all"."""
         ready = []
         for sock in self._busy:
             if sock.get(EVENTS) & POLLIN:
@@ -92,7 +95,7 @@ class Poller:
             sock = socket_at.get(fd)
             if sock is None:
                 ready.append((self._plain_at.get(fd, fd), POLLIN))
-            elif all(s is not sock for s, _ in ready) and sock.get(EVENTS) & POLLIN:
+            elif all(s is not sock for s, _ in ready):   # (its reader takes zmq.Again)
                 ready.append((sock, POLLIN))
         quiet = self._quiet
         self._again = [s for s, _ in ready if s in quiet] if quiet else []
