@@ -69,6 +69,7 @@ RECV_BATCH = 512   # messages taken from a ROUTER per wake-up
 _CLIENT_SUFFIXES = (sockets.TX_SUFFIX, sockets.RX_SUFFIX)
 _PEER_SUFFIXES = (sockets.PEER_SUFFIX, sockets.JOIN_SUFFIX)
 _NOBLOCK = int(zmq.NOBLOCK)
+_RCVMORE = int(zmq.RCVMORE)
 _MORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
 
 
@@ -263,12 +264,15 @@ class NodeLoop:
         fabric = self.fabric
         now = time.monotonic()
         suffixes = _PEER_SUFFIXES if peer else _CLIENT_SUFFIXES
+        recv, get = sock.recv, sock.get   # (recv_multipart's flag enums cost more)
         for _ in range(RECV_BATCH):
             try:
-                frames = sock.recv_multipart(zmq.NOBLOCK)
+                frames = [recv(_NOBLOCK)]
             except zmq.Again:
                 return
-            more = sock.get(sockets.EVENTS) & sockets.POLLIN   # (cheaper than a last zmq.Again)
+            while get(_RCVMORE):
+                frames.append(recv(_NOBLOCK))
+            more = get(sockets.EVENTS) & sockets.POLLIN   # (cheaper than a last zmq.Again)
             ident = frames[0]
             sender = ident[:-1]   # the routing id without its suffix (see sockets.py)
             if ident[-1:] not in suffixes or (peer and len(sender) != ids.NODE_ID_SIZE):
