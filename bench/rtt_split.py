@@ -22,7 +22,7 @@ alternate between them (A B A B ...), so a shared machine's load falls on
 both alike; the raw ZeroMQ round trip (bench/baselines.py) is measured
 before each round.
 
-`--profile DIR`: py-spy samples the node, the workers and the driver during
+`--profile DIR`: py-spy samples (into DIR/LABEL-ROUND) the node, the workers and the driver during
 the timed round trips, at `--rate` Hz (see cpu_split.py for reading it;
 `--gil` keeps only the samples holding the GIL).
 
@@ -34,6 +34,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import statistics
 import sys
 import tempfile
@@ -232,13 +233,14 @@ def main(argv=None) -> int:
     load = [os.getloadavg()[0]]
     with tempfile.TemporaryDirectory(prefix="zf-bench-rtt-") as work:
         for i in range(params["rounds"]):
-            for label, path in trees.items():
+            for t, (label, path) in enumerate(trees.items()):
                 p = dict(params, rate=a.rate, gil=a.gil)
+                name = f"{re.sub(r'[^A-Za-z0-9_.-]', '-', label)}-{i + 1}"   # (a file name)
                 if a.profile:
-                    p["profile_dir"] = os.path.abspath(os.path.join(a.profile, f"{label}-{i + 1}"))
+                    p["profile_dir"] = os.path.abspath(os.path.join(a.profile, name))
                 zmq = None if a.no_zmq else baselines.zmq_rtt(rtt=1000, rtt_warmup=100)
-                out = os.path.join(work, f"{label}-{i}.json")
-                logp = os.path.join(work, f"{label}-{i}.log")
+                out = os.path.join(work, f"{t}-{name}.json")
+                logp = os.path.join(work, f"{t}-{name}.log")
                 harness.log(f"round {i + 1}/{params['rounds']} {label} "
                             f"(load {os.getloadavg()[0]:.2f})")
                 env = harness.child_env("other")
