@@ -61,33 +61,37 @@ def materialize(store_dir: str, oid: bytes, entry: tuple):
 
 
 def wait_some(client, oids: list[bytes], num_returns: int, timeout: float | None) -> set:
-    """The set of oids that are ready once num_returns are, or timeout passes."""
+    """The set of oids that are ready once num_returns are, or timeout passes. The
+    oids not ready yet are watched (as `watch` does): O(1) an arrival, whatever
+    the number of oids and of frames they come in."""
     own = client._subscribe_missing(oids)
-    ready = client._ready
-    pending = set(oids)
-    count = [0]
-
-    def enough():
-        if len(ready) < len(pending):
-            found = [o for o in ready if o in pending]
-        else:
-            found = [o for o in pending if o in ready]
-        pending.difference_update(found)
-        count[0] += len(found)
-        return count[0] >= num_returns
-
+    sink: deque = deque()
+    with client._cond:
+        ready, watchers = client._ready, client._watchers
+        pending = []
+        for o in dict.fromkeys(oids):
+            if o in ready:
+                sink.append(o)
+            else:
+                watchers.setdefault(o, []).append(sink)
+                pending.append(o)
     try:
-        with client._cond:
-            already = enough()
-        if not already and timeout != 0:
+        if len(sink) < num_returns and timeout != 0:
             blocked = client._block()
             try:
-                client._wait_for(enough, timeout)
+                client._wait_for(lambda: len(sink) >= num_returns, timeout)
             finally:
                 if blocked:
                     client._unblock()
     finally:
         client._unawait(own)
+        with client._cond:
+            for o in pending:   # (this wait's sink leaves the watchers still waiting)
+                sinks = watchers.get(o)
+                if sinks is not None:
+                    sinks[:] = [s for s in sinks if s is not sink]
+                    if not sinks:
+                        del watchers[o]
     with client._cond:
         return {o for o in oids if o in ready}
 
