@@ -270,8 +270,9 @@ class NodeLoop:
                 frames = [recv(_NOBLOCK)]
             except zmq.Again:
                 return
-            while get(_RCVMORE):
-                frames.append(recv(_NOBLOCK))
+            frames.append(recv(_NOBLOCK))   # (a ROUTER's message: a routing id, then >= 1
+            while get(_RCVMORE):            # frame, all there at once; an option read
+                frames.append(recv(_NOBLOCK))   # costs an enum in pyzmq: one a message)
             more = get(sockets.EVENTS) & sockets.POLLIN   # (cheaper than a last zmq.Again)
             ident = frames[0]
             sender = ident[:-1]   # the routing id without its suffix (see sockets.py)
