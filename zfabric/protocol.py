@@ -228,6 +228,9 @@ class Subscribe:
 
 @message(10, frames=("payload",))
 class ObjectReady:
+    """(node -> client) An object's value, pushed to its task's submitter or sent to a
+    subscriber. State PENDING (to the submitter only): the value is in another
+    node's store; a Subscribe has it brought here."""
     oid: bytes
     state: int
     size: int

@@ -53,6 +53,7 @@ def message(kind: int, frames: tuple[str, ...] = (), var_frames: str | None = No
                            if _TYPE_OF[hints[n]] is not ANY)
         cls.VAR_INDEX = len(header) + len(frames) if var_frames else None
         cls.ARITY = len(names)
+        cls.TYPES_OK = _types_check(cls)
         if "check" not in cls.__dict__:
             raise RuntimeError(f"{cls.__name__}: every message checks its fields (check())")
         if kind in _REGISTRY:
@@ -67,6 +68,23 @@ _TYPE_OF = {
     "list": list, "dict": dict, "bytes | None": OPT_BYTES, "str | None": OPT_STR,
     "object": ANY,
 }
+
+def _types_check(cls):
+    """A function of a message's decoded field list: True if every field has its
+    type (the fields `decode` checks one by one, in one compiled expression: the
+    path of every message that is fine; the loop then says what is wrong)."""
+    env, terms = {}, []
+    for i, _name, want in cls.CHECKS:
+        env[f"t{i}"] = want
+        terms.append(f"isinstance(v[{i}], t{i})")
+    n = len(cls.HEADER)
+    terms += [f"type(v[{i}]) is bytes" for i in range(n, n + len(cls.FRAMES))]
+    if cls.VAR_INDEX is not None:
+        terms.append(f"type(v[{cls.VAR_INDEX}]) is list and "
+                     f"all(type(b) is bytes for b in v[{cls.VAR_INDEX}])")
+    exec(f"def types_ok(v):\n    return {' and '.join(terms) or 'True'}\n", env)
+    return env["types_ok"]
+
 
 _packer = msgpack.Packer(use_bin_type=True)
 _pack = _packer.pack
@@ -94,6 +112,20 @@ def decode(data: bytes):
         raise ProtocolError(f"{cls.__name__}: undecodable message ({e})") from None
     if type(values) is not list or len(values) != cls.ARITY:
         raise ProtocolError(f"{cls.__name__}: expected a list of {cls.ARITY} fields")
+    if not cls.TYPES_OK(values):
+        _type_problem(cls, values)
+    msg = cls(*values)
+    try:
+        problem = cls.check(msg)
+    except Exception as e:   # (a check must not raise; if one does, the message is refused)
+        problem = f"unreadable ({type(e).__name__})"
+    if problem:
+        raise ProtocolError(f"{cls.__name__}: {problem}")
+    return msg
+
+
+def _type_problem(cls, values: list) -> None:
+    """Raise the ProtocolError naming the first field of the wrong type."""
     for i, name, want in cls.CHECKS:
         if not isinstance(values[i], want):
             raise ProtocolError(f"{cls.__name__}.{name}: expected {want}, "
@@ -106,14 +138,7 @@ def decode(data: bytes):
         var = values[cls.VAR_INDEX]
         if type(var) is not list or not all(isinstance(b, bytes) for b in var):
             raise ProtocolError(f"{cls.__name__}.{cls.VAR_FRAMES}: expected a list of bytes")
-    msg = cls(*values)
-    try:
-        problem = cls.check(msg)
-    except Exception as e:   # (a check must not raise; if one does, the message is refused)
-        problem = f"unreadable ({type(e).__name__})"
-    if problem:
-        raise ProtocolError(f"{cls.__name__}: {problem}")
-    return msg
+    raise ProtocolError(f"{cls.__name__}: a field of the wrong type")
 
 
 def registry() -> dict[int, type]:

@@ -32,6 +32,7 @@ DRIVER = b"driver-1"
 FN_BLOB = b"cloudpickled function"
 FN = ids.function_id(FN_BLOB)   # (content-addressed, as protocol.decode checks)
 INLINE, STORE, ERROR = int(ObjectState.INLINE), int(ObjectState.STORE), int(ObjectState.ERROR)
+PENDING = int(ObjectState.PENDING)
 MB = 1 << 20
 SIM = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -127,9 +128,20 @@ class World:
     # -- what happened ------------------------------------------------------------------
 
     def readies(self, node: int = 0, client: bytes = DRIVER) -> dict[bytes, list]:
+        """The values the client was sent, by object (not the notices: `notices`)."""
         out: dict[bytes, list] = {}
         for m in self.nodes[node].received(client, p.ObjectReady):
-            out.setdefault(m.oid, []).append(m)
+            if m.state != PENDING:
+                out.setdefault(m.oid, []).append(m)
+        return out
+
+    def notices(self, node: int = 0, client: bytes = DRIVER) -> dict[bytes, list]:
+        """What the client was told is ready in another node's store (ObjectReady
+        PENDING: the owner pushes only values it has here), by object."""
+        out: dict[bytes, list] = {}
+        for m in self.nodes[node].received(client, p.ObjectReady):
+            if m.state == PENDING:
+                out.setdefault(m.oid, []).append(m)
         return out
 
     def remote_copy(self, plan: Plan, oid: bytes):
@@ -169,6 +181,7 @@ class World:
             if not msgs and kind != "i":   # made on a peer: the owner pushes it only if here
                 entry = owner.scheduler.objects.get(oid)
                 assert entry is not None and entry.state == STORE, (plan.n, oid.hex())
+                assert len(self.notices(plan.node, plan.client).get(oid, [])) <= 1, plan.n
                 remote = self.remote_copy(plan, oid)
                 record = remote[1] if remote else owner.store.get(oid)
                 assert record == (kind, tag(oid)), (plan.n, oid.hex(), record)

@@ -10,7 +10,7 @@ from zfabric import protocol as p
 from zfabric.core import effects as fx
 from zfabric.core import resources as rs
 
-from tests.harness.world import DRIVER, MB, STORE, World, rid, tag, tid
+from tests.harness.world import DRIVER, MB, PENDING, STORE, World, rid, tag, tid
 
 
 # -- locality ---------------------------------------------------------------------------------
@@ -88,6 +88,26 @@ def test_subscribing_to_a_remote_store_result_pulls_it_then_says_ready(when):
             and type(e.msg) is p.ObjectReady]
     assert len(sealed) == 1 and sealed[0] <= told[0]
     assert owner.store[oid] == (50 * MB, tag(oid))
+    world.check_result(a)
+
+
+def test_the_submitter_of_a_result_kept_on_a_peer_is_told_once_and_gets_it_by_asking():
+    """The owner pushes a return to its submitter only if the value is here; one
+    kept in a peer's store is announced instead (ObjectReady PENDING, with its
+    size): no pull starts until the driver subscribes, which brings the value."""
+    world = World([{"CPU": 1}, {"CPU": 1, "x": 1}], seed=5)
+    world.converge()
+    a = world.submit(1, resources={"x": 1}, returns=[50 * MB], duration=0.3)
+    oid = rid(1)
+    assert world.run_until_finished([a], 5)
+    world.sim.run(0.5)
+    owner = world.nodes[0]
+    (notice,) = owner.received(DRIVER, p.ObjectReady)
+    assert (notice.oid, notice.state, notice.size) == (oid, PENDING, 50 * MB)
+    assert world.chunk_requests(oid) == []   # announced, not pulled
+    world.sim.send(0, DRIVER, p.Subscribe([oid]))
+    assert world.sim.run_until(lambda: oid in world.readies(), 2.0)
+    assert [m.state for m in owner.received(DRIVER, p.ObjectReady)] == [PENDING, STORE]
     world.check_result(a)
     # the owner now holds a copy too, and says so in its GCS shard
     assert owner.fabric.gcs.get("loc", oid) == 50 * MB

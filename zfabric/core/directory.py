@@ -321,13 +321,18 @@ class ObjectDirectory:
         """An object got its value: notify subscribers, wake dependent tasks.
 
         A value in another node's store is pulled before subscribers hear of
-        it (they map it from our store), but only for a subscriber that asked:
-        the submitter is sent a value unasked only if it is here (a client
-        asks when it gets). The scheduler decides what dependent tasks do.
+        it (they map it from our store), but only for a subscriber that asked.
+        The submitter (`push_to`) is sent the value unasked if it is here; if
+        it is in another node's store, it is told so (an ObjectReady in state
+        PENDING), and subscribes if it gets the object: its get sends nothing
+        until then. The scheduler decides what dependent tasks do.
         """
         if entry.push_to is not None:
             if entry.local:
                 entry.subscribers.add(entry.push_to)
+            elif entry.push_to not in entry.subscribers:
+                self._out.send(entry.push_to, p.ObjectReady(
+                    entry.oid, int(ObjectState.PENDING), entry.size, b""))
             entry.push_to = None
         if entry.subscribers and not entry.local:
             self.fetch(entry)

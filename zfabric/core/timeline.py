@@ -40,8 +40,10 @@ class Timeline:
 
     def since(self, seen: int) -> list:
         """Entries recorded after the first `seen` (those still kept)."""
-        new = min(self.total - seen, len(self.entries))
-        return list(self.entries)[len(self.entries) - new:] if new > 0 else []
+        entries = self.entries
+        n = len(entries)
+        new = min(self.total - seen, n)   # (indexed from the newest end: not a copy of all)
+        return [entries[i] for i in range(n - new, n)] if new > 0 else []
 
     def trace_events(self) -> list[dict]:
         return trace_events({self.node_id: self.entries})

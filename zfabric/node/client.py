@@ -41,13 +41,11 @@ import zmq
 from .. import protocol as p
 from .. import records
 from .. import ref as ref_mod
-from .. import serialization
 from ..config import Config
 from ..exceptions import GetTimeoutError, NodeDiedError, ZFabricError
-from ..ids import new_task_id, return_ids
 from ..protocol import ObjectState
 from ..ref import ObjectRef
-from . import pids, puts, sockets, store
+from . import gets, pids, puts, sockets, submits
 
 log = logging.getLogger("zfabric.client")
 
@@ -82,7 +80,10 @@ class Client:
         self.role = role
         self.id = identity or (b"d" + os.urandom(7))
         self.ctx = sockets.context()
-        self.rx = sockets.client_dealer(self.ctx, self.id + sockets.RX_SUFFIX, endpoint)
+        self.rx = sockets.client_dealer(self.ctx, self.id + sockets.RX_SUFFIX, endpoint,
+                                        recv_timeout_ms=int(PUMP_SLICE * 1000))
+        self._rx_poller = zmq.Poller()
+        self._rx_poller.register(self.rx, zmq.POLLIN)
         self.tx = sockets.client_dealer(self.ctx, self.id + sockets.TX_SUFFIX, endpoint)
         self._send_lock = threading.Lock()
         self._cond = threading.Condition(threading.Lock())
@@ -93,6 +94,11 @@ class Client:
         self._reported: set[bytes] = set()
         self._dirty: set[bytes] = set()
         self._subscribed: set[bytes] = set()
+        # our tasks' returns, which the node pushes to us unasked (submits.py); one it
+        # says is on another node leaves the set, and is subscribed to if awaited
+        self._pushed: set[bytes] = set()
+        self._awaited: dict[bytes, int] = {}     # pushed oid -> getters waiting for it
+        self._to_subscribe: list[bytes] = []     # pushed oids elsewhere that are awaited
         self._watchers: dict[bytes, list] = {}   # oid -> sinks to tell when it is ready
         self._replies: dict[int, object] = {}
         self._awaiting: dict[int, type] = {}     # req id -> the reply kind it waits for
@@ -115,12 +121,18 @@ class Client:
         self.current_gpus: list[int] = []
         self.job = b""
         self.welcome: p.Welcome | None = None
-        self.rx.send(p.encode(p.Hello(role, os.getpid(), worker_id)))
-        if not self._wait_for(lambda: self.welcome is not None, connect_timeout,
-                              check_node=False):
+        self._connect(endpoint, worker_id, connect_timeout)
+        self._flusher = threading.Thread(target=self._flush_loop, daemon=True,
+                                         name="zfabric-ref-flush")
+        self._flusher.start()
+
+    def _connect(self, endpoint: str, worker_id: str | None, timeout: float) -> None:
+        """Hello, and the node's Welcome: its id, dirs, pid and Config."""
+        self.rx.send(p.encode(p.Hello(self.role, os.getpid(), worker_id)))
+        if not self._wait_for(lambda: self.welcome is not None, timeout, check_node=False):
             self._close_sockets()
             raise ConnectionError(f"no zfabric node answered at {endpoint} "
-                                  f"within {connect_timeout:g} s")
+                                  f"within {timeout:g} s")
         w = self.welcome
         self.node_id: bytes = w.node_id
         self.store_dir: str = w.store_dir
@@ -134,9 +146,6 @@ class Client:
             raise ConnectionError(f"the zfabric node at {endpoint} sent a bad Welcome "
                                   f"({type(e).__name__}: {e})") from None
         self.inline_threshold = self.config.inline_threshold
-        self._flusher = threading.Thread(target=self._flush_loop, daemon=True,
-                                         name="zfabric-ref-flush")
-        self._flusher.start()
 
     # -- sending ----------------------------------------------------------------
 
@@ -254,6 +263,7 @@ class Client:
                 counts.pop(oid, None)
                 self._ready.pop(oid, None)
                 self._subscribed.discard(oid)
+                self._pushed.discard(oid)
                 self._watchers.pop(oid, None)
             dirty.add(oid)
 
@@ -280,26 +290,36 @@ class Client:
                 with self._cond:
                     self._pumping = False
                     self._cond.notify_all()
-            if not got and check_node and not self.node_alive():
-                raise NodeDiedError(f"the zfabric node (pid {self.node_pid}) died")
+            if not got and check_node:
+                if not self.node_alive():
+                    raise NodeDiedError(f"the zfabric node (pid {self.node_pid}) died")
+                self._subscribe_elsewhere(overdue=True)
 
     def _pump(self, timeout: float) -> bool:
-        """Receive what has arrived (waiting up to timeout); True if anything did."""
+        """Receive one frame (waiting up to timeout); True if one came. A whole
+        slice waits in one blocking receive (rx has PUMP_SLICE as its receive
+        timeout); a frame already there returns at once, so the next call takes
+        the next frame (cheaper than asking the socket's events after each)."""
         rx = self.rx
-        if not rx.poll(int(timeout * 1000)):
-            return False
-        while True:
-            try:
+        try:
+            if timeout >= PUMP_SLICE:
+                data = rx.recv()
+            elif self._rx_poller.poll(int(timeout * 1000)):
                 data = rx.recv(zmq.NOBLOCK)
-            except zmq.Again:
-                while self._revoked:
-                    self.send(p.Revoked(self._revoked.popleft()))
-                return True
-            messages = self._decode(data)
-            with self._cond:
-                for msg in messages:
-                    self._on_message(msg)
-                self._cond.notify_all()
+            else:
+                return False
+        except zmq.Again:
+            return False
+        messages = self._decode(data)
+        with self._cond:
+            for msg in messages:
+                self._on_message(msg)
+            self._cond.notify_all()
+        while self._revoked:
+            self.send(p.Revoked(self._revoked.popleft()))
+        if self._to_subscribe:
+            self._subscribe_elsewhere()
+        return True
 
     def _decode(self, data: bytes) -> list:
         """The messages in one frame (several for a Batch); a frame, or a message
@@ -363,6 +383,12 @@ class Client:
         self._subscribed.discard(oid)
         if oid not in self._counts:
             return   # we dropped our last ref meanwhile (or never had one)
+        if oid in self._pushed:
+            self._pushed.discard(oid)
+            if msg.state == ObjectState.PENDING:   # our return, kept on another node
+                if oid in self._awaited or oid in self._watchers:
+                    self._to_subscribe.append(oid)  # (sent by the pump: it is brought here)
+                return
         if msg.state not in READY_STATES:
             self._reject("unexpected", f"object {oid.hex()} in state {msg.state!r}")
             record = records.system_error_record(
@@ -383,11 +409,48 @@ class Client:
 
     # -- objects ----------------------------------------------------------------------
 
-    def _subscribe_missing(self, oids) -> None:
+    def _subscribe_missing(self, oids, awaited: bool = True) -> list:
+        """Subscribe to the objects not here, but our own returns, which the node
+        pushes: those are returned, counted as `awaited` (the caller takes them
+        back with _unawait) so that the pump asks for one kept elsewhere."""
         with self._cond:
             self._apply_ref_ops()
-            want = [o for o in dict.fromkeys(oids)
-                    if o not in self._ready and o not in self._subscribed]
+            ready, subscribed, pushed = self._ready, self._subscribed, self._pushed
+            want, own = [], []
+            for o in dict.fromkeys(oids):
+                if o in ready or o in subscribed:
+                    continue
+                (own if o in pushed else want).append(o)
+            if awaited:
+                counts = self._awaited
+                for o in own:
+                    counts[o] = counts.get(o, 0) + 1
+            subscribed.update(want)
+        if want:
+            self.send(p.Subscribe(want))
+        return own
+
+    def _unawait(self, own: list) -> None:
+        if own:
+            with self._cond:
+                counts = self._awaited
+                for o in own:
+                    n = counts.pop(o, 1) - 1
+                    if n > 0:
+                        counts[o] = n
+
+    def _subscribe_elsewhere(self, overdue: bool = False) -> None:
+        """Subscribe to our awaited returns the node said are on another node; with
+        `overdue` (nothing came for a pump slice), to every awaited return not here
+        yet: a Submit the node refused is then answered that the object does not
+        exist, instead of a get that never ends."""
+        with self._cond:
+            want, self._to_subscribe = self._to_subscribe, []
+            if overdue:
+                want += [o for o in [*self._awaited, *self._watchers]
+                         if o in self._pushed and o not in self._ready]
+                self._pushed.difference_update(want)
+            want = [o for o in dict.fromkeys(want) if o not in self._subscribed]
             self._subscribed.update(want)
         if want:
             self.send(p.Subscribe(want))
@@ -400,7 +463,7 @@ class Client:
             ready = self._ready
             missing = deque(o for o in dict.fromkeys(oids) if o not in ready)
         if missing:
-            self._subscribe_missing(missing)
+            own = self._subscribe_missing(missing)
             total = len(missing)
 
             def done():  # amortized O(1): each oid leaves the front once
@@ -424,58 +487,20 @@ class Client:
                         f"get timed out after {timeout} s: {len(missing)} of {total} "
                         "objects are not ready")
             finally:
+                self._unawait(own)
                 if blocked:
                     self._unblock()
         with self._cond:
             return {o: self._ready[o] for o in oids if o in self._ready}
 
     def wait_some(self, oids: list[bytes], num_returns: int, timeout: float | None) -> set:
-        """The set of oids that are ready once num_returns are, or timeout passes."""
-        self._subscribe_missing(oids)
-        ready = self._ready
-        pending = set(oids)
-        count = [0]
-
-        def enough():
-            if len(ready) < len(pending):
-                found = [o for o in ready if o in pending]
-            else:
-                found = [o for o in pending if o in ready]
-            pending.difference_update(found)
-            count[0] += len(found)
-            return count[0] >= num_returns
-
-        with self._cond:
-            already = enough()
-        if not already and timeout != 0:
-            blocked = self._block()
-            try:
-                self._wait_for(enough, timeout)
-            finally:
-                if blocked:
-                    self._unblock()
-        with self._cond:
-            return {o for o in oids if o in ready}
+        return gets.wait_some(self, oids, num_returns, timeout)
 
     def watch(self, oids: list[bytes], sink: deque) -> None:
-        """Append each oid to `sink` once it is ready (at once if it is), in O(1) an
-        arrival (zfabric.util's results as they come). Ends with the oid's last ref."""
-        self._subscribe_missing(oids)
-        with self._cond:
-            for o in oids:
-                if o in self._ready:
-                    sink.append(o)
-                else:
-                    self._watchers.setdefault(o, []).append(sink)
+        gets.watch(self, oids, sink)
 
     def wait_watched(self, sink: deque, timeout: float | None, block: bool = True) -> bool:
-        """Wait until `sink` (see watch) holds an oid; False if timeout passes first."""
-        blocked = not sink and block and self._block()
-        try:
-            return self._wait_for(lambda: bool(sink), timeout)
-        finally:
-            if blocked:
-                self._unblock()
+        return gets.wait_watched(self, sink, timeout, block)
 
     def _block(self) -> bool:
         if self.current_task_id is None:
@@ -487,41 +512,13 @@ class Client:
         self.send(p.Unblocked(self.current_task_id))
 
     def get_values(self, oids: list[bytes], timeout: float | None) -> list:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        entries = self.wait_objects(oids, timeout)
-        for o in oids:  # fail at once if any failed
-            entry = entries.get(o)
-            if entry is not None and entry[0] == ObjectState.ERROR:
-                raise serialization.error_of_object(o, entry[2])
-        return [self._value(o, entries[o], deadline) for o in oids]
+        return gets.values(self, oids, timeout)
 
-    def _value(self, oid: bytes, entry: tuple, deadline: float | None):
-        """An object's value. A store object spilled to disk since we heard of it
-        has no store file: forget what we heard, and ask the node again (it
-        restores the object first)."""
-        while True:
-            try:
-                return self.materialize(oid, entry)
-            except FileNotFoundError:
-                if entry[0] != ObjectState.STORE:
-                    raise
-            with self._cond:
-                if self._ready.get(oid) is entry:
-                    del self._ready[oid]
-            left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            entry = self.wait_objects([oid], left)[oid]
-            if entry[0] == ObjectState.ERROR:
-                raise serialization.error_of_object(oid, entry[2])
-
-    def materialize(self, oid: bytes, entry: tuple):
-        state, _size, payload = entry
-        if state == ObjectState.INLINE:
-            return serialization.deserialize(payload)
-        if state == ObjectState.STORE:
-            return store.read(self.store_dir, oid)
-        if state == ObjectState.ERROR:
-            raise serialization.error_of_object(oid, payload)
-        raise RuntimeError(f"object {oid.hex()} is not ready")
+    def forget_entry(self, oid: bytes, entry: tuple) -> None:
+        """What we heard of an object is stale (its store file is gone)."""
+        with self._cond:
+            if self._ready.get(oid) is entry:
+                del self._ready[oid]
 
     def put(self, value, in_store: bool = False) -> ObjectRef:
         """Put a value (node/puts.py)."""
@@ -545,27 +542,16 @@ class Client:
 
     # -- tasks -----------------------------------------------------------------------------
 
-    def submit(self, *, name: str, fn_id: bytes, fn_blob: bytes, num_returns: int,
-               resources: dict, max_retries: int, retry_exceptions: bool,
-               retry_blob: bytes, deps: list, contained: list, args_blob: bytes,
-               opts: dict | None = None) -> list[ObjectRef]:
-        tid = new_task_id()
-        rids = return_ids(tid, num_returns)
-        refs = [ObjectRef(oid, self) for oid in rids]
+    def submit(self, **task) -> list[ObjectRef]:
+        """Send a task (node/submits.py); the refs of its returns."""
+        return submits.submit(self, **task)
+
+    def expect_pushes(self, rids: list[bytes]) -> None:
+        """Our new task's returns: held from its Submit on (no ref change reported)
+        and pushed to us by the node, so a get of them sends no Subscribe."""
         with self._cond:
             self._reported.update(rids)
-        if fn_id in self.sent_functions:
-            fn_blob = b""
-        else:
-            self.sent_functions.add(fn_id)
-        job = self.job
-        if job:
-            opts = {**opts, "job": job} if opts else {"job": job}
-        self.send(p.Submit(tid, name, fn_id, num_returns, resources, max_retries,
-                           retry_exceptions, self.current_depth + (self.current_task_id is not None),
-                           self.current_task_id or b"", deps, contained, fn_blob,
-                           args_blob, retry_blob, opts or {}))
-        return refs
+            self._pushed.update(rids)
 
     def cancel(self, oid: bytes, force: bool, recursive: bool) -> None:
         self.send(p.Cancel(oid, force, recursive))

@@ -59,6 +59,7 @@ from ..core import events as ev
 from . import sockets, store
 from .objserver import ObjectServer
 from .peers import Batcher, Peers
+from .poller import Poller
 from .processes import Processes
 from .pulls import Pulls
 from .spiller import Spiller
@@ -67,6 +68,9 @@ log = logging.getLogger("zfabric.node")
 RECV_BATCH = 512   # messages taken from a ROUTER per wake-up
 _CLIENT_SUFFIXES = (sockets.TX_SUFFIX, sockets.RX_SUFFIX)
 _PEER_SUFFIXES = (sockets.PEER_SUFFIX, sockets.JOIN_SUFFIX)
+_NOBLOCK = int(zmq.NOBLOCK)
+_RCVMORE = int(zmq.RCVMORE)
+_MORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
 
 
 class NodeLoop:
@@ -95,7 +99,7 @@ class NodeLoop:
         self._worked = float("-inf")   # (monotonic) the last sign of work
         self.embedded_driver_pid = embedded_driver_pid
         self.on_ready = on_ready   # called once, when the pre-started workers are up
-        self.poller = zmq.Poller()
+        self.poller = Poller()
         self.clients = Batcher()    # local client id -> what this turn owes it
         self.peers = Peers(ctx, node_id, key)
         self.pulls = Pulls(ctx, self.poller, store_dir, key,
@@ -184,11 +188,11 @@ class NodeLoop:
 
     def _listen(self) -> int:
         """Register the sockets and signals; returns the previous wake-up fd."""
-        self.poller.register(self.router, zmq.POLLIN)
-        self.poller.register(self.peer_router, zmq.POLLIN)
-        self.poller.register(self.object_router, zmq.POLLIN)
+        self.poller.register(self.router, zmq.POLLIN)   # (busy: we send on it any time)
+        self.poller.register(self.peer_router, zmq.POLLIN, quiet=True)
+        self.poller.register(self.object_router, zmq.POLLIN, quiet=True)
         for sock in self._auth_socks:
-            self.poller.register(sock, zmq.POLLIN)
+            self.poller.register(sock, zmq.POLLIN, quiet=True)
         self.poller.register(self._wake_r, zmq.POLLIN)
         self.poller.register(self.spiller.fileno(), zmq.POLLIN)
         old_wakeup = signal.set_wakeup_fd(self._wake_w)
@@ -260,11 +264,16 @@ class NodeLoop:
         fabric = self.fabric
         now = time.monotonic()
         suffixes = _PEER_SUFFIXES if peer else _CLIENT_SUFFIXES
+        recv, get = sock.recv, sock.get   # (recv_multipart's flag enums cost more)
         for _ in range(RECV_BATCH):
             try:
-                frames = sock.recv_multipart(zmq.NOBLOCK)
+                frames = [recv(_NOBLOCK)]
             except zmq.Again:
                 return
+            frames.append(recv(_NOBLOCK))   # (a ROUTER's message: a routing id, then >= 1
+            while get(_RCVMORE):            # frame, all there at once; an option read
+                frames.append(recv(_NOBLOCK))   # costs an enum in pyzmq: one a message)
+            more = get(sockets.EVENTS) & sockets.POLLIN   # (cheaper than a last zmq.Again)
             ident = frames[0]
             sender = ident[:-1]   # the routing id without its suffix (see sockets.py)
             if ident[-1:] not in suffixes or (peer and len(sender) != ids.NODE_ID_SIZE):
@@ -285,6 +294,8 @@ class NodeLoop:
                 self.execute(fabric.handle(event, now))
                 if not self.running:
                     return
+            if not more:
+                return
 
     def _decode(self, sender: bytes, frames: list) -> tuple | list:
         """The messages in one frame from `sender` (several, in order, for a Batch);
@@ -399,10 +410,11 @@ class NodeLoop:
                 self.execute(self.fabric.handle(event, now))
 
     def _flush_clients(self) -> None:
-        send = self.router.send_multipart
+        send = self.router.send   # (two sends: send_multipart's flag enums cost more)
         for to, frame, count in self.clients.take():
             try:
-                send((to + sockets.RX_SUFFIX, frame), zmq.NOBLOCK)
+                send(to + sockets.RX_SUFFIX, _MORE_NOBLOCK)
+                send(frame, _NOBLOCK)
             except zmq.ZMQError as e:
                 if e.errno != zmq.EHOSTUNREACH:
                     raise

@@ -33,6 +33,11 @@ from __future__ import annotations
 import zmq
 
 LINGER_MS = 200
+# A socket's events as plain ints: `sock.get(EVENTS) & POLLIN` says a message is
+# waiting. (pyzmq's enum constants cost microseconds an `&`: these are on the
+# path of every message.)
+EVENTS = int(zmq.EVENTS)
+POLLIN = int(zmq.POLLIN)
 RECONNECT_IVL_MS = 10
 RECONNECT_IVL_MAX_MS = 1000
 
@@ -131,10 +136,13 @@ def _bind_tcp(sock: zmq.Socket, host: str, port: int,
     return sock, sock.getsockopt_string(zmq.LAST_ENDPOINT)
 
 
-def client_dealer(ctx: zmq.Context, identity: bytes, endpoint: str) -> zmq.Socket:
-    """A local client's DEALER to its node."""
+def client_dealer(ctx: zmq.Context, identity: bytes, endpoint: str,
+                  recv_timeout_ms: int = -1) -> zmq.Socket:
+    """A local client's DEALER to its node (`recv_timeout_ms`: a blocking receive
+    raises zmq.Again after that long; -1: it waits for ever)."""
     sock = _common(ctx.socket(zmq.DEALER))
     sock.setsockopt(zmq.IDENTITY, identity)
+    sock.setsockopt(zmq.RCVTIMEO, recv_timeout_ms)
     sock.setsockopt(zmq.RECONNECT_IVL, RECONNECT_IVL_MS)
     sock.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_IVL_MAX_MS)
     sock.setsockopt(zmq.IMMEDIATE, 0)

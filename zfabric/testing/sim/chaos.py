@@ -59,6 +59,7 @@ from .scenario import FN, FN_BLOB, Scenario, SeedChooser, generate, oid_of, put_
 LINEAGE_STRICT = True
 
 INLINE, STORE, ERROR = int(_ObjectState.INLINE), int(_ObjectState.STORE), int(_ObjectState.ERROR)
+PENDING = int(_ObjectState.PENDING)
 # Errors a fault may explain (`system` of an error record), and those a cancel explains.
 FAULT_ERRORS = {"ObjectLostError", "NodeDiedError", "WorkerCrashedError"}
 CANCEL_ERRORS = {"TaskCancelledError"}
@@ -179,6 +180,10 @@ class ChaosRun:
         if driver is None or not driver.alive or type(msg) is not _p.ObjectReady:
             return
         oid = msg.oid
+        if msg.state == PENDING:   # (a return of its own, kept on another node: asked
+            if oid in driver.waiting and oid in driver.known:   # for if wanted, as a
+                self.sim.send(i, client, _p.Subscribe([oid]))   # client does)
+            return
         driver.waiting.discard(oid)
         driver.answered.setdefault(oid, []).append((self.sim.now, msg.state))
         if oid not in driver.known:

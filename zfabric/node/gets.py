@@ -1,0 +1,118 @@
+"""Waiting for objects, and a get's values, on top of the client's pump.
+
+    zf.get (api.py), ObjectRef.future --> Client.get_values --> values() here
+        Client.wait_objects: entries (state, size, payload) of every oid
+        INLINE: unpickled from the payload; STORE: the store file mapped read-only
+        (store.read); ERROR: the error record raised (serialization.error_of_object)
+    zf.wait (api.py) --> Client.wait_some --> wait_some() here
+    zfabric.util (as_completed, Executor) --> Client.watch / wait_watched --> here
+
+A store object spilled to disk since the client heard of it has no store
+file: the client forgets the entry and asks the node again, which restores
+it first. The waits work on the client's books (`_ready`, `_watchers`) under
+its lock, as Client's own methods do; the client's methods of the same
+names are their only callers.
+"""
+from __future__ import annotations
+
+import time
+from collections import deque
+
+from .. import serialization
+from ..protocol import ObjectState
+from . import store
+
+
+def values(client, oids: list[bytes], timeout: float | None) -> list:
+    """The values of `oids`, in order; the first error among them raised."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    entries = client.wait_objects(oids, timeout)
+    for o in oids:  # fail at once if any failed
+        entry = entries.get(o)
+        if entry is not None and entry[0] == ObjectState.ERROR:
+            raise serialization.error_of_object(o, entry[2])
+    return [_value(client, o, entries[o], deadline) for o in oids]
+
+
+def _value(client, oid: bytes, entry: tuple, deadline: float | None):
+    """An object's value, asked of the node again while its store file is gone."""
+    while True:
+        try:
+            return materialize(client.store_dir, oid, entry)
+        except FileNotFoundError:
+            if entry[0] != ObjectState.STORE:
+                raise
+        client.forget_entry(oid, entry)
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        entry = client.wait_objects([oid], left)[oid]
+        if entry[0] == ObjectState.ERROR:
+            raise serialization.error_of_object(oid, entry[2])
+
+
+def materialize(store_dir: str, oid: bytes, entry: tuple):
+    state, _size, payload = entry
+    if state == ObjectState.INLINE:
+        return serialization.deserialize(payload)
+    if state == ObjectState.STORE:
+        return store.read(store_dir, oid)
+    if state == ObjectState.ERROR:
+        raise serialization.error_of_object(oid, payload)
+    raise RuntimeError(f"object {oid.hex()} is not ready")
+
+
+def wait_some(client, oids: list[bytes], num_returns: int, timeout: float | None) -> set:
+    """The set of oids that are ready once num_returns are, or timeout passes. The
+    oids not ready yet are watched (as `watch` does): O(1) an arrival, whatever
+    the number of oids and of frames they come in."""
+    own = client._subscribe_missing(oids)
+    sink: deque = deque()
+    with client._cond:
+        ready, watchers = client._ready, client._watchers
+        pending = []
+        for o in dict.fromkeys(oids):
+            if o in ready:
+                sink.append(o)
+            else:
+                watchers.setdefault(o, []).append(sink)
+                pending.append(o)
+    try:
+        if len(sink) < num_returns and timeout != 0:
+            blocked = client._block()
+            try:
+                client._wait_for(lambda: len(sink) >= num_returns, timeout)
+            finally:
+                if blocked:
+                    client._unblock()
+    finally:
+        client._unawait(own)
+        with client._cond:
+            for o in pending:   # (this wait's sink leaves the watchers still waiting)
+                sinks = watchers.get(o)
+                if sinks is not None:
+                    sinks[:] = [s for s in sinks if s is not sink]
+                    if not sinks:
+                        del watchers[o]
+    with client._cond:
+        return {o for o in oids if o in ready}
+
+
+def watch(client, oids: list[bytes], sink: deque) -> None:
+    """Append each oid to `sink` once it is ready (at once if it is), in O(1) an
+    arrival (zfabric.util's results as they come). Ends with the oid's last ref."""
+    client._subscribe_missing(oids, awaited=False)   # (our returns: as _watchers says)
+    with client._cond:
+        for o in oids:
+            if o in client._ready:
+                sink.append(o)
+            else:
+                client._watchers.setdefault(o, []).append(sink)
+
+
+def wait_watched(client, sink: deque, timeout: float | None, block: bool = True) -> bool:
+    """Wait until `sink` (see watch) holds an oid; False if timeout passes first."""
+    blocked = not sink and block and client._block()
+    try:
+        return client._wait_for(lambda: bool(sink), timeout)
+    finally:
+        if blocked:
+            client._unblock()
