@@ -141,3 +141,6 @@ class DepMarker:
 
     def __reduce__(self):
         return (DepMarker, (self.index,))
+
+
+serialization.register_plain(DepMarker)

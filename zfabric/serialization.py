@@ -50,6 +50,8 @@ ALIGN = 64  # out-of-band buffers start on a cache line (what numpy's SIMD loops
 _SIMPLE = (type(None), bool, int, float, str, bytes)
 _SIZED = (str, bytes)
 _IN_PLACE = 1 << 16   # a bytes or str this long is pickled by reference (_Sink), not copied
+_PLAIN_TYPES = set(_SIMPLE)   # pickled by the C pickler (register_plain adds to them)
+_PLAIN_MAX = 32               # elements of a tuple, list or dict checked for that
 _local = threading.local()
 
 
@@ -160,11 +162,35 @@ class Serialized:
         return bytes(out)
 
 
+def register_plain(cls: type) -> None:
+    """Let the C pickler write instances of `cls` (an importable class whose
+    pickle holds only plain values), as it writes ints and short strings."""
+    _PLAIN_TYPES.add(cls)
+
+
+def _plain(value, depth: int = 2) -> bool:
+    """Does the C pickler write `value` as cloudpickle would? Plain values (short
+    str and bytes), and tuples, lists and str-keyed dicts of them up to `depth`
+    levels, each at most _PLAIN_MAX long: a task's arguments `([1, 'a'], {})`
+    are; a function, an instance of a class of the driver's script, or an
+    ObjectRef inside them are not (cloudpickle writes those by value, or
+    notes the ref)."""
+    kind = type(value)
+    if kind in _PLAIN_TYPES:
+        return kind not in _SIZED or len(value) < _IN_PLACE
+    if not depth or kind not in (tuple, list, dict) or len(value) > _PLAIN_MAX:
+        return False
+    if kind is dict:
+        return all(type(k) is str and _plain(v, depth - 1) for k, v in value.items())
+    return all(_plain(v, depth - 1) for v in value)
+
+
 def serialize(value, limit: int | None = None) -> Serialized | None:
-    """Pickle `value` (cloudpickle, protocol 5, out-of-band buffers); None if
-    `limit` is given and the value's serialized size would pass it (found
-    after pickling at most about `limit` bytes)."""
-    if type(value) in _SIMPLE and (type(value) not in _SIZED or len(value) < _IN_PLACE):
+    """Pickle `value` (cloudpickle, protocol 5, out-of-band buffers; plain values
+    with the C pickler, which writes them the same); None if `limit` is given
+    and the value's serialized size would pass it (found after pickling at
+    most about `limit` bytes)."""
+    if _plain(value):
         ser = Serialized([pickle.dumps(value, 5)], [], [])
         return None if limit is not None and ser.size > limit else ser
     sink = _Sink(limit)

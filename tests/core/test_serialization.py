@@ -137,6 +137,41 @@ def test_large_bytes_bytearray_and_str_are_kept_by_reference_not_copied():
         assert ser.pickle_len == sum(len(piece) for piece in ser.pickle)
 
 
+class _Local:   # a class no worker could import by name: pickled by value
+    def __init__(self, x):
+        self.x = x
+
+
+@given(st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False)
+                    | st.text(max_size=20) | st.binary(max_size=20),
+                    lambda inner: st.lists(inner, max_size=4)
+                    | st.dictionaries(st.text(max_size=5), inner, max_size=4), max_leaves=12))
+@SETTINGS
+def test_plain_arguments_pickle_as_cloudpickle_would_read_them(value):
+    """A task's plain arguments take the C pickler's fast path; what it writes
+    reads back the same as cloudpickle's own stream does."""
+    from zfabric.ref import DepMarker
+    args = ([value, DepMarker(0)], {"k": value})
+    blob = serialization.serialize(args).to_bytes()
+    back = serialization.deserialize(blob)
+    assert_same(args[1], back[1])
+    assert_same(value, back[0][0])
+    assert type(back[0][1]) is DepMarker and back[0][1].index == 0
+
+
+def test_values_the_c_pickler_would_write_by_name_go_through_cloudpickle():
+    """A lambda, an instance of a class, or a long list nested in the arguments
+    is not plain: cloudpickle writes it (by value where a worker could not
+    import it by name, as a class of the driver's script)."""
+    for args in (([lambda: 1], {}), ([_Local(3)], {}), ([[1] * 40], {}), ([1], {"k": _Local(2)})):
+        assert not serialization._plain(args)
+        back = serialization.deserialize(serialization.dumps(args))
+        assert back[0] is not None
+    ser = serialization.serialize(([_Local(5)], {}))
+    assert b"_Local" in b"".join(bytes(p) for p in ser.pickle)
+    assert serialization.deserialize(ser.to_bytes())[0][0].x == 5
+
+
 def test_a_limit_gives_up_after_pickling_about_that_much():
     small = {"k": [1, 2.5, "x"]}
     assert serialization.serialize(small, 1000).to_bytes() == serialization.dumps(small)
