@@ -12,6 +12,7 @@ from zfabric.core import effects as fx
 from zfabric.core import events as ev
 from zfabric.core import rejects
 from zfabric.core.tasks import Functions, TaskState
+from zfabric.ids import function_id
 from zfabric.testing import hostile
 from zfabric.testing.sim import Work
 from tests.harness.world import DRIVER, FN, FN_BLOB, INLINE, MB, World, rid, tid
@@ -277,3 +278,25 @@ def test_a_fabric_fed_hostile_messages_still_computes_the_right_values(data):
     assert not sim.violations, sim.violations
     for i in (0, 1):
         assert world.nodes[i].fabric.stats["rejected_nonsense"] >= expected[i]
+
+
+def test_a_forwarded_task_with_a_dep_not_ready_unpins_only_what_it_pinned():
+    """A Spill whose first argument is not ready (a hostile or confused peer)
+    fails the task; its other arguments, objects this node knows, keep their
+    pins as they were (each is pinned when adopted, and unpinned once)."""
+    world = HostileWorld([{"CPU": 2}, {"CPU": 1}], seed=3)
+    world.converge()
+    sim, (n0, n1) = world.sim, world.nodes
+    world.submit(1, duration=0.01, returns=("i",))
+    sim.run(0.5)
+    known = rid(1, 0)
+    entries = n0.fabric.scheduler.objects.entries
+    assert known in entries and entries[known].pins == 0
+    code = b"code of a forwarded task"
+    msg = p.Spill(n1.node_id, "tcp://10.0.0.1:7000", tid(99), "", function_id(code), 1, {},
+                  0, False, 1, True, [b"Q" * 20, known], [0, 1], [0, 1], [[], []],
+                  code, b"", b"", [b"", b"x"], {})
+    sim.handle(0, ev.PeerMessage(n1.node_id, p.decode(p.encode(msg))))   # (validated)
+    sim.run(0.05)
+    assert n0.fabric.scheduler.stats["accepted"] == 1
+    assert entries[known].pins == 0

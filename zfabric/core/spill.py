@@ -392,10 +392,11 @@ class Spillover:
         task = s.admit(spec, owner, demand, owner_node=sender)
         task.remote_owner = sender
         failure = None
-        for i, oid in enumerate(msg.dep_ids):
-            failure = failure or s.objects.adopt(
+        for i, oid in enumerate(msg.dep_ids):   # (each pinned: the task unpins them all)
+            failed = s.objects.adopt(
                 oid, sender, owner, msg.dep_states[i], msg.dep_sizes[i], msg.dep_holders[i],
                 msg.dep_payloads[i], msg.name)
+            failure = failure or failed
             spec.deps.append(oid)
         if failure is not None:
             s.finish_failed(task, failure)
