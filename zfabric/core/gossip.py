@@ -56,6 +56,9 @@ TELL_PER_ROUND = 3
 # A member declared dead by someone, whose heartbeat we know to be newer than
 # the verdict's, is declared by us too if it does not answer within this many rounds.
 DOUBT_ROUNDS = 4
+# At most this many answers a round carry every live row (catch_up); more
+# answers that round carry the bounded rows (our own row still refutes).
+CATCH_UPS_PER_ROUND = 3
 # MemberState values (core/membership.py owns the enum and sets states).
 _ALIVE, _SUSPECT, _DEAD = 0, 1, 2
 
@@ -70,6 +73,7 @@ class Deltas:
         self.probing: dict[bytes, float] = {}   # live peer -> when we first asked it
         self.tell: dict[bytes, None] = {}       # members held DEAD that still beat
         self._sync = 0                          # cursor into the gossip cycle
+        self.catch_ups = 0                      # catch_up answers sent this round
 
     # -- the mode ---------------------------------------------------------------------
 
@@ -190,6 +194,14 @@ class Deltas:
             return True
         member = self.m.members.get(target)
         return member is not None and member.state == _DEAD
+
+    def may_catch_up(self) -> bool:
+        """Another catch_up answer this round? (After a heal a node is told
+        by many at once; most already know what it would send but its row.)"""
+        if self.catch_ups >= CATCH_UPS_PER_ROUND:
+            return False
+        self.catch_ups += 1
+        return True
 
     def catch_up(self, target: bytes) -> list[list]:
         """Our own row, the target's row as we hold it, and the row of every

@@ -185,8 +185,10 @@ class Membership:
         hold us DEAD -- the two sides of a healed cut -- every live row we
         hold (`catch_up`): push-pull, so that each contact across the cut
         teaches a node all the other side still beats, in one message
-        instead of 8 news rows at a time. Otherwise gossip_rows(sender)."""
-        if self.delta.active and (self.answers(sender) or self.holds_us_dead(rows)):
+        instead of 8 news rows at a time -- up to CATCH_UPS_PER_ROUND (3)
+        such answers a round. Otherwise gossip_rows(sender)."""
+        if self.delta.active and (self.answers(sender) or self.holds_us_dead(rows)) \
+                and self.delta.may_catch_up():
             return self.delta.catch_up(sender)
         return self.gossip_rows(sender)
 
@@ -238,6 +240,7 @@ class Membership:
             return [], changes
         self._last_round = now
         self.rounds += 1
+        self.delta.catch_ups = 0
         self.me.heartbeat += 1
         self.me.heard = now
         if self._next_info is not None:
