@@ -10,7 +10,8 @@ sockets, no processes. For each N and each design it measures
   for failure_timeout + 3 s that heals (every node holds every node ALIVE
   again, counted from the heal);
 - control traffic per node in a steady cluster: messages/s and bytes/s
-  (msgpack sizes of what a node sends) of membership gossip, and of GCS
+  (msgpack sizes of what a node sends) of membership gossip (and, in the
+  JSON, of membership while a partition heals), and of GCS
   replication with every node writing its shard at a steady rate (pushes,
   answers to gossiped vectors, and the vectors themselves).
 
@@ -104,14 +105,18 @@ def membership_run(n: int, seed: int, design: dict, log, converge: bool = True) 
     split = world.run_until(lambda: world.split_seen(half), cut_rounds)
     world.run_until(lambda: False, cut_rounds - (split or cut_rounds))
     world.heal()
+    world.traffic.reset(world.now)
     heal = world.run_until(world.agreed, 600)
-    log(f"  n={n} partition: split seen after {split}, healed after {heal} rounds")
+    heal_traffic = world.traffic.per_node("membership", len(world.running), world.now)
+    log(f"  n={n} partition: split seen after {split}, healed after {heal} rounds, "
+        f"{heal_traffic['bytes_per_s']:.0f} B/s per node meanwhile")
     return {"steady_rounds": rounds, "traffic": traffic, "join_rounds": join,
             "death_rounds": death,
             "death_first_verdict_rounds": None if first is None else first - crashed_at,
             "death_spread_rounds": None if first is None or death is None
             else death - (first - crashed_at),
             "partition_split_rounds": split, "partition_heal_rounds": heal,
+            "partition_heal_traffic": heal_traffic,
             "cpu_seconds": round(time.perf_counter() - started, 1)}
 
 
@@ -215,6 +220,9 @@ def main(argv=None) -> int:
     ap.add_argument("--json", help="write the raw results here")
     ap.add_argument("--merge", action="append", default=[],
                     help="results JSON of an earlier run to plot beside this one")
+    ap.add_argument("--merge-as", action="append", default=[], metavar="LABEL=PATH",
+                    help="the scaled design's results of an earlier run (e.g. an earlier "
+                         "commit's), plotted and tabulated as design LABEL")
     ap.add_argument("--baseline-max", type=int, default=300,
                     help="largest N at which the baseline's convergence is simulated "
                          "(beyond: its steady traffic only, over 3 rounds)")
@@ -230,6 +238,10 @@ def main(argv=None) -> int:
         with open(path) as f:
             for design, runs in json.load(f)["results"].items():
                 results.setdefault(design, {}).update(runs)
+    for spec in args.merge_as:
+        label, _, path = spec.partition("=")
+        with open(path) as f:
+            results.setdefault(label, {}).update(json.load(f)["results"]["scaled"])
     for design in designs:
         if DESIGNS[design]["replicas"] is None and design == "scaled":
             raise SystemExit("this checkout has no scaled design (config.gcs_replicas)")

@@ -14,6 +14,7 @@ import msgpack
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from zfabric.core.gossip import CATCH_UPS_PER_ROUND
 from zfabric.core.membership import ALIVE, DEAD, LEFT, SUSPECT
 from zfabric.testing.sim import MembershipSim
 
@@ -128,3 +129,77 @@ def test_a_node_that_leaves_sends_its_row_alone_and_is_left_everywhere():
     assert all(sim.state(i, 7) == LEFT for i in sim.running)
     sim.run(2 * FT)
     assert not any(s in (DEAD, SUSPECT) and j != 7 for _, _, j, s in sim.history)
+
+
+def _row(node, state=None) -> list:
+    row = node.me.row()
+    if state is not None:
+        row[4] = int(state)
+    return row
+
+
+@settings(max_examples=10, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), dead=st.sets(st.integers(1, 39), min_size=1, max_size=15))
+def test_across_a_cut_the_answer_is_every_live_row_and_otherwise_bounded(seed, dead):
+    """To a member we hold DEAD, or one whose rows hold us DEAD (the two ends
+    of a healed cut), the answer carries our row, its row and every member we
+    hold alive -- no verdict but its own -- up to CATCH_UPS_PER_ROUND such
+    answers a round; to anyone else the bounded rows."""
+    sim = MembershipSim(40, seed, **CONFIG)
+    sim.run(0.3)
+    node = sim.nodes[0]
+    victims = [sim.nodes[i] for i in sorted(dead)]
+    node.merge([_row(v, DEAD) for v in victims], sim.now)
+    live = {m.node_id for m in node.peers()}
+    assert not live & {v.me.node_id for v in victims}
+    for k, v in enumerate(victims):
+        rows = node.answer_rows(v.me.node_id, v.gossip_rows(node.me.node_id))
+        assert rows[0] == node.me.row() and rows[1][0] == v.me.node_id and rows[1][4] == DEAD
+        if k < CATCH_UPS_PER_ROUND:
+            assert {r[0] for r in rows[2:]} == live and all(r[4] == ALIVE for r in rows[2:])
+        else:   # (more this round: the bounded rows, which still tell it it is dead)
+            assert len(rows) <= 2 + NEWS + SYNC
+        assert node.wants_reply(v.me.node_id)   # a probe or a tell asks for this answer
+    node.delta.catch_ups = 0   # (as a new round does)
+    other = sim.nodes[next(i for i in range(1, 40) if i not in dead)]
+    theirs = other.gossip_rows(node.me.node_id)
+    assert len(node.answer_rows(other.me.node_id, theirs)) <= 2 + NEWS + SYNC
+    theirs[0:0] = [_row(node, DEAD)]   # they hold us dead
+    rows = node.answer_rows(other.me.node_id, theirs)
+    assert rows[1][0] == other.me.node_id and {r[0] for r in rows[2:]} == live - {rows[1][0]}
+
+
+@settings(max_examples=10, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), subject=st.integers(2, 39))
+def test_a_stale_verdict_is_checked_unless_its_sender_holds_us_dead(seed, subject):
+    """A DEAD row older than the heartbeat we know is asked about (it may be a
+    crash we have not seen), except in rows that hold us DEAD too: those come
+    from across a cut, where every verdict of our side is stale."""
+    sim = MembershipSim(40, seed, **CONFIG)
+    sim.run(0.5)
+    node, peer = sim.nodes[0], sim.nodes[subject]
+    node.merge([_row(peer)], sim.now)   # we know a heartbeat of it newer than the verdict's
+    held = node.members[peer.me.node_id]
+    stale = [peer.me.node_id, peer.me.address, held.incarnation, 0, int(DEAD), {}]
+    assert held.heartbeat > 0 and held.state == ALIVE
+    node.delta.probing.pop(peer.me.node_id, None)
+    node.merge([_row(sim.nodes[1], None), _row(node, DEAD), stale], sim.now)
+    assert peer.me.node_id not in node.delta.probing and held.state == ALIVE
+    node.merge([_row(sim.nodes[1], None), stale], sim.now)
+    assert peer.me.node_id in node.delta.probing and held.state == ALIVE
+
+
+def test_nodes_that_start_together_probe_the_dead_in_different_rounds():
+    """Each node probes the dead once every dead_probe_rounds rounds, at a phase
+    of its own: after a heal, the first probes across come within a round or
+    two, not all at once a whole period later."""
+    sim = MembershipSim(40, 7, **CONFIG)
+    rounds: dict[int, list] = {i: [] for i in range(40)}
+    for r in range(1, 4 * P + 1):
+        for i, node in enumerate(sim.nodes):
+            node.tick(r * GI * (1 + 1e-9))   # (a hair over: 0.3 - 0.2 < 0.1 in floats)
+            if node.probe_round:
+                rounds[i].append(r)
+    for probes in rounds.values():
+        assert len(probes) == 4 and all(b - a == P for a, b in zip(probes, probes[1:]))
+    assert len({probes[0] for probes in rounds.values()}) == P

@@ -306,7 +306,9 @@ def test_round_robin_covers_every_live_peer_in_every_window(
         probes = [t for t in ids if t not in live]
         assert len(set(ids)) == len(ids) and len(gossip) == min(fanout, len(live))
         dead = {p.node_id for p in m.peers((DEAD,))}
-        assert len(probes) == (1 if r % dead_probe_rounds == 0 and dead else 0)
+        # once every dead_probe_rounds rounds, at a phase of our own
+        assert m.probe_round == ((r + m._probe_phase) % dead_probe_rounds == 0)
+        assert len(probes) == (1 if m.probe_round and dead else 0)
         assert set(probes) <= dead                                # never LEFT
         segments[-1].append((live, gossip))
     for seg in segments:

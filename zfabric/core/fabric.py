@@ -330,7 +330,8 @@ class Fabric:
             # with a higher incarnation -- instead of waiting for our next slow
             # probe of the dead: after a partition heals, views agree in a few
             # messages, whichever side declared whom dead.
-            rows = self.membership.rows() if joining else self.membership.gossip_rows(sender)
+            rows = (self.membership.rows() if joining
+                    else self.membership.answer_rows(sender, msg.rows))
             self._out.append(fx.PeerSend(member.address, p.Gossip(
                 self.node_id, rows, self.replication.vector(self.gcs), False)))
         self._apply_changes(changes)

@@ -25,16 +25,22 @@ Above it, this module takes over two things:
   the first after failure_timeout, and everyone knows within O(log N) rounds.
 
 Partitions heal by the same rules as below the threshold (probing the dead,
-answering the dead, refutation), with two changes, since no full table
-reaches a node any more: a row that shows a member we hold DEAD still
-beating at the same incarnation (it never heard of its death) has that
-member told at once (`take_tell`); and a DEAD verdict older than the
-heartbeat we know of a member is not ignored but checked (`doubt`): we ask
-the member ourselves, and declare it too unless it answers within a few
-rounds. (Below the
-threshold our heartbeat is fresh, so the older verdict is simply stale; here
-ours may be as old as the declarer's, and ignoring the verdict would leave a
-dead node alive in our view until our own walk reaches it, O(N) rounds.)
+answering the dead, refutation), with three changes, since no full table
+reaches a node any more. First, push-pull across the cut (`catch_up`): a
+message to a member we hold DEAD asks for an answer, and the answer to a
+member held DEAD, or to rows that hold the answerer DEAD, carries every row
+the answerer holds alive -- so each contact across a healed cut teaches both
+ends all that the other side still beats, instead of a few news rows a
+message (which made a heal O(N) rounds). Second, a row that shows a member
+we hold DEAD still beating at the same incarnation (it never heard of its
+death) has that member told at once (`take_tell`). Third, a DEAD verdict
+older than the heartbeat we know of a member is not ignored but checked
+(`doubt`): we ask the member ourselves, and declare it too unless it answers
+within a few rounds. (Below the threshold our heartbeat is fresh, so the
+older verdict is simply stale; here ours may be as old as the declarer's,
+and ignoring the verdict would leave a dead node alive in our view until our
+own walk reaches it, O(N) rounds.) Not in rows that hold us DEAD: those come
+from across a cut, where every verdict about our side is stale.
 
 Pure: time comes in as arguments.
 """
@@ -50,6 +56,9 @@ TELL_PER_ROUND = 3
 # A member declared dead by someone, whose heartbeat we know to be newer than
 # the verdict's, is declared by us too if it does not answer within this many rounds.
 DOUBT_ROUNDS = 4
+# At most this many answers a round carry every live row (catch_up); more
+# answers that round carry the bounded rows (our own row still refutes).
+CATCH_UPS_PER_ROUND = 3
 # MemberState values (core/membership.py owns the enum and sets states).
 _ALIVE, _SUSPECT, _DEAD = 0, 1, 2
 
@@ -64,6 +73,7 @@ class Deltas:
         self.probing: dict[bytes, float] = {}   # live peer -> when we first asked it
         self.tell: dict[bytes, None] = {}       # members held DEAD that still beat
         self._sync = 0                          # cursor into the gossip cycle
+        self.catch_ups = 0                      # catch_up answers sent this round
 
     # -- the mode ---------------------------------------------------------------------
 
@@ -175,7 +185,40 @@ class Deltas:
     # -- what a round sends ---------------------------------------------------------------
 
     def wants_reply(self, target: bytes) -> bool:
-        return self.active and target in self.probing
+        """A probe of a live peer, and any message to a member we hold DEAD
+        (a probe of the dead, a tell): if it is alive, it answers with
+        catch_up rows (it reads itself DEAD in ours)."""
+        if not self.active:
+            return False
+        if target in self.probing:
+            return True
+        member = self.m.members.get(target)
+        return member is not None and member.state == _DEAD
+
+    def may_catch_up(self) -> bool:
+        """Another catch_up answer this round? (After a heal a node is told
+        by many at once; most already know what it would send but its row.)"""
+        if self.catch_ups >= CATCH_UPS_PER_ROUND:
+            return False
+        self.catch_ups += 1
+        return True
+
+    def catch_up(self, target: bytes) -> list[list]:
+        """Our own row, the target's row as we hold it, and the row of every
+        member we hold alive: the answer to a member across a healed cut
+        (core/membership.py `answer_rows`). Only live rows: our verdicts of
+        its side are what it is refuting, and stale ones would make it doubt
+        its own live peers."""
+        m = self.m
+        rows = [m.me.row()]
+        subject = m.members.get(target)
+        if subject is not None and subject is not m.me:
+            rows.append(subject.row())
+        for member in m.members.values():
+            if member.state in (_ALIVE, _SUSPECT) and member is not m.me \
+                    and member is not subject:
+                rows.append(member.row())
+        return rows
 
     def rows_for(self, target: bytes) -> list[list]:
         m = self.m

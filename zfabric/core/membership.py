@@ -41,7 +41,8 @@ Failure detection is gossip-style heartbeating with SWIM incarnations:
 
 Above `deltas_above` members (config gossip_deltas_above) what a round
 sends and how silence is timed change: bounded delta rows and asking each
-target for an answer (core/gossip.py, `gossip_rows` / `wants_reply`); the
+target for an answer (core/gossip.py, `gossip_rows` / `wants_reply`), and
+the answer across a healed cut carries every live row (`answer_rows`); the
 rules above hold in both modes.
 
 A row (wire form, msgpack-safe) is [node_id, address, incarnation, heartbeat,
@@ -151,6 +152,9 @@ class Membership:
         self._next = 0                       # index in _ring of the next candidate
         self._next_dead = 0                  # index in _ring where the next probe search starts
         self.probe_round = False             # did the last tick() make a round that probes the dead?
+        # Our probe rounds' phase, from our id: nodes that started together
+        # (or healed together) do not all probe the dead in the same round.
+        self._probe_phase = int.from_bytes(node_id[:4], "big") % dead_probe_rounds
 
     # -- our own state ------------------------------------------------------
 
@@ -174,6 +178,19 @@ class Membership:
         """The rows a gossip to `target` carries: all of them, or with deltas on
         (above `deltas_above` members) a bounded few (core/gossip.py)."""
         return self.delta.rows_for(target) if self.delta.active else self.rows()
+
+    def answer_rows(self, sender: bytes, rows) -> list[list]:
+        """The rows an answer to `sender`'s gossip (`rows`, already merged)
+        carries. With deltas on, to a member we hold DEAD or one whose rows
+        hold us DEAD -- the two sides of a healed cut -- every live row we
+        hold (`catch_up`): push-pull, so that each contact across the cut
+        teaches a node all the other side still beats, in one message
+        instead of 8 news rows at a time -- up to CATCH_UPS_PER_ROUND (3)
+        such answers a round. Otherwise gossip_rows(sender)."""
+        if self.delta.active and (self.answers(sender) or self.holds_us_dead(rows)) \
+                and self.delta.may_catch_up():
+            return self.delta.catch_up(sender)
+        return self.gossip_rows(sender)
 
     def wants_reply(self, target: bytes) -> bool:
         """Should this round's gossip to `target` ask for an answer at once (with
@@ -223,13 +240,14 @@ class Membership:
             return [], changes
         self._last_round = now
         self.rounds += 1
+        self.delta.catch_ups = 0
         self.me.heartbeat += 1
         self.me.heard = now
         if self._next_info is not None:
             self.me.info, self._next_info = self._next_info, None
         targets = self.delta.asked(self._walk(), now)
         targets += [m for m in self.delta.take_tell() if m not in targets]
-        self.probe_round = self.rounds % self.dead_probe_rounds == 0
+        self.probe_round = (self.rounds + self._probe_phase) % self.dead_probe_rounds == 0
         if self.probe_round:
             dead = self._walk_dead()
             if dead is not None and dead not in targets:
@@ -241,16 +259,23 @@ class Membership:
         if not isinstance(rows, (list, tuple)):
             self.malformed += 1
             return []
-        changes = []
+        parsed_rows = []
         for row in rows:
             parsed = _parse(row)
             if parsed is None:
                 self.malformed += 1
-                continue
-            if parsed[0] == self.me.node_id:
+            else:
+                parsed_rows.append(parsed)
+        me = self.me.node_id
+        # Rows that hold us DEAD come from across a cut: their verdicts older
+        # than what we know are stale there, not doubts worth checking.
+        across = any(p[0] == me and p[4] == DEAD for p in parsed_rows)
+        changes = []
+        for parsed in parsed_rows:
+            if parsed[0] == me:
                 change = self._merge_self(*parsed[2:5])
             else:
-                change = self._merge_peer(*parsed, now)
+                change = self._merge_peer(*parsed, now, doubt=not across)
             if change is not None:
                 changes.append(change)
         return changes
@@ -302,7 +327,8 @@ class Membership:
         return None
 
     def _merge_peer(self, node_id: bytes, address: str, incarnation: int, heartbeat: int,
-                    state: MemberState, info: dict, now: float) -> Change | None:
+                    state: MemberState, info: dict, now: float, doubt: bool = True
+                    ) -> Change | None:
         if state == SUSPECT:
             state = ALIVE   # the sender's suspicion; ours comes from our own timer
         if node_id in self.forgotten:
@@ -336,7 +362,8 @@ class Membership:
             # declarer's last news (the declarer was cut off, not it). It
             # refutes when the verdict reaches it; we need not drop it meanwhile.
             # (With deltas on, what we know may be old too: we ask it ourselves.)
-            self.delta.doubt(node_id, m.heard, now)
+            if doubt:
+                self.delta.doubt(node_id, m.heard, now)
             return None
         newer = heartbeat > m.heartbeat
         if newer:

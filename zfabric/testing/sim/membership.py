@@ -22,8 +22,8 @@ class MembershipSim:
 
     Each `step()` advances the clock by `step`, delivers the messages due
     (merge; a message that asks for an answer, or from a member the receiver
-    holds DEAD, is answered with the receiver's rows for it at once -- all of
-    them to a sender it did not know: a join -- as the fabric does), then
+    holds DEAD, is answered at once with the receiver's `answer_rows` -- all
+    its rows to a sender it did not know: a join -- as the fabric does), then
     ticks every running node in index order and sends each target it names
     `gossip_rows(target)`, asking for an answer if `wants_reply(target)`. After each step every running node is
     validated, and the Changes it reported are checked against its members:
@@ -84,7 +84,7 @@ class MembershipSim:
                 joining = sender not in node.members
                 self._merge(i, rows)
                 if reply or node.answers(sender):
-                    back = node.rows() if joining else node.gossip_rows(sender)
+                    back = node.rows() if joining else node.answer_rows(sender, rows)
                     self.net.send(dst, src, msgpack.packb([back, False]), now)
         for i in sorted(self.running):
             node = self.nodes[i]

@@ -89,8 +89,9 @@ class MembershipWorld(_Rounds):
     knowing every other.
     """
 
-    def __init__(self, n: int, seed: int, **config):
+    def __init__(self, n: int, seed: int, *, info=None, **config):
         self.rng = random.Random(seed)
+        self._info = info or node_info   # i -> node i's gossiped view
         self.config = config
         self.interval = config.get("gossip_interval", 0.2)
         self.rounds = 0
@@ -116,12 +117,13 @@ class MembershipWorld(_Rounds):
     def _add(self) -> int:
         i = len(self.nodes)
         node_id = self.rng.randbytes(NODE_ID_SIZE)
-        info = node_info(i)
-        m = Membership(node_id, info["address"], info, now=self.now,
+        info = self._info(i)
+        address = node_info(i)["address"]
+        self._by_address[address] = i
+        m = Membership(node_id, address, info, now=self.now,
                        rng=random.Random(self.rng.getrandbits(64)), **self.config)
         self.nodes.append(m)
         self.index[node_id] = i
-        self._by_address[info["address"]] = i
         self.running.add(i)
         return i
 
@@ -144,7 +146,7 @@ class MembershipWorld(_Rounds):
             node = self.nodes[dst]
             node.merge(rows, now)
             if reply or node.answers(self.nodes[src].me.node_id):
-                back = node.gossip_rows(self.nodes[src].me.node_id)
+                back = node.answer_rows(self.nodes[src].me.node_id, rows)
                 self._send(dst, src, back, len(msgpack.packb(back)), False)
         for i in sorted(self.running):
             node = self.nodes[i]
