@@ -1,4 +1,4 @@
-"""Pipelining (core/scheduler.py `_pipeline`): a task whose missing arguments
+"""Pipelining (core/feed.py `Feed.pipeline`): a task whose missing arguments
 are all being made on one busy worker is prefetched there, behind the tasks
 making them; the worker hands it their values (their Execute states say
 PENDING), or gives it back if one of them failed.

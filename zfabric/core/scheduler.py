@@ -7,7 +7,7 @@ dependencies, finish, fail, retry, cancel -- and composes the owners of
 everything else, each in a module of its own:
 
     ReadyQueues      core/queues.py     ready tasks by resource shape
-    Dispatch         core/dispatch.py   tasks onto workers: started, prefetched, pipelined
+    Feed             core/feed.py       tasks onto workers: started, prefetched, pipelined
     WorkerPool       core/workers.py    worker processes, resources, CPU lending, prefetch
     ObjectDirectory  core/directory.py  objects: put, subscribe, refs, pulls, frees
     Lineage          core/lineage.py    finished tasks' specs, and running them again
@@ -27,7 +27,7 @@ back unfinished (its worker or peer died, a peer refused it, a prefetch was
 revoked) goes through one decision, `retry_or_fail`: a cancelled task
 fails, otherwise it runs again while it has attempts left.
 
-After every event, `Dispatch.schedule` starts what fits: queued tasks on
+After every event, `Feed.schedule` starts what fits: queued tasks on
 idle workers (deepest first, then oldest), extra workers for demand, tasks
 that cannot start here to peers, quick tasks prefetched to busy workers,
 and waiting tasks pipelined behind the worker making their arguments.
@@ -47,7 +47,7 @@ from . import guards
 from . import resources as rs
 from .activity import TaskErrors
 from .directory import ObjectDirectory
-from .dispatch import Dispatch
+from .feed import Feed
 from .lineage import Lineage, Rebuilder
 from .queues import ReadyQueues
 from .rejects import client_source, peer_source
@@ -100,7 +100,7 @@ class Scheduler:
             spill_depth=spill_depth, refuse_backoff=refuse_backoff,
             locality_min_bytes=locality_min_bytes)
         self.timeline, self.errors = Timeline(node_id, timeline_capacity), TaskErrors(*errors)
-        self.dispatch = Dispatch(self)
+        self.feed = Feed(self)
         self._client_handlers = {
             p.Hello: self._on_hello, p.Submit: self._on_submit, p.TaskDone: self._on_task_done,
             p.Subscribe: self.objects.subscribe, p.Put: self.objects.put,
@@ -148,7 +148,7 @@ class Scheduler:
             if handler is None:
                 raise TypeError(f"unknown event {event!r}")
             handler(event)
-        self.dispatch.schedule()
+        self.feed.schedule()
         return self.out.take()
 
     def _dispatch(self, handlers: dict, sender: bytes, msg, peer: bool) -> None:
@@ -233,7 +233,7 @@ class Scheduler:
         elif not task.missing:
             self.ready(task)
         else:
-            self.dispatch.pipeline(task)
+            self.feed.pipeline(task)
 
     def pin_deps(self, task: Task) -> bytes | None:
         """Pin a new task's arguments; note those not ready. The first failure, if any."""
@@ -346,7 +346,7 @@ class Scheduler:
                     ZFabricError, "worker reported a malformed result", spec.name))
                 return
             self.finish_ok(task, msg)
-            self.dispatch.top_up(worker)
+            self.feed.top_up(worker)
             return
         if msg.status == TaskStatus.CANCELLED:
             task.cancelled = True

@@ -8,7 +8,7 @@ changes its state:
     QUEUED             core/queues.py: ready, in the queue of its resource shape
     RUNNING, ASSIGNED  core/workers.py: on a worker (ASSIGNED: prefetched
                        behind the worker's current task; a pipelined one,
-                       core/dispatch.py, still `missing` the arguments the
+                       core/feed.py, still `missing` the arguments the
                        tasks before it there are making)
     SPILLED            core/spill.py: a peer runs it for us
 

@@ -26,7 +26,7 @@ and keeps the node's resource books (`total`, `available`):
   the resources pass to the next. A worker that blocks is sent Revoke for
   its prefetched tasks; it answers Revoked for each it had not started.
   A waiting task may be prefetched the same way behind the tasks making its
-  arguments (`may_pipeline`, core/dispatch.py): the worker hands it their
+  arguments (`may_pipeline`, core/feed.py): the worker hands it their
   values, or gives it back (Revoked) if one failed.
 
 Tasks the pool gives back (prefetched behind a worker that died or is being
@@ -380,7 +380,7 @@ class WorkerPool:
 
     def may_pipeline(self, worker: Worker, task: Task) -> bool:
         """May a task wait on this busy worker, behind the ones making its
-        arguments (core/dispatch.py)? As a prefetched task may."""
+        arguments (core/feed.py)? As a prefetched task may."""
         return (self._takes_prefetch(worker) and task.shape == worker.task.shape
                 and self._room_behind(worker))
 

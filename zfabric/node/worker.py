@@ -8,7 +8,7 @@ its next tasks before it finishes (core/workers.py, prefetch), and while
 more of them wait here the worker holds its TaskDones a moment to send
 them in one frame (`serve_one`); anything else it sends goes after them.
 A chain's next link may come before the link it waits for ends (pipelined,
-core/dispatch.py): its Execute says PENDING for the arguments this worker
+core/feed.py): its Execute says PENDING for the arguments this worker
 is making, and the worker hands it their values from `made` (the inline
 returns of its last tasks), or gives it back (Revoked) if one failed.
 

@@ -1,6 +1,6 @@
-"""Dispatch: which tasks go to which of this node's workers, after every event.
+"""The feed: which tasks go to which of this node's workers, after every event.
 
-`Dispatch.schedule` starts queued tasks on idle workers (deepest first, then
+`Feed.schedule` starts queued tasks on idle workers (deepest first, then
 oldest: core/queues.py), asks the pool for extra workers for the demand that
 fits, hands what cannot start here to the spillover (core/spill.py), and
 prefetches quick tasks to busy workers (core/workers.py). It then pipelines:
@@ -20,7 +20,7 @@ from .. import protocol as p
 from .tasks import Task, TaskState
 
 
-class Dispatch:
+class Feed:
     def __init__(self, sched):
         self.sched = sched
 
