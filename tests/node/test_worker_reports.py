@@ -15,6 +15,7 @@ from zfabric import protocol as p
 from zfabric.protocol import TaskStatus
 from zfabric.node import client as client_mod
 from zfabric.node.worker import Worker
+from zfabric.ref import DepMarker
 
 from tests.harness.fake_node import messages_of
 
@@ -58,10 +59,47 @@ def test_reports_of_a_run_of_prefetched_tasks_go_in_one_frame(nodes, clients, tm
     assert not client._held and node.received.empty()   # nothing held back
 
 
-def test_a_run_holds_at_most_half_of_prefetch_max_depth_reports(nodes, clients, tmp_path):
-    """The node hears of the first half of a queue while the second half runs."""
-    node, client, worker = _worker(nodes, clients, tmp_path, b"w-deep")
+def _link(fn, before: p.Execute) -> p.Execute:
+    """A pipelined link: its argument is what `before` returns, PENDING."""
+    blob = cloudpickle.dumps(fn)
+    dep = ids.object_id(before.task_id, 0)
+    return p.Execute(ids.new_task_id(), "f", ids.function_id(blob), 1, 0, [dep],
+                     [int(p.ObjectState.PENDING)], blob,
+                     serialization.dumps(([DepMarker(0)], {})), b"", [b""])
+
+
+def test_a_chain_sends_its_reports_at_half_the_depth(nodes, clients, tmp_path):
+    """While the next task is a pipelined link, the node hears of the links run
+    every half queue (and sends more while the rest run); each link got the
+    value the one before made here."""
+    node, client, worker = _worker(nodes, clients, tmp_path, b"w-chain")
     client.config = dataclasses.replace(client.config, prefetch_max_depth=8)
+    chain = [_task(lambda: 0)]
+    for _ in range(9):
+        chain.append(_link(lambda x: x + 1, chain[-1]))
+    node.push(p.encode(p.Batch([p.encode(t) for t in chain])))
+    for _ in chain:
+        worker.serve_one()
+    frames = _frames(node, 3)
+    assert [len(f) for f in frames] == [4, 4, 2]
+    assert [serialization.deserialize(m.payloads[0]) for f in frames for m in f] == list(range(10))
+
+
+def test_a_link_whose_argument_failed_here_is_given_back(nodes, clients, tmp_path):
+    node, client, worker = _worker(nodes, clients, tmp_path, b"w-broken")
+    first = _task(lambda: 1 / 0)
+    second = _link(lambda x: x, first)
+    node.push(p.encode(p.Batch([p.encode(first), p.encode(second)])))
+    worker.serve_one()
+    worker.serve_one()                               # not run: Revoked, after the report
+    (frame,) = _frames(node, 1)
+    assert [type(m) for m in frame] == [p.TaskDone, p.Revoked]
+    assert frame[0].status == TaskStatus.ERROR and frame[1].task_id == second.task_id
+
+
+def test_a_run_holds_at_most_prefetch_max_depth_reports(nodes, clients, tmp_path):
+    node, client, worker = _worker(nodes, clients, tmp_path, b"w-deep")
+    client.config = dataclasses.replace(client.config, prefetch_max_depth=4)
     tasks = [_task(lambda: None) for _ in range(10)]
     node.push(p.encode(p.Batch([p.encode(t) for t in tasks])))
     for _ in tasks:
