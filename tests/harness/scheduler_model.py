@@ -287,8 +287,9 @@ class SchedulerModel:
             times[0] += 1
             times[1] = max(took, times[1] * 0.99)
         interrupts = []
-        if w.doomed:
-            self.node_requeue_assigned(w, expect)
+        if w.doomed:        # (what waits behind a task failing now fails with it)
+            failing = t.returns if expect.get(t.tid) not in ("ok", "requeue") else ()
+            self.node_requeue_assigned(w, expect, failing)
         elif w.nqueue:      # the prefetched task takes over the resources at once
             nxt = self.tasks[w.nqueue.pop(0)]
             assert rs.shape(nxt.demand) == rs.shape(t.demand)
