@@ -123,8 +123,9 @@ class Worker:
 
     def _keep_made(self, ex: p.Execute, done: p.TaskDone) -> None:
         """Remember the inline returns of a task for the tasks pipelined behind
-        it: those of the last 2 x prefetch_max_depth tasks (no more can wait
-        here, or have been reported but not heard of by the node). A return in
+        it: the last 2 x prefetch_max_depth of them (as many tasks as can wait
+        here, or be reported but not yet heard of by the node; a task whose
+        argument was dropped here goes back to the node). A return in
         the store is not kept: the node may refuse it for want of room, so a
         task behind it goes back to the node, which knows."""
         if done.status != TaskStatus.OK:
