@@ -94,7 +94,7 @@ class Feed:
         for oid in task.missing:
             producer = tasks.get(ids.task_of(oid))
             if (producer is None or producer.worker is None or wid not in (None, producer.worker)
-                    or producer.spec.fn_id in pool.stores   # (the worker keeps inline ones)
+                    or pool.stored_last(producer.spec.fn_id)   # (it keeps inline ones)
                     or (pool.idle and len(entries[oid].dependents) > 1)):
                 return
             wid = producer.worker

@@ -118,10 +118,10 @@ class WorkerPool:
         self.workers: dict[str, Worker] = {}
         self.idle: list[Worker] = []
         self._by_client: dict[bytes, Worker] = {}
-        # fn_id -> [runs, peak run time] (the peak decays 1% a run, so one slow
-        # outlier does not disable prefetch for good)
+        # fn_id -> [runs, peak run time, its last run returned a value in the store]
+        # (the peak decays 1% a run, so one slow outlier does not disable prefetch
+        # for good)
         self._fn_times: dict[bytes, list] = {}
-        self.stores: set[bytes] = set()   # functions whose last run returned a value in the store
         self._next_worker = 0
         self._out = out
         self._stats = stats
@@ -337,16 +337,18 @@ class WorkerPool:
     def record_run(self, fn_id: bytes, took: float, stored: bool = False) -> None:
         """A task of `fn_id` ran for `took` seconds (`stored`: it returned a value
         in the store)."""
-        if stored:
-            self.stores.add(fn_id)
-        elif self.stores:
-            self.stores.discard(fn_id)
         times = self._fn_times.get(fn_id)
         if times is None:
-            self._fn_times[fn_id] = [1, took]
+            self._fn_times[fn_id] = [1, took, stored]
         else:
             times[0] += 1
             times[1] = max(took, times[1] * 0.99)
+            times[2] = stored
+
+    def stored_last(self, fn_id: bytes) -> bool:
+        """Did the last run of `fn_id` return a value in the store?"""
+        times = self._fn_times.get(fn_id)
+        return times is not None and times[2]
 
     def quick(self, fn_id: bytes) -> bool:
         """Is this function quick (enough runs, all short)?"""
