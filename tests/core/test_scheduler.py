@@ -16,7 +16,8 @@ from zfabric.exceptions import (ObjectLostError, TaskCancelledError, TaskError,
                                 WorkerCrashedError, ZFabricError)
 
 from tests.harness.scheduler import (DRIVER, FN, FN_BLOB, INLINE, NODE_ID, OTHER, STORE, Node,
-                                     error_for, only, put_id, rid, summary, tid, user_error)
+                                     error_for, only, put_id, rid, submit_msg, summary, tid,
+                                     user_error)
 
 
 # -- start, hello ----------------------------------------------------------------------
@@ -102,6 +103,33 @@ def test_unknown_function_fails_at_submit():
     assert summary(out) == [("ready", DRIVER, rid(1), "ERROR")]
     err = error_for(out, rid(1))
     assert type(err) is ZFabricError and "function" in str(err)
+
+
+# -- a frame of several messages ------------------------------------------------------
+
+def test_a_frame_of_messages_ends_as_the_messages_one_by_one():
+    """The node hands a client's messages in a row on as one event, scheduled once
+    after them all: a task that depends on one before it in the frame still waits
+    for it, and the rest start and queue as they would one by one."""
+    def msgs():   # (afresh for each node: a node keeps a Submit's code, not the message's)
+        return (submit_msg(1), submit_msg(2, fn_blob=b""),
+                submit_msg(3, deps=[rid(1)], fn_blob=b""), submit_msg(4, fn_blob=b""),
+                p.Refs([], [rid(2)]))
+    one_by_one = Node(cpus=2)
+    expected = [e for m in msgs() for e in summary(one_by_one.send(DRIVER, m))]
+    framed = Node(cpus=2)
+    assert summary(framed.handle(ev.ClientMessages(DRIVER, msgs()))) == expected
+    assert ({t: task.state for t, task in framed.s.tasks.items()}
+            == {t: task.state for t, task in one_by_one.s.tasks.items()})
+    assert summary(framed.done("w2", 1)) == summary(one_by_one.done("w2", 1))
+
+
+def test_nonsense_in_a_frame_is_refused_and_the_rest_still_handled():
+    node = Node()
+    out = node.handle(ev.ClientMessages(DRIVER, (p.TaskDone(tid(9), 0, False, [], [], [], 0.0,
+                                                            0.0, 0.0, 0.0, []),
+                                                 submit_msg(1))))
+    assert summary(out) == [("nonsense",), ("execute", "w1", 1)]
 
 
 # -- dependencies ------------------------------------------------------------------------

@@ -78,13 +78,22 @@ class SchedulerMachine(CheckedModel, RuleBasedStateMachine):
     @precondition(lambda self: self.s is not None and len(self.tasks) < MAX_TASKS)
     @rule(data=st.data())
     def submit(self, data):
-        """A driver or a running task submits a few tasks."""
-        for _ in range(data.draw(st.integers(1, 3), label="how many")):
+        """A driver or a running task submits a few tasks: one by one, or in one
+        frame (the node hands a client's messages in a row on as one event)."""
+        n = data.draw(st.integers(1, 3), label="how many")
+        if n > 1 and data.draw(st.booleans(), label="one frame"):
+            client = data.draw(st.sampled_from(self.submitters()), label="client")
+            specs = [self.submit_one(data, client, send=False)
+                     for _ in range(min(n, MAX_TASKS - len(self.tasks)))]
+            self.step(ev.ClientMessages(client, tuple(specs)))
+            return
+        for _ in range(n):
             if len(self.tasks) < MAX_TASKS:
                 self.submit_one(data)
 
-    def submit_one(self, data):
-        client = data.draw(st.sampled_from(self.submitters()), label="client")
+    def submit_one(self, data, client: bytes | None = None, send: bool = True) -> p.Submit:
+        if client is None:
+            client = data.draw(st.sampled_from(self.submitters()), label="client")
         c = self.clients()[client]
         parent = None
         depth = 0
@@ -110,10 +119,11 @@ class SchedulerMachine(CheckedModel, RuleBasedStateMachine):
         contained = (data.draw(st.lists(st.sampled_from(held), max_size=2, unique=True),
                                label="contained") if held else [])
         fn_id = data.draw(st.sampled_from(sorted(FUNCTIONS)), label="fn")
-        self.do_submit(client, tid, fn_id, data.draw(st.integers(0, 3), label="num_returns"),
-                       resources, data.draw(st.sampled_from([-1, 0, 1, 2]), label="retries"),
-                       data.draw(st.booleans(), label="retry_exceptions"), depth, parent,
-                       deps, contained)
+        return self.do_submit(client, tid, fn_id,
+                              data.draw(st.integers(0, 3), label="num_returns"), resources,
+                              data.draw(st.sampled_from([-1, 0, 1, 2]), label="retries"),
+                              data.draw(st.booleans(), label="retry_exceptions"), depth,
+                              parent, deps, contained, send)
 
     @precondition(lambda self: self.s is not None
                   and any(not w.hello for w in self.workers.values()))

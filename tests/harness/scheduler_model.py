@@ -253,7 +253,9 @@ class SchedulerModel:
     # -- what drivers and workers do (the rules and the teardown share these) ------------------
 
     def do_submit(self, client, tid, fn_id, num_returns, resources, max_retries,
-                  retry_exceptions, depth, parent, deps, contained) -> None:
+                  retry_exceptions, depth, parent, deps, contained, send=True) -> p.Submit:
+        """Book a task submitted by `client`, and send its Submit (unless `send` is
+        false: the caller sends it in one frame with others)."""
         c = self.clients()[client]
         fn_blob = b"" if fn_id in c.fns_sent else FUNCTIONS[fn_id]
         c.fns_sent.add(fn_id)
@@ -267,7 +269,9 @@ class SchedulerModel:
             self.return_of[oid] = tid
             self.ready_count[oid] = 0
             c.held.add(oid)
-        self.step(ev.ClientMessage(client, spec))
+        if send:
+            self.step(ev.ClientMessage(client, spec))
+        return spec
 
     def all_hello(self) -> None:
         for w in sorted(self.workers.values(), key=lambda w: w.wid):

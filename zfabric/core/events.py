@@ -1,11 +1,11 @@
 """What goes into the node's state machines.
 
 The node loop turns every I/O outcome into one of these: a decoded message
-from a local client, a worker process that exited, the worker fork server
-(zygote) that started, died or could not start, a client process that
-went away, a timer tick, a send to a peer that failed, a message refused
-before it could be decoded or from a peer that failed the handshake
-(`MessageRejected`). Small frozen records; no behaviour.
+from a local client (or a client's several in a row), a worker process that
+exited, the worker fork server (zygote) that started, died or could not
+start, a client process that went away, a timer tick, a send to a peer that
+failed, a message refused before it could be decoded or from a peer that
+failed the handshake (`MessageRejected`). Small frozen records; no behaviour.
 """
 from __future__ import annotations
 
@@ -17,6 +17,14 @@ class ClientMessage:
     """A decoded protocol message from a local driver or worker."""
     client: bytes
     msg: object
+
+
+@struct(frozen=True)
+class ClientMessages:
+    """A local client's messages in a row (its frames, and the messages of a
+    Batch), in order: the scheduler handles them all, then schedules once."""
+    client: bytes
+    msgs: tuple
 
 
 @struct(frozen=True)

@@ -164,20 +164,27 @@ class Fabric:
     def handle(self, event, now: float) -> list:
         self._now = now
         kind = type(event)
-        if kind is ev.ClientMessage and type(event.msg) not in _OWN_CLIENT_MESSAGES:
-            # the hot path (submits, results, refs): straight to the scheduler,
-            # and its effects straight out unless one is meant for us
-            effects = self.scheduler.handle(event, now)
-            own = _OWN_EFFECTS
-            for e in effects:
-                if type(e) in own:
-                    break
-            else:
-                return effects
-            self._take(effects)
-            self._run_events()
-            self._push_gcs()
-            return self._flush()
+        if kind is ev.ClientMessages:     # a frame of several: as one, unless one is ours
+            if any(type(m) in _OWN_CLIENT_MESSAGES for m in event.msgs):
+                return [e for m in event.msgs
+                        for e in self.handle(ev.ClientMessage(event.client, m), now)]
+        elif kind is not ev.ClientMessage or type(event.msg) in _OWN_CLIENT_MESSAGES:
+            return self._handle_other(event, kind, now)
+        # the hot path (submits, results, refs): straight to the scheduler,
+        # and its effects straight out unless one is meant for us
+        effects = self.scheduler.handle(event, now)
+        own = _OWN_EFFECTS
+        for e in effects:
+            if type(e) in own:
+                break
+        else:
+            return effects
+        self._take(effects)
+        self._run_events()
+        self._push_gcs()
+        return self._flush()
+
+    def _handle_other(self, event, kind, now: float) -> list:
         if kind is ev.PeerMessage:
             if self._warned_peers:
                 self._heard_from(event.node_id)

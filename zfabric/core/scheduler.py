@@ -16,7 +16,7 @@ everything else, each in a module of its own:
     Timeline         core/timeline.py   the tasks this node ran
     TaskErrors       core/activity.py   the last failures of tasks this node ran
 
-    clients --ClientMessage--> Scheduler --Send / SpawnWorker / ...--> loop
+    clients --ClientMessage(s)--> Scheduler --Send / SpawnWorker / ...--> loop
     fabric --PeerMessage, PeerUp/Down, ObjectFetched/FetchFailed, Tick--> Scheduler
 
 Life of a task: submitted (WAITING for its arguments) -> ready: queued here,
@@ -27,10 +27,12 @@ back unfinished (its worker or peer died, a peer refused it, a prefetch was
 revoked) goes through one decision, `retry_or_fail`: a cancelled task
 fails, otherwise it runs again while it has attempts left.
 
-After every event, `Feed.schedule` starts what fits: queued tasks on
-idle workers (deepest first, then oldest), extra workers for demand, tasks
-that cannot start here to peers, quick tasks prefetched to busy workers,
-and waiting tasks pipelined behind the worker making their arguments.
+After every event (a client's frame of several messages is one event;
+reference changes alone start nothing), `Feed.schedule` starts what fits:
+queued tasks on idle workers (deepest first, then oldest), extra workers
+for demand, tasks that cannot start here to peers, quick tasks prefetched
+to busy workers, and waiting tasks pipelined behind the worker making
+their arguments.
 """
 from __future__ import annotations
 
@@ -140,6 +142,13 @@ class Scheduler:
         if kind is ev.ClientMessage:
             self._dispatch(self._client_handlers, event.client, event.msg, False)
             if type(event.msg) is p.Refs:   # (frees objects: starts nothing)
+                return self.out.take()
+        elif kind is ev.ClientMessages:     # one frame's: scheduled once, after them all
+            client, handlers, refs_only = event.client, self._client_handlers, True
+            for msg in event.msgs:
+                self._dispatch(handlers, client, msg, False)
+                refs_only = refs_only and type(msg) is p.Refs
+            if refs_only:
                 return self.out.take()
         elif kind is ev.PeerMessage:
             self._dispatch(self._peer_handlers, event.node_id, event.msg, True)

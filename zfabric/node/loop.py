@@ -1,6 +1,6 @@
 """The node's poll loop: bytes and time in, effects out.
 
-    client ROUTER (ipc) --decode--> ClientMessage -----------------------------+
+    client ROUTER (ipc) --decode--> ClientMessage(s) --------------------------+
     peer ROUTER (tcp, CURVE) --decode--> PeerMessage --------------------------+
     ZAP gate, handshake watches --> MessageRejected (unauthenticated) ----------+
     a frame that does not decode --> MessageRejected (malformed) ---------------+
@@ -261,15 +261,18 @@ class NodeLoop:
             self._flush_sends()
 
     def _drain_router_batch(self, sock: zmq.Socket, peer: bool) -> None:
-        fabric = self.fabric
+        """Hand up to RECV_BATCH messages from a ROUTER to the fabric: a peer's one
+        by one; a client's messages in a row (its frames, and the messages of a
+        Batch) as one event, so that the scheduler schedules once after them."""
         now = time.monotonic()
         suffixes = _PEER_SUFFIXES if peer else _CLIENT_SUFFIXES
         recv, get = sock.recv, sock.get   # (recv_multipart's flag enums cost more)
+        run_from, run = None, []          # a client's messages in a row, not handed on yet
         for _ in range(RECV_BATCH):
             try:
                 frames = [recv(_NOBLOCK)]
             except zmq.Again:
-                return
+                break
             frames.append(recv(_NOBLOCK))   # (a ROUTER's message: a routing id, then >= 1
             while get(_RCVMORE):            # frame, all there at once; an option read
                 frames.append(recv(_NOBLOCK))   # costs an enum in pyzmq: one a message)
@@ -280,22 +283,39 @@ class NodeLoop:
                 self._reject(ident.hex()[:16], "malformed", "not a zfabric routing id")
                 continue
             inner = self._decode(sender, frames)
-            for msg in inner:
-                if peer:
+            if peer:
+                for msg in inner:
                     if type(msg) is not p.Gossip:
                         self._worked = now
-                    event = ev.PeerMessage(sender, msg)
-                else:
-                    if type(msg) is p.TaskDone and self._read_at_done:   # its lines first
-                        self._worker_output(self.logs.read_worker(sender))
-                    elif type(msg) is p.Listen:
-                        self._worker_output(self.logs.read_all(drain=True))
-                    event = ev.ClientMessage(sender, msg)
-                self.execute(fabric.handle(event, now))
-                if not self.running:
-                    return
+                    self.execute(self.fabric.handle(ev.PeerMessage(sender, msg), now))
+                    if not self.running:
+                        return
+            elif inner:
+                if sender != run_from:
+                    if run and not self._client_run(run_from, run, now):
+                        return
+                    run_from, run = sender, []
+                run += inner
             if not more:
-                return
+                break
+        if run:
+            self._client_run(run_from, run, now)
+
+    def _client_run(self, sender: bytes, msgs: list, now: float) -> bool:
+        """Hand a client's messages in a row to the fabric; is the node still running?"""
+        self._read_output_before(sender, msgs)
+        self.execute(self.fabric.handle(ev.ClientMessage(sender, msgs[0]) if len(msgs) == 1
+                                        else ev.ClientMessages(sender, tuple(msgs)), now))
+        return self.running
+
+    def _read_output_before(self, sender: bytes, msgs) -> None:
+        """A task's printed lines go out before its result; a Listen first gets
+        everything printed so far."""
+        kinds = {type(m) for m in msgs} if len(msgs) > 1 else (type(msgs[0]),)
+        if p.TaskDone in kinds and self._read_at_done:
+            self._worker_output(self.logs.read_worker(sender))
+        if p.Listen in kinds:
+            self._worker_output(self.logs.read_all(drain=True))
 
     def _decode(self, sender: bytes, frames: list) -> tuple | list:
         """The messages in one frame from `sender` (several, in order, for a Batch);
