@@ -313,7 +313,8 @@ class Fabric:
         if not new:
             return
         self._batch += 1
-        self.gcs.put("tl", str(self._batch), [list(e) for e in new])
+        # (an entry's fields are str, bytes, float and int from checked messages)
+        self.gcs.put("tl", str(self._batch), [list(e) for e in new], checked=True)
         self._timeline_batches.append((self._batch, len(new)))
         self._timeline_kept += len(new)
         while self._timeline_kept > timeline.capacity and len(self._timeline_batches) > 1:

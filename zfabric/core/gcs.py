@@ -86,9 +86,13 @@ class Gcs:
 
     # -- writing: own shard only ---------------------------------------------
 
-    def put(self, table: str, key, value) -> None:
-        """Set (value None: delete) an entry of our shard; a no-op if unchanged."""
-        if type(table) is not str or type(key) not in (bytes, str) or not _is_value(value):
+    def put(self, table: str, key, value, *, checked: bool = False) -> None:
+        """Set (value None: delete) an entry of our shard; a no-op if unchanged.
+        `checked`: the caller built the value of parts known to be msgpack-safe
+        (the timeline's entries: fields of checked messages), so it is not
+        walked again here."""
+        if type(table) is not str or type(key) not in (bytes, str) or not (
+                checked or _is_value(value)):
             raise TypeError(f"bad GCS entry {table!r}/{key!r}: "
                             "table str, key bytes or str, value msgpack-safe")
         own = self._own
