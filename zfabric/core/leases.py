@@ -62,7 +62,7 @@ class LeaseState(IntEnum):
 
 
 class Lease:
-    __slots__ = ("client", "wid", "state", "held", "ended")
+    __slots__ = ("client", "wid", "state", "held", "ended", "how")
 
     def __init__(self, client: bytes, wid: str):
         self.client = client
@@ -70,6 +70,7 @@ class Lease:
         self.state = LeaseState.ACTIVE
         self.held: list | None = None   # the worker's messages held (see `hold`)
         self.ended: deque = deque(maxlen=RECENT_ENDED)   # ids of its direct tasks that ended
+        self.how = ""   # how its worker died ("killed by signal 9", "exit code 3")
 
 
 class LeaseBook:
@@ -137,6 +138,7 @@ class Leasing:
         self.session_dir = session_dir
         self.demand = rs.to_units(LEASE_CPU)
         self.by_worker_client: dict[bytes, Lease] = {}
+        self.asks: dict[bytes, None] = {}   # drivers waiting for a lease, oldest first
 
     def worker_of(self, client: bytes):
         """The live worker leased to a driver, or None."""
@@ -146,12 +148,27 @@ class Leasing:
     # -- messages from drivers ------------------------------------------------------
 
     def on_ask(self, client: bytes, msg: p.LeaseAsk) -> None:
+        """Grant a lease now, or as soon as a worker idles with nothing queued."""
+        if self.session_dir and client in self.sched.drivers:
+            self.asks[client] = None
+            self.grant_asked()
+
+    def grant_asked(self) -> None:
+        """(after every event while drivers wait for a lease: Feed.schedule)"""
         sched = self.sched
         pool = sched.pool
-        if not (self.session_dir and self.book.may_grant(
-                client in sched.drivers, client in self.book.by_client, len(pool.idle),
-                sched.queues.count)):
-            return   # (the driver asks again later)
+        for client in list(self.asks):
+            if not self.book.may_grant(client in sched.drivers, client in self.book.by_client,
+                                       len(pool.idle), sched.queues.count):
+                if client in self.book.by_client or client not in sched.drivers:
+                    del self.asks[client]
+                continue
+            del self.asks[client]
+            self._grant(client)
+
+    def _grant(self, client: bytes) -> None:
+        sched = self.sched
+        pool = sched.pool
         worker = pool.idle[-1]
         pool.lease(worker, self.demand)
         lease = self.book.grant(client, worker.wid)
@@ -168,9 +185,10 @@ class Leasing:
         worker = sched.pool.workers.get(lease.wid)
         if lease.state == LeaseState.DEAD or worker is None:
             task.attempts += 1   # (it was sent to a worker that died)
+            sched.stats["workers_crashed"] += 1
             sched.retry_or_fail(task, records.system_error_record(
-                WorkerCrashedError, f"the worker running {task.name}() died and the task "
-                f"has no retries left (max_retries={task.spec.max_retries})", task.name))
+                WorkerCrashedError, f"the worker running {task.name}() died ({lease.how}) and "
+                f"the task has no retries left (max_retries={task.spec.max_retries})", task.name))
             return
         sched.pool.start_leased(task, worker)
         self._replay(lease)
@@ -192,6 +210,7 @@ class Leasing:
         self._end(self.book.returned(client, msg.wid))
 
     def client_gone(self, client: bytes) -> None:
+        self.asks.pop(client, None)
         self._end(self.book.returned(client, None))
 
     def _end(self, lease: Lease | None) -> None:
@@ -217,9 +236,10 @@ class Leasing:
             sched.stats["leases_recalled"] += 1
             sched.out.send(lease.client, p.LeaseEnd(lease.wid, "recall"))
 
-    def worker_exited(self, worker) -> None:
+    def worker_exited(self, worker, how: str) -> None:
         lease = self.book.worker_died(worker.wid)
         if lease is not None:
+            lease.how = how
             self.by_worker_client.pop(worker.client, None)
             lease.held = None   # (what a dead worker said of a task never named is moot)
             self.sched.out.send(lease.client, p.LeaseEnd(lease.wid, "died"))

@@ -450,13 +450,12 @@ class Scheduler:
         if worker is None:
             return
         self.objects.drop_client(worker.client)
-        self.leases.worker_exited(worker)
+        code = event.exitcode
+        how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+        self.leases.worker_exited(worker, how)
         for given_back in self.pool.give_back(worker):
             self.retry_or_fail(given_back, None)
         if task is not None:
-            code = event.exitcode
-            how = (f"killed by signal {-code}" if code is not None and code < 0
-                   else f"exit code {code}")
             self.retry_or_fail(task, records.system_error_record(
                 WorkerCrashedError, f"the worker running {task.name}() died ({how}) and the "
                 f"task has no retries left (max_retries={task.spec.max_retries})", task.name))

@@ -107,6 +107,10 @@ class Lane:
             tid, fields["name"], fn_id, fields["num_returns"], 0, [], [], blob,
             fields["args_blob"], fields["retry_blob"], [],
             {**fields["opts"], "reply": self.endpoint})), zmq.NOBLOCK)
+        sent = self.client.sent_functions   # (our notice reaches the node before
+        if fn_id in sent:                   # anything we send after it)
+            fields["fn_blob"] = b""
+        sent.add(fn_id)
         self.inflight = [tid, fn_id, fields, False]
         self.last_used = time.monotonic()
         self.direct += 1
@@ -127,14 +131,8 @@ class Lane:
         """The running direct task's Submit for the node (it names the lease)."""
         tid, fn_id, f, _ = self.inflight
         self.inflight[3] = True
-        client = self.client
-        if fn_id in client.sent_functions:
-            blob = b""
-        else:
-            client.sent_functions.add(fn_id)
-            blob = f["fn_blob"]
         return p.Submit(tid, f["name"], fn_id, f["num_returns"], f["resources"],
-                        f["max_retries"], f["retry_exceptions"], 0, b"", [], [], blob,
+                        f["max_retries"], f["retry_exceptions"], 0, b"", [], [], f["fn_blob"],
                         f["args_blob"], f["retry_blob"], {**f["opts"], "lease": self.wid})
 
     # -- what comes back ---------------------------------------------------------------
@@ -172,13 +170,16 @@ class Lane:
         client = self.client
         if (msg.status == TaskStatus.OK and all(s == INLINE for s in msg.states)
                 and not any(msg.contained)):
-            with client._cond:
-                ready, counts = client._ready, client._counts
+            with client._cond:   # (as Client._on_object_ready takes a pushed value)
+                client._apply_ref_ops()
+                ready, counts, watchers = client._ready, client._counts, client._watchers
                 for i, (size, payload) in enumerate(zip(msg.sizes, msg.payloads)):
                     oid = ids.object_id(msg.task_id, i)
                     if oid in counts:
                         client._pushed.discard(oid)
                         ready[oid] = (ObjectState.INLINE, size, payload)
+                        for sink in watchers.pop(oid, ()):
+                            sink.append(oid)
                 client._cond.notify_all()
         elif msg.status == TaskStatus.OK:   # stored, or holding refs: the node seals it
             self.no_direct.add(inflight[1])
@@ -194,6 +195,7 @@ class Lane:
             self.client.rx.bind(self.endpoint)
             self.bound = True
         self.wid, self.asked, self.ending = msg.wid, False, False
+        self.known_fns = set()   # (perhaps another worker: it is sent the code again)
         self.sock = sockets.lease_dealer(self.client.ctx, msg.endpoint)
         self.last_used = time.monotonic()
         return False
