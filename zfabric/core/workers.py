@@ -405,7 +405,8 @@ class WorkerPool:
     def _takes_prefetch(self, worker: Worker) -> bool:
         """Is a worker running a quick task that others may wait behind?"""
         running = worker.task
-        return not (running is None or self.prefetch_max_task_seconds <= 0 or worker.leased is not None
+        return not (running is None or self.prefetch_max_task_seconds <= 0
+                    or worker.leased is not None   # (a driver's: core/leases.py)
                     or len(worker.queue) >= self.prefetch_max_depth or running.blocked
                     or worker.doomed or running.cancelled or not self.quick(running.spec.fn_id)
                     or running.gpus is not None)   # (GPU ids are given at start)

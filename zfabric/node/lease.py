@@ -219,7 +219,8 @@ class Lane:
 
     def idle_check(self, now: float) -> bool:
         """(flush thread, under _send_lock) Return a lease unused for a while."""
-        if self.wid is not None and self.inflight is None and now - self.last_used > self.idle_after:
+        if (self.wid is not None and self.inflight is None
+                and now - self.last_used > self.idle_after):
             self._give_back()
             return True
         return False
