@@ -167,3 +167,11 @@ def test_waits_and_completion_see_direct_results(node):
     r = slow.remote(4, 0.2)
     assert lane().inflight is not None
     assert [zf.get(x) for x in as_completed([r], timeout=10)] == [4]
+
+
+def test_direct_tasks_off_leaves_every_task_to_the_node(fresh, monkeypatch):
+    monkeypatch.setenv("ZFABRIC_DIRECT_TASKS", "0")
+    zf.init(num_cpus=2)
+    assert [zf.get(inc.remote(i)) for i in range(20)] == list(range(1, 21))
+    assert lane().direct == 0 and lane().wid is None
+    assert node_stats()["leases"] == 0
