@@ -223,3 +223,63 @@ def test_an_ask_while_no_worker_idles_is_granted_when_one_does():
     out = node.done("w1", 1)
     assert ("send", DRIVER, "LeaseGrant") in summary(out)
     assert node.s.leases.asks == {} and node.cpu() == 0
+
+
+# -- the scheduler with leases under random steps: its books stay whole -------------------
+
+STEPS = st.lists(st.sampled_from(["ask"] * 3 + ["direct", "report"] * 4 + [
+    "kill", "return", "submit", "submit", "submit", "finish", "hello", "hello", "block",
+    "early"]),
+    max_size=60)
+
+
+@settings(deadline=None, max_examples=200)
+@given(STEPS)
+def test_random_leases_direct_tasks_and_deaths_keep_the_books_whole(steps):
+    node = Node(cpus=2, max_workers=4)
+    node.s.leases.session_dir = SESSION
+    n, inflight, wid = 0, None, None   # the driver's direct task, and its lease
+    for step in steps:                 # (Node runs Scheduler.validate() after each)
+        lease = node.s.leases.book.by_client.get(DRIVER)
+        if lease is not None:
+            wid = lease.wid
+        if step == "ask":
+            node.send(DRIVER, p.LeaseAsk(1))
+        elif step == "direct" and lease is not None and inflight is None:
+            n += 1
+            node.send(DRIVER, notice(n, lease.wid, max_retries=1))
+            inflight = n
+        elif step == "report" and inflight is not None and lease is not None:
+            node.send(DRIVER, report(inflight))
+            inflight = None
+        elif step == "kill" and lease is not None and lease.wid in node.s.pool.workers:
+            node.exit(lease.wid)
+        elif step == "return" and lease is not None and inflight is None:
+            node.send(DRIVER, p.LeaseReturn(lease.wid))
+        elif step == "early" and inflight is None and lease is not None:
+            node.send(lease.wid.encode(), p.Blocked(tid(n + 1)))   # (before its notice)
+        elif step == "block" and inflight is not None and lease is not None:
+            node.send(lease.wid.encode(), p.Blocked(tid(inflight)))
+        elif step == "submit":
+            n += 1
+            node.submit(n)
+        elif step == "finish":
+            for w, fake in list(node.workers.items()):
+                task = node.s.pool.workers[w].task if w in node.s.pool.workers else None
+                if fake.current_id is not None and task is not None and task.spec.task_id == \
+                        fake.current_id:
+                    node.done(w, num_task(fake.current_id))
+        elif step == "hello":
+            for w, worker in list(node.s.pool.workers.items()):
+                if worker.pid == 0:
+                    node.hello(w)
+    if inflight is not None and DRIVER in node.s.leases.book.by_client:
+        node.send(DRIVER, report(inflight))
+    if DRIVER in node.s.leases.book.by_client:
+        node.send(DRIVER, p.LeaseReturn(node.s.leases.book.by_client[DRIVER].wid))
+    assert node.s.leases.book.by_client == {}
+    assert all(w.leased is None for w in node.s.pool.workers.values())
+
+
+def num_task(task_id: bytes) -> int:
+    return int.from_bytes(task_id[1:16], "big")
