@@ -53,6 +53,7 @@ from . import resources as rs
 
 LEASE_CPU = {"CPU": 1.0}   # what a lease holds, and the only demand a direct task may have
 RECENT_ENDED = 8           # direct tasks' ids a lease remembers after they ended
+MAX_SESSION_DIR = 72       # a longer session dir: no leases (ipc paths must fit 107 bytes)
 
 
 class LeaseState(IntEnum):
@@ -135,7 +136,8 @@ class Leasing:
     def __init__(self, sched, session_dir: str):
         self.sched = sched
         self.book = LeaseBook()
-        self.session_dir = session_dir
+        # (no leases where an ipc path there may be too long to bind: sun_path)
+        self.session_dir = session_dir if len(session_dir) <= MAX_SESSION_DIR else ""
         self.demand = rs.to_units(LEASE_CPU)
         self.by_worker_client: dict[bytes, Lease] = {}
         self.asks: dict[bytes, None] = {}   # drivers waiting for a lease, oldest first

@@ -192,7 +192,14 @@ class Lane:
             self.pending.append(p.LeaseReturn(msg.wid))   # (one lease at a time)
             return True
         if not self.bound:
-            self.client.rx.bind(self.endpoint)
+            try:
+                self.client.rx.bind(self.endpoint)
+            except zmq.ZMQError as e:   # (no lease for us, ever: the node has them all)
+                log.warning("zfabric: no worker leases for this driver (%s: %s)",
+                            self.endpoint, e)
+                self.enabled = False
+                self.pending.append(p.LeaseReturn(msg.wid))
+                return True
             self.bound = True
         self.wid, self.asked, self.ending = msg.wid, False, False
         self.known_fns = set()   # (perhaps another worker: it is sent the code again)

@@ -402,7 +402,10 @@ def main(zygote_pid: int | None = None) -> None:
                                worker_id=worker_id)
     session_dir = os.environ.get("ZFABRIC_SESSION_DIR", "")
     if session_dir:   # a driver leased this worker sends it Executes here (core/leases.py)
-        client.rx.bind(ids.worker_endpoint(session_dir, worker_id))
+        try:
+            client.rx.bind(ids.worker_endpoint(session_dir, worker_id))
+        except Exception as e:   # (the node grants no lease where paths are this long)
+            print(f"zfabric worker {worker_id}: no endpoint for leases: {e}", file=sys.stderr)
     client_mod.set_current(client)
     worker = Worker(client, cancel_path, session_dir)
     signal.signal(signal.SIGUSR1, worker.on_cancel_signal)
