@@ -47,16 +47,16 @@ def test_a_client_and_a_worker_are_in_one_lease_at_most_and_ends_are_said_once(o
             lease = book.by_client.get(client)
             if lease is not None:
                 told = book.recall(lease)
-                assert told == (id(lease) not in ended)
+                assert told == (lease not in ended)
                 if told:
-                    ended[id(lease)] = "recall"
+                    ended[lease] = "recall"
         elif op == "to_recall":
             recalled = book.to_recall(queued, idle)
             if not queued or idle:
                 assert recalled == []
             for lease in recalled:
-                assert id(lease) not in ended
-                ended[id(lease)] = "recall"
+                assert lease not in ended
+                ended[lease] = "recall"
             assert all(lease.state != LeaseState.ACTIVE for lease in book.by_client.values()
                        ) or not queued or idle
         elif op == "died":
@@ -65,8 +65,8 @@ def test_a_client_and_a_worker_are_in_one_lease_at_most_and_ends_are_said_once(o
             if lease is not None and lease.state == LeaseState.DEAD:
                 assert dead is None or dead is lease
             if dead is not None:
-                assert ended.get(id(dead)) != "died"
-                ended[id(dead)] = "died"
+                assert ended.get(dead) != "died"
+                ended[dead] = "died"
                 assert book.recall(dead) is False   # a dead lease is never recalled
         elif op == "returned":
             lease = book.by_client.get(client)
