@@ -7,7 +7,7 @@
     anything else we send while the task runs: its Submit goes first ------------->
 
 Asking: a get of our own return while it is the only one we await (the sync
-pattern), twice in a row, sends LeaseAsk; a grant binds our rx on an ipc
+pattern), a second time, sends LeaseAsk; a grant binds our rx on an ipc
 endpoint in the session dir (`ids.driver_endpoint`), where the worker sends
 its TaskDones, and connects a DEALER to the worker's (`ids.worker_endpoint`).
 A task goes direct when we hold an active lease, none is in flight, and it is
@@ -48,8 +48,9 @@ from . import sockets
 
 log = logging.getLogger("zfabric.client")
 
-SYNC_GETS_TO_ASK = 2     # sync gets in a row before we ask for a lease
-ASK_AGAIN_AFTER = 256    # sync gets after an unanswered ask before we ask again
+SYNC_GETS_TO_ASK = 2     # sync gets seen before we ask for a lease
+ASK_AGAIN_AFTER = 256    # sync gets after an unanswered ask before we ask again (the
+                         # node keeps an ask until it can grant it: this is a fallback)
 MAX_PENDING = 32         # notices held before they are sent without waiting
 MAX_ENDPOINT = 100       # an ipc path longer than this may not bind (sun_path)
 INLINE = int(ObjectState.INLINE)
@@ -65,7 +66,6 @@ class Lane:
         self.endpoint = ids.driver_endpoint(session, client.id) if session else ""
         self.enabled = (config.direct_tasks and client.role == "driver"
                         and 0 < len(self.endpoint) <= MAX_ENDPOINT)
-        self.session = session
         self.bound = False
         self.wid: str | None = None
         self.sock = None
@@ -87,7 +87,7 @@ class Lane:
         if not self.enabled or self.wid is not None:
             return
         self.syncs += 1
-        if self.syncs == SYNC_GETS_TO_ASK or (self.asked and self.syncs > ASK_AGAIN_AFTER):
+        if self.syncs > (ASK_AGAIN_AFTER if self.asked else SYNC_GETS_TO_ASK - 1):
             self.syncs, self.asked = 0, True
             self.client.send(p.LeaseAsk(1))
 
