@@ -87,6 +87,11 @@ class Config:
     max_workers: int = 512
     # How often a client flushes reference-count changes when it is idle.
     ref_flush_interval: float = 0.1
+    # Worker leases (core/leases.py): a driver doing sync round trips asks its node
+    # for a worker and sends it tasks directly (ZFABRIC_DIRECT_TASKS=0: never); it
+    # gives the worker back after sending it nothing for lease_idle_seconds.
+    direct_tasks: bool = True
+    lease_idle_seconds: float = 0.5
     # Node housekeeping tick (idle-worker reaping, liveness of clients).
     tick_interval: float = 0.5
     # Timeline events kept per node (oldest dropped first).

@@ -106,3 +106,14 @@ def job_client(job: bytes) -> bytes:
 def short(raw: bytes) -> str:
     """An id as logs and messages show it: the first 12 hex digits."""
     return raw[:6].hex()
+
+
+def worker_endpoint(session_dir: str, worker_id: str) -> str:
+    """Where a worker takes Executes from the driver it is leased to (an ipc
+    socket in the session dir, which only the node's user can enter)."""
+    return f"ipc://{session_dir}/{worker_id}.sock"
+
+
+def driver_endpoint(session_dir: str, client_id: bytes) -> str:
+    """Where a driver holding a lease takes its leased worker's TaskDones."""
+    return f"ipc://{session_dir}/{client_id.hex()}.sock"

@@ -26,13 +26,17 @@ Execute): a dict left empty when a task has none, each key checked by
     "job"       (Submit, Spill, Execute) bytes, `ids.job_id`: the driver whose job
                 the task is, where its output goes (set by the submitting client;
                 a nested task inherits its parent's)
+    "lease"     (Submit only) the leased worker that ran the task (core/leases.py)
+    "reply"     (Execute from a driver) where its leased worker sends the TaskDone
 
 Who sends what (client = a driver or a worker on the node's machine):
 
     client -> node   Hello Submit Subscribe Put Refs Cancel Blocked Unblocked
                      TaskDone Revoked (workers) Request Shutdown Goodbye
-    node -> client   Welcome ObjectReady PutReply Reply Execute Revoke (workers), or
-                     a Batch of them when several are due at once
+                     LeaseAsk LeaseReturn, TaskDone (drivers: a leased worker's report)
+    node -> client   Welcome ObjectReady PutReply Reply Execute Revoke (workers) LeaseGrant
+                     LeaseEnd (drivers), or a Batch of them when several are due at once
+    driver <-> leased worker  Execute ->, <- TaskDone (ipc, in the session dir)
     node -> node     Gossip (membership rows + GCS version vector; a join is a Gossip
                      asking for a reply), GcsUpdate, Spill, Refuse (spillback),
                      SpillCheck, TaskResult, Cancel, FreeObjects, LogLines -- each over
@@ -314,6 +318,44 @@ class Goodbye:
         return "" if text(self.reason) else "reason too long"
 
 
+@message(32)
+class LeaseAsk:
+    """(driver -> node) Lease me an idle worker for direct tasks (core/leases.py)."""
+    workers: int
+
+    def check(self) -> str:
+        return "" if self.workers == 1 else "a lease is of one worker"
+
+
+@message(33)
+class LeaseGrant:
+    """(node -> driver) Worker `wid` is yours; its Executes go to `endpoint`."""
+    wid: str
+    endpoint: str
+
+    def check(self) -> str:
+        return "" if c.is_wid(self.wid) and c.is_ipc(self.endpoint) else "bad worker or endpoint"
+
+
+@message(34)
+class LeaseEnd:
+    """(node -> driver) Your lease of `wid` ends: "recall" (give it back) or "died"."""
+    wid: str
+    why: str
+
+    def check(self) -> str:
+        return "" if c.is_wid(self.wid) and self.why in ("recall", "died") else "bad lease end"
+
+
+@message(35)
+class LeaseReturn:
+    """(driver -> node) I send `wid` nothing more; my notices went before."""
+    wid: str
+
+    def check(self) -> str:
+        return "" if c.is_wid(self.wid) else "bad worker id"
+
+
 @message(18)
 class Batch:
     """Several encoded messages for one client, sent as one frame (in order)."""
@@ -406,7 +448,7 @@ class Spill:
         if not all(c.node_ids(h) for h in self.dep_holders):
             return "dependency holders must be lists of node ids"
         return (c.deps_problem(self) or c.spec_problem(self)
-                or c.submitted_opts_problem(self.opts))
+                or c.submitted_opts_problem(self.opts, spill=True))
 
 
 @message(29)

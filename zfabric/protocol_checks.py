@@ -183,14 +183,28 @@ TASK_OPTS: dict = {
     "gpus": gpu_ids, "strategy": strategy,
     "env": lambda v: not env_problem(v),   # runtime_env (node/runtime_env.py)
     "job": is_job,   # the driver the task's output goes to (ids.job_id); nested tasks inherit it
+    "lease": lambda v: is_wid(v),   # a leased worker's id
+    "reply": lambda v: is_ipc(v),   # where a leased worker replies (Execute from a driver)
 }
-# Keys only the executing node sets (in Execute): refused in a Submit or a Spill.
-EXECUTE_ONLY_OPTS = ("gpus",)
+# Keys only the executing node (or a driver holding a lease) sets in an Execute:
+# refused in a Submit or a Spill.
+EXECUTE_ONLY_OPTS = ("gpus", "reply")
 
 
-def submitted_opts_problem(opts: dict) -> str:
-    """What is wrong with the `opts` of a Submit or a Spill, beyond `opts_problem`."""
-    for key in EXECUTE_ONLY_OPTS:
+def is_wid(x) -> bool:
+    """A worker id (core/workers.py names them "w1", "w2", ...)."""
+    return type(x) is str and 0 < len(x) <= 32
+
+
+def is_ipc(x) -> bool:
+    """An ipc endpoint (a socket file in a session dir: local clients only)."""
+    return type(x) is str and x.startswith("ipc:///") and len(x) <= MAX_TEXT
+
+
+def submitted_opts_problem(opts: dict, spill: bool = False) -> str:
+    """What is wrong with the `opts` of a Submit or a Spill, beyond `opts_problem`
+    ("lease": a driver's notice of a task it ran on its leased worker, never spilled)."""
+    for key in EXECUTE_ONLY_OPTS + (("lease",) if spill else ()):
         if key in opts:
             return f"task option {key!r} is set by the executing node, never by a submitter"
     return ""

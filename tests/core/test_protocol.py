@@ -53,6 +53,9 @@ def sample(cls):
             kwargs[name] = ids.job_id(b"\x09" * 16, b"d" * 8)
         elif name == "output":
             kwargs[name] = [["f", 12, 1, ["a line", ""], 0], ["f", 12, 2, [], 3]]
+        elif name in ("workers", "wid", "endpoint", "why"):   # (worker leases)
+            kwargs[name] = {"workers": 1, "wid": "w1", "endpoint": "ipc:///tmp/s/w1.sock",
+                            "why": "recall"}[name]
         else:
             kwargs[name] = values[hint]
     if cls in (p.TaskDone, p.TaskResult):

@@ -29,6 +29,8 @@ class Feed:
         sched = self.sched
         queues, pool = sched.queues, sched.pool
         if not queues.count:
+            if sched.leases.asks and pool.idle:   # (core/leases.py)
+                sched.leases.grant_asked()
             return
         sent = []
         while pool.idle:
@@ -41,6 +43,8 @@ class Feed:
             sent.append(task)
         else:
             pool.spawn_for_demand(queues)
+            if sched.leases.book.by_client:   # (core/leases.py: a lease yields to queued work)
+                sched.leases.recall()
         if queues.count and sched.spill.peers:
             sched.spill.spill()
         if queues.count:

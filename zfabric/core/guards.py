@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from .. import ids
 from .. import protocol as p
+from . import resources as rs
 from .objects import peer_client
 from .tasks import TaskState
 
@@ -47,6 +48,8 @@ def _hello(sched, client: bytes, msg: p.Hello) -> str:
 
 
 def _submit(sched, client: bytes, msg: p.Submit) -> str:
+    if msg.opts and "lease" in msg.opts and _direct_problem(sched, client, msg):
+        return _direct_problem(sched, client, msg)
     if msg.task_id in sched.tasks:
         return "a Submit of a task id in use"
     entries = sched.objects.entries
@@ -57,8 +60,21 @@ def _submit(sched, client: bytes, msg: p.Submit) -> str:
     return ""
 
 
+def _direct_problem(sched, client: bytes, msg: p.Submit) -> str:
+    """A driver's notice of a task it sent its leased worker (core/leases.py)."""
+    lease = sched.leases.book.by_client.get(client)
+    if lease is None or lease.wid != msg.opts["lease"]:
+        return "a Submit naming a worker not leased to its sender"
+    worker = sched.pool.workers.get(lease.wid)
+    if worker is not None and worker.task is not None:
+        return "a Submit naming a leased worker that runs another task"
+    if msg.deps or msg.contained or rs.to_units(msg.resources) != sched.leases.demand:
+        return "a direct task with arguments to resolve or other resources"
+    return ""
+
+
 def _running(sched, client: bytes, task_id: bytes, what: str) -> str:
-    worker = sched.pool.of_client(client)
+    worker = sched.pool.of_client(client) or sched.leases.worker_of(client)
     if worker is None:
         return f"a {what} from a client that is not a worker"
     if worker.task is None or worker.task.spec.task_id != task_id:

@@ -14,6 +14,7 @@ everything else, each in a module of its own:
                                         to make lost objects (Rebuilder)
     Spillover        core/spill.py      tasks sent to peers, and tasks peers send us
     Timeline         core/timeline.py   the tasks this node ran
+    Leasing          core/leases.py     workers leased to drivers, and their direct tasks
     TaskErrors       core/activity.py   the last failures of tasks this node ran
 
     clients --ClientMessage(s)--> Scheduler --Send / SpawnWorker / ...--> loop
@@ -50,6 +51,7 @@ from . import resources as rs
 from .activity import TaskErrors
 from .directory import ObjectDirectory
 from .feed import Feed
+from .leases import Leasing
 from .lineage import Lineage, Rebuilder
 from .queues import ReadyQueues
 from .rejects import client_source, peer_source
@@ -63,7 +65,7 @@ from .workers import WorkerPool
 STATS = ("submitted", "finished", "failed", "cancelled", "retried", "prefetched", "pipelined",
          "workers_started", "workers_crashed", "spilled", "refused", "accepted", "fetches",
          "rebuilt", "sealed_twice", "dropped_by_peer", "stale_results", "evicted",
-         "spilled_objects", "restored", "spill_failures")
+         "spilled_objects", "restored", "spill_failures", "leases", "leases_recalled", "direct")
 
 
 class Scheduler:
@@ -102,13 +104,14 @@ class Scheduler:
             spill_depth=spill_depth, refuse_backoff=refuse_backoff,
             locality_min_bytes=locality_min_bytes)
         self.timeline, self.errors = Timeline(node_id, timeline_capacity), TaskErrors(*errors)
-        self.feed = Feed(self)
+        self.feed, self.leases = Feed(self), Leasing(self, self.node_info.get("session_dir", ""))
         self._client_handlers = {
             p.Hello: self._on_hello, p.Submit: self._on_submit, p.TaskDone: self._on_task_done,
             p.Subscribe: self.objects.subscribe, p.Put: self.objects.put,
             p.Refs: self.objects.refs, p.Cancel: self._on_cancel, p.Blocked: self.pool.on_blocked,
             p.Unblocked: self.pool.on_unblocked, p.Revoked: self._on_revoked,
-            p.Shutdown: self._on_shutdown, p.Goodbye: self._on_goodbye}
+            p.Shutdown: self._on_shutdown, p.Goodbye: self._on_goodbye,
+            p.LeaseAsk: self.leases.on_ask, p.LeaseReturn: self.leases.on_return}
         self._peer_handlers = {
             p.Spill: self.spill.on_spill, p.TaskResult: self.spill.on_task_result,
             p.Refuse: self.spill.on_refuse, p.SpillCheck: self.spill.on_spill_check,
@@ -123,8 +126,7 @@ class Scheduler:
             ev.SpillFailed: lambda e: self.objects.spill_failed(e.oid, e.error),
             ev.ObjectRestored: lambda e: self.objects.restored(e.oid),
             ev.RestoreFailed: lambda e: self.objects.restore_failed(e.oid, e.error, e.lost)}
-        self.now = 0.0
-        self._seq = 0
+        self.now, self._seq = 0.0, 0
         self._fail_queue: deque = deque()
         self._failing = False
 
@@ -140,7 +142,8 @@ class Scheduler:
         self.now = now
         kind = type(event)
         if kind is ev.ClientMessage:
-            self._dispatch(self._client_handlers, event.client, event.msg, False)
+            if not (self.leases.by_worker_client and self.leases.hold(event.client, event.msg)):
+                self._dispatch(self._client_handlers, event.client, event.msg, False)
             if type(event.msg) is p.Refs:   # (frees objects: starts nothing)
                 return self.out.take()
         elif kind is ev.ClientMessages:     # one frame's: scheduled once, after them all
@@ -159,6 +162,9 @@ class Scheduler:
             handler(event)
         self.feed.schedule()
         return self.out.take()
+
+    def dispatch_client(self, client: bytes, msg) -> None:
+        self._dispatch(self._client_handlers, client, msg, False)
 
     def _dispatch(self, handlers: dict, sender: bytes, msg, peer: bool) -> None:
         """Run a message's handler, unless it makes no sense from this sender
@@ -196,6 +202,7 @@ class Scheduler:
         if client not in self.drivers:
             return
         del self.drivers[client]
+        self.leases.client_gone(client)
         for task in [t for t in self.tasks.values() if t.owner == client]:
             self.cancel_task(task, force=True, recursive=True)
         self.objects.drop_client(client)
@@ -223,6 +230,7 @@ class Scheduler:
 
     def _on_submit(self, client: bytes, spec: p.Submit) -> None:
         self.stats["submitted"] += 1
+        leased = spec.opts.pop("lease", None) if spec.opts else None   # (core/leases.py)
         if spec.fn_blob:
             self.functions.add(spec.fn_id, spec.fn_blob)
             spec.fn_blob = b""
@@ -239,6 +247,8 @@ class Scheduler:
         failure = self.pin_deps(task) or failure
         if failure is not None:
             self.finish_failed(task, failure)
+        elif leased is not None:
+            self.leases.start(client, task)
         elif not task.missing:
             self.ready(task)
         else:
@@ -336,10 +346,12 @@ class Scheduler:
     # -- a worker reports ---------------------------------------------------------
 
     def _on_task_done(self, client: bytes, msg: p.TaskDone) -> None:
-        worker = self.pool.of_client(client)
+        worker = self.pool.of_client(client) or self.leases.worker_of(client)
         task = worker.task if worker is not None else None
         if task is None or task.spec.task_id != msg.task_id:
             return   # (refused before: core/guards.py)
+        if worker.leased is not None:
+            self.leases.finished(worker, task, msg)
         for given_back in self.pool.task_ended(worker, task, self.now):
             self.retry_or_fail(given_back, None)
         spec = task.spec
@@ -447,12 +459,12 @@ class Scheduler:
         if worker is None:
             return
         self.objects.drop_client(worker.client)
+        code = event.exitcode
+        how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+        self.leases.worker_exited(worker, how)
         for given_back in self.pool.give_back(worker):
             self.retry_or_fail(given_back, None)
         if task is not None:
-            code = event.exitcode
-            how = (f"killed by signal {-code}" if code is not None and code < 0
-                   else f"exit code {code}")
             self.retry_or_fail(task, records.system_error_record(
                 WorkerCrashedError, f"the worker running {task.name}() died ({how}) and the "
                 f"task has no retries left (max_retries={task.spec.max_retries})", task.name))
@@ -586,6 +598,7 @@ class Scheduler:
         self.lineage.validate()
         self.queues.validate(self.tasks)
         self.pool.validate(self.tasks)
+        self.leases.validate()
         self.spill.validate(self.tasks)
         for t in self.tasks.values():
             assert t.state in TaskState, t.state

@@ -55,7 +55,7 @@ class WorkerState(IntEnum):
 
 class Worker:
     __slots__ = ("wid", "client", "state", "task", "known_fns", "idle_since", "extra", "doomed",
-                 "queue", "queued_fns", "pid")
+                 "queue", "queued_fns", "pid", "leased")
 
     def __init__(self, wid: str, extra: bool):
         self.wid = wid
@@ -69,6 +69,7 @@ class Worker:
         self.queue: deque[Task] = deque()   # prefetched (ASSIGNED) tasks, in order
         self.queued_fns: dict[bytes, int] = {}   # their functions: fn_id -> how many
         self.pid = 0          # as its Hello says (0 until then)
+        self.leased: dict | None = None   # leased to a driver (core/leases.py): what it holds
 
     def enqueue(self, task: Task) -> None:
         self.queue.append(task)
@@ -165,6 +166,9 @@ class WorkerPool:
         if worker in self.idle:
             self.idle.remove(worker)
         task = worker.task
+        if worker.leased is not None and task is None:   # (a task holds the lease's share)
+            rs.release(self.available, worker.leased)
+        worker.leased = None
         if task is not None:
             self._stats["workers_crashed"] += 1
             worker.task = None
@@ -249,9 +253,35 @@ class WorkerPool:
             return given_back
         worker.state = WorkerState.IDLE
         worker.idle_since = now
-        if not worker.doomed:
+        if worker.leased is not None:   # the lease holds its share again
+            rs.acquire(self.available, worker.leased)
+        elif not worker.doomed:
             self.idle.append(worker)
         return given_back
+
+    # -- leases (core/leases.py) --------------------------------------------------------
+
+    def lease(self, worker: Worker, demand: dict) -> None:
+        """An idle worker leaves the pool for a driver's direct tasks; the lease
+        holds `demand` while no task of it runs (a running one holds it instead)."""
+        self.idle.remove(worker)
+        worker.leased = demand
+        rs.acquire(self.available, demand)
+
+    def unlease(self, worker: Worker, now: float) -> None:
+        """The lease ended: the worker (if alive) is the pool's again."""
+        demand, worker.leased = worker.leased, None
+        if demand is None or self.workers.get(worker.wid) is not worker or worker.task is not None:
+            return
+        rs.release(self.available, demand)
+        worker.idle_since = now
+        if not worker.doomed:
+            self.idle.append(worker)
+
+    def start_leased(self, task: Task, worker: Worker) -> None:
+        """A direct task runs on its leased worker, on the share the lease held."""
+        rs.release(self.available, worker.leased)
+        self.start_task(task, worker)
 
     def give_back(self, worker: Worker) -> list[Task]:
         """Take a worker's prefetched tasks off it (they are WAITING again)."""
@@ -376,6 +406,7 @@ class WorkerPool:
         """Is a worker running a quick task that others may wait behind?"""
         running = worker.task
         return not (running is None or self.prefetch_max_task_seconds <= 0
+                    or worker.leased is not None   # (a driver's: core/leases.py)
                     or len(worker.queue) >= self.prefetch_max_depth or running.blocked
                     or worker.doomed or running.cancelled or not self.quick(running.spec.fn_id)
                     or running.gpus is not None)   # (GPU ids are given at start)
@@ -419,6 +450,8 @@ class WorkerPool:
             running = sum(t.demand.get(name, 0) for t in tasks.values()
                           if t.state == TaskState.RUNNING
                           and not (t.blocked and name == rs.CPU))
+            running += sum(w.leased.get(name, 0) for w in self.workers.values()
+                           if w.leased is not None and w.task is None)
             assert self.available.get(name, 0) + running == total, (name, self.available, running)
         for t in tasks.values():
             if t.state == TaskState.RUNNING:
@@ -429,6 +462,7 @@ class WorkerPool:
                 assert t in w.queue and w.task is not None and w.task is not t
         for w in self.idle:
             assert w.state == WorkerState.IDLE and w.task is None and not w.queue
+            assert w.leased is None
         for w in self.workers.values():
             assert all(t.state == TaskState.ASSIGNED and t.worker == w.wid for t in w.queue)
             fns: dict[bytes, int] = {}

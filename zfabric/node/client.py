@@ -45,7 +45,7 @@ from ..config import Config
 from ..exceptions import GetTimeoutError, NodeDiedError, ZFabricError
 from ..protocol import ObjectState
 from ..ref import ObjectRef
-from . import gets, pids, puts, sockets, submits
+from . import gets, lease, pids, puts, sockets, submits
 
 log = logging.getLogger("zfabric.client")
 
@@ -122,7 +122,11 @@ class Client:
         self.current_gpus: list[int] = []
         self.job = b""
         self.welcome: p.Welcome | None = None
+        self.lane: lease.Lane | None = None      # (drivers) a leased worker: node/lease.py
+        self.lease_keep: list = []               # (workers) direct results kept: node/worker.py
         self._connect(endpoint, worker_id, connect_timeout)
+        if role == "driver":
+            self.lane = lease.Lane(self)
         self._flusher = threading.Thread(target=self._flush_loop, daemon=True,
                                          name="zfabric-ref-flush")
         self._flusher.start()
@@ -183,6 +187,9 @@ class Client:
         messages before them. Caller holds _send_lock."""
         if self._held:
             msgs = self._held + msgs
+        lane = self.lane
+        if lane is not None and (lane.pending or lane.inflight):
+            msgs = lane.take_pending() + msgs   # (the node hears of direct tasks first)
         if self._ref_ops or self._dirty:
             refs = self._ref_changes()
             if refs is not None:
@@ -213,7 +220,11 @@ class Client:
         interval = self.config.ref_flush_interval
         while not self._closed:
             time.sleep(interval)
-            if self._ref_ops or self._dirty or self._held:
+            lane = self.lane
+            if lane is not None and lane.wid is not None and not lane.pending:
+                with self._send_lock:
+                    lane.idle_check(time.monotonic())
+            if self._ref_ops or self._dirty or self._held or (lane and lane.pending):
                 with self._send_lock:
                     if self._closed:
                         return
@@ -320,6 +331,8 @@ class Client:
             for msg in messages:
                 self._on_message(msg)
             self._cond.notify_all()
+        if self.lane is not None and self.lane.incoming:
+            self.lane.process()
         while self._revoked:
             self.send(p.Revoked(self._revoked.popleft()))
         if self._to_subscribe:
@@ -372,6 +385,13 @@ class Client:
                     break
             else:   # started, done, or never ours: the node hears TaskDone from us
                 log.debug("a Revoke of task %s, which is not waiting here", msg.task_id.hex())
+        elif kind is p.TaskDone or kind is p.LeaseGrant or kind is p.LeaseEnd:
+            if self.lane is not None:   # (node/lease.py; a worker drops what it kept)
+                self.lane.on_message(msg)
+            elif kind is p.LeaseEnd and self.role == "worker":
+                self.lease_keep.clear()
+            else:
+                self._reject("unexpected", f"a {kind.__name__} on a {self.role}")
         elif kind is p.Reply or kind is p.PutReply:
             if self._awaiting.get(msg.req_id) is not kind or msg.req_id in self._replies:
                 return self._reject("unexpected", f"a {kind.__name__} to no request "
@@ -463,40 +483,7 @@ class Client:
     def wait_objects(self, oids: list[bytes], timeout: float | None,
                      fail_fast: bool = True) -> dict:
         """Entries for every oid (or raise GetTimeoutError); stop early on an error."""
-        with self._cond:
-            self._apply_ref_ops()
-            ready = self._ready
-            missing = deque(o for o in dict.fromkeys(oids) if o not in ready)
-        if missing:
-            own = self._subscribe_missing(missing)
-            total = len(missing)
-
-            def done():  # amortized O(1): each oid leaves the front once
-                while missing:
-                    entry = ready.get(missing[0])
-                    if entry is None:
-                        break
-                    missing.popleft()
-                    if fail_fast and entry[0] == ObjectState.ERROR:
-                        return True
-                if not missing:
-                    return True
-                return fail_fast and self._errors_seen > errors_before and any(
-                    ready.get(o, (0,))[0] == ObjectState.ERROR for o in missing)
-
-            errors_before = self._errors_seen
-            blocked = self._block()
-            try:
-                if not self._wait_for(done, timeout):
-                    raise GetTimeoutError(
-                        f"get timed out after {timeout} s: {len(missing)} of {total} "
-                        "objects are not ready")
-            finally:
-                self._unawait(own)
-                if blocked:
-                    self._unblock()
-        with self._cond:
-            return {o: self._ready[o] for o in oids if o in self._ready}
+        return gets.wait_objects(self, oids, timeout, fail_fast)
 
     def wait_some(self, oids: list[bytes], num_returns: int, timeout: float | None) -> set:
         return gets.wait_some(self, oids, num_returns, timeout)
@@ -574,6 +561,8 @@ class Client:
             if self._closed:
                 return
             try:
+                if self.lane is not None and (self.lane.pending or self.lane.inflight):
+                    self._send_frame([])   # (the node books our direct tasks first)
                 msg = p.Shutdown(reason) if shutdown_node else p.Goodbye(reason)
                 self.tx.send(p.encode(msg), zmq.NOBLOCK)
             except zmq.ZMQError:
@@ -582,6 +571,8 @@ class Client:
         self._close_sockets()
 
     def _close_sockets(self) -> None:
+        if self.lane is not None and self.lane.sock is not None:
+            self.lane.sock.close(0)
         self.rx.close(sockets.LINGER_MS)
         self.tx.close(sockets.LINGER_MS)
         self.ctx.term()

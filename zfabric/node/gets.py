@@ -1,7 +1,7 @@
 """Waiting for objects, and a get's values, on top of the client's pump.
 
     zf.get (api.py), ObjectRef.future --> Client.get_values --> values() here
-        Client.wait_objects: entries (state, size, payload) of every oid
+        wait_objects (Client.wait_objects): entries (state, size, payload) of every oid
         INLINE: unpickled from the payload; STORE: the store file mapped read-only
         (store.read); ERROR: the error record raised (serialization.error_of_object)
     zf.wait (api.py) --> Client.wait_some --> wait_some() here
@@ -19,8 +19,50 @@ import time
 from collections import deque
 
 from .. import serialization
+from ..exceptions import GetTimeoutError
 from ..protocol import ObjectState
 from . import store
+
+
+def wait_objects(client, oids: list[bytes], timeout: float | None,
+                 fail_fast: bool = True) -> dict:
+    """Entries for every oid (or raise GetTimeoutError); stop early on an error."""
+    with client._cond:
+        client._apply_ref_ops()
+        ready = client._ready
+        missing = deque(o for o in dict.fromkeys(oids) if o not in ready)
+    if missing:
+        own = client._subscribe_missing(missing)
+        if own and client.lane is not None and len(client._pushed) == len(own):
+            client.lane.sync_get()   # (only our own return awaited: node/lease.py)
+        total = len(missing)
+
+        def done():  # amortized O(1): each oid leaves the front once
+            while missing:
+                entry = ready.get(missing[0])
+                if entry is None:
+                    break
+                missing.popleft()
+                if fail_fast and entry[0] == ObjectState.ERROR:
+                    return True
+            if not missing:
+                return True
+            return fail_fast and client._errors_seen > errors_before and any(
+                ready.get(o, (0,))[0] == ObjectState.ERROR for o in missing)
+
+        errors_before = client._errors_seen
+        blocked = client._block()
+        try:
+            if not client._wait_for(done, timeout):
+                raise GetTimeoutError(
+                    f"get timed out after {timeout} s: {len(missing)} of {total} "
+                    "objects are not ready")
+        finally:
+            client._unawait(own)
+            if blocked:
+                client._unblock()
+    with client._cond:
+        return {o: client._ready[o] for o in oids if o in client._ready}
 
 
 def values(client, oids: list[bytes], timeout: float | None) -> list:

@@ -136,6 +136,15 @@ def _bind_tcp(sock: zmq.Socket, host: str, port: int,
     return sock, sock.getsockopt_string(zmq.LAST_ENDPOINT)
 
 
+def lease_dealer(ctx: zmq.Context, endpoint: str) -> zmq.Socket:
+    """A direct line between a driver and its leased worker (core/leases.py): to
+    the other's ipc endpoint in the session dir (only the node's user enters it)."""
+    sock = _common(ctx.socket(zmq.DEALER))
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(endpoint)
+    return sock
+
+
 def client_dealer(ctx: zmq.Context, identity: bytes, endpoint: str,
                   recv_timeout_ms: int = -1) -> zmq.Socket:
     """A local client's DEALER to its node (`recv_timeout_ms`: a blocking receive

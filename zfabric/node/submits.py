@@ -10,7 +10,8 @@ it unasked when it is made or kept on this node (`ObjectDirectory.
 object_ready`); a return kept on another node is announced instead, and the
 client asks for it only if it gets it (node/client.py). So a get of one's
 own returns sends nothing. Called by Client.submit; large arguments were
-put before (node/puts.py).
+put before (node/puts.py). A driver holding a worker lease sends an
+eligible task to that worker instead (node/lease.py).
 """
 from __future__ import annotations
 
@@ -28,13 +29,22 @@ def submit(client, *, name: str, fn_id: bytes, fn_blob: bytes, num_returns: int,
     rids = return_ids(tid, num_returns)
     refs = [ObjectRef(oid, client) for oid in rids]
     client.expect_pushes(rids)
+    job = client.job
+    if job:
+        opts = {**opts, "job": job} if opts else {"job": job}
+    lane = client.lane
+    if lane is not None and lane.wid is not None and not deps:   # a leased worker: lease.py
+        with client._send_lock:
+            if lane.run(tid, rids, dict(
+                    name=name, fn_id=fn_id, fn_blob=fn_blob, num_returns=num_returns,
+                    resources=resources, max_retries=max_retries,
+                    retry_exceptions=retry_exceptions, retry_blob=retry_blob, deps=deps,
+                    contained=contained, args_blob=args_blob, opts=opts or {})):
+                return refs
     if fn_id in client.sent_functions:
         fn_blob = b""
     else:
         client.sent_functions.add(fn_id)
-    job = client.job
-    if job:
-        opts = {**opts, "job": job} if opts else {"job": job}
     depth = client.current_depth + (client.current_task_id is not None)
     client.send(p.Submit(tid, name, fn_id, num_returns, resources, max_retries,
                          retry_exceptions, depth, client.current_task_id or b"", deps,

@@ -48,7 +48,7 @@ from ..protocol import ObjectState, TaskStatus
 from ..exceptions import TaskCancelledError
 from ..ref import DepMarker
 from . import client as client_mod
-from . import logmon, store, task_env
+from . import logmon, sockets, store, task_env
 
 PR_SET_PDEATHSIG = 1
 
@@ -72,6 +72,7 @@ class Worker:
         self.marked = None   # (job, name) the last marker named; None: no job
         self.made: dict[bytes, bytes] = {}   # oid -> inline payload: _keep_made
         self.made_kept = 2 * client.config.prefetch_max_depth
+        self.replies: dict = {}   # endpoint -> DEALER to the driver we are leased to
 
     # -- cancel -----------------------------------------------------------------
 
@@ -109,9 +110,29 @@ class Worker:
             client.send(p.Revoked(ex.task_id))   # (after the report of the task that failed)
             return
         done, result = self.run(ex)
-        self._keep_made(ex, done)
-        client.report(done, result)
+        reply = ex.opts.get("reply") if ex.opts else None
+        if reply is not None:
+            self._reply(reply, done, result)
+        else:
+            self._keep_made(ex, done)
+            client.report(done, result)
         del done, result  # refs inside the result die only after TaskDone is sent
+
+    def _reply(self, endpoint: str, done: p.TaskDone, result) -> None:
+        """A direct task of the driver we are leased to (core/leases.py): its
+        TaskDone goes straight back. The node books it from the driver's notice,
+        which may come after what we send the node ourselves: a result holding
+        refs is kept until the node ends the lease (LeaseEnd), so the node never
+        hears us drop a ref before it sealed the value holding it."""
+        sock = self.replies.get(endpoint)
+        if sock is None:
+            for old in self.replies.values():
+                old.close(0)
+            self.replies = {endpoint: sockets.lease_dealer(self.client.ctx, endpoint)}
+            sock = self.replies[endpoint]
+        if any(done.contained):
+            self.client.lease_keep.append(result)
+        sock.send(p.encode(done))
 
     def _made_here(self, ex: p.Execute) -> bool:
         """Did this worker make every argument the node sent as PENDING (a task
@@ -379,7 +400,13 @@ def main(zygote_pid: int | None = None) -> None:
     cancel_path = os.path.join(os.environ["ZFABRIC_CANCEL_DIR"], worker_id)
     client = client_mod.Client(endpoint, "worker", identity=worker_id.encode(),
                                worker_id=worker_id)
+    session_dir = os.environ.get("ZFABRIC_SESSION_DIR", "")
+    if session_dir:   # a driver leased this worker sends it Executes here (core/leases.py)
+        try:
+            client.rx.bind(ids.worker_endpoint(session_dir, worker_id))
+        except Exception as e:   # (the node grants no lease where paths are this long)
+            print(f"zfabric worker {worker_id}: no endpoint for leases: {e}", file=sys.stderr)
     client_mod.set_current(client)
-    worker = Worker(client, cancel_path, os.environ.get("ZFABRIC_SESSION_DIR", ""))
+    worker = Worker(client, cancel_path, session_dir)
     signal.signal(signal.SIGUSR1, worker.on_cancel_signal)
     worker.serve()

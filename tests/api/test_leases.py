@@ -1,0 +1,177 @@
+"""Worker leases on one embedded node (core/leases.py, node/lease.py): a driver's
+sync round trips go straight to a leased worker, and everything a task may meet
+there -- a crash, a retry, a cancel, nested tasks, a stored or ref-holding
+result, other work queued -- ends as it would through the node."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+import zfabric as zf
+from zfabric.exceptions import TaskCancelledError, WorkerCrashedError
+from zfabric.node import client as client_mod
+
+from tests.harness.functions import inc, slow
+
+pytestmark = pytest.mark.timeout(90)
+
+
+def lane():
+    return client_mod.current().lane
+
+
+def node_stats() -> dict:
+    """The node's counters (the Request flushes our notices first)."""
+    return client_mod.current().request("status")["nodes"][0]["stats"]
+
+
+def leased(n: int = 8) -> None:
+    """Sync round trips until this driver holds a lease."""
+    for i in range(n):
+        assert zf.get(inc.remote(i)) == i + 1
+        if lane().wid is not None:
+            return
+    ln = lane()
+    raise AssertionError(f"no lease after sync round trips (asked {ln.asked}, syncs {ln.syncs}, "
+                         f"awaited returns {len(client_mod.current()._pushed)})")
+
+
+@pytest.fixture
+def node(fresh):
+    zf.init(num_cpus=2)
+    yield
+
+
+@zf.remote
+def crash_once(path: str) -> int:
+    if not os.path.exists(path):
+        open(path, "w").close()
+        os.kill(os.getpid(), 9)
+    return os.getpid()
+
+
+@zf.remote
+def fail_once(path: str) -> int:
+    if not os.path.exists(path):
+        open(path, "w").close()
+        raise ConnectionError("first time")
+    return 7
+
+
+@zf.remote
+def outer(x: int) -> int:
+    return zf.get(inc.remote(x))
+
+
+@zf.remote
+def big() -> bytes:
+    return b"x" * (2 << 20)
+
+
+@zf.remote
+def holding() -> list:
+    return [zf.put("inside")]
+
+
+def test_sync_round_trips_go_direct_and_the_node_books_each(node):
+    leased()
+    before = lane().direct
+    assert [zf.get(inc.remote(i)) for i in range(50)] == list(range(1, 51))
+    assert lane().direct - before == 50
+    stats = node_stats()
+    assert stats["leases"] == 1 and stats["direct"] == lane().direct
+    assert stats["finished"] == stats["submitted"] and stats["failed"] == 0
+    names = [e["name"] for e in zf.timeline() if e.get("ph") == "X"]
+    assert names.count("inc") >= 50
+
+
+def test_a_worker_killed_mid_direct_task_is_retried_or_fails(node, tmp_path):
+    leased()
+    assert zf.get(crash_once.options(max_retries=1).remote(str(tmp_path / "a")), timeout=30)
+    leased()
+    with pytest.raises(WorkerCrashedError):
+        zf.get(crash_once.options(max_retries=0).remote(str(tmp_path / "b")), timeout=30)
+    assert node_stats()["workers_crashed"] == 2
+    leased()   # a new lease, of a live worker
+    assert zf.get(inc.remote(1)) == 2
+
+
+def test_a_retryable_error_of_a_direct_task_is_retried_by_the_node(node, tmp_path):
+    leased()
+    f = fail_once.options(max_retries=1, retry_exceptions=[ConnectionError])
+    assert zf.get(f.remote(str(tmp_path / "x")), timeout=30) == 7
+    assert node_stats()["retried"] >= 1
+
+
+def test_other_work_recalls_the_lease_and_everything_finishes(node):
+    leased()
+    refs = [slow.remote(i, 0.2) for i in range(6)]   # the first goes direct, the rest queue
+    assert zf.get(refs, timeout=30) == list(range(6))
+    assert node_stats()["leases_recalled"] >= 1
+    leased()   # sync round trips lease a worker again
+
+
+def test_nested_tasks_in_a_direct_task_run_even_on_one_cpu(fresh):
+    zf.init(num_cpus=1)
+    leased()
+    for i in range(5):
+        assert zf.get(outer.remote(i), timeout=30) == i + 1
+        leased()
+
+
+def test_cancel_of_a_direct_task_interrupts_it_and_force_kills_it(node):
+    leased()
+    r = slow.remote(1, 30)
+    assert lane().inflight is not None   # it went direct
+    zf.cancel(r)
+    with pytest.raises(TaskCancelledError):
+        zf.get(r, timeout=10)
+    leased()
+    r = slow.options(max_retries=3).remote(1, 30)
+    assert lane().inflight is not None
+    zf.cancel(r, force=True)
+    with pytest.raises(TaskCancelledError):
+        zf.get(r, timeout=10)
+    assert zf.get(inc.remote(1), timeout=10) == 2
+
+
+def test_stored_and_ref_holding_results_are_sealed_by_the_node(node):
+    leased()
+    assert len(zf.get(big.remote(), timeout=30)) == 2 << 20
+    leased()
+    inner = zf.get(holding.remote(), timeout=30)[0]
+    assert zf.get(inner, timeout=10) == "inside"
+    for _ in range(20):
+        zf.get(inc.remote(1))
+    assert zf.get(inner, timeout=10) == "inside"   # the ref inside outlived the lease
+
+
+def test_a_lease_unused_for_a_while_goes_back(node):
+    leased()
+    import time
+    time.sleep(lane().idle_after + 0.5)
+    assert lane().wid is None
+    assert node_stats()["leases"] == 1
+    assert client_mod.current().request("status")["nodes"][0]["idle_workers"] == 2
+
+
+def test_waits_and_completion_see_direct_results(node):
+    from zfabric.util import as_completed
+    leased()
+    r = slow.remote(3, 0.2)
+    assert lane().inflight is not None
+    ready, rest = zf.wait([r], num_returns=1, timeout=10)
+    assert ready == [r] and rest == [] and zf.get(r) == 3
+    leased()
+    r = slow.remote(4, 0.2)
+    assert lane().inflight is not None
+    assert [zf.get(x) for x in as_completed([r], timeout=10)] == [4]
+
+
+def test_direct_tasks_off_leaves_every_task_to_the_node(fresh, monkeypatch):
+    monkeypatch.setenv("ZFABRIC_DIRECT_TASKS", "0")
+    zf.init(num_cpus=2)
+    assert [zf.get(inc.remote(i)) for i in range(20)] == list(range(1, 21))
+    assert lane().direct == 0 and lane().wid is None
+    assert node_stats()["leases"] == 0
