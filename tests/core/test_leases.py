@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from zfabric import protocol as p
+from zfabric.core import events as ev
 from zfabric.core.leases import LeaseBook, LeaseState
 from zfabric.exceptions import WorkerCrashedError
 from zfabric.protocol import ObjectState
@@ -197,6 +198,25 @@ def test_a_leased_workers_messages_about_a_task_not_named_yet_wait_for_its_notic
     node.send(client, p.Unblocked(tid(1)))
     node.send(DRIVER, report(1))
     node.send(DRIVER, p.LeaseReturn(node.wid))
+
+
+def test_notices_and_held_messages_in_one_frame_each_end_as_one_by_one():
+    """The node hands a client's messages in a row on as one event (ClientMessages):
+    a driver's notices come that way, and a leased worker's messages about a task
+    not named yet are held in order all the same."""
+    node = leased_node(cpus=1)
+    client = node.wid.encode()
+    out = node.handle(ev.ClientMessages(client, (p.Blocked(tid(1)), submit_msg(2, parent=1))))
+    assert summary(out) == [("send", DRIVER, "LeaseEnd")] and tid(2) not in node.s.tasks
+    out = node.handle(ev.ClientMessages(DRIVER, (notice(1, node.wid), p.Refs([], []))))
+    task = node.s.tasks[tid(1)]
+    assert task.blocked and tid(2) in task.children and ("spawn", "w2") in summary(out)
+    node.handle(ev.ClientMessages(client, (p.Unblocked(tid(1)),)))
+    out = node.handle(ev.ClientMessages(DRIVER, (report(1, [b"42"]), p.LeaseReturn(node.wid))))
+    assert summary(out) == [("send", client, "LeaseEnd"), ("execute", node.wid, 2)]
+    entry = node.s.objects.get(rid(1))
+    assert entry.state == ObjectState.INLINE and entry.payload == b"42"
+    assert node.s.leases.book.by_client == {} and node.s.stats["direct"] == 1
 
 
 def test_a_drivers_cancel_of_its_direct_task_interrupts_the_leased_worker():

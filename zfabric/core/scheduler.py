@@ -141,17 +141,13 @@ class Scheduler:
     def handle(self, event, now: float) -> list:
         self.now = now
         kind = type(event)
-        if kind is ev.ClientMessage:
-            if not (self.leases.by_worker_client and self.leases.hold(event.client, event.msg)):
-                self._dispatch(self._client_handlers, event.client, event.msg, False)
-            if type(event.msg) is p.Refs:   # (frees objects: starts nothing)
-                return self.out.take()
-        elif kind is ev.ClientMessages:     # one frame's: scheduled once, after them all
-            client, handlers, refs_only = event.client, self._client_handlers, True
-            for msg in event.msgs:
-                self._dispatch(handlers, client, msg, False)
+        if kind is ev.ClientMessage or kind is ev.ClientMessages:   # (several: scheduled once)
+            leases, client, refs_only = self.leases, event.client, True
+            for msg in (event.msg,) if kind is ev.ClientMessage else event.msgs:
+                if not (leases.by_worker_client and leases.hold(client, msg)):
+                    self._dispatch(self._client_handlers, client, msg, False)
                 refs_only = refs_only and type(msg) is p.Refs
-            if refs_only:
+            if refs_only:   # (reference changes free objects: they start nothing)
                 return self.out.take()
         elif kind is ev.PeerMessage:
             self._dispatch(self._peer_handlers, event.node_id, event.msg, True)
