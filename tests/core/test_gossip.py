@@ -14,7 +14,7 @@ import msgpack
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from zfabric.core.gossip import CATCH_UPS_PER_ROUND
+from zfabric.core.gossip import CATCH_UPS_PER_ROUND, DOUBT_ROUNDS
 from zfabric.core.membership import ALIVE, DEAD, LEFT, SUSPECT
 from zfabric.testing.sim import MembershipSim
 
@@ -100,7 +100,9 @@ def test_a_join_is_known_everywhere_in_a_few_log_n_rounds(seed, via):
 def test_a_partition_heals_into_one_cluster(seed, islands, cut_for):
     """Cut into islands long enough for each to declare the others dead, then
     healed: every node holds every node ALIVE again within a probe of the dead
-    per node, twice, and the news of the refutations."""
+    per node, twice, and the news of the refutations. No node ever held a
+    member of its own island DEAD: the other islands' verdicts, stale after
+    the heal, are checked with the member itself, which answers."""
     n = 40
     sim = MembershipSim(n, seed, **CONFIG)
     sim.run(0.5)
@@ -114,6 +116,8 @@ def test_a_partition_heals_into_one_cluster(seed, islands, cut_for):
     sim.heal()
     bound = 2 * P * TAU + FT / 4 + spread_rounds(n) * TAU
     assert sim.run_until(lambda: agreed(sim), bound)
+    assert not [(i, j) for _, i, j, state in sim.history
+                if state == DEAD and side[i] == side[j]]
 
 
 def test_a_node_that_leaves_sends_its_row_alone_and_is_left_everywhere():
@@ -149,7 +153,8 @@ def test_across_a_cut_the_answer_is_every_live_row_and_otherwise_bounded(seed, d
     sim.run(0.3)
     node = sim.nodes[0]
     victims = [sim.nodes[i] for i in sorted(dead)]
-    node.merge([_row(v, DEAD) for v in victims], sim.now)
+    for v in victims:   # (held DEAD as if it had declared them: verdicts it would check)
+        node.members[v.me.node_id].state = DEAD
     live = {m.node_id for m in node.peers()}
     assert not live & {v.me.node_id for v in victims}
     for k, v in enumerate(victims):
@@ -170,23 +175,55 @@ def test_across_a_cut_the_answer_is_every_live_row_and_otherwise_bounded(seed, d
 
 
 @settings(max_examples=10, deadline=None)
-@given(seed=st.integers(0, 2**32 - 1), subject=st.integers(2, 39))
-def test_a_stale_verdict_is_checked_unless_its_sender_holds_us_dead(seed, subject):
-    """A DEAD row older than the heartbeat we know is asked about (it may be a
-    crash we have not seen), except in rows that hold us DEAD too: those come
-    from across a cut, where every verdict of our side is stale."""
+@given(seed=st.integers(0, 2**32 - 1), subject=st.integers(2, 39), newer=st.booleans())
+def test_a_verdict_is_checked_unless_its_sender_holds_us_dead(seed, subject, newer):
+    """Above the threshold a DEAD row about a member we hold alive is never
+    believed at once, whether its heartbeat is older or newer than the one we
+    know (ours is seldom fresh: it says little about the verdict's age). We
+    ask the member and pass the verdict on meanwhile; a member that answers
+    stays ALIVE everywhere. Not checked either: in rows that hold us DEAD
+    too -- from across a cut, where every verdict of our side is stale -- or
+    if the member spoke to us within failure_timeout (the verdict is older)."""
     sim = MembershipSim(40, seed, **CONFIG)
     sim.run(0.5)
     node, peer = sim.nodes[0], sim.nodes[subject]
-    node.merge([_row(peer)], sim.now)   # we know a heartbeat of it newer than the verdict's
     held = node.members[peer.me.node_id]
-    stale = [peer.me.node_id, peer.me.address, held.incarnation, 0, int(DEAD), {}]
-    assert held.heartbeat > 0 and held.state == ALIVE
-    node.delta.probing.pop(peer.me.node_id, None)
-    node.merge([_row(sim.nodes[1], None), _row(node, DEAD), stale], sim.now)
-    assert peer.me.node_id not in node.delta.probing and held.state == ALIVE
-    node.merge([_row(sim.nodes[1], None), stale], sim.now)
-    assert peer.me.node_id in node.delta.probing and held.state == ALIVE
+    verdict = [peer.me.node_id, peer.me.address, held.incarnation,
+               held.heartbeat + 5 if newer else 0, int(DEAD), {}]
+    node.delta.spoke[peer.me.node_id] = sim.now - FT / 2
+    node.merge([_row(sim.nodes[1], None), verdict], sim.now)
+    assert peer.me.node_id not in node.delta.doubted and held.state == ALIVE
+    node.delta.spoke[peer.me.node_id] = sim.now - FT   # (as if it had not spoken since)
+    node.merge([_row(sim.nodes[1], None), _row(node, DEAD), verdict], sim.now)
+    assert peer.me.node_id not in node.delta.doubted and held.state == ALIVE
+    node.merge([_row(sim.nodes[1], None), verdict], sim.now)
+    assert peer.me.node_id in node.delta.doubted and held.state == ALIVE
+    other = sim.nodes[1 if subject != 1 else 2].me.node_id
+    assert verdict in node.gossip_rows(other)   # passed on, as it came
+    assert node.wants_reply(peer.me.node_id)
+    assert sim.run_until(lambda: peer.me.node_id not in node.delta.doubted, 3 * TAU)
+    sim.run(FT)
+    assert not any(state == DEAD for _, _, _, state in sim.history)
+    assert agreed(sim)
+
+
+@settings(max_examples=10, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), subject=st.integers(2, 39))
+def test_a_verdict_about_a_silent_member_is_believed_after_one_unanswered_ask(seed, subject):
+    """A member that crashed does not answer: we declare it too, a round or
+    two after asking it (core/gossip.py DOUBT_ROUNDS), well before our own
+    failure_timeout would."""
+    sim = MembershipSim(40, seed, **CONFIG)
+    sim.run(0.5)
+    node, peer = sim.nodes[0], sim.nodes[subject]
+    sim.crash(subject)
+    held = node.members[peer.me.node_id]
+    known = held.heartbeat
+    node.delta.spoke.pop(peer.me.node_id, None)   # (as if it had not spoken to us for long)
+    verdict = [peer.me.node_id, peer.me.address, held.incarnation, 0, int(DEAD), {}]
+    node.merge([_row(sim.nodes[1], None), verdict], sim.now)
+    assert sim.run_until(lambda: held.state == DEAD, (DOUBT_ROUNDS + 2) * TAU)
+    assert held.heartbeat == known   # our verdict: the heartbeat we knew when we doubted
 
 
 def test_nodes_that_start_together_probe_the_dead_in_different_rounds():

@@ -324,7 +324,7 @@ class Fabric:
 
     def _on_gossip(self, sender: bytes, msg: p.Gossip) -> None:
         joining = sender not in self.membership.members   # a join: it gets every row
-        changes = self.membership.merge(msg.rows, self._now)
+        changes = self.membership.merge(msg.rows, self._now, sender)
         member = self.membership.members.get(sender)
         if member is None:   # (a sender without its own row: still take what it says)
             self._apply_changes(changes)

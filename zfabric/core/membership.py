@@ -42,8 +42,11 @@ Failure detection is gossip-style heartbeating with SWIM incarnations:
 Above `deltas_above` members (config gossip_deltas_above) what a round
 sends and how silence is timed change: bounded delta rows and asking each
 target for an answer (core/gossip.py, `gossip_rows` / `wants_reply`), and
-the answer across a healed cut carries every live row (`answer_rows`); the
-rules above hold in both modes.
+the answer across a healed cut carries every live row (`answer_rows`). The
+rules above hold in both modes but one: there a DEAD verdict about a member
+we hold alive is never adopted at once, whatever its heartbeat, but checked
+with the member itself (core/gossip.py `doubt`; `merge`'s `sender` is the
+member a message came from: it spoke).
 
 A row (wire form, msgpack-safe) is [node_id, address, incarnation, heartbeat,
 state, info]. Pure: time and randomness come in as arguments; `now` must not
@@ -51,6 +54,7 @@ decrease between calls.
 """
 from __future__ import annotations
 
+import functools
 import random
 from dataclasses import dataclass
 from enum import IntEnum
@@ -254,8 +258,9 @@ class Membership:
                 targets.append(dead)
         return [(m.node_id, m.address) for m in targets], changes
 
-    def merge(self, rows: list, now: float) -> list[Change]:
-        """Rows from a peer's gossip or a join reply; malformed ones are counted and skipped."""
+    def merge(self, rows: list, now: float, sender: bytes | None = None) -> list[Change]:
+        """Rows from a peer's gossip or a join reply (from `sender`, if given: a
+        message from it shows it alive); malformed ones are counted and skipped."""
         if not isinstance(rows, (list, tuple)):
             self.malformed += 1
             return []
@@ -267,17 +272,19 @@ class Membership:
             else:
                 parsed_rows.append(parsed)
         me = self.me.node_id
-        # Rows that hold us DEAD come from across a cut: their verdicts older
-        # than what we know are stale there, not doubts worth checking.
+        # Rows that hold us DEAD come from across a cut: their verdicts about
+        # our side are stale (with deltas on, not even worth checking).
         across = any(p[0] == me and p[4] == DEAD for p in parsed_rows)
         changes = []
         for parsed in parsed_rows:
             if parsed[0] == me:
                 change = self._merge_self(*parsed[2:5])
             else:
-                change = self._merge_peer(*parsed, now, doubt=not across)
+                change = self._merge_peer(*parsed, now, across)
             if change is not None:
                 changes.append(change)
+        if sender is not None and sender != me:
+            self.delta.answered(sender, now)
         return changes
 
     # -- rules --------------------------------------------------------------
@@ -327,7 +334,7 @@ class Membership:
         return None
 
     def _merge_peer(self, node_id: bytes, address: str, incarnation: int, heartbeat: int,
-                    state: MemberState, info: dict, now: float, doubt: bool = True
+                    state: MemberState, info: dict, now: float, across: bool = False
                     ) -> Change | None:
         if state == SUSPECT:
             state = ALIVE   # the sender's suspicion; ours comes from our own timer
@@ -357,13 +364,16 @@ class Membership:
         # (it stopped on purpose), so that all views end up agreeing.
         if m.state == LEFT or (m.state == DEAD and state != LEFT):
             return None
-        if state == DEAD and heartbeat < m.heartbeat:
+        if state == DEAD and (heartbeat < m.heartbeat or self.delta.active):
             # A verdict older than what we know: it was heard of after the
             # declarer's last news (the declarer was cut off, not it). It
             # refutes when the verdict reaches it; we need not drop it meanwhile.
-            # (With deltas on, what we know may be old too: we ask it ourselves.)
-            if doubt:
-                self.delta.doubt(node_id, m.heard, now)
+            # With deltas on, the heartbeats we know are seldom fresh, newer or
+            # older than a verdict's: we check every verdict with the member
+            # itself (core/gossip.py), but for one from across a cut.
+            if not across:
+                self.delta.doubt(node_id, [node_id, address, incarnation, heartbeat,
+                                           int(state), info], now)
             return None
         newer = heartbeat > m.heartbeat
         if newer:
@@ -460,11 +470,19 @@ def _change(m: Member) -> Change:
 def _is_address(address) -> bool:
     """tcp://HOST:PORT: a row with anything else would make every node that
     gossips to it try to connect to garbage."""
-    if not isinstance(address, str) or not address.startswith("tcp://") or len(address) > 300:
+    return isinstance(address, str) and _is_address_str(address)
+
+
+@functools.lru_cache(maxsize=4096)   # (every row names an address: most repeat)
+def _is_address_str(address: str) -> bool:
+    if not address.startswith("tcp://") or len(address) > 300:
         return False
     host, sep, port = address[6:].rpartition(":")
     return bool(sep and host and port.isdigit() and 0 < int(port) <= 65535
                 and not any(c.isspace() for c in host))
+
+
+_STATES = tuple(MemberState)   # by value: 0, 1, 2, 3
 
 
 def _parse(row) -> tuple | None:
@@ -474,8 +492,9 @@ def _parse(row) -> tuple | None:
     node_id, address, incarnation, heartbeat, state, info = row
     if not (isinstance(node_id, bytes) and len(node_id) == NODE_ID_SIZE
             and _is_address(address)
-            and all(type(c) is int and 0 <= c <= MAX_COUNTER for c in (incarnation, heartbeat))
-            and type(state) is int and 0 <= state <= max(MemberState)
+            and type(incarnation) is int and 0 <= incarnation <= MAX_COUNTER
+            and type(heartbeat) is int and 0 <= heartbeat <= MAX_COUNTER
+            and type(state) is int and 0 <= state < len(_STATES)
             and isinstance(info, dict) and all(isinstance(k, str) for k in info)):
         return None
-    return node_id, address, incarnation, heartbeat, MemberState(state), dict(info)
+    return node_id, address, incarnation, heartbeat, _STATES[state], dict(info)

@@ -82,7 +82,7 @@ class MembershipSim:
                 node = self.nodes[i]
                 sender = self.nodes[self._by_address[src]].me.node_id
                 joining = sender not in node.members
-                self._merge(i, rows)
+                self._merge(i, rows, sender)
                 if reply or node.answers(sender):
                     back = node.rows() if joining else node.answer_rows(sender, rows)
                     self.net.send(dst, src, msgpack.packb([back, False]), now)
@@ -185,8 +185,8 @@ class MembershipSim:
         self.running.add(i)
         return i
 
-    def _merge(self, i: int, rows) -> None:
-        self._tell(i, self.nodes[i].merge(rows, self.now))
+    def _merge(self, i: int, rows, sender: bytes | None = None) -> None:
+        self._tell(i, self.nodes[i].merge(rows, self.now, sender))
 
     def _tell(self, i: int, changes: list[Change]) -> None:
         for c in changes:

@@ -144,7 +144,7 @@ class MembershipWorld(_Rounds):
             if dst not in self.running or self._cut(src, dst):
                 continue
             node = self.nodes[dst]
-            node.merge(rows, now)
+            node.merge(rows, now, sender=self.nodes[src].me.node_id)
             if reply or node.answers(self.nodes[src].me.node_id):
                 back = node.answer_rows(self.nodes[src].me.node_id, rows)
                 self._send(dst, src, back, len(msgpack.packb(back)), False)
