@@ -5,6 +5,7 @@ result, other work queued -- ends as it would through the node."""
 from __future__ import annotations
 
 import os
+import time
 
 import pytest
 
@@ -112,6 +113,27 @@ def test_other_work_recalls_the_lease_and_everything_finishes(node):
     leased()   # sync round trips lease a worker again
 
 
+@zf.remote
+def note_pid(path: str, i: int, seconds: float) -> int:
+    time.sleep(seconds)
+    open(os.path.join(path, f"{i}-{os.getpid()}"), "w").close()
+    return i
+
+
+def test_a_fan_out_gives_the_leased_worker_back_though_the_driver_does_not_wait(node, tmp_path):
+    """A second task while a direct one runs is a fan-out: once the direct one
+    ends, the worker goes back to the node and takes its share of the rest,
+    also while the driver is busy elsewhere (nobody waits on the node socket)."""
+    leased()
+    refs = [note_pid.remote(str(tmp_path), i, 0.1) for i in range(10)]
+    time.sleep(2.0)   # (the driver does not wait: its flush thread hears the end)
+    ran = [name.split("-") for name in os.listdir(tmp_path)]
+    leased_pid = next(pid for i, pid in ran if i == "0")   # task 0 went direct
+    assert sum(pid == leased_pid for _, pid in ran) >= 2, sorted(ran)
+    assert lane().wid is None
+    assert zf.get(refs, timeout=30) == list(range(10))
+
+
 def test_nested_tasks_in_a_direct_task_run_even_on_one_cpu(fresh):
     zf.init(num_cpus=1)
     leased()
@@ -149,7 +171,6 @@ def test_stored_and_ref_holding_results_are_sealed_by_the_node(node):
 
 def test_a_lease_unused_for_a_while_goes_back(node):
     leased()
-    import time
     time.sleep(lane().idle_after + 0.5)
     assert lane().wid is None
     assert node_stats()["leases"] == 1

@@ -221,6 +221,8 @@ class Client:
         while not self._closed:
             time.sleep(interval)
             lane = self.lane
+            if lane is not None and lane.wid is not None:
+                self.take_arrived()   # (a recall heard though nobody waits: returned)
             if lane is not None and lane.wid is not None and not lane.pending:
                 with self._send_lock:
                     lane.idle_check(time.monotonic())
@@ -310,6 +312,22 @@ class Client:
                 if not self.node_alive():
                     raise NodeDiedError(f"the zfabric node (pid {self.node_pid}) died")
                 self._subscribe_elsewhere(overdue=True)
+
+    def take_arrived(self) -> None:
+        """Take what has arrived, without waiting, unless a thread pumps already:
+        a driver holding a lease hears of a recall, or of its direct task's end,
+        while it submits or between its gets (node/lease.py)."""
+        with self._cond:
+            if self._pumping or self._closed:
+                return
+            self._pumping = True
+        try:
+            while self._pump(0.0):
+                pass
+        finally:
+            with self._cond:
+                self._pumping = False
+                self._cond.notify_all()
 
     def _pump(self, timeout: float) -> bool:
         """Receive one frame (waiting up to timeout); True if one came. A whole

@@ -94,7 +94,11 @@ class Lane:
     # -- sending a task (under _send_lock) ------------------------------------------
 
     def run(self, tid: bytes, rids: list, fields: dict) -> bool:
-        """Send the task to the leased worker if it may go; False: send it to the node."""
+        """Send the task to the leased worker if it may go; False: send it to the node.
+        A second task while one runs here is a fan-out, not a sync loop: the
+        lease is given back once that one ends."""
+        if self.inflight is not None and self.wid is not None:
+            self.ending = True
         if (self.wid is None or self.ending or self.inflight is not None
                 or fields["deps"] or fields["contained"] or fields["fn_id"] in self.no_direct
                 or fields["resources"] != {"CPU": 1.0} or not DIRECT_OPTS.issuperset(fields["opts"])

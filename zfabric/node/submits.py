@@ -49,4 +49,6 @@ def submit(client, *, name: str, fn_id: bytes, fn_blob: bytes, num_returns: int,
     client.send(p.Submit(tid, name, fn_id, num_returns, resources, max_retries,
                          retry_exceptions, depth, client.current_task_id or b"", deps,
                          contained, fn_blob, args_blob, retry_blob, opts or {}))
+    if lane is not None and lane.wid is not None:   # (a recall, or our direct task's end:
+        client.take_arrived()                       # the worker goes back to the node)
     return refs
