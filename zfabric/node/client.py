@@ -586,6 +586,8 @@ class Client:
             except zmq.ZMQError:
                 pass
             self._closed = True
+        with self._cond:   # (a pump under way -- the flush thread's take_arrived -- ends first)
+            self._cond.wait_for(lambda: not self._pumping, timeout=PUMP_SLICE)
         self._close_sockets()
 
     def _close_sockets(self) -> None:
