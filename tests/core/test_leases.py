@@ -17,8 +17,8 @@ from zfabric.core.leases import LeaseBook, LeaseState
 from zfabric.exceptions import WorkerCrashedError
 from zfabric.protocol import ObjectState
 
-from tests.harness.scheduler import (DRIVER, OTHER, Node, error_for, rid, submit_msg, summary,
-                                     tid, user_error)
+from tests.harness.scheduler import (DRIVER, OTHER, Node, error_for, put_id, rid, submit_msg,
+                                     summary, tid, user_error)
 
 SESSION = "/tmp/zfabric-sessions-0/s"
 
@@ -140,6 +140,16 @@ def test_a_direct_task_whose_value_the_node_seals_is_pushed_to_the_driver():
     node.send(DRIVER, notice(1, node.wid))
     out = node.send(DRIVER, report(1, [user_error()], status=1))
     assert ("ready", DRIVER, rid(1), "ERROR") in summary(out)
+
+
+def test_a_direct_value_holding_refs_is_pushed_to_the_driver():
+    """The driver leaves a value holding refs to the node (node/lease.py): it
+    must be pushed, or the driver's get waits until it asks."""
+    node = leased_node()
+    node.send(DRIVER, p.Put(put_id(1), ObjectState.INLINE, 1, [], 0, b"x"))
+    node.send(DRIVER, notice(1, node.wid))
+    out = node.send(DRIVER, report(1, [b"v"], contained=[[put_id(1)]]))
+    assert ("ready", DRIVER, rid(1), "INLINE") in summary(out)
 
 
 def test_a_notice_naming_another_workers_lease_or_with_arguments_is_nonsense():

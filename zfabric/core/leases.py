@@ -197,11 +197,13 @@ class Leasing:
 
     def finished(self, worker, task, msg: p.TaskDone) -> None:
         """A direct task's TaskDone (forwarded by its driver) is being booked: the
-        driver has its inline values, so they are not pushed to it again."""
+        driver has its inline values, so they are not pushed to it again -- unless
+        a value holds refs, which the driver leaves to us (node/lease.py)."""
         lease = self.book.by_worker.get(worker.wid)
         if lease is not None:
             lease.ended.append(task.spec.task_id)
-        if msg.status == 0 and all(s == int(p.ObjectState.INLINE) for s in msg.states):
+        if (msg.status == 0 and all(s == int(p.ObjectState.INLINE) for s in msg.states)
+                and not any(msg.contained)):
             entries = self.sched.objects.entries
             for oid in task.returns:
                 entry = entries.get(oid)
