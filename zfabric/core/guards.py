@@ -48,8 +48,10 @@ def _hello(sched, client: bytes, msg: p.Hello) -> str:
 
 
 def _submit(sched, client: bytes, msg: p.Submit) -> str:
-    if msg.opts and "lease" in msg.opts and _direct_problem(sched, client, msg):
-        return _direct_problem(sched, client, msg)
+    if msg.opts and "lease" in msg.opts:
+        why = _direct_problem(sched, client, msg)
+        if why:
+            return why
     if msg.task_id in sched.tasks:
         return "a Submit of a task id in use"
     entries = sched.objects.entries
