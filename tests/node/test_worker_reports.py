@@ -6,12 +6,15 @@ Executes and reads every frame the worker sends.
 from __future__ import annotations
 
 import dataclasses
+import os
+import time
 
 import cloudpickle
 import pytest
 
 from zfabric import ids, serialization
 from zfabric import protocol as p
+from zfabric.config import Config
 from zfabric.protocol import TaskStatus
 from zfabric.node import client as client_mod
 from zfabric.node.worker import Worker
@@ -38,8 +41,14 @@ def _frames(node, count: int) -> list[list]:
     return out
 
 
-def _worker(nodes, clients, tmp_path, name: bytes):
-    node = nodes()
+def _worker(nodes, clients, tmp_path, name: bytes, **config):
+    """A fake node and a worker on it. Unless `config` says otherwise, the node's
+    Config lets reports be held by count alone: no time limit, and no flush by the
+    client's thread while a test runs (each has its own test below)."""
+    config = {"prefetch_queue_seconds": 3600.0, "ref_flush_interval": 3600.0, **config}
+    welcome = p.Welcome(ids.new_node_id(), str(tmp_path), str(tmp_path), "tcp://127.0.0.1:1",
+                        dataclasses.replace(Config(), **config).to_json(), os.getpid())
+    node = nodes(welcome=welcome)
     client = clients(node, role="worker", identity=name, worker_id=name.decode())
     node.received.get(timeout=10)                     # its Hello
     return node, client, Worker(client, str(tmp_path / "cancel"))
@@ -138,3 +147,25 @@ def test_a_held_report_goes_before_what_the_next_task_sends(nodes, clients, tmp_
     assert kinds[:3] == ["TaskDone", "Put", "TaskDone"], kinds   # the held report first
     assert [m.task_id for m in sent if type(m) is p.TaskDone] == [first.task_id, second.task_id]
     assert set(kinds[3:]) <= {"Refs"}                # (the put's ref, dropped as it returned)
+
+
+def test_a_report_held_past_prefetch_queue_seconds_goes(nodes, clients, tmp_path):
+    node, client, worker = _worker(nodes, clients, tmp_path, b"w-slow",
+                                   prefetch_queue_seconds=0.01)
+    tasks = [_task(lambda: 1), _task(lambda: time.sleep(0.05)), _task(lambda: 3)]
+    node.push(p.encode(p.Batch([p.encode(t) for t in tasks])))
+    for _ in tasks:
+        worker.serve_one()
+    # the first was held; the second ended past the limit and sent both
+    assert [[m.task_id for m in f] for f in _frames(node, 2)] == [
+        [tasks[0].task_id, tasks[1].task_id], [tasks[2].task_id]]
+
+
+def test_the_client_thread_sends_a_held_report_though_the_next_task_never_runs(
+        nodes, clients, tmp_path):
+    node, client, worker = _worker(nodes, clients, tmp_path, b"w-stuck",
+                                   ref_flush_interval=0.05)
+    tasks = [_task(lambda: 1), _task(lambda: 2)]
+    node.push(p.encode(p.Batch([p.encode(t) for t in tasks])))
+    worker.serve_one()                               # held: the second waits, not run
+    assert [[m.task_id for m in f] for f in _frames(node, 1)] == [[tasks[0].task_id]]
