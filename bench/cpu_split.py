@@ -56,28 +56,33 @@ def noop():
 
 def processes():
     """{role: [psutil.Process]} of the embedded node under this driver:
-    node, zygote (the worker fork servers), worker, other."""
+    node, zygote (the worker fork servers), worker, other. By process name
+    (zfabric names its processes), or by command line (a tree from before
+    names, whose processes were all exec'd)."""
     import psutil
-    me = psutil.Process()
-    roles = {"node": [], "zygote": [], "worker": [], "other": []}
-    for child in me.children():
+
+    def role(proc) -> str:
         try:
-            cmd = " ".join(child.cmdline())
+            name, cmd = proc.name(), " ".join(proc.cmdline())
         except psutil.Error:
-            continue
-        if "zfabric.node" in cmd and "_serve" in cmd:
+            return ""
+        if name == "zfabric-node" or "zfabric.node" in cmd and "_serve" in cmd:
+            return "node"
+        if name == "zfabric-zygote" or "zfabric.node.zygote" in cmd:
+            return "zygote"
+        return "other"
+    roles = {"node": [], "zygote": [], "worker": [], "other": []}
+    for child in psutil.Process().children():
+        kind = role(child)
+        if kind == "node":
             roles["node"].append(child)
             for sub in child.children():
-                try:
-                    is_zygote = "zfabric.node.zygote" in " ".join(sub.cmdline())
-                except psutil.Error:
-                    continue
-                if is_zygote:
+                if role(sub) == "zygote":
                     roles["zygote"].append(sub)
                     roles["worker"] += sub.children()
-                else:
+                elif role(sub):
                     roles["other"].append(sub)
-        else:
+        elif kind:
             roles["other"].append(child)
     return roles
 

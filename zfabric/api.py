@@ -22,6 +22,7 @@ from . import options as opts_mod
 from .config import ADDRESS_ENV, Config
 from . import ids
 from .node import client as client_mod
+from .node import embedded
 from .node import loglisten
 from .node import launch as node_mod
 from .node import puts as node_puts
@@ -175,11 +176,12 @@ def _start_embedded(config: Config, address: str | None, num_cpus, resources: di
     if address:
         config = node_mod.prepare_join(config, address)
     try:
-        return node_mod.spawn_node(
+        return node_mod.spawn_node(   # (forked from this process where that is safe)
             config, num_cpus=float(num_cpus if num_cpus is not None else os.cpu_count() or 1),
             resources=resources, object_store_memory=object_store_memory,
             host=_embedded_host(config.host, address), port=config.port, embedded=True,
-            join=[address] if address else [], dashboard=dashboard)
+            join=[address] if address else [], dashboard=dashboard,
+            start=embedded.start(config))
     except node_mod.NodeStartError as e:
         if address:
             raise ConnectionError(f"could not join the cluster at {address}: {e}") from None

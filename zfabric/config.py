@@ -110,6 +110,16 @@ class Config:
     # that a node init() starts for its driver preloads zfabric's API and numpy
     # if the driver imported them (node/launch.py, driver_preload); ",": none.
     zygote_preload: str = ""
+    # A node init() starts is forked from its driver when the driver runs a single
+    # thread and holds at most fork_embedded_node_max_rss bytes resident
+    # (node/forking.py: no interpreter start, nothing imported twice; its first
+    # zygote is forked from it too), else started as `python -m zfabric.node`.
+    # False (ZFABRIC_FORK_EMBEDDED_NODE=0): always the latter. The bound: the
+    # node, its zygote and its workers share the driver's pages as they were at
+    # the fork, which stay allocated while they live (a driver that loaded a
+    # dataset before init() would pin it); 256 MiB is several times a script's.
+    fork_embedded_node: bool = True
+    fork_embedded_node_max_rss: int = 256 << 20
 
     # The failures of tasks a node's workers ran that it keeps for the dashboard
     # (function, worker, time, error type, message, traceback), the oldest

@@ -20,6 +20,7 @@ import psutil
 import pytest
 
 import zfabric as zf
+from zfabric.node import forking
 from tests.harness.dashboard import (get_json, parse_metrics, raw, request, split_url, value,
                                      wait_for_tasks, wait_until)
 
@@ -196,8 +197,7 @@ def test_no_dashboard_serves_nothing(fresh):
 
 
 def _embedded_node_pid() -> int:
-    [child] = [p for p in psutil.Process().children()
-               if "zfabric.node" in " ".join(p.cmdline()) and "_serve" in p.cmdline()]
+    [child] = [p for p in psutil.Process().children() if p.name() == forking.NODE_NAME]
     return child.pid
 
 

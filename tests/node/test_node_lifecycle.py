@@ -325,12 +325,12 @@ def test_node_killed_under_a_waiting_driver_raises_node_died(temp_dir, reaper):
         @zf.remote
         def forever():
             time.sleep(600)
-        def cmdline(p):   # (a short-lived child may be gone by now)
+        def name(p):   # (a short-lived child may be gone by now)
             try:
-                return p.cmdline()
+                return p.name()
             except psutil.NoSuchProcess:
-                return []
-        node = [p for p in psutil.Process().children() if "_serve" in cmdline(p)][0]
+                return ""
+        node = [p for p in psutil.Process().children() if name(p) == "zfabric-node"][0]
         ref = forever.remote()
         time.sleep(0.3)
         os.kill(node.pid, signal.SIGKILL)

@@ -345,13 +345,15 @@ def _ask(record: dict, what: str):
 
 
 def cmd_serve(args) -> int:
+    from . import forking
+    forking.set_name(forking.NODE_NAME)
     config = Config.from_json(args.config)
     zygote = None
     if args.num_cpus > 0:   # its first zygote imports while the node does (two cores: at once)
         from .processes import raise_fd_limit, start_zygote
         raise_fd_limit()   # (its workers inherit it)
-        try:
-            zygote = start_zygote(config.zygote_preload)
+        try:   # (forked: we have one thread yet, and no zmq context)
+            zygote = start_zygote(config.zygote_preload, fork=True)
         except OSError:
             pass   # the first spawn tries again, and reports it if it cannot
     from .node import serve   # (the node's own modules: only in the node process)

@@ -2,7 +2,7 @@
 
 `spawn_node(...)` (used by `zf.init()` for an embedded node, by `zfabric
 start` and by `testing.LocalCluster`) runs `python -m zfabric.node _serve
-...` and waits until the node has bound its sockets and its pre-started
+...` (or has embedded.py fork the node from its driver) and waits until the node has bound its sockets and its pre-started
 workers are up; it answers on a pipe with a JSON record (address, ipc
 endpoint, session and store dirs) or with the one-line reason it could not
 start. `find_local_nodes` reads the records of the nodes `zfabric start`
@@ -46,7 +46,7 @@ def spawn_node(config: Config, *, num_cpus: float, resources: dict,
                object_store_memory: int | None, host: str, port: int,
                embedded: bool, join: list[str] = (),
                insecure: bool = False, dashboard: tuple[str, int | None] | None = ("", None),
-               timeout: float | None = None) -> tuple[subprocess.Popen, dict]:
+               timeout: float | None = None, start=None) -> tuple[subprocess.Popen, dict]:
     """Start a node process and wait until it answers (and has joined the
     cluster at `join`, if given). Returns (process, info).
 
@@ -55,7 +55,9 @@ def spawn_node(config: Config, *, num_cpus: float, resources: dict,
     `insecure`: then its TCP sockets are plain (--insecure-no-auth).
     `dashboard`: (host, port) the node's dashboard listens on (host "":
     `config.dashboard_host`; port None: `config.dashboard_port`, or a free port
-    when that is taken); None: no dashboard."""
+    when that is taken); None: no dashboard. `start(cmd, ready_fd, env)`:
+    how to start the process instead of exec'ing `cmd` (embedded.py forks
+    it), returning a Popen-like handle; `env`: what to add to the environment."""
     private_dir(config.temp_dir)   # refused here, in one line, if another user owns it
     if embedded and not config.zygote_preload:
         config = config.replace(zygote_preload=driver_preload())
@@ -72,18 +74,16 @@ def spawn_node(config: Config, *, num_cpus: float, resources: dict,
     if insecure:
         cmd += ["--insecure-no-auth"]
     cmd += _dashboard_flags(config, dashboard)
-    devnull = subprocess.DEVNULL
-    env = dict(os.environ)
-    if embedded:  # workers import what the driver can (functions pickled by reference)
-        paths = [os.path.abspath(x or os.curdir) for x in sys.path if os.path.isdir(x or os.curdir)]
-        if env.get("PYTHONPATH"):
-            paths.append(env["PYTHONPATH"])
-        env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+    env = {"PYTHONPATH": driver_path()} if embedded else {}
     try:
-        proc = subprocess.Popen(
-            cmd, pass_fds=(w,), stdin=devnull, env=env,
-            stdout=None if embedded else devnull, stderr=None if embedded else devnull,
-            start_new_session=not embedded)
+        if start is not None:
+            proc = start(cmd, w, env)
+        else:
+            devnull = subprocess.DEVNULL
+            proc = subprocess.Popen(
+                cmd, pass_fds=(w,), stdin=devnull, env={**os.environ, **env},
+                stdout=None if embedded else devnull, stderr=None if embedded else devnull,
+                start_new_session=not embedded)
     finally:
         os.close(w)
     try:
@@ -100,6 +100,15 @@ def spawn_node(config: Config, *, num_cpus: float, resources: dict,
             proc.wait()
         raise NodeStartError(info["error"])
     return proc, info
+
+
+def driver_path() -> str:
+    """PYTHONPATH for a node this driver starts: its workers import what the
+    driver can (functions pickled by reference)."""
+    paths = [os.path.abspath(x or os.curdir) for x in sys.path if os.path.isdir(x or os.curdir)]
+    if os.environ.get("PYTHONPATH"):
+        paths.append(os.environ["PYTHONPATH"])
+    return os.pathsep.join(dict.fromkeys(paths))
 
 
 def driver_preload() -> str:

@@ -52,6 +52,7 @@ import time
 import zmq
 
 from ..core import events as ev
+from . import forking, zygote
 from .pids import alive
 
 
@@ -87,21 +88,36 @@ def raise_fd_limit(want: int = 1 << 16) -> None:
             pass
 
 
-def start_zygote(preload: str = "") -> _Zygote:
+def start_zygote(preload: str = "", fork: bool = False) -> _Zygote:
     """Start a zygote (it needs nothing of the node until its setup line, so a
     node starts its first one before its own imports); OSError if it cannot be.
-    `preload`: more modules for it to import, comma-separated (config.zygote_preload)."""
+    `preload`: more modules for it to import, comma-separated (config.zygote_preload).
+    `fork`: fork it from this process (only while it has a single thread and
+    no zmq context: a node's first one, node/__main__.py), else exec it."""
     report_r, report_w = os.pipe2(os.O_CLOEXEC)
     try:
-        popen = subprocess.Popen(
-            [sys.executable, "-m", "zfabric.node.zygote", str(report_w), preload],
-            stdin=subprocess.PIPE, pass_fds=(report_w,), close_fds=True)
+        if fork and forking.safe_to_fork():
+            cmd_r, cmd_w = os.pipe2(os.O_CLOEXEC)
+            try:
+                proc = forking.fork(lambda: zygote.serve(report_w, preload),
+                                    args=["zfabric.node.zygote"], keep_fds=(report_w,),
+                                    stdin_fd=cmd_r)
+            except OSError:
+                os.close(cmd_w)
+                raise
+            finally:
+                os.close(cmd_r)
+            proc.stdin = os.fdopen(cmd_w, "wb", buffering=0)
+        else:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "zfabric.node.zygote", str(report_w), preload],
+                stdin=subprocess.PIPE, pass_fds=(report_w,), close_fds=True)
     except OSError:
         os.close(report_r)
         raise
     finally:
         os.close(report_w)
-    return _Zygote(popen, report_r)
+    return _Zygote(proc, report_r)
 
 
 class Processes:

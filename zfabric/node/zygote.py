@@ -16,8 +16,10 @@ stdout and stderr (fds 1 and 2, so C-level output too) go to
 (node/logmon.py).
 
 The zygote needs nothing of the node to start (the node's endpoint and dirs
-come in the `setup` line), so a node starts its first zygote before its own
-imports (node/__main__.py): both import at once. It imports what every
+come in the `setup` line), so a node forks its first zygote before its own
+imports, while it has a single thread (node/__main__.py, node/forking.py:
+`serve`): both import at once. A zygote started after a death is exec'd
+(`main`). Zygote and workers name themselves (forking.set_name). It imports what every
 worker needs and no more: numpy, say, is imported by the first task of a
 worker that uses it, unless the zygote preloads it (config.zygote_preload,
 ZFABRIC_ZYGOTE_PRELOAD=numpy,...: faster first tasks, more memory per
@@ -34,6 +36,8 @@ import os
 import select
 import signal
 import sys
+
+from . import forking
 
 PR_SET_PDEATHSIG = 1
 
@@ -78,14 +82,22 @@ def _child(worker_id: str, report_fd: int, wake_r: int, wake_w: int, log_dir: st
         os.close(out)
     if "numpy" in sys.modules:
         sys.modules["numpy"].random.seed()
+    forking.set_name(forking.WORKER_NAME)
     from . import worker
     os.environ["ZFABRIC_WORKER_ID"] = worker_id
     worker.main(zygote_pid=zygote_pid)   # (not getppid(): we may be orphaned already)
 
 
 def main() -> None:
-    report_fd = int(sys.argv[1])
-    preload = [m for m in sys.argv[2].split(",") if m] if len(sys.argv) > 2 else []
+    serve(int(sys.argv[1]), sys.argv[2] if len(sys.argv) > 2 else "")
+
+
+def serve(report_fd: int, preload: str) -> None:
+    """Be a zygote until the node closes our stdin: report on `report_fd`,
+    import `preload` (comma-separated) first. Started by exec (main) or forked
+    from a node that has not made a thread yet (processes.start_zygote)."""
+    forking.set_name(forking.ZYGOTE_NAME)
+    preload = [m for m in preload.split(",") if m]
     log_dir = ""   # (the setup line says where)
     _die_with_parent(signal.SIGKILL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import psutil
 
 from ..config import Config
-from ..node import auth
+from ..node import auth, forking
 from ..node import launch
 from ..node import store
 from ..node.client import Client
@@ -157,8 +157,8 @@ class LocalCluster:
         return [c.pid for c in children if _running(c)]
 
     def zygote_pids(self, handle: NodeHandle) -> list[int]:
-        """PIDs of a node's worker fork servers (its children running
-        `zfabric.node.zygote`): none before the first spawn or right after one
+        """PIDs of a node's worker fork servers (its children named
+        `zfabric-zygote`): none before the first spawn or right after one
         died, and two once one died (the one that forks and a spare)."""
         try:
             children = psutil.Process(handle.pid).children()
@@ -167,7 +167,7 @@ class LocalCluster:
         pids = []
         for child in children:
             try:
-                if "zfabric.node.zygote" in child.cmdline() and _running(child):
+                if child.name() == forking.ZYGOTE_NAME and _running(child):
                     pids.append(child.pid)
             except psutil.Error:
                 pass
