@@ -313,19 +313,39 @@ def _is_entry(table, key, value) -> bool:
     return type(table) is str and type(key) in (bytes, str) and _is_value(value)
 
 
+_SCALARS = frozenset((type(None), bool, float, str, bytes))
+_INT_MIN, _INT_END = -2**63, 2**64   # msgpack's ints
+
+
 def _is_value(v, depth: int = MAX_VALUE_DEPTH) -> bool:
-    """Does `v` travel through msgpack and come back equal (no tuples, no int keys)?"""
+    """Does `v` travel through msgpack and come back equal (no tuples, no int keys)?
+    (Scalars in a list or dict are looked at in place, not by a call each: a
+    peer's timeline batch is thousands of them.)"""
     t = type(v)
-    if v is None or t in (bool, float, str, bytes):
+    if t in _SCALARS:
         return True
     if t is int:
-        return -2**63 <= v < 2**64
+        return _INT_MIN <= v < _INT_END
     if t is list:
-        return depth > 0 and all(_is_value(x, depth - 1) for x in v)
-    if t is dict:
-        return depth > 0 and all(type(k) in (str, bytes) and _is_value(x, depth - 1)
-                                 for k, x in v.items())
-    return False
+        items = v
+    elif t is dict:
+        if not all(type(k) is str or type(k) is bytes for k in v):
+            return False
+        items = v.values()
+    else:
+        return False
+    if depth <= 0:
+        return False
+    for x in items:
+        t = type(x)
+        if t in _SCALARS:
+            continue
+        if t is int:
+            if not _INT_MIN <= x < _INT_END:
+                return False
+        elif not _is_value(x, depth - 1):
+            return False
+    return True
 
 
 def _is_record(r) -> bool:
