@@ -8,9 +8,10 @@
 
 Two sockets, because ZeroMQ sockets are not thread-safe: any thread may
 send (under `_send_lock`), and whichever thread waits first becomes the
-*pump* that receives for everyone (leader/follower on `_cond`). A single-
-threaded driver therefore sends and receives on its own thread with no
-hand-off, which keeps the round trip short.
+*pump* that receives for everyone (leader/follower on `_cond`, a condition
+on `_lock`). A single-threaded driver therefore sends and receives on its own
+thread with no hand-off, which keeps the round trip short; nobody waits on
+`_cond` then, and nobody is notified (`_waiting`).
 
 Reference counting: ObjectRefs report creation and death by appending to a
 lock-free deque (`ObjectRef.__del__` may run in any thread, inside any
@@ -87,9 +88,11 @@ class Client:
         self._rx_poller.register(self.rx, zmq.POLLIN)
         self.tx = sockets.client_dealer(self.ctx, self.id + sockets.TX_SUFFIX, endpoint)
         self._send_lock = threading.Lock()
-        self._cond = threading.Condition(threading.Lock())
+        self._lock = threading.Lock()            # (taken directly: `with self._lock`)
+        self._cond = threading.Condition(self._lock)
+        self._waiting = 0                        # threads in a wait on _cond: notified
         self._pumping = self._closed = False
-        # state guarded by _cond
+        # state guarded by _lock
         self._ready: dict[bytes, tuple] = {}     # oid -> (state, size, payload)
         self._counts: dict[bytes, int] = {}
         self._reported: set[bytes] = set()
@@ -201,7 +204,7 @@ class Client:
     def _ref_changes(self) -> bytes | None:
         """The net reference changes since the last report, encoded (caller holds
         _send_lock); None if there are none."""
-        with self._cond:
+        with self._lock:
             self._apply_ref_ops()
             incs, decs = [], []
             reported = self._reported
@@ -245,7 +248,7 @@ class Client:
 
     def _new_request(self, reply_kind: type) -> int:
         """A request id; only a reply of `reply_kind` with it will be taken."""
-        with self._cond:
+        with self._lock:
             self._req += 1
             self._awaiting[self._req] = reply_kind
             return self._req
@@ -254,7 +257,7 @@ class Client:
         try:
             self._wait_for(lambda: req in self._replies, timeout)
         finally:
-            with self._cond:   # from now on a reply to req is dropped, not kept forever
+            with self._lock:   # from now on a reply to req is dropped, not kept forever
                 self._awaiting.pop(req, None)
                 reply = self._replies.pop(req, None)
         if reply is None:
@@ -270,7 +273,7 @@ class Client:
         self._ref_ops.append((-1, oid))
 
     def _apply_ref_ops(self) -> None:
-        """Fold queued ref births/deaths into counts (caller holds _cond)."""
+        """Fold queued ref births/deaths into counts (caller holds _lock)."""
         ops, counts, dirty = self._ref_ops, self._counts, self._dirty
         while ops:
             delta, oid = ops.popleft()
@@ -288,10 +291,10 @@ class Client:
     # -- receiving -----------------------------------------------------------------
 
     def _wait_for(self, pred, timeout: float | None, check_node: bool = True) -> bool:
-        """Wait until pred() (evaluated under _cond) holds; False on timeout."""
+        """Wait until pred() (evaluated under _lock) holds; False on timeout."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            with self._cond:
+            with self._lock:
                 while True:
                     if pred():
                         return True
@@ -301,13 +304,18 @@ class Client:
                     if not self._pumping:
                         self._pumping = True
                         break
-                    self._cond.wait(min(remaining, PUMP_SLICE))
+                    self._waiting += 1
+                    try:
+                        self._cond.wait(min(remaining, PUMP_SLICE))
+                    finally:
+                        self._waiting -= 1
             try:
                 got = self._pump(min(remaining, PUMP_SLICE))
             finally:
-                with self._cond:
+                with self._lock:
                     self._pumping = False
-                    self._cond.notify_all()
+                    if self._waiting:
+                        self._cond.notify_all()
             if not got and check_node:
                 if not self.node_alive():
                     raise NodeDiedError(f"the zfabric node (pid {self.node_pid}) died")
@@ -317,7 +325,7 @@ class Client:
         """Take what has arrived, without waiting, unless a thread pumps already:
         a driver holding a lease hears of a recall, or of its direct task's end,
         while it submits or between its gets (node/lease.py)."""
-        with self._cond:
+        with self._lock:
             if self._pumping or self._closed:
                 return
             self._pumping = True
@@ -325,9 +333,10 @@ class Client:
             while self._pump(0.0):
                 pass
         finally:
-            with self._cond:
+            with self._lock:
                 self._pumping = False
-                self._cond.notify_all()
+                if self._waiting:
+                    self._cond.notify_all()
 
     def _pump(self, timeout: float) -> bool:
         """Receive one frame (waiting up to timeout); True if one came. A whole
@@ -345,10 +354,11 @@ class Client:
         except zmq.Again:
             return False
         messages = self._decode(data)
-        with self._cond:
+        with self._lock:
             for msg in messages:
                 self._on_message(msg)
-            self._cond.notify_all()
+            if self._waiting:
+                self._cond.notify_all()
         if self.lane is not None and self.lane.incoming:
             self.lane.process()
         while self._revoked:
@@ -385,7 +395,7 @@ class Client:
             log.debug("dropped a message from the node (%s): %s", what, reason)
 
     def _on_message(self, msg) -> None:
-        """Take one message from the node (caller holds _cond); never raises."""
+        """Take one message from the node (caller holds _lock); never raises."""
         kind = type(msg)
         if kind is p.ObjectReady:
             self._on_object_ready(msg)
@@ -456,7 +466,7 @@ class Client:
         """Subscribe to the objects not here, but our own returns, which the node
         pushes: those are returned, counted as `awaited` (the caller takes them
         back with _unawait) so that the pump asks for one kept elsewhere."""
-        with self._cond:
+        with self._lock:
             self._apply_ref_ops()
             ready, subscribed, pushed = self._ready, self._subscribed, self._pushed
             want, own = [], []
@@ -475,7 +485,7 @@ class Client:
 
     def _unawait(self, own: list) -> None:
         if own:
-            with self._cond:
+            with self._lock:
                 counts = self._awaited
                 for o in own:
                     n = counts.pop(o, 1) - 1
@@ -487,7 +497,7 @@ class Client:
         `overdue` (nothing came for a pump slice), to every awaited return not here
         yet: a Submit the node refused is then answered that the object does not
         exist, instead of a get that never ends."""
-        with self._cond:
+        with self._lock:
             want, self._to_subscribe = self._to_subscribe, []
             if overdue:
                 want += [o for o in [*self._awaited, *self._watchers]
@@ -526,7 +536,7 @@ class Client:
 
     def forget_entry(self, oid: bytes, entry: tuple) -> None:
         """What we heard of an object is stale (its store file is gone)."""
-        with self._cond:
+        with self._lock:
             if self._ready.get(oid) is entry:
                 del self._ready[oid]
 
@@ -538,7 +548,7 @@ class Client:
         """A new object of ours, announced by the next message we send: the node
         counts us as its holder from that message on, so no ref change is
         reported for it. `entry`: its (state, size, payload), if known."""
-        with self._cond:
+        with self._lock:
             self._reported.add(oid)
             self._apply_ref_ops()
             if entry is not None:
@@ -559,7 +569,7 @@ class Client:
     def expect_pushes(self, rids: list[bytes]) -> None:
         """Our new task's returns: held from its Submit on (no ref change reported)
         and pushed to us by the node, so a get of them sends no Subscribe."""
-        with self._cond:
+        with self._lock:
             self._reported.update(rids)
             self._pushed.update(rids)
 
@@ -569,7 +579,7 @@ class Client:
     def next_execute(self) -> p.Execute:
         """(workers) Wait for the node's next Execute."""
         self._wait_for(lambda: bool(self.executes), None)
-        with self._cond:
+        with self._lock:
             return self.executes.popleft()
 
     # -- closing ---------------------------------------------------------------------------
@@ -586,8 +596,12 @@ class Client:
             except zmq.ZMQError:
                 pass
             self._closed = True
-        with self._cond:   # (a pump under way -- the flush thread's take_arrived -- ends first)
-            self._cond.wait_for(lambda: not self._pumping, timeout=PUMP_SLICE)
+        with self._lock:   # (a pump under way -- the flush thread's take_arrived -- ends first)
+            self._waiting += 1
+            try:
+                self._cond.wait_for(lambda: not self._pumping, timeout=PUMP_SLICE)
+            finally:
+                self._waiting -= 1
         self._close_sockets()
 
     def _close_sockets(self) -> None:

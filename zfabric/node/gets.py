@@ -27,7 +27,7 @@ from . import store
 def wait_objects(client, oids: list[bytes], timeout: float | None,
                  fail_fast: bool = True) -> dict:
     """Entries for every oid (or raise GetTimeoutError); stop early on an error."""
-    with client._cond:
+    with client._lock:
         client._apply_ref_ops()
         ready = client._ready
         missing = deque(o for o in dict.fromkeys(oids) if o not in ready)
@@ -61,7 +61,7 @@ def wait_objects(client, oids: list[bytes], timeout: float | None,
             client._unawait(own)
             if blocked:
                 client._unblock()
-    with client._cond:
+    with client._lock:
         return {o: client._ready[o] for o in oids if o in client._ready}
 
 
@@ -108,7 +108,7 @@ def wait_some(client, oids: list[bytes], num_returns: int, timeout: float | None
     the number of oids and of frames they come in."""
     own = client._subscribe_missing(oids)
     sink: deque = deque()
-    with client._cond:
+    with client._lock:
         ready, watchers = client._ready, client._watchers
         pending = []
         for o in dict.fromkeys(oids):
@@ -127,14 +127,14 @@ def wait_some(client, oids: list[bytes], num_returns: int, timeout: float | None
                     client._unblock()
     finally:
         client._unawait(own)
-        with client._cond:
+        with client._lock:
             for o in pending:   # (this wait's sink leaves the watchers still waiting)
                 sinks = watchers.get(o)
                 if sinks is not None:
                     sinks[:] = [s for s in sinks if s is not sink]
                     if not sinks:
                         del watchers[o]
-    with client._cond:
+    with client._lock:
         return {o for o in oids if o in ready}
 
 
@@ -142,7 +142,7 @@ def watch(client, oids: list[bytes], sink: deque) -> None:
     """Append each oid to `sink` once it is ready (at once if it is), in O(1) an
     arrival (zfabric.util's results as they come). Ends with the oid's last ref."""
     client._subscribe_missing(oids, awaited=False)   # (our returns: as _watchers says)
-    with client._cond:
+    with client._lock:
         for o in oids:
             if o in client._ready:
                 sink.append(o)

@@ -29,9 +29,9 @@ flight), its worker died (our task, named to the node if it was not, is the
 node's to retry or fail; its late TaskDone, if any, is dropped), or we
 sent it nothing for `lease_idle_seconds` (the flush thread returns it).
 
-Threads: `on_message` runs in the pump under the client's `_cond` and only
+Threads: `on_message` runs in the pump under the client's `_lock` and only
 queues; `process` runs in the pump after it, under `_send_lock` (taking
-`_cond` inside, the client's lock order); `run` under `_send_lock`.
+`_lock` inside, the client's lock order); `run` under `_send_lock`.
 """
 from __future__ import annotations
 
@@ -142,7 +142,7 @@ class Lane:
     # -- what comes back ---------------------------------------------------------------
 
     def on_message(self, msg) -> None:
-        """(pump, under _cond) A LeaseGrant, LeaseEnd or TaskDone: handled in `process`."""
+        """(pump, under _lock) A LeaseGrant, LeaseEnd or TaskDone: handled in `process`."""
         self.incoming.append(msg)
 
     def process(self) -> None:
@@ -174,7 +174,7 @@ class Lane:
         client = self.client
         if (msg.status == TaskStatus.OK and all(s == INLINE for s in msg.states)
                 and not any(msg.contained)):
-            with client._cond:   # (as Client._on_object_ready takes a pushed value)
+            with client._lock:   # (as Client._on_object_ready takes a pushed value)
                 client._apply_ref_ops()
                 ready, counts, watchers = client._ready, client._counts, client._watchers
                 for i, (size, payload) in enumerate(zip(msg.sizes, msg.payloads)):
@@ -184,7 +184,8 @@ class Lane:
                         ready[oid] = (ObjectState.INLINE, size, payload)
                         for sink in watchers.pop(oid, ()):
                             sink.append(oid)
-                client._cond.notify_all()
+                if client._waiting:
+                    client._cond.notify_all()
         elif msg.status == TaskStatus.OK:   # stored, or holding refs: the node seals it
             self.no_direct.add(inflight[1])
             self.ending = True
