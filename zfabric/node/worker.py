@@ -138,6 +138,8 @@ class Worker:
         """Did this worker make every argument the node sent as PENDING (a task
         pipelined behind the ones making them, core/scheduler.py)? If one of
         those failed (or was given back), the task goes back to the node."""
+        if not ex.dep_ids:
+            return True
         made = self.made
         return all(oid in made for oid, state in zip(ex.dep_ids, ex.dep_states)
                    if state == ObjectState.PENDING)
@@ -224,7 +226,9 @@ class Worker:
                 self._mark(job, ex.name)
             client.current_task_id = ex.task_id
             client.current_depth = ex.depth
-            gpus_before = _use_gpus(client, ex.opts.get("gpus"))
+            gpus = ex.opts.get("gpus")
+            if gpus or client.current_gpus:
+                gpus_before = _use_gpus(client, gpus)
             self.in_user_code = True
             try:
                 if self.signalled:   # a cancel may have come before the task started
