@@ -191,7 +191,7 @@ class Client:
         if self._held:
             msgs = self._held + msgs
         lane = self.lane
-        if lane is not None and (lane.pending or lane.inflight):
+        if lane is not None and lane.pending:
             msgs = lane.take_pending() + msgs   # (the node hears of direct tasks first)
         if self._ref_ops or self._dirty:
             refs = self._ref_changes()
@@ -355,8 +355,11 @@ class Client:
             return False
         messages = self._decode(data)
         with self._lock:
-            for msg in messages:
-                self._on_message(msg)
+            if len(messages) == 1:
+                self._on_message(messages[0], data)
+            else:
+                for msg in messages:
+                    self._on_message(msg)
             if self._waiting:
                 self._cond.notify_all()
         if self.lane is not None and self.lane.incoming:
@@ -394,8 +397,9 @@ class Client:
         else:
             log.debug("dropped a message from the node (%s): %s", what, reason)
 
-    def _on_message(self, msg) -> None:
-        """Take one message from the node (caller holds _lock); never raises."""
+    def _on_message(self, msg, raw: bytes | None = None) -> None:
+        """Take one message from the node, or from our leased worker (caller holds
+        _lock; `raw`: the frame it came alone in); never raises."""
         kind = type(msg)
         if kind is p.ObjectReady:
             self._on_object_ready(msg)
@@ -415,7 +419,7 @@ class Client:
                 log.debug("a Revoke of task %s, which is not waiting here", msg.task_id.hex())
         elif kind is p.TaskDone or kind is p.LeaseGrant or kind is p.LeaseEnd:
             if self.lane is not None:   # (node/lease.py; a worker drops what it kept)
-                self.lane.on_message(msg)
+                self.lane.on_message(msg, raw)
             elif kind is p.LeaseEnd and self.role == "worker":
                 self.lease_keep.clear()
             else:
@@ -589,7 +593,7 @@ class Client:
             if self._closed:
                 return
             try:
-                if self.lane is not None and (self.lane.pending or self.lane.inflight):
+                if self.lane is not None and self.lane.pending:
                     self._send_frame([])   # (the node books our direct tasks first)
                 msg = p.Shutdown(reason) if shutdown_node else p.Goodbye(reason)
                 self.tx.send(p.encode(msg), zmq.NOBLOCK)

@@ -18,11 +18,15 @@ TaskDone with inline values fills them at once; anything else (an error, a
 value in the store, a value holding refs) is decided by the node, which
 pushes the returns as for any task, and the lease is given back.
 
-The node's notices (Submit, then the TaskDone) wait in `pending` and leave
-in the client's next frame, before anything else in it (`Client._send_frame`),
-or with the flush thread: so the node hears of a direct task before any
-message that names its returns. A task still running is named (its Submit
-sent) whenever we send anything else, and when the node recalls the lease.
+The node's notices (Submit, then the TaskDone) wait in `pending`, encoded,
+and leave in the client's next frame, before anything else in it
+(`Client._send_frame`), or with the flush thread: so the node hears of a
+direct task before any message that names its returns. The Submit is made
+as soon as the Execute has left, while the worker runs the task (the driver
+only waits then), and queued at once: a task still running is named
+whenever we send anything else. The TaskDone goes on as the worker's bytes
+(checked by our decode; the node checks it again). A run of notices is
+sent from `run` too, after the next Execute, not while a get waits.
 
 The lease ends: recalled by the node (we return it once nothing is in
 flight), its worker died (our task, named to the node if it was not, is the
@@ -55,6 +59,7 @@ MAX_PENDING = 32         # notices held before they are sent without waiting
 MAX_ENDPOINT = 100       # an ipc path longer than this may not bind (sun_path)
 INLINE = int(ObjectState.INLINE)
 DIRECT_OPTS = frozenset({"job"})
+DEFAULT_RESOURCES = {"CPU": 1.0}
 
 
 class Lane:
@@ -72,11 +77,11 @@ class Lane:
         self.asked = False
         self.ending = False
         self.syncs = 0
-        self.inflight: list | None = None   # [task id, fn id, Submit fields, named]
+        self.inflight: tuple | None = None  # (task id, fn id) of the direct task running
         self.known_fns: set[bytes] = set()  # code the leased worker was sent
         self.no_direct: set[bytes] = set()  # functions whose results the node must seal
         self.incoming: deque = deque()
-        self.pending: list = []             # messages for the node, in order
+        self.pending: list[bytes] = []      # messages for the node, encoded, in order
         self.last_used = 0.0
         self.direct = 0                     # tasks sent direct (a test reads it)
 
@@ -93,57 +98,51 @@ class Lane:
 
     # -- sending a task (under _send_lock) ------------------------------------------
 
-    def run(self, tid: bytes, rids: list, fields: dict) -> bool:
-        """Send the task to the leased worker if it may go; False: send it to the node.
-        A second task while one runs here is a fan-out, not a sync loop: the
-        lease is given back once that one ends."""
+    def run(self, tid: bytes, name: str, fn_id: bytes, fn_blob: bytes, num_returns: int,
+            resources: dict, max_retries: int, retry_exceptions: bool, retry_blob: bytes,
+            contained: list, args_blob: bytes, opts: dict) -> bool:
+        """Send the task (no deps: the caller saw to it) to the leased worker if it
+        may go; False: send it to the node. A second task while one runs here is
+        a fan-out, not a sync loop: the lease is given back once that one ends."""
         if self.inflight is not None and self.wid is not None:
             self.ending = True
-        if (self.wid is None or self.ending or self.inflight is not None
-                or fields["deps"] or fields["contained"] or fields["fn_id"] in self.no_direct
-                or fields["resources"] != {"CPU": 1.0} or not DIRECT_OPTS.issuperset(fields["opts"])
+        if (self.wid is None or self.ending or self.inflight is not None or contained
+                or fn_id in self.no_direct or resources != DEFAULT_RESOURCES
+                or not DIRECT_OPTS.issuperset(opts)
                 or self.client.current_task_id is not None):
             return False
-        fn_id = fields["fn_id"]
-        blob = b"" if fn_id in self.known_fns else fields["fn_blob"]
-        self.known_fns.add(fn_id)
         self.sock.send(p.encode(p.Execute(
-            tid, fields["name"], fn_id, fields["num_returns"], 0, [], [], blob,
-            fields["args_blob"], fields["retry_blob"], [],
-            {**fields["opts"], "reply": self.endpoint})), zmq.NOBLOCK)
+            tid, name, fn_id, num_returns, 0, [], [],
+            b"" if fn_id in self.known_fns else fn_blob, args_blob, retry_blob, [],
+            {**opts, "reply": self.endpoint})), zmq.NOBLOCK)
+        # (the worker runs it now; we make its notice meanwhile)
+        self.known_fns.add(fn_id)
         sent = self.client.sent_functions   # (our notice reaches the node before
         if fn_id in sent:                   # anything we send after it)
-            fields["fn_blob"] = b""
+            fn_blob = b""
         sent.add(fn_id)
-        self.inflight = [tid, fn_id, fields, False]
+        self.inflight = (tid, fn_id)
+        self.pending.append(p.encode(p.Submit(
+            tid, name, fn_id, num_returns, resources, max_retries, retry_exceptions, 0, b"",
+            [], [], fn_blob, args_blob, retry_blob, {**opts, "lease": self.wid})))
         self.last_used = time.monotonic()
         self.direct += 1
+        if len(self.pending) >= MAX_PENDING:
+            self.client._send_frame([])
         return True
 
     def take_pending(self) -> list:
         """(Client._send_frame, under _send_lock) The notices to send before
-        anything else, encoded: the Submit of a task still running first."""
-        out = []
-        if self.inflight is not None and not self.inflight[3]:
-            self.pending.append(self._named())
-        for msg in self.pending:
-            out.append(p.encode(msg))
-        self.pending = []
+        anything else, encoded."""
+        out, self.pending = self.pending, []
         return out
-
-    def _named(self) -> p.Submit:
-        """The running direct task's Submit for the node (it names the lease)."""
-        tid, fn_id, f, _ = self.inflight
-        self.inflight[3] = True
-        return p.Submit(tid, f["name"], fn_id, f["num_returns"], f["resources"],
-                        f["max_retries"], f["retry_exceptions"], 0, b"", [], [], f["fn_blob"],
-                        f["args_blob"], f["retry_blob"], {**f["opts"], "lease": self.wid})
 
     # -- what comes back ---------------------------------------------------------------
 
-    def on_message(self, msg) -> None:
-        """(pump, under _lock) A LeaseGrant, LeaseEnd or TaskDone: handled in `process`."""
-        self.incoming.append(msg)
+    def on_message(self, msg, raw: bytes | None = None) -> None:
+        """(pump, under _lock) A LeaseGrant, LeaseEnd or TaskDone (`raw`: the frame
+        it came in, if it came alone): handled in `process`."""
+        self.incoming.append((msg, raw))
 
     def process(self) -> None:
         """(pump, after on_message) Take what came; send what must go now."""
@@ -151,25 +150,23 @@ class Lane:
         with client._send_lock:
             urgent = False
             while self.incoming:
-                msg = self.incoming.popleft()
+                msg, raw = self.incoming.popleft()
                 kind = type(msg)
                 if kind is p.TaskDone:
-                    self._done(msg)
+                    self._done(msg, raw)
                 elif kind is p.LeaseGrant:
                     urgent |= self._granted(msg)
                 elif msg.wid == self.wid:
                     urgent |= self._ended(msg.why)
-            if urgent or len(self.pending) >= MAX_PENDING:
+            if urgent:
                 client._send_frame([])
 
-    def _done(self, msg: p.TaskDone) -> None:
+    def _done(self, msg: p.TaskDone, raw: bytes | None) -> None:
         inflight = self.inflight
         if inflight is None or inflight[0] != msg.task_id:
             log.debug("a late TaskDone of direct task %s", msg.task_id.hex())
             return
-        if not inflight[3]:
-            self.pending.append(self._named())
-        self.pending.append(msg)
+        self.pending.append(p.encode(msg) if raw is None else raw)
         self.inflight = None
         client = self.client
         if (msg.status == TaskStatus.OK and all(s == INLINE for s in msg.states)
@@ -194,7 +191,7 @@ class Lane:
 
     def _granted(self, msg: p.LeaseGrant) -> bool:
         if self.wid is not None or not self.enabled:
-            self.pending.append(p.LeaseReturn(msg.wid))   # (one lease at a time)
+            self.pending.append(p.encode(p.LeaseReturn(msg.wid)))   # (one lease at a time)
             return True
         if not self.bound:
             try:
@@ -203,7 +200,7 @@ class Lane:
                 log.warning("zfabric: no worker leases for this driver (%s: %s)",
                             self.endpoint, e)
                 self.enabled = False
-                self.pending.append(p.LeaseReturn(msg.wid))
+                self.pending.append(p.encode(p.LeaseReturn(msg.wid)))
                 return True
             self.bound = True
         self.wid, self.asked, self.ending = msg.wid, False, False
@@ -214,18 +211,14 @@ class Lane:
 
     def _ended(self, reason: str) -> bool:
         if reason == "died":
-            if self.inflight is not None and not self.inflight[3]:
-                self.pending.append(self._named())   # the node retries or fails it
-            self.inflight = None
+            self.inflight = None   # (named already: the node retries or fails it)
         self.ending = True
         if self.inflight is None:
             self._give_back()
-        elif not self.inflight[3]:
-            self.pending.append(self._named())   # (the node must know what runs there)
         return True
 
     def _give_back(self) -> None:
-        self.pending.append(p.LeaseReturn(self.wid))
+        self.pending.append(p.encode(p.LeaseReturn(self.wid)))
         self.sock.close(0)
         self.sock, self.wid, self.ending, self.syncs = None, None, False, 0
 
