@@ -566,9 +566,9 @@ class Client:
 
     # -- tasks -----------------------------------------------------------------------------
 
-    def submit(self, **task) -> list[ObjectRef]:
-        """Send a task (node/submits.py); the refs of its returns."""
-        return submits.submit(self, **task)
+    # Send a task; the refs of its returns (node/submits.py: a method of ours, called
+    # with its keywords as they are, not packed into a dict and out again)
+    submit = submits.submit
 
     def expect_pushes(self, rids: list[bytes]) -> None:
         """Our new task's returns: held from its Submit on (no ref change reported)
