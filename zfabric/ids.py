@@ -105,11 +105,7 @@ def short(raw: bytes) -> str:
 
 
 def worker_endpoint(session_dir: str, worker_id: str) -> str:
-    """Where a worker takes Executes from the driver it is leased to (an ipc
-    socket in the session dir, which only the node's user can enter)."""
+    """Where a worker takes Executes from the driver it is leased to: ipc://PATH,
+    PATH its direct line's Unix socket (node/direct.py) in the session dir,
+    which only the node's user can enter."""
     return f"ipc://{session_dir}/{worker_id}.sock"
-
-
-def driver_endpoint(session_dir: str, client_id: bytes) -> str:
-    """Where a driver holding a lease takes its leased worker's TaskDones."""
-    return f"ipc://{session_dir}/{client_id.hex()}.sock"

@@ -21,13 +21,14 @@ the *net* change since the last report. The node applies a client's
 message before the reference changes that follow it, so an object handed
 to a task or nested in a result is never freed in between.
 
-Whatever the node socket delivers, the pump keeps going: a frame that does
-not decode (or a Batch holding one) is dropped and counted in `malformed`;
-a message that makes no sense here (news of an object we hold no ref to, a
-reply nobody waits for, a second Welcome, an Execute on a driver) is
-dropped and counted in `unexpected`. The first of each is logged. An
-object's entry that cannot be used (an unknown state, an error record that
-does not read) becomes the error of the get that asks for that object.
+Whatever the node socket (or a direct line) delivers, the pump keeps going: a
+frame that does not decode (or a Batch holding one) is dropped and counted in
+`malformed`; a message that makes no sense here (news of an object we hold no
+ref to, a reply nobody waits for, an Execute on a driver, on a line anything
+but an Execute to a worker or a TaskDone to a driver) is dropped, counted in
+`unexpected`. The first of each is logged. An object's entry that cannot be
+used (an unknown state, an error record that does not read) becomes the error
+of the get that asks for that object.
 """
 from __future__ import annotations
 
@@ -46,7 +47,7 @@ from ..config import Config
 from ..exceptions import GetTimeoutError, NodeDiedError, ZFabricError
 from ..protocol import ObjectState
 from ..ref import ObjectRef
-from . import gets, lease, pids, puts, sockets, submits
+from . import direct, gets, lease, pids, puts, sockets, submits
 
 log = logging.getLogger("zfabric.client")
 
@@ -78,7 +79,8 @@ ref_mod.set_client_lookup(current_or_none)
 
 class Client:
     def __init__(self, endpoint: str, role: str, *, identity: bytes | None = None,
-                 worker_id: str | None = None, connect_timeout: float = 30.0):
+                 worker_id: str | None = None, connect_timeout: float = 30.0,
+                 listener=None):
         self.role = role
         self.id = identity or (b"d" + os.urandom(7))
         self.ctx = sockets.context()
@@ -87,6 +89,8 @@ class Client:
         self._rx_poller = zmq.Poller()
         self._rx_poller.register(self.rx, zmq.POLLIN)
         self.tx = sockets.client_dealer(self.ctx, self.id + sockets.TX_SUFFIX, endpoint)
+        self.lines = direct.Lines(self._rx_poller, listener)   # a worker's `listener`, lines
+        self.direct_from: dict = {}              # (workers) direct task id -> its line
         self._send_lock = threading.Lock()
         self._lock = threading.Lock()            # (taken directly: `with self._lock`)
         self._cond = threading.Condition(self._lock)
@@ -342,24 +346,31 @@ class Client:
         """Receive one frame (waiting up to timeout); True if one came. A whole
         slice waits in one blocking receive (rx has PUMP_SLICE as its receive
         timeout); a frame already there returns at once, so the next call takes
-        the next frame (cheaper than asking the socket's events after each)."""
-        rx = self.rx
+        the next frame (cheaper than asking the socket's events after each).
+        With direct lines to read as well (a worker's, or a driver's holding a
+        lease: node/direct.py), rx and they are polled together."""
+        rx, lines = self.rx, self.lines
         try:
-            if timeout >= PUMP_SLICE:
-                data = rx.recv()
+            if lines:
+                frames = lines.receive(rx, timeout)
+                if not frames:
+                    return False
+            elif timeout >= PUMP_SLICE:
+                frames = [(rx.recv(), None)]
             elif self._rx_poller.poll(int(timeout * 1000)):
-                data = rx.recv(zmq.NOBLOCK)
+                frames = [(rx.recv(zmq.NOBLOCK), None)]
             else:
                 return False
         except zmq.Again:
             return False
-        messages = self._decode(data)
+        decoded = [(self._decode(data), data, line) for data, line in frames]
         with self._lock:
-            if len(messages) == 1:
-                self._on_message(messages[0], data)
-            else:
-                for msg in messages:
-                    self._on_message(msg)
+            for messages, data, line in decoded:
+                if len(messages) == 1:
+                    self._on_message(messages[0], data, line)
+                else:
+                    for msg in messages:
+                        self._on_message(msg, None, line)
             if self._waiting:
                 self._cond.notify_all()
         if self.lane is not None and self.lane.incoming:
@@ -397,10 +408,12 @@ class Client:
         else:
             log.debug("dropped a message from the node (%s): %s", what, reason)
 
-    def _on_message(self, msg, raw: bytes | None = None) -> None:
-        """Take one message from the node, or from our leased worker (caller holds
+    def _on_message(self, msg, raw: bytes | None = None, line=None) -> None:
+        """Take one message from the node, or from a direct `line` (caller holds
         _lock; `raw`: the frame it came alone in); never raises."""
         kind = type(msg)
+        if line is not None and kind is not (p.Execute if self.role == "worker" else p.TaskDone):
+            return self._reject("unexpected", f"a {kind.__name__} on a direct line")
         if kind is p.ObjectReady:
             self._on_object_ready(msg)
         elif kind is p.Execute:
@@ -408,6 +421,8 @@ class Client:
                 return self._reject("unexpected", f"an Execute of {msg.name}() on a {self.role}")
             if msg.fn_blob:  # kept apart: a Revoke may drop this Execute, not the code
                 self.fn_blobs[msg.fn_id] = msg.fn_blob
+            if line is not None:   # (a direct task: its TaskDone goes back on that line)
+                self.direct_from[msg.task_id] = line
             self.executes.append(msg)
         elif kind is p.Revoke:  # (workers) drop a prefetched task we have not started
             for ex in self.executes:
@@ -465,36 +480,6 @@ class Client:
         return not self.node_pid or pids.alive(self.node_pid)
 
     # -- objects ----------------------------------------------------------------------
-
-    def _subscribe_missing(self, oids, awaited: bool = True) -> list:
-        """Subscribe to the objects not here, but our own returns, which the node
-        pushes: those are returned, counted as `awaited` (the caller takes them
-        back with _unawait) so that the pump asks for one kept elsewhere."""
-        with self._lock:
-            self._apply_ref_ops()
-            ready, subscribed, pushed = self._ready, self._subscribed, self._pushed
-            want, own = [], []
-            for o in dict.fromkeys(oids):
-                if o in ready or o in subscribed:
-                    continue
-                (own if o in pushed else want).append(o)
-            if awaited:
-                counts = self._awaited
-                for o in own:
-                    counts[o] = counts.get(o, 0) + 1
-            subscribed.update(want)
-        if want:
-            self.send(p.Subscribe(want))
-        return own
-
-    def _unawait(self, own: list) -> None:
-        if own:
-            with self._lock:
-                counts = self._awaited
-                for o in own:
-                    n = counts.pop(o, 1) - 1
-                    if n > 0:
-                        counts[o] = n
 
     def _subscribe_elsewhere(self, overdue: bool = False) -> None:
         """Subscribe to our awaited returns the node said are on another node; with
@@ -609,8 +594,7 @@ class Client:
         self._close_sockets()
 
     def _close_sockets(self) -> None:
-        if self.lane is not None and self.lane.sock is not None:
-            self.lane.sock.close(0)
+        self.lines.close()
         self.rx.close(sockets.LINGER_MS)
         self.tx.close(sockets.LINGER_MS)
         self.ctx.term()

@@ -1,15 +1,15 @@
 """A driver's lease of one worker: its direct tasks (core/leases.py has the design).
 
     driver (Client, this Lane)                 leased worker            node
-    submit --Execute (opts "reply")----------> runs it
-           <--TaskDone (to our rx, bound) ---
+    submit --Execute (direct line)-----------> runs it
+           <--TaskDone (the same line)-------
     notices on tx, later, in one frame: Submit (opts "lease"), TaskDone ----------> books it
     anything else we send while the task runs: its Submit goes first ------------->
 
 Asking: a get of our own return while it is the only one we await (the sync
-pattern), a second time, sends LeaseAsk; a grant binds our rx on an ipc
-endpoint in the session dir (`ids.driver_endpoint`), where the worker sends
-its TaskDones, and connects a DEALER to the worker's (`ids.worker_endpoint`).
+pattern), a second time, sends LeaseAsk; a grant connects our direct line to
+the worker (node/direct.py: a Unix socket at its endpoint's path,
+`ids.worker_endpoint`), which our pump reads beside rx.
 A task goes direct when we hold an active lease, none is in flight, and it is
 eligible: no ObjectRef arguments, the default resources, no runtime_env or
 strategy (nothing the node must place or resolve), from the driver (not a
@@ -43,12 +43,10 @@ import logging
 import time
 from collections import deque
 
-import zmq
-
 from .. import ids
 from .. import protocol as p
 from ..protocol import ObjectState, TaskStatus
-from . import sockets
+from . import direct, sockets
 
 log = logging.getLogger("zfabric.client")
 
@@ -56,7 +54,7 @@ SYNC_GETS_TO_ASK = 2     # sync gets seen before we ask for a lease
 ASK_AGAIN_AFTER = 256    # sync gets after an unanswered ask before we ask again (the
                          # node keeps an ask until it can grant it: this is a fallback)
 MAX_PENDING = 32         # notices held before they are sent without waiting
-MAX_ENDPOINT = 100       # an ipc path longer than this may not bind (sun_path)
+MAX_FAILURES = 3         # grants whose worker we could not reach before we stop asking
 INLINE = int(ObjectState.INLINE)
 DIRECT_OPTS = frozenset({"job"})
 DEFAULT_RESOURCES = {"CPU": 1.0}
@@ -67,13 +65,11 @@ class Lane:
         self.client = client
         config = client.config
         self.idle_after = config.lease_idle_seconds
-        session = client.welcome.session_dir
-        self.endpoint = ids.driver_endpoint(session, client.id) if session else ""
-        self.enabled = (config.direct_tasks and client.role == "driver"
-                        and 0 < len(self.endpoint) <= MAX_ENDPOINT)
-        self.bound = False
+        self.enabled = bool(config.direct_tasks and client.role == "driver"
+                            and client.welcome.session_dir)
+        self.failures = 0                   # grants whose worker did not answer a connect
         self.wid: str | None = None
-        self.sock = None
+        self.sock = None                    # the direct line to the leased worker
         self.asked = False
         self.ending = False
         self.syncs = 0
@@ -111,10 +107,16 @@ class Lane:
                 or not DIRECT_OPTS.issuperset(opts)
                 or self.client.current_task_id is not None):
             return False
-        self.sock.send(p.encode(p.Execute(
-            tid, name, fn_id, num_returns, 0, [], [],
-            b"" if fn_id in self.known_fns else fn_blob, args_blob, retry_blob, [],
-            {**opts, "reply": self.endpoint})), zmq.NOBLOCK)
+        data = p.encode(p.Execute(tid, name, fn_id, num_returns, 0, [], [],
+                                  b"" if fn_id in self.known_fns else fn_blob,
+                                  args_blob, retry_blob, [], opts))
+        if len(data) > direct.MAX_FRAME:
+            return False
+        try:
+            direct.send(self.sock, data)
+        except OSError:   # (the worker died, or hangs: the line is done; the node has it)
+            self.ending = True
+            return False
         # (the worker runs it now; we make its notice meanwhile)
         self.known_fns.add(fn_id)
         sent = self.client.sent_functions   # (our notice reaches the node before
@@ -193,19 +195,20 @@ class Lane:
         if self.wid is not None or not self.enabled:
             self.pending.append(p.encode(p.LeaseReturn(msg.wid)))   # (one lease at a time)
             return True
-        if not self.bound:
-            try:
-                self.client.rx.bind(self.endpoint)
-            except zmq.ZMQError as e:   # (no lease for us, ever: the node has them all)
+        try:
+            sock = sockets.direct_line(direct.endpoint_path(msg.endpoint))
+        except OSError as e:   # (it died, or listens nowhere: after a few, no more leases)
+            self.failures += 1
+            if self.failures >= MAX_FAILURES:
                 log.warning("zfabric: no worker leases for this driver (%s: %s)",
-                            self.endpoint, e)
+                            msg.endpoint, e)
                 self.enabled = False
-                self.pending.append(p.encode(p.LeaseReturn(msg.wid)))
-                return True
-            self.bound = True
+            self.pending.append(p.encode(p.LeaseReturn(msg.wid)))
+            return True
         self.wid, self.asked, self.ending = msg.wid, False, False
         self.known_fns = set()   # (perhaps another worker: it is sent the code again)
-        self.sock = sockets.lease_dealer(self.client.ctx, msg.endpoint)
+        self.sock = sock
+        self.client.lines.add(sock)
         self.last_used = time.monotonic()
         return False
 
@@ -219,7 +222,7 @@ class Lane:
 
     def _give_back(self) -> None:
         self.pending.append(p.encode(p.LeaseReturn(self.wid)))
-        self.sock.close(0)
+        self.client.lines.retire(self.sock)   # (closed by the next pump)
         self.sock, self.wid, self.ending, self.syncs = None, None, False, 0
 
     def idle_check(self, now: float) -> bool:
