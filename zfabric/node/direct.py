@@ -14,8 +14,8 @@ little-endian) then the message (protocol.encode). A frame is written whole
 (sendall, which blocks only while the other side's buffer is full: one
 Execute or TaskDone is in flight at a time) and read whole once poll says
 it began; a reader seeing the line closed, or broken mid-frame, closes its end.
-A frame stalled midway for `sockets.DIRECT_TIMEOUT` (a peer dead, hung, or
-speaking something else) breaks the line the same way, so a pump never hangs.
+A frame stalled midway for `sockets.DIRECT_READ_TIMEOUT` (a peer dead, hung,
+or speaking something else) breaks the line the same way, so a pump never hangs.
 
 `Lines` is what a client's pump (Client._pump) polls beside its rx socket:
 the worker's listener and the lines accepted on it, or the driver's line to

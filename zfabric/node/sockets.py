@@ -39,9 +39,12 @@ import zmq
 
 LINGER_MS = 200
 DIRECT_BACKLOG = 8   # drivers' connects a worker's listener queues (one lease at a time)
-# A direct line's frame is written and read whole at once (node/direct.py): one that
-# stalls this long midway (a peer that died, hung, or speaks something else) breaks it.
-DIRECT_TIMEOUT = struct.pack("ll", 5, 0)   # struct timeval: 5 s
+# A direct line's frame is read whole once it began (node/direct.py): one that stalls
+# this long midway (a peer that died, hung, or speaks something else) breaks the line.
+# A write waits while the reader's buffer is full (a frame larger than it: code that
+# is megabytes; the reader pumps at least every ref_flush_interval), at most this long.
+DIRECT_READ_TIMEOUT = struct.pack("ll", 5, 0)    # struct timeval: 5 s
+DIRECT_WRITE_TIMEOUT = struct.pack("ll", 60, 0)
 # A socket's events as plain ints: `sock.get(EVENTS) & POLLIN` says a message is
 # waiting. (pyzmq's enum constants cost microseconds an `&`: these are on the
 # path of every message.)
@@ -184,9 +187,9 @@ def direct_accept(listener: socket.socket) -> socket.socket:
 
 def _line(sock: socket.socket) -> socket.socket:
     """A direct line blocks (no Python timeout: no poll before each read), but a
-    read or write stalled DIRECT_TIMEOUT midway fails (the kernel's timeouts)."""
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, DIRECT_TIMEOUT)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, DIRECT_TIMEOUT)
+    read or write that stalls fails (the kernel's timeouts, above)."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, DIRECT_READ_TIMEOUT)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, DIRECT_WRITE_TIMEOUT)
     return sock
 
 

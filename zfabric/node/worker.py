@@ -129,8 +129,8 @@ class Worker:
             self.client.lease_keep.append(result)
         try:
             direct.send(line, p.encode(done))
-        except OSError:
-            pass
+        except OSError:   # (closed, or stalled: it ends here, whole frames or none)
+            self.client.lines.retire(line)
 
     def _made_here(self, ex: p.Execute) -> bool:
         """Did this worker make every argument the node sent as PENDING (a task
