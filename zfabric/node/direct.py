@@ -101,13 +101,13 @@ class Lines:
 
     def receive(self, rx: zmq.Socket, timeout: float) -> list:
         """(the pump) Frames that came, waiting up to `timeout`: [(frame, line)],
-        line None for rx's. A frame waiting on rx is taken first, without a poll."""
+        line None for rx's. A worker takes a frame waiting on rx first, without a poll."""
         while self.retired:
             self.retired.pop().close()
-        if rx.get(sockets.EVENTS) & sockets.POLLIN:   # (no zmq.Again raised when none is)
+        listener = self.listener   # (a worker's rx often holds its next tasks: prefetched)
+        if listener is not None and rx.get(sockets.EVENTS) & sockets.POLLIN:
             return [(rx.recv(zmq.NOBLOCK), None)]
         out = []
-        listener = self.listener
         for which, _ in self.poller.poll(int(timeout * 1000)):
             if which is rx:
                 try:
