@@ -11,7 +11,9 @@ measured in the same run.
     python bench/rtt_split.py --profile DIR --rate 1000   # also py-spy every process
 
 Each round runs in a fresh subprocess with the tree's package first on
-PYTHONPATH (every process it leaves behind is stopped by PID, as in run.py):
+PYTHONPATH and the tree as its cwd, so that the node and its workers, started
+with `python -m`, import that tree's package too (every process it leaves
+behind is stopped by PID, as in run.py):
 `zf.init(num_cpus=N)`, a warm-up of `--warmup` round trips of a no-op task
 that returns its worker's pid, then `--trips` timed round trips. Before and
 after, user and system CPU time of each thread (`/proc/PID/task`, via psutil)
@@ -79,6 +81,8 @@ def snapshot(pids: dict) -> dict:
 
 
 def child(out_path: str, params: dict) -> int:
+    if params.get("tree"):   # (the node and its workers run `python -m zfabric...`, which
+        os.chdir(params["tree"])   # takes the package in the cwd before PYTHONPATH's)
     import zfabric as zf
     from zfabric.node import client
     res = {"python": platform.python_version(), "params": params,
@@ -234,7 +238,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="zf-bench-rtt-") as work:
         for i in range(params["rounds"]):
             for t, (label, path) in enumerate(trees.items()):
-                p = dict(params, rate=a.rate, gil=a.gil)
+                p = dict(params, rate=a.rate, gil=a.gil, tree=path)
                 name = f"{re.sub(r'[^A-Za-z0-9_.-]', '-', label)}-{i + 1}"   # (a file name)
                 if a.profile:
                     p["profile_dir"] = os.path.abspath(os.path.join(a.profile, name))

@@ -1,8 +1,9 @@
 """Identifiers: NodeID, TaskID, ObjectID — raw bytes on the hot path.
 
-- A TaskID is 16 bytes: an 8-byte random prefix chosen once per process and
-  an 8-byte counter, so a driver or worker names its tasks without asking
-  anyone and two processes never collide.
+- A TaskID is 16 bytes: an 8-byte random prefix chosen once per process (and
+  again in a forked child: `os.register_at_fork`) and an 8-byte counter, so a
+  driver or worker names its tasks without asking anyone and two processes
+  never collide.
 - An ObjectID is 20 bytes: the TaskID that creates it and a 4-byte return
   index. `put` objects come from a per-process "put task" counter and index
   0x80000000 | n, so an object's creating task is always its first 16 bytes.
@@ -20,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import itertools
 import os
-import threading
 
 TASK_ID_SIZE = 16
 OBJECT_ID_SIZE = 20
@@ -30,27 +30,23 @@ CLIENT_ID_SIZE = 8           # a driver's client id: b"d" + 7 random bytes (node
 JOB_ID_SIZE = NODE_ID_SIZE + CLIENT_ID_SIZE
 PUT_INDEX_FLAG = 0x80000000
 
-_lock = threading.Lock()
-_prefix = b""
-_pid = -1
+_prefix = os.urandom(8)        # this process's task id prefix: new in a forked child
 _counter = itertools.count(1)
 
 
-def _process_prefix() -> bytes:
-    global _prefix, _pid, _counter
-    pid = os.getpid()
-    if pid != _pid:  # first use, or we are a forked child: new prefix
-        with _lock:
-            if pid != _pid:
-                _prefix = os.urandom(8)
-                _counter = itertools.count(1)
-                _pid = pid
-    return _prefix
+def _new_prefix() -> None:
+    """A process's own task ids: a fresh prefix and counter (at import, and in
+    every child os.fork makes, which would otherwise repeat the parent's ids)."""
+    global _prefix, _counter
+    _prefix = os.urandom(8)
+    _counter = itertools.count(1)
+
+
+os.register_at_fork(after_in_child=_new_prefix)
 
 
 def new_task_id() -> bytes:
-    prefix = _process_prefix()
-    return prefix + next(_counter).to_bytes(8, "big")
+    return _prefix + next(_counter).to_bytes(8, "big")
 
 
 def object_id(task_id: bytes, index: int) -> bytes:
@@ -109,11 +105,7 @@ def short(raw: bytes) -> str:
 
 
 def worker_endpoint(session_dir: str, worker_id: str) -> str:
-    """Where a worker takes Executes from the driver it is leased to (an ipc
-    socket in the session dir, which only the node's user can enter)."""
+    """Where a worker takes Executes from the driver it is leased to: ipc://PATH,
+    PATH its direct line's Unix socket (node/direct.py) in the session dir,
+    which only the node's user can enter."""
     return f"ipc://{session_dir}/{worker_id}.sock"
-
-
-def driver_endpoint(session_dir: str, client_id: bytes) -> str:
-    """Where a driver holding a lease takes its leased worker's TaskDones."""
-    return f"ipc://{session_dir}/{client_id.hex()}.sock"

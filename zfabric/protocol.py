@@ -27,7 +27,6 @@ Execute): a dict left empty when a task has none, each key checked by
                 the task is, where its output goes (set by the submitting client;
                 a nested task inherits its parent's)
     "lease"     (Submit only) the leased worker that ran the task (core/leases.py)
-    "reply"     (Execute from a driver) where its leased worker sends the TaskDone
 
 Who sends what (client = a driver or a worker on the node's machine):
 
@@ -36,7 +35,7 @@ Who sends what (client = a driver or a worker on the node's machine):
                      LeaseAsk LeaseReturn, TaskDone (drivers: a leased worker's report)
     node -> client   Welcome ObjectReady PutReply Reply Execute Revoke (workers) LeaseGrant
                      LeaseEnd (drivers), or a Batch of them when several are due at once
-    driver <-> leased worker  Execute ->, <- TaskDone (ipc, in the session dir)
+    driver <-> leased worker  Execute ->, <- TaskDone (a Unix socket in the session dir)
     node -> node     Gossip (membership rows + GCS version vector; a join is a Gossip
                      asking for a reply), GcsUpdate, Spill, Refuse (spillback),
                      SpillCheck, TaskResult, Cancel, FreeObjects, LogLines -- each over
@@ -329,7 +328,8 @@ class LeaseAsk:
 
 @message(33)
 class LeaseGrant:
-    """(node -> driver) Worker `wid` is yours; its Executes go to `endpoint`."""
+    """(node -> driver) Worker `wid` is yours; its Executes go to `endpoint`
+    (ipc://PATH: the worker's direct line listens at PATH, node/direct.py)."""
     wid: str
     endpoint: str
 

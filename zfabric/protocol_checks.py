@@ -184,11 +184,9 @@ TASK_OPTS: dict = {
     "env": lambda v: not env_problem(v),   # runtime_env (node/runtime_env.py)
     "job": is_job,   # the driver the task's output goes to (ids.job_id); nested tasks inherit it
     "lease": lambda v: is_wid(v),   # a leased worker's id
-    "reply": lambda v: is_ipc(v),   # where a leased worker replies (Execute from a driver)
 }
-# Keys only the executing node (or a driver holding a lease) sets in an Execute:
-# refused in a Submit or a Spill.
-EXECUTE_ONLY_OPTS = ("gpus", "reply")
+# Keys only the executing node sets in an Execute: refused in a Submit or a Spill.
+EXECUTE_ONLY_OPTS = ("gpus",)
 
 
 def is_wid(x) -> bool:

@@ -88,6 +88,8 @@ def _types_check(cls):
 
 _packer = msgpack.Packer(use_bin_type=True)
 _pack = _packer.pack
+_unpackb = msgpack.unpackb
+SMALL_FRAME = 4096   # a frame up to this long is copied to be decoded, not viewed
 
 
 def encode(msg) -> bytes:
@@ -95,19 +97,21 @@ def encode(msg) -> bytes:
 
     Payloads here are small (objects above the inline threshold never travel
     in control messages), so one frame beats one zmq send call per field.
+    (The fields come as one tuple, `_values`: msgpack writes a tuple as an array.)
     """
     cls = type(msg)
-    return cls.KIND_BYTE + _pack([getattr(msg, n) for n in cls.__slots__])
+    return cls.KIND_BYTE + _pack(cls._values(msg))
 
 
 def decode(data: bytes):
     """The message in one frame; ProtocolError if it does not match its schema."""
-    if len(data) < 2 or data[0] not in _REGISTRY:
+    cls = _REGISTRY.get(data[0]) if len(data) > 1 else None
+    if cls is None:
         raise ProtocolError(f"unknown message kind {bytes(data[:1])!r}")
-    cls = _REGISTRY[data[0]]
-    try:
-        values = msgpack.unpackb(memoryview(data)[1:], raw=False, use_list=True,
-                                 strict_map_key=False)
+    try:   # (msgpack >= 1.0: str as str, arrays as lists; a small frame's copy is cheaper
+        # than a view of it)
+        values = _unpackb(data[1:] if len(data) <= SMALL_FRAME else memoryview(data)[1:],
+                          strict_map_key=False)
     except Exception as e:
         raise ProtocolError(f"{cls.__name__}: undecodable message ({e})") from None
     if type(values) is not list or len(values) != cls.ARITY:

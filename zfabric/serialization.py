@@ -113,7 +113,7 @@ class Serialized:
 
     def __init__(self, pieces: list, buffers: list, contained: list[bytes]):
         self.pickle = pieces
-        self.pickle_len = plen = sum(map(len, pieces))
+        self.pickle_len = plen = len(pieces[0]) if len(pieces) == 1 else sum(map(len, pieces))
         self.buffers = buffers
         self.contained = contained
         pos = HEADER_SIZE + _ENTRY.size * len(buffers) + plen
@@ -126,13 +126,15 @@ class Serialized:
         self.size = pos
 
     def header(self) -> bytes:
+        plen, size, nbuf = self.pickle_len, self.size, len(self.buffers)
+        if not nbuf:   # (a small value's: no table)
+            return _HEADER.pack(MAGIC, VERSION, 0, 0, zlib.crc32(
+                _HEADER.pack(MAGIC, VERSION, 0, 0, 0, plen, size)), plen, size)
         table = b"".join(_ENTRY.pack(off, buf.nbytes)
                          for off, buf in zip(self.offsets, self.buffers))
-        draft = _HEADER.pack(MAGIC, VERSION, 0, len(self.buffers), 0,
-                             self.pickle_len, self.size)
+        draft = _HEADER.pack(MAGIC, VERSION, 0, nbuf, 0, plen, size)
         crc = zlib.crc32(table, zlib.crc32(draft))
-        return _HEADER.pack(MAGIC, VERSION, 0, len(self.buffers), crc,
-                            self.pickle_len, self.size) + table
+        return _HEADER.pack(MAGIC, VERSION, 0, nbuf, crc, plen, size) + table
 
     def pieces(self) -> list:
         """The whole blob as contiguous bytes-like pieces, in order: the header,
@@ -222,6 +224,12 @@ def parse_header(view) -> tuple[int, list[tuple[int, int]], int, int]:
     if table_end > len(view) or total > len(view):
         raise CorruptObjectError("object is truncated")
     draft = _HEADER.pack(magic, version, _flags, nbuf, 0, plen, total)
+    if not nbuf:   # (a small value's: no table)
+        if zlib.crc32(draft) != crc:
+            raise CorruptObjectError("object header checksum mismatch")
+        if table_end + plen > total:
+            raise CorruptObjectError("object layout points outside the object")
+        return table_end, [], plen, total
     if zlib.crc32(view[HEADER_SIZE:table_end], zlib.crc32(draft)) != crc:
         raise CorruptObjectError("object header checksum mismatch")
     table = [_ENTRY.unpack_from(view, HEADER_SIZE + i * _ENTRY.size) for i in range(nbuf)]
@@ -234,8 +242,9 @@ def deserialize(blob):
     """Unpickle a blob (bytes, or a memoryview of an mmap for zero copy)."""
     view = memoryview(blob)
     start, table, plen, _total = parse_header(view)
-    buffers = [view[off:off + n] for off, n in table]
-    return pickle.loads(view[start:start + plen], buffers=buffers)
+    if not table:
+        return pickle.loads(view[start:start + plen])
+    return pickle.loads(view[start:start + plen], buffers=[view[off:off + n] for off, n in table])
 
 
 # -- errors -----------------------------------------------------------------

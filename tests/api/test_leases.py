@@ -196,3 +196,53 @@ def test_direct_tasks_off_leaves_every_task_to_the_node(fresh, monkeypatch):
     assert [zf.get(inc.remote(i)) for i in range(20)] == list(range(1, 21))
     assert lane().direct == 0 and lane().wid is None
     assert node_stats()["leases"] == 0
+
+
+def test_large_code_and_arguments_cross_the_direct_line_whole(node):
+    table = os.urandom(3 << 20)   # (the function's code: more than a socket's buffer)
+
+    @zf.remote
+    def tail(arg: bytes) -> tuple:
+        return table[-4:], arg[:3], len(arg)
+
+    arg = b"abc" + os.urandom(90 << 10)   # (inline, as any argument under the threshold)
+    leased()
+    before = lane().direct
+    for _ in range(5):
+        assert zf.get(tail.remote(arg), timeout=30) == (table[-4:], b"abc", len(arg))
+    assert lane().direct - before == 5
+
+
+def _worker_sockets() -> list:
+    session = client_mod.current().welcome.session_dir
+    return sorted(os.path.join(session, n) for n in os.listdir(session)
+                  if n.startswith("w") and n.endswith(".sock"))
+
+
+def test_a_stranger_on_a_workers_line_does_not_stop_it(node):
+    import socket
+    import struct
+    zf.get([inc.remote(i) for i in range(4)])   # (both workers up, no lease yet)
+    strangers = []
+    for path in _worker_sockets():
+        for frame in (b"hello",                          # not a message: dropped
+                      struct.pack("<I", 1000) + b"0123456789"):  # a frame that stalls
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.connect(path)
+            s.sendall(frame if len(frame) > 5 else struct.pack("<I", 5) + frame)
+            strangers.append(s)
+    try:
+        assert [zf.get(inc.remote(i), timeout=60) for i in range(20)] == list(range(1, 21))
+        assert lane().direct > 0   # (and a lease still works)
+    finally:
+        for s in strangers:
+            s.close()
+
+
+def test_a_worker_the_driver_cannot_reach_leaves_its_tasks_to_the_node(node):
+    zf.get([inc.remote(i) for i in range(4)])   # (both workers up, no lease yet)
+    for path in _worker_sockets():
+        os.unlink(path)   # (nobody can connect: as a worker whose listener failed)
+    assert [zf.get(inc.remote(i), timeout=30) for i in range(30)] == list(range(1, 31))
+    assert lane().direct == 0 and lane().failures >= 1
+    assert node_stats()["leases"] >= 1

@@ -8,9 +8,10 @@
 
 Two sockets, because ZeroMQ sockets are not thread-safe: any thread may
 send (under `_send_lock`), and whichever thread waits first becomes the
-*pump* that receives for everyone (leader/follower on `_cond`). A single-
-threaded driver therefore sends and receives on its own thread with no
-hand-off, which keeps the round trip short.
+*pump* that receives for everyone (leader/follower on `_cond`, a condition
+on `_lock`). A single-threaded driver therefore sends and receives on its own
+thread with no hand-off, which keeps the round trip short; nobody waits on
+`_cond` then, and nobody is notified (`_waiting`).
 
 Reference counting: ObjectRefs report creation and death by appending to a
 lock-free deque (`ObjectRef.__del__` may run in any thread, inside any
@@ -20,13 +21,14 @@ the *net* change since the last report. The node applies a client's
 message before the reference changes that follow it, so an object handed
 to a task or nested in a result is never freed in between.
 
-Whatever the node socket delivers, the pump keeps going: a frame that does
-not decode (or a Batch holding one) is dropped and counted in `malformed`;
-a message that makes no sense here (news of an object we hold no ref to, a
-reply nobody waits for, a second Welcome, an Execute on a driver) is
-dropped and counted in `unexpected`. The first of each is logged. An
-object's entry that cannot be used (an unknown state, an error record that
-does not read) becomes the error of the get that asks for that object.
+Whatever the node socket (or a direct line) delivers, the pump keeps going: a
+frame that does not decode (or a Batch holding one) is dropped and counted in
+`malformed`; a message that makes no sense here (news of an object we hold no
+ref to, a reply nobody waits for, an Execute on a driver, on a line anything
+but an Execute to a worker or a TaskDone to a driver) is dropped, counted in
+`unexpected`. The first of each is logged. An object's entry that cannot be
+used (an unknown state, an error record that does not read) becomes the error
+of the get that asks for that object.
 """
 from __future__ import annotations
 
@@ -45,7 +47,7 @@ from ..config import Config
 from ..exceptions import GetTimeoutError, NodeDiedError, ZFabricError
 from ..protocol import ObjectState
 from ..ref import ObjectRef
-from . import gets, lease, pids, puts, sockets, submits
+from . import direct, gets, lease, pids, puts, sockets, submits
 
 log = logging.getLogger("zfabric.client")
 
@@ -77,7 +79,8 @@ ref_mod.set_client_lookup(current_or_none)
 
 class Client:
     def __init__(self, endpoint: str, role: str, *, identity: bytes | None = None,
-                 worker_id: str | None = None, connect_timeout: float = 30.0):
+                 worker_id: str | None = None, connect_timeout: float = 30.0,
+                 listener=None):
         self.role = role
         self.id = identity or (b"d" + os.urandom(7))
         self.ctx = sockets.context()
@@ -86,10 +89,14 @@ class Client:
         self._rx_poller = zmq.Poller()
         self._rx_poller.register(self.rx, zmq.POLLIN)
         self.tx = sockets.client_dealer(self.ctx, self.id + sockets.TX_SUFFIX, endpoint)
+        self.lines = direct.Lines(self._rx_poller, listener)   # a worker's `listener`, lines
+        self.direct_from: dict = {}              # (workers) direct task id -> its line
         self._send_lock = threading.Lock()
-        self._cond = threading.Condition(threading.Lock())
+        self._lock = threading.Lock()            # (taken directly: `with self._lock`)
+        self._cond = threading.Condition(self._lock)
+        self._waiting = 0                        # threads in a wait on _cond: notified
         self._pumping = self._closed = False
-        # state guarded by _cond
+        # state guarded by _lock
         self._ready: dict[bytes, tuple] = {}     # oid -> (state, size, payload)
         self._counts: dict[bytes, int] = {}
         self._reported: set[bytes] = set()
@@ -188,7 +195,7 @@ class Client:
         if self._held:
             msgs = self._held + msgs
         lane = self.lane
-        if lane is not None and (lane.pending or lane.inflight):
+        if lane is not None and lane.pending:
             msgs = lane.take_pending() + msgs   # (the node hears of direct tasks first)
         if self._ref_ops or self._dirty:
             refs = self._ref_changes()
@@ -201,7 +208,7 @@ class Client:
     def _ref_changes(self) -> bytes | None:
         """The net reference changes since the last report, encoded (caller holds
         _send_lock); None if there are none."""
-        with self._cond:
+        with self._lock:
             self._apply_ref_ops()
             incs, decs = [], []
             reported = self._reported
@@ -245,7 +252,7 @@ class Client:
 
     def _new_request(self, reply_kind: type) -> int:
         """A request id; only a reply of `reply_kind` with it will be taken."""
-        with self._cond:
+        with self._lock:
             self._req += 1
             self._awaiting[self._req] = reply_kind
             return self._req
@@ -254,7 +261,7 @@ class Client:
         try:
             self._wait_for(lambda: req in self._replies, timeout)
         finally:
-            with self._cond:   # from now on a reply to req is dropped, not kept forever
+            with self._lock:   # from now on a reply to req is dropped, not kept forever
                 self._awaiting.pop(req, None)
                 reply = self._replies.pop(req, None)
         if reply is None:
@@ -270,7 +277,7 @@ class Client:
         self._ref_ops.append((-1, oid))
 
     def _apply_ref_ops(self) -> None:
-        """Fold queued ref births/deaths into counts (caller holds _cond)."""
+        """Fold queued ref births/deaths into counts (caller holds _lock)."""
         ops, counts, dirty = self._ref_ops, self._counts, self._dirty
         while ops:
             delta, oid = ops.popleft()
@@ -288,10 +295,10 @@ class Client:
     # -- receiving -----------------------------------------------------------------
 
     def _wait_for(self, pred, timeout: float | None, check_node: bool = True) -> bool:
-        """Wait until pred() (evaluated under _cond) holds; False on timeout."""
+        """Wait until pred() (evaluated under _lock) holds; False on timeout."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            with self._cond:
+            with self._lock:
                 while True:
                     if pred():
                         return True
@@ -301,13 +308,18 @@ class Client:
                     if not self._pumping:
                         self._pumping = True
                         break
-                    self._cond.wait(min(remaining, PUMP_SLICE))
+                    self._waiting += 1
+                    try:
+                        self._cond.wait(min(remaining, PUMP_SLICE))
+                    finally:
+                        self._waiting -= 1
             try:
                 got = self._pump(min(remaining, PUMP_SLICE))
             finally:
-                with self._cond:
+                with self._lock:
                     self._pumping = False
-                    self._cond.notify_all()
+                    if self._waiting:
+                        self._cond.notify_all()
             if not got and check_node:
                 if not self.node_alive():
                     raise NodeDiedError(f"the zfabric node (pid {self.node_pid}) died")
@@ -317,7 +329,7 @@ class Client:
         """Take what has arrived, without waiting, unless a thread pumps already:
         a driver holding a lease hears of a recall, or of its direct task's end,
         while it submits or between its gets (node/lease.py)."""
-        with self._cond:
+        with self._lock:
             if self._pumping or self._closed:
                 return
             self._pumping = True
@@ -325,30 +337,42 @@ class Client:
             while self._pump(0.0):
                 pass
         finally:
-            with self._cond:
+            with self._lock:
                 self._pumping = False
-                self._cond.notify_all()
+                if self._waiting:
+                    self._cond.notify_all()
 
     def _pump(self, timeout: float) -> bool:
         """Receive one frame (waiting up to timeout); True if one came. A whole
         slice waits in one blocking receive (rx has PUMP_SLICE as its receive
         timeout); a frame already there returns at once, so the next call takes
-        the next frame (cheaper than asking the socket's events after each)."""
-        rx = self.rx
+        the next frame (cheaper than asking the socket's events after each).
+        With direct lines to read as well (a worker's, or a driver's holding a
+        lease: node/direct.py), rx and they are polled together."""
+        rx, lines = self.rx, self.lines
         try:
-            if timeout >= PUMP_SLICE:
-                data = rx.recv()
+            if lines:
+                frames = lines.receive(rx, timeout)
+                if not frames:
+                    return False
+            elif timeout >= PUMP_SLICE:
+                frames = [(rx.recv(), None)]
             elif self._rx_poller.poll(int(timeout * 1000)):
-                data = rx.recv(zmq.NOBLOCK)
+                frames = [(rx.recv(zmq.NOBLOCK), None)]
             else:
                 return False
         except zmq.Again:
             return False
-        messages = self._decode(data)
-        with self._cond:
-            for msg in messages:
-                self._on_message(msg)
-            self._cond.notify_all()
+        decoded = [(self._decode(data), data, line) for data, line in frames]
+        with self._lock:
+            for messages, data, line in decoded:
+                if len(messages) == 1:
+                    self._on_message(messages[0], data, line)
+                else:
+                    for msg in messages:
+                        self._on_message(msg, None, line)
+            if self._waiting:
+                self._cond.notify_all()
         if self.lane is not None and self.lane.incoming:
             self.lane.process()
         while self._revoked:
@@ -384,9 +408,12 @@ class Client:
         else:
             log.debug("dropped a message from the node (%s): %s", what, reason)
 
-    def _on_message(self, msg) -> None:
-        """Take one message from the node (caller holds _cond); never raises."""
+    def _on_message(self, msg, raw: bytes | None = None, line=None) -> None:
+        """Take one message from the node, or from a direct `line` (caller holds
+        _lock; `raw`: the frame it came alone in); never raises."""
         kind = type(msg)
+        if line is not None and kind is not (p.Execute if self.role == "worker" else p.TaskDone):
+            return self._reject("unexpected", f"a {kind.__name__} on a direct line")
         if kind is p.ObjectReady:
             self._on_object_ready(msg)
         elif kind is p.Execute:
@@ -394,6 +421,8 @@ class Client:
                 return self._reject("unexpected", f"an Execute of {msg.name}() on a {self.role}")
             if msg.fn_blob:  # kept apart: a Revoke may drop this Execute, not the code
                 self.fn_blobs[msg.fn_id] = msg.fn_blob
+            if line is not None:   # (a direct task: its TaskDone goes back on that line)
+                self.direct_from[msg.task_id] = line
             self.executes.append(msg)
         elif kind is p.Revoke:  # (workers) drop a prefetched task we have not started
             for ex in self.executes:
@@ -405,7 +434,7 @@ class Client:
                 log.debug("a Revoke of task %s, which is not waiting here", msg.task_id.hex())
         elif kind is p.TaskDone or kind is p.LeaseGrant or kind is p.LeaseEnd:
             if self.lane is not None:   # (node/lease.py; a worker drops what it kept)
-                self.lane.on_message(msg)
+                self.lane.on_message(msg, raw)
             elif kind is p.LeaseEnd and self.role == "worker":
                 self.lease_keep.clear()
             else:
@@ -452,42 +481,12 @@ class Client:
 
     # -- objects ----------------------------------------------------------------------
 
-    def _subscribe_missing(self, oids, awaited: bool = True) -> list:
-        """Subscribe to the objects not here, but our own returns, which the node
-        pushes: those are returned, counted as `awaited` (the caller takes them
-        back with _unawait) so that the pump asks for one kept elsewhere."""
-        with self._cond:
-            self._apply_ref_ops()
-            ready, subscribed, pushed = self._ready, self._subscribed, self._pushed
-            want, own = [], []
-            for o in dict.fromkeys(oids):
-                if o in ready or o in subscribed:
-                    continue
-                (own if o in pushed else want).append(o)
-            if awaited:
-                counts = self._awaited
-                for o in own:
-                    counts[o] = counts.get(o, 0) + 1
-            subscribed.update(want)
-        if want:
-            self.send(p.Subscribe(want))
-        return own
-
-    def _unawait(self, own: list) -> None:
-        if own:
-            with self._cond:
-                counts = self._awaited
-                for o in own:
-                    n = counts.pop(o, 1) - 1
-                    if n > 0:
-                        counts[o] = n
-
     def _subscribe_elsewhere(self, overdue: bool = False) -> None:
         """Subscribe to our awaited returns the node said are on another node; with
         `overdue` (nothing came for a pump slice), to every awaited return not here
         yet: a Submit the node refused is then answered that the object does not
         exist, instead of a get that never ends."""
-        with self._cond:
+        with self._lock:
             want, self._to_subscribe = self._to_subscribe, []
             if overdue:
                 want += [o for o in [*self._awaited, *self._watchers]
@@ -526,7 +525,7 @@ class Client:
 
     def forget_entry(self, oid: bytes, entry: tuple) -> None:
         """What we heard of an object is stale (its store file is gone)."""
-        with self._cond:
+        with self._lock:
             if self._ready.get(oid) is entry:
                 del self._ready[oid]
 
@@ -538,7 +537,7 @@ class Client:
         """A new object of ours, announced by the next message we send: the node
         counts us as its holder from that message on, so no ref change is
         reported for it. `entry`: its (state, size, payload), if known."""
-        with self._cond:
+        with self._lock:
             self._reported.add(oid)
             self._apply_ref_ops()
             if entry is not None:
@@ -552,14 +551,14 @@ class Client:
 
     # -- tasks -----------------------------------------------------------------------------
 
-    def submit(self, **task) -> list[ObjectRef]:
-        """Send a task (node/submits.py); the refs of its returns."""
-        return submits.submit(self, **task)
+    # Send a task; the refs of its returns (node/submits.py: a method of ours, called
+    # with its keywords as they are, not packed into a dict and out again)
+    submit = submits.submit
 
     def expect_pushes(self, rids: list[bytes]) -> None:
         """Our new task's returns: held from its Submit on (no ref change reported)
         and pushed to us by the node, so a get of them sends no Subscribe."""
-        with self._cond:
+        with self._lock:
             self._reported.update(rids)
             self._pushed.update(rids)
 
@@ -569,7 +568,7 @@ class Client:
     def next_execute(self) -> p.Execute:
         """(workers) Wait for the node's next Execute."""
         self._wait_for(lambda: bool(self.executes), None)
-        with self._cond:
+        with self._lock:
             return self.executes.popleft()
 
     # -- closing ---------------------------------------------------------------------------
@@ -579,20 +578,23 @@ class Client:
             if self._closed:
                 return
             try:
-                if self.lane is not None and (self.lane.pending or self.lane.inflight):
+                if self.lane is not None and self.lane.pending:
                     self._send_frame([])   # (the node books our direct tasks first)
                 msg = p.Shutdown(reason) if shutdown_node else p.Goodbye(reason)
                 self.tx.send(p.encode(msg), zmq.NOBLOCK)
             except zmq.ZMQError:
                 pass
             self._closed = True
-        with self._cond:   # (a pump under way -- the flush thread's take_arrived -- ends first)
-            self._cond.wait_for(lambda: not self._pumping, timeout=PUMP_SLICE)
+        with self._lock:   # (a pump under way -- the flush thread's take_arrived -- ends first)
+            self._waiting += 1
+            try:
+                self._cond.wait_for(lambda: not self._pumping, timeout=PUMP_SLICE)
+            finally:
+                self._waiting -= 1
         self._close_sockets()
 
     def _close_sockets(self) -> None:
-        if self.lane is not None and self.lane.sock is not None:
-            self.lane.sock.close(0)
+        self.lines.close()
         self.rx.close(sockets.LINGER_MS)
         self.tx.close(sockets.LINGER_MS)
         self.ctx.term()

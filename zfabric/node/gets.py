@@ -11,13 +11,15 @@ A store object spilled to disk since the client heard of it has no store
 file: the client forgets the entry and asks the node again, which restores
 it first. The waits work on the client's books (`_ready`, `_watchers`) under
 its lock, as Client's own methods do; the client's methods of the same
-names are their only callers.
+names are their only callers (and this module alone subscribes to what a
+wait needs: `subscribe_missing`).
 """
 from __future__ import annotations
 
 import time
 from collections import deque
 
+from .. import protocol as p
 from .. import serialization
 from ..exceptions import GetTimeoutError
 from ..protocol import ObjectState
@@ -27,12 +29,12 @@ from . import store
 def wait_objects(client, oids: list[bytes], timeout: float | None,
                  fail_fast: bool = True) -> dict:
     """Entries for every oid (or raise GetTimeoutError); stop early on an error."""
-    with client._cond:
+    with client._lock:
         client._apply_ref_ops()
         ready = client._ready
         missing = deque(o for o in dict.fromkeys(oids) if o not in ready)
     if missing:
-        own = client._subscribe_missing(missing)
+        own = subscribe_missing(client, missing)
         if own and client.lane is not None and len(client._pushed) == len(own):
             client.lane.sync_get()   # (only our own return awaited: node/lease.py)
         total = len(missing)
@@ -58,10 +60,10 @@ def wait_objects(client, oids: list[bytes], timeout: float | None,
                     f"get timed out after {timeout} s: {len(missing)} of {total} "
                     "objects are not ready")
         finally:
-            client._unawait(own)
+            unawait(client, own)
             if blocked:
                 client._unblock()
-    with client._cond:
+    with client._lock:
         return {o: client._ready[o] for o in oids if o in client._ready}
 
 
@@ -106,9 +108,9 @@ def wait_some(client, oids: list[bytes], num_returns: int, timeout: float | None
     """The set of oids that are ready once num_returns are, or timeout passes. The
     oids not ready yet are watched (as `watch` does): O(1) an arrival, whatever
     the number of oids and of frames they come in."""
-    own = client._subscribe_missing(oids)
+    own = subscribe_missing(client, oids)
     sink: deque = deque()
-    with client._cond:
+    with client._lock:
         ready, watchers = client._ready, client._watchers
         pending = []
         for o in dict.fromkeys(oids):
@@ -126,23 +128,23 @@ def wait_some(client, oids: list[bytes], num_returns: int, timeout: float | None
                 if blocked:
                     client._unblock()
     finally:
-        client._unawait(own)
-        with client._cond:
+        unawait(client, own)
+        with client._lock:
             for o in pending:   # (this wait's sink leaves the watchers still waiting)
                 sinks = watchers.get(o)
                 if sinks is not None:
                     sinks[:] = [s for s in sinks if s is not sink]
                     if not sinks:
                         del watchers[o]
-    with client._cond:
+    with client._lock:
         return {o for o in oids if o in ready}
 
 
 def watch(client, oids: list[bytes], sink: deque) -> None:
     """Append each oid to `sink` once it is ready (at once if it is), in O(1) an
     arrival (zfabric.util's results as they come). Ends with the oid's last ref."""
-    client._subscribe_missing(oids, awaited=False)   # (our returns: as _watchers says)
-    with client._cond:
+    subscribe_missing(client, oids, awaited=False)   # (our returns: as _watchers says)
+    with client._lock:
         for o in oids:
             if o in client._ready:
                 sink.append(o)
@@ -158,3 +160,35 @@ def wait_watched(client, sink: deque, timeout: float | None, block: bool = True)
     finally:
         if blocked:
             client._unblock()
+
+
+def subscribe_missing(client, oids, awaited: bool = True) -> list:
+    """Subscribe to the objects not here, but our own returns, which the node
+    pushes: those are returned, counted as `awaited` (the caller takes them
+    back with `unawait`) so that the pump asks for one kept elsewhere."""
+    with client._lock:
+        client._apply_ref_ops()
+        ready, subscribed, pushed = client._ready, client._subscribed, client._pushed
+        want, own = [], []
+        for o in dict.fromkeys(oids):
+            if o in ready or o in subscribed:
+                continue
+            (own if o in pushed else want).append(o)
+        if awaited:
+            counts = client._awaited
+            for o in own:
+                counts[o] = counts.get(o, 0) + 1
+        subscribed.update(want)
+    if want:
+        client.send(p.Subscribe(want))
+    return own
+
+
+def unawait(client, own: list) -> None:
+    if own:
+        with client._lock:
+            counts = client._awaited
+            for o in own:
+                n = counts.pop(o, 1) - 1
+                if n > 0:
+                    counts[o] = n

@@ -285,12 +285,15 @@ def end_job() -> None:
             _packages.pop(client, None)
 
 
+_TASK_ENV = f"{__package__}.task_env"
+
+
 def job_env(client) -> dict | None:
     """The env a task submitted here runs in unless it names its own: the running
     task's in a worker, else the job's."""
     # (task_env holds the running task's env; only a worker imports it, so not loaded:
     # no task runs in this process)
-    task_env = sys.modules.get(f"{__package__}.task_env")
+    task_env = sys.modules.get(_TASK_ENV)
     current = task_env.current() if task_env is not None else None
     if current is not None:
         return current
@@ -300,7 +303,10 @@ def job_env(client) -> dict | None:
 def for_task(spec: EnvSpec | None, client) -> tuple[dict, list, list]:
     """(opts, package object ids to add to the task's deps, ObjectRefs to keep
     until the Submit is sent) for a task with `spec` (None: the job's env)."""
-    desc = merge(job_env(client), _part(spec, client) if spec is not None else None)
+    base = job_env(client)
+    if spec is None and not base:   # (every task of a job without an env)
+        return {}, [], []
+    desc = merge(base, _part(spec, client) if spec is not None else None)
     if not desc:
         return {}, [], []
     oids = list(desc.get("pkgs", {}).values())

@@ -1,4 +1,5 @@
-"""Every ZeroMQ socket zfabric makes is made here.
+"""Every ZeroMQ socket zfabric makes is made here, and the Unix sockets of a
+driver's direct line to its leased worker (node/direct.py).
 
 Who may reach which socket:
 - Local clients (drivers, workers, the CLI) use the *client ROUTER*, bound on
@@ -30,9 +31,20 @@ Who may reach which socket:
 """
 from __future__ import annotations
 
+import os
+import socket
+import struct
+
 import zmq
 
 LINGER_MS = 200
+DIRECT_BACKLOG = 8   # drivers' connects a worker's listener queues (one lease at a time)
+# A direct line's frame is read whole once it began (node/direct.py): one that stalls
+# this long midway (a peer that died, hung, or speaks something else) breaks the line.
+# A write waits while the reader's buffer is full (a frame larger than it: code that
+# is megabytes; the reader pumps at least every ref_flush_interval), at most this long.
+DIRECT_READ_TIMEOUT = struct.pack("ll", 5, 0)    # struct timeval: 5 s
+DIRECT_WRITE_TIMEOUT = struct.pack("ll", 60, 0)
 # A socket's events as plain ints: `sock.get(EVENTS) & POLLIN` says a message is
 # waiting. (pyzmq's enum constants cost microseconds an `&`: these are on the
 # path of every message.)
@@ -136,12 +148,48 @@ def _bind_tcp(sock: zmq.Socket, host: str, port: int,
     return sock, sock.getsockopt_string(zmq.LAST_ENDPOINT)
 
 
-def lease_dealer(ctx: zmq.Context, endpoint: str) -> zmq.Socket:
-    """A direct line between a driver and its leased worker (core/leases.py): to
-    the other's ipc endpoint in the session dir (only the node's user enters it)."""
-    sock = _common(ctx.socket(zmq.DEALER))
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.connect(endpoint)
+def direct_listener(path: str) -> socket.socket:
+    """(a worker) Where the driver that leases it connects its direct line
+    (node/direct.py): a Unix stream socket in the session dir, which only the
+    node's user enters. Accepting does not block (its pump polls it)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        try:
+            os.unlink(path)   # (left by a dead worker of the same id: not ours to keep)
+        except FileNotFoundError:
+            pass
+        sock.bind(path)
+        sock.listen(DIRECT_BACKLOG)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def direct_line(path: str) -> socket.socket:
+    """(a driver granted a lease) Its direct line to the worker listening at `path`."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(path)
+    except OSError:
+        sock.close()
+        raise
+    return _line(sock)
+
+
+def direct_accept(listener: socket.socket) -> socket.socket:
+    """(a worker) The line of a driver that connected (OSError: none did after all)."""
+    sock, _ = listener.accept()
+    sock.setblocking(True)
+    return _line(sock)
+
+
+def _line(sock: socket.socket) -> socket.socket:
+    """A direct line blocks (no Python timeout: no poll before each read), but a
+    read or write that stalls fails (the kernel's timeouts, above)."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, DIRECT_READ_TIMEOUT)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, DIRECT_WRITE_TIMEOUT)
     return sock
 
 

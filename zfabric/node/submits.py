@@ -35,11 +35,8 @@ def submit(client, *, name: str, fn_id: bytes, fn_blob: bytes, num_returns: int,
     lane = client.lane
     if lane is not None and lane.wid is not None and not deps:   # a leased worker: lease.py
         with client._send_lock:
-            if lane.run(tid, rids, dict(
-                    name=name, fn_id=fn_id, fn_blob=fn_blob, num_returns=num_returns,
-                    resources=resources, max_retries=max_retries,
-                    retry_exceptions=retry_exceptions, retry_blob=retry_blob, deps=deps,
-                    contained=contained, args_blob=args_blob, opts=opts or {})):
+            if lane.run(tid, name, fn_id, fn_blob, num_returns, resources, max_retries,
+                        retry_exceptions, retry_blob, contained, args_blob, opts or {}):
                 return refs
     if fn_id in client.sent_functions:
         fn_blob = b""

@@ -48,7 +48,7 @@ from ..protocol import ObjectState, TaskStatus
 from ..exceptions import TaskCancelledError
 from ..ref import DepMarker
 from . import client as client_mod
-from . import logmon, sockets, store, task_env
+from . import direct, logmon, sockets, store, task_env
 
 PR_SET_PDEATHSIG = 1
 
@@ -72,7 +72,6 @@ class Worker:
         self.marked = None   # (job, name) the last marker named; None: no job
         self.made: dict[bytes, bytes] = {}   # oid -> inline payload: _keep_made
         self.made_kept = 2 * client.config.prefetch_max_depth
-        self.replies: dict = {}   # endpoint -> DEALER to the driver we are leased to
 
     # -- cancel -----------------------------------------------------------------
 
@@ -110,34 +109,35 @@ class Worker:
             client.send(p.Revoked(ex.task_id))   # (after the report of the task that failed)
             return
         done, result = self.run(ex)
-        reply = ex.opts.get("reply") if ex.opts else None
-        if reply is not None:
-            self._reply(reply, done, result)
+        line = client.direct_from.pop(ex.task_id, None) if client.direct_from else None
+        if line is not None:
+            self._reply(line, done, result)
         else:
             self._keep_made(ex, done)
             client.report(done, result)
         del done, result  # refs inside the result die only after TaskDone is sent
 
-    def _reply(self, endpoint: str, done: p.TaskDone, result) -> None:
+    def _reply(self, line, done: p.TaskDone, result) -> None:
         """A direct task of the driver we are leased to (core/leases.py): its
-        TaskDone goes straight back. The node books it from the driver's notice,
-        which may come after what we send the node ourselves: a result holding
-        refs is kept until the node ends the lease (LeaseEnd), so the node never
-        hears us drop a ref before it sealed the value holding it."""
-        sock = self.replies.get(endpoint)
-        if sock is None:
-            for old in self.replies.values():
-                old.close(0)
-            self.replies = {endpoint: sockets.lease_dealer(self.client.ctx, endpoint)}
-            sock = self.replies[endpoint]
+        TaskDone goes straight back on the line it came on (node/direct.py). The
+        node books it from the driver's notice, which may come after what we send
+        the node ourselves: a result holding refs is kept until the node ends the
+        lease (LeaseEnd), so the node never hears us drop a ref before it sealed
+        the value holding it. A driver gone meanwhile is not told (its node
+        books nothing more of it)."""
         if any(done.contained):
             self.client.lease_keep.append(result)
-        sock.send(p.encode(done))
+        try:
+            direct.send(line, p.encode(done))
+        except OSError:   # (closed, or stalled: it ends here, whole frames or none)
+            self.client.lines.retire(line)
 
     def _made_here(self, ex: p.Execute) -> bool:
         """Did this worker make every argument the node sent as PENDING (a task
         pipelined behind the ones making them, core/scheduler.py)? If one of
         those failed (or was given back), the task goes back to the node."""
+        if not ex.dep_ids:
+            return True
         made = self.made
         return all(oid in made for oid, state in zip(ex.dep_ids, ex.dep_states)
                    if state == ObjectState.PENDING)
@@ -334,7 +334,10 @@ CUDA_VISIBLE = "CUDA_VISIBLE_DEVICES"
 
 def _use_gpus(client, gpus: list | None, before: str | None = None) -> str | None:
     """Give the task its GPU ids (CUDA_VISIBLE_DEVICES, get_gpu_ids()) and return
-    the variable's value before; `gpus` None: put `before` back."""
+    the variable's value before; `gpus` None: put `before` back. (A task without
+    GPU ids after one without: nothing to do, not even a read of the variable.)"""
+    if not gpus and not client.current_gpus:
+        return None
     old = os.environ.get(CUDA_VISIBLE)
     if gpus:
         os.environ[CUDA_VISIBLE] = ",".join(str(i) for i in gpus)
@@ -398,14 +401,16 @@ def main(zygote_pid: int | None = None) -> None:
     worker_id = os.environ["ZFABRIC_WORKER_ID"]
     endpoint = os.environ["ZFABRIC_NODE_ENDPOINT"]
     cancel_path = os.path.join(os.environ["ZFABRIC_CANCEL_DIR"], worker_id)
-    client = client_mod.Client(endpoint, "worker", identity=worker_id.encode(),
-                               worker_id=worker_id)
     session_dir = os.environ.get("ZFABRIC_SESSION_DIR", "")
-    if session_dir:   # a driver leased this worker sends it Executes here (core/leases.py)
-        try:
-            client.rx.bind(ids.worker_endpoint(session_dir, worker_id))
-        except Exception as e:   # (the node grants no lease where paths are this long)
+    listener = None
+    if session_dir:   # a driver leased this worker connects here (core/leases.py): before
+        try:          # our Hello, so a driver granted us can always connect
+            listener = sockets.direct_listener(direct.endpoint_path(
+                ids.worker_endpoint(session_dir, worker_id)))
+        except OSError as e:   # (the node grants no lease where paths are this long)
             print(f"zfabric worker {worker_id}: no endpoint for leases: {e}", file=sys.stderr)
+    client = client_mod.Client(endpoint, "worker", identity=worker_id.encode(),
+                               worker_id=worker_id, listener=listener)
     client_mod.set_current(client)
     worker = Worker(client, cancel_path, session_dir)
     signal.signal(signal.SIGUSR1, worker.on_cancel_signal)
