@@ -512,6 +512,23 @@ def run_child(python, argv, timeout, env, log_path, script=None):
     return end.get("rc", -9), wall, timed_out, live
 
 
+def script_round(script, argv, out, timeout, env):
+    """One round of a bench script: run `script` with `argv` as a child (its
+    log beside `out`), then read the JSON it wrote to `out`. Returns (the
+    JSON, wall seconds), or (None, wall) after logging why the round failed.
+    Leftover processes are stopped by PID and logged (run_child)."""
+    log_path = out[:-5] + ".log" if out.endswith(".json") else out + ".log"
+    rc, wall, timed_out, left = run_child(sys.executable, argv, timeout, env, log_path,
+                                          script=script)
+    r = read_json(out)
+    if rc != 0 or r is None:
+        log(f"round failed (rc {rc}{', timeout' if timed_out else ''})\n{tail(log_path)}")
+        return None, wall
+    if left:
+        log(f"stopped leftovers {left}")
+    return r, wall
+
+
 def read_json(path):
     try:
         with open(path) as fh:

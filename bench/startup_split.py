@@ -73,18 +73,11 @@ def main(argv=None) -> int:
         for i in range(a.rounds):
             for mode, switch in MODES.items():
                 out = os.path.join(work, f"round{i}-{mode}.json")
-                logp = out[:-5] + ".log"
-                rc, wall, timed_out, left = harness.run_child(
-                    sys.executable, ["--child", out], a.timeout,
-                    {**harness.child_env("zfabric"), "ZFABRIC_FORK_EMBEDDED_NODE": switch},
-                    logp, script=os.path.abspath(__file__))
-                r = harness.read_json(out)
-                if rc != 0 or r is None:
-                    harness.log(f"round failed (rc {rc}{', timeout' if timed_out else ''})"
-                                f"\n{harness.tail(logp)}")
+                r, wall = harness.script_round(
+                    os.path.abspath(__file__), ["--child", out], out, a.timeout,
+                    {**harness.child_env("zfabric"), "ZFABRIC_FORK_EMBEDDED_NODE": switch})
+                if r is None:
                     return 1
-                if left:
-                    harness.log(f"stopped leftovers {left}")
                 runs[mode].append({**r, "wall": wall})
             passes.append(python_pass())
             load.append(os.getloadavg()[0])

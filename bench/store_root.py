@@ -111,19 +111,12 @@ def main(argv=None) -> int:
         for i in range(a.rounds):
             for k, root in enumerate(a.root):
                 out = os.path.join(work, f"round{i}-root{k}.json")
-                logp = out[:-5] + ".log"
                 harness.log(f"round {i + 1}/{a.rounds} {root} (load {os.getloadavg()[0]:.2f})")
-                rc, _, timed_out, left = harness.run_child(
-                    sys.executable, ["--child", out, "--params", json.dumps(params)],
-                    a.timeout, {**harness.child_env("zfabric"), "ZFABRIC_STORE_ROOT": root},
-                    logp, script=os.path.abspath(__file__))
-                r = harness.read_json(out)
-                if rc != 0 or r is None:
-                    harness.log(f"round failed (rc {rc}{', timeout' if timed_out else ''})"
-                                f"\n{harness.tail(logp)}")
+                r, _ = harness.script_round(
+                    os.path.abspath(__file__), ["--child", out, "--params", json.dumps(params)],
+                    out, a.timeout, {**harness.child_env("zfabric"), "ZFABRIC_STORE_ROOT": root})
+                if r is None:
                     return 1
-                if left:
-                    harness.log(f"stopped leftovers {left}")
                 runs[root].append(r)
                 load.append(os.getloadavg()[0])
     lines = [f"Put of {a.mb} MB against `a.copy()` of it, same subprocess; medians of "
