@@ -512,6 +512,18 @@ def run_child(python, argv, timeout, env, log_path, script=None):
     return end.get("rc", -9), wall, timed_out, live
 
 
+def short_machine() -> dict:
+    """CPU model, cores and Python: what a small bench script's JSON records."""
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "python": platform.python_version()}
+
+
+def machine_line(script: str, load: list) -> str:
+    """A small bench script's first stdout line: the machine, the load before and after."""
+    return (f"**Machine:** {cpu_model()}, {os.cpu_count()} cores, Python "
+            f"{platform.python_version()} · load average {load[0]:.2f} before, {load[-1]:.2f} "
+            f"after · `bench/{script}` · {time.strftime('%Y-%m-%d')}\n")
+
+
 def script_round(script, argv, out, timeout, env):
     """One round of a bench script: run `script` with `argv` as a child (its
     log beside `out`), then read the JSON it wrote to `out`. Returns (the

@@ -18,9 +18,7 @@ stdout: a markdown table of medians; progress on stderr.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -100,12 +98,8 @@ def main(argv=None) -> int:
     if a.json:
         harness.write_json(a.json, harness.portable({
             "params": {"rounds": a.rounds}, "loadavg": load, "python_pass": passes,
-            "machine": {"cpu": harness.cpu_model(), "cores": os.cpu_count(),
-                        "python": platform.python_version()},
-            "runs": runs, "summary": summary, "fork_over_exec": ratio, "markdown": table}))
-    print(f"**Machine:** {harness.cpu_model()}, {os.cpu_count()} cores, Python "
-          f"{platform.python_version()} · load average {load[0]:.2f} before, {load[-1]:.2f} "
-          f"after · `bench/startup_split.py` · {time.strftime('%Y-%m-%d')}\n")
+            "machine": harness.short_machine(), "runs": runs, "summary": summary, "fork_over_exec": ratio, "markdown": table}))
+    print(harness.machine_line("startup_split.py", load))
     print(table)
     return 0
 

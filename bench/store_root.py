@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -134,12 +133,8 @@ def main(argv=None) -> int:
     if a.json:
         harness.write_json(a.json, harness.portable({
             "params": {**params, "rounds": a.rounds}, "loadavg": load,
-            "machine": {"cpu": harness.cpu_model(), "cores": os.cpu_count(),
-                        "python": platform.python_version()},
-            "runs": runs, "summary": summary, "markdown": table}))
-    print(f"**Machine:** {harness.cpu_model()}, {os.cpu_count()} cores, Python "
-          f"{platform.python_version()} · load average {load[0]:.2f} before, {load[-1]:.2f} "
-          f"after · `bench/store_root.py` · {time.strftime('%Y-%m-%d')}\n")
+            "machine": harness.short_machine(), "runs": runs, "summary": summary, "markdown": table}))
+    print(harness.machine_line("store_root.py", load))
     print(table)
     return 0
 
