@@ -1,7 +1,10 @@
 """Task output across nodes (core/logroute.py in a FabricSim): lines a peer's
 workers print reach the listener of the job's driver; a driver that left, or
-a job of no driver, gets nothing, and what is dropped is counted."""
+a job of no driver, gets nothing, and what is dropped is counted; a node
+gossip has not told of yet is reached by the address its Spill came with."""
 from __future__ import annotations
+
+import cloudpickle
 
 from zfabric import ids
 from zfabric import protocol as p
@@ -62,3 +65,24 @@ def test_a_listen_for_a_job_of_no_driver_here_is_refused_as_nonsense():
     assert sim.nodes[1].fabric.stats["rejected_nonsense"] == before + 1
     assert sim.nodes[1].received(LISTENER) == []
     assert len(sim.nodes[0].received(LISTENER)) == 1
+
+
+def test_lines_for_a_node_known_only_by_the_task_it_spilled_here_reach_it():
+    """A node that just joined spills a task to a peer gossip has not told about
+    it yet: the peer answers its output to the address the Spill came with."""
+    sim = FabricSim([{"CPU": 1}, {"CPU": 1}])
+    first, second = sim.nodes
+    assert first.node_id not in second.fabric.membership.members   # (no gossip yet)
+    job = ids.job_id(first.node_id, DRIVER)
+    sim.send(0, DRIVER, p.Hello("driver", 4242, None))
+    sim.send(0, LISTENER, p.Listen(job, True))
+    blob = cloudpickle.dumps(lambda: None)
+    sim.handle(1, ev.PeerMessage(first.node_id, p.Spill(
+        first.node_id, first.address, ids.new_task_id(), "work", ids.function_id(blob), 1,
+        {"CPU": 1.0}, 0, False, 0, False, [], [], [], [], blob, b"", b"", [], {"job": job})))
+    output(sim, 1, job, "printed before gossip told of the job's node")
+    assert second.fabric.stats["log_lines_dropped"] == 0
+    sim.run(0.1)
+    lines = [line for m in first.received(LISTENER, p.LogLines) for run in m.output
+             for line in run[3]]
+    assert lines == ["printed before gossip told of the job's node"]

@@ -466,8 +466,13 @@ class Fabric:
         self._out += self.logs.listen(client, msg)
 
     def _live_address(self, node_id: bytes) -> str | None:
+        """A live peer's address: by membership, or, for a peer gossip has not
+        told us of yet, by the tasks it spilled to us (their `reply_to`)."""
         member = self.membership.members.get(node_id)
-        return member.address if member is not None and member.state in LIVE else None
+        if member is not None:
+            return member.address if member.state in LIVE else None
+        view = self.scheduler.spill.peers.get(node_id)
+        return view.address if view is not None else None
 
     # -- pulls ---------------------------------------------------------------------------
 

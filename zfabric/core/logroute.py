@@ -12,7 +12,8 @@ A job (`ids.job_id`) names a driver by its node and client id; its tasks,
 and the tasks they submit, carry it in their `opts` ("job"), wherever they
 run. A driver that asked for no output (`init(log_to_driver=False)`) gives
 its tasks no job: their lines stay in the workers' log files. Lines with
-nowhere to go (no listener, the job's node unknown or dead) are dropped and
+nowhere to go (no listener, the job's node dead, or unknown: neither gossip
+nor a task it spilled here told us where it is) are dropped and
 counted in the fabric's `stats` (`log_lines_dropped`; `log_lines`: lines
 routed). Owned by `Fabric`, which hands it these messages and events. Pure:
 no I/O, no clock.
