@@ -375,6 +375,6 @@ class Batch:
 
 from .protocol_peers import (  # noqa: E402,F401  (re-exported: the wire's one face)
     Gossip, GcsUpdate, Spill, SpillCheck, Refuse, TaskResult, FreeObjects, LogLines,
-    Listen, PullChunk, Chunk, encode_chunk, decode_chunk)
+    Listen, PullChunk, Chunk, MAX_CHUNK, encode_chunk, decode_chunk)
 
 MESSAGES = registry()
