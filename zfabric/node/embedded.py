@@ -6,8 +6,8 @@ driver runs a single thread and holds at most `fork_embedded_node_max_rss`
 resident (forking.safe_to_fork) and the config's `fork_embedded_node` is on,
 the node is forked from the driver: it has the
 driver's imports already and skips an interpreter's start, and it forks its
-own first zygote in turn (node/__main__.py), so `init()` takes about a third
-of the time it takes with exec. Otherwise it is `python -m zfabric.node
+own first zygote in turn (node/__main__.py), so `init()` takes a little over half
+of the time it takes with exec (bench/startup_split.py). Otherwise it is `python -m zfabric.node
 _serve ...`, exactly as `zfabric start` runs a node. Either way the node
 runs the same code (`node.__main__.main`) on the same arguments.
 

@@ -9,7 +9,7 @@ Two processes start this way:
 
 A fresh interpreter costs tens of milliseconds before it imports anything,
 and a node used to start two of them one after the other (itself, then its
-zygote): forking both cuts `init()` to about a third. A zygote that dies is
+zygote): forking both cuts `init()` to a little over half. A zygote that dies is
 replaced by exec (processes.start_zygote): by then the node has threads.
 
 Fork is safe only from a process with a single thread: another thread may
