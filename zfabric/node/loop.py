@@ -284,6 +284,9 @@ class NodeLoop:
                 continue
             inner = self._decode(sender, frames)
             if peer:
+                # (a peer may spill us a task before our next tick sees we have
+                # peers: its lines must still go out before its result)
+                self._read_at_done = True
                 for msg in inner:
                     if type(msg) is not p.Gossip:
                         self._worked = now
