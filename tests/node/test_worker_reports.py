@@ -78,8 +78,8 @@ def _link(fn, before: p.Execute) -> p.Execute:
 
 
 def test_a_chain_sends_its_reports_at_half_the_depth(nodes, clients, tmp_path):
-    """While the next task is a pipelined link, the node hears of the links run
-    every half queue (and sends more while the rest run); each link got the
+    """A chain's links, pipelined here, are reported every half queue like any
+    run (the node sends more links while the rest run); each link got the
     value the one before made here."""
     node, client, worker = _worker(nodes, clients, tmp_path, b"w-chain")
     client.config = dataclasses.replace(client.config, prefetch_max_depth=8)
@@ -106,14 +106,19 @@ def test_a_link_whose_argument_failed_here_is_given_back(nodes, clients, tmp_pat
     assert frame[0].status == TaskStatus.ERROR and frame[1].task_id == second.task_id
 
 
-def test_a_run_holds_at_most_prefetch_max_depth_reports(nodes, clients, tmp_path):
+def test_a_run_sends_its_reports_every_half_queue(nodes, clients, tmp_path):
+    """A worker holds at most half of prefetch_max_depth reports: the node hears of
+    the tasks run, and sends more, while the other half of a full queue runs."""
     node, client, worker = _worker(nodes, clients, tmp_path, b"w-deep")
     client.config = dataclasses.replace(client.config, prefetch_max_depth=4)
-    tasks = [_task(lambda: None) for _ in range(10)]
+    tasks = [_task(lambda: None) for _ in range(9)]
     node.push(p.encode(p.Batch([p.encode(t) for t in tasks])))
     for _ in tasks:
         worker.serve_one()
-    assert [len(f) for f in _frames(node, 3)] == [4, 4, 2]
+    frames = _frames(node, 5)
+    assert [len(f) for f in frames] == [2, 2, 2, 2, 1]
+    assert [m.task_id for f in frames for m in f] == [t.task_id for t in tasks]
+    assert node.received.empty()
 
 
 def test_a_lone_task_is_reported_at_once(nodes, clients, tmp_path):

@@ -55,7 +55,6 @@ _current: "Client | None" = None
 PUMP_SLICE = 1.0   # seconds a pump waits before checking the node is alive
 MAX_PID = 1 << 22  # above Linux's pid_max: a Welcome naming another pid is nonsense
 READY_STATES = (ObjectState.INLINE, ObjectState.STORE, ObjectState.ERROR)
-PENDING = int(ObjectState.PENDING)
 
 
 def current() -> "Client":
@@ -171,20 +170,17 @@ class Client:
     def report(self, done: p.TaskDone, keep) -> None:
         """(workers) Send a finished task's TaskDone. While prefetched tasks wait here,
         hold it and `keep` (its result) for one frame with the next ones, before
-        anything else we send: at most prefetch_max_depth (half of it while the
-        next task is a pipelined link of a chain, PENDING on what we made: the
-        node then hears of the links run, and sends more, while the rest run
-        here), and at most prefetch_queue_seconds."""
+        anything else we send: at most half of prefetch_max_depth (the node then
+        hears of the tasks run, and sends more, while the rest of a full queue
+        run here: a lone worker never waits on the node's turn), and at most
+        prefetch_queue_seconds."""
         data, now, config = p.encode(done), time.monotonic(), self.config
         with self._send_lock:
             if not self._held:
                 self._held_since = now
             self._held.append(data)
             self._held_keep.append(keep)
-            executes, limit = self.executes, config.prefetch_max_depth
-            if executes and PENDING in executes[0].dep_states:
-                limit //= 2
-            if not (executes and len(self._held) < limit
+            if not (self.executes and len(self._held) < config.prefetch_max_depth // 2
                     and now - self._held_since < config.prefetch_queue_seconds):
                 self._send_frame([])
 
