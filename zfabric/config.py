@@ -223,6 +223,11 @@ class Config:
     # the local queue is longer than the cluster can start: the peer's next task
     # is already there when one ends (no round trip idle).
     spill_depth: int = 1
+    # A queued task whose function runs on average in under this long is not
+    # forwarded while a worker here runs one like it: it would start here within
+    # moments, and forwarding it and its result costs the two nodes more than
+    # running it (0: spill any task that waits).
+    spill_min_task_seconds: float = 0.0002
     # After a refusal (spillback), leave that peer alone this long.
     refuse_backoff: float = 0.2
     # A task whose arguments on one peer total at least this many bytes runs

@@ -9,6 +9,7 @@ import pytest
 from zfabric import ids, protocol as p
 from zfabric.core import effects as fx
 from zfabric.core.tasks import TaskState
+from zfabric.core.workers import TINY_RUN_SILENCE
 
 from tests.harness.world import (DRIVER, ERROR, FN, FN_BLOB, MB, Plan, World, rid, tid)
 
@@ -170,3 +171,83 @@ def test_a_suspected_peer_is_sent_no_new_task_until_it_is_heard_again():
     assert world.nodes[0].scheduler.stats["retried"] == 0
     for pl in plans:
         world.check_result(pl)
+
+
+# -- tiny tasks stay where a worker runs them ------------------------------------------------
+
+TINY = 50e-6   # a task's run, well under spill_min_task_seconds
+
+
+def _warm(world: World, count: int = 3) -> None:
+    """Node 0 runs `count` tiny tasks one after the other: their function is now
+    known there to take TINY on average."""
+    for n in range(900, 900 + count):
+        assert world.run_until_finished([world.submit(n, duration=TINY)], 5)
+
+
+def _spills(world: World) -> list:
+    return [e for _, e in world.nodes[0].trace if type(e) is fx.PeerSend and type(e.msg) is p.Spill]
+
+
+def test_a_burst_of_tiny_tasks_runs_where_a_worker_runs_them():
+    """Forwarding a task that runs in microseconds costs the owner more than running
+    it: a burst of them waits for node 0's busy worker, and no Spill leaves; each
+    ends once, with its value."""
+    world = World([{"CPU": 1}, {"CPU": 1}, {"CPU": 1}], seed=11)
+    world.converge()
+    assert world.sim.config.spill_min_task_seconds > TINY
+    _warm(world)
+    plans = [world.submit(n, duration=TINY) for n in range(1, 41)]
+    assert world.run_until_finished(plans, 5)
+    assert {r.node for pl in plans for r in world.runs_of(pl)} == {0}
+    assert _spills(world) == []
+    for pl in plans:
+        world.check_result(pl)
+    assert world.sim.violations == []
+
+
+def test_tiny_tasks_spread_once_their_function_stops_being_tiny_here():
+    """The same burst spreads when the function's runs are longer than
+    spill_min_task_seconds (it ran 0.1 s three times): every node takes a share."""
+    world = World([{"CPU": 1}, {"CPU": 1}, {"CPU": 1}], seed=11)
+    world.converge()
+    for n in range(900, 903):
+        assert world.run_until_finished([world.submit(n, duration=0.1)], 5)
+    plans = [world.submit(n, duration=TINY) for n in range(1, 41)]
+    assert world.run_until_finished(plans, 5)
+    assert {r.node for pl in plans for r in world.runs_of(pl)} == {0, 1, 2}
+    assert _spills(world)
+    for pl in plans:
+        world.check_result(pl)
+
+
+def test_tiny_tasks_behind_a_long_run_of_their_function_spill_after_its_silence():
+    """Node 0's worker starts a run of the tiny function that takes 2 s. Tiny tasks
+    queued behind it stay for a moment (it might be about to end), and are forwarded
+    once it has run TINY_RUN_SILENCE: none waits for the long run to end."""
+    world = World([{"CPU": 1}, {"CPU": 1}, {"CPU": 1}], seed=12)
+    world.converge()
+    _warm(world)
+    sim = world.sim
+    long = world.submit(1, duration=2.0)
+    assert sim.run_until(lambda: world.runs_of(long), 1)
+    started = sim.now
+    plans = [world.submit(n, duration=TINY) for n in range(2, 8)]
+    assert world.run_until_finished(plans, 1.5)   # before the long run ends
+    assert {r.node for pl in plans for r in world.runs_of(pl)} <= {1, 2}
+    first_spill = min(t for t, e in world.nodes[0].trace
+                      if type(e) is fx.PeerSend and type(e.msg) is p.Spill)
+    assert first_spill - started >= TINY_RUN_SILENCE
+    assert world.run_until_finished([long], 3)
+    for pl in plans + [long]:
+        world.check_result(pl)
+    assert sim.violations == []
+
+
+def test_spilling_tiny_tasks_is_back_with_spill_min_task_seconds_zero():
+    world = World([{"CPU": 1}, {"CPU": 1}, {"CPU": 1}], seed=11, spill_min_task_seconds=0.0)
+    world.converge()
+    _warm(world)
+    plans = [world.submit(n, duration=TINY) for n in range(1, 41)]
+    assert world.run_until_finished(plans, 5)
+    assert {r.node for pl in plans for r in world.runs_of(pl)} == {0, 1, 2}

@@ -87,6 +87,7 @@ def build(config, *, node_id: bytes, resources: dict, store_capacity: int, info:
         prefetch_max_depth=config.prefetch_max_depth,
         node_info={**info, "config": config.to_json()},
         spill_depth=config.spill_depth, refuse_backoff=config.refuse_backoff,
+        spill_min_task_seconds=config.spill_min_task_seconds,
         locality_min_bytes=config.locality_min_bytes,
         lineage_max_specs=config.lineage_max_specs, lineage_max_bytes=config.lineage_max_bytes,
         errors=(config.error_log_capacity, config.error_text_max))

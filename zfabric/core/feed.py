@@ -38,7 +38,7 @@ class Feed:
             if task is None:
                 break
             worker = pool.idle_worker()
-            pool.start_task(task, worker)
+            pool.start_task(task, worker, sched.now)
             self.send_execute(task, worker)
             sent.append(task)
         else:

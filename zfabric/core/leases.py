@@ -192,7 +192,7 @@ class Leasing:
                 WorkerCrashedError, f"the worker running {task.name}() died ({lease.how}) and "
                 f"the task has no retries left (max_retries={task.spec.max_retries})", task.name))
             return
-        sched.pool.start_leased(task, worker)
+        sched.pool.start_leased(task, worker, sched.now)
         self._replay(lease)
 
     def finished(self, worker, task, msg: p.TaskDone) -> None:

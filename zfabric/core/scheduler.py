@@ -75,7 +75,7 @@ class Scheduler:
                  prefetch_max_task_seconds: float = 0.0, prefetch_queue_seconds: float = 0.0,
                  prefetch_max_depth: int = 1, node_info: dict | None = None,
                  spill_depth: int = 1, refuse_backoff: float = 0.2,
-                 locality_min_bytes: int = 1 << 20, lineage_max_specs: int = 100_000,
+                 spill_min_task_seconds: float = 0.0, locality_min_bytes: int = 1 << 20, lineage_max_specs: int = 100_000,
                  lineage_max_bytes: int = 100 << 20, errors: tuple[int, int] = (50, 4096)):
         self.node_id = node_id
         self.node_info = dict(node_info or {})
@@ -102,7 +102,7 @@ class Scheduler:
         self.spill = Spillover(
             self, node_id=node_id, address=self.node_info.get("address", ""),
             spill_depth=spill_depth, refuse_backoff=refuse_backoff,
-            locality_min_bytes=locality_min_bytes)
+            locality_min_bytes=locality_min_bytes, min_task_seconds=spill_min_task_seconds)
         self.timeline, self.errors = Timeline(node_id, timeline_capacity), TaskErrors(*errors)
         self.feed, self.leases = Feed(self), Leasing(self, self.node_info.get("session_dir", ""))
         self._client_handlers = {

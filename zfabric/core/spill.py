@@ -67,13 +67,15 @@ HARD_AFFINITY_DEPTH = 1 << 40
 
 class Spillover:
     def __init__(self, sched, *, node_id: bytes, address: str, spill_depth: int,
-                 refuse_backoff: float, locality_min_bytes: int):
+                 refuse_backoff: float, locality_min_bytes: int,
+                 min_task_seconds: float = 0.0):
         self.sched = sched                  # the Scheduler: its tasks, queues, pool, objects
         self.node_id = node_id
         self.address = address              # ours, for peers that do not know us yet
         self.spill_depth = spill_depth
         self.refuse_backoff = refuse_backoff
         self.locality_min_bytes = locality_min_bytes
+        self.min_task_seconds = min_task_seconds   # quicker tasks stay (`stays_here`)
         self.peers: dict[bytes, PeerView] = {}
         self.dead: set[bytes] = set()       # peers we declared dead (PeerDown), until a PeerUp
         self.stale: dict[bytes, list] = {}  # peer -> copies it keeps for us in vain, to release
@@ -106,6 +108,8 @@ class Spillover:
                     # arguments are known here only: a peer could not get them
                     kept.append(queues.pop(shape))
                     continue
+                if self.stays_here(task):
+                    break  # quicker run here than handed off, like those behind it
                 depth = 0
                 if deep:
                     depth = QUICK_SPILL_DEPTH if pool.quick(task.spec.fn_id) else self.spill_depth
@@ -116,6 +120,21 @@ class Spillover:
                 self._forward(queues.pop(shape), peer)
             for task in kept:
                 queues.push(task)
+
+    def stays_here(self, task: Task) -> bool:
+        """Does this queued task run sooner here than it could be handed to a peer?
+
+        Yes if its function runs, on average, in under `min_task_seconds`
+        (about what forwarding a task and its result costs the two nodes) and a
+        worker here is running such a task of the same demand, and started it
+        moments ago: that worker takes the next one within moments. Forwarding it would cost this node
+        more than running it, and this node hands on every task it spills, so
+        spilling tiny tasks only slows the whole run down. Longer tasks, and
+        tiny ones queued behind long ones, are spilled as before."""
+        below = self.min_task_seconds
+        pool = self.sched.pool
+        return (below > 0 and pool.tiny(task.spec.fn_id, below)
+                and pool.runs_tiny(task.demand, below, self.sched.now))
 
     def to_holder(self, task: Task) -> bool:
         """Locality: send a ready task to the peer holding most of its argument

@@ -45,6 +45,12 @@ from .gpus import GpuBook
 from .tasks import Task, TaskState
 
 PREFETCH_MIN_RUNS = 3
+# How much a function's mean run time moves towards its latest run.
+RUN_MEAN_WEIGHT = 1 / 16
+# A worker running tiny tasks starts its next one (as the node hears it: its
+# reports come at least every prefetch_queue_seconds) well within this; a task
+# of a tiny function running longer is not about to end (`runs_tiny`).
+TINY_RUN_SILENCE = 0.05
 
 
 class WorkerState(IntEnum):
@@ -55,7 +61,7 @@ class WorkerState(IntEnum):
 
 class Worker:
     __slots__ = ("wid", "client", "state", "task", "known_fns", "idle_since", "extra", "doomed",
-                 "queue", "queued_fns", "pid", "leased")
+                 "queue", "queued_fns", "pid", "leased", "started")
 
     def __init__(self, wid: str, extra: bool):
         self.wid = wid
@@ -70,6 +76,7 @@ class Worker:
         self.queued_fns: dict[bytes, int] = {}   # their functions: fn_id -> how many
         self.pid = 0          # as its Hello says (0 until then)
         self.leased: dict | None = None   # leased to a driver (core/leases.py): what it holds
+        self.started = 0.0    # when its task started (BUSY)
 
     def enqueue(self, task: Task) -> None:
         self.queue.append(task)
@@ -119,9 +126,9 @@ class WorkerPool:
         self.workers: dict[str, Worker] = {}
         self.idle: list[Worker] = []
         self._by_client: dict[bytes, Worker] = {}
-        # fn_id -> [runs, peak run time, its last run returned a value in the store]
-        # (the peak decays 1% a run, so one slow outlier does not disable prefetch
-        # for good)
+        # fn_id -> [runs, peak run time, its last run returned a value in the store,
+        # mean run time] (the peak decays 1% a run, so one slow outlier does not
+        # disable prefetch for good; the mean weighs the last run RUN_MEAN_WEIGHT)
         self._fn_times: dict[bytes, list] = {}
         self._next_worker = 0
         self._out = out
@@ -222,8 +229,8 @@ class WorkerPool:
     def idle_worker(self) -> Worker | None:
         return self.idle.pop() if self.idle else None
 
-    def start_task(self, task: Task, worker: Worker) -> None:
-        """The task runs on the worker from now on: it holds its resources."""
+    def start_task(self, task: Task, worker: Worker, now: float) -> None:
+        """The task runs on the worker from `now` on: it holds its resources."""
         rs.acquire(self.available, task.demand)
         gpu = task.demand.get(rs.GPU)
         if gpu:
@@ -234,6 +241,7 @@ class WorkerPool:
         task.attempts += 1
         worker.state = WorkerState.BUSY
         worker.task = task
+        worker.started = now
 
     def task_ended(self, worker: Worker, task: Task, now: float) -> list[Task]:
         """A worker's task ended: release what it held, start its prefetched
@@ -247,7 +255,7 @@ class WorkerPool:
         given_back = self.give_back(worker) if worker.doomed else []
         if worker.queue:  # its prefetched task starts now, on the resources just freed
             nxt = worker.unqueue()
-            self.start_task(nxt, worker)
+            self.start_task(nxt, worker, now)
             if nxt.cancelled:
                 self._out.emit(fx.InterruptWorker(worker.wid, nxt.spec.task_id))
             return given_back
@@ -278,10 +286,10 @@ class WorkerPool:
         if not worker.doomed:
             self.idle.append(worker)
 
-    def start_leased(self, task: Task, worker: Worker) -> None:
+    def start_leased(self, task: Task, worker: Worker, now: float) -> None:
         """A direct task runs on its leased worker, on the share the lease held."""
         rs.release(self.available, worker.leased)
-        self.start_task(task, worker)
+        self.start_task(task, worker, now)
 
     def give_back(self, worker: Worker) -> list[Task]:
         """Take a worker's prefetched tasks off it (they are WAITING again)."""
@@ -369,11 +377,12 @@ class WorkerPool:
         in the store)."""
         times = self._fn_times.get(fn_id)
         if times is None:
-            self._fn_times[fn_id] = [1, took, stored]
+            self._fn_times[fn_id] = [1, took, stored, took]
         else:
             times[0] += 1
             times[1] = max(took, times[1] * 0.99)
             times[2] = stored
+            times[3] += (took - times[3]) * RUN_MEAN_WEIGHT
 
     def stored_last(self, fn_id: bytes) -> bool:
         """Did the last run of `fn_id` return a value in the store?"""
@@ -385,6 +394,24 @@ class WorkerPool:
         times = self._fn_times.get(fn_id)
         return (times is not None and times[0] >= PREFETCH_MIN_RUNS
                 and times[1] < self.prefetch_max_task_seconds)
+
+    def tiny(self, fn_id: bytes, below: float) -> bool:
+        """Has `fn_id` run PREFETCH_MIN_RUNS times, taking under `below` seconds
+        on average?"""
+        times = self._fn_times.get(fn_id)
+        return times is not None and times[0] >= PREFETCH_MIN_RUNS and times[3] < below
+
+    def runs_tiny(self, demand: dict, below: float, now: float) -> bool:
+        """Is a worker here (not leased) running a task of this demand whose
+        function is `tiny`, started less than TINY_RUN_SILENCE ago? It will take
+        its next task within moments."""
+        for worker in self.workers.values():
+            task = worker.task
+            if (task is not None and worker.leased is None and not task.blocked
+                    and now - worker.started < TINY_RUN_SILENCE and task.demand == demand
+                    and self.tiny(task.spec.fn_id, below)):
+                return True
+        return False
 
     def _room_behind(self, worker: Worker) -> bool:
         """May a busy worker take one more task? Always a first one (behind its
