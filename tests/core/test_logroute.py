@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from zfabric import ids
 from zfabric import protocol as p
 from zfabric.core import effects as fx
-from zfabric.core.logroute import LogRouter
+from zfabric.core.logroute import LogRouter, goes_elsewhere
 from zfabric.protocol_checks import MAX_LOG_LINES
 
 ME, PEER = b"\x01" * 16, b"\x02" * 16
@@ -37,3 +37,13 @@ def test_output_for_a_node_not_alive_is_dropped_and_counted():
     router = LogRouter(ME, lambda node: None, stats)
     assert router.output([(ids.job_id(PEER, b"d" * 8), "f", 9, 2, ["x", "y"], 1)]) == []
     assert stats == {"log_lines": 0, "log_lines_dropped": 3}
+
+
+def test_only_a_job_of_another_node_sends_its_lines_elsewhere():
+    """(what a node reads a worker's files for at its TaskDone, node/loop.py)"""
+    here, there = ids.new_node_id(), ids.new_node_id()
+    client = b"c" * (ids.JOB_ID_SIZE - ids.NODE_ID_SIZE)
+    assert goes_elsewhere(here, {"job": ids.job_id(there, client)})
+    assert not goes_elsewhere(here, {"job": ids.job_id(here, client)})
+    assert not goes_elsewhere(here, {})          # no job: lines stay in the log files
+    assert not goes_elsewhere(here, None)

@@ -105,3 +105,9 @@ def _parts(output: list) -> list[list]:
     if part:
         parts.append(part)
     return parts
+
+
+def goes_elsewhere(node_id: bytes, opts: dict | None) -> bool:
+    """Do the lines of a task with these `opts` go to another node (its job's)?"""
+    job = opts.get("job") if opts else None
+    return job is not None and ids.job_node(job) != node_id

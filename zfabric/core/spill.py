@@ -94,7 +94,7 @@ class Spillover:
         """Forward queued tasks that cannot start here to peers with room."""
         s = self.sched
         queues, pool = s.queues, s.pool
-        deep = placement.queue_is_deep(queues.count, self.cluster_total())
+        deep = None   # (worked out once a task is to go)
         for shape in queues.shapes():
             kept = []   # tasks peers forwarded to us: they run here or nowhere
             while True:
@@ -110,6 +110,8 @@ class Spillover:
                     continue
                 if self.stays_here(task):
                     break  # quicker run here than handed off, like those behind it
+                if deep is None:
+                    deep = placement.queue_is_deep(queues.count, self.cluster_total())
                 depth = 0
                 if deep:
                     depth = QUICK_SPILL_DEPTH if pool.quick(task.spec.fn_id) else self.spill_depth
