@@ -32,11 +32,12 @@ from __future__ import annotations
 import faulthandler
 import gc
 import os
-import select
 import signal
 import sys
 import threading
 import warnings
+
+from . import pids
 
 # Process names (set_name): forked processes share their parent's command line.
 NODE_NAME = "zfabric-node"
@@ -96,17 +97,9 @@ class Forked:
 
     def wait(self, timeout: float | None = None) -> int:
         if self.returncode is None and timeout is not None:
-            try:
-                fd = os.pidfd_open(self.pid)
-            except OSError:   # (reaped already)
-                fd = -1
-            if fd >= 0:
-                try:
-                    if not select.select([fd], [], [], timeout)[0]:
-                        import subprocess
-                        raise subprocess.TimeoutExpired(self.args, timeout)
-                finally:
-                    os.close(fd)
+            if pids.wait_for_exit(self.pid, timeout) is False:   # (None: reaped already)
+                import subprocess
+                raise subprocess.TimeoutExpired(self.args, timeout)
         while self.returncode is None:
             self._reap(0)
         return self.returncode

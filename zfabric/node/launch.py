@@ -25,6 +25,7 @@ import time
 
 from ..config import Config
 from ..exceptions import AuthenticationError
+from . import pids
 
 # (see driver_preload) zfabric.api: what tasks call (zf.get, zf.remote...); a node
 # process never imports it itself, and a node `zfabric start` started leaves it to
@@ -122,15 +123,11 @@ def driver_preload() -> str:
 def wait_exit(proc: subprocess.Popen, timeout: float) -> int:
     """proc.wait(timeout), woken by the process's exit through a pidfd (Popen.wait
     with a timeout polls, up to 50 ms late); subprocess.TimeoutExpired if it lives on."""
-    try:
-        fd = os.pidfd_open(proc.pid)
-    except OSError:   # reaped already, or no pidfd here
+    exited = pids.wait_for_exit(proc.pid, timeout)
+    if exited is None:   # reaped already, or no pidfd here
         return proc.wait(timeout)
-    try:
-        if not select.select([fd], [], [], timeout)[0]:
-            raise subprocess.TimeoutExpired(proc.args, timeout)
-    finally:
-        os.close(fd)
+    if not exited:
+        raise subprocess.TimeoutExpired(proc.args, timeout)
     return proc.wait()
 
 
