@@ -472,8 +472,7 @@ class Fabric:
         member = self.membership.members.get(node_id)
         if member is not None:
             return member.address if member.state in LIVE else None
-        view = self.scheduler.spill.peers.get(node_id)
-        return view.address if view is not None else None
+        return self.scheduler.spill.address_of(node_id)
 
     # -- pulls ---------------------------------------------------------------------------
 

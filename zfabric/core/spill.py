@@ -84,6 +84,11 @@ class Spillover:
 
     # -- owner side ---------------------------------------------------------------------
 
+    def address_of(self, node_id: bytes) -> str | None:
+        """A peer's address as its Spills to us gave it (`reply_to`), else None."""
+        view = self.peers.get(node_id)
+        return view.address if view is not None else None
+
     def cluster_total(self) -> dict[str, int]:
         total = dict(self.sched.pool.total)
         for view in self.peers.values():
