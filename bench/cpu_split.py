@@ -108,7 +108,11 @@ def snapshot(roles) -> dict:
 
 def child(out_path: str, params: dict, profile_dir: str | None) -> int:
     import zfabric as zf
-    res = {"python": platform.python_version(), "params": params}
+    # a node or worker started by exec (`python -m zfabric...`) takes the package in
+    # its cwd first: run from the tree this driver imported, so that all run one code
+    os.chdir(os.path.dirname(os.path.dirname(os.path.abspath(zf.__file__))))
+    res = {"python": platform.python_version(), "params": params,
+           "zfabric_file": os.path.dirname(zf.__file__)}
     zf.init(num_cpus=params["num_cpus"])
     try:
         f = zf.remote(noop)
