@@ -9,6 +9,7 @@ from __future__ import annotations
 from zfabric import protocol as p
 from zfabric.structs import replace
 from zfabric.core.tasks import TaskState
+from zfabric.core.workers import TINY_RUN_SILENCE
 from zfabric.exceptions import TaskCancelledError
 
 from tests.harness.scheduler import DRIVER, INLINE, Node, submit_msg, error_for, num, only, rid, summary, tid
@@ -154,3 +155,33 @@ def test_nothing_queues_behind_a_prefetched_task_of_a_function_not_known_quick()
     node.send(DRIVER, replace(submit_msg(2), fn_id=b"G" * 16))  # unknown: may be slow
     assert summary(node.submit(3)) == []             # would wait behind G's task
     assert [t.spec.task_id for t in node.s.pool.workers["w1"].queue] == [tid(2)]
+
+
+# -- tiny functions (what spillover keeps here: core/spill.py Spillover.stays_here) -----
+
+def test_a_function_is_tiny_by_its_mean_run_and_a_worker_runs_tiny_only_for_a_moment():
+    node = Node(cpus=1)
+    pool, below = node.s.pool, 2e-4
+    fn = submit_msg(1).fn_id
+    node.submit(1)
+    quick_done(node, "w1", 1, took=5e-5)
+    node.submit(2)
+    quick_done(node, "w1", 2, took=5e-5)
+    assert not pool.tiny(fn, below)                 # two runs are not enough
+    node.submit(3)
+    quick_done(node, "w1", 3, took=5e-5)
+    assert pool.tiny(fn, below)
+    node.submit(4)                                  # runs on w1 from now
+    demand = node.s.tasks[tid(4)].demand
+    assert pool.runs_tiny(demand, below, node.now)
+    assert not pool.runs_tiny({**demand, "GPU": 1}, below, node.now)   # another demand
+    assert not pool.runs_tiny(demand, below, node.now + TINY_RUN_SILENCE)   # gone on too long
+    pool.workers["w1"].leased = {}                  # a leased worker takes no queued task
+    assert not pool.runs_tiny(demand, below, node.now)
+    pool.workers["w1"].leased = None
+    quick_done(node, "w1", 4, took=0.01)            # one slow run moves the mean ...
+    assert not pool.tiny(fn, below)                 # (its mean: 5e-5 + 0.01 / 16)
+    for n in range(5, 45):                          # ... and quick runs bring it back
+        node.submit(n)
+        quick_done(node, "w1", n, took=5e-5)
+    assert pool.tiny(fn, below)
