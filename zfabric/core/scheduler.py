@@ -69,14 +69,14 @@ STATS = ("submitted", "finished", "failed", "cancelled", "retried", "prefetched"
 
 
 class Scheduler:
-    def __init__(self, *, node_id: bytes, resources: dict[str, float],
-                 store_capacity: int, num_workers: int, max_workers: int,
-                 idle_worker_timeout: float, timeline_capacity: int,
+    def __init__(self, *, node_id: bytes, resources: dict[str, float], store_capacity: int,
+                 num_workers: int, max_workers: int, idle_worker_timeout: float,
+                 timeline_capacity: int, errors: tuple[int, int] = (50, 4096),
                  prefetch_max_task_seconds: float = 0.0, prefetch_queue_seconds: float = 0.0,
                  prefetch_max_depth: int = 1, node_info: dict | None = None,
                  spill_depth: int = 1, refuse_backoff: float = 0.2,
-                 spill_min_task_seconds: float = 0.0, locality_min_bytes: int = 1 << 20, lineage_max_specs: int = 100_000,
-                 lineage_max_bytes: int = 100 << 20, errors: tuple[int, int] = (50, 4096)):
+                 spill_min_task_seconds: float = 0.0, locality_min_bytes: int = 1 << 20,
+                 lineage_max_specs: int = 100_000, lineage_max_bytes: int = 100 << 20):
         self.node_id = node_id
         self.node_info = dict(node_info or {})
         self.stats = dict.fromkeys(STATS, 0)

@@ -133,9 +133,9 @@ class Spillover:
 
         Yes if its function runs, on average, in under `min_task_seconds`
         (about what forwarding a task and its result costs the two nodes) and a
-        worker here is running such a task of the same demand, and started it
-        moments ago: that worker takes the next one within moments. Forwarding it would cost this node
-        more than running it, and this node hands on every task it spills, so
+        worker here started such a task of the same demand moments ago: that
+        worker takes the next one soon. Forwarding it would cost this node more
+        than running it, and this node hands on every task it spills, so
         spilling tiny tasks only slows the whole run down. Longer tasks, and
         tiny ones queued behind long ones, are spilled as before."""
         below = self.min_task_seconds
