@@ -48,7 +48,7 @@ from . import events as ev
 from . import resources as rs
 from .activity import Activity
 from .gcs import Gcs
-from .logroute import LogRouter
+from .logroute import LogRouter, goes_elsewhere
 from .membership import LIVE, Membership, MemberState
 from .rejects import Rejections, client_source, peer_source
 from .replication import Replication
@@ -530,6 +530,11 @@ class Fabric:
     def has_peers(self) -> bool:
         """Is any other node alive (might a result or a line go to another node)?"""
         return bool(self.membership.peers(LIVE))
+
+    def output_elsewhere(self, task_id: bytes) -> bool:
+        """Do a task's lines go to another node, its job's? (One unknown here: yes.)"""
+        task = self.scheduler.tasks.get(task_id)
+        return task is None or goes_elsewhere(self.node_id, task.spec.opts)
 
     def joining(self) -> bool:
         """Is a join still under way (JoinSends may still go out)?"""

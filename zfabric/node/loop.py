@@ -56,7 +56,6 @@ from .. import ids
 from .. import protocol as p
 from ..core import effects as fx
 from ..core import events as ev
-from ..core import logroute
 from . import sockets, store
 from .objserver import ObjectServer
 from .peers import Batcher, Peers
@@ -114,7 +113,6 @@ class NodeLoop:
         # read a worker's files at its TaskDone (its lines ahead of its result on the
         # links to other nodes): only while there are other nodes (asked every tick)
         self._read_at_done = False
-        self.node_id = node_id
         self.processes = Processes(self.poller, self._process_event, ipc_endpoint=ipc_endpoint,
                                    session_dir=session_dir, log_dir=logs.log_dir,
                                    stop_grace=stop_grace, restart_backoff=zygote_backoff[0],
@@ -326,13 +324,8 @@ class NodeLoop:
         """Does a task these reports end print for a job of another node? (A job
         of ours gets its lines from the tick's reads, or all of them when its
         listener leaves.)"""
-        tasks = self.fabric.scheduler.tasks
-        for m in msgs:
-            if type(m) is p.TaskDone:
-                task = tasks.get(m.task_id)
-                if task is None or logroute.goes_elsewhere(self.node_id, task.spec.opts):
-                    return True
-        return False
+        elsewhere = self.fabric.output_elsewhere
+        return any(type(m) is p.TaskDone and elsewhere(m.task_id) for m in msgs)
 
     def _decode(self, sender: bytes, frames: list) -> tuple | list:
         """The messages in one frame from `sender` (several, in order, for a Batch);
