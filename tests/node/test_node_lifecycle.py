@@ -19,6 +19,8 @@ import time
 import psutil
 import pytest
 
+from zfabric.node.pids import alive
+
 pytestmark = pytest.mark.timeout(90)
 
 
@@ -57,12 +59,11 @@ def env_with(temp_dir: str) -> dict:
 
 def wait_gone(pids, timeout=15.0) -> list[int]:
     deadline = time.monotonic() + timeout
-    alive = list(pids)
-    while alive and time.monotonic() < deadline:
-        alive = [p for p in alive if psutil.pid_exists(p)
-                 and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+    left = list(pids)
+    while left and time.monotonic() < deadline:
+        left = [p for p in left if alive(p)]   # (a zombie, or gone between two reads: not alive)
         time.sleep(0.05)
-    return alive
+    return left
 
 
 def describe(pids) -> list[tuple[int, str]]:
