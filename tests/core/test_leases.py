@@ -313,3 +313,27 @@ def test_random_leases_direct_tasks_and_deaths_keep_the_books_whole(steps):
 
 def num_task(task_id: bytes) -> int:
     return int.from_bytes(task_id[1:16], "big")
+
+
+def test_a_direct_value_holding_refs_to_a_nested_task_keeps_them_whatever_comes_first():
+    """A direct task's TaskDone comes through its driver and its nested Submit through
+    the leased worker: the node may get the TaskDone first. The ref in the value still
+    counts once the nested task is known, so the worker dropping its own ref after the
+    lease ends frees nothing; the driver's does, once it has let go of the value."""
+    node = leased_node(cpus=2)
+    worker_client = node.wid.encode()
+    node.send(DRIVER, notice(1, node.wid))
+    node.send(DRIVER, report(1, [b"v"], contained=[[rid(2)]]))   # before the Submit of 2
+    node.send(worker_client, submit_msg(2, parent=1))
+    assert node.s.objects.get(rid(1)).contains == [rid(2)]
+    assert node.s.objects.get(rid(2)).contained_in == 1
+    node.send(DRIVER, p.LeaseReturn(node.wid))
+    node.send(worker_client, p.Refs([], [rid(2)]))                # the worker lets go
+    other = node.s.tasks[tid(2)].worker                           # 2 runs on the other worker
+    assert other != node.wid
+    node.done(other, 2)
+    assert node.s.objects.get(rid(2)).ready                       # kept: 1's value holds it
+    node.send(DRIVER, p.Refs([rid(2)], [rid(1)]))                 # the driver got 1's value
+    assert rid(1) not in node.s.objects.entries and node.s.objects.get(rid(2)) is not None
+    node.send(DRIVER, p.Refs([], [rid(2)]))
+    assert node.s.objects.entries == {} and node.s.objects.table.awaited == {}

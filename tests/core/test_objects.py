@@ -171,3 +171,19 @@ def test_contained_id_unknown_at_submit_is_not_unpinned():
     node.put(put_id(1), state=STORE, size=10, req_id=1)
     node.done("w1", 1)                       # validate() runs here
     assert summary(node.refs(decs=[put_id(1)])) == [("delete", put_id(1))]
+
+
+def test_a_ref_in_a_value_to_an_object_not_known_yet_counts_once_it_is_and_not_after_the_value_goes():
+    node = Node()
+    node.put(put_id(1), contained=[put_id(2)])        # 2 is not known here yet
+    assert node.s.objects.table.awaited == {put_id(2): [node.s.objects.get(put_id(1))]}
+    node.put(put_id(2))
+    assert node.s.objects.get(put_id(2)).contained_in == 1
+    assert node.s.objects.get(put_id(1)).contains == [put_id(2)]
+    node.refs(decs=[put_id(2)])                        # kept: 1 holds it
+    assert node.s.objects.get(put_id(2)) is not None
+    node.put(put_id(3), contained=[put_id(4)])
+    node.refs(decs=[put_id(1), put_id(3)])             # 3 goes before 4 is ever known
+    assert node.s.objects.entries == {} and node.s.objects.table.awaited == {}
+    node.put(put_id(4))                                # nothing counts it now
+    assert node.s.objects.get(put_id(4)).contained_in == 0

@@ -534,6 +534,7 @@ class ObjectDirectory:
             if inner is not None:
                 inner.contained_in -= 1
                 freed += table.release_if_unused(inner)
+        table.forget_awaits(entry)
         entry.shared_with += [n for n in entry.remote if n not in entry.shared_with]
         entry.state, entry.payload, entry.size, entry.contains = ObjectState.PENDING, b"", 0, []
         entry.local, entry.remote = True, []

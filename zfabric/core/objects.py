@@ -6,7 +6,10 @@ An object is kept while any of these holds it:
   and have not finished;
 - `contained_in`: stored objects whose value holds an ObjectRef to it.
 When all three drop to zero and the object is no longer pending, it is
-freed, and the objects it contains lose one `contained_in` in turn.
+freed, and the objects it contains lose one `contained_in` in turn. A ref
+in a value to an object not known yet (a leased worker's nested task whose
+Submit comes after the TaskDone its driver forwarded) is `awaited`: it is
+counted when the object is created, and forgotten if the value goes first.
 
 An object made or put on another node may be known here before (or
 without) a copy in this node's store: it is STORE with `local` False and
@@ -48,7 +51,7 @@ class ObjectEntry:
     __slots__ = ("oid", "state", "size", "payload", "holders", "pins",
                  "contained_in", "contains", "subscribers", "dependents",
                  "local", "remote", "owner_node", "fetching", "push_to", "shared_with",
-                 "spilling", "spilled", "restoring")
+                 "spilling", "spilled", "restoring", "awaits")
 
     def __init__(self, oid: bytes):
         self.oid = oid
@@ -68,6 +71,7 @@ class ObjectEntry:
         self.pins = 0
         self.contained_in = 0
         self.contains: list[bytes] = []
+        self.awaits: list[bytes] = []   # refs in its value to objects not known here yet
         self.subscribers: set[bytes] = set()
         self.dependents: list[bytes] = []   # task ids waiting for it
 
@@ -89,6 +93,10 @@ class ObjectTable:
         self.spilled_bytes = 0
         self.spilled_count = 0
         self.lru: OrderedDict[bytes, None] = OrderedDict()   # local STORE copies, oldest use first
+        # oid not known yet -> the sealed objects whose values hold a ref to it: a leased
+        # worker's nested Submit may reach the node after its task's TaskDone, which its
+        # driver forwards (core/leases.py); the ref is counted when the object is created
+        self.awaited: dict[bytes, list[ObjectEntry]] = {}
 
     def __contains__(self, oid: bytes) -> bool:
         return oid in self.entries
@@ -100,6 +108,10 @@ class ObjectTable:
         entry = self.entries.get(oid)
         if entry is None:
             entry = self.entries[oid] = ObjectEntry(oid)
+            for container in self.awaited.pop(oid, ()):
+                container.awaits.remove(oid)
+                container.contains.append(oid)
+                entry.contained_in += 1
         if holder is not None:
             self.hold(entry, holder)
         return entry
@@ -123,9 +135,25 @@ class ObjectTable:
         elif state == ObjectState.STORE:
             self.store_used += size
             self.lru[entry.oid] = None
-        entry.contains = [c for c in contains if c in self.entries]
-        for c in entry.contains:
-            self.entries[c].contained_in += 1
+        self.forget_awaits(entry)
+        entry.contains = []
+        for c in contains:
+            inner = self.entries.get(c)
+            if inner is not None:
+                entry.contains.append(c)
+                inner.contained_in += 1
+            else:   # (counted when it is created: `create`)
+                entry.awaits.append(c)
+                self.awaited.setdefault(c, []).append(entry)
+
+    def forget_awaits(self, entry: ObjectEntry) -> None:
+        """`entry`'s value is gone: it no longer waits to count refs to unknown objects."""
+        for c in entry.awaits:
+            containers = self.awaited[c]
+            containers.remove(entry)
+            if not containers:
+                del self.awaited[c]
+        entry.awaits = []
 
     # -- reference changes; each returns the objects freed by it --------------
 
@@ -244,6 +272,8 @@ class ObjectTable:
             if not e.releasable() or self.entries.get(e.oid) is not e:
                 continue
             del self.entries[e.oid]
+            if e.awaits:
+                self.forget_awaits(e)
             if e.state == ObjectState.STORE:
                 self._forget_copies(e)
             freed.append(e)
@@ -293,3 +323,7 @@ class ObjectTable:
         assert (spilling, spilled, count) == (
             self.spilling_bytes, self.spilled_bytes, self.spilled_count)
         assert sorted(local) == sorted(self.lru), "lru lists exactly the local copies"
+        for oid, containers in self.awaited.items():
+            assert oid not in self.entries and containers, "awaited: known, or nobody waits"
+            for c in containers:
+                assert self.entries.get(c.oid) is c and oid in c.awaits, "awaited by a gone object"
