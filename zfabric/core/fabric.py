@@ -527,10 +527,6 @@ class Fabric:
         """Joined the cluster, and no worker is still starting (the pre-started ones are up)."""
         return self.joined and not self.scheduler.pool.starting_count()
 
-    def has_peers(self) -> bool:
-        """Is any other node alive (might a result or a line go to another node)?"""
-        return bool(self.membership.peers(LIVE))
-
     def output_elsewhere(self, task_id: bytes) -> bool:
         """Do a task's lines go to another node, its job's? (One unknown here: yes.)"""
         task = self.scheduler.tasks.get(task_id)

@@ -110,9 +110,6 @@ class NodeLoop:
                                         source, "malformed", reason))
         self.spiller = Spiller(store_dir, spill_dir, chunk=spill_copy_chunk)
         self.logs = logs          # logmon.LogMonitor: the workers' log files
-        # read a worker's files at its TaskDone (its lines ahead of its result on the
-        # links to other nodes): only while there are other nodes (asked every tick)
-        self._read_at_done = False
         self.processes = Processes(self.poller, self._process_event, ipc_endpoint=ipc_endpoint,
                                    session_dir=session_dir, log_dir=logs.log_dir,
                                    stop_grace=stop_grace, restart_backoff=zygote_backoff[0],
@@ -167,7 +164,6 @@ class NodeLoop:
                 if now >= next_tick:
                     self.processes.on_tick()
                     self._worker_output(self.logs.read_all())
-                    self._read_at_done = self.fabric.has_peers()
                     self.execute(self.fabric.handle(ev.Tick(), now))
                     self._flush_sends()
                     next_tick = now + self._next_tick(now)
@@ -284,9 +280,6 @@ class NodeLoop:
                 continue
             inner = self._decode(sender, frames)
             if peer:
-                # (a peer may spill us a task before our next tick sees we have
-                # peers: its lines must still go out before its result)
-                self._read_at_done = True
                 for msg in inner:
                     if type(msg) is not p.Gossip:
                         self._worked = now
@@ -315,7 +308,7 @@ class NodeLoop:
         """A task's printed lines go out before its result; a Listen first gets
         everything printed so far."""
         kinds = {type(m) for m in msgs} if len(msgs) > 1 else (type(msgs[0]),)
-        if p.TaskDone in kinds and self._read_at_done and self._lines_go_elsewhere(msgs):
+        if p.TaskDone in kinds and self._lines_go_elsewhere(msgs):
             self._worker_output(self.logs.read_worker(sender))
         if p.Listen in kinds:
             self._worker_output(self.logs.read_all(drain=True))
