@@ -45,6 +45,14 @@ class Config:
     # Bytes copied per sendfile call when spilling or restoring an object: one
     # call per 64 MiB keeps the copy in the kernel and the thread responsive.
     spill_copy_chunk: int = 64 << 20
+    # A freed object's store file of at least 1 MiB is kept this long for the
+    # next large object written on the node (a put, a task's return, a pull)
+    # to reuse its pages: writing into new tmpfs pages costs 3-5x a memory
+    # copy, into kept ones ~1.6x. At most store_recycle_bytes of files are
+    # kept (and at most a quarter of the store's capacity), none while the
+    # store spills; they are not counted in its capacity. 0 turns it off.
+    store_recycle_seconds: float = 10.0
+    store_recycle_bytes: int = 1 << 30
     # A node's answer to `memory` lists at most this many objects, the largest:
     # one reply frame stays a few MiB however many objects a node keeps.
     memory_max_objects: int = 10_000

@@ -53,7 +53,7 @@ def loop(tmp_path):
                          node_id=NODE_ID, ipc_endpoint=f"ipc://{tmp_path}/node.sock",
                          session_dir=str(tmp_path), store_dir=str(tmp_path / "store"),
                          spill_dir=str(tmp_path / "spill"), spill_copy_chunk=1 << 20,
-                         tick_interval=0.05, stop_grace=1.0,
+                         recycle=(0, 0.0), tick_interval=0.05, stop_grace=1.0,
                          logs=LogMonitor(str(tmp_path / "logs"), 1 << 16, 1 << 20))
     yield node_loop
     node_loop.stop_workers()

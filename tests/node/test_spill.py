@@ -96,29 +96,6 @@ def test_the_spiller_moves_bytes_and_reports_every_outcome(tmp_path):
     assert not spill_dir.exists()
 
 
-def test_a_freed_store_file_leaves_its_name_at_once_and_its_bytes_soon(tmp_path):
-    """DeleteObject: the store file is renamed on the loop (the same id written
-    again right after is not touched) and unlinked by the freer thread."""
-    store_dir = tmp_path / "store"
-    store_dir.mkdir()
-    a = b"A" * 20
-    spiller = spiller_mod.Spiller(str(store_dir), str(tmp_path / "spill"), chunk=300)
-    try:
-        for round_ in range(3):
-            (store_dir / a.hex()).write_bytes(b"a" * 1000)
-            spiller.free(a)
-            assert not (store_dir / a.hex()).exists()
-        (store_dir / a.hex()).write_bytes(b"new")       # e.g. pulled again at once
-        spiller.free(b"B" * 20)                         # no such file: nothing happens
-        wait_until(lambda: os.listdir(store_dir) == [a.hex()], "freed files unlinked")
-        assert (store_dir / a.hex()).read_bytes() == b"new"
-        (store_dir / a.hex()).write_bytes(b"last")
-        spiller.free(a)
-    finally:
-        spiller.close()
-    assert os.listdir(store_dir) == []                  # close waits for the freer
-
-
 def test_forty_puts_over_capacity_spill_and_come_back(fresh):
     info = zf.init(num_cpus=1, object_store_memory=200 * MiB)
     spill_dir = os.path.join(info["session_dir"], "spill")

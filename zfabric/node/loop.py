@@ -16,7 +16,7 @@
     effects <--------------------------------------------------------------------------'
       one handler per effect type (NodeLoop.effect_handlers):
       Send -> client Batcher -> scheduler ROUTER    PeerSend / JoinSend / ForgetPeer -> peers.py
-      RequestChunk / SealPull / AbortPull -> pulls.py   DeleteObject -> spiller.py, objserver.py
+      RequestChunk / SealPull / AbortPull -> pulls.py   DeleteObject -> recycle.py, objserver.py
       SpillObject / RestoreObject / DeleteSpilled -> spiller.py (a thread; its outcomes
         come back through a pipe the poller watches: ObjectSpilled / SpillFailed /
         ObjectRestored / RestoreFailed)
@@ -62,6 +62,7 @@ from .peers import Batcher, Peers
 from .poller import Poller
 from .processes import Processes
 from .pulls import Pulls
+from .recycle import Freer
 from .spiller import Spiller
 
 log = logging.getLogger("zfabric.node")
@@ -78,7 +79,7 @@ class NodeLoop:
                  peer_router: zmq.Socket, object_router: zmq.Socket, key, gate, watches: list,
                  node_id: bytes, ipc_endpoint: str,
                  session_dir: str, store_dir: str, spill_dir: str, spill_copy_chunk: int,
-                 tick_interval: float, logs, stop_grace: float,
+                 recycle: tuple[int, float], tick_interval: float, logs, stop_grace: float,
                  idle_tick: tuple[float, float] | None = None,
                  zygote_backoff: tuple[float, float] = (0.1, 5.0),
                  embedded_driver_pid: int | None = None, on_ready=None,
@@ -109,6 +110,8 @@ class NodeLoop:
                                     on_reject=lambda source, reason: self._reject(
                                         source, "malformed", reason))
         self.spiller = Spiller(store_dir, spill_dir, chunk=spill_copy_chunk)
+        # (max bytes, seconds) of freed store files kept to be written over
+        self.freer = Freer(store_dir, max_bytes=recycle[0], seconds=recycle[1])
         self.logs = logs          # logmon.LogMonitor: the workers' log files
         self.processes = Processes(self.poller, self._process_event, ipc_endpoint=ipc_endpoint,
                                    session_dir=session_dir, log_dir=logs.log_dir,
@@ -135,7 +138,7 @@ class NodeLoop:
             fx.SealPull: lambda e: pulls.seal(e.oid),
             fx.AbortPull: lambda e: pulls.abort(e.oid),
             fx.DeleteObject: self._delete_object,
-            fx.SpillObject: lambda e: self.spiller.spill(e.oid),
+            fx.SpillObject: self._spill_object,
             fx.RestoreObject: lambda e: self.spiller.restore(e.oid),
             fx.DeleteSpilled: self._delete_spilled,
             fx.SpawnWorker: self._spawn_worker,
@@ -404,7 +407,11 @@ class NodeLoop:
 
     def _delete_object(self, e: fx.DeleteObject) -> None:
         self.objects.forget(e.oid)
-        self.spiller.free(e.oid)   # (renamed now, its pages freed off the loop)
+        self.freer.free(e.oid)   # (renamed now, its pages kept or freed off the loop)
+
+    def _spill_object(self, e: fx.SpillObject) -> None:
+        self.spiller.spill(e.oid)
+        self.freer.pressure()    # (the store is full: kept pages go back first)
 
     def _delete_spilled(self, e: fx.DeleteSpilled) -> None:
         self.objects.forget(e.oid)
@@ -463,6 +470,7 @@ class NodeLoop:
         for watch in self.watches:
             watch.close()
         self.spiller.close()
+        self.freer.close()
         self.logs.close()
         os.close(self._wake_r)
         os.close(self._wake_w)

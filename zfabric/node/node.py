@@ -72,6 +72,8 @@ def serve(config: Config, *, num_cpus: float, resources: dict, object_store_memo
                         key=key, gate=node.gate, watches=node.watches, node_id=node.node_id, ipc_endpoint=info["ipc"],
                         session_dir=node.session_dir, store_dir=node.store_dir,
                         spill_dir=info["spill_dir"], spill_copy_chunk=config.spill_copy_chunk,
+                        recycle=(min(config.store_recycle_bytes, info["store_capacity"] // 4),
+                                 config.store_recycle_seconds),
                         tick_interval=config.gossip_interval / 2,
                         idle_tick=(max(config.gossip_interval,
                                        min(config.idle_gossip_interval,

@@ -11,12 +11,7 @@
 Owns the spill dir (made at start, removed at close), one thread that does
 the jobs in the order they were asked (so a delete asked after a spill or a
 restore of the same object runs after it), and the pipe that wakes the loop.
-Also frees deleted store files off the loop (`free`, DeleteObject): the
-file is renamed at once to `.{hex}.{n}.freed` (its id may be written again
-right away, by a pull or a restore), and a second thread unlinks it:
-giving 100 MB of tmpfs pages back takes tens of ms, which the loop's
-other work (a put's PutReply, a task's Execute) should not wait for.
-The loop never waits for the disk: what to spill, restore or delete is
+(Deleted store files are freed by node/recycle.py.) The loop never waits for the disk: what to spill, restore or delete is
 decided in core/directory.py and core/capacity.py; this module only moves
 bytes and reports each outcome as an event. A spill is durable before it is
 reported (the file fsync'd, renamed, the dir fsync'd); the store file is
@@ -78,10 +73,6 @@ class Spiller:
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="zfabric-spiller", daemon=True)
         self._thread.start()
-        self._freed = 0                                     # store files renamed to be freed
-        self._trash: queue.SimpleQueue = queue.SimpleQueue()   # their paths, None: stop
-        self._freer = threading.Thread(target=self._free_run, name="zfabric-freer", daemon=True)
-        self._freer.start()
 
     def fileno(self) -> int:
         """Readable when outcomes are waiting (register with the loop's poller)."""
@@ -95,17 +86,6 @@ class Spiller:
 
     def delete(self, oid: bytes) -> None:
         self._jobs.put((_DELETE, oid))
-
-    def free(self, oid: bytes) -> None:
-        """Delete an object's store file: gone from its name now, its pages
-        freed by the freer thread."""
-        self._freed += 1
-        trash = os.path.join(self.store_dir, f".{oid.hex()}.{self._freed}.freed")
-        try:
-            os.rename(store.path_of(self.store_dir, oid), trash)
-        except FileNotFoundError:
-            return
-        self._trash.put(trash)
 
     def take_events(self) -> list:
         """The outcomes reported since the last call, in order."""
@@ -121,13 +101,11 @@ class Spiller:
 
     def close(self) -> None:
         """Stop the threads (after the copy under way; the jobs still queued are
-        dropped: the node is going, and its store and spill dir with it; the
-        freer empties its queue first), close the pipe, remove the spill dir."""
+        dropped: the node is going, and its store and spill dir with it), close
+        the pipe, remove the spill dir."""
         self._stopping = True
         self._jobs.put((_STOP, b""))
-        self._trash.put(None)
         self._thread.join()
-        self._freer.join()
         os.close(self._r)
         os.close(self._w)
         shutil.rmtree(self.spill_dir, ignore_errors=True)
@@ -149,10 +127,6 @@ class Spiller:
                     os.write(self._w, b"!")
                 except BlockingIOError:   # the pipe is full: the loop has wake-ups waiting
                     pass
-
-    def _free_run(self) -> None:
-        while (path := self._trash.get()) is not None:
-            _unlink(path)
 
     def _spill(self, oid: bytes):
         final = store.path_of(self.spill_dir, oid)
