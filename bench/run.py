@@ -46,10 +46,10 @@ MODULE = {"zfabric": "zfabric", "ray": "ray", "dask": "distributed",
 ALIASES = {"zf": "zfabric", "pool": "processpool", "concurrent.futures": "processpool",
            "processpoolexecutor": "processpool", "distributed": "dask"}
 
-FULL = dict(tasks=5000, throughput_rounds=3, rtt=1000, rtt_warmup=100, chain=1000, big_mb=100, big_reps=3,
+FULL = dict(tasks=5000, throughput_rounds=3, rtt=1000, rtt_warmup=100, chain=1000, big_mb=100, big_warmup=2, big_reps=5,
             big_gets=3, tiny_gets=200, small_ops=2000, startup_reps=3, idle_wait=2.0,
             import_reps=7)
-QUICK = dict(tasks=500, throughput_rounds=1, rtt=200, rtt_warmup=20, chain=100, big_mb=10, big_reps=2,
+QUICK = dict(tasks=500, throughput_rounds=1, rtt=200, rtt_warmup=20, chain=100, big_mb=10, big_warmup=1, big_reps=2,
              big_gets=2, tiny_gets=50, small_ops=200, startup_reps=1, idle_wait=1.0,
              import_reps=3)
 
@@ -240,7 +240,7 @@ def w_big(s, p):
     import numpy as np
     big = np.ones(p["big_mb"] * 2**20 // 8)           # pages really touched
     puts, gets = [], []
-    for _ in range(p["big_reps"]):
+    for _ in range(p["big_warmup"] + p["big_reps"]):
         t = time.perf_counter()
         ref = s.put(big)
         puts.append(time.perf_counter() - t)
@@ -261,7 +261,8 @@ def w_big(s, p):
         tiny_gets.append(time.perf_counter() - t)
     if v.shape != tiny.shape:
         raise AssertionError("tiny get returned a wrong array")
-    return {"big_put": statistics.median(puts), "big_get": statistics.median(gets),
+    return {"big_put": statistics.median(puts[p["big_warmup"]:]),
+            "big_get": statistics.median(gets),
             "tiny_get": statistics.median(tiny_gets), "big_put_all": puts,
             "big_get_all": gets}
 
@@ -851,7 +852,10 @@ def markdown(results, order, params, facts, mode, stamp):
         f"Startup is the median of {params['startup_reps']} fresh interpreter(s), timed inside "
         "the subprocess from before the system's `import` to the first task's result; the wall "
         "time also counts interpreter start, shutdown and exit.",
-        f"Big-array rows are medians of {params['big_reps']} puts × {params['big_gets']} gets; "
+        f"Big-array rows: the put is the median of {params['big_reps']} puts after "
+        f"{params.get('big_warmup', 0)} warm-up put(s), each object freed before the next "
+        f"(a loop's steady state: freed pages are reused); the get, of {params['big_gets']} "
+        "gets after each put; "
         "a zero-copy get maps the stored array instead of copying it. Small puts/gets put "
         "Python ints."
         + (" Dask puts are `client.scatter(hash=False)`, gets `client.gather`."
