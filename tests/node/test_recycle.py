@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import mmap
 import os
-import time
 
 import numpy as np
 import pytest
@@ -25,6 +24,8 @@ import pytest
 from zfabric import serialization
 from zfabric.node import store
 from zfabric.node.recycle import Freer
+
+from tests.harness.polling import wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -44,14 +45,6 @@ def freer(store_dir):
     f = Freer(store_dir, max_bytes=64 * MiB, seconds=30.0)
     yield f
     f.close()
-
-
-def wait_until(condition, what: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout} s: {what}")
-        time.sleep(0.01)
 
 
 def kept(store_dir: str) -> list[str]:
@@ -204,5 +197,19 @@ def test_recycling_off_unlinks_every_freed_file(store_dir, max_bytes, seconds):
         freer.free(put(store_dir, np.zeros(2 * MiB // 8)))
         wait_until(lambda: os.listdir(store_dir) == [], "freed file unlinked")
         assert not os.path.exists(store.recycle_dir(store_dir))
+    finally:
+        freer.close()
+
+
+def test_a_file_given_back_after_the_freer_looked_still_goes_in_time(store_dir):
+    """A writer that took a kept file and gave it back (a reader still mapped
+    it) may do so after the freer last listed the dir: it is adopted at the
+    next look, and goes in its time like any other."""
+    freer = Freer(store_dir, max_bytes=64 * MiB, seconds=0.3)
+    try:
+        given_back = os.path.join(store.recycle_dir(store_dir), f"{2 * MiB:x}.999")
+        with open(given_back, "wb") as f:
+            f.write(b"x" * (2 * MiB))
+        wait_until(lambda: kept(store_dir) == [], "the given-back file gone", timeout=5.0)
     finally:
         freer.close()

@@ -88,14 +88,22 @@ class Freer:
             now = self.clock()
             if item is _PRESSURE:
                 self._calm_at = now + self.seconds
+                self._look(now)
                 self._drop(lambda size, at: True)
             elif item is not _EXPIRY:
                 self._keep_or_unlink(item, now)
+            else:
+                self._look(now)
             self._drop(lambda size, at: at + self.seconds <= now)
 
     def _until_expiry(self) -> float | None:
-        if not self._kept:
+        """Until the oldest kept file's time is up; while nothing is kept,
+        every `seconds` (a file a writer gave back after the last look is
+        adopted then), or never when nothing is ever kept."""
+        if not self.max_bytes:
             return None
+        if not self._kept:
+            return self.seconds
         oldest = min(at for _, at in self._kept.values())
         return max(0.0, oldest + self.seconds - self.clock())
 
