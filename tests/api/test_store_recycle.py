@@ -10,13 +10,14 @@ Without a node: tests/node/test_recycle.py.
 from __future__ import annotations
 
 import os
-import time
 
 import numpy as np
 import pytest
 
 import zfabric as zf
 from zfabric.node import store
+
+from tests.harness.polling import wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -28,14 +29,6 @@ def kept(info) -> list[str]:
         return os.listdir(store.recycle_dir(info["object_store_address"]))
     except FileNotFoundError:
         return []
-
-
-def wait_until(condition, what: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout} s: {what}")
-        time.sleep(0.01)
 
 
 def test_puts_and_returns_reuse_freed_files_and_held_arrays_keep_their_values(fresh):

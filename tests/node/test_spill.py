@@ -22,6 +22,8 @@ from zfabric.node import client as client_mod
 from zfabric.node import spiller as spiller_mod
 from zfabric.testing import LocalCluster
 
+from tests.harness.polling import wait_until
+
 MiB = 2 ** 20
 N = MiB   # float64s: 8 MiB per array
 
@@ -38,14 +40,6 @@ def total(a) -> float:
 def own_status() -> dict:
     status = client_mod.current().request("status")
     return next(r for r in status["nodes"] if r["NodeID"] == status["self"])
-
-
-def wait_until(condition, what: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout} s: {what}")
-        time.sleep(0.05)
 
 
 def test_the_spiller_moves_bytes_and_reports_every_outcome(tmp_path):
