@@ -74,8 +74,9 @@ def claim(store_dir: str, size: int, path: str) -> int | None:
     to take (then the caller makes a new file).
 
     The files that hold `size` are tried first, the smallest first, then
-    the largest smaller ones; at most _CLAIM_TRIES of them. A file another writer took first is skipped; one still
-    open or mapped somewhere (its write lease refused) goes back."""
+    the largest smaller ones; at most _CLAIM_TRIES of them. A file another
+    writer took first is skipped; one still open or mapped somewhere (its
+    write lease refused) goes back."""
     if size < RECYCLE_MIN:
         return None
     pool = recycle_dir(store_dir)
@@ -136,7 +137,8 @@ def leases_work(directory: str) -> bool:
 def write(store_dir: str, oid: bytes, ser: serialization.Serialized) -> int:
     """Write a serialized object under its id; return its size in bytes.
 
-    Into a recycled file's pages when there is one to take (`claim`). Every piece (header, pickle, each buffer after its alignment padding) goes
+    Into a recycled file's pages when there is one to take (`claim`). Every
+    piece (header, pickle, each buffer after its alignment padding) goes
     straight from the value's memory into the file, in as few `pwritev`
     calls as the system allows: one copy of the bytes, and no other."""
     final = path_of(store_dir, oid)
