@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from zfabric import records
 from zfabric.core.activity import ERRORS_PER_BATCH, Activity, TaskErrors
 from zfabric.core.gcs import Gcs
-from zfabric.core.timeline import Timeline
+from zfabric.core.timeline import Timeline, pack_batch
 
 ME, PEER = b"m" * 16, b"p" * 16
 
@@ -135,9 +135,9 @@ def test_the_stream_has_each_peers_newest_runs_as_they_come():
     peer = Gcs(PEER)
     mine = Gcs(ME)
 
-    def runs(batch: int) -> list:
-        return [["g", batch.to_bytes(16, "big"), "w3", float(batch), batch + 0.25, 0,
-                 float(batch), batch + 0.25, 4242]]
+    def runs(batch: int) -> bytes:
+        return pack_batch([["g", batch.to_bytes(16, "big"), "w3", float(batch), batch + 0.25,
+                            0, float(batch), batch + 0.25, 4242]])
 
     for batch in range(1, 51):
         peer.put("tl", str(batch), runs(batch))

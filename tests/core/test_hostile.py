@@ -12,6 +12,7 @@ from zfabric.core import effects as fx
 from zfabric.core import events as ev
 from zfabric.core import rejects
 from zfabric.core.tasks import Functions, TaskState
+from zfabric.core.timeline import pack_batch
 from zfabric.ids import function_id
 from zfabric.testing import hostile
 from zfabric.testing.sim import Work
@@ -219,6 +220,8 @@ def test_malformed_views_from_peers_do_not_break_queries():
     n1.fabric.gcs.put("tl", "1", [[1, 2], "x", None, ["f", b"t", "w1", 0.0, float("inf"), 0,
                                                        0.0, 1.0, 7]])
     n1.fabric.gcs.put("tl", "2", "not a batch")
+    n1.fabric.gcs.put("tl", "3", b"\xc1 not msgpack")
+    n1.fabric.gcs.put("tl", "4", pack_batch([[1, 2], "x", ["f", b"t", "w1", 0.0, 1.0, 0]]))
     n1.fabric.gcs.put("obj", b"o" * 20, {"size": "big"})
     n1.fabric.gcs.put("obj", "five", {"size": 1})
     n1.fabric.membership.set_info({"total": [1, 2], "available": "x", "demands": [[1, 2], 3]})

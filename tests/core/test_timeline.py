@@ -8,7 +8,8 @@ from hypothesis import strategies as st
 
 from tests.harness.scheduler import Node
 from tests.harness.trace import check_trace, process_names, thread_names
-from zfabric.core.timeline import FETCH_SPAN, STORE_SPAN, trace_events
+from zfabric.core.timeline import (FETCH_SPAN, STORE_SPAN, pack_batch, trace_events,
+                                   unpack_batch)
 
 
 # -- queries and control ------------------------------------------------------------------------
@@ -94,3 +95,20 @@ def test_any_entries_make_a_valid_trace_with_one_task_event_per_run(by_node):
                 task["pid"], task["tid"], task["args"]["task_id"])
             assert task["ts"] <= span["ts"] <= span["ts"] + span["dur"] <= task["ts"] + task["dur"]
         assert fetch["ts"] + fetch["dur"] <= store["ts"]
+
+
+# -- a published batch ("tl"): one blob, unpacked where read -------------------------------
+
+@settings(max_examples=200, deadline=None)
+@given(node_runs(), st.lists(st.one_of(st.none(), st.integers(-2**63, 2**64 - 1),
+                                       st.text(max_size=3),
+                                       st.lists(st.integers(-9, 9), max_size=9)), max_size=3))
+def test_a_batch_comes_back_as_its_entries_and_anything_else_in_it_is_left_out(runs, junk):
+    assert unpack_batch(pack_batch(runs)) == [list(r) for r in runs]
+    assert unpack_batch(pack_batch(junk + list(runs))) == [list(r) for r in runs]
+
+
+@given(st.one_of(st.binary(max_size=40), st.none(), st.integers(), st.text(max_size=5),
+                 st.lists(st.integers(), max_size=3)))
+def test_a_value_that_is_not_a_batch_has_no_entries(value):
+    assert unpack_batch(value) == []

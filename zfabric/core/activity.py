@@ -24,7 +24,7 @@ from collections import deque
 import msgpack
 
 from .tasks import TaskState
-from .timeline import is_entry
+from .timeline import unpack_batch
 
 ERRORS_PER_BATCH = 10     # failures published per scheduler tick (the rest stay local)
 MAX_FUNCTIONS = 1000      # names counted per node; more go to OTHER
@@ -189,9 +189,9 @@ class Activity:
         entries: list = []
         while len(entries) < keep and newest > 0:
             batch = gcs.get("tl", str(newest), shard)
-            if type(batch) is not list:
+            if type(batch) is not bytes:
                 break
-            entries[:0] = [e for e in batch if _is_run(e)]
+            entries[:0] = [e for e in unpack_batch(batch) if 0 <= e[5] < len(ENDED)]   # (named)
             newest -= 1
         return entries[-keep:]
 
@@ -224,7 +224,3 @@ def _is_error_entry(e) -> bool:
             and type(e[3]) is float and e[3] == e[3]
             and all(type(e[i]) is str for i in (0, 2, 4, 5, 6)))
 
-
-def _is_run(e) -> bool:
-    """A peer's timeline entry (core/timeline.py) with a status we name."""
-    return is_entry(e) and 0 <= e[5] < len(ENDED)

@@ -53,6 +53,7 @@ from .membership import LIVE, Membership, MemberState
 from .rejects import Rejections, client_source, peer_source
 from .replication import Replication
 from .scheduler import Scheduler
+from .timeline import pack_batch
 from .views import ClusterView
 from .workers import workers_for
 from .transfer import ChunkRequest, PullDone, PullFailed, Transfers
@@ -315,7 +316,7 @@ class Fabric:
             return
         self._batch += 1
         # (an entry's fields are str, bytes, float and int from checked messages)
-        self.gcs.put("tl", str(self._batch), [list(e) for e in new], checked=True)
+        self.gcs.put("tl", str(self._batch), pack_batch(new), checked=True)
         self._timeline_batches.append((self._batch, len(new)))
         self._timeline_kept += len(new)
         while self._timeline_kept > timeline.capacity and len(self._timeline_batches) > 1:

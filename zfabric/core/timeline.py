@@ -4,7 +4,8 @@ The scheduler records each task a local worker ended, with the times its
 TaskDone carries: the worker took it (`start`), had its function and
 arguments (`fetched`), the function returned (`end`), the results were
 stored (`stored`). The fabric publishes new entries in its GCS shard (table
-"tl") so every node can answer for the whole cluster, and `trace_events`
+"tl", one msgpack blob a batch: `pack_batch`) so every node can answer for
+the whole cluster, and `trace_events`
 turns the entries of every node into one Chrome trace (the JSON array
 format, which Perfetto and chrome://tracing open):
 
@@ -20,6 +21,8 @@ format, which Perfetto and chrome://tracing open):
 from __future__ import annotations
 
 from collections import deque
+
+import msgpack
 
 STATUS_NAMES = {0: "ok", 1: "error", 2: "cancelled"}   # protocol.TaskStatus
 FETCH_SPAN, STORE_SPAN = "fetch arguments", "store results"
@@ -101,3 +104,24 @@ def is_entry(e) -> bool:
             and type(e[2]) is str and all(type(x) in (int, float) and x == x and abs(x) < 1e11
                                           for x in (e[3], e[4], e[6], e[7]))
             and type(e[5]) is int and type(e[8]) is int)
+
+
+def pack_batch(entries: list) -> bytes:
+    """One tick's entries as the value of a "tl" batch: a single msgpack blob.
+    Every peer holding our shard stores it and passes it on as one bytes
+    value, not thousands of scalars to check (a burst of tiny tasks makes
+    thousands a second); entries are unpacked, and checked, only where they
+    are read (`unpack_batch`)."""
+    return msgpack.packb(entries)
+
+
+def unpack_batch(blob) -> list:
+    """The timeline entries in a "tl" batch (`is_entry` ones; a peer's value is
+    not trusted); [] for a value that is not a batch."""
+    if type(blob) is not bytes:
+        return []
+    try:
+        entries = msgpack.unpackb(blob)
+    except (ValueError, TypeError, msgpack.UnpackException):   # (garbage: not a batch)
+        return []
+    return [e for e in entries if is_entry(e)] if type(entries) is list else []

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from . import memview
 from .membership import LIVE, MemberState
-from .timeline import is_entry, trace_events
+from .timeline import trace_events, unpack_batch
 
 
 class ClusterView:
@@ -86,9 +86,9 @@ class ClusterView:
     def timeline(self) -> list[dict]:
         """Ours as it is now, the others' as replicated (core/timeline.py)."""
         by_node: dict[bytes, list] = {self.node_id: list(self.scheduler.timeline.entries)}
-        for shard, _batch, entries in self.gcs.items("tl"):
-            if shard != self.node_id and type(entries) is list:
-                by_node.setdefault(shard, []).extend(e for e in entries if is_entry(e))
+        for shard, _batch, blob in self.gcs.items("tl"):
+            if shard != self.node_id:
+                by_node.setdefault(shard, []).extend(unpack_batch(blob))
         return trace_events(by_node)
 
     def _members(self) -> list:
